@@ -1,0 +1,202 @@
+//! Canonical postcard encoding of message bodies.
+//!
+//! Every body is encoded with [postcard] and decoded as a *total* function:
+//! the input length is checked against the type's fixed bound first, then the
+//! value is decoded with `take_from_bytes`, leftover bytes are rejected, and
+//! finally the value is re-encoded and compared byte for byte with the input
+//! (without a buffer, through a comparing postcard flavor). The comparison
+//! rejects every non-canonical encoding postcard would otherwise accept
+//! (over-long varints, for example), so one value has exactly one encoding.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::DecodeError;
+
+/// A type with a bounded, canonical postcard encoding.
+///
+/// `MAX_ENCODED_LEN` is the length of the longest valid encoding; firmware
+/// uses it to size buffers at compile time. Decoding rejects longer input
+/// before looking at it.
+pub trait Canonical: Serialize + DeserializeOwned {
+    /// The longest valid encoding of any value of this type, in bytes.
+    const MAX_ENCODED_LEN: usize;
+
+    /// Checks the rules that the type system does not express (ordering,
+    /// ranges, reserved values). Called by [`decode`] after the bytes parsed.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] naming the rule that was broken.
+    fn validate(&self) -> Result<(), DecodeError> {
+        Ok(())
+    }
+}
+
+/// Encodes `value` into the front of `out` and returns the used prefix.
+///
+/// # Errors
+/// [`DecodeError::BufferTooSmall`] when `out` cannot hold the encoding.
+///
+/// ```
+/// use spime::codec;
+/// use spime::message::FirmwareVersion;
+/// let mut buf = [0u8; 16];
+/// let fw = FirmwareVersion { major: 1, minor: 2, patch: 3, build: 300 };
+/// let bytes = codec::encode(&fw, &mut buf)?;
+/// assert_eq!(bytes, [1, 2, 3, 0xac, 0x02]);
+/// # Ok::<(), spime::error::DecodeError>(())
+/// ```
+pub fn encode<'a, T: Serialize + ?Sized>(value: &T, out: &'a mut [u8]) -> Result<&'a mut [u8], DecodeError> {
+    let have = out.len();
+    postcard::to_slice(value, out).map_err(|_| DecodeError::BufferTooSmall { have })
+}
+
+/// The exact length of `value`'s encoding, computed without a buffer.
+///
+/// # Errors
+/// Only if `value`'s `Serialize` implementation itself fails.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, DecodeError> {
+    postcard::serialize_with_flavor(value, Counter(0)).map_err(|_| DecodeError::Malformed)
+}
+
+/// Decodes exactly one canonical `T` from all of `bytes`.
+///
+/// # Errors
+/// - [`DecodeError::Oversized`] when `bytes` is longer than `T::MAX_ENCODED_LEN`;
+/// - [`DecodeError::Malformed`] when postcard cannot parse it (truncated,
+///   bad tag, invalid UTF-8, a sequence over its capacity);
+/// - [`DecodeError::TrailingBytes`] when bytes are left over;
+/// - [`DecodeError::NonCanonical`] when the bytes are not the one canonical
+///   encoding of the decoded value;
+/// - whatever [`Canonical::validate`] rejects.
+///
+/// ```
+/// use spime::codec;
+/// use spime::error::DecodeError;
+/// use spime::message::FirmwareVersion;
+/// let fw: FirmwareVersion = codec::decode(&[1, 2, 3, 0xac, 0x02])?;
+/// assert_eq!(fw.build, 300);
+/// // 1 encoded as a two-byte varint is refused:
+/// assert_eq!(codec::decode::<FirmwareVersion>(&[0x81, 0x00, 2, 3, 4]), Err(DecodeError::NonCanonical));
+/// // a trailing byte is refused:
+/// assert_eq!(codec::decode::<FirmwareVersion>(&[1, 2, 3, 4, 0]), Err(DecodeError::TrailingBytes));
+/// # Ok::<(), DecodeError>(())
+/// ```
+pub fn decode<T: Canonical>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() > T::MAX_ENCODED_LEN {
+        return Err(DecodeError::Oversized { len: bytes.len(), max: T::MAX_ENCODED_LEN });
+    }
+    let (value, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|_| DecodeError::Malformed)?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes);
+    }
+    let same = postcard::serialize_with_flavor(&value, Compare { expected: bytes, pos: 0 })
+        .map_err(|_| DecodeError::NonCanonical)?;
+    if !same {
+        return Err(DecodeError::NonCanonical);
+    }
+    value.validate()?;
+    Ok(value)
+}
+
+/// A postcard flavor that only counts bytes.
+struct Counter(usize);
+
+impl postcard::ser_flavors::Flavor for Counter {
+    type Output = usize;
+    fn try_push(&mut self, _data: u8) -> postcard::Result<()> {
+        self.0 = self.0.saturating_add(1);
+        Ok(())
+    }
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0 = self.0.saturating_add(data.len());
+        Ok(())
+    }
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.0)
+    }
+}
+
+/// A postcard flavor that compares the encoding with expected bytes as it
+/// is produced, and fails at the first difference.
+struct Compare<'a> {
+    expected: &'a [u8],
+    pos: usize,
+}
+
+impl postcard::ser_flavors::Flavor for Compare<'_> {
+    type Output = bool;
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        match self.expected.get(self.pos) {
+            Some(&b) if b == data => {
+                self.pos += 1;
+                Ok(())
+            }
+            _ => Err(postcard::Error::SerializeBufferFull),
+        }
+    }
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        let end = self.pos.saturating_add(data.len());
+        match self.expected.get(self.pos..end) {
+            Some(slice) if slice == data => {
+                self.pos = end;
+                Ok(())
+            }
+            _ => Err(postcard::Error::SerializeBufferFull),
+        }
+    }
+    fn finalize(self) -> postcard::Result<bool> {
+        Ok(self.pos == self.expected.len())
+    }
+}
+
+/// Sixty-four raw bytes (an Ed25519 signature) encoded as a fixed-size
+/// tuple: 64 bytes on the wire, no length prefix.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Bytes64(pub [u8; 64]);
+
+impl core::fmt::Debug for Bytes64 {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Bytes64(")?;
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+impl Serialize for Bytes64 {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = serializer.serialize_tuple(64)?;
+        for b in &self.0 {
+            t.serialize_element(b)?;
+        }
+        t.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes64 {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Bytes64;
+            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str("64 bytes")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes64, A::Error> {
+                let mut out = [0u8; 64];
+                for (i, slot) in out.iter_mut().enumerate() {
+                    *slot = seq.next_element()?.ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
+                }
+                Ok(Bytes64(out))
+            }
+        }
+        deserializer.deserialize_tuple(64, V)
+    }
+}
+
+/// Upper bound of a postcard varint encoding an unsigned integer of `bits` bits.
+pub const fn varint_max(bits: usize) -> usize {
+    bits.div_ceil(7)
+}

@@ -1,0 +1,558 @@
+//! Purposes, data categories, grants, contact preferences and the consent
+//! state: the owner's decisions, as both sides read them.
+//!
+//! Whatever is not granted is denied. [`Purpose::ESSENTIAL`] cannot be
+//! denied and carries only [`ESSENTIAL_CATEGORIES`]. The wire encoding of
+//! every type here is in SPEC.md §6.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::codec::{Bytes64, Canonical, varint_max};
+use crate::error::DecodeError;
+
+/// Why data is collected or the owner contacted. Ids 0–9 are defined here,
+/// `0x8000..=0xFFFF` are for the vendor to define, everything else is
+/// reserved and refused when decoded.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Purpose(u16);
+
+impl Purpose {
+    /// Security updates and safety recalls; cannot be denied.
+    pub const ESSENTIAL: Purpose = Purpose(0);
+    /// Warranty claims and service under warranty.
+    pub const WARRANTY: Purpose = Purpose(1);
+    /// Diagnosing faults.
+    pub const DIAGNOSTICS: Purpose = Purpose(2);
+    /// Understanding how the product is used.
+    pub const USAGE_ANALYTICS: Purpose = Purpose(3);
+    /// Reaching out first: maintenance, supplies.
+    pub const PROACTIVE_SERVICE: Purpose = Purpose(4);
+    /// Improving future products.
+    pub const PRODUCT_IMPROVEMENT: Purpose = Purpose(5);
+    /// Tailoring the product to the owner.
+    pub const PERSONALIZATION: Purpose = Purpose(6);
+    /// Offers and marketing.
+    pub const MARKETING: Purpose = Purpose(7);
+    /// Sharing with third parties.
+    pub const THIRD_PARTY_SHARING: Purpose = Purpose(8);
+    /// Research.
+    pub const RESEARCH: Purpose = Purpose(9);
+    /// The first vendor-defined purpose id.
+    pub const VENDOR_MIN: u16 = 0x8000;
+
+    /// The ten purposes defined by this version, in id order.
+    pub const STANDARD: [Purpose; 10] = [
+        Purpose(0),
+        Purpose(1),
+        Purpose(2),
+        Purpose(3),
+        Purpose(4),
+        Purpose(5),
+        Purpose(6),
+        Purpose(7),
+        Purpose(8),
+        Purpose(9),
+    ];
+
+    /// The purpose with this id.
+    ///
+    /// # Errors
+    /// [`DecodeError::UnknownPurpose`] for a reserved id (10..=0x7FFF).
+    ///
+    /// ```
+    /// use spime::consent::Purpose;
+    /// assert_eq!(Purpose::from_id(2), Ok(Purpose::DIAGNOSTICS));
+    /// assert!(Purpose::from_id(0x8001).is_ok());
+    /// assert!(Purpose::from_id(10).is_err());
+    /// ```
+    pub const fn from_id(id: u16) -> Result<Purpose, DecodeError> {
+        if id <= 9 || id >= Self::VENDOR_MIN { Ok(Purpose(id)) } else { Err(DecodeError::UnknownPurpose(id)) }
+    }
+
+    /// A vendor-defined purpose, `n` in `0..=0x7FFF`.
+    pub const fn vendor(n: u16) -> Purpose {
+        Purpose(Self::VENDOR_MIN | (n & 0x7FFF))
+    }
+
+    /// The wire id.
+    pub const fn id(self) -> u16 {
+        self.0
+    }
+
+    /// A name for logs and reports.
+    pub const fn name(self) -> &'static str {
+        match self.0 {
+            0 => "essential",
+            1 => "warranty",
+            2 => "diagnostics",
+            3 => "usage-analytics",
+            4 => "proactive-service",
+            5 => "product-improvement",
+            6 => "personalization",
+            7 => "marketing",
+            8 => "third-party-sharing",
+            9 => "research",
+            _ => "vendor-defined",
+        }
+    }
+}
+
+impl core::fmt::Debug for Purpose {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}({})", self.name(), self.0)
+    }
+}
+
+impl Serialize for Purpose {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u16(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Purpose {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let id = u16::deserialize(d)?;
+        Purpose::from_id(id).map_err(|_| serde::de::Error::custom("unknown purpose"))
+    }
+}
+
+/// A kind of data that a message field carries. Each is one bit of a
+/// [`CategorySet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum DataCategory {
+    /// Health of the device: fault codes, severity, uptime, reboot reasons, firmware version.
+    DeviceHealth = 0,
+    /// Aggregated usage counters, gauges and histograms.
+    UsageCounters = 1,
+    /// The free-form context attached to a fault.
+    FaultContext = 2,
+    /// Where the device is (with a [`LocationPrecision`]).
+    Location = 3,
+    /// Readings of the surroundings: temperature, humidity, air quality.
+    Environment = 4,
+    /// Identifiers beyond the device id: serial numbers of parts, network names.
+    Identifiers = 5,
+    /// Individual usage events rather than aggregates.
+    RawEvents = 6,
+}
+
+impl DataCategory {
+    /// Every category, in bit order.
+    pub const ALL: [DataCategory; 7] = [
+        DataCategory::DeviceHealth,
+        DataCategory::UsageCounters,
+        DataCategory::FaultContext,
+        DataCategory::Location,
+        DataCategory::Environment,
+        DataCategory::Identifiers,
+        DataCategory::RawEvents,
+    ];
+
+    /// The category's bit in a [`CategorySet`].
+    pub const fn bit(self) -> u16 {
+        1 << (self as u8)
+    }
+
+    /// The category for a bit index.
+    ///
+    /// # Errors
+    /// [`DecodeError::UnknownBits`] for an undefined index.
+    pub const fn from_index(i: u8) -> Result<DataCategory, DecodeError> {
+        match i {
+            0 => Ok(DataCategory::DeviceHealth),
+            1 => Ok(DataCategory::UsageCounters),
+            2 => Ok(DataCategory::FaultContext),
+            3 => Ok(DataCategory::Location),
+            4 => Ok(DataCategory::Environment),
+            5 => Ok(DataCategory::Identifiers),
+            6 => Ok(DataCategory::RawEvents),
+            _ => Err(DecodeError::UnknownBits(1u16.wrapping_shl(i as u32))),
+        }
+    }
+}
+
+impl Serialize for DataCategory {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(*self as u8)
+    }
+}
+
+impl<'de> Deserialize<'de> for DataCategory {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let i = u8::deserialize(d)?;
+        DataCategory::from_index(i).map_err(|_| serde::de::Error::custom("unknown data category"))
+    }
+}
+
+macro_rules! bitset {
+    ($(#[$m:meta])* $name:ident, $repr:ty, $item:ty, $all:expr, $ser:ident, $de:ident) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+        pub struct $name($repr);
+
+        impl $name {
+            /// The empty set.
+            pub const EMPTY: $name = $name(0);
+            /// Every defined member.
+            pub const ALL: $name = $name($all);
+
+            /// The set with these raw bits.
+            ///
+            /// # Errors
+            /// [`DecodeError::UnknownBits`] when an undefined bit is set.
+            pub const fn from_bits(bits: $repr) -> Result<$name, DecodeError> {
+                if bits & !$all != 0 {
+                    Err(DecodeError::UnknownBits((bits & !$all) as u16))
+                } else {
+                    Ok($name(bits))
+                }
+            }
+            /// The raw bits.
+            pub const fn bits(self) -> $repr {
+                self.0
+            }
+            /// Whether `item` is a member.
+            pub const fn contains(self, item: $item) -> bool {
+                self.0 & (item.bit() as $repr) != 0
+            }
+            /// Whether every member of `other` is a member of `self`.
+            pub const fn contains_all(self, other: $name) -> bool {
+                other.0 & !self.0 == 0
+            }
+            /// `self` with `item` added.
+            pub const fn with(self, item: $item) -> $name {
+                $name(self.0 | item.bit() as $repr)
+            }
+            /// `self` with `item` removed.
+            pub const fn without(self, item: $item) -> $name {
+                $name(self.0 & !(item.bit() as $repr))
+            }
+            /// The members of both sets.
+            pub const fn intersection(self, other: $name) -> $name {
+                $name(self.0 & other.0)
+            }
+            /// The members of either set.
+            pub const fn union(self, other: $name) -> $name {
+                $name(self.0 | other.0)
+            }
+            /// The members of `self` that are not in `other`.
+            pub const fn difference(self, other: $name) -> $name {
+                $name(self.0 & !other.0)
+            }
+            /// Whether the set is empty.
+            pub const fn is_empty(self) -> bool {
+                self.0 == 0
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.$ser(self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let bits = <$repr>::deserialize(d)?;
+                $name::from_bits(bits).map_err(|_| serde::de::Error::custom("unknown bits in set"))
+            }
+        }
+    };
+}
+
+bitset!(
+    /// A set of [`DataCategory`], one bit each (bit i = category id i).
+    ///
+    /// ```
+    /// use spime::consent::{CategorySet, DataCategory};
+    /// let s = CategorySet::EMPTY.with(DataCategory::DeviceHealth).with(DataCategory::Location);
+    /// assert_eq!(s.bits(), 0b1001);
+    /// assert!(s.contains(DataCategory::Location));
+    /// assert!(CategorySet::from_bits(0x80).is_err());
+    /// ```
+    CategorySet, u16, DataCategory, 0x7f, serialize_u16, deserialize_u16
+);
+
+/// What [`Purpose::ESSENTIAL`] always carries, whatever the owner chose.
+pub const ESSENTIAL_CATEGORIES: CategorySet = CategorySet(1 << DataCategory::DeviceHealth as u8);
+
+/// A way to reach the owner. Each is one bit of a [`ChannelSet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Channel {
+    /// The product's own display, light or sound.
+    OnDevice = 0,
+    /// The companion app.
+    App = 1,
+    /// E-mail.
+    Email = 2,
+    /// SMS.
+    Sms = 3,
+}
+
+impl Channel {
+    /// Every channel, in bit order.
+    pub const ALL: [Channel; 4] = [Channel::OnDevice, Channel::App, Channel::Email, Channel::Sms];
+
+    /// The channel's bit in a [`ChannelSet`].
+    pub const fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+impl Serialize for Channel {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(*self as u8)
+    }
+}
+
+impl<'de> Deserialize<'de> for Channel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u8::deserialize(d)? {
+            0 => Ok(Channel::OnDevice),
+            1 => Ok(Channel::App),
+            2 => Ok(Channel::Email),
+            3 => Ok(Channel::Sms),
+            _ => Err(serde::de::Error::custom("unknown channel")),
+        }
+    }
+}
+
+bitset!(
+    /// A set of [`Channel`], one bit each (bit i = channel id i).
+    ChannelSet, u8, Channel, 0x0f, serialize_u8, deserialize_u8
+);
+
+/// How precisely a location may be reported. Ordered: a grant of one level
+/// allows every coarser level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+pub enum LocationPrecision {
+    /// No location at all.
+    #[default]
+    None,
+    /// Country (about 1,000 km).
+    Country,
+    /// Region or state (about 100 km).
+    Region,
+    /// City (about 10 km).
+    City,
+    /// Neighbourhood (about 1 km).
+    Neighbourhood,
+    /// Exact position.
+    Exact,
+}
+
+/// The owner allows `categories` to be collected for `purpose` until `expires_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// What the data is for.
+    pub purpose: Purpose,
+    /// What data may be collected for it.
+    pub categories: CategorySet,
+    /// How precise a location may be, when `categories` has Location.
+    pub location: LocationPrecision,
+    /// Unix time (seconds) at which the grant lapses; `None` for the state's own re-confirm date.
+    pub expires_at: Option<u64>,
+}
+
+impl Grant {
+    /// Longest encoding: purpose varint(u16) + u16 varint + 1 + option(u64).
+    pub const MAX_ENCODED_LEN: usize = varint_max(16) + varint_max(16) + 1 + 1 + varint_max(64);
+}
+
+/// The owner may be contacted for `purpose` on `channels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactGrant {
+    /// What the contact is for.
+    pub purpose: Purpose,
+    /// Which channels may carry it.
+    pub channels: ChannelSet,
+}
+
+impl ContactGrant {
+    /// Longest encoding.
+    pub const MAX_ENCODED_LEN: usize = varint_max(16) + 1;
+}
+
+/// Hours in which the owner must not be contacted (except for safety
+/// recalls), in the owner's local time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuietHours {
+    /// Start, minutes after local midnight, `0..1440`.
+    pub start_minute: u16,
+    /// End (exclusive), minutes after local midnight, `0..1440`; may be before `start_minute` (overnight).
+    pub end_minute: u16,
+    /// The owner's offset from UTC in minutes, `-840..=840`.
+    pub utc_offset_minutes: i16,
+}
+
+impl QuietHours {
+    /// Longest encoding.
+    pub const MAX_ENCODED_LEN: usize = 3 * varint_max(16);
+}
+
+/// At most `max_notices` notices for `purpose` in any `period_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrequencyCap {
+    /// The purpose the cap applies to.
+    pub purpose: Purpose,
+    /// The most notices allowed in one period.
+    pub max_notices: u16,
+    /// The period's length in seconds, at least 1.
+    pub period_seconds: u32,
+}
+
+impl FrequencyCap {
+    /// Longest encoding.
+    pub const MAX_ENCODED_LEN: usize = 2 * varint_max(16) + varint_max(32);
+}
+
+/// The most grants in one consent state.
+pub const MAX_GRANTS: usize = 16;
+/// The most contact grants in one consent state.
+pub const MAX_CONTACT_GRANTS: usize = 16;
+/// The most frequency caps in one consent state.
+pub const MAX_CAPS: usize = 8;
+/// The most muted topics in one consent state.
+pub const MAX_MUTED_TOPICS: usize = 16;
+
+/// How and when the owner may be contacted.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ContactPrefs {
+    /// Per purpose, the channels allowed; strictly ascending by purpose id.
+    pub grants: heapless::Vec<ContactGrant, MAX_CONTACT_GRANTS>,
+    /// Quiet hours, if any.
+    pub quiet_hours: Option<QuietHours>,
+    /// Frequency caps; strictly ascending by purpose id.
+    pub caps: heapless::Vec<FrequencyCap, MAX_CAPS>,
+    /// Topics the owner muted; strictly ascending.
+    pub muted_topics: heapless::Vec<u16, MAX_MUTED_TOPICS>,
+}
+
+impl ContactPrefs {
+    /// Longest encoding.
+    pub const MAX_ENCODED_LEN: usize = 1
+        + MAX_CONTACT_GRANTS * ContactGrant::MAX_ENCODED_LEN
+        + 1
+        + QuietHours::MAX_ENCODED_LEN
+        + 1
+        + MAX_CAPS * FrequencyCap::MAX_ENCODED_LEN
+        + 1
+        + MAX_MUTED_TOPICS * varint_max(16);
+}
+
+/// The owner's whole current preference state.
+///
+/// Canonical form (checked when decoded): grants strictly ascending by
+/// purpose id and never for [`Purpose::ESSENTIAL`] (it is implied), contact
+/// grants and caps strictly ascending by purpose id, muted topics strictly
+/// ascending, quiet hours in range, caps with a non-zero period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentState {
+    /// Monotonic version; a later decision has a higher version.
+    pub version: u32,
+    /// Unix time (seconds) the owner made this decision.
+    pub issued_at: u64,
+    /// Unix time (seconds) after which every grant but Essential lapses until the owner re-confirms.
+    pub reconfirm_by: u64,
+    /// SHA-256 of the privacy notice the owner was shown.
+    pub notice_hash: [u8; 32],
+    /// What may be collected, per purpose.
+    pub grants: heapless::Vec<Grant, MAX_GRANTS>,
+    /// How the owner may be contacted.
+    pub contact: ContactPrefs,
+}
+
+impl ConsentState {
+    /// Longest encoding.
+    pub const MAX_ENCODED_LEN: usize = varint_max(32)
+        + 2 * varint_max(64)
+        + 32
+        + 1
+        + MAX_GRANTS * Grant::MAX_ENCODED_LEN
+        + ContactPrefs::MAX_ENCODED_LEN;
+}
+
+impl Canonical for ConsentState {
+    const MAX_ENCODED_LEN: usize = ConsentState::MAX_ENCODED_LEN;
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        validate_state(self)
+    }
+}
+
+fn strictly_ascending<T, K: PartialOrd>(
+    items: &[T],
+    key: impl Fn(&T) -> K,
+    what: &'static str,
+) -> Result<(), DecodeError> {
+    let mut prev: Option<K> = None;
+    for item in items {
+        let k = key(item);
+        if prev.as_ref().is_some_and(|p| *p >= k) {
+            return Err(DecodeError::Unordered(what));
+        }
+        prev = Some(k);
+    }
+    Ok(())
+}
+
+/// The canonical-form rules of [`ConsentState`].
+fn validate_state(s: &ConsentState) -> Result<(), DecodeError> {
+    strictly_ascending(&s.grants, |g| g.purpose, "grants")?;
+    if s.grants.iter().any(|g| g.purpose == Purpose::ESSENTIAL) {
+        return Err(DecodeError::OutOfRange("a grant for Essential (it is implied)"));
+    }
+    if s.grants.iter().any(|g| g.categories.contains(DataCategory::Location) != (g.location != LocationPrecision::None))
+    {
+        return Err(DecodeError::OutOfRange("location precision must be set exactly when Location is granted"));
+    }
+    strictly_ascending(&s.contact.grants, |g| g.purpose, "contact grants")?;
+    strictly_ascending(&s.contact.caps, |c| c.purpose, "frequency caps")?;
+    strictly_ascending(&s.contact.muted_topics, |t| *t, "muted topics")?;
+    if let Some(q) = &s.contact.quiet_hours {
+        if q.start_minute >= 1440 || q.end_minute >= 1440 {
+            return Err(DecodeError::OutOfRange("quiet hours minute"));
+        }
+        if !(-840..=840).contains(&q.utc_offset_minutes) {
+            return Err(DecodeError::OutOfRange("UTC offset"));
+        }
+    }
+    if s.contact.caps.iter().any(|c| c.period_seconds == 0) {
+        return Err(DecodeError::OutOfRange("frequency cap period"));
+    }
+    Ok(())
+}
+
+/// The owner's own signature over a consent state, for products with a
+/// companion app that holds an owner key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerProof {
+    /// The owner's Ed25519 public key.
+    pub owner_key: [u8; 32],
+    /// Ed25519 over `"spime/v1 owner consent\0" || device id || encoded ConsentState`.
+    pub signature: Bytes64,
+}
+
+/// A consent state as a device sends it: the state, and the owner's
+/// signature where the owner has a key. Without one, the device's envelope
+/// signature is the record (the device signs on the owner's behalf).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedConsent {
+    /// The state.
+    pub state: ConsentState,
+    /// The owner's signature, if any.
+    pub owner: Option<OwnerProof>,
+}
+
+impl Canonical for SignedConsent {
+    const MAX_ENCODED_LEN: usize = ConsentState::MAX_ENCODED_LEN + 1 + 32 + 64;
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        validate_state(&self.state)
+    }
+}
+
+/// Domain-separation tag of the owner's consent signature.
+pub const OWNER_CONSENT_DST: &[u8] = b"spime/v1 owner consent\0";

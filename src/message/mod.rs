@@ -1,0 +1,482 @@
+//! The lifecycle messages of version 1: plain Rust values with fixed
+//! capacities and a canonical postcard encoding (SPEC.md §5).
+//!
+//! Each body type implements [`Body`], which ties it to its [`Kind`] and
+//! gives its maximum encoded length as a `const`, so firmware can size its
+//! buffers at compile time:
+//!
+//! ```
+//! use spime::message::{Body, Usage};
+//! let mut buf = [0u8; Usage::MAX_SEALED_LEN];
+//! # let _ = &mut buf;
+//! assert!(Usage::MAX_SEALED_LEN < 1024);
+//! ```
+
+mod certificate;
+
+pub use certificate::{CERTIFICATE_DST, CertificateBody, DeviceCertificate};
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{Canonical, varint_max};
+use crate::consent::{CategorySet, DataCategory, LocationPrecision, Purpose, SignedConsent};
+use crate::error::DecodeError;
+use crate::wire::{HEADER_LEN, HEADER_LEN_WITH_EPHEMERAL, Kind};
+
+/// Bytes a sealed envelope adds to a body: header, Ed25519 signature (64)
+/// and Poly1305 tag (16). Register adds 32 more for the ephemeral key.
+pub const ENVELOPE_OVERHEAD: usize = HEADER_LEN + 64 + 16;
+
+/// A message body: what is signed and encrypted inside an envelope.
+pub trait Body: Canonical {
+    /// The envelope kind that carries this body.
+    const KIND: Kind;
+    /// The longest sealed envelope carrying this body (with an ephemeral
+    /// key in the header, which any device-to-vendor message may carry).
+    const MAX_SEALED_LEN: usize = Self::MAX_ENCODED_LEN
+        + ENVELOPE_OVERHEAD
+        + if matches!(Self::KIND.direction(), crate::wire::Direction::DeviceToVendor) {
+            HEADER_LEN_WITH_EPHEMERAL - HEADER_LEN
+        } else {
+            0
+        };
+}
+
+/// The longest sealed envelope of any kind.
+pub const MAX_SEALED_LEN: usize = max(
+    max(
+        max(Register::MAX_SEALED_LEN, Usage::MAX_SEALED_LEN),
+        max(Fault::MAX_SEALED_LEN, ConsentUpdate::MAX_SEALED_LEN),
+    ),
+    max(
+        max(Transfer::MAX_SEALED_LEN, Decommission::MAX_SEALED_LEN),
+        max(Receipt::MAX_SEALED_LEN, Notice::MAX_SEALED_LEN),
+    ),
+);
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b { a } else { b }
+}
+
+/// A firmware version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FirmwareVersion {
+    /// Major version.
+    pub major: u16,
+    /// Minor version.
+    pub minor: u16,
+    /// Patch version.
+    pub patch: u16,
+    /// Build number.
+    pub build: u32,
+}
+
+impl FirmwareVersion {
+    /// Longest encoding.
+    pub const MAX_ENCODED_LEN: usize = 3 * varint_max(16) + varint_max(32);
+}
+
+impl Canonical for FirmwareVersion {
+    const MAX_ENCODED_LEN: usize = FirmwareVersion::MAX_ENCODED_LEN;
+}
+
+/// Register: starts a relationship with the vendor (and starts it again
+/// after a change of owner). Always carries an ephemeral key, so it opens
+/// a new key epoch. Purpose: Essential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    /// The vendor-signed certificate binding the device id to its key.
+    pub certificate: DeviceCertificate,
+    /// The running firmware.
+    pub firmware: FirmwareVersion,
+    /// The owner's initial consent.
+    pub consent: SignedConsent,
+}
+
+impl Canonical for Register {
+    const MAX_ENCODED_LEN: usize =
+        DeviceCertificate::MAX_ENCODED_LEN + FirmwareVersion::MAX_ENCODED_LEN + SignedConsent::MAX_ENCODED_LEN;
+    fn validate(&self) -> Result<(), DecodeError> {
+        self.consent.validate()
+    }
+}
+
+impl Body for Register {
+    const KIND: Kind = Kind::REGISTER;
+}
+
+/// The most metrics in one usage report.
+pub const MAX_METRICS: usize = 16;
+/// The most histogram buckets of one metric.
+pub const MAX_BUCKETS: usize = 12;
+/// The most bytes of fault context.
+pub const MAX_FAULT_CONTEXT: usize = 64;
+
+/// The value of one metric over a window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetricValue {
+    /// A count of events in the window.
+    Counter(u64),
+    /// A sampled level: minimum, maximum, sum and number of samples (the mean is `sum / samples`).
+    Gauge {
+        /// smallest sample
+        min: i64,
+        /// largest sample
+        max: i64,
+        /// sum of samples
+        sum: i64,
+        /// number of samples
+        samples: u32,
+    },
+    /// Counts per fixed bucket; bucket bounds are part of the metric's definition.
+    Histogram(heapless::Vec<u32, MAX_BUCKETS>),
+    /// A position, already coarsened on the device to `precision`.
+    Location {
+        /// latitude in 1e-7 degrees
+        lat_e7: i32,
+        /// longitude in 1e-7 degrees
+        lon_e7: i32,
+        /// how precise the position is
+        precision: LocationPrecision,
+    },
+}
+
+impl MetricValue {
+    /// Longest encoding: the Histogram variant.
+    pub const MAX_ENCODED_LEN: usize = 1 + 1 + MAX_BUCKETS * varint_max(32);
+}
+
+/// One metric of a usage report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metric {
+    /// The product's metric id.
+    pub id: u16,
+    /// The data category the metric belongs to.
+    pub category: DataCategory,
+    /// Its value over the window.
+    pub value: MetricValue,
+}
+
+impl Metric {
+    /// Longest encoding.
+    pub const MAX_ENCODED_LEN: usize = varint_max(16) + 1 + MetricValue::MAX_ENCODED_LEN;
+}
+
+/// Usage: metrics aggregated over a window on the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// The purpose the report is collected for.
+    pub purpose: Purpose,
+    /// The consent version the report was built under.
+    pub consent_version: u32,
+    /// Window start, Unix seconds.
+    pub window_start: u64,
+    /// Window end (exclusive), Unix seconds, not before the start.
+    pub window_end: u64,
+    /// The metrics, strictly ascending by id.
+    pub metrics: heapless::Vec<Metric, MAX_METRICS>,
+}
+
+impl Usage {
+    /// The set of data categories the report carries.
+    pub fn categories(&self) -> CategorySet {
+        self.metrics.iter().fold(CategorySet::EMPTY, |s, m| s.with(m.category))
+    }
+
+    /// The most precise location the report carries.
+    pub fn location_precision(&self) -> LocationPrecision {
+        self.metrics
+            .iter()
+            .filter_map(|m| match m.value {
+                MetricValue::Location { precision, .. } => Some(precision),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(LocationPrecision::None)
+    }
+}
+
+impl Canonical for Usage {
+    const MAX_ENCODED_LEN: usize =
+        varint_max(16) + varint_max(32) + 2 * varint_max(64) + 1 + MAX_METRICS * Metric::MAX_ENCODED_LEN;
+    fn validate(&self) -> Result<(), DecodeError> {
+        if self.window_end < self.window_start {
+            return Err(DecodeError::OutOfRange("usage window ends before it starts"));
+        }
+        let mut prev: Option<u16> = None;
+        for m in &self.metrics {
+            if prev.is_some_and(|p| p >= m.id) {
+                return Err(DecodeError::Unordered("metrics"));
+            }
+            prev = Some(m.id);
+            let is_loc = matches!(m.value, MetricValue::Location { .. });
+            if is_loc != (m.category == DataCategory::Location) {
+                return Err(DecodeError::OutOfRange("a location value must have the Location category"));
+            }
+            if matches!(m.value, MetricValue::Location { precision: LocationPrecision::None, .. }) {
+                return Err(DecodeError::OutOfRange("location precision None"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Body for Usage {
+    const KIND: Kind = Kind::USAGE;
+}
+
+/// How bad a fault is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Severity {
+    /// Worth knowing.
+    Info,
+    /// Degraded.
+    Warning,
+    /// A function failed.
+    Error,
+    /// Unsafe or unusable.
+    Critical,
+}
+
+/// Why the device last restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RebootReason {
+    /// No reboot is involved.
+    None,
+    /// Power was applied.
+    PowerOn,
+    /// A watchdog fired.
+    Watchdog,
+    /// Supply voltage dropped.
+    Brownout,
+    /// The firmware panicked or hit a hard fault.
+    Crash,
+    /// The firmware asked for it (an update, a user request).
+    Requested,
+    /// The hardware did not say.
+    Unknown,
+}
+
+/// Fault: one kind of fault, with repeats counted instead of resent.
+/// Every field is DeviceHealth but `context`, which is FaultContext.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    /// The purpose the report is collected for.
+    pub purpose: Purpose,
+    /// The consent version the report was built under.
+    pub consent_version: u32,
+    /// Product-defined fault code.
+    pub code: u32,
+    /// How bad it is.
+    pub severity: Severity,
+    /// Product-defined component id.
+    pub component: u16,
+    /// The firmware it happened on.
+    pub firmware: FirmwareVersion,
+    /// Seconds since boot at the last occurrence.
+    pub uptime_s: u32,
+    /// Why the device last restarted.
+    pub reboot_reason: RebootReason,
+    /// How many times it happened since the last report, at least 1.
+    pub occurrences: u32,
+    /// Unix seconds of the first occurrence.
+    pub first_seen: u64,
+    /// Unix seconds of the last occurrence, not before the first.
+    pub last_seen: u64,
+    /// Bounded free-form context (FaultContext).
+    pub context: heapless::Vec<u8, MAX_FAULT_CONTEXT>,
+}
+
+impl Fault {
+    /// The set of data categories the report carries.
+    pub fn categories(&self) -> CategorySet {
+        let s = CategorySet::EMPTY.with(DataCategory::DeviceHealth);
+        if self.context.is_empty() { s } else { s.with(DataCategory::FaultContext) }
+    }
+}
+
+impl Canonical for Fault {
+    const MAX_ENCODED_LEN: usize = varint_max(16)
+        + varint_max(32)
+        + varint_max(32)
+        + 1
+        + varint_max(16)
+        + FirmwareVersion::MAX_ENCODED_LEN
+        + varint_max(32)
+        + 1
+        + varint_max(32)
+        + 2 * varint_max(64)
+        + 1
+        + MAX_FAULT_CONTEXT;
+    fn validate(&self) -> Result<(), DecodeError> {
+        if self.occurrences == 0 {
+            return Err(DecodeError::OutOfRange("fault occurrences must be at least 1"));
+        }
+        if self.last_seen < self.first_seen {
+            return Err(DecodeError::OutOfRange("fault last seen before first seen"));
+        }
+        Ok(())
+    }
+}
+
+impl Body for Fault {
+    const KIND: Kind = Kind::FAULT;
+}
+
+/// Consent: the owner's whole current preference state. A withdrawal is a
+/// state with fewer grants and a higher version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentUpdate {
+    /// The state, with the owner's signature where there is one.
+    pub consent: SignedConsent,
+}
+
+impl Canonical for ConsentUpdate {
+    const MAX_ENCODED_LEN: usize = SignedConsent::MAX_ENCODED_LEN;
+    fn validate(&self) -> Result<(), DecodeError> {
+        self.consent.validate()
+    }
+}
+
+impl Body for ConsentUpdate {
+    const KIND: Kind = Kind::CONSENT;
+}
+
+/// Transfer: the owner hands the product on. The vendor resets consent to
+/// deny-all-but-Essential and ends the relationship; the next owner registers anew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    /// Unix seconds of the hand-over.
+    pub at: u64,
+}
+
+impl Canonical for Transfer {
+    const MAX_ENCODED_LEN: usize = varint_max(64);
+}
+
+impl Body for Transfer {
+    const KIND: Kind = Kind::TRANSFER;
+}
+
+/// Why a product leaves service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DecommissionReason {
+    /// Taken to recycling.
+    Recycled,
+    /// Returned to the vendor.
+    Returned,
+    /// Broken beyond repair.
+    Broken,
+    /// The owner retired it.
+    Retired,
+}
+
+/// Decommission: end of life. The device sends nothing after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decommission {
+    /// Unix seconds.
+    pub at: u64,
+    /// Why.
+    pub reason: DecommissionReason,
+}
+
+impl Canonical for Decommission {
+    const MAX_ENCODED_LEN: usize = varint_max(64) + 1;
+}
+
+impl Body for Decommission {
+    const KIND: Kind = Kind::DECOMMISSION;
+}
+
+/// Receipt: the vendor countersigns a consent version it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The consent version received.
+    pub consent_version: u32,
+    /// SHA-256 of the encoded [`SignedConsent`] as received (see [`consent_digest`]).
+    pub consent_digest: [u8; 32],
+    /// Unix seconds when the vendor recorded it.
+    pub received_at: u64,
+}
+
+impl Canonical for Receipt {
+    const MAX_ENCODED_LEN: usize = varint_max(32) + 32 + varint_max(64);
+}
+
+impl Body for Receipt {
+    const KIND: Kind = Kind::RECEIPT;
+}
+
+/// The SHA-256 digest a [`Receipt`] names: of the encoded [`SignedConsent`]
+/// bytes exactly as they were carried in the Register or Consent body.
+pub fn consent_digest(encoded_signed_consent: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(encoded_signed_consent).into()
+}
+
+/// What a notice is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NoticeKind {
+    /// Maintenance is due.
+    MaintenanceDue,
+    /// Supplies can be ordered.
+    SuppliesOffer,
+    /// A safety recall.
+    Recall,
+    /// How to use a feature.
+    Instructions,
+    /// A firmware update is available.
+    UpdateAvailable,
+}
+
+/// The most bytes of a notice title.
+pub const MAX_NOTICE_TITLE: usize = 48;
+/// The most bytes of a notice text.
+pub const MAX_NOTICE_TEXT: usize = 192;
+
+/// Notice: a message for the owner, sent only where the owner's contact
+/// preferences allow its purpose, channel and topic at that time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    /// Vendor-assigned notice id.
+    pub id: u32,
+    /// What it is for.
+    pub purpose: Purpose,
+    /// The channel it is delivered on.
+    pub channel: crate::consent::Channel,
+    /// Product-defined topic (owners may mute topics).
+    pub topic: u16,
+    /// What it is about.
+    pub kind: NoticeKind,
+    /// Unix seconds it was issued.
+    pub issued_at: u64,
+    /// Unix seconds after which it is stale; not before `issued_at`.
+    pub expires_at: u64,
+    /// Short title (UTF-8).
+    pub title: heapless::String<MAX_NOTICE_TITLE>,
+    /// Text (UTF-8).
+    pub text: heapless::String<MAX_NOTICE_TEXT>,
+}
+
+impl Canonical for Notice {
+    const MAX_ENCODED_LEN: usize = varint_max(32)
+        + varint_max(16)
+        + 1
+        + varint_max(16)
+        + 1
+        + 2 * varint_max(64)
+        + 1
+        + MAX_NOTICE_TITLE
+        + 2
+        + MAX_NOTICE_TEXT;
+    fn validate(&self) -> Result<(), DecodeError> {
+        if self.expires_at < self.issued_at {
+            return Err(DecodeError::OutOfRange("notice expires before it is issued"));
+        }
+        Ok(())
+    }
+}
+
+impl Body for Notice {
+    const KIND: Kind = Kind::NOTICE;
+}

@@ -1,0 +1,240 @@
+//! Keys and key derivation: X25519 + HKDF-SHA256 session keys with an
+//! epoch, the device identity and the vendor's key pairs.
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use hkdf::Hkdf;
+use rand_core::CryptoRng;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::error::OpenError;
+use crate::wire::{DeviceId, Direction};
+
+/// HKDF salt of the session key derivation.
+pub const SESSION_SALT: &[u8] = b"spime/v1 session";
+
+/// A 32-byte ChaCha20-Poly1305 key for one direction of one epoch.
+/// Wiped on drop, never printed, compared in constant time.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct AeadKey([u8; 32]);
+
+impl AeadKey {
+    /// Wraps raw key bytes.
+    pub const fn from_bytes(bytes: [u8; 32]) -> AeadKey {
+        AeadKey(bytes)
+    }
+
+    /// The raw key bytes (for persisting the session on the vendor side).
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl PartialEq for AeadKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for AeadKey {}
+
+impl core::fmt::Debug for AeadKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("AeadKey").finish_non_exhaustive()
+    }
+}
+
+/// The two AEAD keys of one device's key epoch.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SessionKeys {
+    /// The epoch these keys belong to.
+    pub epoch: u32,
+    /// Seals device-to-vendor messages.
+    pub device_to_vendor: AeadKey,
+    /// Seals vendor-to-device messages.
+    pub vendor_to_device: AeadKey,
+}
+
+impl SessionKeys {
+    /// The key for one direction.
+    pub const fn key(&self, direction: Direction) -> &AeadKey {
+        match direction {
+            Direction::DeviceToVendor => &self.device_to_vendor,
+            Direction::VendorToDevice => &self.vendor_to_device,
+        }
+    }
+
+    /// Derives the keys of `epoch` from an X25519 shared secret.
+    ///
+    /// `okm = HKDF-SHA256(salt = "spime/v1 session", ikm = shared,
+    /// info = "spime/v1 keys\0" || device id || epoch (u32 BE) || ephemeral public || vendor key-agreement public, L = 64)`;
+    /// the first 32 bytes seal device to vendor, the last 32 vendor to device.
+    fn from_shared(
+        shared: &[u8; 32],
+        device: &DeviceId,
+        epoch: u32,
+        ephemeral_pub: &[u8; 32],
+        vendor_kx_pub: &[u8; 32],
+    ) -> SessionKeys {
+        let hk = Hkdf::<Sha256>::new(Some(SESSION_SALT), shared);
+        let mut okm = Zeroizing::new([0u8; 64]);
+        let epoch_be = epoch.to_be_bytes();
+        let info: [&[u8]; 5] = [b"spime/v1 keys\0", &device.0, &epoch_be, ephemeral_pub, vendor_kx_pub];
+        // 64 bytes is far below HKDF-SHA256's 8160-byte limit, so expand cannot fail.
+        let _ = hk.expand_multi_info(&info, okm.as_mut_slice());
+        let mut d2v = [0u8; 32];
+        let mut v2d = [0u8; 32];
+        let (a, b) = okm.split_at(32);
+        d2v.copy_from_slice(a);
+        v2d.copy_from_slice(b);
+        SessionKeys { epoch, device_to_vendor: AeadKey(d2v), vendor_to_device: AeadKey(v2d) }
+    }
+}
+
+/// X25519 with the contributory check: an all-zero result (the peer sent
+/// a small-order point) is refused.
+fn x25519_checked(secret: &[u8; 32], public: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
+    let shared = Zeroizing::new(x25519_dalek::x25519(*secret, *public));
+    if bool::from(shared.ct_eq(&[0u8; 32])) { None } else { Some(shared) }
+}
+
+/// The device side of starting a key epoch: a fresh ephemeral X25519 key
+/// agreed with the vendor's static key-agreement key.
+///
+/// Returns the session keys and the ephemeral public key that goes in the
+/// header of the message that opens the epoch.
+///
+/// # Errors
+/// [`crate::error::SealError::WeakKey`] when the vendor key is a small-order point.
+pub fn device_start_epoch<R: CryptoRng + ?Sized>(
+    rng: &mut R,
+    device: &DeviceId,
+    epoch: u32,
+    vendor: &VendorPublicKeys,
+) -> Result<(SessionKeys, [u8; 32]), crate::error::SealError> {
+    let mut secret = Zeroizing::new([0u8; 32]);
+    rng.fill_bytes(secret.as_mut_slice());
+    device_start_epoch_with(&secret, device, epoch, vendor)
+}
+
+/// [`device_start_epoch`] with a given ephemeral secret, for test vectors.
+/// Never reuse an ephemeral secret.
+///
+/// # Errors
+/// [`crate::error::SealError::WeakKey`] when the vendor key is a small-order point.
+pub fn device_start_epoch_with(
+    ephemeral_secret: &[u8; 32],
+    device: &DeviceId,
+    epoch: u32,
+    vendor: &VendorPublicKeys,
+) -> Result<(SessionKeys, [u8; 32]), crate::error::SealError> {
+    let eph_pub = x25519_dalek::x25519(*ephemeral_secret, x25519_dalek::X25519_BASEPOINT_BYTES);
+    let shared = x25519_checked(ephemeral_secret, &vendor.key_agreement).ok_or(crate::error::SealError::WeakKey)?;
+    Ok((SessionKeys::from_shared(&shared, device, epoch, &eph_pub, &vendor.key_agreement), eph_pub))
+}
+
+/// The vendor's public keys, which every device holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VendorPublicKeys {
+    /// Verifies device certificates, receipts and notices.
+    pub signing: VerifyingKey,
+    /// The static X25519 key that devices agree session keys with.
+    pub key_agreement: [u8; 32],
+}
+
+/// The vendor's secret keys. Wiped on drop; `Debug` shows only public parts.
+pub struct VendorKeys {
+    signing: SigningKey,
+    key_agreement: Zeroizing<[u8; 32]>,
+}
+
+impl core::fmt::Debug for VendorKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("VendorKeys").field("public", &self.public()).finish_non_exhaustive()
+    }
+}
+
+impl VendorKeys {
+    /// Generates fresh vendor keys.
+    pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> VendorKeys {
+        let mut sign = Zeroizing::new([0u8; 32]);
+        let mut kx = [0u8; 32];
+        rng.fill_bytes(sign.as_mut_slice());
+        rng.fill_bytes(&mut kx);
+        VendorKeys::from_secrets(&sign, kx)
+    }
+
+    /// Vendor keys from their secret bytes: an Ed25519 seed and an X25519 scalar.
+    pub fn from_secrets(signing_seed: &[u8; 32], key_agreement: [u8; 32]) -> VendorKeys {
+        VendorKeys { signing: SigningKey::from_bytes(signing_seed), key_agreement: Zeroizing::new(key_agreement) }
+    }
+
+    /// The public keys to provision into devices.
+    pub fn public(&self) -> VendorPublicKeys {
+        VendorPublicKeys {
+            signing: self.signing.verifying_key(),
+            key_agreement: x25519_dalek::x25519(*self.key_agreement, x25519_dalek::X25519_BASEPOINT_BYTES),
+        }
+    }
+
+    /// The signing key (certificates, receipts, notices).
+    pub const fn signing(&self) -> &SigningKey {
+        &self.signing
+    }
+
+    /// The vendor side of opening a key epoch from the device's ephemeral key.
+    ///
+    /// # Errors
+    /// [`OpenError::WeakKey`] when the ephemeral key is a small-order point.
+    pub fn accept_epoch(
+        &self,
+        device: &DeviceId,
+        epoch: u32,
+        ephemeral_pub: &[u8; 32],
+    ) -> Result<SessionKeys, OpenError> {
+        let shared = x25519_checked(&self.key_agreement, ephemeral_pub).ok_or(OpenError::WeakKey)?;
+        let kx_pub = x25519_dalek::x25519(*self.key_agreement, x25519_dalek::X25519_BASEPOINT_BYTES);
+        Ok(SessionKeys::from_shared(&shared, device, epoch, ephemeral_pub, &kx_pub))
+    }
+}
+
+/// A device's long-term identity: its id and Ed25519 key. Wiped on drop.
+pub struct DeviceKey {
+    /// The device id.
+    pub device: DeviceId,
+    signing: SigningKey,
+}
+
+impl core::fmt::Debug for DeviceKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DeviceKey")
+            .field("device", &self.device)
+            .field("public", &self.signing.verifying_key())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceKey {
+    /// A device key from its 32-byte Ed25519 seed.
+    pub fn from_seed(device: DeviceId, seed: &[u8; 32]) -> DeviceKey {
+        DeviceKey { device, signing: SigningKey::from_bytes(seed) }
+    }
+
+    /// Generates a fresh device key (at manufacture).
+    pub fn generate<R: CryptoRng + ?Sized>(device: DeviceId, rng: &mut R) -> DeviceKey {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(seed.as_mut_slice());
+        DeviceKey::from_seed(device, &seed)
+    }
+
+    /// The device's public key, which its certificate binds.
+    pub fn public(&self) -> VerifyingKey {
+        self.signing.verifying_key()
+    }
+
+    /// The signing key.
+    pub const fn signing(&self) -> &SigningKey {
+        &self.signing
+    }
+}

@@ -1,0 +1,327 @@
+//! Sealing and opening: sign, then encrypt.
+//!
+//! A sealed message (an *envelope*) is
+//!
+//! ```text
+//! header || ChaCha20-Poly1305(key, nonce, aad = header, body || signature) || tag
+//! signature = Ed25519(sender, "spime/v1 message\0" || header || body)
+//! nonce     = direction byte || 00 00 00 || counter (u64 BE)
+//! ```
+//!
+//! Opening goes in steps, each a type that only the previous step makes:
+//! [`Envelope::parse`] checks the header and lengths, [`Envelope::decrypt`]
+//! gives a [`Plaintext`], [`Plaintext::verify`] checks the signature with the
+//! sender's key and gives a [`Verified`], and only a [`Verified`] decodes
+//! into a body. A [`Verified`] keeps the exact header and body bytes with the
+//! signature: a proof anyone with the sender's public key can check later
+//! ([`verify_signature`]), with no session key.
+
+pub mod counter;
+pub mod keys;
+pub mod replay;
+
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
+use ed25519_dalek::ed25519::signature::MultipartSigner;
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+
+use crate::codec;
+use crate::error::{DecodeError, OpenError, SealError};
+use crate::message::{Body, MAX_SEALED_LEN};
+use crate::wire::{DeviceId, Direction, Header, Kind};
+
+pub use keys::{AeadKey, DeviceKey, SessionKeys, VendorKeys, VendorPublicKeys};
+
+/// Domain-separation tag that starts every envelope signature.
+pub const MESSAGE_DST: &[u8] = b"spime/v1 message\0";
+/// Length of an Ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+/// Length of the Poly1305 tag.
+pub const TAG_LEN: usize = 16;
+
+/// The AEAD nonce for a counter in a direction.
+///
+/// ```
+/// use spime::seal::nonce;
+/// use spime::wire::Direction;
+/// assert_eq!(nonce(Direction::VendorToDevice, 258), [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2]);
+/// ```
+pub fn nonce(direction: Direction, counter: u64) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[0] = direction.nonce_byte();
+    n[4..].copy_from_slice(&counter.to_be_bytes());
+    n
+}
+
+/// What goes in the header of a message to seal; the kind comes from the body type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seal {
+    /// The device the message is from (or to, vendor to device).
+    pub device: DeviceId,
+    /// The epoch of the session keys used.
+    pub epoch: u32,
+    /// A counter value never used before by this sender for this device.
+    pub counter: u64,
+    /// The ephemeral public key, when this message opens the epoch.
+    pub ephemeral: Option<[u8; 32]>,
+}
+
+/// Seals `body` into `out` and returns the envelope's length.
+///
+/// `signer` is the sender's Ed25519 key (the device's, or the vendor's for
+/// vendor-to-device kinds); `keys` are the session keys of `seal.epoch`.
+///
+/// # Errors
+/// [`SealError::BufferTooSmall`] when `out` is shorter than the envelope,
+/// [`SealError::Encode`] when the header is invalid for the kind (an
+/// ephemeral key on a vendor kind, none on Register).
+pub fn seal<B: Body>(
+    out: &mut [u8],
+    seal: &Seal,
+    body: &B,
+    signer: &SigningKey,
+    keys: &SessionKeys,
+) -> Result<usize, SealError> {
+    let header = Header {
+        kind: B::KIND,
+        device: seal.device,
+        epoch: seal.epoch,
+        counter: seal.counter,
+        ephemeral: seal.ephemeral,
+    };
+    let have = out.len();
+    let h = header.emit(out).map_err(|e| match e {
+        DecodeError::BufferTooSmall { .. } => SealError::BufferTooSmall { needed: header.buffer_len(), have },
+        other => SealError::Encode(other),
+    })?;
+    let (head, rest) = out.split_at_mut(h);
+    let b = match codec::encode(body, rest) {
+        Ok(bytes) => bytes.len(),
+        Err(_) => {
+            let needed = h + codec::encoded_len(body)? + SIGNATURE_LEN + TAG_LEN;
+            return Err(SealError::BufferTooSmall { needed, have });
+        }
+    };
+    let needed = h + b + SIGNATURE_LEN + TAG_LEN;
+    let rest = rest.get_mut(..b + SIGNATURE_LEN + TAG_LEN).ok_or(SealError::BufferTooSmall { needed, have })?;
+    let (plain, tag_out) = rest.split_at_mut(b + SIGNATURE_LEN);
+    let (body_bytes, sig_out) = plain.split_at_mut(b);
+    let sig = signer.multipart_sign(&[MESSAGE_DST, head, body_bytes]);
+    sig_out.copy_from_slice(&sig.to_bytes());
+    let cipher = ChaCha20Poly1305::new(keys.key(header.direction()).as_bytes().into());
+    let n = nonce(header.direction(), header.counter);
+    let tag = cipher
+        .encrypt_inout_detached(&Nonce::from(n), head, plain.into())
+        .map_err(|_| SealError::BufferTooSmall { needed, have })?;
+    tag_out.copy_from_slice(&tag);
+    Ok(needed)
+}
+
+/// A parsed, not yet authenticated envelope.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    /// The header (unauthenticated until decrypted).
+    pub header: Header,
+    header_bytes: &'a [u8],
+    ciphertext: &'a [u8],
+    tag: [u8; TAG_LEN],
+}
+
+impl<'a> Envelope<'a> {
+    /// Parses an envelope: header, then the lengths. No cryptography yet.
+    ///
+    /// # Errors
+    /// [`DecodeError::Oversized`] above [`MAX_SEALED_LEN`], the header's
+    /// errors, [`DecodeError::Truncated`] when the bytes after the header
+    /// cannot hold a signature and a tag.
+    pub fn parse(bytes: &'a [u8]) -> Result<Envelope<'a>, DecodeError> {
+        if bytes.len() > MAX_SEALED_LEN {
+            return Err(DecodeError::Oversized { len: bytes.len(), max: MAX_SEALED_LEN });
+        }
+        let (header, h) = Header::parse(bytes)?;
+        let needed = h + SIGNATURE_LEN + TAG_LEN;
+        if bytes.len() < needed {
+            return Err(DecodeError::Truncated { needed, have: bytes.len() });
+        }
+        let (header_bytes, rest) = bytes.split_at(h);
+        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| DecodeError::Truncated { needed, have: bytes.len() })?;
+        Ok(Envelope { header, header_bytes, ciphertext, tag })
+    }
+
+    /// The exact header bytes (the AEAD associated data).
+    pub const fn header_bytes(&self) -> &'a [u8] {
+        self.header_bytes
+    }
+
+    /// The length of the plaintext (`body || signature`), the buffer size
+    /// [`Envelope::decrypt`] needs.
+    pub const fn plaintext_len(&self) -> usize {
+        self.ciphertext.len()
+    }
+
+    /// Decrypts into `buf` with the session keys of the header's epoch.
+    ///
+    /// # Errors
+    /// [`OpenError::WrongEpoch`] when `keys` belong to another epoch;
+    /// [`OpenError::Unauthentic`] when the tag does not verify (the buffer
+    /// is wiped); [`DecodeError::BufferTooSmall`] when `buf` is shorter than
+    /// [`Envelope::plaintext_len`].
+    pub fn decrypt<'b>(&self, keys: &SessionKeys, buf: &'b mut [u8]) -> Result<Plaintext<'a, 'b>, OpenError> {
+        if keys.epoch != self.header.epoch {
+            return Err(OpenError::WrongEpoch { expected: keys.epoch, got: self.header.epoch });
+        }
+        let have = buf.len();
+        let buf = buf.get_mut(..self.ciphertext.len()).ok_or(DecodeError::BufferTooSmall { have })?;
+        buf.copy_from_slice(self.ciphertext);
+        let dir = self.header.direction();
+        let cipher = ChaCha20Poly1305::new(keys.key(dir).as_bytes().into());
+        let n = nonce(dir, self.header.counter);
+        if cipher
+            .decrypt_inout_detached(&Nonce::from(n), self.header_bytes, (&mut *buf).into(), &Tag::from(self.tag))
+            .is_err()
+        {
+            buf.fill(0);
+            return Err(OpenError::Unauthentic);
+        }
+        let (body, sig) = buf.split_at(buf.len() - SIGNATURE_LEN);
+        let signature: [u8; SIGNATURE_LEN] = sig.try_into().map_err(|_| OpenError::Unauthentic)?;
+        Ok(Plaintext { header: self.header, header_bytes: self.header_bytes, body, signature })
+    }
+}
+
+/// A decrypted envelope whose signature is not yet checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Plaintext<'a, 'b> {
+    /// The header (now authenticated by the AEAD tag).
+    pub header: Header,
+    header_bytes: &'a [u8],
+    body: &'b [u8],
+    signature: [u8; SIGNATURE_LEN],
+}
+
+impl<'a, 'b> Plaintext<'a, 'b> {
+    /// Checks the sender's signature (strict Ed25519).
+    ///
+    /// # Errors
+    /// [`OpenError::Unauthentic`] when it does not verify.
+    pub fn verify(self, sender: &VerifyingKey) -> Result<Verified<'a, 'b>, OpenError> {
+        verify_signature(sender, self.header_bytes, self.body, &self.signature)?;
+        Ok(self.into_verified())
+    }
+
+    /// The body bytes (not yet verified: only for a batch verifier).
+    pub const fn body_bytes(&self) -> &'b [u8] {
+        self.body
+    }
+
+    /// The exact header bytes.
+    pub const fn header_bytes(&self) -> &'a [u8] {
+        self.header_bytes
+    }
+
+    /// The signature bytes.
+    pub const fn signature(&self) -> &[u8; SIGNATURE_LEN] {
+        &self.signature
+    }
+
+    pub(crate) const fn into_verified(self) -> Verified<'a, 'b> {
+        Verified { header: self.header, header_bytes: self.header_bytes, body: self.body, signature: self.signature }
+    }
+}
+
+/// An authentic message: decrypted, and signed by the expected sender.
+/// Only [`Plaintext::verify`] (or the crate's batch verifier) makes one.
+#[derive(Debug, Clone, Copy)]
+pub struct Verified<'a, 'b> {
+    /// The header.
+    pub header: Header,
+    header_bytes: &'a [u8],
+    body: &'b [u8],
+    signature: [u8; SIGNATURE_LEN],
+}
+
+impl<'a, 'b> Verified<'a, 'b> {
+    /// Decodes the body as `B`.
+    ///
+    /// # Errors
+    /// [`OpenError::WrongKind`] when the header's kind is not `B::KIND`;
+    /// the body's [`DecodeError`] otherwise.
+    pub fn decode<B: Body>(&self) -> Result<B, OpenError> {
+        if self.header.kind != B::KIND {
+            return Err(OpenError::WrongKind { expected: B::KIND, got: self.header.kind });
+        }
+        Ok(codec::decode::<B>(self.body)?)
+    }
+
+    /// The kind.
+    pub const fn kind(&self) -> Kind {
+        self.header.kind
+    }
+
+    /// The exact header bytes that were signed.
+    pub const fn header_bytes(&self) -> &'a [u8] {
+        self.header_bytes
+    }
+
+    /// The exact body bytes that were signed.
+    pub const fn body_bytes(&self) -> &'b [u8] {
+        self.body
+    }
+
+    /// The sender's signature.
+    pub const fn signature(&self) -> &[u8; SIGNATURE_LEN] {
+        &self.signature
+    }
+}
+
+/// Checks an envelope signature over exact header and body bytes: the
+/// check a later reader of a kept proof makes, with no session key.
+///
+/// # Errors
+/// [`OpenError::Unauthentic`] when it does not verify.
+pub fn verify_signature(
+    sender: &VerifyingKey,
+    header_bytes: &[u8],
+    body: &[u8],
+    signature: &[u8; SIGNATURE_LEN],
+) -> Result<(), OpenError> {
+    let sig = Signature::from_bytes(signature);
+    verify_strict_parts(sender, &[MESSAGE_DST, header_bytes, body], &sig).map_err(|_| OpenError::Unauthentic)
+}
+
+/// Ed25519 `verify_strict` over a message given in parts, without joining
+/// them: refuses a small-order public key or `R`, a non-canonical `s`, and
+/// checks the cofactorless equation, exactly as `VerifyingKey::verify_strict`
+/// does (tests pin the equivalence).
+pub(crate) fn verify_strict_parts(key: &VerifyingKey, parts: &[&[u8]], sig: &Signature) -> Result<(), ()> {
+    use ed25519_dalek::ed25519::signature::MultipartVerifier;
+    if key.is_weak() {
+        return Err(());
+    }
+    let r = curve25519_dalek::edwards::CompressedEdwardsY(*sig.r_bytes());
+    match r.decompress() {
+        Some(point) if !point.is_small_order() => {}
+        _ => return Err(()),
+    }
+    key.multipart_verify(parts, sig).map_err(|_| ())
+}
+
+/// Signs and seals a body as the vendor, for one device (the vendor's
+/// signing key signs, the vendor-to-device key encrypts).
+///
+/// # Errors
+/// As [`seal`]; [`SealError::WrongDirection`] for a device-to-vendor kind.
+pub fn seal_from_vendor<B: Body>(
+    out: &mut [u8],
+    device: DeviceId,
+    counter: u64,
+    body: &B,
+    vendor: &VendorKeys,
+    keys: &SessionKeys,
+) -> Result<usize, SealError> {
+    if B::KIND.direction() != Direction::VendorToDevice {
+        return Err(SealError::WrongDirection(B::KIND));
+    }
+    seal(out, &Seal { device, epoch: keys.epoch, counter, ephemeral: None }, body, vendor.signing(), keys)
+}
