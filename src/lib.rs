@@ -9,6 +9,7 @@ extern crate alloc;
 
 pub mod codec;
 pub mod consent;
+pub mod device;
 pub mod error;
 pub mod message;
 pub mod seal;

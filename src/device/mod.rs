@@ -1,0 +1,12 @@
+//! The device side: what a product's firmware links. No heap, no `std`,
+//! no globals: randomness, time and storage come in from the caller.
+//!
+//! - [`storage`]: the record store trait, the NOR flash adapter and the
+//!   persisted message counter;
+//! - [`outbox`]: sealed messages waiting for the link, in priority order;
+//! - [`metrics`]: usage aggregated into windows on the device;
+//! - [`fault`]: faults with repeats counted, not resent;
+//! - [`session`]: the product's lifecycle, from unregistered to decommissioned.
+
+pub mod outbox;
+pub mod storage;
