@@ -8,5 +8,7 @@
 //! - [`fault`]: faults with repeats counted, not resent;
 //! - [`session`]: the product's lifecycle, from unregistered to decommissioned.
 
+pub mod fault;
+pub mod metrics;
 pub mod outbox;
 pub mod storage;
