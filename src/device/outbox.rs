@@ -23,12 +23,12 @@
 //! sequence number: after a power cut the outbox reloads exactly as it
 //! was before or after the last change.
 
-use crate::consent::{CategorySet, Purpose};
+use crate::consent::{CategorySet, LocationPrecision, Purpose, Scope};
 use crate::device::storage::{RECORD_OUTBOX, Storage, StorageError};
 use crate::wire::Kind;
 
 /// Bytes of an outbox record before the envelope.
-pub const OUTBOX_HEADER_LEN: usize = 42;
+pub const OUTBOX_HEADER_LEN: usize = 43;
 /// Bytes of an empty-slot record.
 pub const OUTBOX_EMPTY_LEN: usize = 25;
 
@@ -74,6 +74,8 @@ pub struct ItemMeta {
     pub purpose: Purpose,
     /// The data categories it carries.
     pub categories: CategorySet,
+    /// The most precise location it carries.
+    pub location: LocationPrecision,
     /// The consent version it was built under.
     pub consent_version: u32,
     /// The envelope counter.
@@ -84,6 +86,16 @@ impl ItemMeta {
     /// Its priority class.
     pub const fn class(&self) -> Class {
         Class::of(self.kind)
+    }
+
+    /// What the message carries, for re-judging it under a new consent state.
+    pub const fn scope(&self) -> Scope {
+        Scope {
+            purpose: self.purpose,
+            categories: self.categories,
+            location: self.location,
+            consent_version: self.consent_version,
+        }
     }
 }
 
@@ -186,6 +198,7 @@ const NO_META: ItemMeta = ItemMeta {
     kind: Kind::USAGE,
     purpose: Purpose::ESSENTIAL,
     categories: CategorySet::EMPTY,
+    location: LocationPrecision::None,
     consent_version: 0,
     counter: 0,
 };
@@ -206,14 +219,15 @@ impl<const RECORD: usize> Slot<RECORD> {
 /// each stored in a record of `RECORD` bytes (use [`record_len`]).
 ///
 /// ```
-/// use spime::consent::{CategorySet, Purpose};
+/// use spime::consent::{CategorySet, LocationPrecision, Purpose};
 /// use spime::device::outbox::{Class, ItemMeta, Outbox, record_len};
 /// use spime::device::storage::{NorStorage, SimFlash};
 /// use spime::wire::Kind;
 /// let mut storage = NorStorage::new(SimFlash::<16384, 256>::new(), 0, 12, 128)?;
 /// let mut outbox: Outbox<2, { record_len(64) }> = Outbox::new();
 /// let meta = |kind, counter| ItemMeta {
-///     kind, purpose: Purpose::ESSENTIAL, categories: CategorySet::EMPTY, consent_version: 1, counter,
+///     kind, purpose: Purpose::ESSENTIAL, categories: CategorySet::EMPTY,
+///     location: LocationPrecision::None, consent_version: 1, counter,
 /// };
 /// outbox.push(&mut storage, meta(Kind::USAGE, 1), b"usage one")?;
 /// outbox.push(&mut storage, meta(Kind::USAGE, 2), b"usage two")?;
@@ -484,6 +498,7 @@ fn write_header(raw: &mut [u8], seq: u32, d: &Dropped, meta: Option<&ItemMeta>) 
             h[28..30].copy_from_slice(&m.categories.bits().to_be_bytes());
             h[30..34].copy_from_slice(&m.consent_version.to_be_bytes());
             h[34..42].copy_from_slice(&m.counter.to_be_bytes());
+            h[42] = location_byte(m.location);
             OUTBOX_HEADER_LEN
         }
         None => OUTBOX_EMPTY_LEN,
@@ -491,6 +506,29 @@ fn write_header(raw: &mut [u8], seq: u32, d: &Dropped, meta: Option<&ItemMeta>) 
     if let (Some(dst), Some(src)) = (raw.get_mut(..n), h.get(..n)) {
         dst.copy_from_slice(src);
     }
+}
+
+fn location_byte(p: LocationPrecision) -> u8 {
+    match p {
+        LocationPrecision::None => 0,
+        LocationPrecision::Country => 1,
+        LocationPrecision::Region => 2,
+        LocationPrecision::City => 3,
+        LocationPrecision::Neighbourhood => 4,
+        LocationPrecision::Exact => 5,
+    }
+}
+
+fn location_from_byte(b: u8) -> Option<LocationPrecision> {
+    Some(match b {
+        0 => LocationPrecision::None,
+        1 => LocationPrecision::Country,
+        2 => LocationPrecision::Region,
+        3 => LocationPrecision::City,
+        4 => LocationPrecision::Neighbourhood,
+        5 => LocationPrecision::Exact,
+        _ => return None,
+    })
 }
 
 fn be32(b: &[u8], at: usize) -> Option<u32> {
@@ -515,7 +553,8 @@ fn parse_record(rec: &[u8]) -> Option<(u32, Dropped, Option<ItemMeta>)> {
             let categories = CategorySet::from_bits(u16::from_be_bytes(rec.get(28..30)?.try_into().ok()?)).ok()?;
             let consent_version = be32(rec, 30)?;
             let counter = u64::from_be_bytes(rec.get(34..42)?.try_into().ok()?);
-            Some((seq, dropped, Some(ItemMeta { kind, purpose, categories, consent_version, counter })))
+            let location = location_from_byte(*rec.get(42)?)?;
+            Some((seq, dropped, Some(ItemMeta { kind, purpose, categories, location, consent_version, counter })))
         }
         _ => None,
     }
@@ -536,7 +575,14 @@ mod tests {
     }
 
     fn meta(kind: Kind, counter: u64) -> ItemMeta {
-        ItemMeta { kind, purpose: Purpose::DIAGNOSTICS, categories: CategorySet::EMPTY, consent_version: 3, counter }
+        ItemMeta {
+            kind,
+            purpose: Purpose::DIAGNOSTICS,
+            categories: CategorySet::EMPTY,
+            location: LocationPrecision::None,
+            consent_version: 3,
+            counter,
+        }
     }
 
     const KINDS: [Kind; 6] =
@@ -549,7 +595,8 @@ mod tests {
         let m = ItemMeta {
             kind: Kind::FAULT,
             purpose: Purpose::DIAGNOSTICS,
-            categories: CategorySet::from_bits(0b101).unwrap(),
+            categories: CategorySet::from_bits(0b1101).unwrap(),
+            location: LocationPrecision::City,
             consent_version: 7,
             counter: 0x0102,
         };
@@ -557,7 +604,7 @@ mod tests {
         let mut buf = [0u8; 100];
         let rec = s.read(RECORD_OUTBOX, &mut buf).unwrap().unwrap();
         let mut want = vec![0u8; 24];
-        want.extend([1, 0x03, 0, 2, 0, 5, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 1, 2, 0xEE, 0xFF]);
+        want.extend([1, 0x03, 0, 2, 0, 0x0d, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 1, 2, 3, 0xEE, 0xFF]);
         assert_eq!(rec, &want[..]);
         ob.ack(&mut s, 0x0102).unwrap();
         let rec = s.read(RECORD_OUTBOX, &mut buf).unwrap().unwrap();
