@@ -11,4 +11,5 @@
 pub mod fault;
 pub mod metrics;
 pub mod outbox;
+pub mod session;
 pub mod storage;
