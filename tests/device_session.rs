@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use common::*;
 use rand_core::SeedableRng;
 use spime::consent::{
@@ -18,11 +16,8 @@ use spime::device::outbox::record_len;
 use spime::device::session::{Device, NoticeDecision, Phase, SessionError, Stage, storage_capacity, storage_records};
 use spime::device::storage::{NorStorage, SimFlash};
 use spime::error::{OpenError, ReplayError};
-use spime::message::{
-    self, Body, ConsentUpdate, Decommission, DecommissionReason, Fault, MetricValue, Notice, NoticeKind, RebootReason,
-    Receipt, Register, Severity, Transfer, Usage,
-};
-use spime::seal::{self, Envelope, SessionKeys, VendorKeys};
+use spime::message::{self, DecommissionReason, MetricValue, Notice, NoticeKind, RebootReason, Receipt, Severity};
+use spime::seal::{self, VendorKeys};
 use spime::wire::Kind;
 
 const N: usize = 4;
@@ -37,62 +32,6 @@ fn storage() -> Store {
 
 fn rng() -> rand_chacha::ChaCha20Rng {
     rand_chacha::ChaCha20Rng::from_seed([9; 32])
-}
-
-/// The vendor side: opens messages, remembering each epoch's keys.
-struct Vendor {
-    keys: VendorKeys,
-    epochs: BTreeMap<u32, SessionKeys>,
-    counter: u64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Opened {
-    Register(Register),
-    Usage(Usage),
-    Fault(Fault),
-    Consent(ConsentUpdate),
-    Transfer(Transfer),
-    Decommission(Decommission),
-}
-
-impl Vendor {
-    fn new() -> Self {
-        Vendor { keys: vendor(), epochs: BTreeMap::new(), counter: 0 }
-    }
-
-    fn open(&mut self, bytes: &[u8]) -> (u64, Opened) {
-        let env = Envelope::parse(bytes).unwrap();
-        let h = env.header;
-        if let Some(eph) = h.ephemeral {
-            let k = self.keys.accept_epoch(&h.device, h.epoch, &eph).unwrap();
-            self.epochs.insert(h.epoch, k);
-        }
-        let keys = &self.epochs[&h.epoch];
-        let mut buf = [0u8; message::MAX_SEALED_LEN];
-        let pt = env.decrypt(keys, &mut buf).unwrap();
-        let device_key = identity().certificate.verify(&self.keys.public().signing).unwrap();
-        let v = pt.verify(&device_key).unwrap();
-        let opened = match h.kind {
-            Kind::REGISTER => Opened::Register(v.decode().unwrap()),
-            Kind::USAGE => Opened::Usage(v.decode().unwrap()),
-            Kind::FAULT => Opened::Fault(v.decode().unwrap()),
-            Kind::CONSENT => Opened::Consent(v.decode().unwrap()),
-            Kind::TRANSFER => Opened::Transfer(v.decode().unwrap()),
-            Kind::DECOMMISSION => Opened::Decommission(v.decode().unwrap()),
-            k => panic!("unexpected kind {k:?}"),
-        };
-        (h.counter, opened)
-    }
-
-    fn seal<B: Body>(&mut self, epoch: u32, body: &B) -> Vec<u8> {
-        self.counter += 1;
-        let mut out = vec![0u8; B::MAX_SEALED_LEN];
-        let n =
-            seal::seal_from_vendor(&mut out, DEVICE_ID, self.counter, body, &self.keys, &self.epochs[&epoch]).unwrap();
-        out.truncate(n);
-        out
-    }
 }
 
 /// Sends (opens and acks) everything queued, in send order.

@@ -273,8 +273,20 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
     /// [`OutboxError::Storage`] when the storage fails.
     pub fn load<S: Storage + ?Sized>(storage: &mut S) -> Result<Self, OutboxError> {
         let mut ob = Self::new();
+        ob.reload(storage)?;
+        Ok(ob)
+    }
+
+    /// [`Outbox::load`] in place (no outbox-sized value on the stack).
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`] when the storage fails; the outbox is then empty.
+    pub fn reload<S: Storage + ?Sized>(&mut self, storage: &mut S) -> Result<(), OutboxError> {
+        self.dropped = Dropped::default();
+        self.next_seq = 0;
         let mut newest: Option<u32> = None;
-        for (i, slot) in ob.slots.iter_mut().enumerate() {
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            slot.used = false;
             let id = slot_record(i)?;
             let len = match storage.read(id, &mut slot.raw) {
                 Ok(Some(bytes)) => bytes.len(),
@@ -285,7 +297,7 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
             let Some((seq, dropped, meta)) = parse_record(rec) else { continue };
             if newest.is_none_or(|n| seq >= n) {
                 newest = Some(seq);
-                ob.dropped = dropped;
+                self.dropped = dropped;
             }
             if let Some(meta) = meta {
                 slot.used = true;
@@ -294,8 +306,8 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
                 slot.len = len;
             }
         }
-        ob.next_seq = newest.map_or(0, |n| n.wrapping_add(1));
-        Ok(ob)
+        self.next_seq = newest.map_or(0, |n| n.wrapping_add(1));
+        Ok(())
     }
 
     /// How many messages are queued.

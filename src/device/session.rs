@@ -327,6 +327,7 @@ impl<S: Storage, const N: usize, const RECORD: usize> Device<S, N, RECORD> {
     /// [`SessionError::Storage`] or [`SessionError::Counter`] when storage
     /// fails; [`StorageError::Invalid`] for a session or consent record
     /// that does not decode.
+    #[inline(never)]
     pub fn boot(id: Identity, storage: S) -> Result<Self, SessionError> {
         let mut counter = Counter::open(CounterRecord(storage), COUNTER_BLOCK)?;
         let storage = &mut counter.store_mut().0;
@@ -340,8 +341,10 @@ impl<S: Storage, const N: usize, const RECORD: usize> Device<S, N, RECORD> {
             Some(r) => Some(codec::decode::<SignedConsent>(r).map_err(|_| StorageError::Invalid(RECORD_CONSENT))?),
             None => None,
         };
-        let outbox = Outbox::load(storage)?;
-        Ok(Device { id, counter, state, consent, outbox })
+        let mut dev = Device { id, counter, state, consent, outbox: Outbox::new() };
+        let storage = &mut dev.counter.store_mut().0;
+        dev.outbox.reload(storage)?;
+        Ok(dev)
     }
 
     /// The typestate handle for the device's current stage.

@@ -424,6 +424,14 @@ impl<const SIZE: usize, const ERASE: usize> SimFlash<SIZE, ERASE> {
         SimFlash { mem: [0xFF; SIZE], ops: 0, cut_at: None, dead: false }
     }
 
+    /// A flash whose bytes are all zero (programmed, not erased): it
+    /// lands in `.bss` rather than `.data`, so a firmware image does not
+    /// carry it. [`NorStorage`] erases before it programs, so it reads as
+    /// empty.
+    pub const fn zeroed() -> Self {
+        SimFlash { mem: [0; SIZE], ops: 0, cut_at: None, dead: false }
+    }
+
     /// Arms a power cut at the `n`-th erase or write from now (0: the next).
     pub fn cut_after(&mut self, n: u32) {
         self.cut_at = Some(self.ops.saturating_add(n));

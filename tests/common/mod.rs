@@ -2,11 +2,16 @@
 //! firmware (examples/firmware/src/main.rs has the same constants).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+use std::collections::BTreeMap;
+
 use spime::consent::{CategorySet, ConsentState, DataCategory, Grant, LocationPrecision, Purpose, SignedConsent};
 use spime::device::session::Identity;
+use spime::message::{self, Body, ConsentUpdate, Decommission, Fault, Register, Transfer, Usage};
 use spime::message::{CertificateBody, DeviceCertificate, FirmwareVersion};
+use spime::seal::{self, Envelope, SessionKeys};
 use spime::seal::{DeviceKey, VendorKeys};
 use spime::wire::DeviceId;
+use spime::wire::Kind;
 
 /// The test vendor's Ed25519 seed (public: a test identity only).
 pub(crate) const VENDOR_SIGNING_SEED: [u8; 32] = [0x51; 32];
@@ -66,4 +71,60 @@ pub(crate) fn generous_consent(version: u32, now: u64) -> SignedConsent {
     .unwrap();
     s.allow_channel(Purpose::PROACTIVE_SERVICE, spime::consent::Channel::App).unwrap();
     SignedConsent { state: s, owner: None }
+}
+
+/// The vendor side: opens messages, remembering each epoch's keys.
+pub(crate) struct Vendor {
+    pub(crate) keys: VendorKeys,
+    pub(crate) epochs: BTreeMap<u32, SessionKeys>,
+    pub(crate) counter: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Opened {
+    Register(Register),
+    Usage(Usage),
+    Fault(Fault),
+    Consent(ConsentUpdate),
+    Transfer(Transfer),
+    Decommission(Decommission),
+}
+
+impl Vendor {
+    pub(crate) fn new() -> Self {
+        Vendor { keys: vendor(), epochs: BTreeMap::new(), counter: 0 }
+    }
+
+    pub(crate) fn open(&mut self, bytes: &[u8]) -> (u64, Opened) {
+        let env = Envelope::parse(bytes).unwrap();
+        let h = env.header;
+        if let Some(eph) = h.ephemeral {
+            let k = self.keys.accept_epoch(&h.device, h.epoch, &eph).unwrap();
+            self.epochs.insert(h.epoch, k);
+        }
+        let keys = &self.epochs[&h.epoch];
+        let mut buf = [0u8; message::MAX_SEALED_LEN];
+        let pt = env.decrypt(keys, &mut buf).unwrap();
+        let device_key = identity().certificate.verify(&self.keys.public().signing).unwrap();
+        let v = pt.verify(&device_key).unwrap();
+        let opened = match h.kind {
+            Kind::REGISTER => Opened::Register(v.decode().unwrap()),
+            Kind::USAGE => Opened::Usage(v.decode().unwrap()),
+            Kind::FAULT => Opened::Fault(v.decode().unwrap()),
+            Kind::CONSENT => Opened::Consent(v.decode().unwrap()),
+            Kind::TRANSFER => Opened::Transfer(v.decode().unwrap()),
+            Kind::DECOMMISSION => Opened::Decommission(v.decode().unwrap()),
+            k => panic!("unexpected kind {k:?}"),
+        };
+        (h.counter, opened)
+    }
+
+    pub(crate) fn seal<B: Body>(&mut self, epoch: u32, body: &B) -> Vec<u8> {
+        self.counter += 1;
+        let mut out = vec![0u8; B::MAX_SEALED_LEN];
+        let n =
+            seal::seal_from_vendor(&mut out, DEVICE_ID, self.counter, body, &self.keys, &self.epochs[&epoch]).unwrap();
+        out.truncate(n);
+        out
+    }
 }
