@@ -738,15 +738,17 @@ impl<'d, S: Storage, const N: usize, const RECORD: usize> Registered<'d, S, N, R
         };
         let scope = dev.control_scope();
         dev.seal_queue(&Transfer { at: now }, scope, None)?;
-        let consent = SignedConsent { state: reset, owner: None };
-        dev.save_consent(&consent)?;
-        dev.consent = Some(consent);
+        // The stage first: a cut before the reset consent is stored leaves an
+        // unregistered device, which sends no data under any consent.
         dev.state.stage = Stage::Unregistered;
         dev.state.keys = None;
         dev.state.sent.clear();
         dev.state.shown.clear();
         dev.state.receipted = 0;
         dev.save_state()?;
+        let consent = SignedConsent { state: reset, owner: None };
+        dev.save_consent(&consent)?;
+        dev.consent = Some(consent);
         dev.outbox.purge(&mut dev.counter.store_mut().0, |m| m.class() == Class::Lifecycle)?;
         Ok(Unregistered { dev })
     }
