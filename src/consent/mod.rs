@@ -74,6 +74,20 @@ impl Purpose {
         Purpose(Self::VENDOR_MIN | (n & 0x7FFF))
     }
 
+    /// Whether the id is in the reserved range (only a decoded value that
+    /// failed validation can be).
+    pub const fn is_reserved(self) -> bool {
+        self.0 > 9 && self.0 < Self::VENDOR_MIN
+    }
+
+    /// Checks the id is defined or vendor-defined.
+    ///
+    /// # Errors
+    /// [`DecodeError::UnknownPurpose`] for a reserved id.
+    pub const fn check(self) -> Result<(), DecodeError> {
+        if self.is_reserved() { Err(DecodeError::UnknownPurpose(self.0)) } else { Ok(()) }
+    }
+
     /// The wire id.
     pub const fn id(self) -> u16 {
         self.0
@@ -111,8 +125,9 @@ impl Serialize for Purpose {
 
 impl<'de> Deserialize<'de> for Purpose {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let id = u16::deserialize(d)?;
-        Purpose::from_id(id).map_err(|_| serde::de::Error::custom("unknown purpose"))
+        // Any id parses; the reserved ones are refused by the enclosing
+        // type's `Canonical::validate` with the typed `UnknownPurpose` error.
+        Ok(Purpose(u16::deserialize(d)?))
     }
 }
 
@@ -500,6 +515,15 @@ fn strictly_ascending<T, K: PartialOrd>(
 
 /// The canonical-form rules of [`ConsentState`].
 fn validate_state(s: &ConsentState) -> Result<(), DecodeError> {
+    for p in s
+        .grants
+        .iter()
+        .map(|g| g.purpose)
+        .chain(s.contact.grants.iter().map(|g| g.purpose))
+        .chain(s.contact.caps.iter().map(|c| c.purpose))
+    {
+        p.check()?;
+    }
     strictly_ascending(&s.grants, |g| g.purpose, "grants")?;
     if s.grants.iter().any(|g| g.purpose == Purpose::ESSENTIAL) {
         return Err(DecodeError::OutOfRange("a grant for Essential (it is implied)"));
