@@ -7,7 +7,15 @@
 //! them to exactly the same values, and refuses every invalid vector with
 //! the error the vector names. `SPIME_WRITE_VECTORS=1 cargo test --test
 //! vectors` rewrites the files after a deliberate format change.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::type_complexity)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::std_instead_of_core,
+    clippy::cast_possible_truncation,
+    clippy::type_complexity
+)]
 
 mod common;
 

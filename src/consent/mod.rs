@@ -372,8 +372,9 @@ pub struct Grant {
 }
 
 impl Grant {
-    /// Longest encoding: purpose varint(u16) + u16 varint + 1 + option(u64).
-    pub const MAX_ENCODED_LEN: usize = varint_max(16) + varint_max(16) + 1 + 1 + varint_max(64);
+    /// Longest encoding: purpose varint(u16) + categories (≤ 0x7f: one
+    /// varint byte) + precision + option tag + varint(u64).
+    pub const MAX_ENCODED_LEN: usize = varint_max(16) + 1 + 1 + 1 + varint_max(64);
 }
 
 /// The owner may be contacted for `purpose` on `channels`.
@@ -403,8 +404,9 @@ pub struct QuietHours {
 }
 
 impl QuietHours {
-    /// Longest encoding.
-    pub const MAX_ENCODED_LEN: usize = 3 * varint_max(16);
+    /// Longest encoding: minutes below 1440 and zigzagged offsets within
+    /// ±840 each take two varint bytes.
+    pub const MAX_ENCODED_LEN: usize = 3 * 2;
 }
 
 /// At most `max_notices` notices for `purpose` in any `period_seconds`.

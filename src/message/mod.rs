@@ -9,7 +9,7 @@
 //! use spime::message::{Body, Usage};
 //! let mut buf = [0u8; Usage::MAX_SEALED_LEN];
 //! # let _ = &mut buf;
-//! assert!(Usage::MAX_SEALED_LEN < 1024);
+//! assert!(Usage::MAX_SEALED_LEN <= spime::message::MAX_SEALED_LEN);
 //! ```
 
 mod certificate;

@@ -1,6 +1,14 @@
 //! Fixtures shared by the integration tests: a fixed vendor and device
 //! identity and one sample body of every kind.
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::std_instead_of_core,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use spime::codec::Bytes64;
 use spime::codec::Canonical;
