@@ -175,13 +175,17 @@ fn usage_builder_rejections() {
         BuildError::DuplicateMetric(1)
     );
     // a location hidden under another category is refused, even where that category is denied
-    assert_eq!(p.usage(0, 1, [m(3, ENV, loc(1, 1, LocationPrecision::Exact))]).unwrap_err(), BuildError::MismatchedMetric(3));
+    assert_eq!(
+        p.usage(0, 1, [m(3, ENV, loc(1, 1, LocationPrecision::Exact))]).unwrap_err(),
+        BuildError::MismatchedMetric(3)
+    );
     assert_eq!(p.usage(0, 1, [m(3, LOC, MetricValue::Counter(1))]).unwrap_err(), BuildError::MismatchedMetric(3));
     assert_eq!(p.usage(0, 1, [m(3, LOC, loc(1, 1, NONE))]).unwrap_err(), BuildError::MismatchedMetric(3));
     // 17 permitted metrics: an error, not a silent drop; 16 plus denied ones is fine
     let many = (0..17).map(|i| m(i, UC, MetricValue::Counter(1)));
     assert_eq!(p.usage(0, 1, many).unwrap_err(), BuildError::TooManyMetrics { max: 16 });
-    let ok = (0..16).map(|i| m(i, UC, MetricValue::Counter(1))).chain((16..40).map(|i| m(i, ENV, MetricValue::Counter(1))));
+    let ok =
+        (0..16).map(|i| m(i, UC, MetricValue::Counter(1))).chain((16..40).map(|i| m(i, ENV, MetricValue::Counter(1))));
     assert_eq!(p.usage(0, 1, ok).unwrap().as_body().metrics.len(), 16);
 }
 
@@ -268,7 +272,10 @@ fn contact_reasons_in_order() {
         s.may_contact(Purpose::MARKETING, Channel::App, 1, mk, NOW, &NoHistory).unwrap_err(),
         ContactDenial::ChannelNotGranted { purpose: Purpose::MARKETING, channel: Channel::App, version: 4 }
     );
-    assert_eq!(s.may_contact(ps, Channel::App, 9, mk, NOW, &NoHistory).unwrap_err(), ContactDenial::Muted { topic: 9, version: 4 });
+    assert_eq!(
+        s.may_contact(ps, Channel::App, 9, mk, NOW, &NoHistory).unwrap_err(),
+        ContactDenial::Muted { topic: 9, version: 4 }
+    );
     // cap: 2 per hour; window is [now - 3599, now]
     let h = Sent(vec![SentNotice { purpose: ps, at: NOW - 3_599 }, SentNotice { purpose: ps, at: NOW - 10 }]);
     assert_eq!(
@@ -381,7 +388,12 @@ fn editing_keeps_states_canonical() {
         Err(EditError::Essential)
     );
     assert_eq!(
-        s.set_grant(Grant { purpose: Purpose::RESEARCH, categories: CategorySet::EMPTY, location: NONE, expires_at: None }),
+        s.set_grant(Grant {
+            purpose: Purpose::RESEARCH,
+            categories: CategorySet::EMPTY,
+            location: NONE,
+            expires_at: None
+        }),
         Err(EditError::EmptyGrant)
     );
     assert_eq!(
@@ -399,7 +411,10 @@ fn editing_keeps_states_canonical() {
     );
     assert_eq!(s.withdraw(Purpose::ESSENTIAL), Err(EditError::Essential));
     assert_eq!(s.narrow(Purpose::ESSENTIAL, CategorySet::EMPTY, NONE), Err(EditError::Essential));
-    assert_eq!(s.set_cap(FrequencyCap { purpose: Purpose::MARKETING, max_notices: 1, period_seconds: 0 }), Err(EditError::ZeroPeriod));
+    assert_eq!(
+        s.set_cap(FrequencyCap { purpose: Purpose::MARKETING, max_notices: 1, period_seconds: 0 }),
+        Err(EditError::ZeroPeriod)
+    );
     for q in [(0, 0, 0), (1440, 1, 0), (1, 1440, 0), (1, 2, 841), (1, 2, -841)] {
         let q = QuietHours { start_minute: q.0, end_minute: q.1, utc_offset_minutes: q.2 };
         assert_eq!(s.set_quiet_hours(Some(q)), Err(EditError::QuietHoursRange));
@@ -522,13 +537,20 @@ fn decoder_rejects_non_canonical_states() {
     let mut s = base.clone();
     s.contact.muted_topics.push(9).unwrap();
     assert_eq!(reject(&s), DecodeError::Unordered("muted topics"));
-    // unknown bits and purposes
-    let mut bytes = encoded(&base);
-    let at = 1 + 3 + 4 + 32 + 1 + 1; // version(1) issued(varint) ... find the first grant's categories byte
-    let _ = at;
-    let pos = bytes.iter().position(|b| *b == 0x0a).unwrap(); // categories 0x0a of the analytics grant
-    bytes[pos] = 0x7f | 0x80; // over-long/unknown
-    assert!(codec::decode::<ConsentState>(&bytes).is_err());
+    // an unknown category bit (0x80 as a two-byte varint) is refused
+    let mut s = ConsentState::essential_only(4, 1_000, [0; 32]);
+    s.set_grant(Grant { purpose: Purpose::DIAGNOSTICS, categories: cats(&[DH]), location: NONE, expires_at: None })
+        .unwrap();
+    let bytes = encoded(&s);
+    let pos = 1 + 2 + 4 + 32 + 1 + 1; // version, issued_at, reconfirm_by, hash, count, purpose
+    assert_eq!(bytes[pos], 0x01);
+    let mut bad = bytes.clone();
+    bad.splice(pos..=pos, [0x81, 0x01]);
+    assert_eq!(codec::decode::<ConsentState>(&bad), Err(DecodeError::Malformed));
+    // a reserved purpose id (10) is refused
+    let mut bad = bytes;
+    bad[pos - 1] = 10;
+    assert_eq!(codec::decode::<ConsentState>(&bad), Err(DecodeError::Malformed));
 }
 
 proptest! {
@@ -582,13 +604,13 @@ proptest! {
     #[test]
     fn device_and_vendor_agree(s in state(), p in purpose(), ms in metrics(), dt in 0u64..300_000) {
         let now = NOW - 100_000 + dt;
-        if let Ok(permit) = s.grant_permit(p, now) {
-            if let Ok(built) = permit.usage(now - 60, now, ms.clone()) {
-                prop_assert_eq!(s.check_usage(built.as_body(), now), Ok(()));
-                prop_assert_eq!(s.check_scope(&built.scope(), now), Ok(()));
-                for m in &built.as_body().metrics {
-                    prop_assert!(permit.categories().contains(m.category));
-                }
+        if let Ok(permit) = s.grant_permit(p, now)
+            && let Ok(built) = permit.usage(now - 60, now, ms.clone())
+        {
+            prop_assert_eq!(s.check_usage(built.as_body(), now), Ok(()));
+            prop_assert_eq!(s.check_scope(&built.scope(), now), Ok(()));
+            for m in &built.as_body().metrics {
+                prop_assert!(permit.categories().contains(m.category));
             }
         }
         // A report assembled without the permit: the vendor accepts it only if the permit would keep it as is.

@@ -110,7 +110,11 @@ pub fn state() -> impl Strategy<Value = ConsentState> {
             for (p, (max, period)) in caps {
                 contact
                     .caps
-                    .push(FrequencyCap { purpose: Purpose::from_id(p).unwrap(), max_notices: max, period_seconds: period })
+                    .push(FrequencyCap {
+                        purpose: Purpose::from_id(p).unwrap(),
+                        max_notices: max,
+                        period_seconds: period,
+                    })
                     .unwrap();
             }
             for t in muted {
@@ -130,11 +134,9 @@ pub fn state() -> impl Strategy<Value = ConsentState> {
 /// A metric with a unique id, of any category, and a value that fits it.
 pub fn metric_value(category: DataCategory, marker: u64) -> MetricValue {
     match category {
-        DataCategory::Location => MetricValue::Location {
-            lat_e7: 525_212_345,
-            lon_e7: 134_012_345,
-            precision: LocationPrecision::Exact,
-        },
+        DataCategory::Location => {
+            MetricValue::Location { lat_e7: 525_212_345, lon_e7: 134_012_345, precision: LocationPrecision::Exact }
+        }
         _ => MetricValue::Counter(marker),
     }
 }
