@@ -400,14 +400,20 @@ fn write_names<I: Iterator<Item = &'static str>>(f: &mut core::fmt::Formatter<'_
     Ok(())
 }
 
+/// Names joined with `+`; `none` and `all categories` for the two extremes.
+///
 /// ```
 /// use spime::consent::{CategorySet, DataCategory};
 /// let s = CategorySet::EMPTY.with(DataCategory::DeviceHealth).with(DataCategory::Location);
 /// assert_eq!(s.to_string(), "device-health+location");
 /// assert_eq!(CategorySet::EMPTY.to_string(), "none");
+/// assert_eq!(CategorySet::ALL.to_string(), "all categories");
 /// ```
 impl core::fmt::Display for CategorySet {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if *self == CategorySet::ALL {
+            return f.write_str("all categories");
+        }
         write_names(f, self.iter().map(DataCategory::name))
     }
 }
