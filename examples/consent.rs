@@ -5,7 +5,7 @@
 //!
 //! Run with `cargo run --example consent`.
 
-use std::error::Error;
+use core::error::Error;
 
 use ed25519_dalek::SigningKey;
 use spime::codec;
