@@ -3,7 +3,40 @@
 //!
 //! Whatever is not granted is denied. [`Purpose::ESSENTIAL`] cannot be
 //! denied and carries only [`ESSENTIAL_CATEGORIES`]. The wire encoding of
-//! every type here is in SPEC.md §6.
+//! every type here, and every evaluation rule, is in SPEC.md §6.
+//!
+//! - Evaluation, the same code on both sides:
+//!   [`ConsentState::may_collect`] answers with a [`Permit`] or a [`Denial`]
+//!   reason; only a permit builds a [`Permitted`] usage or fault report, so
+//!   a field the owner did not allow is never encoded.
+//!   [`ConsentState::may_contact`] and [`ConsentState::check_notice`] answer
+//!   with a [`ContactDenial`] reason. The vendor judges received data with
+//!   [`ConsentState::check_usage`] and [`ConsentState::check_fault`].
+//! - Making states: [`ConsentState::essential_only`],
+//!   [`ConsentState::successor`] and the editing methods keep a state
+//!   canonical; [`ConsentState::reset_for_transfer`] starts a new owner's
+//!   relationship; [`ConsentState::judge_update`] is the vendor's version rule.
+//! - Proof: [`OwnerProof`] (the owner's own signature),
+//!   [`SignedConsent::verify_owner`], receipts ([`receipt_for`],
+//!   [`verify_receipt`]), and with feature `alloc` the vendor's hash-chained
+//!   `ledger`.
+//!
+//! ```
+//! use spime::consent::{CategorySet, ConsentState, DataCategory, Grant, LocationPrecision, Purpose};
+//! let mut state = ConsentState::essential_only(1, 1_700_000_000, [0; 32]);
+//! state.set_grant(Grant {
+//!     purpose: Purpose::DIAGNOSTICS,
+//!     categories: CategorySet::EMPTY.with(DataCategory::DeviceHealth),
+//!     location: LocationPrecision::None,
+//!     expires_at: None,
+//! })?;
+//! let now = 1_700_000_100;
+//! let health = CategorySet::EMPTY.with(DataCategory::DeviceHealth);
+//! assert!(state.may_collect(Purpose::DIAGNOSTICS, health, LocationPrecision::None, now).is_ok());
+//! let denial = state.may_collect(Purpose::DIAGNOSTICS, CategorySet::ALL, LocationPrecision::None, now).unwrap_err();
+//! println!("{denial}"); // not granted: usage-counters+fault-context+... for diagnostics (consent version 1)
+//! # Ok::<(), spime::consent::EditError>(())
+//! ```
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
