@@ -61,60 +61,63 @@ fn hstring<const N: usize>() -> impl Strategy<Value = heapless::String<N>> {
 fn consent_state() -> impl Strategy<Value = ConsentState> {
     (
         any::<u32>(),
-        any::<u64>(),
-        any::<u64>(),
+        0u64..u64::MAX - MAX_RECONFIRM,
+        1u64..=MAX_RECONFIRM,
         any::<[u8; 32]>(),
         pvec((purpose(), categories(), precision(), any::<Option<u64>>()), 0..=MAX_GRANTS),
-        pvec((purpose(), 0u8..16), 0..=MAX_CONTACT_GRANTS),
+        pvec((purpose(), 1u8..16), 0..=MAX_CONTACT_GRANTS),
         any::<Option<(u16, u16, i16)>>(),
         pvec((purpose(), any::<u16>(), 1u32..), 0..=MAX_CAPS),
         pvec(any::<u16>(), 0..=MAX_MUTED_TOPICS),
     )
-        .prop_map(|(version, issued_at, reconfirm_by, notice_hash, grants, contact, quiet, caps, mut topics)| {
-            let mut g: Vec<Grant> = grants
-                .into_iter()
-                .filter(|g| g.0 != Purpose::ESSENTIAL)
-                .map(|(purpose, categories, p, expires_at)| Grant {
-                    purpose,
-                    categories,
-                    location: if categories.contains(DataCategory::Location) { p } else { LocationPrecision::None },
-                    expires_at,
-                })
-                .collect();
-            g.sort_by_key(|g| g.purpose);
-            g.dedup_by_key(|g| g.purpose);
-            let mut c: Vec<ContactGrant> = contact
-                .into_iter()
-                .map(|(purpose, bits)| ContactGrant { purpose, channels: ChannelSet::from_bits(bits).unwrap() })
-                .collect();
-            c.sort_by_key(|g| g.purpose);
-            c.dedup_by_key(|g| g.purpose);
-            let mut caps: Vec<FrequencyCap> = caps
-                .into_iter()
-                .map(|(purpose, max_notices, period_seconds)| FrequencyCap { purpose, max_notices, period_seconds })
-                .collect();
-            caps.sort_by_key(|c| c.purpose);
-            caps.dedup_by_key(|c| c.purpose);
-            topics.sort_unstable();
-            topics.dedup();
-            ConsentState {
-                version,
-                issued_at,
-                reconfirm_by,
-                notice_hash,
-                grants: heapless::Vec::from_iter(g),
-                contact: ContactPrefs {
-                    grants: heapless::Vec::from_iter(c),
-                    quiet_hours: quiet.map(|(s, e, o)| QuietHours {
-                        start_minute: s % 1440,
-                        end_minute: e % 1440,
-                        utc_offset_minutes: o % 841,
-                    }),
-                    caps: heapless::Vec::from_iter(caps),
-                    muted_topics: heapless::Vec::from_iter(topics),
-                },
-            }
-        })
+        .prop_map(
+            |(version, issued_at, reconfirm_after, notice_hash, grants, contact, quiet, caps, mut topics)| {
+                let reconfirm_by = issued_at + reconfirm_after;
+                let mut g: Vec<Grant> = grants
+                    .into_iter()
+                    .filter(|g| g.0 != Purpose::ESSENTIAL && !g.1.is_empty())
+                    .map(|(purpose, categories, p, expires_at)| Grant {
+                        purpose,
+                        categories,
+                        location: if categories.contains(DataCategory::Location) { p } else { LocationPrecision::None },
+                        expires_at,
+                    })
+                    .collect();
+                g.sort_by_key(|g| g.purpose);
+                g.dedup_by_key(|g| g.purpose);
+                let mut c: Vec<ContactGrant> = contact
+                    .into_iter()
+                    .map(|(purpose, bits)| ContactGrant { purpose, channels: ChannelSet::from_bits(bits).unwrap() })
+                    .collect();
+                c.sort_by_key(|g| g.purpose);
+                c.dedup_by_key(|g| g.purpose);
+                let mut caps: Vec<FrequencyCap> = caps
+                    .into_iter()
+                    .map(|(purpose, max_notices, period_seconds)| FrequencyCap { purpose, max_notices, period_seconds })
+                    .collect();
+                caps.sort_by_key(|c| c.purpose);
+                caps.dedup_by_key(|c| c.purpose);
+                topics.sort_unstable();
+                topics.dedup();
+                ConsentState {
+                    version,
+                    issued_at,
+                    reconfirm_by,
+                    notice_hash,
+                    grants: heapless::Vec::from_iter(g),
+                    contact: ContactPrefs {
+                        grants: heapless::Vec::from_iter(c),
+                        quiet_hours: quiet.filter(|(s, e, _)| s % 1440 != e % 1440).map(|(s, e, o)| QuietHours {
+                            start_minute: s % 1440,
+                            end_minute: e % 1440,
+                            utc_offset_minutes: o % 841,
+                        }),
+                        caps: heapless::Vec::from_iter(caps),
+                        muted_topics: heapless::Vec::from_iter(topics),
+                    },
+                }
+            },
+        )
 }
 
 fn signed_consent() -> impl Strategy<Value = SignedConsent> {
@@ -450,7 +453,7 @@ fn maximum_lengths_are_exact() {
     let state =
         ConsentState {
             version: u32::MAX,
-            issued_at: u64::MAX,
+            issued_at: u64::MAX - MAX_RECONFIRM,
             reconfirm_by: u64::MAX,
             notice_hash: [0xff; 32],
             grants: heapless::Vec::from_iter(grants),
@@ -459,7 +462,7 @@ fn maximum_lengths_are_exact() {
                     purpose: Purpose::from_id(0xffff - i).unwrap(),
                     channels: ChannelSet::ALL,
                 })),
-                quiet_hours: Some(QuietHours { start_minute: 1439, end_minute: 1439, utc_offset_minutes: -840 }),
+                quiet_hours: Some(QuietHours { start_minute: 1439, end_minute: 1438, utc_offset_minutes: -840 }),
                 caps: heapless::Vec::from_iter((0..MAX_CAPS as u16).rev().map(|i| FrequencyCap {
                     purpose: Purpose::from_id(0xffff - i).unwrap(),
                     max_notices: u16::MAX,
