@@ -7,12 +7,12 @@
 //! every reboot must find a consistent device.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-mod common;
+mod device_common;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::*;
+use device_common::*;
 use rand_core::SeedableRng;
 use spime::consent::{DataCategory, Purpose};
 use spime::device::fault::{FaultEvent, FaultRecorder};

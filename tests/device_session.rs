@@ -3,9 +3,9 @@
 //! every message opened with the vendor side of the core API.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-mod common;
+mod device_common;
 
-use common::*;
+use device_common::*;
 use rand_core::SeedableRng;
 use spime::consent::{
     Channel, ConsentError, ConsentState, ContactDenial, DataCategory, Denial, Purpose, SentConsent, SignedConsent,

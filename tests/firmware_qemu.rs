@@ -9,14 +9,14 @@
 //! (`CI` set): CI must not pass without running it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-mod common;
+mod device_common;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use device_common::*;
 use spime::consent::Purpose;
 use spime::message::{self, MetricValue};
 use spime::wire::chunk::{Pushed, Reassembler};

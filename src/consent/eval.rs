@@ -484,7 +484,8 @@ impl ConsentState {
     /// checks, in order (the first failing one is the answer):
     /// 1. Essential: only [`ESSENTIAL_CATEGORIES`], never a location; never lapses.
     /// 2. `now >= reconfirm_by`: [`Denial::ReconfirmDue`].
-    /// 3. no grant for the purpose: [`Denial::NotGranted`] (all requested missing).
+    /// 3. no grant for the purpose: [`Denial::NotGranted`] with every requested
+    ///    category missing (every category, [`CategorySet::ALL`], when the request is empty).
     /// 4. `now >= expires_at`: [`Denial::Expired`].
     /// 5. categories not all granted: [`Denial::NotGranted`] (those missing).
     /// 6. precision finer than granted: [`Denial::PrecisionTooFine`].
@@ -532,7 +533,8 @@ impl ConsentState {
             return Err(Denial::ReconfirmDue { since: self.reconfirm_by, version });
         }
         let Some(grant) = self.grant(purpose) else {
-            return Err(Denial::NotGranted { purpose, missing: requested, version });
+            let missing = if requested.is_empty() { CategorySet::ALL } else { requested };
+            return Err(Denial::NotGranted { purpose, missing, version });
         };
         if let Some(at) = grant.expires_at
             && now >= at
@@ -556,7 +558,7 @@ impl ConsentState {
     ///
     /// # Errors
     /// As [`ConsentState::may_collect`] for an empty request: ReconfirmDue,
-    /// NotGranted (with `missing` empty) or Expired.
+    /// NotGranted (with `missing` = [`CategorySet::ALL`]) or Expired.
     pub fn grant_permit(&self, purpose: Purpose, now: u64) -> Result<Permit, Denial> {
         let (categories, location) = match self.grant(purpose) {
             Some(g) if purpose != Purpose::ESSENTIAL => {

@@ -442,9 +442,11 @@ impl ConsentLedger {
 
     /// Refines a denial with the history: [`Denial::NotGranted`] becomes
     /// [`Denial::Withdrawn`] with the version that took the categories
-    /// away, when an earlier state granted some of them for the purpose.
+    /// away, when an earlier state granted some of them for the purpose
+    /// (`missing` then names those categories).
     pub fn explain(&self, denial: Denial) -> Denial {
         let Denial::NotGranted { purpose, missing, .. } = denial else { return denial };
+        let missing = if missing.is_empty() { super::CategorySet::ALL } else { missing };
         let mut later: Option<u32> = None;
         for e in self.entries.iter().rev() {
             let Ok(state) = state_of(e) else { continue };

@@ -3,7 +3,40 @@
 //!
 //! Whatever is not granted is denied. [`Purpose::ESSENTIAL`] cannot be
 //! denied and carries only [`ESSENTIAL_CATEGORIES`]. The wire encoding of
-//! every type here is in SPEC.md §6.
+//! every type here, and every evaluation rule, is in SPEC.md §6.
+//!
+//! - Evaluation, the same code on both sides:
+//!   [`ConsentState::may_collect`] answers with a [`Permit`] or a [`Denial`]
+//!   reason; only a permit builds a [`Permitted`] usage or fault report, so
+//!   a field the owner did not allow is never encoded.
+//!   [`ConsentState::may_contact`] and [`ConsentState::check_notice`] answer
+//!   with a [`ContactDenial`] reason. The vendor judges received data with
+//!   [`ConsentState::check_usage`] and [`ConsentState::check_fault`].
+//! - Making states: [`ConsentState::essential_only`],
+//!   [`ConsentState::successor`] and the editing methods keep a state
+//!   canonical; [`ConsentState::reset_for_transfer`] starts a new owner's
+//!   relationship; [`ConsentState::judge_update`] is the vendor's version rule.
+//! - Proof: [`OwnerProof`] (the owner's own signature),
+//!   [`SignedConsent::verify_owner`], receipts ([`receipt_for`],
+//!   [`verify_receipt`]), and with feature `alloc` the vendor's hash-chained
+//!   `ledger`.
+//!
+//! ```
+//! use spime::consent::{CategorySet, ConsentState, DataCategory, Grant, LocationPrecision, Purpose};
+//! let mut state = ConsentState::essential_only(1, 1_700_000_000, [0; 32]);
+//! state.set_grant(Grant {
+//!     purpose: Purpose::DIAGNOSTICS,
+//!     categories: CategorySet::EMPTY.with(DataCategory::DeviceHealth),
+//!     location: LocationPrecision::None,
+//!     expires_at: None,
+//! })?;
+//! let now = 1_700_000_100;
+//! let health = CategorySet::EMPTY.with(DataCategory::DeviceHealth);
+//! assert!(state.may_collect(Purpose::DIAGNOSTICS, health, LocationPrecision::None, now).is_ok());
+//! let denial = state.may_collect(Purpose::DIAGNOSTICS, CategorySet::ALL, LocationPrecision::None, now).unwrap_err();
+//! println!("{denial}"); // not granted: usage-counters+fault-context+... for diagnostics (consent version 1)
+//! # Ok::<(), spime::consent::EditError>(())
+//! ```
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -91,6 +124,20 @@ impl Purpose {
         Purpose(Self::VENDOR_MIN | (n & 0x7FFF))
     }
 
+    /// Whether the id is in the reserved range (only a decoded value that
+    /// failed validation can be).
+    pub const fn is_reserved(self) -> bool {
+        self.0 > 9 && self.0 < Self::VENDOR_MIN
+    }
+
+    /// Checks the id is defined or vendor-defined.
+    ///
+    /// # Errors
+    /// [`DecodeError::UnknownPurpose`] for a reserved id.
+    pub const fn check(self) -> Result<(), DecodeError> {
+        if self.is_reserved() { Err(DecodeError::UnknownPurpose(self.0)) } else { Ok(()) }
+    }
+
     /// The wire id.
     pub const fn id(self) -> u16 {
         self.0
@@ -134,8 +181,9 @@ impl Serialize for Purpose {
 
 impl<'de> Deserialize<'de> for Purpose {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let id = u16::deserialize(d)?;
-        Purpose::from_id(id).map_err(|_| serde::de::Error::custom("unknown purpose"))
+        // Any id parses; the reserved ones are refused by the enclosing
+        // type's `Canonical::validate` with the typed `UnknownPurpose` error.
+        Ok(Purpose(u16::deserialize(d)?))
     }
 }
 
@@ -400,14 +448,20 @@ fn write_names<I: Iterator<Item = &'static str>>(f: &mut core::fmt::Formatter<'_
     Ok(())
 }
 
+/// Names joined with `+`; `none` and `all categories` for the two extremes.
+///
 /// ```
 /// use spime::consent::{CategorySet, DataCategory};
 /// let s = CategorySet::EMPTY.with(DataCategory::DeviceHealth).with(DataCategory::Location);
 /// assert_eq!(s.to_string(), "device-health+location");
 /// assert_eq!(CategorySet::EMPTY.to_string(), "none");
+/// assert_eq!(CategorySet::ALL.to_string(), "all categories");
 /// ```
 impl core::fmt::Display for CategorySet {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if *self == CategorySet::ALL {
+            return f.write_str("all categories");
+        }
         write_names(f, self.iter().map(DataCategory::name))
     }
 }
@@ -523,8 +577,9 @@ pub struct Grant {
 }
 
 impl Grant {
-    /// Longest encoding: purpose varint(u16) + u16 varint + 1 + option(u64).
-    pub const MAX_ENCODED_LEN: usize = varint_max(16) + varint_max(16) + 1 + 1 + varint_max(64);
+    /// Longest encoding: purpose varint(u16) + categories (≤ 0x7f: one
+    /// varint byte) + precision + option tag + varint(u64).
+    pub const MAX_ENCODED_LEN: usize = varint_max(16) + 1 + 1 + 1 + varint_max(64);
 }
 
 /// The owner may be contacted for `purpose` on `channels`.
@@ -554,8 +609,9 @@ pub struct QuietHours {
 }
 
 impl QuietHours {
-    /// Longest encoding.
-    pub const MAX_ENCODED_LEN: usize = 3 * varint_max(16);
+    /// Longest encoding: minutes below 1440 and zigzagged offsets within
+    /// ±840 each take two varint bytes.
+    pub const MAX_ENCODED_LEN: usize = 3 * 2;
 }
 
 /// At most `max_notices` notices for `purpose` in any `period_seconds`.
@@ -666,6 +722,15 @@ fn strictly_ascending<T, K: PartialOrd>(
 
 /// The canonical-form rules of [`ConsentState`] (SPEC.md §6.2).
 fn validate_state(s: &ConsentState) -> Result<(), DecodeError> {
+    for p in s
+        .grants
+        .iter()
+        .map(|g| g.purpose)
+        .chain(s.contact.grants.iter().map(|g| g.purpose))
+        .chain(s.contact.caps.iter().map(|c| c.purpose))
+    {
+        p.check()?;
+    }
     if s.reconfirm_by <= s.issued_at || s.reconfirm_by - s.issued_at > MAX_RECONFIRM {
         return Err(DecodeError::OutOfRange("reconfirm_by must be after issued_at, by at most MAX_RECONFIRM"));
     }

@@ -1,130 +1,188 @@
-//! The fixed test identity shared by the device tests and the QEMU
-//! firmware (examples/firmware/src/main.rs has the same constants).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+//! Fixtures shared by the integration tests: a fixed vendor and device
+//! identity and one sample body of every kind.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::std_instead_of_core,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
-use std::collections::BTreeMap;
-
-use spime::consent::{CategorySet, ConsentState, DataCategory, Grant, LocationPrecision, Purpose, SignedConsent};
-use spime::device::session::Identity;
-use spime::message::{self, Body, ConsentUpdate, Decommission, Fault, Register, Transfer, Usage};
-use spime::message::{CertificateBody, DeviceCertificate, FirmwareVersion};
-use spime::seal::{self, Envelope, SessionKeys};
-use spime::seal::{DeviceKey, VendorKeys};
+use spime::codec::Bytes64;
+use spime::codec::Canonical;
+use spime::consent::*;
+use spime::message::*;
+use spime::seal::{DeviceKey, SessionKeys, VendorKeys, keys};
 use spime::wire::DeviceId;
-use spime::wire::Kind;
 
-/// The test vendor's Ed25519 seed (public: a test identity only).
-pub(crate) const VENDOR_SIGNING_SEED: [u8; 32] = [0x51; 32];
-/// The test vendor's X25519 secret.
-pub(crate) const VENDOR_KX_SECRET: [u8; 32] = [0x52; 32];
-/// The test device's Ed25519 seed.
-pub(crate) const DEVICE_SEED: [u8; 32] = [0xD5; 32];
-/// The test device's id.
-pub(crate) const DEVICE_ID: DeviceId = DeviceId(*b"spime-test-dev01");
-/// The test firmware version.
-pub(crate) const FIRMWARE: FirmwareVersion = FirmwareVersion { major: 1, minor: 4, patch: 2, build: 77 };
-/// Manufacture time of the test device.
-pub(crate) const MADE_AT: u64 = 1_767_225_600;
+pub const VENDOR_SIGNING_SEED: [u8; 32] = [0x11; 32];
+pub const VENDOR_KX_SECRET: [u8; 32] = [0x22; 32];
+pub const DEVICE_SEED: [u8; 32] = [0x33; 32];
+pub const EPHEMERAL_SECRET: [u8; 32] = [0x44; 32];
+pub const DEVICE_ID: DeviceId = DeviceId([0xd0, 0x0d, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
+pub const EPOCH: u32 = 1;
+pub const T0: u64 = 1_795_000_000; // 2026-11-18
 
-pub(crate) fn vendor() -> VendorKeys {
+pub fn vendor() -> VendorKeys {
     VendorKeys::from_secrets(&VENDOR_SIGNING_SEED, VENDOR_KX_SECRET)
 }
 
-pub(crate) fn identity() -> Identity {
-    let v = vendor();
-    let key = DeviceKey::from_seed(DEVICE_ID, &DEVICE_SEED);
-    let certificate = DeviceCertificate::issue(
+pub fn device() -> DeviceKey {
+    DeviceKey::from_seed(DEVICE_ID, &DEVICE_SEED)
+}
+
+/// The epoch-1 session keys and the ephemeral public key that opens them.
+pub fn session() -> (SessionKeys, [u8; 32]) {
+    keys::device_start_epoch_with(&EPHEMERAL_SECRET, &DEVICE_ID, EPOCH, &vendor().public()).unwrap()
+}
+
+pub fn certificate() -> DeviceCertificate {
+    DeviceCertificate::issue(
         CertificateBody {
             device: DEVICE_ID,
-            device_key: key.public().to_bytes(),
-            model: "kettle-9000".try_into().unwrap(),
+            device_key: device().public().to_bytes(),
+            model: "kettle-k2".try_into().unwrap(),
             hardware_revision: 3,
-            issued_at: MADE_AT,
+            issued_at: T0 - 86_400,
         },
-        v.signing(),
+        vendor().signing(),
     )
-    .unwrap();
-    Identity { key, certificate, firmware: FIRMWARE, vendor: v.public() }
+    .unwrap()
 }
 
-pub(crate) fn cats(c: &[DataCategory]) -> CategorySet {
-    c.iter().fold(CategorySet::EMPTY, |s, c| s.with(*c))
+pub fn firmware() -> FirmwareVersion {
+    FirmwareVersion { major: 2, minor: 4, patch: 1, build: 1207 }
 }
 
-/// Version `version`: usage analytics (counters, environment) and diagnostics
-/// (health and fault context), app notices for proactive service.
-pub(crate) fn generous_consent(version: u32, now: u64) -> SignedConsent {
-    let mut s = ConsentState::essential_only(version, now, [7; 32]);
-    s.set_grant(Grant {
+pub fn consent_state(version: u32) -> ConsentState {
+    let mut grants = heapless::Vec::new();
+    grants
+        .push(Grant {
+            purpose: Purpose::DIAGNOSTICS,
+            categories: CategorySet::EMPTY.with(DataCategory::DeviceHealth).with(DataCategory::FaultContext),
+            location: LocationPrecision::None,
+            expires_at: None,
+        })
+        .unwrap();
+    grants
+        .push(Grant {
+            purpose: Purpose::USAGE_ANALYTICS,
+            categories: CategorySet::EMPTY.with(DataCategory::UsageCounters).with(DataCategory::Location),
+            location: LocationPrecision::City,
+            expires_at: Some(T0 + 180 * 86_400),
+        })
+        .unwrap();
+    let mut contact = ContactPrefs::default();
+    contact
+        .grants
+        .push(ContactGrant {
+            purpose: Purpose::PROACTIVE_SERVICE,
+            channels: ChannelSet::EMPTY.with(Channel::App).with(Channel::OnDevice),
+        })
+        .unwrap();
+    contact.quiet_hours = Some(QuietHours { start_minute: 22 * 60, end_minute: 7 * 60, utc_offset_minutes: 60 });
+    contact
+        .caps
+        .push(FrequencyCap { purpose: Purpose::PROACTIVE_SERVICE, max_notices: 2, period_seconds: 7 * 86_400 })
+        .unwrap();
+    contact.muted_topics.push(7).unwrap();
+    ConsentState { version, issued_at: T0, reconfirm_by: T0 + 365 * 86_400, notice_hash: [0x5a; 32], grants, contact }
+}
+
+pub fn register() -> Register {
+    Register {
+        certificate: certificate(),
+        firmware: firmware(),
+        consent: SignedConsent { state: consent_state(1), owner: None },
+    }
+}
+
+pub fn usage() -> Usage {
+    let mut metrics = heapless::Vec::new();
+    metrics.push(Metric { id: 1, category: DataCategory::UsageCounters, value: MetricValue::Counter(42) }).unwrap();
+    metrics
+        .push(Metric {
+            id: 2,
+            category: DataCategory::UsageCounters,
+            value: MetricValue::Gauge { min: -5, max: 98, sum: 1234, samples: 30 },
+        })
+        .unwrap();
+    metrics
+        .push(Metric {
+            id: 3,
+            category: DataCategory::UsageCounters,
+            value: MetricValue::Histogram(heapless::Vec::from_slice(&[1, 0, 7, 300]).unwrap()),
+        })
+        .unwrap();
+    metrics
+        .push(Metric {
+            id: 9,
+            category: DataCategory::Location,
+            value: MetricValue::Location {
+                lat_e7: 525_200_000,
+                lon_e7: 134_050_000,
+                precision: LocationPrecision::City,
+            },
+        })
+        .unwrap();
+    Usage { purpose: Purpose::USAGE_ANALYTICS, consent_version: 1, window_start: T0, window_end: T0 + 3600, metrics }
+}
+
+pub fn fault() -> Fault {
+    Fault {
         purpose: Purpose::DIAGNOSTICS,
-        categories: cats(&[DataCategory::DeviceHealth, DataCategory::FaultContext]),
-        location: LocationPrecision::None,
-        expires_at: None,
-    })
-    .unwrap();
-    s.set_grant(Grant {
-        purpose: Purpose::USAGE_ANALYTICS,
-        categories: cats(&[DataCategory::UsageCounters, DataCategory::Environment]),
-        location: LocationPrecision::None,
-        expires_at: None,
-    })
-    .unwrap();
-    s.allow_channel(Purpose::PROACTIVE_SERVICE, spime::consent::Channel::App).unwrap();
-    SignedConsent { state: s, owner: None }
+        consent_version: 1,
+        code: 0x0201,
+        severity: Severity::Error,
+        component: 4,
+        firmware: firmware(),
+        uptime_s: 86_000,
+        reboot_reason: RebootReason::Watchdog,
+        occurrences: 3,
+        first_seen: T0 + 100,
+        last_seen: T0 + 900,
+        context: heapless::Vec::from_slice(b"heater relay stuck").unwrap(),
+    }
 }
 
-/// The vendor side: opens messages, remembering each epoch's keys.
-pub(crate) struct Vendor {
-    pub(crate) keys: VendorKeys,
-    pub(crate) epochs: BTreeMap<u32, SessionKeys>,
-    pub(crate) counter: u64,
+pub fn consent_update() -> ConsentUpdate {
+    let mut state = consent_state(2);
+    state.grants.truncate(1);
+    ConsentUpdate { consent: SignedConsent { state, owner: None } }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Opened {
-    Register(Register),
-    Usage(Usage),
-    Fault(Fault),
-    Consent(ConsentUpdate),
-    Transfer(Transfer),
-    Decommission(Decommission),
+pub fn transfer() -> Transfer {
+    Transfer { at: T0 + 10_000 }
 }
 
-impl Vendor {
-    pub(crate) fn new() -> Self {
-        Vendor { keys: vendor(), epochs: BTreeMap::new(), counter: 0 }
-    }
+pub fn decommission() -> Decommission {
+    Decommission { at: T0 + 20_000, reason: DecommissionReason::Recycled }
+}
 
-    pub(crate) fn open(&mut self, bytes: &[u8]) -> (u64, Opened) {
-        let env = Envelope::parse(bytes).unwrap();
-        let h = env.header;
-        if let Some(eph) = h.ephemeral {
-            let k = self.keys.accept_epoch(&h.device, h.epoch, &eph).unwrap();
-            self.epochs.insert(h.epoch, k);
-        }
-        let keys = &self.epochs[&h.epoch];
-        let mut buf = [0u8; message::MAX_SEALED_LEN];
-        let pt = env.decrypt(keys, &mut buf).unwrap();
-        let device_key = identity().certificate.verify(&self.keys.public().signing).unwrap();
-        let v = pt.verify(&device_key).unwrap();
-        let opened = match h.kind {
-            Kind::REGISTER => Opened::Register(v.decode().unwrap()),
-            Kind::USAGE => Opened::Usage(v.decode().unwrap()),
-            Kind::FAULT => Opened::Fault(v.decode().unwrap()),
-            Kind::CONSENT => Opened::Consent(v.decode().unwrap()),
-            Kind::TRANSFER => Opened::Transfer(v.decode().unwrap()),
-            Kind::DECOMMISSION => Opened::Decommission(v.decode().unwrap()),
-            k => panic!("unexpected kind {k:?}"),
-        };
-        (h.counter, opened)
-    }
+pub fn receipt() -> Receipt {
+    let mut buf = [0u8; <SignedConsent as Canonical>::MAX_ENCODED_LEN];
+    let bytes = spime::codec::encode(&register().consent, &mut buf).unwrap();
+    Receipt { consent_version: 1, consent_digest: consent_digest(bytes), received_at: T0 + 5 }
+}
 
-    pub(crate) fn seal<B: Body>(&mut self, epoch: u32, body: &B) -> Vec<u8> {
-        self.counter += 1;
-        let mut out = vec![0u8; B::MAX_SEALED_LEN];
-        let n =
-            seal::seal_from_vendor(&mut out, DEVICE_ID, self.counter, body, &self.keys, &self.epochs[&epoch]).unwrap();
-        out.truncate(n);
-        out
+pub fn notice() -> Notice {
+    Notice {
+        id: 77,
+        purpose: Purpose::PROACTIVE_SERVICE,
+        channel: Channel::App,
+        topic: 3,
+        kind: NoticeKind::MaintenanceDue,
+        issued_at: T0 + 50,
+        expires_at: T0 + 30 * 86_400,
+        title: "Time to descale".try_into().unwrap(),
+        text: "Your kettle has boiled 400 litres since its last descale. Descaling keeps it fast and quiet."
+            .try_into()
+            .unwrap(),
     }
+}
+
+pub fn bytes64(b: u8) -> Bytes64 {
+    Bytes64([b; 64])
 }
