@@ -5,7 +5,13 @@
 //! storage writes themselves, torn or not): no (key, nonce) pair may ever
 //! carry two different messages, no key epoch may be agreed twice, and
 //! every reboot must find a consistent device.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::std_instead_of_core
+)]
 
 mod device_common;
 
@@ -65,7 +71,8 @@ fn power_cut_at_every_operation_never_reuses_a_nonce() {
         flash.power_on();
         // cut at every position of the next run's erase/program sequence in turn
         flash.cut_after(u32::try_from(boot % 101).unwrap());
-        let storage = NorStorage::new(&mut flash, 0, storage_records(N) as u16, storage_capacity(REC)).unwrap();
+        let storage =
+            NorStorage::new(&mut flash, 0, u16::try_from(storage_records(N)).unwrap(), storage_capacity(REC)).unwrap();
         let mut dev: Device<Logging<'_>, N, REC> =
             Device::boot(identity(), Logging { inner: storage, log: &log }).expect("boot after a cut");
         assert!(dev.queued().count() <= N);

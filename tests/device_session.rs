@@ -1,7 +1,13 @@
 //! The device session end to end: register, report, change consent,
 //! receipts and notices, transfer, re-register, decommission, reboots;
 //! every message opened with the vendor side of the core API.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::std_instead_of_core
+)]
 
 mod device_common;
 
@@ -27,7 +33,7 @@ type Store = NorStorage<Flash>;
 type Dev = Device<Store, N, REC>;
 
 fn storage() -> Store {
-    NorStorage::new(Flash::new(), 0, storage_records(N) as u16, storage_capacity(REC)).unwrap()
+    NorStorage::new(Flash::new(), 0, u16::try_from(storage_records(N)).unwrap(), storage_capacity(REC)).unwrap()
 }
 
 fn rng() -> rand_chacha::ChaCha20Rng {

@@ -7,7 +7,13 @@
 //! Needs `qemu-system-arm` and the `thumbv7em-none-eabihf` target. Without
 //! QEMU the test is skipped with a message locally, and fails under CI
 //! (`CI` set): CI must not pass without running it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::std_instead_of_core
+)]
 
 mod device_common;
 

@@ -44,7 +44,7 @@ fn world() -> World {
         firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
         vendor: vendor.public(),
     };
-    let storage = NorStorage::new(SimFlash::new(), 0, storage_records(N) as u16, storage_capacity(REC)).unwrap();
+    let storage = NorStorage::new(SimFlash::new(), 0, u16::try_from(storage_records(N)).unwrap(), storage_capacity(REC)).unwrap();
     let mut dev = Dev::boot(identity, storage).unwrap();
     let Phase::Unregistered(u) = dev.phase() else { unreachable!() };
     let consent = SignedConsent { state: ConsentState::essential_only(1, 0, [0; 32]), owner: None };

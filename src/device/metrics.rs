@@ -172,10 +172,10 @@ impl<const N: usize> Metrics<N> {
         if self.slots.len() >= MAX_METRICS {
             return Err(MetricsError::Full);
         }
-        if let MetricKind::Histogram(bounds) = def.kind {
-            if bounds.is_empty() || bounds.len() >= MAX_BUCKETS || bounds.windows(2).any(|w| w.first() >= w.get(1)) {
-                return Err(MetricsError::BadBounds(def.id));
-            }
+        if let MetricKind::Histogram(bounds) = def.kind
+            && (bounds.is_empty() || bounds.len() >= MAX_BUCKETS || bounds.windows(2).any(|w| w.first() >= w.get(1)))
+        {
+            return Err(MetricsError::BadBounds(def.id));
         }
         if matches!(def.kind, MetricKind::Location) != (def.category == DataCategory::Location) {
             return Err(MetricsError::LocationCategory(def.id));

@@ -753,8 +753,8 @@ mod tests {
                         let before = model.items.len();
                         model.items.retain(|x| x.0 != Class::Usage);
                         prop_assert_eq!(n, before - model.items.len());
-                        model.purged += n as u32;
-                        model.seq += n as u32;
+                        model.purged += u32::try_from(n).unwrap();
+                        model.seq += u32::try_from(n).unwrap();
                     }
                     Op::Reboot => ob = Ob::load(&mut s).unwrap(),
                 }

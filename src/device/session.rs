@@ -198,19 +198,13 @@ impl SessionState {
         r[79..95].copy_from_slice(&seen.to_be_bytes());
         r[95] = u8::try_from(self.sent.len()).unwrap_or(0);
         for (i, s) in self.sent.iter().enumerate() {
-            let at = 96 + i * 36;
-            if let Some(d) = r.get_mut(at..at + 36) {
-                d[..4].copy_from_slice(&s.version.to_be_bytes());
-                d[4..].copy_from_slice(&s.digest);
-            }
+            put(&mut r, 96 + i * 36, &s.version.to_be_bytes());
+            put(&mut r, 100 + i * 36, &s.digest);
         }
         r[240] = u8::try_from(self.shown.len()).unwrap_or(0);
         for (i, s) in self.shown.iter().enumerate() {
-            let at = 241 + i * 10;
-            if let Some(d) = r.get_mut(at..at + 10) {
-                d[..2].copy_from_slice(&s.purpose.id().to_be_bytes());
-                d[2..].copy_from_slice(&s.at.to_be_bytes());
-            }
+            put(&mut r, 241 + i * 10, &s.purpose.id().to_be_bytes());
+            put(&mut r, 243 + i * 10, &s.at.to_be_bytes());
         }
         r[321..325].copy_from_slice(&self.receipted.to_be_bytes());
         r
@@ -243,20 +237,31 @@ impl SessionState {
         );
         let mut sent = heapless::Vec::new();
         for i in 0..usize::from(r[95]) {
-            let d = r.get(96 + i * 36..96 + (i + 1) * 36)?;
-            let s =
-                SentConsent { version: u32::from_be_bytes(d[..4].try_into().ok()?), digest: d[4..].try_into().ok()? };
+            let at = 96 + i * 36;
+            let s = SentConsent { version: u32::from_be_bytes(array(r, at)?), digest: array(r, at + 4)? };
             sent.push(s).ok()?;
         }
         let mut shown = heapless::Vec::new();
         for i in 0..usize::from(r[240]) {
-            let d = r.get(241 + i * 10..241 + (i + 1) * 10)?;
-            let purpose = Purpose::from_id(u16::from_be_bytes(d[..2].try_into().ok()?)).ok()?;
-            shown.push(SentNotice { purpose, at: u64::from_be_bytes(d[2..].try_into().ok()?) }).ok()?;
+            let at = 241 + i * 10;
+            let purpose = Purpose::from_id(u16::from_be_bytes(array(r, at)?)).ok()?;
+            shown.push(SentNotice { purpose, at: u64::from_be_bytes(array(r, at + 2)?) }).ok()?;
         }
         let receipted = u32::from_be_bytes(r[321..325].try_into().ok()?);
         Some(SessionState { stage, epoch, keys, replay, sent, shown, receipted })
     }
+}
+
+/// Copies `bytes` into `r` at `at` (in range by construction of the layout).
+fn put(r: &mut [u8], at: usize, bytes: &[u8]) {
+    if let Some(d) = r.get_mut(at..at + bytes.len()) {
+        d.copy_from_slice(bytes);
+    }
+}
+
+/// `M` bytes of `r` from `at`, if in range.
+fn array<const M: usize>(r: &[u8], at: usize) -> Option<[u8; M]> {
+    r.get(at..at + M)?.try_into().ok()
 }
 
 /// A device: identity, persisted counter, session, consent and outbox,

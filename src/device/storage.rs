@@ -148,6 +148,8 @@ pub const NOR_MAGIC: [u8; 4] = *b"SPR1";
 /// Length of a record copy's header in NOR flash.
 pub const NOR_HEADER_LEN: usize = 16;
 const STAGE: usize = 32;
+const STAGE_U32: u32 = 32;
+const HEADER_LEN_U32: u32 = 16;
 const FLAG_REMOVED: u16 = 0x0001;
 
 /// A [`Storage`] on `embedded-storage` NOR flash.
@@ -195,9 +197,11 @@ impl<F: NorFlash> NorStorage<F> {
     pub fn new(flash: F, base: u32, records: u16, capacity: usize) -> Result<NorStorage<F>, StorageError> {
         let erase = F::ERASE_SIZE;
         if erase == 0
-            || STAGE % F::WRITE_SIZE != 0
-            || STAGE % F::READ_SIZE != 0
-            || base as usize % erase != 0
+            || F::WRITE_SIZE == 0
+            || F::READ_SIZE == 0
+            || !STAGE.is_multiple_of(F::WRITE_SIZE)
+            || !STAGE.is_multiple_of(F::READ_SIZE)
+            || !(base as usize).is_multiple_of(erase)
             || capacity > usize::from(u16::MAX)
         {
             return Err(StorageError::Geometry);
@@ -267,7 +271,7 @@ impl<F: NorFlash> NorStorage<F> {
     /// Checks a copy's CRC, reading its data into `buf` when given (and big enough).
     fn check_copy(&mut self, id: u16, copy: u32, buf: Option<&mut [u8]>) -> Result<Option<CopyHeader>, StorageError> {
         let Some((hdr, raw)) = self.header(id, copy)? else { return Ok(None) };
-        let addr = self.copy_addr(id, copy)? + NOR_HEADER_LEN as u32;
+        let addr = self.copy_addr(id, copy)? + HEADER_LEN_U32;
         let (head, tail) = raw.split_at(12);
         let want = u32::from_be_bytes(tail.try_into().map_err(|_| StorageError::Geometry)?);
         let mut crc = crc32(0, head);
@@ -336,7 +340,7 @@ impl<F: NorFlash> NorStorage<F> {
             fill += 1;
             if fill == STAGE {
                 self.flash.write(at, &stage).map_err(|_| StorageError::Io)?;
-                at += STAGE as u32;
+                at += STAGE_U32;
                 stage = [0xFF; STAGE];
                 fill = 0;
             }
@@ -499,7 +503,7 @@ impl<const SIZE: usize, const ERASE: usize> NorFlash for SimFlash<SIZE, ERASE> {
     const WRITE_SIZE: usize = 4;
     const ERASE_SIZE: usize = ERASE;
     fn erase(&mut self, from: u32, to: u32) -> Result<(), SimFlashError> {
-        if from > to || from as usize % ERASE != 0 || to as usize % ERASE != 0 {
+        if from > to || ERASE == 0 || !(from as usize).is_multiple_of(ERASE) || !(to as usize).is_multiple_of(ERASE) {
             return Err(SimFlashError::OutOfBounds);
         }
         let r = self.range(from, (to - from) as usize)?;
@@ -514,7 +518,7 @@ impl<const SIZE: usize, const ERASE: usize> NorFlash for SimFlash<SIZE, ERASE> {
         Ok(())
     }
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), SimFlashError> {
-        if offset % 4 != 0 || bytes.len() % 4 != 0 {
+        if !offset.is_multiple_of(4) || !bytes.len().is_multiple_of(4) {
             return Err(SimFlashError::OutOfBounds);
         }
         let r = self.range(offset, bytes.len())?;

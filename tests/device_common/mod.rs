@@ -1,6 +1,14 @@
 //! The fixed test identity shared by the device tests and the QEMU
 //! firmware (examples/firmware/src/main.rs has the same constants).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    dead_code,
+    clippy::large_enum_variant,
+    clippy::std_instead_of_core,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::collections::BTreeMap;
 
