@@ -22,7 +22,7 @@ use device_common::*;
 use rand_core::SeedableRng;
 use spime::consent::{DataCategory, Purpose};
 use spime::device::fault::{FaultEvent, FaultRecorder};
-use spime::device::outbox::{OUTBOX_HEADER_LEN, OutboxError, record_len};
+use spime::device::outbox::{OUTBOX_HEADER_LEN, Outbox, OutboxError, record_len};
 use spime::device::session::{Device, Phase, SessionError, storage_capacity, storage_records};
 use spime::device::storage::{NorStorage, RECORD_OUTBOX, SimFlash, Storage, StorageError};
 use spime::message::{self, Metric, MetricValue, RebootReason, Severity};
@@ -67,6 +67,7 @@ fn power_cut_at_every_operation_never_reuses_a_nonce() {
     let log: Log = RefCell::new(Vec::new());
     let mut completed_steps = 0u64;
     let mut registrations = 0u64;
+    let mut outbox: Outbox<N, REC> = Outbox::new();
     for boot in 0..REBOOTS {
         flash.power_on();
         // cut at every position of the next run's erase/program sequence in turn
@@ -74,7 +75,7 @@ fn power_cut_at_every_operation_never_reuses_a_nonce() {
         let storage =
             NorStorage::new(&mut flash, 0, u16::try_from(storage_records(N)).unwrap(), storage_capacity(REC)).unwrap();
         let mut dev: Device<Logging<'_>, N, REC> =
-            Device::boot(identity(), Logging { inner: storage, log: &log }).expect("boot after a cut");
+            Device::boot(identity(), Logging { inner: storage, log: &log }, &mut outbox).expect("boot after a cut");
         assert!(dev.queued().count() <= N);
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(boot);
         let now = T0 + boot * 60;

@@ -18,7 +18,7 @@ use spime::consent::{
 };
 use spime::device::fault::{FaultEvent, FaultRecorder};
 use spime::device::metrics::{MetricDef, MetricKind, Metrics};
-use spime::device::outbox::record_len;
+use spime::device::outbox::{Outbox, record_len};
 use spime::device::session::{Device, NoticeDecision, Phase, SessionError, Stage, storage_capacity, storage_records};
 use spime::device::storage::{NorStorage, SimFlash};
 use spime::error::{OpenError, ReplayError};
@@ -30,7 +30,8 @@ const N: usize = 4;
 const REC: usize = record_len(message::MAX_SEALED_LEN);
 type Flash = SimFlash<{ 64 * 1024 }, 256>;
 type Store = NorStorage<Flash>;
-type Dev = Device<Store, N, REC>;
+type Dev<'o> = Device<'o, Store, N, REC>;
+type Ob = Outbox<N, REC>;
 
 fn storage() -> Store {
     NorStorage::new(Flash::new(), 0, u16::try_from(storage_records(N)).unwrap(), storage_capacity(REC)).unwrap()
@@ -41,7 +42,7 @@ fn rng() -> rand_chacha::ChaCha20Rng {
 }
 
 /// Sends (opens and acks) everything queued, in send order.
-fn flush(dev: &mut Dev, vendor: &mut Vendor) -> Vec<(u64, Opened)> {
+fn flush(dev: &mut Dev<'_>, vendor: &mut Vendor) -> Vec<(u64, Opened)> {
     let mut got = Vec::new();
     while let Some(e) = dev.next_message() {
         let counter = e.meta.counter;
@@ -53,7 +54,7 @@ fn flush(dev: &mut Dev, vendor: &mut Vendor) -> Vec<(u64, Opened)> {
     got
 }
 
-fn registered(dev: &mut Dev) -> spime::device::session::Registered<'_, Store, N, REC> {
+fn registered<'d, 'o>(dev: &'d mut Dev<'o>) -> spime::device::session::Registered<'d, 'o, Store, N, REC> {
     match dev.phase() {
         Phase::Registered(r) => r,
         _ => panic!("not registered"),
@@ -62,8 +63,8 @@ fn registered(dev: &mut Dev) -> spime::device::session::Registered<'_, Store, N,
 
 const T0: u64 = 1_767_300_000;
 
-fn fresh_registered(vendor: &mut Vendor) -> Dev {
-    let mut dev = Dev::boot(identity(), storage()).unwrap();
+fn fresh_registered<'o>(vendor: &mut Vendor, ob: &'o mut Ob) -> Dev<'o> {
+    let mut dev = Dev::boot(identity(), storage(), ob).unwrap();
     assert_eq!(dev.stage(), Stage::Unregistered);
     let Phase::Unregistered(u) = dev.phase() else { panic!() };
     u.register(&mut rng(), generous_consent(1, T0)).unwrap();
@@ -75,7 +76,8 @@ fn fresh_registered(vendor: &mut Vendor) -> Dev {
 #[test]
 fn lifecycle_end_to_end() {
     let mut vendor = Vendor::new();
-    let mut dev = fresh_registered(&mut vendor);
+    let mut ob = Ob::new();
+    let mut dev = fresh_registered(&mut vendor, &mut ob);
     assert_eq!(dev.epoch(), 1);
 
     // usage through the metrics registry: the Identifiers metric is not granted and is dropped
@@ -122,7 +124,8 @@ fn lifecycle_end_to_end() {
 
     // a reboot keeps the stage, the epoch and the keys
     let store = dev.into_storage();
-    let mut dev = Dev::boot(identity(), store).unwrap();
+    let mut ob2 = Ob::new();
+    let mut dev = Dev::boot(identity(), store, &mut ob2).unwrap();
     assert_eq!((dev.stage(), dev.epoch()), (Stage::Registered, 1));
 
     // queue usage, then withdraw usage analytics: the queued report is purged
@@ -225,13 +228,15 @@ fn lifecycle_end_to_end() {
     let got = flush(&mut dev, &mut vendor);
     assert!(matches!(&got[..], [(_, Opened::Decommission(x))] if x.reason == DecommissionReason::Recycled));
     let store = dev.into_storage();
-    let mut dev = Dev::boot(identity(), store).unwrap();
+    let mut ob2 = Ob::new();
+    let mut dev = Dev::boot(identity(), store, &mut ob2).unwrap();
     assert!(matches!(dev.phase(), Phase::Decommissioned(_)));
 }
 
 #[test]
 fn rejections_before_registration_and_bad_consent() {
-    let mut dev = Dev::boot(identity(), storage()).unwrap();
+    let mut ob = Ob::new();
+    let mut dev = Dev::boot(identity(), storage(), &mut ob).unwrap();
     let mut vendor = Vendor::new();
     // no session: vendor messages cannot be opened
     let v = VendorKeys::from_secrets(&VENDOR_SIGNING_SEED, VENDOR_KX_SECRET);
@@ -255,7 +260,8 @@ fn rejections_before_registration_and_bad_consent() {
 #[test]
 fn permitted_reports_are_rechecked_when_sealed() {
     let mut vendor = Vendor::new();
-    let mut dev = fresh_registered(&mut vendor);
+    let mut ob = Ob::new();
+    let mut dev = fresh_registered(&mut vendor, &mut ob);
     // a permit taken under consent 1 ...
     let permit = registered(&mut dev).permit(Purpose::USAGE_ANALYTICS, T0).unwrap();
     let usage = permit

@@ -26,6 +26,7 @@
 use crate::consent::{CategorySet, LocationPrecision, Purpose, Scope};
 use crate::device::storage::{RECORD_OUTBOX, Storage, StorageError};
 use crate::wire::Kind;
+use crate::wire::chunk::{ChunkError, Chunks};
 
 /// Bytes of an outbox record before the envelope.
 pub const OUTBOX_HEADER_LEN: usize = 43;
@@ -184,11 +185,21 @@ pub struct Entry<'a> {
     pub envelope: &'a [u8],
 }
 
+impl<'a> Entry<'a> {
+    /// The envelope cut for a link of `mtu` bytes, with the low 16 bits of
+    /// its counter as the message id (SPEC.md §7.1).
+    ///
+    /// # Errors
+    /// As [`Chunks::new`].
+    pub fn chunks(&self, mtu: usize) -> Result<Chunks<'a>, ChunkError> {
+        let [.., hi, lo] = self.meta.counter.to_be_bytes();
+        Chunks::new(self.envelope, u16::from_be_bytes([hi, lo]), mtu)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Slot<const RECORD: usize> {
     used: bool,
-    seq: u32,
-    meta: ItemMeta,
     len: usize,
     /// The record as stored: header, then envelope.
     raw: [u8; RECORD],
@@ -204,14 +215,25 @@ const NO_META: ItemMeta = ItemMeta {
 };
 
 impl<const RECORD: usize> Slot<RECORD> {
-    const EMPTY: Self = Slot { used: false, seq: 0, meta: NO_META, len: 0, raw: [0; RECORD] };
+    // All zero, so an outbox in a `static` lands in `.bss`, not `.data`.
+    const EMPTY: Self = Slot { used: false, len: 0, raw: [0; RECORD] };
+
+    /// The write sequence, from the stored header.
+    fn seq(&self) -> u32 {
+        be32(&self.raw, 0).unwrap_or(0)
+    }
+
+    /// The metadata, from the stored header (a used slot always parses).
+    fn meta(&self) -> ItemMeta {
+        self.raw.get(..self.len).and_then(parse_record).and_then(|(_, _, m)| m).unwrap_or(NO_META)
+    }
 
     fn envelope(&self) -> &[u8] {
         self.raw.get(OUTBOX_HEADER_LEN..self.len).unwrap_or(&[])
     }
 
     fn key(&self) -> (Class, u32) {
-        (self.meta.class(), self.seq)
+        (self.meta().class(), self.seq())
     }
 }
 
@@ -281,6 +303,7 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
     ///
     /// # Errors
     /// [`OutboxError::Storage`] when the storage fails; the outbox is then empty.
+    #[inline(never)]
     pub fn reload<S: Storage + ?Sized>(&mut self, storage: &mut S) -> Result<(), OutboxError> {
         self.dropped = Dropped::default();
         self.next_seq = 0;
@@ -299,10 +322,8 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
                 newest = Some(seq);
                 self.dropped = dropped;
             }
-            if let Some(meta) = meta {
+            if meta.is_some() {
                 slot.used = true;
-                slot.seq = seq;
-                slot.meta = meta;
                 slot.len = len;
             }
         }
@@ -352,7 +373,7 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
         let (target, replaced) = match self.slots.iter().position(|s| !s.used) {
             Some(i) => (i, None),
             None => match self.victim(class) {
-                Some(i) => (i, self.slots.get(i).map(|s| s.meta)),
+                Some(i) => (i, self.slots.get(i).map(Slot::meta)),
                 None => {
                     self.dropped.bump(class);
                     self.persist_counters(storage)?;
@@ -375,8 +396,6 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
         }
         storage.write(slot_record(target)?, raw)?;
         slot.used = true;
-        slot.seq = seq;
-        slot.meta = meta;
         slot.len = len;
         self.dropped = dropped;
         self.next_seq = seq.wrapping_add(1);
@@ -388,8 +407,8 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
         self.slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.used && s.meta.class() >= class && s.meta.class() != Class::Lifecycle)
-            .max_by(|(_, a), (_, b)| a.meta.class().cmp(&b.meta.class()).then(b.seq.cmp(&a.seq)))
+            .filter(|(_, s)| s.used && s.meta().class() >= class && s.meta().class() != Class::Lifecycle)
+            .max_by(|(_, a), (_, b)| a.meta().class().cmp(&b.meta().class()).then(b.seq().cmp(&a.seq())))
             .map(|(i, _)| i)
     }
 
@@ -397,17 +416,17 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
     fn persist_counters<S: Storage + ?Sized>(&mut self, storage: &mut S) -> Result<(), OutboxError> {
         let seq = self.next_seq;
         let dropped = self.dropped;
-        let i = self.slots.iter().enumerate().max_by_key(|(_, s)| s.seq).map_or(0, |(i, _)| i);
+        let i =
+            self.slots.iter().enumerate().filter(|(_, s)| s.used).max_by_key(|(_, s)| s.seq()).map_or(0, |(i, _)| i);
         if let Some(slot) = self.slots.get_mut(i).filter(|s| s.used) {
             let len = slot.len;
-            let meta = slot.meta;
+            let meta = slot.meta();
             let raw = slot.raw.get_mut(..len).ok_or(OutboxError::TooLarge { len, max: RECORD })?;
             write_header(raw, seq, &dropped, Some(&meta));
             if let Err(e) = storage.write(slot_record(i)?, raw) {
                 slot.used = false;
                 return Err(e.into());
             }
-            slot.seq = seq;
         } else {
             let mut rec = [0u8; OUTBOX_EMPTY_LEN];
             write_header(&mut rec, seq, &dropped, None);
@@ -423,7 +442,7 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
             .iter()
             .filter(|s| s.used)
             .min_by_key(|s| s.key())
-            .map(|s| Entry { meta: s.meta, envelope: s.envelope() })
+            .map(|s| Entry { meta: s.meta(), envelope: s.envelope() })
     }
 
     /// Every queued message in send order.
@@ -433,7 +452,7 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
             let _ = order.push(i);
         }
         order.sort_unstable_by_key(|&i| self.slots.get(i).map(Slot::key));
-        order.into_iter().filter_map(|i| self.slots.get(i)).map(|s| Entry { meta: s.meta, envelope: s.envelope() })
+        order.into_iter().filter_map(|i| self.slots.get(i)).map(|s| Entry { meta: s.meta(), envelope: s.envelope() })
     }
 
     /// Removes the message with envelope counter `counter` (it was
@@ -442,7 +461,7 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
     /// # Errors
     /// [`OutboxError::Storage`].
     pub fn ack<S: Storage + ?Sized>(&mut self, storage: &mut S, counter: u64) -> Result<bool, OutboxError> {
-        match self.slots.iter().position(|s| s.used && s.meta.counter == counter) {
+        match self.slots.iter().position(|s| s.used && s.meta().counter == counter) {
             Some(i) => {
                 self.clear(storage, i)?;
                 Ok(true)
@@ -463,7 +482,7 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
     ) -> Result<usize, OutboxError> {
         let mut n = 0;
         for i in 0..N {
-            if self.slots.get(i).is_some_and(|s| s.used && !keep(&s.meta)) {
+            if self.slots.get(i).is_some_and(|s| s.used && !keep(&s.meta())) {
                 self.dropped.purged = self.dropped.purged.saturating_add(1);
                 self.clear(storage, i)?;
                 n += 1;

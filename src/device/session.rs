@@ -268,45 +268,71 @@ fn array<const M: usize>(r: &[u8], at: usize) -> Option<[u8; M]> {
 /// over a [`Storage`] `S`, with an outbox of `N` slots of `RECORD` bytes
 /// (see [`crate::device::outbox::record_len`]).
 ///
-/// Size: about `N * RECORD` bytes for the outbox plus 1.5 KiB; put it in
-/// a `static` or high in `main`. Every method that seals needs about
+/// The outbox, the one large buffer (`N * RECORD` bytes), is the caller's
+/// (a `static`, typically, as `Outbox::new()` is `const`): the device itself
+/// is about 1.5 KiB and cheap to move. Every method that seals needs about
 /// [`message::MAX_SEALED_LEN`] bytes of stack for the envelope.
+///
+/// ```
+/// use spime::device::outbox::{Outbox, record_len};
+/// use spime::device::session::{Device, Identity, Stage, storage_capacity, storage_records};
+/// use spime::device::storage::{NorStorage, SimFlash};
+/// use spime::message::{CertificateBody, DeviceCertificate, FirmwareVersion, MAX_SEALED_LEN};
+/// use spime::seal::{DeviceKey, VendorKeys};
+/// use spime::wire::DeviceId;
+/// const REC: usize = record_len(MAX_SEALED_LEN);
+/// let vendor = VendorKeys::from_secrets(&[1; 32], [2; 32]);
+/// let key = DeviceKey::from_seed(DeviceId([3; 16]), &[4; 32]);
+/// let body = CertificateBody {
+///     device: key.device, device_key: key.public().to_bytes(), model: "kettle".try_into()?,
+///     hardware_revision: 1, issued_at: 0,
+/// };
+/// let certificate = DeviceCertificate::issue(body, vendor.signing())?;
+/// let firmware = FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 };
+/// let id = Identity { key, certificate, firmware, vendor: vendor.public() };
+/// let flash: SimFlash<{ 64 * 1024 }, 256> = SimFlash::new();
+/// let storage = NorStorage::new(flash, 0, storage_records(4) as u16, storage_capacity(REC))?;
+/// let mut outbox: Outbox<4, REC> = Outbox::new();
+/// let device = Device::boot(id, storage, &mut outbox)?;
+/// assert_eq!(device.stage(), Stage::Unregistered);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
-pub struct Device<S: Storage, const N: usize, const RECORD: usize> {
+pub struct Device<'o, S: Storage, const N: usize, const RECORD: usize> {
     id: Identity,
     counter: Counter<CounterRecord<S>>,
     state: SessionState,
     consent: Option<SignedConsent>,
-    outbox: Outbox<N, RECORD>,
+    outbox: &'o mut Outbox<N, RECORD>,
 }
 
 /// A handle on a device in a given stage; see [`Device::phase`].
 #[derive(Debug)]
-pub enum Phase<'d, S: Storage, const N: usize, const RECORD: usize> {
+pub enum Phase<'d, 'o, S: Storage, const N: usize, const RECORD: usize> {
     /// It must register first.
-    Unregistered(Unregistered<'d, S, N, RECORD>),
+    Unregistered(Unregistered<'d, 'o, S, N, RECORD>),
     /// It is registered.
-    Registered(Registered<'d, S, N, RECORD>),
+    Registered(Registered<'d, 'o, S, N, RECORD>),
     /// It is out of service.
-    Decommissioned(Decommissioned<'d, S, N, RECORD>),
+    Decommissioned(Decommissioned<'d, 'o, S, N, RECORD>),
 }
 
 /// A device that is not registered: it can only register.
 #[derive(Debug)]
-pub struct Unregistered<'d, S: Storage, const N: usize, const RECORD: usize> {
-    dev: &'d mut Device<S, N, RECORD>,
+pub struct Unregistered<'d, 'o, S: Storage, const N: usize, const RECORD: usize> {
+    dev: &'d mut Device<'o, S, N, RECORD>,
 }
 
 /// A registered device.
 #[derive(Debug)]
-pub struct Registered<'d, S: Storage, const N: usize, const RECORD: usize> {
-    dev: &'d mut Device<S, N, RECORD>,
+pub struct Registered<'d, 'o, S: Storage, const N: usize, const RECORD: usize> {
+    dev: &'d mut Device<'o, S, N, RECORD>,
 }
 
 /// A decommissioned device: it seals nothing more.
 #[derive(Debug)]
-pub struct Decommissioned<'d, S: Storage, const N: usize, const RECORD: usize> {
-    dev: &'d mut Device<S, N, RECORD>,
+pub struct Decommissioned<'d, 'o, S: Storage, const N: usize, const RECORD: usize> {
+    dev: &'d mut Device<'o, S, N, RECORD>,
 }
 
 /// What to do with a notice the vendor sent.
@@ -323,7 +349,7 @@ pub enum NoticeDecision {
     },
 }
 
-impl<S: Storage, const N: usize, const RECORD: usize> Device<S, N, RECORD> {
+impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECORD> {
     /// Starts the device from storage: counter, session, consent and
     /// outbox as they were persisted (a fresh storage gives a fresh,
     /// unregistered device).
@@ -333,27 +359,39 @@ impl<S: Storage, const N: usize, const RECORD: usize> Device<S, N, RECORD> {
     /// fails; [`StorageError::Invalid`] for a session or consent record
     /// that does not decode.
     #[inline(never)]
-    pub fn boot(id: Identity, storage: S) -> Result<Self, SessionError> {
-        let mut counter = Counter::open(CounterRecord(storage), COUNTER_BLOCK)?;
-        let storage = &mut counter.store_mut().0;
-        let mut buf = [0u8; SESSION_RECORD_LEN];
-        let state = match storage.read(RECORD_SESSION, &mut buf)? {
-            Some(r) => SessionState::decode(r).ok_or(StorageError::Invalid(RECORD_SESSION))?,
-            None => SessionState::new(),
-        };
-        let mut cbuf = [0u8; SignedConsent::MAX_ENCODED_LEN];
-        let consent = match storage.read(RECORD_CONSENT, &mut cbuf)? {
-            Some(r) => Some(codec::decode::<SignedConsent>(r).map_err(|_| StorageError::Invalid(RECORD_CONSENT))?),
-            None => None,
-        };
-        let mut dev = Device { id, counter, state, consent, outbox: Outbox::new() };
+    pub fn boot(id: Identity, storage: S, outbox: &'o mut Outbox<N, RECORD>) -> Result<Self, SessionError> {
+        let counter = Counter::open(CounterRecord(storage), COUNTER_BLOCK)?;
+        let mut dev = Device { id, counter, state: SessionState::new(), consent: None, outbox };
+        dev.load_session()?;
+        dev.load_consent()?;
         let storage = &mut dev.counter.store_mut().0;
         dev.outbox.reload(storage)?;
         Ok(dev)
     }
 
+    // Loading is split into out-of-line steps so their buffers do not
+    // share one large stack frame.
+    #[inline(never)]
+    fn load_session(&mut self) -> Result<(), SessionError> {
+        let mut buf = [0u8; SESSION_RECORD_LEN];
+        if let Some(r) = self.storage().read(RECORD_SESSION, &mut buf)? {
+            self.state = SessionState::decode(r).ok_or(StorageError::Invalid(RECORD_SESSION))?;
+        }
+        Ok(())
+    }
+
+    #[inline(never)]
+    fn load_consent(&mut self) -> Result<(), SessionError> {
+        let mut buf = [0u8; SignedConsent::MAX_ENCODED_LEN];
+        if let Some(r) = self.storage().read(RECORD_CONSENT, &mut buf)? {
+            let c = codec::decode::<SignedConsent>(r).map_err(|_| StorageError::Invalid(RECORD_CONSENT))?;
+            self.consent = Some(c);
+        }
+        Ok(())
+    }
+
     /// The typestate handle for the device's current stage.
-    pub fn phase(&mut self) -> Phase<'_, S, N, RECORD> {
+    pub fn phase(&mut self) -> Phase<'_, 'o, S, N, RECORD> {
         match self.state.stage {
             Stage::Unregistered => Phase::Unregistered(Unregistered { dev: self }),
             Stage::Registered => Phase::Registered(Registered { dev: self }),
@@ -550,7 +588,7 @@ impl<S: Storage, const N: usize, const RECORD: usize> Device<S, N, RECORD> {
     }
 }
 
-impl<'d, S: Storage, const N: usize, const RECORD: usize> Unregistered<'d, S, N, RECORD> {
+impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Unregistered<'d, 'o, S, N, RECORD> {
     /// Registers with the vendor under the owner's initial `consent`:
     /// reserves a new key epoch, agrees its keys with the vendor's key,
     /// seals a Register (which opens the epoch) and queues it.
@@ -564,7 +602,7 @@ impl<'d, S: Storage, const N: usize, const RECORD: usize> Unregistered<'d, S, N,
         self,
         rng: &mut R,
         consent: SignedConsent,
-    ) -> Result<Registered<'d, S, N, RECORD>, SessionError> {
+    ) -> Result<Registered<'d, 'o, S, N, RECORD>, SessionError> {
         let dev = self.dev;
         check_new_consent(dev, &consent)?;
         // 1. reserve the epoch before anything is sealed under it
@@ -591,7 +629,7 @@ impl<'d, S: Storage, const N: usize, const RECORD: usize> Unregistered<'d, S, N,
 /// A new consent state must be canonical, carry a valid owner proof if
 /// it has one, and have a higher version than the held one.
 fn check_new_consent<S: Storage, const N: usize, const RECORD: usize>(
-    dev: &Device<S, N, RECORD>,
+    dev: &Device<'_, S, N, RECORD>,
     consent: &SignedConsent,
 ) -> Result<(), SessionError> {
     consent.verify_owner(&dev.id.key.device, OwnerRequirement::DeviceOnBehalf)?;
@@ -603,9 +641,9 @@ fn check_new_consent<S: Storage, const N: usize, const RECORD: usize>(
     Ok(())
 }
 
-impl<'d, S: Storage, const N: usize, const RECORD: usize> Registered<'d, S, N, RECORD> {
+impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o, S, N, RECORD> {
     /// The device.
-    pub fn device(&mut self) -> &mut Device<S, N, RECORD> {
+    pub fn device(&mut self) -> &mut Device<'o, S, N, RECORD> {
         self.dev
     }
 
@@ -734,7 +772,7 @@ impl<'d, S: Storage, const N: usize, const RECORD: usize> Registered<'d, S, N, R
     ///
     /// # Errors
     /// Sealing, counter, outbox and storage errors.
-    pub fn transfer(self, now: u64) -> Result<Unregistered<'d, S, N, RECORD>, SessionError> {
+    pub fn transfer(self, now: u64) -> Result<Unregistered<'d, 'o, S, N, RECORD>, SessionError> {
         let dev = self.dev;
         let held = dev.consent.as_ref().map(|c| c.state.clone());
         let reset = match held {
@@ -766,7 +804,7 @@ impl<'d, S: Storage, const N: usize, const RECORD: usize> Registered<'d, S, N, R
         self,
         now: u64,
         reason: DecommissionReason,
-    ) -> Result<Decommissioned<'d, S, N, RECORD>, SessionError> {
+    ) -> Result<Decommissioned<'d, 'o, S, N, RECORD>, SessionError> {
         let dev = self.dev;
         let scope = dev.control_scope();
         dev.seal_queue(&Decommission { at: now, reason }, scope, None)?;
@@ -776,16 +814,16 @@ impl<'d, S: Storage, const N: usize, const RECORD: usize> Registered<'d, S, N, R
     }
 }
 
-impl<S: Storage, const N: usize, const RECORD: usize> Decommissioned<'_, S, N, RECORD> {
+impl<'o, S: Storage, const N: usize, const RECORD: usize> Decommissioned<'_, 'o, S, N, RECORD> {
     /// The device (to flush its outbox).
-    pub fn device(&mut self) -> &mut Device<S, N, RECORD> {
+    pub fn device(&mut self) -> &mut Device<'o, S, N, RECORD> {
         self.dev
     }
 }
 
-impl<S: Storage, const N: usize, const RECORD: usize> Unregistered<'_, S, N, RECORD> {
+impl<'o, S: Storage, const N: usize, const RECORD: usize> Unregistered<'_, 'o, S, N, RECORD> {
     /// The device (to flush its outbox).
-    pub fn device(&mut self) -> &mut Device<S, N, RECORD> {
+    pub fn device(&mut self) -> &mut Device<'o, S, N, RECORD> {
         self.dev
     }
 }

@@ -30,13 +30,12 @@ use spime::consent::{
 };
 use spime::device::fault::{FaultEvent, FaultRecorder};
 use spime::device::metrics::{MetricDef, MetricKind, Metrics};
-use spime::device::outbox::record_len;
+use spime::device::outbox::{Outbox, record_len};
 use spime::device::session::{Device, Identity, Phase, storage_capacity, storage_records};
 use spime::device::storage::{NorStorage, SimFlash};
 use spime::message::{self, CertificateBody, DeviceCertificate, FirmwareVersion, RebootReason, Severity};
 use spime::seal::{DeviceKey, VendorKeys};
 use spime::wire::DeviceId;
-use spime::wire::chunk::Chunks;
 
 // The fixed test identity; tests/common/mod.rs has the same values.
 const VENDOR_SIGNING_SEED: [u8; 32] = [0x51; 32];
@@ -55,7 +54,7 @@ const RECORD: usize = record_len(message::MAX_SEALED_LEN);
 const FLASH_SIZE: usize = 40 * 1024;
 type Flash = SimFlash<FLASH_SIZE, 256>;
 type Store = NorStorage<&'static mut Flash>;
-type Dev = Device<Store, SLOTS, RECORD>;
+type Dev = Device<'static, Store, SLOTS, RECORD>;
 
 const MTU: usize = 20;
 
@@ -63,7 +62,8 @@ const MTU: usize = 20;
 fn main() -> ! {
     // cortex-m-rt turns this into a `&'static mut`: no `unsafe` needed.
     static mut FLASH: Flash = Flash::zeroed();
-    match run(FLASH) {
+    static mut OUTBOX: Outbox<SLOTS, RECORD> = Outbox::new();
+    match run(FLASH, OUTBOX) {
         Ok(()) => {
             line(&[b"STACK ", dec(peak_stack()).as_bytes()]);
             line(&[b"DONE"]);
@@ -159,9 +159,9 @@ static BREW_SECONDS: [i64; 3] = [60, 180, 300];
 
 // Each step is its own function, kept out of line: inlined into one
 // frame, the temporaries of every step would sit on the stack at once.
-fn run(flash: &'static mut Flash) -> Result<(), RunError> {
+fn run(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -> Result<(), RunError> {
     let mut rng = ChaCha20Rng::from_seed(RNG_SEED);
-    let mut dev = boot(flash)?;
+    let mut dev = boot(flash, outbox)?;
     let consent = first_consent().map_err(|_| RunError::Other("consent"))?;
     register(&mut dev, &mut rng, &consent)?;
     send_all(&mut dev)?;
@@ -183,12 +183,12 @@ fn run(flash: &'static mut Flash) -> Result<(), RunError> {
 }
 
 #[inline(never)]
-fn boot(flash: &'static mut Flash) -> Result<Dev, RunError> {
+fn boot(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -> Result<Dev, RunError> {
     let id = identity().map_err(|_| RunError::Other("certificate"))?;
     let capacity = storage_capacity(RECORD);
     let records = u16::try_from(storage_records(SLOTS)).map_err(|_| RunError::Other("layout"))?;
     let storage = NorStorage::new(flash, 0, records, capacity)?;
-    Ok(Device::boot(id, storage)?)
+    Ok(Device::boot(id, storage, outbox)?)
 }
 
 /// 1. register with the owner's first consent
@@ -259,8 +259,7 @@ fn send_all(dev: &mut Dev) -> Result<(), RunError> {
         line(&[b"MSG ", e.meta.kind.name().as_bytes(), b" ", dec(counter).as_bytes(), b" "]);
         hexbuf.put(e.envelope);
         hexbuf.end();
-        let id = u16::try_from(counter & 0xFFFF).unwrap_or(0);
-        let chunks = Chunks::new(e.envelope, id, MTU).map_err(|_| RunError::Other("chunk"))?;
+        let chunks = e.chunks(MTU).map_err(|_| RunError::Other("chunk"))?;
         for c in chunks {
             let mut frame = [0u8; MTU];
             let n = c.write_to(&mut frame).map_err(|_| RunError::Other("chunk"))?;
