@@ -145,6 +145,10 @@ fn lifecycle_end_to_end() {
     let got = flush(&mut dev, &mut vendor);
     let [(_, Opened::Consent(c))] = &got[..] else { panic!("{got:?}") };
     assert_eq!(c.consent, narrower);
+    // the held state can be announced again (same version)
+    registered(&mut dev).announce_consent().unwrap();
+    let got = flush(&mut dev, &mut vendor);
+    assert!(matches!(&got[..], [(_, Opened::Consent(c))] if c.consent == narrower));
 
     // receipts: the right one, one for a version never sent, one with another digest, a replay
     let digest = SentConsent::of(&narrower).unwrap().digest;

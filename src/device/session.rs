@@ -765,6 +765,21 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
         Ok(counter)
     }
 
+    /// Seals the consent held again in a Consent message (its version
+    /// unchanged): after [`Registered::change_consent`] failed once the new
+    /// state was stored, or when no receipt came for it.
+    ///
+    /// # Errors
+    /// Sealing, counter, outbox and storage errors.
+    pub fn announce_consent(&mut self) -> Result<u64, SessionError> {
+        let dev = &mut *self.dev;
+        let consent = dev.consent.clone().ok_or(SessionError::NoSession)?;
+        dev.remember_sent(&consent)?;
+        dev.save_state()?;
+        let scope = dev.control_scope();
+        dev.seal_queue(&ConsentUpdate { consent }, scope, None)
+    }
+
     /// The owner hands the product on: seals a Transfer, resets consent to
     /// deny-all-but-Essential (a higher version), purges every queued
     /// message but the lifecycle ones, and leaves the device unregistered

@@ -191,7 +191,7 @@ fn boot(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -
     Ok(Device::boot(id, storage, outbox)?)
 }
 
-/// 1. register with the owner's first consent
+/// Step 1: register with the owner's first consent.
 #[inline(never)]
 fn register(dev: &mut Dev, rng: &mut ChaCha20Rng, consent: &SignedConsent) -> Result<(), RunError> {
     let Phase::Unregistered(u) = dev.phase() else { return Err(RunError::Other("not new")) };
@@ -199,8 +199,8 @@ fn register(dev: &mut Dev, rng: &mut ChaCha20Rng, consent: &SignedConsent) -> Re
     Ok(())
 }
 
-/// 2. usage aggregated on the device (the Identifiers metric is not granted);
-/// 3. a fault, twice: counted, not resent
+/// Steps 2 and 3: usage aggregated on the device (the Identifiers metric is
+/// not granted), and a fault, twice: counted, not resent.
 #[inline(never)]
 fn use_the_kettle(metrics: &mut Metrics<4>, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
     metrics.define(MetricDef { id: 1, category: DataCategory::UsageCounters, kind: MetricKind::Counter })?;
@@ -237,8 +237,8 @@ fn report(dev: &mut Dev, metrics: &mut Metrics<4>, faults: &mut FaultRecorder<4>
     Ok(())
 }
 
-/// 4. another usage window is queued, then the owner withdraws usage
-/// analytics: the queued report is purged and never leaves the device
+/// Step 4: another usage window is queued, then the owner withdraws usage
+/// analytics: the queued report is purged and never leaves the device.
 #[inline(never)]
 fn withdraw_usage(dev: &mut Dev, metrics: &mut Metrics<4>, consent: &SignedConsent) -> Result<(), RunError> {
     metrics.increment(1, 2)?;
