@@ -170,7 +170,7 @@ const FLAG_REMOVED: u16 = 0x0001;
 /// A read takes the valid copy (magic, length, CRC) with the higher
 /// sequence. A write erases the *other* copy and programs it; a cut during
 /// the erase or the program leaves that copy invalid and the old one in
-/// force. `READ_SIZE` and `WRITE_SIZE` must divide 32.
+/// force. `READ_SIZE` must divide 16 and `WRITE_SIZE` 32.
 #[derive(Debug)]
 pub struct NorStorage<F> {
     flash: F,
@@ -193,14 +193,15 @@ impl<F: NorFlash> NorStorage<F> {
     ///
     /// # Errors
     /// [`StorageError::Geometry`] when `base` is not erase-aligned, the
-    /// read/write sizes do not divide 32, or the layout exceeds the flash.
+    /// read size does not divide 16 or the write size 32, or the layout
+    /// exceeds the flash.
     pub fn new(flash: F, base: u32, records: u16, capacity: usize) -> Result<NorStorage<F>, StorageError> {
         let erase = F::ERASE_SIZE;
         if erase == 0
             || F::WRITE_SIZE == 0
             || F::READ_SIZE == 0
             || !STAGE.is_multiple_of(F::WRITE_SIZE)
-            || !STAGE.is_multiple_of(F::READ_SIZE)
+            || !NOR_HEADER_LEN.is_multiple_of(F::READ_SIZE)
             || !(base as usize).is_multiple_of(erase)
             || capacity > usize::from(u16::MAX)
         {
