@@ -7,9 +7,15 @@
 //! - [`metrics`]: usage aggregated into windows on the device;
 //! - [`fault`]: faults with repeats counted, not resent;
 //! - [`session`]: the product's lifecycle, from unregistered to decommissioned.
+//!
+//! `docs/firmware.md` walks through a firmware and gives its footprint.
 
 pub mod fault;
 pub mod metrics;
 pub mod outbox;
 pub mod session;
 pub mod storage;
+
+pub use outbox::{Outbox, record_len};
+pub use session::{Device, Identity, NoticeDecision, Phase, SessionError, Stage};
+pub use storage::{NorStorage, Storage, StorageError};

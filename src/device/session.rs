@@ -2,8 +2,9 @@
 //! registered, through consent changes and changes of owner, to
 //! decommissioned (SPEC.md §8).
 //!
-//! [`Device`] holds everything (identity, counter, keys, consent, outbox)
-//! and lives where the firmware puts it (a `static`, or `main`'s stack);
+//! [`Device`] holds the identity, counter, keys and consent, and borrows
+//! the outbox (the one large buffer, which the firmware keeps in a
+//! `static`);
 //! [`Device::phase`] hands out a small typestate handle for what the
 //! product may do now: an [`Unregistered`] handle can only register, a
 //! [`Registered`] one reports, changes consent, transfers and
