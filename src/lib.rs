@@ -13,3 +13,5 @@ pub mod error;
 pub mod message;
 pub mod seal;
 pub mod wire;
+#[cfg(feature = "std")]
+pub mod vendor;
