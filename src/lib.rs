@@ -12,6 +12,6 @@ pub mod consent;
 pub mod error;
 pub mod message;
 pub mod seal;
-pub mod wire;
 #[cfg(feature = "std")]
 pub mod vendor;
+pub mod wire;

@@ -123,7 +123,13 @@ impl BatchVerifier {
         body: &[u8],
         signature: &[u8; SIGNATURE_LEN],
     ) {
-        self.items.push(Item { key, batchable_key, header: header.to_vec(), body: body.to_vec(), signature: *signature });
+        self.items.push(Item {
+            key,
+            batchable_key,
+            header: header.to_vec(),
+            body: body.to_vec(),
+            signature: *signature,
+        });
     }
 
     /// How many signatures were pushed.

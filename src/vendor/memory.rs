@@ -124,13 +124,7 @@ impl VendorCounters for MemoryTxn<'_> {
 }
 
 impl NoticeLog for MemoryTxn<'_> {
-    fn record_notice(
-        &mut self,
-        device: &DeviceId,
-        purpose: Purpose,
-        at: u64,
-        _counter: u64,
-    ) -> Result<(), StoreError> {
+    fn record_notice(&mut self, device: &DeviceId, purpose: Purpose, at: u64, _counter: u64) -> Result<(), StoreError> {
         self.pending.notices.entry((*device, purpose)).or_default().push(at);
         Ok(())
     }

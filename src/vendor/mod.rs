@@ -60,6 +60,7 @@ mod outbound;
 #[cfg(feature = "redb")]
 mod redb_store;
 pub mod seam;
+pub mod sim;
 pub mod store;
 
 pub use error::{IngestError, SendError, StoreError};

@@ -165,8 +165,11 @@ impl ConsentLedgerStore for RedbTxn {
         let next = match t.range::<&[u8]>(lo.as_slice()..=hi.as_slice()).map_err(backend)?.next_back() {
             Some(last) => {
                 let (k, _) = last.map_err(backend)?;
-                let seq: [u8; 8] =
-                    k.value().get(16..24).and_then(|s| s.try_into().ok()).ok_or(StoreError::Corrupt("consent_ledger"))?;
+                let seq: [u8; 8] = k
+                    .value()
+                    .get(16..24)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or(StoreError::Corrupt("consent_ledger"))?;
                 u64::from_be_bytes(seq).checked_add(1).ok_or(StoreError::Corrupt("consent_ledger"))?
             }
             None => 0,
@@ -215,13 +218,7 @@ impl VendorCounters for RedbTxn {
 }
 
 impl NoticeLog for RedbTxn {
-    fn record_notice(
-        &mut self,
-        device: &DeviceId,
-        purpose: Purpose,
-        at: u64,
-        counter: u64,
-    ) -> Result<(), StoreError> {
+    fn record_notice(&mut self, device: &DeviceId, purpose: Purpose, at: u64, counter: u64) -> Result<(), StoreError> {
         let k = key(device, &[&purpose.id().to_be_bytes(), &at.to_be_bytes(), &counter.to_be_bytes()]);
         let mut t = self.tx.open_table(NOTICES).map_err(backend)?;
         t.insert(k.as_slice(), ()).map_err(backend)?;

@@ -254,8 +254,7 @@ pub trait NoticeLog {
     ///
     /// # Errors
     /// A [`StoreError`] when the backend fails.
-    fn record_notice(&mut self, device: &DeviceId, purpose: Purpose, at: u64, counter: u64)
-    -> Result<(), StoreError>;
+    fn record_notice(&mut self, device: &DeviceId, purpose: Purpose, at: u64, counter: u64) -> Result<(), StoreError>;
     /// How many notices for `purpose` were sent to `device` at or after `since`.
     ///
     /// # Errors
