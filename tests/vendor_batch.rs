@@ -179,8 +179,16 @@ fn pipeline_batches_only_data_kinds() {
         let mut accepted_usage = None;
         for counter in 1..64u64 {
             let mut metrics = heapless::Vec::new();
-            metrics.push(Metric { id: 1, category: DataCategory::UsageCounters, value: MetricValue::Counter(counter) }).unwrap();
-            let u = Usage { purpose: Purpose::USAGE_ANALYTICS, consent_version: 1, window_start: 0, window_end: 1, metrics };
+            metrics
+                .push(Metric { id: 1, category: DataCategory::UsageCounters, value: MetricValue::Counter(counter) })
+                .unwrap();
+            let u = Usage {
+                purpose: Purpose::USAGE_ANALYTICS,
+                consent_version: 1,
+                window_start: 0,
+                window_end: 1,
+                metrics,
+            };
             let mut bb = [0u8; 512];
             let body = spime::codec::encode(&u, &mut bb).unwrap().to_vec();
             let h = Header { kind: Kind::USAGE, device: d.id(), epoch: 1, counter, ephemeral: None };

@@ -40,8 +40,16 @@ fn stream() -> Vec<Vec<u8>> {
     for i in 0..PER_DEVICE {
         for d in &mut fleet {
             let mut metrics = heapless::Vec::new();
-            metrics.push(Metric { id: 1, category: DataCategory::UsageCounters, value: MetricValue::Counter(i) }).unwrap();
-            let u = Usage { purpose: Purpose::USAGE_ANALYTICS, consent_version: 1, window_start: 0, window_end: 1, metrics };
+            metrics
+                .push(Metric { id: 1, category: DataCategory::UsageCounters, value: MetricValue::Counter(i) })
+                .unwrap();
+            let u = Usage {
+                purpose: Purpose::USAGE_ANALYTICS,
+                consent_version: 1,
+                window_start: 0,
+                window_end: 1,
+                metrics,
+            };
             out.push(d.seal(&u).unwrap());
         }
     }
