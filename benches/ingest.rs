@@ -3,7 +3,14 @@
 //!
 //! `cargo bench --bench ingest` — prints criterion's numbers, then a
 //! markdown table of rates and ratios (docs/benchmarks.md).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::std_instead_of_core
+)]
+#![allow(missing_docs, clippy::type_complexity, clippy::cast_possible_truncation)]
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -65,7 +72,13 @@ fn fixture() -> Fixture {
                     .push(Metric { id, category: DataCategory::UsageCounters, value: MetricValue::Counter(i as u64) })
                     .unwrap();
             }
-            let u = Usage { purpose: Purpose::USAGE_ANALYTICS, consent_version: 1, window_start: 0, window_end: 1, metrics };
+            let u = Usage {
+                purpose: Purpose::USAGE_ANALYTICS,
+                consent_version: 1,
+                window_start: 0,
+                window_end: 1,
+                metrics,
+            };
             messages.push(d.seal(&u).unwrap());
             sessions.push((d.session().unwrap().clone(), d.key().public()));
         }
@@ -157,12 +170,7 @@ fn benches(c: &mut Criterion) {
             }
         })
     });
-    let configs = [
-        (IDS[2], 1, false),
-        (IDS[3], 1, true),
-        (IDS[4], 2, false),
-        (IDS[5], 2, true),
-    ];
+    let configs = [(IDS[2], 1, false), (IDS[3], 1, true), (IDS[4], 2, false), (IDS[5], 2, true)];
     for (id, workers, batch) in configs {
         let config = IngestConfig { workers, batch_verify: batch };
         g.bench_function(id, |b| {

@@ -6,7 +6,13 @@
 //! receipts and sends notices only where the owners' preferences allow.
 //!
 //! Run: `cargo run --release --example demo`
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::std_instead_of_core
+)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, UdpSocket};
@@ -87,11 +93,11 @@ fn serve(
                 Ok(a) => {
                     *st.accepted.entry(a.kind.name()).or_default() += 1;
                     st.per_device.entry(a.device).or_default().0 += 1;
-                    if a.kind == Kind::REGISTER || a.kind == Kind::CONSENT {
-                        if let Ok(r) = vendor.seal_receipt(&a.device) {
-                            st.receipts += 1;
-                            send(&sock, *addr, TAG_RECEIPT, &r);
-                        }
+                    if (a.kind == Kind::REGISTER || a.kind == Kind::CONSENT)
+                        && let Ok(r) = vendor.seal_receipt(&a.device)
+                    {
+                        st.receipts += 1;
+                        send(&sock, *addr, TAG_RECEIPT, &r);
                     }
                     let pending = outbox.lock().unwrap().remove(&a.device).unwrap_or_default();
                     for n in pending {
@@ -177,12 +183,11 @@ impl Client {
                     self.seen.naks.push(String::from_utf8_lossy(&body[8..]).into_owned());
                     return;
                 }
-                TAG_RECEIPT => {
+                TAG_RECEIPT
                     // The device checks the vendor's countersignature.
-                    if self.sim.open::<Receipt>(body).is_ok() {
+                    if self.sim.open::<Receipt>(body).is_ok() => {
                         self.seen.receipts += 1;
                     }
-                }
                 TAG_NOTICE => match self.sim.open::<Notice>(body) {
                     Ok(n) => self.seen.notices.push(n.title.as_str().to_string()),
                     Err(e) => self.seen.notices.push(format!("unopenable: {e}")),
@@ -328,10 +333,8 @@ fn live_day(c: &mut Client, day: u64, narration: &mut Vec<String>) {
             c.seal_send(&Decommission { at: noon(day), reason: DecommissionReason::Recycled });
             narration.push(format!("{id}: decommissioned (recycled)"));
         }
-        (Role::Decommissioned, d) if d > 18 => {
-            if d == 19 {
-                c.seal_send(&fault(Purpose::ESSENTIAL, 1, day, Severity::Info));
-            }
+        (Role::Decommissioned, d) if d > 18 && d == 19 => {
+            c.seal_send(&fault(Purpose::ESSENTIAL, 1, day, Severity::Info));
         }
         (Role::Rekeys, 9) => {
             c.old_session = c.sim.session().cloned();
@@ -377,8 +380,8 @@ fn live_day(c: &mut Client, day: u64, narration: &mut Vec<String>) {
         let location = role == Role::Narrows && (day < 8 || day == 9);
         c.seal_send(&usage(version, day, seed, location));
     }
-    if (seed + day) % 6 == 0 {
-        let sev = if (seed + day) % 12 == 0 { Severity::Error } else { Severity::Warning };
+    if (seed + day).is_multiple_of(6) {
+        let sev = if (seed + day).is_multiple_of(12) { Severity::Error } else { Severity::Warning };
         let purpose = if withdrawn || sold { Purpose::ESSENTIAL } else { Purpose::DIAGNOSTICS };
         let v = if sold { 1 } else { version };
         c.seal_send(&fault(purpose, v, day, sev));

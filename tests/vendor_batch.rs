@@ -62,7 +62,7 @@ fn agrees_with_strict_on_good_and_bad() {
     let mut expect = Vec::new();
     for i in 0..150usize {
         let k = &keys[i % keys.len()];
-        let body = (i as u32).to_be_bytes();
+        let body = u32::try_from(i).unwrap().to_be_bytes();
         let mut sig = k.multipart_sign(&[MESSAGE_DST, b"h", &body]).to_bytes();
         let good = i % 37 != 5;
         if !good {

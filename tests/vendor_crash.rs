@@ -121,7 +121,7 @@ fn sigkill_at_arbitrary_points_loses_no_ack_and_accepts_no_replay() {
                 assert!(acked.insert(rest.to_string()), "accepted twice: {rest}");
                 run_acks += 1;
                 if kill_after.is_some_and(|k| run_acks > k) {
-                    std::thread::sleep(std::time::Duration::from_micros(delay_us));
+                    std::thread::sleep(core::time::Duration::from_micros(delay_us));
                     break;
                 }
             } else if let Some(rest) = line.strip_prefix("REJ ") {

@@ -5,7 +5,7 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 use ed25519_dalek::{Signature, VerifyingKey};
 
@@ -170,7 +170,13 @@ pub struct Ingestor<S> {
     public: VendorPublicKeys,
     config: IngestConfig,
     lock: Mutex<()>,
+    /// Decompressed device keys by their bytes (decompressing costs a tenth
+    /// of a verification). A pure cache: the bytes determine the key.
+    key_cache: RwLock<HashMap<[u8; 32], VerifyingKey>>,
 }
+
+/// The most keys [`Ingestor`] keeps decompressed before starting over.
+const KEY_CACHE_MAX: usize = 1 << 16;
 
 impl<S> core::fmt::Debug for Ingestor<S> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -204,7 +210,7 @@ impl<S: Store> Ingestor<S> {
     /// A pipeline over `store` with the vendor's keys.
     pub fn new(store: S, keys: VendorKeys, config: IngestConfig) -> Ingestor<S> {
         let public = keys.public();
-        Ingestor { store, keys, public, config, lock: Mutex::new(()) }
+        Ingestor { store, keys, public, config, lock: Mutex::new(()), key_cache: RwLock::default() }
     }
 
     /// The store.
@@ -432,8 +438,7 @@ impl<S: Store> Ingestor<S> {
             (None, Some(r)) => {
                 let k = match st.key {
                     Some(k) => k,
-                    None => VerifyingKey::from_bytes(&r.certificate.body.device_key)
-                        .map_err(|_| StoreError::Corrupt("device key"))?,
+                    None => self.device_key(&r.certificate.body.device_key)?,
                 };
                 st.key = Some(k);
                 (k, r.batchable_key)
@@ -579,6 +584,19 @@ impl<S: Store> Ingestor<S> {
         let message =
             StoredMessage { device: h.device, counter: h.counter, kind: h.kind.to_byte(), received_at: now, proof };
         Ok(Done { accepted: Accepted { device: h.device, counter: h.counter, kind: h.kind, event }, ledger, message })
+    }
+
+    fn device_key(&self, bytes: &[u8; 32]) -> Result<VerifyingKey, IngestError> {
+        if let Some(k) = self.key_cache.read().unwrap_or_else(PoisonError::into_inner).get(bytes) {
+            return Ok(*k);
+        }
+        let k = VerifyingKey::from_bytes(bytes).map_err(|_| StoreError::Corrupt("device key"))?;
+        let mut cache = self.key_cache.write().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= KEY_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(*bytes, k);
+        Ok(k)
     }
 
     fn accept_epoch(&self, h: &Header, eph: &[u8; 32]) -> Result<SessionKeys, IngestError> {
