@@ -3,12 +3,62 @@
 //!
 //! Whatever is not granted is denied. [`Purpose::ESSENTIAL`] cannot be
 //! denied and carries only [`ESSENTIAL_CATEGORIES`]. The wire encoding of
-//! every type here is in SPEC.md §6.
+//! every type here, and every evaluation rule, is in SPEC.md §6.
+//!
+//! - Evaluation, the same code on both sides:
+//!   [`ConsentState::may_collect`] answers with a [`Permit`] or a [`Denial`]
+//!   reason; only a permit builds a [`Permitted`] usage or fault report, so
+//!   a field the owner did not allow is never encoded.
+//!   [`ConsentState::may_contact`] and [`ConsentState::check_notice`] answer
+//!   with a [`ContactDenial`] reason. The vendor judges received data with
+//!   [`ConsentState::check_usage`] and [`ConsentState::check_fault`].
+//! - Making states: [`ConsentState::essential_only`],
+//!   [`ConsentState::successor`] and the editing methods keep a state
+//!   canonical; [`ConsentState::reset_for_transfer`] starts a new owner's
+//!   relationship; [`ConsentState::judge_update`] is the vendor's version rule.
+//! - Proof: [`OwnerProof`] (the owner's own signature),
+//!   [`SignedConsent::verify_owner`], receipts ([`receipt_for`],
+//!   [`verify_receipt`]), and with feature `alloc` the vendor's hash-chained
+//!   `ledger`.
+//!
+//! ```
+//! use spime::consent::{CategorySet, ConsentState, DataCategory, Grant, LocationPrecision, Purpose};
+//! let mut state = ConsentState::essential_only(1, 1_700_000_000, [0; 32]);
+//! state.set_grant(Grant {
+//!     purpose: Purpose::DIAGNOSTICS,
+//!     categories: CategorySet::EMPTY.with(DataCategory::DeviceHealth),
+//!     location: LocationPrecision::None,
+//!     expires_at: None,
+//! })?;
+//! let now = 1_700_000_100;
+//! let health = CategorySet::EMPTY.with(DataCategory::DeviceHealth);
+//! assert!(state.may_collect(Purpose::DIAGNOSTICS, health, LocationPrecision::None, now).is_ok());
+//! let denial = state.may_collect(Purpose::DIAGNOSTICS, CategorySet::ALL, LocationPrecision::None, now).unwrap_err();
+//! println!("{denial}"); // not granted: usage-counters+fault-context+... for diagnostics (consent version 1)
+//! # Ok::<(), spime::consent::EditError>(())
+//! ```
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::codec::{Bytes64, Canonical, varint_max};
 use crate::error::DecodeError;
+
+mod edit;
+mod eval;
+#[cfg(feature = "alloc")]
+pub mod ledger;
+mod proof;
+
+pub use edit::EditError;
+pub use eval::{
+    BuildError, ContactDenial, ContactHistory, Denial, FaultDraft, NoHistory, Permit, Permitted, Scope, SentNotice,
+};
+pub use proof::{ConsentError, OwnerRequirement, SentConsent, receipt_for, verify_receipt};
+
+/// The longest time between the owner's decision and the date by which it
+/// must be confirmed again: 395 days (about 13 months, as the IAB TCF asks),
+/// in seconds. `reconfirm_by - issued_at` may not exceed it.
+pub const MAX_RECONFIRM: u64 = 395 * 86_400;
 
 /// Why data is collected or the owner contacted. Ids 0–9 are defined here,
 /// `0x8000..=0xFFFF` are for the vendor to define, everything else is
@@ -103,6 +153,12 @@ impl core::fmt::Debug for Purpose {
     }
 }
 
+impl core::fmt::Display for Purpose {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if self.0 >= Self::VENDOR_MIN { write!(f, "vendor-defined({:#06x})", self.0) } else { f.write_str(self.name()) }
+    }
+}
+
 impl Serialize for Purpose {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u16(self.0)
@@ -152,6 +208,19 @@ impl DataCategory {
     /// The category's bit in a [`CategorySet`].
     pub const fn bit(self) -> u16 {
         1 << (self as u8)
+    }
+
+    /// A name for logs and reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DataCategory::DeviceHealth => "device-health",
+            DataCategory::UsageCounters => "usage-counters",
+            DataCategory::FaultContext => "fault-context",
+            DataCategory::Location => "location",
+            DataCategory::Environment => "environment",
+            DataCategory::Identifiers => "identifiers",
+            DataCategory::RawEvents => "raw-events",
+        }
     }
 
     /// The category for a bit index.
@@ -299,6 +368,16 @@ impl Channel {
     pub const fn bit(self) -> u8 {
         1 << (self as u8)
     }
+
+    /// A name for logs and reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Channel::OnDevice => "on-device",
+            Channel::App => "app",
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+        }
+    }
 }
 
 impl Serialize for Channel {
@@ -324,6 +403,72 @@ bitset!(
     ChannelSet, u8, Channel, 0x0f, serialize_u8, deserialize_u8
 );
 
+impl CategorySet {
+    /// The members, in bit order.
+    pub fn iter(self) -> impl Iterator<Item = DataCategory> {
+        DataCategory::ALL.into_iter().filter(move |c| self.contains(*c))
+    }
+}
+
+impl ChannelSet {
+    /// The members, in bit order.
+    pub fn iter(self) -> impl Iterator<Item = Channel> {
+        Channel::ALL.into_iter().filter(move |c| self.contains(*c))
+    }
+}
+
+/// Names joined with `+`, or `none` for the empty set.
+fn write_names<I: Iterator<Item = &'static str>>(f: &mut core::fmt::Formatter<'_>, names: I) -> core::fmt::Result {
+    let mut any = false;
+    for n in names {
+        if any {
+            f.write_str("+")?;
+        }
+        f.write_str(n)?;
+        any = true;
+    }
+    if !any {
+        f.write_str("none")?;
+    }
+    Ok(())
+}
+
+/// Names joined with `+`; `none` and `all categories` for the two extremes.
+///
+/// ```
+/// use spime::consent::{CategorySet, DataCategory};
+/// let s = CategorySet::EMPTY.with(DataCategory::DeviceHealth).with(DataCategory::Location);
+/// assert_eq!(s.to_string(), "device-health+location");
+/// assert_eq!(CategorySet::EMPTY.to_string(), "none");
+/// assert_eq!(CategorySet::ALL.to_string(), "all categories");
+/// ```
+impl core::fmt::Display for CategorySet {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if *self == CategorySet::ALL {
+            return f.write_str("all categories");
+        }
+        write_names(f, self.iter().map(DataCategory::name))
+    }
+}
+
+impl core::fmt::Display for ChannelSet {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write_names(f, self.iter().map(Channel::name))
+    }
+}
+
+impl core::fmt::Display for DataCategory {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl core::fmt::Display for Channel {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// How precisely a location may be reported. Ordered: a grant of one level
 /// allows every coarser level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
@@ -341,6 +486,66 @@ pub enum LocationPrecision {
     Neighbourhood,
     /// Exact position.
     Exact,
+}
+
+impl LocationPrecision {
+    /// Every level, coarsest first.
+    pub const ALL: [LocationPrecision; 6] = [
+        LocationPrecision::None,
+        LocationPrecision::Country,
+        LocationPrecision::Region,
+        LocationPrecision::City,
+        LocationPrecision::Neighbourhood,
+        LocationPrecision::Exact,
+    ];
+
+    /// The grid a coordinate at this precision is truncated to, in 1e-7
+    /// degrees: 10°, 1°, 0.1°, 0.01° and 1e-7° (unchanged) from Country to
+    /// Exact; `None` for [`LocationPrecision::None`] (no coordinate at all).
+    pub const fn grid_e7(self) -> Option<i32> {
+        match self {
+            LocationPrecision::None => None,
+            LocationPrecision::Country => Some(100_000_000),
+            LocationPrecision::Region => Some(10_000_000),
+            LocationPrecision::City => Some(1_000_000),
+            LocationPrecision::Neighbourhood => Some(100_000),
+            LocationPrecision::Exact => Some(1),
+        }
+    }
+
+    /// `coordinate_e7` truncated toward zero to this precision's grid
+    /// (`None` for [`LocationPrecision::None`]).
+    ///
+    /// ```
+    /// use spime::consent::LocationPrecision;
+    /// assert_eq!(LocationPrecision::City.coarsen(525_200_123), Some(525_000_000));
+    /// assert_eq!(LocationPrecision::City.coarsen(-134_567_890), Some(-134_000_000));
+    /// assert_eq!(LocationPrecision::None.coarsen(1), None);
+    /// ```
+    pub const fn coarsen(self, coordinate_e7: i32) -> Option<i32> {
+        match self.grid_e7() {
+            Some(step) => Some(coordinate_e7 / step * step),
+            None => None,
+        }
+    }
+
+    /// A name for logs and reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LocationPrecision::None => "none",
+            LocationPrecision::Country => "country",
+            LocationPrecision::Region => "region",
+            LocationPrecision::City => "city",
+            LocationPrecision::Neighbourhood => "neighbourhood",
+            LocationPrecision::Exact => "exact",
+        }
+    }
+}
+
+impl core::fmt::Display for LocationPrecision {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The owner allows `categories` to be collected for `purpose` until `expires_at`.
@@ -498,9 +703,15 @@ fn strictly_ascending<T, K: PartialOrd>(
     Ok(())
 }
 
-/// The canonical-form rules of [`ConsentState`].
+/// The canonical-form rules of [`ConsentState`] (SPEC.md §6.2).
 fn validate_state(s: &ConsentState) -> Result<(), DecodeError> {
+    if s.reconfirm_by <= s.issued_at || s.reconfirm_by - s.issued_at > MAX_RECONFIRM {
+        return Err(DecodeError::OutOfRange("reconfirm_by must be after issued_at, by at most MAX_RECONFIRM"));
+    }
     strictly_ascending(&s.grants, |g| g.purpose, "grants")?;
+    if s.grants.iter().any(|g| g.categories.is_empty()) {
+        return Err(DecodeError::OutOfRange("a grant with no categories (omit it instead)"));
+    }
     if s.grants.iter().any(|g| g.purpose == Purpose::ESSENTIAL) {
         return Err(DecodeError::OutOfRange("a grant for Essential (it is implied)"));
     }
@@ -509,11 +720,17 @@ fn validate_state(s: &ConsentState) -> Result<(), DecodeError> {
         return Err(DecodeError::OutOfRange("location precision must be set exactly when Location is granted"));
     }
     strictly_ascending(&s.contact.grants, |g| g.purpose, "contact grants")?;
+    if s.contact.grants.iter().any(|g| g.channels.is_empty()) {
+        return Err(DecodeError::OutOfRange("a contact grant with no channels (omit it instead)"));
+    }
     strictly_ascending(&s.contact.caps, |c| c.purpose, "frequency caps")?;
     strictly_ascending(&s.contact.muted_topics, |t| *t, "muted topics")?;
     if let Some(q) = &s.contact.quiet_hours {
         if q.start_minute >= 1440 || q.end_minute >= 1440 {
             return Err(DecodeError::OutOfRange("quiet hours minute"));
+        }
+        if q.start_minute == q.end_minute {
+            return Err(DecodeError::OutOfRange("empty quiet hours (omit them instead)"));
         }
         if !(-840..=840).contains(&q.utc_offset_minutes) {
             return Err(DecodeError::OutOfRange("UTC offset"));
