@@ -210,10 +210,9 @@ fn initial_consent(role: Role) -> SignedConsent {
         (Purpose::DIAGNOSTICS, CategorySet::EMPTY.with(DataCategory::DeviceHealth).with(DataCategory::FaultContext)),
     ];
     if role == Role::MarketingFan {
-        grants.push((Purpose::MARKETING, CategorySet::EMPTY));
+        grants.push((Purpose::MARKETING, CategorySet::EMPTY.with(DataCategory::UsageCounters)));
     }
-    let mut c = consent(1, &grants, START + 365 * DAY);
-    c.state.issued_at = START;
+    let mut c = consent(1, &grants, START);
     let app = ChannelSet::EMPTY.with(Channel::App);
     let _ = c.state.contact.grants.push(ContactGrant { purpose: Purpose::PROACTIVE_SERVICE, channels: app });
     if role == Role::MarketingFan {
@@ -316,12 +315,10 @@ fn live_day(c: &mut Client, day: u64, narration: &mut Vec<String>) {
             narration.push(format!("{id}: sold; consent reset to Essential only"));
         }
         (Role::Transferred, 13) => {
-            let mut fresh = consent(
-                1,
-                &[(Purpose::DIAGNOSTICS, CategorySet::EMPTY.with(DataCategory::DeviceHealth))],
-                START + 365 * DAY,
-            );
-            fresh.state.issued_at = noon(day);
+            // Versions go forward for the device's whole life: 1 (first owner),
+            // 2 (the reset at the sale), 3 (the new owner's first decision).
+            let fresh =
+                consent(3, &[(Purpose::DIAGNOSTICS, CategorySet::EMPTY.with(DataCategory::DeviceHealth))], noon(day));
             let late = c.kept.pop().unwrap();
             c.send(&late);
             let reg = Register { certificate: c.sim.certificate().clone(), firmware: firmware(), consent: fresh };
@@ -568,8 +565,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if day == 20 {
             for d in &devices {
                 next_notice += 1;
-                let n =
+                let mut n =
                     notice(next_notice, Purpose::ESSENTIAL, NoticeKind::Recall, 4, noon(day), "Safety recall: cable");
+                n.channel = Channel::OnDevice;
                 try_notice(d, &n, noon(day));
             }
         }

@@ -168,7 +168,7 @@ fn pipeline_batches_only_data_kinds() {
         let reg = Register {
             certificate: d.certificate().clone(),
             firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
-            consent: consent(1, &grants, u64::MAX),
+            consent: consent(1, &grants, 0),
         };
         v.ingest(&d.seal(&reg).unwrap(), 10).unwrap();
         let session = d.session().unwrap().clone();
@@ -207,7 +207,7 @@ fn pipeline_batches_only_data_kinds() {
         assert_eq!(r.is_ok(), batch, "usage, batch={batch}");
 
         // A consent update with a torsioned R is always refused (strict): ledger proofs stay strict-valid.
-        let c = ConsentUpdate { consent: consent(2, &[], u64::MAX) };
+        let c = ConsentUpdate { consent: consent(2, &[], 0) };
         let mut bb = [0u8; 2048];
         let body = spime::codec::encode(&c, &mut bb).unwrap().to_vec();
         for counter in 100..110u64 {

@@ -33,7 +33,7 @@ fn stream() -> Vec<Vec<u8>> {
         let reg = Register {
             certificate: d.certificate().clone(),
             firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
-            consent: consent(1, &grants, u64::MAX),
+            consent: consent(1, &grants, 0),
         };
         out.push(d.seal(&reg).unwrap());
     }

@@ -1,6 +1,7 @@
 //! The vendor ingest pipeline: every acceptance and rejection path.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+use spime::consent::ledger::{ConsentEvent, ConsentLedger, LedgerEntry};
 use spime::consent::*;
 use spime::error::ReplayError;
 use spime::message::*;
@@ -10,7 +11,7 @@ use spime::vendor::*;
 use spime::wire::DeviceId;
 
 const NOW: u64 = 1_000_000;
-const LATER: u64 = 2_000_000;
+const LATER: u64 = 40_000_000;
 
 fn vendor_keys() -> VendorKeys {
     VendorKeys::from_secrets(&[1; 32], [2; 32])
@@ -29,7 +30,7 @@ fn dev(n: u8) -> SimDevice {
 }
 
 fn analytics() -> SignedConsent {
-    consent(1, &[(Purpose::USAGE_ANALYTICS, CategorySet::EMPTY.with(DataCategory::UsageCounters))], LATER)
+    consent(1, &[(Purpose::USAGE_ANALYTICS, CategorySet::EMPTY.with(DataCategory::UsageCounters))], 0)
 }
 
 fn register(d: &mut SimDevice, c: SignedConsent) -> Vec<u8> {
@@ -222,7 +223,7 @@ fn bad_owner_signature_is_unauthentic() {
     let mut c = analytics();
     c.owner =
         Some(OwnerProof { owner_key: dev(3).key().public().to_bytes(), signature: spime::codec::Bytes64([1; 64]) });
-    assert_eq!(reason(v.ingest(&register(&mut d, c), NOW)), "unauthentic");
+    assert_eq!(reason(v.ingest(&register(&mut d, c), NOW)), "owner-proof");
 }
 
 #[test]
@@ -351,12 +352,22 @@ fn unconsented_data_is_refused() {
 fn consent_narrowed_withdrawn_and_stale() {
     let v = vendor(strict());
     let mut d = registered(&v, 1);
-    let narrowed = consent(2, &[], LATER);
+    let narrowed = consent(2, &[], 0);
     let a = v.ingest(&d.seal(&ConsentUpdate { consent: narrowed }).unwrap(), NOW).unwrap();
     assert_eq!(a.event, Event::ConsentChanged { previous: 1, version: 2 });
     assert_eq!(reason(v.ingest(&d.seal(&ok_usage()).unwrap(), NOW)), "unconsented");
     let old = ConsentUpdate { consent: analytics() };
-    assert_eq!(v.ingest(&d.seal(&old).unwrap(), NOW), Err(IngestError::StaleConsent { held: 2, got: 1 }));
+    assert_eq!(
+        v.ingest(&d.seal(&old).unwrap(), NOW),
+        Err(IngestError::Consent(ConsentError::Stale { held: 2, got: 1 }))
+    );
+    // The same version with other content conflicts; the very same state is a duplicate.
+    let other = ConsentUpdate {
+        consent: consent(2, &[(Purpose::DIAGNOSTICS, CategorySet::EMPTY.with(DataCategory::DeviceHealth))], 0),
+    };
+    assert_eq!(reason(v.ingest(&d.seal(&other).unwrap(), NOW)), "conflicting-consent");
+    let same = ConsentUpdate { consent: consent(2, &[], 0) };
+    assert_eq!(v.ingest(&d.seal(&same).unwrap(), NOW).unwrap().event, Event::ConsentRepeated { version: 2 });
     let receipt: Receipt = d.open(&v.seal_receipt(&d.id()).unwrap()).unwrap();
     assert_eq!(receipt.consent_version, 2);
 }
@@ -371,20 +382,31 @@ fn transfer_resets_and_reregistration_starts_fresh() {
     assert_eq!(reason(v.ingest(&d.seal(&ok_usage()).unwrap(), NOW)), "unconsented");
     v.ingest(&d.seal(&fault(Purpose::ESSENTIAL)).unwrap(), NOW).unwrap();
     // The new owner must register before sending consent.
-    let c = ConsentUpdate { consent: consent(5, &[], LATER) };
+    let c = ConsentUpdate { consent: consent(5, &[], 0) };
     assert_eq!(reason(v.ingest(&d.seal(&c).unwrap(), NOW)), "awaiting-registration");
     assert_eq!(v.seal_receipt(&d.id()), Err(SendError::NoConsent));
-    // A new relationship, with fresh consent (even with a lower version).
-    let fresh = consent(1, &[(Purpose::DIAGNOSTICS, CategorySet::EMPTY.with(DataCategory::DeviceHealth))], LATER);
+    // The old owner's consent cannot come back: versions go forward for the device's whole life.
+    assert_eq!(
+        v.ingest(&register(&mut d, analytics()), NOW),
+        Err(IngestError::Consent(ConsentError::Stale { held: 2, got: 1 }))
+    );
+    // A new relationship, with fresh consent.
+    let fresh = consent(3, &[(Purpose::DIAGNOSTICS, CategorySet::EMPTY.with(DataCategory::DeviceHealth))], 0);
     let a = v.ingest(&register(&mut d, fresh), NOW).unwrap();
     assert!(matches!(a.event, Event::Registered { relationship: 2, new_relationship: true, .. }));
     assert_eq!(reason(v.ingest(&d.seal(&ok_usage()).unwrap(), NOW)), "unconsented");
     let mut f = fault(Purpose::DIAGNOSTICS);
-    f.consent_version = 1;
+    f.consent_version = 3;
     v.ingest(&d.seal(&f).unwrap(), NOW).unwrap();
     let mut tx = v.store().begin().unwrap();
-    let rel: Vec<u32> = tx.consent_entries(&d.id()).unwrap().iter().map(|e| e.relationship).collect();
-    assert_eq!(rel, [1, 1, 2]);
+    let entries = tx.consent_entries(&d.id()).unwrap();
+    let events: Vec<(ConsentEvent, u32)> = entries.iter().map(|e| (e.event, e.version)).collect();
+    assert_eq!(events, [(ConsentEvent::Given, 1), (ConsentEvent::ResetOnTransfer, 2), (ConsentEvent::Given, 3)]);
+    // The stored ledger is a valid hash chain whose proofs verify with the device key.
+    let ledger = ConsentLedger::from_entries(d.id(), entries).unwrap();
+    ledger.verify_proofs(&d.key().public()).unwrap();
+    drop(tx);
+    assert_eq!(v.store().devices().unwrap()[0].relationship, 2);
 }
 
 #[test]
@@ -421,8 +443,8 @@ macro_rules! delegate {
             }
         }
         impl ConsentLedgerStore for FailingTxn<'_> {
-            fn append_consent(&mut self, e: &LedgerEntry) -> Result<(), StoreError> {
-                self.0.append_consent(e)
+            fn append_consent(&mut self, d: &DeviceId, e: &LedgerEntry) -> Result<(), StoreError> {
+                self.0.append_consent(d, e)
             }
             fn consent_entries(&mut self, d: &DeviceId) -> Result<Vec<LedgerEntry>, StoreError> {
                 self.0.consent_entries(d)
@@ -522,27 +544,35 @@ fn notices_follow_contact_preferences() {
     assert_eq!(d.open::<Notice>(&sealed).unwrap(), n);
     assert_eq!(
         v.seal_notice(&d.id(), &n, NOW + 10),
-        Err(SendError::Refused(seam::ContactDenial::FrequencyCap(Purpose::PROACTIVE_SERVICE)))
+        Err(SendError::Refused(ContactDenial::FrequencyCap {
+            purpose: Purpose::PROACTIVE_SERVICE,
+            max: 1,
+            period_seconds: 86_400,
+            sent: 1
+        }))
     );
     v.seal_notice(&d.id(), &n, NOW + 86_400).unwrap();
     assert!(matches!(
         v.seal_notice(&d.id(), &notice(Purpose::MARKETING, NoticeKind::SuppliesOffer), NOW),
-        Err(SendError::Refused(seam::ContactDenial::PurposeNotGranted(_)))
+        Err(SendError::Refused(ContactDenial::ChannelNotGranted { .. }))
     ));
     let mut email = n.clone();
     email.channel = Channel::Email;
     assert!(matches!(
         v.seal_notice(&d.id(), &email, NOW),
-        Err(SendError::Refused(seam::ContactDenial::ChannelNotAllowed { .. }))
+        Err(SendError::Refused(ContactDenial::ChannelNotGranted { .. }))
     ));
     let mut muted = n.clone();
     muted.topic = 9;
     assert_eq!(
         v.seal_notice(&d.id(), &muted, NOW + 3 * 86_400),
-        Err(SendError::Refused(seam::ContactDenial::TopicMuted(9)))
+        Err(SendError::Refused(ContactDenial::Muted { topic: 9, version: 1 }))
     );
-    // A safety recall always goes out.
-    v.seal_notice(&d.id(), &notice(Purpose::ESSENTIAL, NoticeKind::Recall), NOW).unwrap();
+    // A safety recall always goes out on the device itself.
+    let mut recall = notice(Purpose::ESSENTIAL, NoticeKind::Recall);
+    recall.channel = Channel::OnDevice;
+    recall.topic = 9;
+    v.seal_notice(&d.id(), &recall, NOW).unwrap();
     assert_eq!(v.seal_notice(&DeviceId([0; 16]), &n, NOW), Err(SendError::UnknownDevice));
     // Vendor counters never repeat.
     let a = spime::seal::Envelope::parse(&v.seal_receipt(&d.id()).unwrap()).unwrap().header.counter;

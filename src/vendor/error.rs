@@ -3,7 +3,7 @@
 use crate::error::{DecodeError, ReplayError, SealError};
 use crate::wire::Kind;
 
-use super::seam::{ContactDenial, Denial};
+use crate::consent::{ConsentError, ContactDenial, Denial};
 
 /// A device message was refused by the ingest pipeline. Nothing of a refused
 /// message is stored: its replay state, content and any state change are
@@ -58,14 +58,11 @@ pub enum IngestError {
     /// The data is not covered by the consent the vendor holds.
     #[error("not consented: {0}")]
     Unconsented(Denial),
-    /// A consent state whose version is not above the one the vendor holds.
-    #[error("consent version {got} is not newer than the held version {held}")]
-    StaleConsent {
-        /// the version the vendor holds
-        held: u32,
-        /// the version in the message
-        got: u32,
-    },
+    /// A consent state (in a Register or Consent) was refused: stale or
+    /// conflicting with the held version, or its owner proof is missing,
+    /// invalid or by another owner key than the one pinned (SPEC §6.3).
+    #[error("consent refused: {0}")]
+    Consent(ConsentError),
     /// The device was handed on; the new owner must register before sending
     /// consent.
     #[error("device was transferred and awaits a new registration")]
@@ -92,7 +89,9 @@ impl IngestError {
             IngestError::UnopenedEpoch { .. } => "unopened-epoch",
             IngestError::CertificateMismatch => "certificate-mismatch",
             IngestError::Unconsented(_) => "unconsented",
-            IngestError::StaleConsent { .. } => "stale-consent",
+            IngestError::Consent(ConsentError::Stale { .. }) => "stale-consent",
+            IngestError::Consent(ConsentError::Conflict(_)) => "conflicting-consent",
+            IngestError::Consent(_) => "owner-proof",
             IngestError::AwaitingRegistration => "awaiting-registration",
             IngestError::Decommissioned => "decommissioned",
             IngestError::Storage(_) => "storage",

@@ -7,11 +7,12 @@ use alloc::vec::Vec;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError, RwLock};
 
-use ed25519_dalek::{Signature, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
 
-use crate::codec::{self, Bytes64};
-use crate::consent::{OWNER_CONSENT_DST, SignedConsent};
-use crate::error::OpenError;
+use crate::codec;
+use crate::consent::ledger::{ConsentEvent, LedgerEntry, Proof};
+use crate::consent::{ConsentError, OwnerRequirement, SignedConsent};
+use crate::error::{DecodeError, OpenError};
 use crate::message::{
     ConsentUpdate, Decommission, DecommissionReason, Fault, FirmwareVersion, Register, Transfer, Usage, consent_digest,
 };
@@ -20,10 +21,9 @@ use crate::seal::{Envelope, Plaintext, SessionKeys, VendorKeys, VendorPublicKeys
 use crate::wire::{DeviceId, Direction, Header, Kind};
 
 use super::batch::{BatchVerifier, batchable_key};
-use super::seam;
 use super::store::{
-    ConsentLedgerStore, DeviceRecord, DeviceRegistry, LedgerEntry, Lifecycle, MessageLog, Proof, ReplayWindows,
-    SessionSecrets, Store, StoredMessage, Transaction,
+    ConsentLedgerStore, DeviceRecord, DeviceRegistry, Lifecycle, MessageLog, ReplayWindows, SessionSecrets, Store,
+    StoredMessage, Transaction,
 };
 use super::{IngestError, StoreError};
 
@@ -70,6 +70,12 @@ pub enum Event {
         /// The version held before.
         previous: u32,
         /// The version held now.
+        version: u32,
+    },
+    /// The consent state already held arrived again (a duplicate: nothing
+    /// changes; a receipt may be sent again).
+    ConsentRepeated {
+        /// The version held.
         version: u32,
     },
     /// The owner handed the product on; consent is reset to Essential only.
@@ -191,14 +197,28 @@ fn unauthentic(e: OpenError) -> IngestError {
     }
 }
 
-/// Checks an owner's signature over a consent state, when there is one.
-fn check_owner(device: &DeviceId, consent: &SignedConsent) -> Result<(), IngestError> {
-    let Some(proof) = &consent.owner else { return Ok(()) };
-    let key = VerifyingKey::from_bytes(&proof.owner_key).map_err(|_| IngestError::Unauthentic)?;
-    let state = postcard::to_allocvec(&consent.state).map_err(|_| IngestError::Unauthentic)?;
-    let sig = Signature::from_bytes(&proof.signature.0);
-    crate::seal::verify_strict_parts(&key, &[OWNER_CONSENT_DST, &device.0, &state], &sig)
-        .map_err(|_| IngestError::Unauthentic)
+/// Checks a consent state's owner proof (SPEC §6.3): the key pinned for
+/// the relationship if there is one, otherwise any valid proof (which then
+/// becomes the pin). Returns the key to pin.
+fn check_owner(
+    device: &DeviceId,
+    consent: &SignedConsent,
+    pinned: Option<&[u8; 32]>,
+) -> Result<Option<[u8; 32]>, IngestError> {
+    let required = match pinned {
+        Some(k) => OwnerRequirement::OwnerKey(k),
+        None => OwnerRequirement::DeviceOnBehalf,
+    };
+    let signed = consent.verify_owner(device, required).map_err(IngestError::Consent)?;
+    Ok(signed.or(pinned.copied()))
+}
+
+/// The next ledger entry after `head`, chained and hashed (SPEC §6.8).
+fn ledger_entry(head: (u64, [u8; 32]), event: ConsentEvent, at: u64, version: u32, proof: Proof) -> LedgerEntry {
+    let (seq, prev_hash) = head;
+    let mut e = LedgerEntry { seq, event, at, version, proof, prev_hash, hash: [0; 32] };
+    e.hash = e.compute_hash();
+    e
 }
 
 fn digest_of(consent: &SignedConsent) -> Result<[u8; 32], IngestError> {
@@ -333,7 +353,7 @@ impl<S: Store> Ingestor<S> {
             for (_, o) in &r.outcomes {
                 if let Ok(done) = o {
                     if let Some(e) = &done.ledger {
-                        tx.append_consent(e)?;
+                        tx.append_consent(&done.message.device, e)?;
                     }
                     tx.put_message(&done.message)?;
                 }
@@ -446,55 +466,68 @@ impl<S: Store> Ingestor<S> {
             (None, None) => return Err(IngestError::UnknownDevice),
         };
         let verified = check_signature(pt, &key, batchable, index, sig)?;
-        let proof = Proof {
-            header: verified.header_bytes().to_vec(),
-            body: verified.body_bytes().to_vec(),
-            signature: Bytes64(*verified.signature()),
-        };
-
         // What it means (SPEC §9.3–9.5).
+        let proof = Proof::from_verified(&verified);
         let mut new_record: Option<DeviceRecord> = None;
-        let mut ledger_version = None;
+        let mut ledger: Option<(ConsentEvent, u32)> = None;
         let event = match (h.kind, register) {
             (Kind::REGISTER, Some((reg, key))) => {
-                check_owner(&h.device, &reg.consent)?;
                 let digest = digest_of(&reg.consent)?;
                 let session = SessionSecrets::from_keys(&keys);
-                let (rec, new_relationship, replaced) = match &st.record {
+                let (rec, new_relationship) = match &st.record {
                     Some(r) if r.lifecycle == Lifecycle::Active => {
+                        // The same relationship: a new epoch, perhaps new firmware; the
+                        // consent it carries is judged as an update (SPEC §6.3).
+                        let owner_key = check_owner(&h.device, &reg.consent, r.owner_key.as_ref())?;
+                        let replace = r.consent.state.judge_update(&reg.consent.state).map_err(IngestError::Consent)?;
                         let mut rec = r.clone();
                         rec.firmware = reg.firmware;
                         rec.session = session;
-                        let newer = reg.consent.state.version > r.consent.state.version;
-                        if newer {
+                        if replace {
+                            ledger = Some((
+                                ConsentEvent::classify(Some(&r.consent.state), &reg.consent.state),
+                                reg.consent.state.version,
+                            ));
                             rec.consent = reg.consent;
                             rec.consent_digest = digest;
                             rec.consent_received_at = now;
+                            rec.owner_key = owner_key;
                         }
-                        (rec, false, newer)
+                        (rec, false)
                     }
                     previous => {
-                        let relationship = previous.as_ref().map_or(1, |r| r.relationship.saturating_add(1));
-                        let batchable_key = previous.as_ref().map_or_else(|| batchable_key(&key), |r| r.batchable_key);
+                        // A new relationship: the first, or the next owner's after a
+                        // transfer, whose state must supersede the reset state (§6.7).
+                        let owner_key = check_owner(&h.device, &reg.consent, None)?;
+                        if let Some(r) = previous
+                            && !reg.consent.state.supersedes(&r.consent.state)
+                        {
+                            return Err(IngestError::Consent(ConsentError::Stale {
+                                held: r.consent.state.version,
+                                got: reg.consent.state.version,
+                            }));
+                        }
+                        let prev_state = previous.as_ref().map(|r| &r.consent.state);
+                        ledger =
+                            Some((ConsentEvent::classify(prev_state, &reg.consent.state), reg.consent.state.version));
                         let rec = DeviceRecord {
                             device: h.device,
                             certificate: reg.certificate,
                             lifecycle: Lifecycle::Active,
-                            relationship,
+                            relationship: previous.as_ref().map_or(1, |r| r.relationship.saturating_add(1)),
                             firmware: reg.firmware,
                             session,
                             consent: reg.consent,
                             consent_digest: digest,
                             consent_received_at: now,
                             registered_at: now,
-                            batchable_key,
+                            owner_key,
+                            ledger_next: previous.as_ref().map_or((0, [0; 32]), |r| r.ledger_next),
+                            batchable_key: previous.as_ref().map_or_else(|| batchable_key(&key), |r| r.batchable_key),
                         };
-                        (rec, true, true)
+                        (rec, true)
                     }
                 };
-                if replaced {
-                    ledger_version = Some((rec.consent.state.version, digest));
-                }
                 let event = Event::Registered {
                     relationship: rec.relationship,
                     new_relationship,
@@ -507,13 +540,13 @@ impl<S: Store> Ingestor<S> {
             (Kind::USAGE, _) => {
                 let usage: Usage = verified.decode().map_err(unauthentic)?;
                 let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
-                seam::check_usage(&r.consent.state, &usage, now).map_err(IngestError::Unconsented)?;
+                r.consent.state.check_usage(&usage, now).map_err(IngestError::Unconsented)?;
                 Event::Usage(Box::new(usage))
             }
             (Kind::FAULT, _) => {
                 let fault: Fault = verified.decode().map_err(unauthentic)?;
                 let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
-                seam::check_fault(&r.consent.state, &fault, now).map_err(IngestError::Unconsented)?;
+                r.consent.state.check_fault(&fault, now).map_err(IngestError::Unconsented)?;
                 Event::Fault(Box::new(fault))
             }
             (Kind::CONSENT, _) => {
@@ -522,30 +555,37 @@ impl<S: Store> Ingestor<S> {
                 if r.lifecycle != Lifecycle::Active {
                     return Err(IngestError::AwaitingRegistration);
                 }
+                let owner_key = check_owner(&h.device, &update.consent, r.owner_key.as_ref())?;
                 let held = r.consent.state.version;
-                let got = update.consent.state.version;
-                if got <= held {
-                    return Err(IngestError::StaleConsent { held, got });
+                let version = update.consent.state.version;
+                if r.consent.state.judge_update(&update.consent.state).map_err(IngestError::Consent)? {
+                    let mut rec = r.clone();
+                    ledger = Some((ConsentEvent::classify(Some(&r.consent.state), &update.consent.state), version));
+                    rec.consent_digest = digest_of(&update.consent)?;
+                    rec.consent = update.consent;
+                    rec.consent_received_at = now;
+                    rec.owner_key = owner_key;
+                    new_record = Some(rec);
+                    Event::ConsentChanged { previous: held, version }
+                } else {
+                    Event::ConsentRepeated { version }
                 }
-                check_owner(&h.device, &update.consent)?;
-                let digest = digest_of(&update.consent)?;
-                let mut rec = r.clone();
-                rec.consent = update.consent;
-                rec.consent_digest = digest;
-                rec.consent_received_at = now;
-                ledger_version = Some((got, digest));
-                new_record = Some(rec);
-                Event::ConsentChanged { previous: held, version: got }
             }
             (Kind::TRANSFER, _) => {
                 let t: Transfer = verified.decode().map_err(unauthentic)?;
                 let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
+                let reset = r
+                    .consent
+                    .state
+                    .reset_for_transfer(t.at)
+                    .map_err(|_| DecodeError::OutOfRange("consent version exhausted"))?;
                 let mut rec = r.clone();
+                ledger = Some((ConsentEvent::ResetOnTransfer, reset.version));
                 rec.lifecycle = Lifecycle::Transferred;
-                rec.consent = SignedConsent { state: seam::essential_only(&r.consent.state, now), owner: None };
+                rec.consent = SignedConsent { state: reset, owner: None };
                 rec.consent_digest = [0; 32];
                 rec.consent_received_at = now;
-                ledger_version = Some((rec.consent.state.version, [0; 32]));
+                rec.owner_key = None;
                 new_record = Some(rec);
                 Event::Transferred { at: t.at }
             }
@@ -564,6 +604,14 @@ impl<S: Store> Ingestor<S> {
             rec.session = SessionSecrets::from_keys(&keys);
             new_record = Some(rec);
         }
+        let ledger = match (ledger, new_record.as_mut()) {
+            (Some((event, version)), Some(rec)) => {
+                let entry = ledger_entry(rec.ledger_next, event, now, version, proof.clone());
+                rec.ledger_next = (entry.seq.saturating_add(1), entry.hash);
+                Some(entry)
+            }
+            _ => None,
+        };
 
         // Accepted: only now does any state change.
         st.window.accept(h.counter)?;
@@ -571,16 +619,6 @@ impl<S: Store> Ingestor<S> {
         if let Some(rec) = new_record {
             st.record = Some(rec);
         }
-        let relationship = st.record.as_ref().map_or(0, |r| r.relationship);
-        let ledger = ledger_version.map(|(version, digest)| LedgerEntry {
-            device: h.device,
-            relationship,
-            version,
-            digest,
-            received_at: now,
-            kind: h.kind.to_byte(),
-            proof: proof.clone(),
-        });
         let message =
             StoredMessage { device: h.device, counter: h.counter, kind: h.kind.to_byte(), received_at: now, proof };
         Ok(Done { accepted: Accepted { device: h.device, counter: h.counter, kind: h.kind, event }, ledger, message })

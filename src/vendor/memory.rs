@@ -6,13 +6,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::consent::Purpose;
+use crate::consent::ledger::LedgerEntry;
 use crate::seal::replay::ReplayWindow;
 use crate::wire::DeviceId;
 
 use super::StoreError;
 use super::store::{
-    ConsentLedgerStore, DeviceRecord, DeviceRegistry, LedgerEntry, MessageLog, NoticeLog, ReplayWindows, Store,
-    StoredMessage, Transaction, VendorCounters,
+    ConsentLedgerStore, DeviceRecord, DeviceRegistry, MessageLog, NoticeLog, ReplayWindows, Store, StoredMessage,
+    Transaction, VendorCounters,
 };
 
 #[derive(Default)]
@@ -91,8 +92,8 @@ impl ReplayWindows for MemoryTxn<'_> {
 }
 
 impl ConsentLedgerStore for MemoryTxn<'_> {
-    fn append_consent(&mut self, entry: &LedgerEntry) -> Result<(), StoreError> {
-        self.pending.ledger.entry(entry.device).or_default().push(entry.clone());
+    fn append_consent(&mut self, device: &DeviceId, entry: &LedgerEntry) -> Result<(), StoreError> {
+        self.pending.ledger.entry(*device).or_default().push(entry.clone());
         Ok(())
     }
     fn consent_entries(&mut self, device: &DeviceId) -> Result<Vec<LedgerEntry>, StoreError> {

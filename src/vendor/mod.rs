@@ -17,7 +17,9 @@
 //! and replay state are durable. A refused message leaves no trace.
 //!
 //! The rules (epochs, registration, transfer, decommission, consent) are
-//! SPEC.md §9. Scaling beyond one machine: docs/scaling.md.
+//! SPEC.md §9; consent is judged by [`crate::consent`] (SPEC.md §6), the
+//! same evaluation the device runs, and recorded in the hash-chained
+//! [`crate::consent::ledger`]. Scaling beyond one machine: docs/scaling.md.
 //!
 //! ```
 //! use spime::vendor::{Event, IngestConfig, Ingestor, MemoryStore};
@@ -59,7 +61,6 @@ mod memory;
 mod outbound;
 #[cfg(feature = "redb")]
 mod redb_store;
-pub mod seam;
 pub mod sim;
 pub mod store;
 
@@ -69,6 +70,6 @@ pub use memory::{MemoryStore, MemoryTxn};
 #[cfg(feature = "redb")]
 pub use redb_store::{RedbStore, RedbTxn};
 pub use store::{
-    ConsentLedgerStore, DeviceRecord, DeviceRegistry, LedgerEntry, Lifecycle, MessageLog, NoticeLog, Proof,
-    ReplayWindows, SessionSecrets, Store, StoredMessage, Transaction, VendorCounters,
+    ConsentLedgerStore, DeviceRecord, DeviceRegistry, Lifecycle, MessageLog, NoticeLog, ReplayWindows, SessionSecrets,
+    Store, StoredMessage, Transaction, VendorCounters,
 };

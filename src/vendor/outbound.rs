@@ -7,12 +7,11 @@
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
-use crate::consent::Purpose;
+use crate::consent::{ContactHistory, Purpose};
 use crate::message::{Body, Notice, Receipt};
 use crate::seal::seal_from_vendor;
 use crate::wire::DeviceId;
 
-use super::seam::{self, ContactHistory};
 use super::store::{DeviceRecord, DeviceRegistry, Lifecycle, NoticeLog, Store, Transaction, VendorCounters};
 use super::{Ingestor, SendError};
 
@@ -74,7 +73,7 @@ impl<S: Store> Ingestor<S> {
         let rec = live(tx.device(device)?)?;
         {
             let history = TxHistory { tx: RefCell::new(&mut tx), device: *device };
-            seam::check_notice(&rec.consent.state, notice, now, &history).map_err(SendError::Refused)?;
+            rec.consent.state.check_notice(notice, now, &history).map_err(SendError::Refused)?;
         }
         let counter = tx.next_counter(device)?;
         let mut out = alloc::vec![0u8; Notice::MAX_SEALED_LEN];

@@ -18,13 +18,14 @@ use std::path::Path;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
 use crate::consent::Purpose;
+use crate::consent::ledger::LedgerEntry;
 use crate::seal::replay::ReplayWindow;
 use crate::wire::DeviceId;
 
 use super::StoreError;
 use super::store::{
-    ConsentLedgerStore, DeviceRecord, DeviceRegistry, LedgerEntry, MessageLog, NoticeLog, ReplayWindows, Store,
-    StoredMessage, Transaction, VendorCounters,
+    ConsentLedgerStore, DeviceRecord, DeviceRegistry, MessageLog, NoticeLog, ReplayWindows, Store, StoredMessage,
+    Transaction, VendorCounters,
 };
 
 const DEVICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("devices");
@@ -157,24 +158,10 @@ impl ReplayWindows for RedbTxn {
 }
 
 impl ConsentLedgerStore for RedbTxn {
-    fn append_consent(&mut self, entry: &LedgerEntry) -> Result<(), StoreError> {
+    fn append_consent(&mut self, device: &DeviceId, entry: &LedgerEntry) -> Result<(), StoreError> {
         let bytes = encode(entry)?;
         let mut t = self.tx.open_table(LEDGER).map_err(backend)?;
-        let lo = key(&entry.device, &[&0u64.to_be_bytes()]);
-        let hi = key(&entry.device, &[&u64::MAX.to_be_bytes()]);
-        let next = match t.range::<&[u8]>(lo.as_slice()..=hi.as_slice()).map_err(backend)?.next_back() {
-            Some(last) => {
-                let (k, _) = last.map_err(backend)?;
-                let seq: [u8; 8] = k
-                    .value()
-                    .get(16..24)
-                    .and_then(|s| s.try_into().ok())
-                    .ok_or(StoreError::Corrupt("consent_ledger"))?;
-                u64::from_be_bytes(seq).checked_add(1).ok_or(StoreError::Corrupt("consent_ledger"))?
-            }
-            None => 0,
-        };
-        let k = key(&entry.device, &[&next.to_be_bytes()]);
+        let k = key(device, &[&entry.seq.to_be_bytes()]);
         t.insert(k.as_slice(), bytes.as_slice()).map_err(backend)?;
         Ok(())
     }

@@ -137,9 +137,11 @@ impl SimDevice {
     }
 }
 
-/// A consent state: `version`, granting each purpose its categories until
-/// `reconfirm_by`, no contact grants.
-pub fn consent(version: u32, grants: &[(Purpose, CategorySet)], reconfirm_by: u64) -> SignedConsent {
+/// A consent state: `version`, decided at `issued_at`, granting each purpose
+/// its categories (City precision where Location is granted) until the
+/// longest re-confirm date ([`crate::consent::MAX_RECONFIRM`] later), no
+/// contact grants.
+pub fn consent(version: u32, grants: &[(Purpose, CategorySet)], issued_at: u64) -> SignedConsent {
     let mut g = heapless::Vec::new();
     let mut sorted: Vec<&(Purpose, CategorySet)> = grants.iter().collect();
     sorted.sort_by_key(|(p, _)| *p);
@@ -154,8 +156,8 @@ pub fn consent(version: u32, grants: &[(Purpose, CategorySet)], reconfirm_by: u6
     SignedConsent {
         state: ConsentState {
             version,
-            issued_at: 0,
-            reconfirm_by,
+            issued_at,
+            reconfirm_by: issued_at.saturating_add(crate::consent::MAX_RECONFIRM),
             notice_hash: [0; 32],
             grants: g,
             contact: ContactPrefs::default(),

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::codec::Bytes64;
+use crate::consent::ledger::{LedgerEntry, Proof};
 use crate::consent::{Purpose, SignedConsent};
 use crate::message::{DeviceCertificate, FirmwareVersion};
 use crate::seal::replay::ReplayWindow;
@@ -111,6 +111,12 @@ pub struct DeviceRecord {
     pub consent_received_at: u64,
     /// When the current relationship started (Unix seconds).
     pub registered_at: u64,
+    /// The owner key pinned for this relationship (SPEC §6.3), if the
+    /// owner signs consent states.
+    pub owner_key: Option<[u8; 32]>,
+    /// The next consent ledger sequence number and the ledger's head hash
+    /// (zeros when empty): new entries chain without reading the ledger.
+    pub ledger_next: (u64, [u8; 32]),
     /// Whether the device key lies in the prime-order subgroup, so its
     /// signatures may be batch-verified (see [`super::batch`]).
     pub batchable_key: bool,
@@ -121,38 +127,6 @@ impl DeviceRecord {
     pub const fn epoch(&self) -> u32 {
         self.session.epoch
     }
-}
-
-/// A message kept as proof: the exact signed header and body bytes and the
-/// sender's signature, re-checkable with [`crate::seal::verify_signature`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proof {
-    /// The envelope header bytes.
-    pub header: Vec<u8>,
-    /// The body bytes.
-    pub body: Vec<u8>,
-    /// The Ed25519 signature.
-    pub signature: Bytes64,
-}
-
-/// One entry of the consent ledger: a consent state the vendor recorded,
-/// with the device's signed message that carried it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LedgerEntry {
-    /// The device.
-    pub device: DeviceId,
-    /// The owner relationship it belongs to.
-    pub relationship: u32,
-    /// The consent version recorded.
-    pub version: u32,
-    /// The digest a receipt names (zero for a transfer reset).
-    pub digest: [u8; 32],
-    /// When it was recorded (Unix seconds).
-    pub received_at: u64,
-    /// The kind of the message that carried it (Register, Consent or Transfer).
-    pub kind: u8,
-    /// The message, as proof.
-    pub proof: Proof,
 }
 
 /// An accepted device message: its content, durable before it is acknowledged.
@@ -208,13 +182,13 @@ pub trait ReplayWindows {
     fn put_window(&mut self, device: &DeviceId, window: &ReplayWindow) -> Result<(), StoreError>;
 }
 
-/// The consent ledger: append-only, per device, in order.
+/// The consent ledger ([`crate::consent::ledger`] entries): append-only, per device, in order.
 pub trait ConsentLedgerStore {
-    /// Appends an entry.
+    /// Appends an entry to the ledger of `device` (its `seq` is the next position).
     ///
     /// # Errors
     /// A [`StoreError`] when the backend fails.
-    fn append_consent(&mut self, entry: &LedgerEntry) -> Result<(), StoreError>;
+    fn append_consent(&mut self, device: &DeviceId, entry: &LedgerEntry) -> Result<(), StoreError>;
     /// Every entry of `device`, oldest first.
     ///
     /// # Errors
