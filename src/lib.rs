@@ -1,6 +1,67 @@
 //! # spime
 //!
-//! A device-to-vendor lifecycle protocol for connected products.
+//! A lifecycle protocol between a connected product and its maker: the
+//! product registers, reports how it is used and when it fails, and carries
+//! the owner's consent; the maker answers with receipts and notices — and
+//! never sees more than the owner allowed. One `no_std` crate, linked by the
+//! firmware and by the maker's servers. The wire format is `SPEC.md`.
+//!
+//! Every message is signed by its sender (Ed25519) and then encrypted
+//! (ChaCha20-Poly1305) under a per-device session key from X25519 +
+//! HKDF-SHA256. An opened message is a self-contained proof.
+//!
+//! ```
+//! use spime::message::{Body, Transfer};
+//! use spime::seal::{self, keys, DeviceKey, Envelope, Seal, VendorKeys};
+//! use spime::wire::DeviceId;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Made at manufacture (fixed bytes here; use a CryptoRng in products).
+//! let vendor = VendorKeys::from_secrets(&[1; 32], [2; 32]);
+//! let device = DeviceKey::from_seed(DeviceId([7; 16]), &[3; 32]);
+//!
+//! // Device: open key epoch 1 and seal a message into a stack buffer.
+//! let (session, ephemeral) = keys::device_start_epoch_with(&[4; 32], &device.device, 1, &vendor.public())?;
+//! let mut out = [0u8; Transfer::MAX_SEALED_LEN];
+//! let header = Seal { device: device.device, epoch: 1, counter: 0, ephemeral: Some(ephemeral) };
+//! let n = seal::seal(&mut out, &header, &Transfer { at: 1_795_000_000 }, device.signing(), &session)?;
+//!
+//! // Vendor: parse, agree the epoch's keys, decrypt, verify, decode.
+//! let envelope = Envelope::parse(&out[..n])?;
+//! let eph = envelope.header.ephemeral.ok_or("no ephemeral key")?;
+//! let keys = vendor.accept_epoch(&envelope.header.device, envelope.header.epoch, &eph)?;
+//! let mut buf = [0u8; Transfer::MAX_SEALED_LEN];
+//! let verified = envelope.decrypt(&keys, &mut buf)?.verify(&device.public())?;
+//! assert_eq!(verified.decode::<Transfer>()?, Transfer { at: 1_795_000_000 });
+//! # Ok(()) }
+//! ```
+//!
+//! ## Design
+//!
+//! - **Layers as modules.** [`wire`] is the envelope header (a fixed layout
+//!   checked once, then read without panics); [`codec`] the canonical body
+//!   encoding; [`message`] the bodies; [`seal`] keys, counters, replay and
+//!   the sign-then-encrypt envelope; [`consent`] the owner's decisions.
+//! - **Proof-carrying steps.** Opening goes parse → decrypt → verify →
+//!   decode, and each step is a type only the previous one makes: there is no
+//!   way to decode a body whose signature was not checked.
+//! - **Exact bytes.** Signatures cover the bytes received, never a
+//!   re-encoding; decoders are total, bounded by a `const` per type, and
+//!   refuse trailing bytes and non-canonical encodings.
+//! - **No globals.** Randomness, time and storage come in from the caller
+//!   (a `rand_core::CryptoRng`, a Unix-seconds value, small storage traits).
+//! - **Fixed capacities.** Every variable field has a bound; firmware sizes
+//!   its buffers with `MAX_SEALED_LEN` constants at compile time.
+//!
+//! ## Features
+//!
+//! | feature | default | adds |
+//! |---|---|---|
+//! | `alloc` | via `std` | heap-backed helpers for the vendor side |
+//! | `std` | yes | the vendor side; `std::error::Error` on the error types |
+//!
+//! With `--no-default-features` the crate is `no_std`, heap-free, and builds
+//! for `thumbv7em-none-eabihf` and targets without atomics.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -9,6 +70,7 @@ extern crate alloc;
 
 pub mod codec;
 pub mod consent;
+pub mod device;
 pub mod error;
 pub mod message;
 pub mod seal;

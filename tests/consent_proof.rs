@@ -3,6 +3,7 @@
 //! that no byte of a denied category is ever sealed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+#[path = "consent_support/mod.rs"]
 mod common;
 
 use common::*;

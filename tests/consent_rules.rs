@@ -2,6 +2,7 @@
 //! rejection, and the properties both sides rely on.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+#[path = "consent_support/mod.rs"]
 mod common;
 
 use common::*;
@@ -550,7 +551,7 @@ fn decoder_rejects_non_canonical_states() {
     // a reserved purpose id (10) is refused
     let mut bad = bytes;
     bad[pos - 1] = 10;
-    assert_eq!(codec::decode::<ConsentState>(&bad), Err(DecodeError::Malformed));
+    assert_eq!(codec::decode::<ConsentState>(&bad), Err(DecodeError::UnknownPurpose(10)));
 }
 
 proptest! {

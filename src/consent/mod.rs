@@ -124,6 +124,20 @@ impl Purpose {
         Purpose(Self::VENDOR_MIN | (n & 0x7FFF))
     }
 
+    /// Whether the id is in the reserved range (only a decoded value that
+    /// failed validation can be).
+    pub const fn is_reserved(self) -> bool {
+        self.0 > 9 && self.0 < Self::VENDOR_MIN
+    }
+
+    /// Checks the id is defined or vendor-defined.
+    ///
+    /// # Errors
+    /// [`DecodeError::UnknownPurpose`] for a reserved id.
+    pub const fn check(self) -> Result<(), DecodeError> {
+        if self.is_reserved() { Err(DecodeError::UnknownPurpose(self.0)) } else { Ok(()) }
+    }
+
     /// The wire id.
     pub const fn id(self) -> u16 {
         self.0
@@ -167,8 +181,9 @@ impl Serialize for Purpose {
 
 impl<'de> Deserialize<'de> for Purpose {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let id = u16::deserialize(d)?;
-        Purpose::from_id(id).map_err(|_| serde::de::Error::custom("unknown purpose"))
+        // Any id parses; the reserved ones are refused by the enclosing
+        // type's `Canonical::validate` with the typed `UnknownPurpose` error.
+        Ok(Purpose(u16::deserialize(d)?))
     }
 }
 
@@ -562,8 +577,9 @@ pub struct Grant {
 }
 
 impl Grant {
-    /// Longest encoding: purpose varint(u16) + u16 varint + 1 + option(u64).
-    pub const MAX_ENCODED_LEN: usize = varint_max(16) + varint_max(16) + 1 + 1 + varint_max(64);
+    /// Longest encoding: purpose varint(u16) + categories (≤ 0x7f: one
+    /// varint byte) + precision + option tag + varint(u64).
+    pub const MAX_ENCODED_LEN: usize = varint_max(16) + 1 + 1 + 1 + varint_max(64);
 }
 
 /// The owner may be contacted for `purpose` on `channels`.
@@ -593,8 +609,9 @@ pub struct QuietHours {
 }
 
 impl QuietHours {
-    /// Longest encoding.
-    pub const MAX_ENCODED_LEN: usize = 3 * varint_max(16);
+    /// Longest encoding: minutes below 1440 and zigzagged offsets within
+    /// ±840 each take two varint bytes.
+    pub const MAX_ENCODED_LEN: usize = 3 * 2;
 }
 
 /// At most `max_notices` notices for `purpose` in any `period_seconds`.
@@ -705,6 +722,15 @@ fn strictly_ascending<T, K: PartialOrd>(
 
 /// The canonical-form rules of [`ConsentState`] (SPEC.md §6.2).
 fn validate_state(s: &ConsentState) -> Result<(), DecodeError> {
+    for p in s
+        .grants
+        .iter()
+        .map(|g| g.purpose)
+        .chain(s.contact.grants.iter().map(|g| g.purpose))
+        .chain(s.contact.caps.iter().map(|c| c.purpose))
+    {
+        p.check()?;
+    }
     if s.reconfirm_by <= s.issued_at || s.reconfirm_by - s.issued_at > MAX_RECONFIRM {
         return Err(DecodeError::OutOfRange("reconfirm_by must be after issued_at, by at most MAX_RECONFIRM"));
     }

@@ -9,7 +9,7 @@
 //! use spime::message::{Body, Usage};
 //! let mut buf = [0u8; Usage::MAX_SEALED_LEN];
 //! # let _ = &mut buf;
-//! assert!(Usage::MAX_SEALED_LEN < 1024);
+//! assert!(Usage::MAX_SEALED_LEN <= spime::message::MAX_SEALED_LEN);
 //! ```
 
 mod certificate;
@@ -200,6 +200,7 @@ impl Canonical for Usage {
     const MAX_ENCODED_LEN: usize =
         varint_max(16) + varint_max(32) + 2 * varint_max(64) + 1 + MAX_METRICS * Metric::MAX_ENCODED_LEN;
     fn validate(&self) -> Result<(), DecodeError> {
+        self.purpose.check()?;
         if self.window_end < self.window_start {
             return Err(DecodeError::OutOfRange("usage window ends before it starts"));
         }
@@ -309,6 +310,7 @@ impl Canonical for Fault {
         + 1
         + MAX_FAULT_CONTEXT;
     fn validate(&self) -> Result<(), DecodeError> {
+        self.purpose.check()?;
         if self.occurrences == 0 {
             return Err(DecodeError::OutOfRange("fault occurrences must be at least 1"));
         }
@@ -470,6 +472,7 @@ impl Canonical for Notice {
         + 2
         + MAX_NOTICE_TEXT;
     fn validate(&self) -> Result<(), DecodeError> {
+        self.purpose.check()?;
         if self.expires_at < self.issued_at {
             return Err(DecodeError::OutOfRange("notice expires before it is issued"));
         }

@@ -87,6 +87,12 @@ impl<S: CounterStore> Counter<S> {
         self.next
     }
 
+    /// The storage, for a device that keeps its other records in the
+    /// same store as the counter.
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
     /// Gives the storage back (for tests that simulate a power cut).
     pub fn into_store(self) -> S {
         self.store

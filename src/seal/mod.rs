@@ -90,18 +90,18 @@ pub fn seal<B: Body>(
         ephemeral: seal.ephemeral,
     };
     let have = out.len();
+    let too_small = || -> SealError {
+        match codec::encoded_len(body) {
+            Ok(b) => SealError::BufferTooSmall { needed: header.buffer_len() + b + SIGNATURE_LEN + TAG_LEN, have },
+            Err(e) => SealError::Encode(e),
+        }
+    };
     let h = header.emit(out).map_err(|e| match e {
-        DecodeError::BufferTooSmall { .. } => SealError::BufferTooSmall { needed: header.buffer_len(), have },
+        DecodeError::BufferTooSmall { .. } => too_small(),
         other => SealError::Encode(other),
     })?;
     let (head, rest) = out.split_at_mut(h);
-    let b = match codec::encode(body, rest) {
-        Ok(bytes) => bytes.len(),
-        Err(_) => {
-            let needed = h + codec::encoded_len(body)? + SIGNATURE_LEN + TAG_LEN;
-            return Err(SealError::BufferTooSmall { needed, have });
-        }
-    };
+    let b = codec::encode(body, rest).map_err(|_| too_small())?.len();
     let needed = h + b + SIGNATURE_LEN + TAG_LEN;
     let rest = rest.get_mut(..b + SIGNATURE_LEN + TAG_LEN).ok_or(SealError::BufferTooSmall { needed, have })?;
     let (plain, tag_out) = rest.split_at_mut(b + SIGNATURE_LEN);

@@ -1,153 +1,188 @@
-//! Shared strategies and fixtures of the consent tests.
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+//! Fixtures shared by the integration tests: a fixed vendor and device
+//! identity and one sample body of every kind.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::std_instead_of_core,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
-use proptest::collection::{btree_map, btree_set};
-use proptest::prelude::*;
+use spime::codec::Bytes64;
+use spime::codec::Canonical;
 use spime::consent::*;
-use spime::message::{CertificateBody, DeviceCertificate, Metric, MetricValue};
+use spime::message::*;
 use spime::seal::{DeviceKey, SessionKeys, VendorKeys, keys};
 use spime::wire::DeviceId;
 
-pub const NOW: u64 = 1_795_435_200; // 2026-11-23 12:00:00 UTC
+pub const VENDOR_SIGNING_SEED: [u8; 32] = [0x11; 32];
+pub const VENDOR_KX_SECRET: [u8; 32] = [0x22; 32];
+pub const DEVICE_SEED: [u8; 32] = [0x33; 32];
+pub const EPHEMERAL_SECRET: [u8; 32] = [0x44; 32];
+pub const DEVICE_ID: DeviceId = DeviceId([0xd0, 0x0d, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
+pub const EPOCH: u32 = 1;
+pub const T0: u64 = 1_795_000_000; // 2026-11-18
 
-pub fn cats(list: &[DataCategory]) -> CategorySet {
-    list.iter().fold(CategorySet::EMPTY, |s, c| s.with(*c))
+pub fn vendor() -> VendorKeys {
+    VendorKeys::from_secrets(&VENDOR_SIGNING_SEED, VENDOR_KX_SECRET)
 }
 
-pub fn chans(list: &[Channel]) -> ChannelSet {
-    list.iter().fold(ChannelSet::EMPTY, |s, c| s.with(*c))
+pub fn device() -> DeviceKey {
+    DeviceKey::from_seed(DEVICE_ID, &DEVICE_SEED)
 }
 
-/// A fixed world: vendor, device, session keys of epoch 1.
-pub struct World {
-    pub vendor: VendorKeys,
-    pub device: DeviceKey,
-    pub other: DeviceKey,
-    pub keys: SessionKeys,
-    pub eph: [u8; 32],
-    pub cert: DeviceCertificate,
+/// The epoch-1 session keys and the ephemeral public key that opens them.
+pub fn session() -> (SessionKeys, [u8; 32]) {
+    keys::device_start_epoch_with(&EPHEMERAL_SECRET, &DEVICE_ID, EPOCH, &vendor().public()).unwrap()
 }
 
-pub fn world() -> World {
-    let vendor = VendorKeys::from_secrets(&[1; 32], [2; 32]);
-    let device = DeviceKey::from_seed(DeviceId([9; 16]), &[3; 32]);
-    let other = DeviceKey::from_seed(DeviceId([8; 16]), &[5; 32]);
-    let (keys, eph) = keys::device_start_epoch_with(&[4; 32], &device.device, 1, &vendor.public()).unwrap();
-    let cert = DeviceCertificate::issue(
+pub fn certificate() -> DeviceCertificate {
+    DeviceCertificate::issue(
         CertificateBody {
-            device: device.device,
-            device_key: device.public().to_bytes(),
-            model: "kettle".try_into().unwrap(),
-            hardware_revision: 1,
-            issued_at: 1,
+            device: DEVICE_ID,
+            device_key: device().public().to_bytes(),
+            model: "kettle-k2".try_into().unwrap(),
+            hardware_revision: 3,
+            issued_at: T0 - 86_400,
         },
-        vendor.signing(),
+        vendor().signing(),
     )
-    .unwrap();
-    World { vendor, device, other, keys, eph, cert }
+    .unwrap()
 }
 
-pub fn purpose() -> impl Strategy<Value = Purpose> {
-    prop_oneof![(0u16..=9).prop_map(|i| Purpose::from_id(i).unwrap()), (0u16..3).prop_map(Purpose::vendor)]
+pub fn firmware() -> FirmwareVersion {
+    FirmwareVersion { major: 2, minor: 4, patch: 1, build: 1207 }
 }
 
-pub fn category_set() -> impl Strategy<Value = CategorySet> {
-    (0u16..=0x7f).prop_map(|b| CategorySet::from_bits(b).unwrap())
-}
-
-pub fn precision() -> impl Strategy<Value = LocationPrecision> {
-    prop::sample::select(LocationPrecision::ALL.to_vec())
-}
-
-pub fn channel() -> impl Strategy<Value = Channel> {
-    prop::sample::select(Channel::ALL.to_vec())
-}
-
-fn grant_for(p: Purpose) -> impl Strategy<Value = Grant> {
-    (1u16..=0x7f, 1usize..=5, prop::option::of(NOW - 1000..NOW + 100_000)).prop_map(move |(bits, lvl, exp)| {
-        let categories = CategorySet::from_bits(bits).unwrap();
-        let location = if categories.contains(DataCategory::Location) {
-            LocationPrecision::ALL[lvl]
-        } else {
-            LocationPrecision::None
-        };
-        Grant { purpose: p, categories, location, expires_at: exp }
-    })
-}
-
-/// Canonical consent states around NOW.
-pub fn state() -> impl Strategy<Value = ConsentState> {
-    let grant_purposes = btree_set(prop_oneof![(1u16..=9), (0x8000u16..0x8003)], 0..=MAX_GRANTS);
-    (
-        0u32..1000,
-        NOW - 200_000..NOW + 100,
-        1u64..=MAX_RECONFIRM,
-        any::<[u8; 32]>(),
-        grant_purposes,
-        btree_map(0u16..=9, 1u8..=15, 0..=MAX_CONTACT_GRANTS),
-        prop::option::of((0u16..1440, 0u16..1440, -840i16..=840)),
-        btree_map(0u16..=9, (0u16..4, 1u32..200_000), 0..=MAX_CAPS),
-        btree_set(0u16..40, 0..=MAX_MUTED_TOPICS),
-    )
-        .prop_flat_map(|(version, issued_at, delta, hash, gp, cg, q, caps, muted)| {
-            let grants: Vec<_> = gp.into_iter().map(|p| grant_for(Purpose::from_id(p).unwrap())).collect();
-            (grants, Just((version, issued_at, delta, hash, cg, q, caps, muted)))
+pub fn consent_state(version: u32) -> ConsentState {
+    let mut grants = heapless::Vec::new();
+    grants
+        .push(Grant {
+            purpose: Purpose::DIAGNOSTICS,
+            categories: CategorySet::EMPTY.with(DataCategory::DeviceHealth).with(DataCategory::FaultContext),
+            location: LocationPrecision::None,
+            expires_at: None,
         })
-        .prop_map(|(grants, (version, issued_at, delta, notice_hash, cg, q, caps, muted))| {
-            let mut contact = ContactPrefs::default();
-            for (p, c) in cg {
-                contact
-                    .grants
-                    .push(ContactGrant {
-                        purpose: Purpose::from_id(p).unwrap(),
-                        channels: ChannelSet::from_bits(c).unwrap(),
-                    })
-                    .unwrap();
-            }
-            contact.quiet_hours = q.and_then(|(s, e, o)| {
-                (s != e).then_some(QuietHours { start_minute: s, end_minute: e, utc_offset_minutes: o })
-            });
-            for (p, (max, period)) in caps {
-                contact
-                    .caps
-                    .push(FrequencyCap {
-                        purpose: Purpose::from_id(p).unwrap(),
-                        max_notices: max,
-                        period_seconds: period,
-                    })
-                    .unwrap();
-            }
-            for t in muted {
-                contact.muted_topics.push(t).unwrap();
-            }
-            ConsentState {
-                version,
-                issued_at,
-                reconfirm_by: issued_at + delta,
-                notice_hash,
-                grants: grants.into_iter().collect(),
-                contact,
-            }
+        .unwrap();
+    grants
+        .push(Grant {
+            purpose: Purpose::USAGE_ANALYTICS,
+            categories: CategorySet::EMPTY.with(DataCategory::UsageCounters).with(DataCategory::Location),
+            location: LocationPrecision::City,
+            expires_at: Some(T0 + 180 * 86_400),
         })
+        .unwrap();
+    let mut contact = ContactPrefs::default();
+    contact
+        .grants
+        .push(ContactGrant {
+            purpose: Purpose::PROACTIVE_SERVICE,
+            channels: ChannelSet::EMPTY.with(Channel::App).with(Channel::OnDevice),
+        })
+        .unwrap();
+    contact.quiet_hours = Some(QuietHours { start_minute: 22 * 60, end_minute: 7 * 60, utc_offset_minutes: 60 });
+    contact
+        .caps
+        .push(FrequencyCap { purpose: Purpose::PROACTIVE_SERVICE, max_notices: 2, period_seconds: 7 * 86_400 })
+        .unwrap();
+    contact.muted_topics.push(7).unwrap();
+    ConsentState { version, issued_at: T0, reconfirm_by: T0 + 365 * 86_400, notice_hash: [0x5a; 32], grants, contact }
 }
 
-/// A metric with a unique id, of any category, and a value that fits it.
-pub fn metric_value(category: DataCategory, marker: u64) -> MetricValue {
-    match category {
-        DataCategory::Location => {
-            MetricValue::Location { lat_e7: 525_212_345, lon_e7: 134_012_345, precision: LocationPrecision::Exact }
-        }
-        _ => MetricValue::Counter(marker),
+pub fn register() -> Register {
+    Register {
+        certificate: certificate(),
+        firmware: firmware(),
+        consent: SignedConsent { state: consent_state(1), owner: None },
     }
 }
 
-pub fn metrics() -> impl Strategy<Value = Vec<Metric>> {
-    btree_map(any::<u16>(), (0u8..7, any::<u64>()), 0..=20).prop_map(|m| {
-        m.into_iter()
-            .map(|(id, (c, v))| {
-                let category = DataCategory::from_index(c).unwrap();
-                Metric { id, category, value: metric_value(category, v) }
-            })
-            .collect()
-    })
+pub fn usage() -> Usage {
+    let mut metrics = heapless::Vec::new();
+    metrics.push(Metric { id: 1, category: DataCategory::UsageCounters, value: MetricValue::Counter(42) }).unwrap();
+    metrics
+        .push(Metric {
+            id: 2,
+            category: DataCategory::UsageCounters,
+            value: MetricValue::Gauge { min: -5, max: 98, sum: 1234, samples: 30 },
+        })
+        .unwrap();
+    metrics
+        .push(Metric {
+            id: 3,
+            category: DataCategory::UsageCounters,
+            value: MetricValue::Histogram(heapless::Vec::from_slice(&[1, 0, 7, 300]).unwrap()),
+        })
+        .unwrap();
+    metrics
+        .push(Metric {
+            id: 9,
+            category: DataCategory::Location,
+            value: MetricValue::Location {
+                lat_e7: 525_200_000,
+                lon_e7: 134_050_000,
+                precision: LocationPrecision::City,
+            },
+        })
+        .unwrap();
+    Usage { purpose: Purpose::USAGE_ANALYTICS, consent_version: 1, window_start: T0, window_end: T0 + 3600, metrics }
+}
+
+pub fn fault() -> Fault {
+    Fault {
+        purpose: Purpose::DIAGNOSTICS,
+        consent_version: 1,
+        code: 0x0201,
+        severity: Severity::Error,
+        component: 4,
+        firmware: firmware(),
+        uptime_s: 86_000,
+        reboot_reason: RebootReason::Watchdog,
+        occurrences: 3,
+        first_seen: T0 + 100,
+        last_seen: T0 + 900,
+        context: heapless::Vec::from_slice(b"heater relay stuck").unwrap(),
+    }
+}
+
+pub fn consent_update() -> ConsentUpdate {
+    let mut state = consent_state(2);
+    state.grants.truncate(1);
+    ConsentUpdate { consent: SignedConsent { state, owner: None } }
+}
+
+pub fn transfer() -> Transfer {
+    Transfer { at: T0 + 10_000 }
+}
+
+pub fn decommission() -> Decommission {
+    Decommission { at: T0 + 20_000, reason: DecommissionReason::Recycled }
+}
+
+pub fn receipt() -> Receipt {
+    let mut buf = [0u8; <SignedConsent as Canonical>::MAX_ENCODED_LEN];
+    let bytes = spime::codec::encode(&register().consent, &mut buf).unwrap();
+    Receipt { consent_version: 1, consent_digest: consent_digest(bytes), received_at: T0 + 5 }
+}
+
+pub fn notice() -> Notice {
+    Notice {
+        id: 77,
+        purpose: Purpose::PROACTIVE_SERVICE,
+        channel: Channel::App,
+        topic: 3,
+        kind: NoticeKind::MaintenanceDue,
+        issued_at: T0 + 50,
+        expires_at: T0 + 30 * 86_400,
+        title: "Time to descale".try_into().unwrap(),
+        text: "Your kettle has boiled 400 litres since its last descale. Descaling keeps it fast and quiet."
+            .try_into()
+            .unwrap(),
+    }
+}
+
+pub fn bytes64(b: u8) -> Bytes64 {
+    Bytes64([b; 64])
 }

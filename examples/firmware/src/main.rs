@@ -1,0 +1,360 @@
+//! A `no_std`, `no_main` firmware for QEMU's `mps2-an386` (Cortex-M4) that
+//! runs the spime device side with a fixed **test** identity:
+//! it registers, aggregates usage, records a fault, changes consent
+//! (which purges a queued usage report), and writes every sealed message
+//! to the host through semihosting, as hex:
+//!
+//! ```text
+//! MSG <kind> <counter> <hex envelope>
+//! CHUNK <hex chunk>            the same message cut to a 20-byte MTU (BLE)
+//! DROPPED <usage> <fault> <consent> <lifecycle> <purged>
+//! STACK <peak stack bytes>     measured by stack painting
+//! DONE
+//! ```
+//!
+//! Everything that is secret here is a published test value: the vendor's
+//! signing seed (used at boot to issue the device certificate, which a real
+//! device gets at manufacture), the device seed, and the RNG seed
+//! (`ChaCha20Rng` from a fixed seed, so the run is deterministic). A real
+//! device takes its key from provisioning and its randomness from a TRNG.
+#![no_std]
+#![no_main]
+
+use cortex_m as _;
+use cortex_m_rt::entry;
+use cortex_m_semihosting::{debug, hio};
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::SeedableRng;
+use spime::consent::{
+    CategorySet, Channel, ConsentState, DataCategory, Grant, LocationPrecision, Purpose, SignedConsent,
+};
+use spime::device::fault::{FaultEvent, FaultRecorder};
+use spime::device::metrics::{MetricDef, MetricKind, Metrics};
+use spime::device::outbox::{Outbox, record_len};
+use spime::device::session::{Device, Identity, Phase, storage_capacity, storage_records};
+use spime::device::storage::{NorStorage, SimFlash};
+use spime::message::{self, CertificateBody, DeviceCertificate, FirmwareVersion, RebootReason, Severity};
+use spime::seal::{DeviceKey, VendorKeys};
+use spime::wire::DeviceId;
+
+// The fixed test identity; tests/common/mod.rs has the same values.
+const VENDOR_SIGNING_SEED: [u8; 32] = [0x51; 32];
+const VENDOR_KX_SECRET: [u8; 32] = [0x52; 32];
+const DEVICE_SEED: [u8; 32] = [0xD5; 32];
+const DEVICE_ID: DeviceId = DeviceId(*b"spime-test-dev01");
+const FIRMWARE: FirmwareVersion = FirmwareVersion { major: 1, minor: 4, patch: 2, build: 77 };
+const MADE_AT: u64 = 1_767_225_600;
+const RNG_SEED: [u8; 32] = [0x42; 32];
+/// The emulator has no clock: the run pretends to start here.
+const T0: u64 = 1_767_300_000;
+
+const SLOTS: usize = 4;
+const RECORD: usize = record_len(message::MAX_SEALED_LEN);
+/// Enough simulated NOR flash for the counter, session, consent and outbox records.
+const FLASH_SIZE: usize = 40 * 1024;
+type Flash = SimFlash<FLASH_SIZE, 256>;
+type Store = NorStorage<&'static mut Flash>;
+type Dev = Device<'static, Store, SLOTS, RECORD>;
+
+const MTU: usize = 20;
+
+#[entry]
+fn main() -> ! {
+    // cortex-m-rt turns this into a `&'static mut`: no `unsafe` needed.
+    static mut FLASH: Flash = Flash::zeroed();
+    static mut OUTBOX: Outbox<SLOTS, RECORD> = Outbox::new();
+    match run(FLASH, OUTBOX) {
+        Ok(()) => {
+            line(&[b"STACK ", dec(peak_stack()).as_bytes()]);
+            line(&[b"DONE"]);
+            debug::exit(debug::EXIT_SUCCESS);
+        }
+        Err(e) => {
+            let mut s: heapless::String<128> = heapless::String::new();
+            let _ = core::fmt::write(&mut s, format_args!("ERROR {e}"));
+            line(&[s.as_bytes()]);
+            debug::exit(debug::EXIT_FAILURE);
+        }
+    }
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
+
+#[inline(never)]
+fn identity() -> Result<Identity, spime::error::DecodeError> {
+    let vendor = VendorKeys::from_secrets(&VENDOR_SIGNING_SEED, VENDOR_KX_SECRET);
+    let key = DeviceKey::from_seed(DEVICE_ID, &DEVICE_SEED);
+    let body = CertificateBody {
+        device: DEVICE_ID,
+        device_key: key.public().to_bytes(),
+        model: heapless::String::try_from("kettle-9000").unwrap_or_default(),
+        hardware_revision: 3,
+        issued_at: MADE_AT,
+    };
+    let certificate = DeviceCertificate::issue(body, vendor.signing())?;
+    Ok(Identity { key, certificate, firmware: FIRMWARE, vendor: vendor.public() })
+}
+
+fn cats(c: &[DataCategory]) -> CategorySet {
+    c.iter().fold(CategorySet::EMPTY, |s, c| s.with(*c))
+}
+
+/// The owner's first decision: usage analytics and diagnostics.
+fn first_consent() -> Result<SignedConsent, spime::consent::EditError> {
+    let mut s = ConsentState::essential_only(1, T0, [7; 32]);
+    s.set_grant(Grant {
+        purpose: Purpose::DIAGNOSTICS,
+        categories: cats(&[DataCategory::DeviceHealth, DataCategory::FaultContext]),
+        location: LocationPrecision::None,
+        expires_at: None,
+    })?;
+    s.set_grant(Grant {
+        purpose: Purpose::USAGE_ANALYTICS,
+        categories: cats(&[DataCategory::UsageCounters, DataCategory::Environment]),
+        location: LocationPrecision::None,
+        expires_at: None,
+    })?;
+    s.allow_channel(Purpose::PROACTIVE_SERVICE, Channel::App)?;
+    Ok(SignedConsent { state: s, owner: None })
+}
+
+/// Errors of the run, printed as text.
+#[derive(Debug)]
+enum RunError {
+    Session(spime::device::session::SessionError),
+    Storage(spime::device::storage::StorageError),
+    Metrics(spime::device::metrics::MetricsError),
+    Other(&'static str),
+}
+
+impl core::fmt::Display for RunError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            RunError::Session(e) => write!(f, "session: {e}"),
+            RunError::Storage(e) => write!(f, "storage: {e}"),
+            RunError::Metrics(e) => write!(f, "metrics: {e}"),
+            RunError::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<spime::device::session::SessionError> for RunError {
+    fn from(e: spime::device::session::SessionError) -> Self {
+        RunError::Session(e)
+    }
+}
+impl From<spime::device::storage::StorageError> for RunError {
+    fn from(e: spime::device::storage::StorageError) -> Self {
+        RunError::Storage(e)
+    }
+}
+impl From<spime::device::metrics::MetricsError> for RunError {
+    fn from(e: spime::device::metrics::MetricsError) -> Self {
+        RunError::Metrics(e)
+    }
+}
+
+static BREW_SECONDS: [i64; 3] = [60, 180, 300];
+
+// Each step is its own function, kept out of line: inlined into one
+// frame, the temporaries of every step would sit on the stack at once.
+fn run(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -> Result<(), RunError> {
+    let mut rng = ChaCha20Rng::from_seed(RNG_SEED);
+    let mut dev = boot(flash, outbox)?;
+    let consent = first_consent().map_err(|_| RunError::Other("consent"))?;
+    register(&mut dev, &mut rng, &consent)?;
+    send_all(&mut dev)?;
+    let mut metrics: Metrics<4> = Metrics::new(T0);
+    let mut faults: FaultRecorder<4> = FaultRecorder::new(FIRMWARE);
+    use_the_kettle(&mut metrics, &mut faults)?;
+    report(&mut dev, &mut metrics, &mut faults)?;
+    send_all(&mut dev)?;
+    withdraw_usage(&mut dev, &mut metrics, &consent)?;
+    send_all(&mut dev)?;
+    let d = dev.dropped();
+    let mut s: heapless::String<96> = heapless::String::new();
+    let _ = core::fmt::write(
+        &mut s,
+        format_args!("DROPPED {} {} {} {} {}", d.usage, d.fault, d.consent, d.lifecycle, d.purged),
+    );
+    line(&[s.as_bytes()]);
+    Ok(())
+}
+
+#[inline(never)]
+fn boot(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -> Result<Dev, RunError> {
+    let id = identity().map_err(|_| RunError::Other("certificate"))?;
+    let capacity = storage_capacity(RECORD);
+    let records = u16::try_from(storage_records(SLOTS)).map_err(|_| RunError::Other("layout"))?;
+    let storage = NorStorage::new(flash, 0, records, capacity)?;
+    Ok(Device::boot(id, storage, outbox)?)
+}
+
+/// Step 1: register with the owner's first consent.
+#[inline(never)]
+fn register(dev: &mut Dev, rng: &mut ChaCha20Rng, consent: &SignedConsent) -> Result<(), RunError> {
+    let Phase::Unregistered(u) = dev.phase() else { return Err(RunError::Other("not new")) };
+    u.register(rng, consent.clone())?;
+    Ok(())
+}
+
+/// Steps 2 and 3: usage aggregated on the device (the Identifiers metric is
+/// not granted), and a fault, twice: counted, not resent.
+#[inline(never)]
+fn use_the_kettle(metrics: &mut Metrics<4>, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
+    metrics.define(MetricDef { id: 1, category: DataCategory::UsageCounters, kind: MetricKind::Counter })?;
+    metrics.define(MetricDef { id: 2, category: DataCategory::Environment, kind: MetricKind::Gauge })?;
+    metrics.define(MetricDef {
+        id: 3,
+        category: DataCategory::UsageCounters,
+        kind: MetricKind::Histogram(&BREW_SECONDS),
+    })?;
+    metrics.define(MetricDef { id: 9, category: DataCategory::Identifiers, kind: MetricKind::Counter })?;
+    for (seconds, temp) in [(45, 96), (200, 99), (150, 97), (400, 100), (90, 98)] {
+        metrics.increment(1, 1)?;
+        metrics.observe(2, temp)?;
+        metrics.observe(3, seconds)?;
+        metrics.increment(9, 1)?;
+    }
+    let fault = FaultEvent {
+        code: 0xE1,
+        severity: Severity::Error,
+        component: 2,
+        uptime_s: 3_000,
+        reboot_reason: RebootReason::PowerOn,
+    };
+    faults.record(T0 + 1_000, fault, b"heater open circuit");
+    faults.record(T0 + 2_000, fault, b"heater open circuit");
+    Ok(())
+}
+
+#[inline(never)]
+fn report(dev: &mut Dev, metrics: &mut Metrics<4>, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
+    let Phase::Registered(mut r) = dev.phase() else { return Err(RunError::Other("not registered")) };
+    r.report_window(Purpose::USAGE_ANALYTICS, metrics.take_window(T0 + 3_600), T0 + 3_600)?;
+    r.report_faults(faults, Purpose::DIAGNOSTICS, T0 + 3_600)?;
+    Ok(())
+}
+
+/// Step 4: another usage window is queued, then the owner withdraws usage
+/// analytics: the queued report is purged and never leaves the device.
+#[inline(never)]
+fn withdraw_usage(dev: &mut Dev, metrics: &mut Metrics<4>, consent: &SignedConsent) -> Result<(), RunError> {
+    metrics.increment(1, 2)?;
+    let Phase::Registered(mut r) = dev.phase() else { return Err(RunError::Other("not registered")) };
+    r.report_window(Purpose::USAGE_ANALYTICS, metrics.take_window(T0 + 7_200), T0 + 7_200)?;
+    let mut next = consent.state.successor(T0 + 7_300, [7; 32]).map_err(|_| RunError::Other("successor"))?;
+    next.withdraw(Purpose::USAGE_ANALYTICS).map_err(|_| RunError::Other("withdraw"))?;
+    r.change_consent(SignedConsent { state: next, owner: None }, T0 + 7_300)?;
+    Ok(())
+}
+
+/// Sends everything queued: prints each envelope and its 20-byte chunks, then acks it.
+#[inline(never)]
+fn send_all(dev: &mut Dev) -> Result<(), RunError> {
+    while let Some(e) = dev.next_message() {
+        let counter = e.meta.counter;
+        let mut hexbuf = HexLine::new();
+        line(&[b"MSG ", e.meta.kind.name().as_bytes(), b" ", dec(counter).as_bytes(), b" "]);
+        hexbuf.put(e.envelope);
+        hexbuf.end();
+        let chunks = e.chunks(MTU).map_err(|_| RunError::Other("chunk"))?;
+        for c in chunks {
+            let mut frame = [0u8; MTU];
+            let n = c.write_to(&mut frame).map_err(|_| RunError::Other("chunk"))?;
+            print(b"CHUNK ");
+            let mut h = HexLine::new();
+            h.put(frame.get(..n).unwrap_or(&[]));
+            h.end();
+        }
+        dev.ack(counter)?;
+    }
+    Ok(())
+}
+
+fn print(bytes: &[u8]) {
+    if let Ok(mut out) = hio::hstdout() {
+        let _ = out.write_all(bytes);
+    }
+}
+
+/// Prints the parts; the last `MSG` part is continued by a hex line, others end the line.
+fn line(parts: &[&[u8]]) {
+    for p in parts {
+        print(p);
+    }
+    if parts.first().is_some_and(|p| !p.starts_with(b"MSG ")) {
+        print(b"\n");
+    }
+}
+
+/// Hex output through a small buffer, so each semihosting call carries 128 characters.
+struct HexLine {
+    buf: [u8; 128],
+    len: usize,
+}
+
+impl HexLine {
+    fn new() -> Self {
+        HexLine { buf: [0; 128], len: 0 }
+    }
+    fn put(&mut self, bytes: &[u8]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for b in bytes {
+            if self.len + 2 > self.buf.len() {
+                self.flush();
+            }
+            if let Some(d) = self.buf.get_mut(self.len..self.len + 2) {
+                d[0] = HEX[usize::from(b >> 4)];
+                d[1] = HEX[usize::from(b & 15)];
+            }
+            self.len += 2;
+        }
+    }
+    fn flush(&mut self) {
+        print(self.buf.get(..self.len).unwrap_or(&[]));
+        self.len = 0;
+    }
+    fn end(mut self) {
+        self.flush();
+        print(b"\n");
+    }
+}
+
+fn dec(v: u64) -> heapless::String<20> {
+    let mut s = heapless::String::new();
+    let _ = core::fmt::write(&mut s, format_args!("{v}"));
+    s
+}
+
+/// The deepest the stack went: cortex-m-rt's `paint-stack` filled the
+/// stack with `STACK_PAINT_VALUE` before `main`; the first word from the
+/// bottom that is no longer paint is the high-water mark.
+fn peak_stack() -> u64 {
+    unsafe extern "C" {
+        static _stack_start: u32;
+        static _stack_end: u32;
+    }
+    let top = (&raw const _stack_start) as usize;
+    let mut p = (&raw const _stack_end) as usize;
+    while p < top {
+        // SAFETY: every address between `_stack_end` and `_stack_start` is RAM
+        // reserved for the stack, 4-byte aligned (checked by cortex-m-rt's linker script).
+        let word = unsafe { core::ptr::read_volatile(p as *const u32) };
+        if word != cortex_m_rt::STACK_PAINT_VALUE {
+            break;
+        }
+        p += 4;
+    }
+    (top - p) as u64
+}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    print(b"PANIC\n");
+    debug::exit(debug::EXIT_FAILURE);
+    loop {
+        cortex_m::asm::wfi();
+    }
+}

@@ -1,0 +1,795 @@
+//! The outbox: sealed messages waiting for the link, bounded, in priority
+//! order, kept across reboots (SPEC.md §8).
+//!
+//! Priority classes, most important first: [`Class::Lifecycle`]
+//! (register, transfer, decommission), [`Class::Consent`], [`Class::Fault`],
+//! [`Class::Usage`]. Messages leave in class order, oldest first within a
+//! class.
+//!
+//! Drop policy when every slot is taken and a message of class `c` comes in:
+//! 1. the oldest message of the least important class present that is
+//!    `c` or less important, and not Lifecycle, is dropped for it (so a
+//!    newer usage report replaces the oldest one, and a fault replaces a
+//!    usage report, never the reverse);
+//! 2. if there is none, the new message is refused
+//!    ([`OutboxError::Full`]).
+//!
+//! Every dropped or refused message is counted per class in [`Dropped`];
+//! messages removed because consent was withdrawn are counted in
+//! [`Dropped::purged`]. The counters persist with the messages.
+//!
+//! Slot `i` is storage record `RECORD_OUTBOX + i`, and every change is one
+//! atomic record write, which also carries the drop counters and a write
+//! sequence number: after a power cut the outbox reloads exactly as it
+//! was before or after the last change.
+
+use crate::consent::{CategorySet, LocationPrecision, Purpose, Scope};
+use crate::device::storage::{RECORD_OUTBOX, Storage, StorageError};
+use crate::wire::Kind;
+use crate::wire::chunk::{ChunkError, Chunks};
+
+/// Bytes of an outbox record before the envelope.
+pub const OUTBOX_HEADER_LEN: usize = 43;
+/// Bytes of an empty-slot record.
+pub const OUTBOX_EMPTY_LEN: usize = 25;
+
+/// The record size an outbox needs for envelopes of at most `envelope` bytes:
+/// the `RECORD` parameter of [`Outbox`].
+pub const fn record_len(envelope: usize) -> usize {
+    OUTBOX_HEADER_LEN + envelope
+}
+
+/// A priority class; lower sends first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Class {
+    /// Register, Transfer, Decommission: never dropped for another message.
+    Lifecycle = 0,
+    /// Consent updates.
+    Consent = 1,
+    /// Fault reports.
+    Fault = 2,
+    /// Usage reports.
+    Usage = 3,
+}
+
+impl Class {
+    /// The class of a message kind (vendor kinds, which a device never
+    /// queues, count as Lifecycle).
+    pub const fn of(kind: Kind) -> Class {
+        match kind.to_byte() {
+            0x02 => Class::Usage,
+            0x03 => Class::Fault,
+            0x04 => Class::Consent,
+            _ => Class::Lifecycle,
+        }
+    }
+}
+
+/// What the outbox keeps about a message besides its bytes: enough to
+/// order it, and to purge it when consent is withdrawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ItemMeta {
+    /// The message kind.
+    pub kind: Kind,
+    /// The purpose it was collected for (Essential for non-data kinds).
+    pub purpose: Purpose,
+    /// The data categories it carries.
+    pub categories: CategorySet,
+    /// The most precise location it carries.
+    pub location: LocationPrecision,
+    /// The consent version it was built under.
+    pub consent_version: u32,
+    /// The envelope counter.
+    pub counter: u64,
+}
+
+impl ItemMeta {
+    /// Its priority class.
+    pub const fn class(&self) -> Class {
+        Class::of(self.kind)
+    }
+
+    /// What the message carries, for re-judging it under a new consent state.
+    pub const fn scope(&self) -> Scope {
+        Scope {
+            purpose: self.purpose,
+            categories: self.categories,
+            location: self.location,
+            consent_version: self.consent_version,
+        }
+    }
+}
+
+/// Counts of messages the outbox let go without sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Dropped {
+    /// Lifecycle messages refused for lack of room.
+    pub lifecycle: u32,
+    /// Consent messages dropped or refused.
+    pub consent: u32,
+    /// Fault reports dropped or refused.
+    pub fault: u32,
+    /// Usage reports dropped or refused.
+    pub usage: u32,
+    /// Messages removed because the consent they needed was withdrawn.
+    pub purged: u32,
+}
+
+impl Dropped {
+    /// The count of one class.
+    pub const fn of(&self, class: Class) -> u32 {
+        match class {
+            Class::Lifecycle => self.lifecycle,
+            Class::Consent => self.consent,
+            Class::Fault => self.fault,
+            Class::Usage => self.usage,
+        }
+    }
+
+    fn bump(&mut self, class: Class) {
+        let c = match class {
+            Class::Lifecycle => &mut self.lifecycle,
+            Class::Consent => &mut self.consent,
+            Class::Fault => &mut self.fault,
+            Class::Usage => &mut self.usage,
+        };
+        *c = c.saturating_add(1);
+    }
+
+    /// The sum of all counts.
+    pub const fn total(&self) -> u64 {
+        self.lifecycle as u64 + self.consent as u64 + self.fault as u64 + self.usage as u64 + self.purged as u64
+    }
+}
+
+/// The outbox refused or failed an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OutboxError {
+    /// Every slot holds a message at least as important that may not be
+    /// dropped for this one; the message was refused (and counted).
+    #[error("outbox full of messages at least as important as this {0:?}")]
+    Full(Class),
+    /// The envelope is longer than a slot holds.
+    #[error("envelope of {len} bytes exceeds the slot capacity of {max}")]
+    TooLarge {
+        /// bytes given
+        len: usize,
+        /// the most a slot holds
+        max: usize,
+    },
+    /// An empty envelope.
+    #[error("empty envelope")]
+    Empty,
+    /// The storage failed; the change may or may not have persisted. The
+    /// outbox in RAM no longer holds the slot written.
+    #[error("outbox storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+/// What [`Outbox::push`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Stored in a free slot.
+    Stored,
+    /// Stored in place of a dropped message (counted in [`Dropped`]).
+    Replaced(ItemMeta),
+}
+
+/// A message in the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// What it is.
+    pub meta: ItemMeta,
+    /// The sealed envelope.
+    pub envelope: &'a [u8],
+}
+
+impl<'a> Entry<'a> {
+    /// The envelope cut for a link of `mtu` bytes, with the low 16 bits of
+    /// its counter as the message id (SPEC.md §7.1).
+    ///
+    /// # Errors
+    /// As [`Chunks::new`].
+    pub fn chunks(&self, mtu: usize) -> Result<Chunks<'a>, ChunkError> {
+        let [.., hi, lo] = self.meta.counter.to_be_bytes();
+        Chunks::new(self.envelope, u16::from_be_bytes([hi, lo]), mtu)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Slot<const RECORD: usize> {
+    used: bool,
+    len: usize,
+    /// The record as stored: header, then envelope.
+    raw: [u8; RECORD],
+}
+
+const NO_META: ItemMeta = ItemMeta {
+    kind: Kind::USAGE,
+    purpose: Purpose::ESSENTIAL,
+    categories: CategorySet::EMPTY,
+    location: LocationPrecision::None,
+    consent_version: 0,
+    counter: 0,
+};
+
+impl<const RECORD: usize> Slot<RECORD> {
+    // All zero, so an outbox in a `static` lands in `.bss`, not `.data`.
+    const EMPTY: Self = Slot { used: false, len: 0, raw: [0; RECORD] };
+
+    /// The write sequence, from the stored header.
+    fn seq(&self) -> u32 {
+        be32(&self.raw, 0).unwrap_or(0)
+    }
+
+    /// The metadata, from the stored header (a used slot always parses).
+    fn meta(&self) -> ItemMeta {
+        self.raw.get(..self.len).and_then(parse_record).and_then(|(_, _, m)| m).unwrap_or(NO_META)
+    }
+
+    fn envelope(&self) -> &[u8] {
+        self.raw.get(OUTBOX_HEADER_LEN..self.len).unwrap_or(&[])
+    }
+
+    fn key(&self) -> (Class, u32) {
+        (self.meta().class(), self.seq())
+    }
+}
+
+/// A bounded, persisted, prioritised queue of up to `N` sealed messages,
+/// each stored in a record of `RECORD` bytes (use [`record_len`]).
+///
+/// ```
+/// use spime::consent::{CategorySet, LocationPrecision, Purpose};
+/// use spime::device::outbox::{Class, ItemMeta, Outbox, record_len};
+/// use spime::device::storage::{NorStorage, SimFlash};
+/// use spime::wire::Kind;
+/// let mut storage = NorStorage::new(SimFlash::<16384, 256>::new(), 0, 12, 128)?;
+/// let mut outbox: Outbox<2, { record_len(64) }> = Outbox::new();
+/// let meta = |kind, counter| ItemMeta {
+///     kind, purpose: Purpose::ESSENTIAL, categories: CategorySet::EMPTY,
+///     location: LocationPrecision::None, consent_version: 1, counter,
+/// };
+/// outbox.push(&mut storage, meta(Kind::USAGE, 1), b"usage one")?;
+/// outbox.push(&mut storage, meta(Kind::USAGE, 2), b"usage two")?;
+/// outbox.push(&mut storage, meta(Kind::FAULT, 3), b"a fault")?;   // drops usage one
+/// assert_eq!(outbox.dropped().usage, 1);
+/// assert_eq!(outbox.peek().unwrap().meta.counter, 3);               // faults first
+/// // A reboot: everything is still there.
+/// let outbox2: Outbox<2, { record_len(64) }> = Outbox::load(&mut storage)?;
+/// assert_eq!(outbox2.len(), 2);
+/// assert_eq!(outbox2.dropped().usage, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Outbox<const N: usize, const RECORD: usize> {
+    slots: [Slot<RECORD>; N],
+    next_seq: u32,
+    dropped: Dropped,
+}
+
+impl<const N: usize, const RECORD: usize> Default for Outbox<N, RECORD> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
+    /// The most envelope bytes one slot holds.
+    pub const ENVELOPE_CAPACITY: usize = RECORD.saturating_sub(OUTBOX_HEADER_LEN);
+
+    /// An empty outbox (a fresh device; use [`Outbox::load`] after a boot).
+    pub const fn new() -> Self {
+        Outbox {
+            slots: [const { Slot::EMPTY }; N],
+            next_seq: 0,
+            dropped: Dropped { lifecycle: 0, consent: 0, fault: 0, usage: 0, purged: 0 },
+        }
+    }
+
+    /// Loads the outbox from storage. A record that does not parse is
+    /// taken as an empty slot (it is rewritten at the slot's next use).
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`] when the storage fails.
+    pub fn load<S: Storage + ?Sized>(storage: &mut S) -> Result<Self, OutboxError> {
+        let mut ob = Self::new();
+        ob.reload(storage)?;
+        Ok(ob)
+    }
+
+    /// [`Outbox::load`] in place (no outbox-sized value on the stack).
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`] when the storage fails; the outbox is then empty.
+    #[inline(never)]
+    pub fn reload<S: Storage + ?Sized>(&mut self, storage: &mut S) -> Result<(), OutboxError> {
+        self.dropped = Dropped::default();
+        self.next_seq = 0;
+        let mut newest: Option<u32> = None;
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            slot.used = false;
+            let id = slot_record(i)?;
+            let len = match storage.read(id, &mut slot.raw) {
+                Ok(Some(bytes)) => bytes.len(),
+                Ok(None) | Err(StorageError::BufferTooSmall { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let Some(rec) = slot.raw.get(..len) else { continue };
+            let Some((seq, dropped, meta)) = parse_record(rec) else { continue };
+            if newest.is_none_or(|n| seq >= n) {
+                newest = Some(seq);
+                self.dropped = dropped;
+            }
+            if meta.is_some() {
+                slot.used = true;
+                slot.len = len;
+            }
+        }
+        self.next_seq = newest.map_or(0, |n| n.wrapping_add(1));
+        Ok(())
+    }
+
+    /// How many messages are queued.
+    pub fn len(&self) -> usize {
+        self.slots.iter().filter(|s| s.used).count()
+    }
+
+    /// Whether none is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The number of slots.
+    pub const fn capacity(&self) -> usize {
+        N
+    }
+
+    /// What was dropped so far (over the device's life, across reboots).
+    pub const fn dropped(&self) -> Dropped {
+        self.dropped
+    }
+
+    /// Queues a sealed envelope, dropping a less important message when
+    /// full (see the module docs for the policy).
+    ///
+    /// # Errors
+    /// [`OutboxError::Full`] when refused (counted), [`OutboxError::TooLarge`],
+    /// [`OutboxError::Empty`], [`OutboxError::Storage`].
+    pub fn push<S: Storage + ?Sized>(
+        &mut self,
+        storage: &mut S,
+        meta: ItemMeta,
+        envelope: &[u8],
+    ) -> Result<Queued, OutboxError> {
+        if envelope.is_empty() {
+            return Err(OutboxError::Empty);
+        }
+        if envelope.len() > Self::ENVELOPE_CAPACITY {
+            return Err(OutboxError::TooLarge { len: envelope.len(), max: Self::ENVELOPE_CAPACITY });
+        }
+        let class = meta.class();
+        let (target, replaced) = match self.slots.iter().position(|s| !s.used) {
+            Some(i) => (i, None),
+            None => match self.victim(class) {
+                Some(i) => (i, self.slots.get(i).map(Slot::meta)),
+                None => {
+                    self.dropped.bump(class);
+                    self.persist_counters(storage)?;
+                    return Err(OutboxError::Full(class));
+                }
+            },
+        };
+        let mut dropped = self.dropped;
+        if let Some(r) = &replaced {
+            dropped.bump(r.class());
+        }
+        let seq = self.next_seq;
+        let slot = self.slots.get_mut(target).ok_or(OutboxError::Full(class))?;
+        slot.used = false;
+        let len = OUTBOX_HEADER_LEN + envelope.len();
+        let raw = slot.raw.get_mut(..len).ok_or(OutboxError::TooLarge { len, max: RECORD })?;
+        write_header(raw, seq, &dropped, Some(&meta));
+        if let Some(dst) = raw.get_mut(OUTBOX_HEADER_LEN..) {
+            dst.copy_from_slice(envelope);
+        }
+        storage.write(slot_record(target)?, raw)?;
+        slot.used = true;
+        slot.len = len;
+        self.dropped = dropped;
+        self.next_seq = seq.wrapping_add(1);
+        Ok(replaced.map_or(Queued::Stored, Queued::Replaced))
+    }
+
+    /// The slot to drop for a new message of `class`, if the policy allows one.
+    fn victim(&self, class: Class) -> Option<usize> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.used && s.meta().class() >= class && s.meta().class() != Class::Lifecycle)
+            .max_by(|(_, a), (_, b)| a.meta().class().cmp(&b.meta().class()).then(b.seq().cmp(&a.seq())))
+            .map(|(i, _)| i)
+    }
+
+    /// Persists changed counters by rewriting the most recent record with a new sequence number.
+    fn persist_counters<S: Storage + ?Sized>(&mut self, storage: &mut S) -> Result<(), OutboxError> {
+        let seq = self.next_seq;
+        let dropped = self.dropped;
+        let i =
+            self.slots.iter().enumerate().filter(|(_, s)| s.used).max_by_key(|(_, s)| s.seq()).map_or(0, |(i, _)| i);
+        if let Some(slot) = self.slots.get_mut(i).filter(|s| s.used) {
+            let len = slot.len;
+            let meta = slot.meta();
+            let raw = slot.raw.get_mut(..len).ok_or(OutboxError::TooLarge { len, max: RECORD })?;
+            write_header(raw, seq, &dropped, Some(&meta));
+            if let Err(e) = storage.write(slot_record(i)?, raw) {
+                slot.used = false;
+                return Err(e.into());
+            }
+        } else {
+            let mut rec = [0u8; OUTBOX_EMPTY_LEN];
+            write_header(&mut rec, seq, &dropped, None);
+            storage.write(slot_record(i)?, &rec)?;
+        }
+        self.next_seq = seq.wrapping_add(1);
+        Ok(())
+    }
+
+    /// The next message to send: the oldest of the most important class.
+    pub fn peek(&self) -> Option<Entry<'_>> {
+        self.slots
+            .iter()
+            .filter(|s| s.used)
+            .min_by_key(|s| s.key())
+            .map(|s| Entry { meta: s.meta(), envelope: s.envelope() })
+    }
+
+    /// Every queued message in send order.
+    pub fn iter(&self) -> impl Iterator<Item = Entry<'_>> {
+        let mut order: heapless::Vec<usize, N> = heapless::Vec::new();
+        for (i, _) in self.slots.iter().enumerate().filter(|(_, s)| s.used) {
+            let _ = order.push(i);
+        }
+        order.sort_unstable_by_key(|&i| self.slots.get(i).map(Slot::key));
+        order.into_iter().filter_map(|i| self.slots.get(i)).map(|s| Entry { meta: s.meta(), envelope: s.envelope() })
+    }
+
+    /// Removes the message with envelope counter `counter` (it was
+    /// delivered). Returns whether it was there.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    pub fn ack<S: Storage + ?Sized>(&mut self, storage: &mut S, counter: u64) -> Result<bool, OutboxError> {
+        match self.slots.iter().position(|s| s.used && s.meta().counter == counter) {
+            Some(i) => {
+                self.clear(storage, i)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Removes every message for which `keep` is false, counting each in
+    /// [`Dropped::purged`]; returns how many went.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    pub fn purge<S: Storage + ?Sized>(
+        &mut self,
+        storage: &mut S,
+        mut keep: impl FnMut(&ItemMeta) -> bool,
+    ) -> Result<usize, OutboxError> {
+        let mut n = 0;
+        for i in 0..N {
+            if self.slots.get(i).is_some_and(|s| s.used && !keep(&s.meta())) {
+                self.dropped.purged = self.dropped.purged.saturating_add(1);
+                self.clear(storage, i)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn clear<S: Storage + ?Sized>(&mut self, storage: &mut S, i: usize) -> Result<(), OutboxError> {
+        let seq = self.next_seq;
+        let mut rec = [0u8; OUTBOX_EMPTY_LEN];
+        write_header(&mut rec, seq, &self.dropped, None);
+        if let Some(s) = self.slots.get_mut(i) {
+            s.used = false;
+        }
+        storage.write(slot_record(i)?, &rec)?;
+        self.next_seq = seq.wrapping_add(1);
+        Ok(())
+    }
+}
+
+fn slot_record(i: usize) -> Result<u16, OutboxError> {
+    u16::try_from(i)
+        .ok()
+        .and_then(|i| RECORD_OUTBOX.checked_add(i))
+        .ok_or(OutboxError::Storage(StorageError::NoSuchRecord(u16::MAX)))
+}
+
+/// Writes the record header into the front of `raw` (which is at least
+/// [`OUTBOX_EMPTY_LEN`] bytes, [`OUTBOX_HEADER_LEN`] with `meta`).
+fn write_header(raw: &mut [u8], seq: u32, d: &Dropped, meta: Option<&ItemMeta>) {
+    let mut h = [0u8; OUTBOX_HEADER_LEN];
+    h[0..4].copy_from_slice(&seq.to_be_bytes());
+    h[4..8].copy_from_slice(&d.lifecycle.to_be_bytes());
+    h[8..12].copy_from_slice(&d.consent.to_be_bytes());
+    h[12..16].copy_from_slice(&d.fault.to_be_bytes());
+    h[16..20].copy_from_slice(&d.usage.to_be_bytes());
+    h[20..24].copy_from_slice(&d.purged.to_be_bytes());
+    let n = match meta {
+        Some(m) => {
+            h[24] = 1;
+            h[25] = m.kind.to_byte();
+            h[26..28].copy_from_slice(&m.purpose.id().to_be_bytes());
+            h[28..30].copy_from_slice(&m.categories.bits().to_be_bytes());
+            h[30..34].copy_from_slice(&m.consent_version.to_be_bytes());
+            h[34..42].copy_from_slice(&m.counter.to_be_bytes());
+            h[42] = location_byte(m.location);
+            OUTBOX_HEADER_LEN
+        }
+        None => OUTBOX_EMPTY_LEN,
+    };
+    if let (Some(dst), Some(src)) = (raw.get_mut(..n), h.get(..n)) {
+        dst.copy_from_slice(src);
+    }
+}
+
+fn location_byte(p: LocationPrecision) -> u8 {
+    match p {
+        LocationPrecision::None => 0,
+        LocationPrecision::Country => 1,
+        LocationPrecision::Region => 2,
+        LocationPrecision::City => 3,
+        LocationPrecision::Neighbourhood => 4,
+        LocationPrecision::Exact => 5,
+    }
+}
+
+fn location_from_byte(b: u8) -> Option<LocationPrecision> {
+    Some(match b {
+        0 => LocationPrecision::None,
+        1 => LocationPrecision::Country,
+        2 => LocationPrecision::Region,
+        3 => LocationPrecision::City,
+        4 => LocationPrecision::Neighbourhood,
+        5 => LocationPrecision::Exact,
+        _ => return None,
+    })
+}
+
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    b.get(at..at + 4).and_then(|s| s.try_into().ok()).map(u32::from_be_bytes)
+}
+
+/// Parses a record: sequence, counters, and the item's metadata if present.
+fn parse_record(rec: &[u8]) -> Option<(u32, Dropped, Option<ItemMeta>)> {
+    let seq = be32(rec, 0)?;
+    let dropped = Dropped {
+        lifecycle: be32(rec, 4)?,
+        consent: be32(rec, 8)?,
+        fault: be32(rec, 12)?,
+        usage: be32(rec, 16)?,
+        purged: be32(rec, 20)?,
+    };
+    match *rec.get(24)? {
+        0 if rec.len() == OUTBOX_EMPTY_LEN => Some((seq, dropped, None)),
+        1 if rec.len() > OUTBOX_HEADER_LEN => {
+            let kind = Kind::from_byte(*rec.get(25)?).ok()?;
+            let purpose = Purpose::from_id(u16::from_be_bytes(rec.get(26..28)?.try_into().ok()?)).ok()?;
+            let categories = CategorySet::from_bits(u16::from_be_bytes(rec.get(28..30)?.try_into().ok()?)).ok()?;
+            let consent_version = be32(rec, 30)?;
+            let counter = u64::from_be_bytes(rec.get(34..42)?.try_into().ok()?);
+            let location = location_from_byte(*rec.get(42)?)?;
+            Some((seq, dropped, Some(ItemMeta { kind, purpose, categories, location, consent_version, counter })))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+    use super::*;
+    use crate::device::storage::{NorStorage, SimFlash};
+    use proptest::prelude::*;
+
+    type Flash = SimFlash<32768, 256>;
+    type Ob = Outbox<4, { record_len(32) }>;
+
+    fn storage() -> NorStorage<Flash> {
+        NorStorage::new(Flash::new(), 0, 16, record_len(32)).unwrap()
+    }
+
+    fn meta(kind: Kind, counter: u64) -> ItemMeta {
+        ItemMeta {
+            kind,
+            purpose: Purpose::DIAGNOSTICS,
+            categories: CategorySet::EMPTY,
+            location: LocationPrecision::None,
+            consent_version: 3,
+            counter,
+        }
+    }
+
+    const KINDS: [Kind; 6] =
+        [Kind::REGISTER, Kind::USAGE, Kind::FAULT, Kind::CONSENT, Kind::TRANSFER, Kind::DECOMMISSION];
+
+    #[test]
+    fn record_bytes_are_pinned() {
+        let mut s = storage();
+        let mut ob = Ob::new();
+        let m = ItemMeta {
+            kind: Kind::FAULT,
+            purpose: Purpose::DIAGNOSTICS,
+            categories: CategorySet::from_bits(0b1101).unwrap(),
+            location: LocationPrecision::City,
+            consent_version: 7,
+            counter: 0x0102,
+        };
+        ob.push(&mut s, m, &[0xEE, 0xFF]).unwrap();
+        let mut buf = [0u8; 100];
+        let rec = s.read(RECORD_OUTBOX, &mut buf).unwrap().unwrap();
+        let mut want = vec![0u8; 24];
+        want.extend([1, 0x03, 0, 2, 0, 0x0d, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 1, 2, 3, 0xEE, 0xFF]);
+        assert_eq!(rec, &want[..]);
+        ob.ack(&mut s, 0x0102).unwrap();
+        let rec = s.read(RECORD_OUTBOX, &mut buf).unwrap().unwrap();
+        assert_eq!(rec, &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0][..]);
+    }
+
+    #[test]
+    fn rejections() {
+        let mut s = storage();
+        let mut ob = Ob::new();
+        assert_eq!(ob.push(&mut s, meta(Kind::USAGE, 0), &[]), Err(OutboxError::Empty));
+        assert_eq!(ob.push(&mut s, meta(Kind::USAGE, 0), &[0; 33]), Err(OutboxError::TooLarge { len: 33, max: 32 }));
+        for c in 0..4 {
+            ob.push(&mut s, meta(Kind::REGISTER, c), &[1]).unwrap();
+        }
+        assert_eq!(ob.push(&mut s, meta(Kind::USAGE, 9), &[1]), Err(OutboxError::Full(Class::Usage)));
+        assert_eq!(ob.push(&mut s, meta(Kind::REGISTER, 9), &[1]), Err(OutboxError::Full(Class::Lifecycle)));
+        assert_eq!(ob.dropped(), Dropped { lifecycle: 1, usage: 1, ..Dropped::default() });
+        let again = Ob::load(&mut s).unwrap();
+        assert_eq!(again.dropped(), ob.dropped());
+        assert_eq!(again.len(), 4);
+        // a full usage outbox refuses nothing of higher class, and drops its oldest usage
+        let mut ob = Ob::new();
+        let mut s = storage();
+        for c in 0..4 {
+            ob.push(&mut s, meta(Kind::USAGE, c), &[1]).unwrap();
+        }
+        assert_eq!(ob.push(&mut s, meta(Kind::USAGE, 4), &[1]), Ok(Queued::Replaced(meta(Kind::USAGE, 0))));
+        assert_eq!(ob.push(&mut s, meta(Kind::CONSENT, 5), &[1]), Ok(Queued::Replaced(meta(Kind::USAGE, 1))));
+        assert_eq!(ob.iter().map(|e| e.meta.counter).collect::<Vec<_>>(), [5, 2, 3, 4]);
+    }
+
+    #[test]
+    fn purge_counts_and_persists() {
+        let mut s = storage();
+        let mut ob = Ob::new();
+        ob.push(&mut s, meta(Kind::USAGE, 1), &[1]).unwrap();
+        ob.push(&mut s, meta(Kind::FAULT, 2), &[2]).unwrap();
+        ob.push(&mut s, meta(Kind::CONSENT, 3), &[3]).unwrap();
+        assert_eq!(ob.purge(&mut s, |m| m.class() != Class::Usage).unwrap(), 1);
+        assert_eq!(ob.dropped().purged, 1);
+        let again = Ob::load(&mut s).unwrap();
+        assert_eq!(again.dropped().purged, 1);
+        assert_eq!(
+            again.iter().map(|e| (e.meta.counter, e.envelope.to_vec())).collect::<Vec<_>>(),
+            [(3, vec![3]), (2, vec![2])]
+        );
+    }
+
+    /// A simple model of the policy: Vec of (class, seq, counter).
+    #[derive(Default)]
+    struct Model {
+        items: Vec<(Class, u32, u64)>,
+        seq: u32,
+        dropped: [u32; 4],
+        purged: u32,
+    }
+
+    impl Model {
+        fn push(&mut self, class: Class, counter: u64) {
+            if self.items.len() == 4 {
+                let victim = self
+                    .items
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, x)| x.0 >= class && x.0 != Class::Lifecycle)
+                    .max_by(|a, b| a.1.0.cmp(&b.1.0).then(b.1.1.cmp(&a.1.1)))
+                    .map(|(i, _)| i);
+                match victim {
+                    Some(i) => {
+                        let v = self.items.remove(i);
+                        self.dropped[v.0 as usize] += 1;
+                    }
+                    None => {
+                        self.dropped[class as usize] += 1;
+                        self.seq += 1;
+                        return;
+                    }
+                }
+            }
+            self.items.push((class, self.seq, counter));
+            self.seq += 1;
+        }
+        fn order(&self) -> Vec<u64> {
+            let mut v = self.items.clone();
+            v.sort_by_key(|x| (x.0, x.1));
+            v.into_iter().map(|x| x.2).collect()
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push(usize),
+        AckFront,
+        PurgeUsage,
+        Reboot,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0..KINDS.len()).prop_map(Op::Push),
+            2 => Just(Op::AckFront),
+            1 => Just(Op::PurgeUsage),
+            1 => Just(Op::Reboot),
+        ]
+    }
+
+    proptest! {
+        /// Never over capacity, send order = (class, age), drop counters
+        /// exact, and a reboot reloads the same outbox.
+        #[test]
+        fn outbox_matches_model(ops in proptest::collection::vec(op(), 1..80)) {
+            let mut s = storage();
+            let mut ob = Ob::new();
+            let mut model = Model::default();
+            for (counter, op) in (0u64..).zip(ops) {
+                match op {
+                    Op::Push(k) => {
+                        let m = meta(KINDS[k], counter);
+                        let _ = ob.push(&mut s, m, &counter.to_be_bytes());
+                        model.push(m.class(), counter);
+                    }
+                    Op::AckFront => {
+                        if let Some(c) = ob.peek().map(|e| e.meta.counter) {
+                            prop_assert!(ob.ack(&mut s, c).unwrap());
+                            let front = model.order()[0];
+                            prop_assert_eq!(front, c);
+                            model.items.retain(|x| x.2 != c);
+                            model.seq += 1;
+                        }
+                    }
+                    Op::PurgeUsage => {
+                        let n = ob.purge(&mut s, |m| m.class() != Class::Usage).unwrap();
+                        let before = model.items.len();
+                        model.items.retain(|x| x.0 != Class::Usage);
+                        prop_assert_eq!(n, before - model.items.len());
+                        model.purged += u32::try_from(n).unwrap();
+                        model.seq += u32::try_from(n).unwrap();
+                    }
+                    Op::Reboot => ob = Ob::load(&mut s).unwrap(),
+                }
+                prop_assert!(ob.len() <= 4);
+                let order: Vec<u64> = ob.iter().map(|e| e.meta.counter).collect();
+                prop_assert_eq!(&order, &model.order());
+                for e in ob.iter() {
+                    prop_assert_eq!(e.envelope, &e.meta.counter.to_be_bytes()[..]);
+                }
+                let d = ob.dropped();
+                prop_assert_eq!([d.lifecycle, d.consent, d.fault, d.usage], model.dropped);
+                prop_assert_eq!(d.purged, model.purged);
+            }
+            let again = Ob::load(&mut s).unwrap();
+            prop_assert_eq!(again.dropped(), ob.dropped());
+            prop_assert_eq!(again.iter().collect::<Vec<_>>(), ob.iter().collect::<Vec<_>>());
+        }
+    }
+}

@@ -1,0 +1,845 @@
+//! The device session: carries the product from unregistered to
+//! registered, through consent changes and changes of owner, to
+//! decommissioned (SPEC.md §8).
+//!
+//! [`Device`] holds the identity, counter, keys and consent, and borrows
+//! the outbox (the one large buffer, which the firmware keeps in a
+//! `static`);
+//! [`Device::phase`] hands out a small typestate handle for what the
+//! product may do now: an [`Unregistered`] handle can only register, a
+//! [`Registered`] one reports, changes consent, transfers and
+//! decommissions, a [`Decommissioned`] one can only flush its outbox.
+//!
+//! Data leaves only as a consent-checked body: usage and fault reports
+//! are sealed from [`Permitted`] bodies, which only a
+//! [`crate::consent::Permit`] builds, and are checked again against the
+//! consent held when sealed. A consent change purges queued reports the
+//! new state no longer allows; a transfer purges every queued message but
+//! the lifecycle ones.
+//!
+//! Persistence: every state change is written before it is relied upon,
+//! in an order that makes a power cut at any write safe (SPEC.md §8): the
+//! counter is reserved ahead of use; a key epoch is reserved before its
+//! first message is sealed; a consent state is stored before the message
+//! carrying it is queued, so a withdrawal takes effect on the device first.
+//! The session keys are kept in storage (as the identity key is), so the
+//! epoch survives a reboot and the messages queued under it stay valid.
+
+use rand_core::CryptoRng;
+
+use crate::codec::{self, Canonical};
+use crate::consent::{
+    BuildError, ConsentError, ConsentState, ContactDenial, Denial, EditError, FaultDraft, OwnerRequirement, Permit,
+    Permitted, Purpose, Scope, SentConsent, SentNotice, SignedConsent, verify_receipt,
+};
+use crate::device::fault::FaultRecorder;
+use crate::device::metrics::Window;
+use crate::device::outbox::{Class, Dropped, Entry, ItemMeta, Outbox, OutboxError};
+use crate::device::storage::{CounterRecord, RECORD_CONSENT, RECORD_SESSION, Storage, StorageError};
+use crate::error::{CounterError, DecodeError, OpenError, ReplayError, SealError};
+use crate::message::{
+    self, Body, ConsentUpdate, Decommission, DecommissionReason, DeviceCertificate, Fault, FirmwareVersion, Notice,
+    Receipt, Register, Transfer, Usage,
+};
+use crate::seal::counter::Counter;
+use crate::seal::keys::{self, AeadKey, DeviceKey, SessionKeys, VendorPublicKeys};
+use crate::seal::replay::ReplayWindow;
+use crate::seal::{self as sealing, Envelope, Seal};
+use crate::wire::{DeviceId, Direction};
+
+/// How many counter values one storage write reserves.
+pub const COUNTER_BLOCK: u64 = 16;
+/// How many sent consent states the device remembers to check receipts.
+pub const SENT_CONSENTS: usize = 4;
+/// How many shown notices the device remembers for frequency caps.
+pub const SHOWN_NOTICES: usize = 8;
+/// Length of the session record.
+pub const SESSION_RECORD_LEN: usize = 325;
+/// The session record's format byte.
+pub const SESSION_FORMAT: u8 = 1;
+
+/// The storage record capacity a device needs for an outbox of `RECORD`-byte slots.
+pub const fn storage_capacity(outbox_record: usize) -> usize {
+    let c = if SignedConsent::MAX_ENCODED_LEN > SESSION_RECORD_LEN {
+        SignedConsent::MAX_ENCODED_LEN
+    } else {
+        SESSION_RECORD_LEN
+    };
+    if outbox_record > c { outbox_record } else { c }
+}
+
+/// The number of storage records a device with `n` outbox slots uses.
+pub const fn storage_records(n: usize) -> usize {
+    crate::device::storage::RECORD_OUTBOX as usize + n
+}
+
+/// A device session operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// Sealing failed (buffer, weak vendor key).
+    #[error("seal: {0}")]
+    Seal(#[from] SealError),
+    /// The counter could not be reserved: nothing was sealed.
+    #[error("counter: {0}")]
+    Counter(#[from] CounterError),
+    /// The outbox refused or could not store the message.
+    #[error("outbox: {0}")]
+    Outbox(#[from] OutboxError),
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The consent held does not allow the data.
+    #[error("consent denies: {0}")]
+    Denied(#[from] Denial),
+    /// A report could not be built from the permit.
+    #[error("build: {0}")]
+    Build(#[from] BuildError),
+    /// A consent state or receipt was refused.
+    #[error("consent: {0}")]
+    Consent(#[from] ConsentError),
+    /// A consent state could not be derived (version exhausted).
+    #[error("consent edit: {0}")]
+    Edit(#[from] EditError),
+    /// A vendor message could not be opened.
+    #[error("open: {0}")]
+    Open(#[from] OpenError),
+    /// Encoding failed, or a stored record did not decode.
+    #[error("decode: {0}")]
+    Decode(#[from] DecodeError),
+    /// A new consent state does not have a higher version than the held one.
+    #[error("consent version {got} is not above the held version {held}")]
+    StaleConsent {
+        /// the version held
+        held: u32,
+        /// the version given
+        got: u32,
+    },
+    /// The device has no session keys (it never registered): vendor
+    /// messages cannot be opened.
+    #[error("no session: the device is not registered")]
+    NoSession,
+    /// The key epoch space is used up.
+    #[error("key epochs exhausted")]
+    EpochExhausted,
+}
+
+impl From<ReplayError> for SessionError {
+    fn from(e: ReplayError) -> Self {
+        SessionError::Open(OpenError::Replay(e))
+    }
+}
+
+/// What a device is and whom it talks to: provisioned at manufacture.
+#[derive(Debug)]
+pub struct Identity {
+    /// The device's key (and id).
+    pub key: DeviceKey,
+    /// The vendor's certificate for it.
+    pub certificate: DeviceCertificate,
+    /// The running firmware.
+    pub firmware: FirmwareVersion,
+    /// The vendor's public keys.
+    pub vendor: VendorPublicKeys,
+}
+
+/// Where the device is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Not registered (new, or after a change of owner).
+    Unregistered,
+    /// Registered with the vendor.
+    Registered,
+    /// Out of service: nothing more is sealed.
+    Decommissioned,
+}
+
+/// The persisted session state (record [`RECORD_SESSION`]).
+#[derive(Debug, Clone)]
+struct SessionState {
+    stage: Stage,
+    /// The highest key epoch reserved.
+    epoch: u32,
+    keys: Option<SessionKeys>,
+    replay: ReplayWindow,
+    sent: heapless::Vec<SentConsent, SENT_CONSENTS>,
+    shown: heapless::Vec<SentNotice, SHOWN_NOTICES>,
+    receipted: u32,
+}
+
+impl SessionState {
+    const fn new() -> Self {
+        SessionState {
+            stage: Stage::Unregistered,
+            epoch: 0,
+            keys: None,
+            replay: ReplayWindow::new(),
+            sent: heapless::Vec::new(),
+            shown: heapless::Vec::new(),
+            receipted: 0,
+        }
+    }
+
+    fn encode(&self) -> [u8; SESSION_RECORD_LEN] {
+        let mut r = [0u8; SESSION_RECORD_LEN];
+        r[0] = SESSION_FORMAT;
+        r[1] = match self.stage {
+            Stage::Unregistered => 0,
+            Stage::Registered => 1,
+            Stage::Decommissioned => 2,
+        };
+        r[2..6].copy_from_slice(&self.epoch.to_be_bytes());
+        if let Some(k) = &self.keys {
+            r[6] = 1;
+            r[7..39].copy_from_slice(k.device_to_vendor.as_bytes());
+            r[39..71].copy_from_slice(k.vendor_to_device.as_bytes());
+        }
+        let (highest, seen) = self.replay.parts();
+        r[71..79].copy_from_slice(&highest.to_be_bytes());
+        r[79..95].copy_from_slice(&seen.to_be_bytes());
+        r[95] = u8::try_from(self.sent.len()).unwrap_or(0);
+        for (i, s) in self.sent.iter().enumerate() {
+            put(&mut r, 96 + i * 36, &s.version.to_be_bytes());
+            put(&mut r, 100 + i * 36, &s.digest);
+        }
+        r[240] = u8::try_from(self.shown.len()).unwrap_or(0);
+        for (i, s) in self.shown.iter().enumerate() {
+            put(&mut r, 241 + i * 10, &s.purpose.id().to_be_bytes());
+            put(&mut r, 243 + i * 10, &s.at.to_be_bytes());
+        }
+        r[321..325].copy_from_slice(&self.receipted.to_be_bytes());
+        r
+    }
+
+    fn decode(r: &[u8]) -> Option<SessionState> {
+        let r: &[u8; SESSION_RECORD_LEN] = r.try_into().ok()?;
+        if r[0] != SESSION_FORMAT {
+            return None;
+        }
+        let stage = match r[1] {
+            0 => Stage::Unregistered,
+            1 => Stage::Registered,
+            2 => Stage::Decommissioned,
+            _ => return None,
+        };
+        let epoch = u32::from_be_bytes(r[2..6].try_into().ok()?);
+        let keys = match r[6] {
+            0 => None,
+            1 => Some(SessionKeys {
+                epoch,
+                device_to_vendor: AeadKey::from_bytes(r[7..39].try_into().ok()?),
+                vendor_to_device: AeadKey::from_bytes(r[39..71].try_into().ok()?),
+            }),
+            _ => return None,
+        };
+        let replay = ReplayWindow::from_parts(
+            u64::from_be_bytes(r[71..79].try_into().ok()?),
+            u128::from_be_bytes(r[79..95].try_into().ok()?),
+        );
+        let mut sent = heapless::Vec::new();
+        for i in 0..usize::from(r[95]) {
+            let at = 96 + i * 36;
+            let s = SentConsent { version: u32::from_be_bytes(array(r, at)?), digest: array(r, at + 4)? };
+            sent.push(s).ok()?;
+        }
+        let mut shown = heapless::Vec::new();
+        for i in 0..usize::from(r[240]) {
+            let at = 241 + i * 10;
+            let purpose = Purpose::from_id(u16::from_be_bytes(array(r, at)?)).ok()?;
+            shown.push(SentNotice { purpose, at: u64::from_be_bytes(array(r, at + 2)?) }).ok()?;
+        }
+        let receipted = u32::from_be_bytes(r[321..325].try_into().ok()?);
+        Some(SessionState { stage, epoch, keys, replay, sent, shown, receipted })
+    }
+}
+
+/// Copies `bytes` into `r` at `at` (in range by construction of the layout).
+fn put(r: &mut [u8], at: usize, bytes: &[u8]) {
+    if let Some(d) = r.get_mut(at..at + bytes.len()) {
+        d.copy_from_slice(bytes);
+    }
+}
+
+/// `M` bytes of `r` from `at`, if in range.
+fn array<const M: usize>(r: &[u8], at: usize) -> Option<[u8; M]> {
+    r.get(at..at + M)?.try_into().ok()
+}
+
+/// A device: identity, persisted counter, session, consent and outbox,
+/// over a [`Storage`] `S`, with an outbox of `N` slots of `RECORD` bytes
+/// (see [`crate::device::outbox::record_len`]).
+///
+/// The outbox, the one large buffer (`N * RECORD` bytes), is the caller's
+/// (a `static`, typically, as `Outbox::new()` is `const`): the device itself
+/// is about 1.5 KiB and cheap to move. Every method that seals needs about
+/// [`message::MAX_SEALED_LEN`] bytes of stack for the envelope.
+///
+/// ```
+/// use spime::device::outbox::{Outbox, record_len};
+/// use spime::device::session::{Device, Identity, Stage, storage_capacity, storage_records};
+/// use spime::device::storage::{NorStorage, SimFlash};
+/// use spime::message::{CertificateBody, DeviceCertificate, FirmwareVersion, MAX_SEALED_LEN};
+/// use spime::seal::{DeviceKey, VendorKeys};
+/// use spime::wire::DeviceId;
+/// const REC: usize = record_len(MAX_SEALED_LEN);
+/// let vendor = VendorKeys::from_secrets(&[1; 32], [2; 32]);
+/// let key = DeviceKey::from_seed(DeviceId([3; 16]), &[4; 32]);
+/// let body = CertificateBody {
+///     device: key.device, device_key: key.public().to_bytes(), model: "kettle".try_into()?,
+///     hardware_revision: 1, issued_at: 0,
+/// };
+/// let certificate = DeviceCertificate::issue(body, vendor.signing())?;
+/// let firmware = FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 };
+/// let id = Identity { key, certificate, firmware, vendor: vendor.public() };
+/// let flash: SimFlash<{ 64 * 1024 }, 256> = SimFlash::new();
+/// let storage = NorStorage::new(flash, 0, storage_records(4) as u16, storage_capacity(REC))?;
+/// let mut outbox: Outbox<4, REC> = Outbox::new();
+/// let device = Device::boot(id, storage, &mut outbox)?;
+/// assert_eq!(device.stage(), Stage::Unregistered);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Device<'o, S: Storage, const N: usize, const RECORD: usize> {
+    id: Identity,
+    counter: Counter<CounterRecord<S>>,
+    state: SessionState,
+    consent: Option<SignedConsent>,
+    outbox: &'o mut Outbox<N, RECORD>,
+}
+
+/// A handle on a device in a given stage; see [`Device::phase`].
+#[derive(Debug)]
+pub enum Phase<'d, 'o, S: Storage, const N: usize, const RECORD: usize> {
+    /// It must register first.
+    Unregistered(Unregistered<'d, 'o, S, N, RECORD>),
+    /// It is registered.
+    Registered(Registered<'d, 'o, S, N, RECORD>),
+    /// It is out of service.
+    Decommissioned(Decommissioned<'d, 'o, S, N, RECORD>),
+}
+
+/// A device that is not registered: it can only register.
+#[derive(Debug)]
+pub struct Unregistered<'d, 'o, S: Storage, const N: usize, const RECORD: usize> {
+    dev: &'d mut Device<'o, S, N, RECORD>,
+}
+
+/// A registered device.
+#[derive(Debug)]
+pub struct Registered<'d, 'o, S: Storage, const N: usize, const RECORD: usize> {
+    dev: &'d mut Device<'o, S, N, RECORD>,
+}
+
+/// A decommissioned device: it seals nothing more.
+#[derive(Debug)]
+pub struct Decommissioned<'d, 'o, S: Storage, const N: usize, const RECORD: usize> {
+    dev: &'d mut Device<'o, S, N, RECORD>,
+}
+
+/// What to do with a notice the vendor sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoticeDecision {
+    /// The owner's contact preferences allow it now: show it.
+    Show(Notice),
+    /// Held back, with the reason (the message itself was authentic).
+    Withhold {
+        /// the notice
+        notice: Notice,
+        /// why it may not be shown now
+        reason: ContactDenial,
+    },
+}
+
+impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECORD> {
+    /// Starts the device from storage: counter, session, consent and
+    /// outbox as they were persisted (a fresh storage gives a fresh,
+    /// unregistered device).
+    ///
+    /// # Errors
+    /// [`SessionError::Storage`] or [`SessionError::Counter`] when storage
+    /// fails; [`StorageError::Invalid`] for a session or consent record
+    /// that does not decode.
+    #[inline(never)]
+    pub fn boot(id: Identity, storage: S, outbox: &'o mut Outbox<N, RECORD>) -> Result<Self, SessionError> {
+        let counter = Counter::open(CounterRecord(storage), COUNTER_BLOCK)?;
+        let mut dev = Device { id, counter, state: SessionState::new(), consent: None, outbox };
+        dev.load_session()?;
+        dev.load_consent()?;
+        let storage = &mut dev.counter.store_mut().0;
+        dev.outbox.reload(storage)?;
+        Ok(dev)
+    }
+
+    // Loading is split into out-of-line steps so their buffers do not
+    // share one large stack frame.
+    #[inline(never)]
+    fn load_session(&mut self) -> Result<(), SessionError> {
+        let mut buf = [0u8; SESSION_RECORD_LEN];
+        if let Some(r) = self.storage().read(RECORD_SESSION, &mut buf)? {
+            self.state = SessionState::decode(r).ok_or(StorageError::Invalid(RECORD_SESSION))?;
+        }
+        Ok(())
+    }
+
+    #[inline(never)]
+    fn load_consent(&mut self) -> Result<(), SessionError> {
+        let mut buf = [0u8; SignedConsent::MAX_ENCODED_LEN];
+        if let Some(r) = self.storage().read(RECORD_CONSENT, &mut buf)? {
+            let c = codec::decode::<SignedConsent>(r).map_err(|_| StorageError::Invalid(RECORD_CONSENT))?;
+            self.consent = Some(c);
+        }
+        Ok(())
+    }
+
+    /// The typestate handle for the device's current stage.
+    pub fn phase(&mut self) -> Phase<'_, 'o, S, N, RECORD> {
+        match self.state.stage {
+            Stage::Unregistered => Phase::Unregistered(Unregistered { dev: self }),
+            Stage::Registered => Phase::Registered(Registered { dev: self }),
+            Stage::Decommissioned => Phase::Decommissioned(Decommissioned { dev: self }),
+        }
+    }
+
+    /// The current stage.
+    pub const fn stage(&self) -> Stage {
+        self.state.stage
+    }
+
+    /// The device id.
+    pub const fn device_id(&self) -> DeviceId {
+        self.id.key.device
+    }
+
+    /// The consent held (none before the first registration).
+    pub const fn consent(&self) -> Option<&SignedConsent> {
+        self.consent.as_ref()
+    }
+
+    /// The current key epoch (0 before the first registration).
+    pub const fn epoch(&self) -> u32 {
+        self.state.epoch
+    }
+
+    /// The highest consent version the vendor sent a valid receipt for (0: none).
+    pub const fn receipted_version(&self) -> u32 {
+        self.state.receipted
+    }
+
+    /// The next message to send: the oldest of the most important class.
+    /// Cut it with [`crate::wire::chunk::Chunks`] (message id: the low 16
+    /// bits of `meta.counter`), send it, then [`Device::ack`] it.
+    pub fn next_message(&self) -> Option<Entry<'_>> {
+        self.outbox.peek()
+    }
+
+    /// Every queued message in send order.
+    pub fn queued(&self) -> impl Iterator<Item = Entry<'_>> {
+        self.outbox.iter()
+    }
+
+    /// Removes a delivered message (by envelope counter). Returns whether it was queued.
+    ///
+    /// # Errors
+    /// [`SessionError::Outbox`] when storage fails.
+    pub fn ack(&mut self, counter: u64) -> Result<bool, SessionError> {
+        Ok(self.outbox.ack(&mut self.counter.store_mut().0, counter)?)
+    }
+
+    /// What the outbox dropped so far.
+    pub const fn dropped(&self) -> Dropped {
+        self.outbox.dropped()
+    }
+
+    /// The storage, given back (for tests that simulate a power cut).
+    pub fn into_storage(self) -> S {
+        self.counter.into_store().0
+    }
+
+    fn storage(&mut self) -> &mut S {
+        &mut self.counter.store_mut().0
+    }
+
+    fn save_state(&mut self) -> Result<(), SessionError> {
+        let rec = self.state.encode();
+        self.storage().write(RECORD_SESSION, &rec)?;
+        Ok(())
+    }
+
+    fn save_consent(&mut self, consent: &SignedConsent) -> Result<(), SessionError> {
+        let mut buf = [0u8; SignedConsent::MAX_ENCODED_LEN];
+        let bytes = codec::encode(consent, &mut buf)?;
+        self.storage().write(RECORD_CONSENT, bytes)?;
+        Ok(())
+    }
+
+    /// Seals `body` under the current keys with a fresh counter value and queues it.
+    fn seal_queue<B: Body>(
+        &mut self,
+        body: &B,
+        scope: Scope,
+        ephemeral: Option<[u8; 32]>,
+    ) -> Result<u64, SessionError> {
+        let keys = self.state.keys.as_ref().ok_or(SessionError::NoSession)?;
+        let counter = self.counter.next_value()?;
+        let mut out = [0u8; message::MAX_SEALED_LEN];
+        let seal = Seal { device: self.id.key.device, epoch: keys.epoch, counter, ephemeral };
+        let n = sealing::seal(&mut out, &seal, body, self.id.key.signing(), keys)?;
+        let meta = ItemMeta {
+            kind: B::KIND,
+            purpose: scope.purpose,
+            categories: scope.categories,
+            location: scope.location,
+            consent_version: scope.consent_version,
+            counter,
+        };
+        let env = out.get(..n).ok_or(SealError::BufferTooSmall { needed: n, have: out.len() })?;
+        self.outbox.push(&mut self.counter.store_mut().0, meta, env)?;
+        Ok(counter)
+    }
+
+    /// The scope of a non-data message (Essential, no categories).
+    fn control_scope(&self) -> Scope {
+        Scope {
+            purpose: Purpose::ESSENTIAL,
+            categories: crate::consent::CategorySet::EMPTY,
+            location: crate::consent::LocationPrecision::None,
+            consent_version: self.consent.as_ref().map_or(0, |c| c.state.version),
+        }
+    }
+
+    fn remember_sent(&mut self, consent: &SignedConsent) -> Result<(), SessionError> {
+        let sent = SentConsent::of(consent)?;
+        self.state.sent.retain(|s| s.version != sent.version);
+        if self.state.sent.is_full() {
+            self.state.sent.remove(0);
+        }
+        let _ = self.state.sent.push(sent);
+        Ok(())
+    }
+
+    /// Opens a vendor message of kind `B`: direction, device, replay
+    /// window, decryption, the vendor's signature, then the body. The
+    /// counter is not yet accepted.
+    fn open_vendor<B: Body>(&self, bytes: &[u8]) -> Result<(B, u64), SessionError> {
+        let env = Envelope::parse(bytes)?;
+        let h = env.header;
+        if h.kind.direction() != Direction::VendorToDevice {
+            return Err(OpenError::WrongDirection(h.kind).into());
+        }
+        if h.kind != B::KIND {
+            return Err(OpenError::WrongKind { expected: B::KIND, got: h.kind }.into());
+        }
+        if h.device != self.id.key.device {
+            return Err(OpenError::WrongDevice.into());
+        }
+        let keys = self.state.keys.as_ref().ok_or(SessionError::NoSession)?;
+        self.state.replay.check(h.counter)?;
+        let mut buf = [0u8; Notice::MAX_SEALED_LEN];
+        let pt = env.decrypt(keys, &mut buf)?;
+        let v = pt.verify(&self.id.vendor.signing)?;
+        Ok((v.decode::<B>()?, h.counter))
+    }
+
+    fn accept_vendor_counter(&mut self, counter: u64) -> Result<(), SessionError> {
+        self.state.replay.accept(counter)?;
+        self.save_state()
+    }
+
+    /// Opens a vendor Receipt and checks it against the consent states
+    /// this device sent (version and digest).
+    ///
+    /// # Errors
+    /// [`SessionError::Open`] for anything that is not an authentic,
+    /// fresh receipt for this device; [`SessionError::Consent`] with
+    /// [`ConsentError::ReceiptUnknownVersion`] for a version it never sent
+    /// (or no longer remembers) and [`ConsentError::ReceiptMismatch`] for
+    /// other content. Nothing is recorded then.
+    pub fn open_receipt(&mut self, bytes: &[u8]) -> Result<Receipt, SessionError> {
+        let (receipt, counter) = self.open_vendor::<Receipt>(bytes)?;
+        verify_receipt(&receipt, &self.state.sent)?;
+        self.state.receipted = self.state.receipted.max(receipt.consent_version);
+        self.accept_vendor_counter(counter)?;
+        Ok(receipt)
+    }
+
+    /// Opens a vendor Notice at `now` and decides, by the owner's contact
+    /// preferences and the notices shown recently, whether to show it.
+    ///
+    /// # Errors
+    /// [`SessionError::Open`] for anything that is not an authentic, fresh
+    /// notice for this device; [`SessionError::NoSession`] before registration.
+    pub fn open_notice(&mut self, bytes: &[u8], now: u64) -> Result<NoticeDecision, SessionError> {
+        let (notice, counter) = self.open_vendor::<Notice>(bytes)?;
+        let verdict = match &self.consent {
+            Some(c) => c.state.check_notice(&notice, now, &self.state.shown),
+            None => ConsentState::essential_only(0, 0, [0; 32]).check_notice(&notice, now, &self.state.shown),
+        };
+        let decision = match verdict {
+            Ok(()) => {
+                if self.state.shown.is_full() {
+                    self.state.shown.remove(0);
+                }
+                let _ = self.state.shown.push(SentNotice { purpose: notice.purpose, at: now });
+                NoticeDecision::Show(notice)
+            }
+            Err(reason) => NoticeDecision::Withhold { notice, reason },
+        };
+        self.accept_vendor_counter(counter)?;
+        Ok(decision)
+    }
+}
+
+impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Unregistered<'d, 'o, S, N, RECORD> {
+    /// Registers with the vendor under the owner's initial `consent`:
+    /// reserves a new key epoch, agrees its keys with the vendor's key,
+    /// seals a Register (which opens the epoch) and queues it.
+    ///
+    /// # Errors
+    /// [`SessionError::StaleConsent`] for a consent version not above the
+    /// one held (versions go forward for the device's whole life);
+    /// [`SessionError::Consent`] for a non-canonical state or a bad owner
+    /// proof; sealing, counter, outbox and storage errors.
+    pub fn register<R: CryptoRng + ?Sized>(
+        self,
+        rng: &mut R,
+        consent: SignedConsent,
+    ) -> Result<Registered<'d, 'o, S, N, RECORD>, SessionError> {
+        let dev = self.dev;
+        check_new_consent(dev, &consent)?;
+        // 1. reserve the epoch before anything is sealed under it
+        let epoch = dev.state.epoch.checked_add(1).ok_or(SessionError::EpochExhausted)?;
+        dev.state.epoch = epoch;
+        dev.state.keys = None;
+        dev.save_state()?;
+        // 2. keys, seal, queue
+        let (keys, eph) = keys::device_start_epoch(rng, &dev.id.key.device, epoch, &dev.id.vendor)?;
+        dev.state.keys = Some(keys);
+        let body = Register { certificate: dev.id.certificate.clone(), firmware: dev.id.firmware, consent };
+        let scope = Scope { consent_version: body.consent.state.version, ..dev.control_scope() };
+        dev.seal_queue(&body, scope, Some(eph))?;
+        // 3. the consent, then the session: registered
+        dev.save_consent(&body.consent)?;
+        dev.remember_sent(&body.consent)?;
+        dev.state.stage = Stage::Registered;
+        dev.save_state()?;
+        dev.consent = Some(body.consent);
+        Ok(Registered { dev })
+    }
+}
+
+/// A new consent state must be canonical, carry a valid owner proof if
+/// it has one, and have a higher version than the held one.
+fn check_new_consent<S: Storage, const N: usize, const RECORD: usize>(
+    dev: &Device<'_, S, N, RECORD>,
+    consent: &SignedConsent,
+) -> Result<(), SessionError> {
+    consent.verify_owner(&dev.id.key.device, OwnerRequirement::DeviceOnBehalf)?;
+    if let Some(held) = &dev.consent
+        && consent.state.version <= held.state.version
+    {
+        return Err(SessionError::StaleConsent { held: held.state.version, got: consent.state.version });
+    }
+    Ok(())
+}
+
+impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o, S, N, RECORD> {
+    /// The device.
+    pub fn device(&mut self) -> &mut Device<'o, S, N, RECORD> {
+        self.dev
+    }
+
+    /// The consent state in force.
+    fn state(&self) -> Result<&ConsentState, SessionError> {
+        self.dev.consent.as_ref().map(|c| &c.state).ok_or(SessionError::NoSession)
+    }
+
+    /// Everything the owner granted for `purpose` at `now`, as a permit to build reports with.
+    ///
+    /// # Errors
+    /// The [`Denial`] when nothing may be collected for it.
+    pub fn permit(&self, purpose: Purpose, now: u64) -> Result<Permit, SessionError> {
+        Ok(self.state()?.grant_permit(purpose, now)?)
+    }
+
+    /// Seals and queues a usage report built through a permit, after
+    /// checking it once more against the consent in force at `now`.
+    /// Returns its envelope counter.
+    ///
+    /// # Errors
+    /// [`SessionError::Denied`] when the consent in force no longer allows
+    /// it; sealing, counter, outbox and storage errors.
+    pub fn report_usage(&mut self, usage: Permitted<Usage>, now: u64) -> Result<u64, SessionError> {
+        let scope = usage.scope();
+        self.state()?.check_scope(&scope, now)?;
+        self.dev.seal_queue(usage.as_body(), scope, None)
+    }
+
+    /// Seals and queues a fault report built through a permit, after
+    /// checking it once more against the consent in force at `now`.
+    ///
+    /// # Errors
+    /// As [`Registered::report_usage`].
+    pub fn report_fault(&mut self, fault: Permitted<Fault>, now: u64) -> Result<u64, SessionError> {
+        let scope = fault.scope();
+        self.state()?.check_scope(&scope, now)?;
+        self.dev.seal_queue(fault.as_body(), scope, None)
+    }
+
+    /// Ends a metrics window into a usage report for `purpose`: only the
+    /// metrics the owner allows for it are kept. Returns the envelope
+    /// counter, or `None` when nothing permitted was left to send.
+    ///
+    /// # Errors
+    /// [`SessionError::Denied`] when nothing may be collected for the
+    /// purpose; build, sealing, counter, outbox and storage errors.
+    pub fn report_window(&mut self, purpose: Purpose, window: Window, now: u64) -> Result<Option<u64>, SessionError> {
+        let permit = self.permit(purpose, now)?;
+        let usage = permit.usage(window.start, window.end, window.metrics)?;
+        if usage.as_body().metrics.is_empty() {
+            return Ok(None);
+        }
+        self.report_usage(usage, now).map(Some)
+    }
+
+    /// Reports every recorded fault for `purpose` (most severe first).
+    /// Returns how many were queued. A fault that cannot be queued is put
+    /// back in the recorder and the error returned.
+    ///
+    /// # Errors
+    /// [`SessionError::Denied`] when faults may not be reported for the
+    /// purpose (the recorder keeps them); sealing, outbox and storage errors.
+    pub fn report_faults<const F: usize>(
+        &mut self,
+        recorder: &mut FaultRecorder<F>,
+        purpose: Purpose,
+        now: u64,
+    ) -> Result<usize, SessionError> {
+        let permit = self.permit(purpose, now)?;
+        let mut n = 0;
+        while let Some(rec) = recorder.take() {
+            let draft = FaultDraft {
+                code: rec.code,
+                severity: rec.severity,
+                component: rec.component,
+                firmware: rec.firmware,
+                uptime_s: rec.uptime_s,
+                reboot_reason: rec.reboot_reason,
+                occurrences: rec.occurrences,
+                first_seen: rec.first_seen,
+                last_seen: rec.last_seen,
+                context: rec.context.clone(),
+            };
+            let result = permit.fault(draft).map_err(SessionError::from).and_then(|f| self.report_fault(f, now));
+            if let Err(e) = result {
+                recorder.restore(rec);
+                return Err(e);
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The owner changed their consent: checks and stores the new state,
+    /// seals it in a Consent message, and purges queued reports the new
+    /// state does not allow at `now`. Returns the envelope counter.
+    ///
+    /// # Errors
+    /// [`SessionError::StaleConsent`] unless the version is higher than
+    /// the held one; [`SessionError::Consent`] for a non-canonical state or
+    /// a bad owner proof; sealing, outbox and storage errors.
+    pub fn change_consent(&mut self, consent: SignedConsent, now: u64) -> Result<u64, SessionError> {
+        check_new_consent(self.dev, &consent)?;
+        let dev = &mut *self.dev;
+        // The device applies it first: stored before it is announced.
+        dev.save_consent(&consent)?;
+        dev.remember_sent(&consent)?;
+        dev.save_state()?;
+        let body = ConsentUpdate { consent };
+        dev.consent = Some(body.consent.clone());
+        let scope = dev.control_scope();
+        let counter = dev.seal_queue(&body, scope, None)?;
+        let state = &body.consent.state;
+        dev.outbox.purge(&mut dev.counter.store_mut().0, |m| match m.class() {
+            Class::Usage | Class::Fault => state.check_scope(&m.scope(), now).is_ok(),
+            Class::Lifecycle | Class::Consent => true,
+        })?;
+        Ok(counter)
+    }
+
+    /// Seals the consent held again in a Consent message (its version
+    /// unchanged): after [`Registered::change_consent`] failed once the new
+    /// state was stored, or when no receipt came for it.
+    ///
+    /// # Errors
+    /// Sealing, counter, outbox and storage errors.
+    pub fn announce_consent(&mut self) -> Result<u64, SessionError> {
+        let dev = &mut *self.dev;
+        let consent = dev.consent.clone().ok_or(SessionError::NoSession)?;
+        dev.remember_sent(&consent)?;
+        dev.save_state()?;
+        let scope = dev.control_scope();
+        dev.seal_queue(&ConsentUpdate { consent }, scope, None)
+    }
+
+    /// The owner hands the product on: seals a Transfer, resets consent to
+    /// deny-all-but-Essential (a higher version), purges every queued
+    /// message but the lifecycle ones, and leaves the device unregistered
+    /// for the next owner.
+    ///
+    /// # Errors
+    /// Sealing, counter, outbox and storage errors.
+    pub fn transfer(self, now: u64) -> Result<Unregistered<'d, 'o, S, N, RECORD>, SessionError> {
+        let dev = self.dev;
+        let held = dev.consent.as_ref().map(|c| c.state.clone());
+        let reset = match held {
+            Some(h) => h.reset_for_transfer(now)?,
+            None => ConsentState::essential_only(1, now, [0; 32]),
+        };
+        let scope = dev.control_scope();
+        dev.seal_queue(&Transfer { at: now }, scope, None)?;
+        // The stage first: a cut before the reset consent is stored leaves an
+        // unregistered device, which sends no data under any consent.
+        dev.state.stage = Stage::Unregistered;
+        dev.state.keys = None;
+        dev.state.sent.clear();
+        dev.state.shown.clear();
+        dev.state.receipted = 0;
+        dev.save_state()?;
+        let consent = SignedConsent { state: reset, owner: None };
+        dev.save_consent(&consent)?;
+        dev.consent = Some(consent);
+        dev.outbox.purge(&mut dev.counter.store_mut().0, |m| m.class() == Class::Lifecycle)?;
+        Ok(Unregistered { dev })
+    }
+
+    /// End of life: seals a Decommission and stops sealing.
+    ///
+    /// # Errors
+    /// Sealing, counter, outbox and storage errors.
+    pub fn decommission(
+        self,
+        now: u64,
+        reason: DecommissionReason,
+    ) -> Result<Decommissioned<'d, 'o, S, N, RECORD>, SessionError> {
+        let dev = self.dev;
+        let scope = dev.control_scope();
+        dev.seal_queue(&Decommission { at: now, reason }, scope, None)?;
+        dev.state.stage = Stage::Decommissioned;
+        dev.save_state()?;
+        Ok(Decommissioned { dev })
+    }
+}
+
+impl<'o, S: Storage, const N: usize, const RECORD: usize> Decommissioned<'_, 'o, S, N, RECORD> {
+    /// The device (to flush its outbox).
+    pub fn device(&mut self) -> &mut Device<'o, S, N, RECORD> {
+        self.dev
+    }
+}
+
+impl<'o, S: Storage, const N: usize, const RECORD: usize> Unregistered<'_, 'o, S, N, RECORD> {
+    /// The device (to flush its outbox).
+    pub fn device(&mut self) -> &mut Device<'o, S, N, RECORD> {
+        self.dev
+    }
+}

@@ -1,0 +1,284 @@
+//! The device session end to end: register, report, change consent,
+//! receipts and notices, transfer, re-register, decommission, reboots;
+//! every message opened with the vendor side of the core API.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::std_instead_of_core
+)]
+
+mod device_common;
+
+use device_common::*;
+use rand_core::SeedableRng;
+use spime::consent::{
+    Channel, ConsentError, ConsentState, ContactDenial, DataCategory, Denial, Purpose, SentConsent, SignedConsent,
+};
+use spime::device::fault::{FaultEvent, FaultRecorder};
+use spime::device::metrics::{MetricDef, MetricKind, Metrics};
+use spime::device::outbox::{Outbox, record_len};
+use spime::device::session::{Device, NoticeDecision, Phase, SessionError, Stage, storage_capacity, storage_records};
+use spime::device::storage::{NorStorage, SimFlash};
+use spime::error::{OpenError, ReplayError};
+use spime::message::{self, DecommissionReason, MetricValue, Notice, NoticeKind, RebootReason, Receipt, Severity};
+use spime::seal::{self, VendorKeys};
+use spime::wire::Kind;
+
+const N: usize = 4;
+const REC: usize = record_len(message::MAX_SEALED_LEN);
+type Flash = SimFlash<{ 64 * 1024 }, 256>;
+type Store = NorStorage<Flash>;
+type Dev<'o> = Device<'o, Store, N, REC>;
+type Ob = Outbox<N, REC>;
+
+fn storage() -> Store {
+    NorStorage::new(Flash::new(), 0, u16::try_from(storage_records(N)).unwrap(), storage_capacity(REC)).unwrap()
+}
+
+fn rng() -> rand_chacha::ChaCha20Rng {
+    rand_chacha::ChaCha20Rng::from_seed([9; 32])
+}
+
+/// Sends (opens and acks) everything queued, in send order.
+fn flush(dev: &mut Dev<'_>, vendor: &mut Vendor) -> Vec<(u64, Opened)> {
+    let mut got = Vec::new();
+    while let Some(e) = dev.next_message() {
+        let counter = e.meta.counter;
+        let opened = vendor.open(e.envelope);
+        assert_eq!(opened.0, counter);
+        got.push(opened);
+        assert!(dev.ack(counter).unwrap());
+    }
+    got
+}
+
+fn registered<'d, 'o>(dev: &'d mut Dev<'o>) -> spime::device::session::Registered<'d, 'o, Store, N, REC> {
+    match dev.phase() {
+        Phase::Registered(r) => r,
+        _ => panic!("not registered"),
+    }
+}
+
+const T0: u64 = 1_767_300_000;
+
+fn fresh_registered<'o>(vendor: &mut Vendor, ob: &'o mut Ob) -> Dev<'o> {
+    let mut dev = Dev::boot(identity(), storage(), ob).unwrap();
+    assert_eq!(dev.stage(), Stage::Unregistered);
+    let Phase::Unregistered(u) = dev.phase() else { panic!() };
+    u.register(&mut rng(), generous_consent(1, T0)).unwrap();
+    let got = flush(&mut dev, vendor);
+    assert!(matches!(&got[..], [(0, Opened::Register(_))]));
+    dev
+}
+
+#[test]
+fn lifecycle_end_to_end() {
+    let mut vendor = Vendor::new();
+    let mut ob = Ob::new();
+    let mut dev = fresh_registered(&mut vendor, &mut ob);
+    assert_eq!(dev.epoch(), 1);
+
+    // usage through the metrics registry: the Identifiers metric is not granted and is dropped
+    let mut m: Metrics<4> = Metrics::new(T0);
+    static BUCKETS: [i64; 2] = [60, 300];
+    m.define(MetricDef { id: 1, category: DataCategory::UsageCounters, kind: MetricKind::Counter }).unwrap();
+    m.define(MetricDef { id: 2, category: DataCategory::Environment, kind: MetricKind::Gauge }).unwrap();
+    m.define(MetricDef { id: 3, category: DataCategory::UsageCounters, kind: MetricKind::Histogram(&BUCKETS) })
+        .unwrap();
+    m.define(MetricDef { id: 4, category: DataCategory::Identifiers, kind: MetricKind::Counter }).unwrap();
+    m.increment(1, 3).unwrap();
+    m.observe(2, 21).unwrap();
+    m.observe(3, 200).unwrap();
+    m.increment(4, 1).unwrap();
+    let mut faults: FaultRecorder<4> = FaultRecorder::new(FIRMWARE);
+    let e = FaultEvent {
+        code: 0xE1,
+        severity: Severity::Error,
+        component: 2,
+        uptime_s: 100,
+        reboot_reason: RebootReason::PowerOn,
+    };
+    faults.record(T0 + 10, e, b"heater");
+    faults.record(T0 + 20, e, b"heater");
+    {
+        let mut r = registered(&mut dev);
+        let c = r.report_window(Purpose::USAGE_ANALYTICS, m.take_window(T0 + 3600), T0 + 3600).unwrap();
+        assert_eq!(c, Some(1));
+        assert_eq!(r.report_faults(&mut faults, Purpose::DIAGNOSTICS, T0 + 3600).unwrap(), 1);
+        // not granted: marketing
+        let err = r.permit(Purpose::MARKETING, T0).unwrap_err();
+        assert!(matches!(err, SessionError::Denied(Denial::NotGranted { .. })));
+    }
+    let got = flush(&mut dev, &mut vendor);
+    // the fault goes before the usage report
+    assert_eq!(got.len(), 2);
+    let (2, Opened::Fault(f)) = &got[0] else { panic!("{got:?}") };
+    assert_eq!((f.code, f.occurrences, &f.context[..]), (0xE1, 2, &b"heater"[..]));
+    assert_eq!((f.purpose, f.consent_version, f.first_seen, f.last_seen), (Purpose::DIAGNOSTICS, 1, T0 + 10, T0 + 20));
+    let (1, Opened::Usage(u)) = &got[1] else { panic!("{got:?}") };
+    assert_eq!(u.metrics.iter().map(|m| m.id).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(u.metrics[0].value, MetricValue::Counter(3));
+    assert_eq!((u.window_start, u.window_end), (T0, T0 + 3600));
+
+    // a reboot keeps the stage, the epoch and the keys
+    let store = dev.into_storage();
+    let mut ob2 = Ob::new();
+    let mut dev = Dev::boot(identity(), store, &mut ob2).unwrap();
+    assert_eq!((dev.stage(), dev.epoch()), (Stage::Registered, 1));
+
+    // queue usage, then withdraw usage analytics: the queued report is purged
+    m.increment(1, 1).unwrap();
+    registered(&mut dev).report_window(Purpose::USAGE_ANALYTICS, m.take_window(T0 + 7200), T0 + 7200).unwrap();
+    let mut narrower = generous_consent(2, T0 + 7300);
+    narrower.state.withdraw(Purpose::USAGE_ANALYTICS).unwrap();
+    registered(&mut dev).change_consent(narrower.clone(), T0 + 7300).unwrap();
+    assert_eq!(dev.dropped().purged, 1);
+    assert_eq!(dev.queued().count(), 1);
+    // stale and equal versions are refused
+    let stale = registered(&mut dev).change_consent(generous_consent(2, T0), T0).unwrap_err();
+    assert_eq!(stale, SessionError::StaleConsent { held: 2, got: 2 });
+    // usage may no longer be reported
+    let err = registered(&mut dev).permit(Purpose::USAGE_ANALYTICS, T0 + 7400).unwrap_err();
+    assert!(matches!(err, SessionError::Denied(_)));
+    let got = flush(&mut dev, &mut vendor);
+    let [(_, Opened::Consent(c))] = &got[..] else { panic!("{got:?}") };
+    assert_eq!(c.consent, narrower);
+    // the held state can be announced again (same version)
+    registered(&mut dev).announce_consent().unwrap();
+    let got = flush(&mut dev, &mut vendor);
+    assert!(matches!(&got[..], [(_, Opened::Consent(c))] if c.consent == narrower));
+
+    // receipts: the right one, one for a version never sent, one with another digest, a replay
+    let digest = SentConsent::of(&narrower).unwrap().digest;
+    let good = vendor.seal(1, &Receipt { consent_version: 2, consent_digest: digest, received_at: T0 + 7500 });
+    assert_eq!(dev.open_receipt(&good).unwrap().consent_version, 2);
+    assert_eq!(dev.receipted_version(), 2);
+    assert_eq!(
+        dev.open_receipt(&good).unwrap_err(),
+        SessionError::Open(OpenError::Replay(ReplayError::Duplicate(vendor.counter)))
+    );
+    let never = vendor.seal(1, &Receipt { consent_version: 9, consent_digest: digest, received_at: T0 + 7500 });
+    assert_eq!(dev.open_receipt(&never).unwrap_err(), SessionError::Consent(ConsentError::ReceiptUnknownVersion(9)));
+    let other = vendor.seal(1, &Receipt { consent_version: 1, consent_digest: digest, received_at: T0 + 7500 });
+    assert_eq!(dev.open_receipt(&other).unwrap_err(), SessionError::Consent(ConsentError::ReceiptMismatch(1)));
+    // a refused receipt's counter is not consumed: the vendor may not reuse it, but nothing was accepted
+    assert_eq!(dev.receipted_version(), 2);
+
+    // notices: allowed on the app for proactive service; not by e-mail
+    let notice = |channel, id| Notice {
+        id,
+        purpose: Purpose::PROACTIVE_SERVICE,
+        channel,
+        topic: 4,
+        kind: NoticeKind::MaintenanceDue,
+        issued_at: T0,
+        expires_at: T0 + 86_400 * 30,
+        title: "Descale".try_into().unwrap(),
+        text: "Time to descale your kettle.".try_into().unwrap(),
+    };
+    let shown = vendor.seal(1, &notice(Channel::App, 1));
+    assert_eq!(dev.open_notice(&shown, T0 + 8000).unwrap(), NoticeDecision::Show(notice(Channel::App, 1)));
+    let mail = vendor.seal(1, &notice(Channel::Email, 2));
+    let NoticeDecision::Withhold { reason, .. } = dev.open_notice(&mail, T0 + 8000).unwrap() else { panic!() };
+    assert!(matches!(reason, ContactDenial::ChannelNotGranted { channel: Channel::Email, .. }));
+    // a receipt is not a notice; a device-to-vendor message is refused; a tampered one is unauthentic
+    assert_eq!(
+        dev.open_notice(&good, T0).unwrap_err(),
+        SessionError::Open(OpenError::WrongKind { expected: Kind::NOTICE, got: Kind::RECEIPT })
+    );
+    let mut bad = vendor.seal(1, &notice(Channel::App, 3));
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert_eq!(dev.open_notice(&bad, T0).unwrap_err(), SessionError::Open(OpenError::Unauthentic));
+    registered(&mut dev).report_faults(&mut FaultRecorder::<1>::new(FIRMWARE), Purpose::DIAGNOSTICS, T0).unwrap();
+
+    // transfer: queued data of the old owner is purged, consent reset, unregistered
+    let mut r = registered(&mut dev);
+    r.report_faults(
+        &mut {
+            let mut f = FaultRecorder::<1>::new(FIRMWARE);
+            f.record(T0, e, b"");
+            f
+        },
+        Purpose::DIAGNOSTICS,
+        T0 + 9000,
+    )
+    .unwrap();
+    let mut u = r.transfer(T0 + 9100).unwrap();
+    assert_eq!(u.device().stage(), Stage::Unregistered);
+    assert_eq!(u.device().consent().unwrap().state, ConsentState::essential_only(3, T0 + 9100, [0; 32]));
+    assert_eq!(u.device().queued().map(|e| e.meta.kind).collect::<Vec<_>>(), [Kind::TRANSFER]);
+    // the old owner's consent version cannot be used to register again
+    let Phase::Unregistered(u) = dev.phase() else { panic!() };
+    assert_eq!(
+        u.register(&mut rng(), generous_consent(3, T0)).err(),
+        Some(SessionError::StaleConsent { held: 3, got: 3 })
+    );
+    let Phase::Unregistered(u) = dev.phase() else { panic!() };
+    u.register(&mut rng(), generous_consent(4, T0 + 9200)).unwrap();
+    assert_eq!(dev.epoch(), 2);
+    let got = flush(&mut dev, &mut vendor);
+    assert!(matches!(&got[..], [(_, Opened::Transfer(_)), (_, Opened::Register(r))] if r.consent.state.version == 4));
+    // receipts of the previous owner's consent are not accepted now
+    let old = vendor.seal(2, &Receipt { consent_version: 2, consent_digest: digest, received_at: T0 });
+    assert_eq!(dev.open_receipt(&old).unwrap_err(), SessionError::Consent(ConsentError::ReceiptUnknownVersion(2)));
+
+    // decommission: one last message, then nothing
+    let r = registered(&mut dev);
+    let mut d = r.decommission(T0 + 10_000, DecommissionReason::Recycled).unwrap();
+    assert_eq!(d.device().stage(), Stage::Decommissioned);
+    let got = flush(&mut dev, &mut vendor);
+    assert!(matches!(&got[..], [(_, Opened::Decommission(x))] if x.reason == DecommissionReason::Recycled));
+    let store = dev.into_storage();
+    let mut ob2 = Ob::new();
+    let mut dev = Dev::boot(identity(), store, &mut ob2).unwrap();
+    assert!(matches!(dev.phase(), Phase::Decommissioned(_)));
+}
+
+#[test]
+fn rejections_before_registration_and_bad_consent() {
+    let mut ob = Ob::new();
+    let mut dev = Dev::boot(identity(), storage(), &mut ob).unwrap();
+    let mut vendor = Vendor::new();
+    // no session: vendor messages cannot be opened
+    let v = VendorKeys::from_secrets(&VENDOR_SIGNING_SEED, VENDOR_KX_SECRET);
+    let (k, _) = seal::keys::device_start_epoch_with(&[3; 32], &DEVICE_ID, 1, &v.public()).unwrap();
+    vendor.epochs.insert(1, k);
+    let r = vendor.seal(1, &Receipt { consent_version: 1, consent_digest: [0; 32], received_at: 0 });
+    assert_eq!(dev.open_receipt(&r).unwrap_err(), SessionError::NoSession);
+    // a non-canonical consent (unordered grants) is refused
+    let mut c = generous_consent(1, T0);
+    c.state.grants.reverse();
+    let Phase::Unregistered(u) = dev.phase() else { panic!() };
+    assert!(matches!(u.register(&mut rng(), c).err(), Some(SessionError::Consent(ConsentError::Decode(_)))));
+    assert_eq!(dev.stage(), Stage::Unregistered);
+    // garbage never panics
+    for len in [0, 1, 31, 63, 200] {
+        assert!(dev.open_notice(&vec![1; len], 0).is_err());
+    }
+    let _ = SignedConsent::clone(&generous_consent(1, 0));
+}
+
+#[test]
+fn permitted_reports_are_rechecked_when_sealed() {
+    let mut vendor = Vendor::new();
+    let mut ob = Ob::new();
+    let mut dev = fresh_registered(&mut vendor, &mut ob);
+    // a permit taken under consent 1 ...
+    let permit = registered(&mut dev).permit(Purpose::USAGE_ANALYTICS, T0).unwrap();
+    let usage = permit
+        .usage(
+            T0,
+            T0 + 1,
+            [spime::message::Metric { id: 1, category: DataCategory::UsageCounters, value: MetricValue::Counter(1) }],
+        )
+        .unwrap();
+    // ... is useless once the owner withdrew it
+    let mut narrower = generous_consent(2, T0);
+    narrower.state.withdraw(Purpose::USAGE_ANALYTICS).unwrap();
+    registered(&mut dev).change_consent(narrower, T0).unwrap();
+    let err = registered(&mut dev).report_usage(usage, T0 + 2).unwrap_err();
+    assert!(matches!(err, SessionError::Denied(Denial::NotGranted { .. })));
+}

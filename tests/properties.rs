@@ -1,0 +1,544 @@
+//! Property tests: every message type round-trips through its encoding and
+//! through seal/open; encoded lengths are predicted exactly and stay within
+//! the published maximum; arbitrary bytes never panic any decoder; and the
+//! parts-wise strict verifier agrees with `verify_strict`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::std_instead_of_core,
+    clippy::cast_possible_truncation
+)]
+
+mod common;
+
+use common::*;
+use proptest::collection::vec as pvec;
+use proptest::prelude::*;
+use spime::codec::{self, Bytes64, Canonical};
+use spime::consent::*;
+use spime::message::*;
+use spime::seal::{self, Envelope, Seal};
+use spime::wire::{DeviceId, Header, Kind};
+
+fn purpose() -> impl Strategy<Value = Purpose> {
+    prop_oneof![(0u16..10), (0x8000u16..=0xffff)].prop_map(|id| Purpose::from_id(id).unwrap())
+}
+
+fn categories() -> impl Strategy<Value = CategorySet> {
+    (0u16..0x80).prop_map(|b| CategorySet::from_bits(b).unwrap())
+}
+
+fn precision() -> impl Strategy<Value = LocationPrecision> {
+    prop_oneof![
+        Just(LocationPrecision::Country),
+        Just(LocationPrecision::Region),
+        Just(LocationPrecision::City),
+        Just(LocationPrecision::Neighbourhood),
+        Just(LocationPrecision::Exact),
+    ]
+}
+
+fn hvec<T: Clone + std::fmt::Debug, const N: usize>(
+    s: impl Strategy<Value = T>,
+) -> impl Strategy<Value = heapless::Vec<T, N>> {
+    pvec(s, 0..=N).prop_map(|v| heapless::Vec::from_iter(v))
+}
+
+fn hstring<const N: usize>() -> impl Strategy<Value = heapless::String<N>> {
+    "\\PC{0,40}".prop_map(|s: String| {
+        let mut out = heapless::String::new();
+        for c in s.chars() {
+            if out.push(c).is_err() {
+                break;
+            }
+        }
+        out
+    })
+}
+
+fn consent_state() -> impl Strategy<Value = ConsentState> {
+    (
+        any::<u32>(),
+        0u64..u64::MAX - MAX_RECONFIRM,
+        1u64..=MAX_RECONFIRM,
+        any::<[u8; 32]>(),
+        pvec((purpose(), categories(), precision(), any::<Option<u64>>()), 0..=MAX_GRANTS),
+        pvec((purpose(), 1u8..16), 0..=MAX_CONTACT_GRANTS),
+        any::<Option<(u16, u16, i16)>>(),
+        pvec((purpose(), any::<u16>(), 1u32..), 0..=MAX_CAPS),
+        pvec(any::<u16>(), 0..=MAX_MUTED_TOPICS),
+    )
+        .prop_map(
+            |(version, issued_at, reconfirm_after, notice_hash, grants, contact, quiet, caps, mut topics)| {
+                let reconfirm_by = issued_at + reconfirm_after;
+                let mut g: Vec<Grant> = grants
+                    .into_iter()
+                    .filter(|g| g.0 != Purpose::ESSENTIAL && !g.1.is_empty())
+                    .map(|(purpose, categories, p, expires_at)| Grant {
+                        purpose,
+                        categories,
+                        location: if categories.contains(DataCategory::Location) { p } else { LocationPrecision::None },
+                        expires_at,
+                    })
+                    .collect();
+                g.sort_by_key(|g| g.purpose);
+                g.dedup_by_key(|g| g.purpose);
+                let mut c: Vec<ContactGrant> = contact
+                    .into_iter()
+                    .map(|(purpose, bits)| ContactGrant { purpose, channels: ChannelSet::from_bits(bits).unwrap() })
+                    .collect();
+                c.sort_by_key(|g| g.purpose);
+                c.dedup_by_key(|g| g.purpose);
+                let mut caps: Vec<FrequencyCap> = caps
+                    .into_iter()
+                    .map(|(purpose, max_notices, period_seconds)| FrequencyCap { purpose, max_notices, period_seconds })
+                    .collect();
+                caps.sort_by_key(|c| c.purpose);
+                caps.dedup_by_key(|c| c.purpose);
+                topics.sort_unstable();
+                topics.dedup();
+                ConsentState {
+                    version,
+                    issued_at,
+                    reconfirm_by,
+                    notice_hash,
+                    grants: heapless::Vec::from_iter(g),
+                    contact: ContactPrefs {
+                        grants: heapless::Vec::from_iter(c),
+                        quiet_hours: quiet.filter(|(s, e, _)| s % 1440 != e % 1440).map(|(s, e, o)| QuietHours {
+                            start_minute: s % 1440,
+                            end_minute: e % 1440,
+                            utc_offset_minutes: o % 841,
+                        }),
+                        caps: heapless::Vec::from_iter(caps),
+                        muted_topics: heapless::Vec::from_iter(topics),
+                    },
+                }
+            },
+        )
+}
+
+fn signed_consent() -> impl Strategy<Value = SignedConsent> {
+    (consent_state(), any::<Option<([u8; 32], u8)>>()).prop_map(|(state, owner)| SignedConsent {
+        state,
+        owner: owner.map(|(owner_key, b)| OwnerProof { owner_key, signature: Bytes64([b; 64]) }),
+    })
+}
+
+fn firmware() -> impl Strategy<Value = FirmwareVersion> {
+    (any::<u16>(), any::<u16>(), any::<u16>(), any::<u32>()).prop_map(|(major, minor, patch, build)| FirmwareVersion {
+        major,
+        minor,
+        patch,
+        build,
+    })
+}
+
+fn register() -> impl Strategy<Value = Register> {
+    (
+        any::<[u8; 16]>(),
+        any::<[u8; 32]>(),
+        hstring::<32>(),
+        any::<u16>(),
+        any::<u64>(),
+        any::<u8>(),
+        firmware(),
+        signed_consent(),
+    )
+        .prop_map(|(id, key, model, hardware_revision, issued_at, s, firmware, consent)| Register {
+            certificate: DeviceCertificate {
+                body: CertificateBody { device: DeviceId(id), device_key: key, model, hardware_revision, issued_at },
+                signature: Bytes64([s; 64]),
+            },
+            firmware,
+            consent,
+        })
+}
+
+fn metric_value() -> impl Strategy<Value = (DataCategory, MetricValue)> {
+    prop_oneof![
+        any::<u64>().prop_map(|c| (DataCategory::UsageCounters, MetricValue::Counter(c))),
+        (any::<i64>(), any::<i64>(), any::<i64>(), any::<u32>()).prop_map(|(min, max, sum, samples)| (
+            DataCategory::Environment,
+            MetricValue::Gauge { min, max, sum, samples }
+        )),
+        hvec::<u32, MAX_BUCKETS>(any::<u32>()).prop_map(|h| (DataCategory::DeviceHealth, MetricValue::Histogram(h))),
+        (any::<i32>(), any::<i32>(), precision()).prop_map(|(lat_e7, lon_e7, precision)| (
+            DataCategory::Location,
+            MetricValue::Location { lat_e7, lon_e7, precision }
+        )),
+    ]
+}
+
+fn usage() -> impl Strategy<Value = Usage> {
+    (purpose(), any::<u32>(), any::<u64>(), any::<u32>(), pvec((any::<u16>(), metric_value()), 0..=MAX_METRICS))
+        .prop_map(|(purpose, consent_version, window_start, len, metrics)| {
+            let mut m: Vec<Metric> =
+                metrics.into_iter().map(|(id, (category, value))| Metric { id, category, value }).collect();
+            m.sort_by_key(|m| m.id);
+            m.dedup_by_key(|m| m.id);
+            Usage {
+                purpose,
+                consent_version,
+                window_start,
+                window_end: window_start.saturating_add(u64::from(len)),
+                metrics: heapless::Vec::from_iter(m),
+            }
+        })
+}
+
+fn severity() -> impl Strategy<Value = Severity> {
+    prop_oneof![Just(Severity::Info), Just(Severity::Warning), Just(Severity::Error), Just(Severity::Critical)]
+}
+
+fn reboot() -> impl Strategy<Value = RebootReason> {
+    prop_oneof![
+        Just(RebootReason::None),
+        Just(RebootReason::PowerOn),
+        Just(RebootReason::Watchdog),
+        Just(RebootReason::Brownout),
+        Just(RebootReason::Crash),
+        Just(RebootReason::Requested),
+        Just(RebootReason::Unknown),
+    ]
+}
+
+fn fault() -> impl Strategy<Value = Fault> {
+    (
+        purpose(),
+        any::<u32>(),
+        any::<u32>(),
+        severity(),
+        any::<u16>(),
+        firmware(),
+        any::<u32>(),
+        reboot(),
+        1u32..,
+        any::<u64>(),
+        any::<u32>(),
+        hvec::<u8, MAX_FAULT_CONTEXT>(any::<u8>()),
+    )
+        .prop_map(
+            |(
+                purpose,
+                consent_version,
+                code,
+                severity,
+                component,
+                firmware,
+                uptime_s,
+                reboot_reason,
+                occurrences,
+                first_seen,
+                d,
+                context,
+            )| {
+                Fault {
+                    purpose,
+                    consent_version,
+                    code,
+                    severity,
+                    component,
+                    firmware,
+                    uptime_s,
+                    reboot_reason,
+                    occurrences,
+                    first_seen,
+                    last_seen: first_seen.saturating_add(u64::from(d)),
+                    context,
+                }
+            },
+        )
+}
+
+fn notice() -> impl Strategy<Value = Notice> {
+    (
+        any::<u32>(),
+        purpose(),
+        0usize..4,
+        any::<u16>(),
+        0usize..5,
+        any::<u64>(),
+        any::<u32>(),
+        hstring::<MAX_NOTICE_TITLE>(),
+        hstring::<MAX_NOTICE_TEXT>(),
+    )
+        .prop_map(|(id, purpose, ch, topic, k, issued_at, d, title, text)| Notice {
+            id,
+            purpose,
+            channel: Channel::ALL[ch],
+            topic,
+            kind: [
+                NoticeKind::MaintenanceDue,
+                NoticeKind::SuppliesOffer,
+                NoticeKind::Recall,
+                NoticeKind::Instructions,
+                NoticeKind::UpdateAvailable,
+            ][k],
+            issued_at,
+            expires_at: issued_at.saturating_add(u64::from(d)),
+            title,
+            text,
+        })
+}
+
+/// Encode, check the predicted length and the bound, decode, compare.
+fn round_trip<T: Canonical + PartialEq + std::fmt::Debug>(value: &T) {
+    let mut buf = vec![0u8; T::MAX_ENCODED_LEN];
+    let bytes = codec::encode(value, &mut buf).expect("fits its maximum");
+    assert_eq!(bytes.len(), codec::encoded_len(value).unwrap());
+    let back: T = codec::decode(bytes).unwrap();
+    assert_eq!(&back, value);
+}
+
+/// Seal as the device (or vendor), open, compare.
+fn seal_round_trip<B: Body + PartialEq + std::fmt::Debug>(body: &B, counter: u64) {
+    let (keys, eph) = session();
+    let mut out = vec![0u8; B::MAX_SEALED_LEN];
+    let n = if B::KIND.direction() == spime::wire::Direction::DeviceToVendor {
+        let ephemeral = (B::KIND == Kind::REGISTER).then_some(eph);
+        seal::seal(
+            &mut out,
+            &Seal { device: DEVICE_ID, epoch: EPOCH, counter, ephemeral },
+            body,
+            device().signing(),
+            &keys,
+        )
+    } else {
+        seal::seal_from_vendor(&mut out, DEVICE_ID, counter, body, &vendor(), &keys)
+    }
+    .unwrap();
+    let signer = if B::KIND.direction() == spime::wire::Direction::DeviceToVendor {
+        device().public()
+    } else {
+        vendor().public().signing
+    };
+    let env = Envelope::parse(&out[..n]).unwrap();
+    assert_eq!(env.header.counter, counter);
+    let mut buf = vec![0u8; env.plaintext_len()];
+    let opened: B = env.decrypt(&keys, &mut buf).unwrap().verify(&signer).unwrap().decode().unwrap();
+    assert_eq!(&opened, body);
+    assert_eq!(
+        n,
+        codec::encoded_len(body).unwrap() + ENVELOPE_OVERHEAD + if B::KIND == Kind::REGISTER { 32 } else { 0 }
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    #[test]
+    fn register_round_trips(v in register(), c in any::<u64>()) { round_trip(&v); seal_round_trip(&v, c); }
+    #[test]
+    fn usage_round_trips(v in usage(), c in any::<u64>()) { round_trip(&v); seal_round_trip(&v, c); }
+    #[test]
+    fn fault_round_trips(v in fault(), c in any::<u64>()) { round_trip(&v); seal_round_trip(&v, c); }
+    #[test]
+    fn consent_round_trips(v in signed_consent(), c in any::<u64>()) {
+        round_trip(&v);
+        round_trip(&v.state);
+        seal_round_trip(&ConsentUpdate { consent: v }, c);
+    }
+    #[test]
+    fn transfer_round_trips(at in any::<u64>(), c in any::<u64>()) { let v = Transfer { at }; round_trip(&v); seal_round_trip(&v, c); }
+    #[test]
+    fn decommission_round_trips(at in any::<u64>(), r in 0usize..4, c in any::<u64>()) {
+        let reason = [DecommissionReason::Recycled, DecommissionReason::Returned, DecommissionReason::Broken, DecommissionReason::Retired][r];
+        let v = Decommission { at, reason };
+        round_trip(&v);
+        seal_round_trip(&v, c);
+    }
+    #[test]
+    fn receipt_round_trips(consent_version in any::<u32>(), consent_digest in any::<[u8; 32]>(), received_at in any::<u64>(), c in any::<u64>()) {
+        let v = Receipt { consent_version, consent_digest, received_at };
+        round_trip(&v);
+        seal_round_trip(&v, c);
+    }
+    #[test]
+    fn notice_round_trips(v in notice(), c in any::<u64>()) { round_trip(&v); seal_round_trip(&v, c); }
+
+    #[test]
+    fn header_round_trips(kind in 0usize..8, device in any::<[u8; 16]>(), epoch in any::<u32>(), counter in any::<u64>(), eph in any::<[u8; 32]>()) {
+        let kind = Kind::ALL[kind];
+        let ephemeral = (kind == Kind::REGISTER).then_some(eph);
+        let h = Header { kind, device: DeviceId(device), epoch, counter, ephemeral };
+        let mut buf = [0u8; 63];
+        let n = h.emit(&mut buf).unwrap();
+        prop_assert_eq!(Header::parse(&buf[..n]).unwrap(), (h, n));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, .. ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_panic_any_decoder(bytes in pvec(any::<u8>(), 0..1400)) {
+        let _ = Header::parse(&bytes);
+        let _ = codec::decode::<Register>(&bytes);
+        let _ = codec::decode::<Usage>(&bytes);
+        let _ = codec::decode::<Fault>(&bytes);
+        let _ = codec::decode::<ConsentUpdate>(&bytes);
+        let _ = codec::decode::<Transfer>(&bytes);
+        let _ = codec::decode::<Decommission>(&bytes);
+        let _ = codec::decode::<Receipt>(&bytes);
+        let _ = codec::decode::<Notice>(&bytes);
+        let _ = codec::decode::<ConsentState>(&bytes);
+        let _ = codec::decode::<SignedConsent>(&bytes);
+        if let Ok(env) = Envelope::parse(&bytes) {
+            let mut buf = vec![0u8; env.plaintext_len()];
+            let _ = env.decrypt(&session().0, &mut buf);
+        }
+    }
+
+    #[test]
+    fn arbitrary_bodies_under_a_valid_seal_never_panic(body in pvec(any::<u8>(), 0..600), kind in 0usize..8) {
+        // Bytes that pass the AEAD and signature checks reach the body decoders.
+        let kind = Kind::ALL[kind];
+        let (keys, eph) = session();
+        let h = Header { kind, device: DEVICE_ID, epoch: EPOCH, counter: 9, ephemeral: (kind == Kind::REGISTER).then_some(eph) };
+        let mut sealed = vec![0u8; 1400];
+        let hl = h.emit(&mut sealed).unwrap();
+        sealed.truncate(hl);
+        use ed25519_dalek::Signer;
+        let sig = device().signing().sign(&[seal::MESSAGE_DST, &sealed, &body].concat());
+        let mut plain = [body.as_slice(), &sig.to_bytes()].concat();
+        use chacha20poly1305::aead::{AeadInOut, KeyInit};
+        let key = keys.key(kind.direction());
+        let tag = chacha20poly1305::ChaCha20Poly1305::new(key.as_bytes().into())
+            .encrypt_inout_detached(&seal::nonce(kind.direction(), 9).into(), &sealed, plain.as_mut_slice().into()).unwrap();
+        sealed.extend_from_slice(&plain);
+        sealed.extend_from_slice(&tag);
+        let env = Envelope::parse(&sealed).unwrap();
+        let mut buf = vec![0u8; env.plaintext_len()];
+        let v = env.decrypt(&keys, &mut buf).unwrap().verify(&device().public()).unwrap();
+        let _ = v.decode::<Register>();
+        let _ = v.decode::<Usage>();
+        let _ = v.decode::<Fault>();
+        let _ = v.decode::<ConsentUpdate>();
+        let _ = v.decode::<Notice>();
+    }
+
+    #[test]
+    fn parts_verifier_agrees_with_verify_strict(msg in pvec(any::<u8>(), 0..200), seed in any::<[u8; 32]>(), flip in any::<Option<(usize, u8)>>()) {
+        use ed25519_dalek::{Signer, SigningKey};
+        let key = SigningKey::from_bytes(&seed);
+        let (h, b) = msg.split_at(msg.len() / 3);
+        let full = [seal::MESSAGE_DST, h, b].concat();
+        let mut sig = key.sign(&full).to_bytes();
+        if let Some((i, bit)) = flip {
+            sig[i % 64] ^= 1 << (bit % 8);
+        }
+        let strict = key.verifying_key().verify_strict(&full, &ed25519_dalek::Signature::from_bytes(&sig)).is_ok();
+        let parts = seal::verify_signature(&key.verifying_key(), h, b, &sig).is_ok();
+        prop_assert_eq!(strict, parts);
+    }
+}
+
+/// The largest value of each type encodes to exactly its published maximum,
+/// so the constants are tight as well as safe.
+#[test]
+fn maximum_lengths_are_exact() {
+    let big_purpose = Purpose::from_id(0xffff).unwrap();
+    let fw = FirmwareVersion { major: u16::MAX, minor: u16::MAX, patch: u16::MAX, build: u32::MAX };
+    let grants = (0..MAX_GRANTS as u16)
+        .map(|i| Grant {
+            purpose: Purpose::from_id(0xffff - i).unwrap(),
+            categories: CategorySet::ALL,
+            location: LocationPrecision::Exact,
+            expires_at: Some(u64::MAX),
+        })
+        .rev();
+    let state =
+        ConsentState {
+            version: u32::MAX,
+            issued_at: u64::MAX - MAX_RECONFIRM,
+            reconfirm_by: u64::MAX,
+            notice_hash: [0xff; 32],
+            grants: heapless::Vec::from_iter(grants),
+            contact: ContactPrefs {
+                grants: heapless::Vec::from_iter((0..MAX_CONTACT_GRANTS as u16).rev().map(|i| ContactGrant {
+                    purpose: Purpose::from_id(0xffff - i).unwrap(),
+                    channels: ChannelSet::ALL,
+                })),
+                quiet_hours: Some(QuietHours { start_minute: 1439, end_minute: 1438, utc_offset_minutes: -840 }),
+                caps: heapless::Vec::from_iter((0..MAX_CAPS as u16).rev().map(|i| FrequencyCap {
+                    purpose: Purpose::from_id(0xffff - i).unwrap(),
+                    max_notices: u16::MAX,
+                    period_seconds: u32::MAX,
+                })),
+                muted_topics: heapless::Vec::from_iter((0..MAX_MUTED_TOPICS as u16).map(|i| 0xffff - 15 + i)),
+            },
+        };
+    let consent = SignedConsent {
+        state: state.clone(),
+        owner: Some(OwnerProof { owner_key: [0xff; 32], signature: bytes64(0xff) }),
+    };
+    let max_string = |n: usize| "€".repeat(n / 3) + &"x".repeat(n % 3);
+    let register = Register {
+        certificate: DeviceCertificate {
+            body: CertificateBody {
+                device: DeviceId([0xff; 16]),
+                device_key: [0xff; 32],
+                model: max_string(32).as_str().try_into().unwrap(),
+                hardware_revision: u16::MAX,
+                issued_at: u64::MAX,
+            },
+            signature: bytes64(0xff),
+        },
+        firmware: fw,
+        consent: consent.clone(),
+    };
+    let usage = Usage {
+        purpose: big_purpose,
+        consent_version: u32::MAX,
+        window_start: u64::MAX,
+        window_end: u64::MAX,
+        metrics: heapless::Vec::from_iter((0..MAX_METRICS as u16).map(|i| Metric {
+            id: 0xffff - 15 + i,
+            category: DataCategory::UsageCounters,
+            value: MetricValue::Histogram(heapless::Vec::from_slice(&[u32::MAX; MAX_BUCKETS]).unwrap()),
+        })),
+    };
+    let fault = Fault {
+        purpose: big_purpose,
+        consent_version: u32::MAX,
+        code: u32::MAX,
+        severity: Severity::Critical,
+        component: u16::MAX,
+        firmware: fw,
+        uptime_s: u32::MAX,
+        reboot_reason: RebootReason::Unknown,
+        occurrences: u32::MAX,
+        first_seen: u64::MAX,
+        last_seen: u64::MAX,
+        context: heapless::Vec::from_slice(&[0xff; MAX_FAULT_CONTEXT]).unwrap(),
+    };
+    let notice = Notice {
+        id: u32::MAX,
+        purpose: big_purpose,
+        channel: Channel::Sms,
+        topic: u16::MAX,
+        kind: NoticeKind::UpdateAvailable,
+        issued_at: u64::MAX,
+        expires_at: u64::MAX,
+        title: max_string(MAX_NOTICE_TITLE).as_str().try_into().unwrap(),
+        text: max_string(MAX_NOTICE_TEXT).as_str().try_into().unwrap(),
+    };
+    fn exact<T: Canonical + PartialEq + std::fmt::Debug>(v: &T, name: &str) {
+        assert_eq!(codec::encoded_len(v).unwrap(), T::MAX_ENCODED_LEN, "{name}");
+        round_trip(v);
+    }
+    exact(&state, "ConsentState");
+    exact(&consent, "SignedConsent");
+    exact(&register, "Register");
+    exact(&usage, "Usage");
+    exact(&fault, "Fault");
+    exact(&ConsentUpdate { consent }, "ConsentUpdate");
+    exact(&Transfer { at: u64::MAX }, "Transfer");
+    exact(&Decommission { at: u64::MAX, reason: DecommissionReason::Retired }, "Decommission");
+    exact(&Receipt { consent_version: u32::MAX, consent_digest: [0xff; 32], received_at: u64::MAX }, "Receipt");
+    exact(&notice, "Notice");
+    exact(&fw, "FirmwareVersion");
+}
