@@ -4,6 +4,8 @@
 //! withdrawn, a change of owner, a decommission, a re-key, a replay attack,
 //! a tampered message and an unknown device. The vendor answers with
 //! receipts and sends notices only where the owners' preferences allow.
+//! Devices send their messages in chunks sized to BLE and LoRa MTUs; the
+//! server puts them together per sender and ingests them in batches.
 //!
 //! Run: `cargo run --release --example demo`
 #![allow(
@@ -23,8 +25,10 @@ use std::time::{Duration, Instant};
 use spime::consent::*;
 use spime::message::*;
 use spime::seal::{Envelope, SessionKeys, VendorKeys};
+use spime::vendor::link::Reassembly;
 use spime::vendor::sim::{SimDevice, consent};
 use spime::vendor::*;
+use spime::wire::chunk::Chunks;
 use spime::wire::{DeviceId, Kind};
 
 const FLEET: u8 = 24;
@@ -65,21 +69,32 @@ fn serve(
 ) {
     sock.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
     let mut buf = vec![0u8; 65_536];
+    // Devices send chunks (SPEC §7); they are put together per sender address.
+    let mut links: Reassembly<SocketAddr> = Reassembly::new(60);
     while !stop.load(Ordering::SeqCst) {
         let mut batch: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
-        match sock.recv_from(&mut buf) {
-            Ok((n, addr)) => batch.push((buf[..n].to_vec(), addr)),
-            Err(_) => continue,
-        }
-        // Gather whatever else has arrived, briefly: one group commit per batch.
-        sock.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
+        let mut waited = false;
+        // Gather whatever has arrived, briefly: one group commit per batch.
         while batch.len() < 128 {
-            match sock.recv_from(&mut buf) {
-                Ok((n, addr)) => batch.push((buf[..n].to_vec(), addr)),
-                Err(_) => break,
+            let Ok((n, addr)) = sock.recv_from(&mut buf) else { break };
+            if !waited {
+                sock.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
+                waited = true;
+            }
+            let now = clock.load(Ordering::SeqCst);
+            match links.push(&addr, now, &buf[..n]) {
+                Ok(Some(message)) => batch.push((message, addr)),
+                Ok(None) => {}
+                Err(e) => {
+                    *stats.lock().unwrap().rejected.entry(e.reason()).or_default() += 1;
+                    send(&sock, addr, TAG_NAK, &[0; 8]);
+                }
             }
         }
         sock.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        if batch.is_empty() {
+            continue;
+        }
         let refs: Vec<&[u8]> = batch.iter().map(|(m, _)| m.as_slice()).collect();
         let now = clock.load(Ordering::SeqCst);
         let outcomes = vendor.ingest_batch(&refs, now);
@@ -143,6 +158,8 @@ struct Client {
     /// Messages kept back: for the replay attacker and a late delivery.
     kept: Vec<Vec<u8>>,
     old_session: Option<SessionKeys>,
+    /// The link's MTU: BLE (20 or 244 bytes) or LoRa (51 or 222 bytes).
+    mtu: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -166,7 +183,13 @@ impl Client {
 
     /// Sends one envelope and waits for its answer, taking in receipts and notices.
     fn send(&mut self, msg: &[u8]) {
-        self.sock.send(msg).unwrap();
+        // Cut to this device's link MTU; the chunk id is the counter's low 16 bits.
+        let id = Envelope::parse(msg).map_or(0, |e| (e.header.counter & 0xffff) as u16);
+        let mut frame = [0u8; 512];
+        for chunk in Chunks::new(msg, id, self.mtu).unwrap() {
+            let n = chunk.write_to(&mut frame).unwrap();
+            self.sock.send(&frame[..n]).unwrap();
+        }
         let mut buf = vec![0u8; 65_536];
         loop {
             let Ok(n) = self.sock.recv(&mut buf) else {
@@ -457,6 +480,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             role,
             kept: Vec::new(),
             old_session: None,
+            mtu: [20, 51, 222, 244][usize::from(i) % 4],
         });
     }
     let mut workers = Vec::new();
@@ -498,7 +522,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         if day == 5 {
             let m = stranger.seal(&usage(1, day, 0, false))?;
-            stranger_sock.send(&m)?;
+            for chunk in Chunks::new(&m, 1, 244)? {
+                let mut frame = [0u8; 244];
+                let n = chunk.write_to(&mut frame)?;
+                stranger_sock.send(&frame[..n])?;
+            }
             let mut b = [0u8; 2048];
             let _ = stranger_sock.recv(&mut b);
             narration.push(format!("{}: an unregistered device tried to report", stranger.id()));
@@ -553,12 +581,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         if day == 16 {
-            // Late evening in the owners' time zone: quiet hours.
+            // A firmware update announced late in the owners' evening: quiet hours hold it back.
             let late = START + day * DAY + 22 * 3600;
             for d in &devices {
                 next_notice += 1;
-                let n =
-                    notice(next_notice, Purpose::PROACTIVE_SERVICE, NoticeKind::Instructions, 3, late, "Try eco mode");
+                let mut n =
+                    notice(next_notice, Purpose::ESSENTIAL, NoticeKind::UpdateAvailable, 3, late, "Update 2.2 ready");
+                n.channel = Channel::OnDevice;
                 try_notice(d, &n, late);
             }
         }

@@ -2,6 +2,7 @@
 
 use crate::error::{DecodeError, ReplayError, SealError};
 use crate::wire::Kind;
+use crate::wire::chunk::ChunkError;
 
 use crate::consent::{ConsentError, ContactDenial, Denial};
 
@@ -12,10 +13,13 @@ use crate::consent::{ConsentError, ContactDenial, Denial};
 #[non_exhaustive]
 pub enum IngestError {
     /// The bytes are not a valid envelope or body (malformed, oversized,
-    /// unknown version or kind, non-canonical), or a chunk stream could not
-    /// be reassembled.
+    /// unknown version or kind, non-canonical).
     #[error("invalid message: {0}")]
     Decode(#[from] DecodeError),
+    /// A chunk could not be taken for reassembly (malformed, or its message
+    /// would be longer than any sealed message).
+    #[error("chunk: {0}")]
+    Chunk(ChunkError),
     /// A vendor-to-device kind arrived at the vendor.
     #[error("kind {0:?} does not travel from a device to the vendor")]
     WrongDirection(Kind),
@@ -80,6 +84,7 @@ impl IngestError {
     pub const fn reason(&self) -> &'static str {
         match self {
             IngestError::Decode(_) => "decode",
+            IngestError::Chunk(_) => "chunk",
             IngestError::WrongDirection(_) => "wrong-direction",
             IngestError::Unauthentic => "unauthentic",
             IngestError::WeakKey => "weak-key",

@@ -57,6 +57,7 @@
 pub mod batch;
 mod error;
 mod ingest;
+pub mod link;
 mod memory;
 mod outbound;
 #[cfg(feature = "redb")]
