@@ -647,3 +647,28 @@ fn batch_with_a_bad_signature_falls_back_per_message() {
     }
     assert_eq!(v.store().message_count().unwrap(), 21);
 }
+
+mod arbitrary {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        /// Arbitrary bytes, alone or mutated from a valid message, never panic
+        /// and are never accepted unless they are the valid message itself.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1500), flip in any::<usize>()) {
+            let v = vendor(IngestConfig { workers: 2, batch_verify: true });
+            let mut d = registered(&v, 1);
+            prop_assert!(v.ingest(&bytes, NOW).is_err());
+            let good = d.seal(&ok_usage()).unwrap();
+            let mut bad = good.clone();
+            let i = flip % bad.len();
+            bad[i] ^= 0x80;
+            let r = v.ingest_batch(&[&bytes, &bad, &good], NOW);
+            prop_assert!(r[0].is_err());
+            prop_assert!(r[1].is_err());
+            prop_assert!(r[2].is_ok());
+        }
+    }
+}
