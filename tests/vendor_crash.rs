@@ -1,6 +1,7 @@
 //! Crash safety of the persistent store: a child process ingests into a redb
 //! file and is killed with SIGKILL at arbitrary points, again and again. No
 //! acknowledged message may be lost, and no message may ever be accepted twice.
+#![cfg(feature = "redb")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::collections::HashSet;

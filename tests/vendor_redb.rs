@@ -1,5 +1,6 @@
 //! The redb store keeps everything across a reopen: registry, replay
 //! windows, consent ledger, vendor counters and the notice history.
+#![cfg(feature = "redb")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use spime::consent::ledger::ConsentLedger;
