@@ -17,7 +17,7 @@ use spime::wire::DeviceId;
 
 const CHILD_ENV: &str = "SPIME_CRASH_CHILD_STORE";
 const DEVICES: u8 = 6;
-const PER_DEVICE: u64 = 40;
+const PER_DEVICE: u64 = 80;
 const BATCH: usize = 12;
 
 fn vendor_keys() -> VendorKeys {
@@ -103,8 +103,8 @@ fn sigkill_at_arbitrary_points_loses_no_ack_and_accepts_no_replay() {
     let mut finished = false;
     for round in 0..40 {
         rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let kill_after = if round < 25 { Some((rng >> 33) % 16) } else { None };
-        let delay_us = (rng >> 20) % 3000;
+        let kill_after = if round < 25 { Some((rng >> 33) % 8) } else { None };
+        let delay_us = (rng >> 20) % 1000;
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["crash_child_entry", "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, &path)
@@ -155,7 +155,8 @@ fn sigkill_at_arbitrary_points_loses_no_ack_and_accepts_no_replay() {
         }
     }
     assert!(finished, "the child never ran to completion");
-    assert!(kills >= 5, "only {kills} kills");
+    assert!(kills >= 3, "only {kills} kills");
+    eprintln!("{kills} SIGKILLs, {} messages acknowledged over all runs", acked.len());
     // Every message was accepted exactly once over all the runs.
     let store = RedbStore::open(&path).unwrap();
     assert_eq!(store.message_count().unwrap(), total as u64);
