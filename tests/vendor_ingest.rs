@@ -420,9 +420,10 @@ fn decommissioned_devices_are_refused() {
     assert_eq!(v.seal_receipt(&d.id()), Err(SendError::Decommissioned));
 }
 
-struct FailingStore(MemoryStore);
+/// A store whose commits fail while `failing` is set.
+struct FailingStore(MemoryStore, std::sync::atomic::AtomicBool);
 
-struct FailingTxn<'a>(MemoryTxn<'a>);
+struct FailingTxn<'a>(MemoryTxn<'a>, bool);
 
 macro_rules! delegate {
     () => {
@@ -477,14 +478,14 @@ delegate!();
 
 impl Transaction for FailingTxn<'_> {
     fn commit(self) -> Result<(), StoreError> {
-        Err(StoreError::Backend("disk full".into()))
+        if self.1 { Err(StoreError::Backend("disk full".into())) } else { self.0.commit() }
     }
 }
 
 impl Store for FailingStore {
     type Txn<'a> = FailingTxn<'a>;
     fn begin(&self) -> Result<FailingTxn<'_>, StoreError> {
-        Ok(FailingTxn(self.0.begin()?))
+        Ok(FailingTxn(self.0.begin()?, self.1.load(std::sync::atomic::Ordering::SeqCst)))
     }
     fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         self.0.devices()
@@ -496,16 +497,29 @@ impl Store for FailingStore {
 
 #[test]
 fn storage_failure_acknowledges_nothing() {
-    let v = Ingestor::new(FailingStore(MemoryStore::new()), vendor_keys(), strict());
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let v = Ingestor::new(FailingStore(MemoryStore::new(), AtomicBool::new(true)), vendor_keys(), strict());
     let mut d = dev(1);
     let reg = register(&mut d, analytics());
     assert_eq!(v.ingest(&reg, NOW), Err(IngestError::Storage(StoreError::Backend("disk full".into()))));
     assert_eq!(v.store().message_count().unwrap(), 0);
     assert!(v.store().devices().unwrap().is_empty());
-    assert!(matches!(
-        v.seal_notice(&d.id(), &notice(Purpose::ESSENTIAL, NoticeKind::Recall), NOW),
-        Err(SendError::UnknownDevice)
-    ));
+    // Once the store works again, the same message is accepted: nothing was kept.
+    v.store().1.store(false, Ordering::SeqCst);
+    v.ingest(&reg, NOW).unwrap();
+    let good = d.seal(&ok_usage()).unwrap();
+    v.store().1.store(true, Ordering::SeqCst);
+    let r = v.ingest_batch(&[&good, b"junk"], NOW);
+    assert_eq!(r[0].clone().unwrap_err().reason(), "storage");
+    assert_eq!(r[1].clone().unwrap_err().reason(), "storage");
+    // Nothing is sent when the counter cannot be made durable.
+    assert!(matches!(v.seal_receipt(&d.id()), Err(SendError::Storage(_))));
+    let mut recall = notice(Purpose::ESSENTIAL, NoticeKind::Recall);
+    recall.channel = Channel::OnDevice;
+    assert!(matches!(v.seal_notice(&d.id(), &recall, NOW), Err(SendError::Storage(_))));
+    v.store().1.store(false, Ordering::SeqCst);
+    v.ingest(&good, NOW).unwrap();
+    assert_eq!(v.store().message_count().unwrap(), 2);
 }
 
 fn notice(purpose: Purpose, kind: NoticeKind) -> Notice {
@@ -671,4 +685,71 @@ mod arbitrary {
             prop_assert!(r[2].is_ok());
         }
     }
+}
+
+#[test]
+fn malformed_chunks_are_refused() {
+    use spime::vendor::link::Reassembly;
+    let mut rx: Reassembly<u8> = Reassembly::new(60);
+    for bad in [&[][..], &[0, 1, 2][..], &[0, 1, 5, 0, 9, 9][..]] {
+        assert_eq!(rx.push(&1, NOW, bad).unwrap_err().reason(), "chunk");
+    }
+    // A valid stream on one link still completes, and the message is ingested.
+    let v = vendor(strict());
+    let mut d = dev(1);
+    let m = register(&mut d, analytics());
+    let mut done = None;
+    for c in spime::wire::chunk::Chunks::new(&m, 7, 51).unwrap() {
+        let mut frame = [0u8; 51];
+        let n = c.write_to(&mut frame).unwrap();
+        if let Some(msg) = rx.push(&1, NOW, &frame[..n]).unwrap() {
+            done = Some(msg);
+        }
+    }
+    v.ingest(&done.unwrap(), NOW).unwrap();
+    rx.expire(NOW + 61);
+    assert_eq!(rx.links(), 0);
+}
+
+fn owner_signed(c: &mut SignedConsent, device: DeviceId, owner: &ed25519_dalek::SigningKey) {
+    use ed25519_dalek::ed25519::signature::MultipartSigner;
+    let state = postcard::to_allocvec(&c.state).unwrap();
+    let sig = owner.multipart_sign(&[OWNER_CONSENT_DST, &device.0, &state]);
+    c.owner = Some(OwnerProof {
+        owner_key: owner.verifying_key().to_bytes(),
+        signature: spime::codec::Bytes64(sig.to_bytes()),
+    });
+}
+
+#[test]
+fn pinned_owner_key_is_enforced() {
+    let v = vendor(strict());
+    let mut d = dev(1);
+    let owner = ed25519_dalek::SigningKey::from_bytes(&[44; 32]);
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[45; 32]);
+    let mut c = analytics();
+    owner_signed(&mut c, d.id(), &owner);
+    v.ingest(&register(&mut d, c), NOW).unwrap();
+    // Signed by another key: refused.
+    let mut c2 = consent(2, &[], 0);
+    owner_signed(&mut c2, d.id(), &stranger);
+    assert_eq!(
+        v.ingest(&d.seal(&ConsentUpdate { consent: c2 }).unwrap(), NOW),
+        Err(IngestError::Consent(ConsentError::OwnerKeyMismatch))
+    );
+    // Not signed at all: refused.
+    let c3 = consent(2, &[], 0);
+    assert_eq!(
+        v.ingest(&d.seal(&ConsentUpdate { consent: c3 }).unwrap(), NOW),
+        Err(IngestError::Consent(ConsentError::OwnerProofMissing))
+    );
+    // Signed by the pinned owner: accepted.
+    let mut c4 = consent(2, &[], 0);
+    owner_signed(&mut c4, d.id(), &owner);
+    v.ingest(&d.seal(&ConsentUpdate { consent: c4 }).unwrap(), NOW).unwrap();
+    // After a transfer the pin is dropped: the next owner signs with their own key.
+    v.ingest(&d.seal(&Transfer { at: NOW }).unwrap(), NOW).unwrap();
+    let mut c5 = consent(4, &[], 0);
+    owner_signed(&mut c5, d.id(), &stranger);
+    v.ingest(&register(&mut d, c5), NOW).unwrap();
 }
