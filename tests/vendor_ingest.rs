@@ -421,7 +421,7 @@ fn decommissioned_devices_are_refused() {
 }
 
 /// A store whose commits fail while `failing` is set.
-struct FailingStore(MemoryStore, std::sync::atomic::AtomicBool);
+struct FailingStore(MemoryStore, core::sync::atomic::AtomicBool);
 
 struct FailingTxn<'a>(MemoryTxn<'a>, bool);
 
@@ -485,7 +485,7 @@ impl Transaction for FailingTxn<'_> {
 impl Store for FailingStore {
     type Txn<'a> = FailingTxn<'a>;
     fn begin(&self) -> Result<FailingTxn<'_>, StoreError> {
-        Ok(FailingTxn(self.0.begin()?, self.1.load(std::sync::atomic::Ordering::SeqCst)))
+        Ok(FailingTxn(self.0.begin()?, self.1.load(core::sync::atomic::Ordering::SeqCst)))
     }
     fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         self.0.devices()
@@ -497,7 +497,7 @@ impl Store for FailingStore {
 
 #[test]
 fn storage_failure_acknowledges_nothing() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use core::sync::atomic::{AtomicBool, Ordering};
     let v = Ingestor::new(FailingStore(MemoryStore::new(), AtomicBool::new(true)), vendor_keys(), strict());
     let mut d = dev(1);
     let reg = register(&mut d, analytics());
