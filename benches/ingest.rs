@@ -10,7 +10,7 @@
     clippy::indexing_slicing,
     clippy::std_instead_of_core
 )]
-#![allow(missing_docs, clippy::type_complexity, clippy::cast_possible_truncation)]
+#![allow(missing_docs, clippy::type_complexity, clippy::cast_possible_truncation, clippy::cast_precision_loss)]
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -123,7 +123,7 @@ fn redb_ingestor(fx: &Fixture, config: IngestConfig, n: &mut u64) -> (TempStore,
     (TempStore { dir }, v)
 }
 
-const IDS: [&str; 9] = [
+const IDS: [&str; 10] = [
     "raw_verify_strict",
     "open",
     "memory_strict_1core",
@@ -132,8 +132,12 @@ const IDS: [&str; 9] = [
     "memory_batch_2cores",
     "redb_strict_1core",
     "redb_batch_1core",
+    "redb_strict_2cores",
     "redb_batch_2cores",
 ];
+
+const RAW_MID: &str = "raw_verify_strict_again";
+const RAW_END: &str = "raw_verify_strict_last";
 
 fn benches(c: &mut Criterion) {
     let fx = fixture();
@@ -153,13 +157,14 @@ fn benches(c: &mut Criterion) {
             (*k, v.header_bytes().to_vec(), v.body_bytes().to_vec(), *v.signature())
         })
         .collect();
-    g.bench_function(IDS[0], |b| {
+    let raw = |b: &mut criterion::Bencher<'_>| {
         b.iter(|| {
             for (k, h, body, sig) in &proofs {
                 seal::verify_signature(k, h, body, sig).unwrap();
             }
         })
-    });
+    };
+    g.bench_function(IDS[0], raw);
     g.bench_function(IDS[1], |b| {
         let mut buf = vec![0u8; MAX_SEALED_LEN];
         b.iter(|| {
@@ -184,8 +189,10 @@ fn benches(c: &mut Criterion) {
             )
         });
     }
+    // The machine is shared: measure the baseline again mid-run and at the end.
+    g.bench_function(RAW_MID, raw);
     let mut n = 0u64;
-    for (id, workers, batch) in [(IDS[6], 1, false), (IDS[7], 1, true), (IDS[8], 2, true)] {
+    for (id, workers, batch) in [(IDS[6], 1, false), (IDS[7], 1, true), (IDS[8], 2, false), (IDS[9], 2, true)] {
         let config = IngestConfig { workers, batch_verify: batch };
         g.bench_function(id, |b| {
             b.iter_batched(
@@ -198,6 +205,7 @@ fn benches(c: &mut Criterion) {
             )
         });
     }
+    g.bench_function(RAW_END, raw);
     g.finish();
 }
 
@@ -215,14 +223,29 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     benches(&mut c);
     c.final_summary();
-    let Some(raw) = mean_ns(IDS[0]) else { return };
-    println!("\n{N} Usage messages from {DEVICES} devices; ingest groups of {GROUP} (one commit each).\n");
+    let raws: Vec<f64> = [IDS[0], RAW_MID, RAW_END].iter().filter_map(|id| mean_ns(id)).collect();
+    if raws.is_empty() {
+        return;
+    }
+    let raw = raws.iter().sum::<f64>() / raws.len() as f64;
+    println!("\n{N} Usage messages from {DEVICES} devices; ingest groups of {GROUP} (one commit each).");
+    let each: Vec<String> = raws.iter().map(|ns| format!("{:.2} ms", ns / 1e6)).collect();
+    println!(
+        "Baseline: raw verify_strict measured three times in this run ({}); ratios use their mean.\n",
+        each.join(", ")
+    );
     println!("| configuration | time for {N} | messages/s | × raw verify_strict rate |");
     println!("|---|---:|---:|---:|");
     for id in IDS {
         if let Some(ns) = mean_ns(id) {
             let rate = N as f64 / (ns / 1e9);
             println!("| {id} | {:.2} ms | {rate:.0} | {:.2} |", ns / 1e6, raw / ns);
+        }
+    }
+    let pair = |a: &str, b: &str| Some(mean_ns(b)? / mean_ns(a)?);
+    for (p, m) in [(IDS[7], IDS[3]), (IDS[9], IDS[5])] {
+        if let Some(r) = pair(p, m) {
+            println!("\npersistent / in-memory ({p} vs {m}): {r:.2}");
         }
     }
 }

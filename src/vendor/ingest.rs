@@ -136,7 +136,10 @@ struct DevState {
     record: Option<DeviceRecord>,
     window: ReplayWindow,
     key: Option<VerifyingKey>,
+    /// The window changed (a message was accepted).
     dirty: bool,
+    /// The record changed too (registration, consent, epoch, lifecycle).
+    record_changed: bool,
 }
 
 type Snapshot = HashMap<DeviceId, (Option<DeviceRecord>, ReplayWindow)>;
@@ -345,7 +348,9 @@ impl<S: Store> Ingestor<S> {
         for r in results {
             for st in r.states.values().filter(|s| s.dirty) {
                 if let Some(rec) = &st.record {
-                    tx.put_device(rec)?;
+                    if st.record_changed {
+                        tx.put_device(rec)?;
+                    }
                     tx.put_window(&rec.device, &st.window)?;
                     any = true;
                 }
@@ -409,7 +414,7 @@ impl<S: Store> Ingestor<S> {
         }
         let st = states.entry(h.device).or_insert_with(|| {
             let (record, window) = snapshot.get(&h.device).cloned().unwrap_or((None, ReplayWindow::new()));
-            DevState { record, window, key: None, dirty: false }
+            DevState { record, window, key: None, dirty: false, record_changed: false }
         });
         if st.record.as_ref().is_some_and(|r| r.lifecycle == Lifecycle::Decommissioned) {
             return Err(IngestError::Decommissioned);
@@ -618,6 +623,7 @@ impl<S: Store> Ingestor<S> {
         st.dirty = true;
         if let Some(rec) = new_record {
             st.record = Some(rec);
+            st.record_changed = true;
         }
         let message =
             StoredMessage { device: h.device, counter: h.counter, kind: h.kind.to_byte(), received_at: now, proof };
