@@ -59,6 +59,7 @@
 //! |---|---|---|
 //! | `alloc` | via `std` | heap-backed helpers for the vendor side |
 //! | `std` | yes | the vendor side; `std::error::Error` on the error types |
+//! | `redb` | yes | the persistent embedded vendor store (`vendor::RedbStore`) |
 //!
 //! With `--no-default-features` the crate is `no_std`, heap-free, and builds
 //! for `thumbv7em-none-eabihf` and targets without atomics.
@@ -74,4 +75,6 @@ pub mod device;
 pub mod error;
 pub mod message;
 pub mod seal;
+#[cfg(feature = "std")]
+pub mod vendor;
 pub mod wire;

@@ -1,0 +1,672 @@
+//! The ingest pipeline: bytes → opened (decrypt, verify) → replay check →
+//! consent check → a typed [`Event`], with the state changes of a whole
+//! batch committed in one transaction before anything is acknowledged.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, PoisonError, RwLock};
+
+use ed25519_dalek::VerifyingKey;
+
+use crate::codec;
+use crate::consent::ledger::{ConsentEvent, LedgerEntry, Proof};
+use crate::consent::{ConsentError, OwnerRequirement, SignedConsent};
+use crate::error::{DecodeError, OpenError};
+use crate::message::{
+    ConsentUpdate, Decommission, DecommissionReason, Fault, FirmwareVersion, Register, Transfer, Usage, consent_digest,
+};
+use crate::seal::replay::ReplayWindow;
+use crate::seal::{Envelope, Plaintext, SessionKeys, VendorKeys, VendorPublicKeys, Verified};
+use crate::wire::{DeviceId, Direction, Header, Kind};
+
+use super::batch::{BatchVerifier, batchable_key};
+use super::store::{
+    ConsentLedgerStore, DeviceRecord, DeviceRegistry, Lifecycle, MessageLog, ReplayWindows, SessionSecrets, Store,
+    StoredMessage, Transaction,
+};
+use super::{IngestError, StoreError};
+
+/// How the pipeline runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestConfig {
+    /// Worker threads per batch; messages are partitioned among them by
+    /// device id ([`partition_of`]), so one device's messages stay in order
+    /// on one worker. 1 runs on the calling thread.
+    pub workers: usize,
+    /// Batch-verify the signatures of Usage and Fault messages (see
+    /// [`super::batch`] for how this relates to `verify_strict`).
+    pub batch_verify: bool,
+}
+
+impl Default for IngestConfig {
+    /// Batching on, one worker per available core.
+    fn default() -> IngestConfig {
+        IngestConfig { workers: std::thread::available_parallelism().map_or(1, usize::from), batch_verify: true }
+    }
+}
+
+/// What an accepted message meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A Register was accepted.
+    Registered {
+        /// The owner relationship it belongs to.
+        relationship: u32,
+        /// Whether it started a new relationship (first registration, or after a transfer).
+        new_relationship: bool,
+        /// The firmware it runs.
+        firmware: FirmwareVersion,
+        /// The consent version the vendor now holds.
+        consent_version: u32,
+    },
+    /// A usage report, covered by the held consent.
+    Usage(Box<Usage>),
+    /// A fault report, covered by the held consent.
+    Fault(Box<Fault>),
+    /// A new consent state replaced the held one.
+    ConsentChanged {
+        /// The version held before.
+        previous: u32,
+        /// The version held now.
+        version: u32,
+    },
+    /// The consent state already held arrived again (a duplicate: nothing
+    /// changes; a receipt may be sent again).
+    ConsentRepeated {
+        /// The version held.
+        version: u32,
+    },
+    /// The owner handed the product on; consent is reset to Essential only.
+    Transferred {
+        /// When, by the device's clock.
+        at: u64,
+    },
+    /// The product left service.
+    Decommissioned {
+        /// When, by the device's clock.
+        at: u64,
+        /// Why.
+        reason: DecommissionReason,
+    },
+}
+
+/// An accepted, durably stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The device it came from.
+    pub device: DeviceId,
+    /// Its counter.
+    pub counter: u64,
+    /// Its kind.
+    pub kind: Kind,
+    /// What it meant.
+    pub event: Event,
+}
+
+/// The result for one message of a batch.
+pub type Outcome = Result<Accepted, IngestError>;
+
+/// The worker (or, across machines, the shard) that owns `device` among
+/// `n`: FNV-1a of the id, modulo `n` (0 when `n` is 0).
+///
+/// ```
+/// use spime::vendor::partition_of;
+/// use spime::wire::DeviceId;
+/// let d = DeviceId([3; 16]);
+/// assert_eq!(partition_of(&d, 2), partition_of(&d, 2));
+/// assert!(partition_of(&d, 4) < 4);
+/// ```
+pub fn partition_of(device: &DeviceId, n: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in device.0 {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    match u64::try_from(n) {
+        Ok(0) | Err(_) => 0,
+        Ok(n) => usize::try_from(h % n).unwrap_or(0),
+    }
+}
+
+/// One device's state while a batch is processed.
+#[derive(Clone)]
+struct DevState {
+    record: Option<DeviceRecord>,
+    window: ReplayWindow,
+    key: Option<VerifyingKey>,
+    /// The window changed (a message was accepted).
+    dirty: bool,
+    /// The record changed too (registration, consent, epoch, lifecycle).
+    record_changed: bool,
+}
+
+type Snapshot = HashMap<DeviceId, (Option<DeviceRecord>, ReplayWindow)>;
+
+/// How signatures are checked in one pass over a partition.
+enum SigMode<'a> {
+    /// `verify_strict` now.
+    Strict,
+    /// Usage and Fault signatures are collected for a batch and assumed good.
+    Defer(&'a mut BatchVerifier, &'a mut Vec<(usize, [u8; 32])>),
+    /// Results of a batch by message index and key; anything else strict.
+    Known(&'a HashMap<usize, ([u8; 32], bool)>),
+}
+
+struct Done {
+    accepted: Accepted,
+    ledger: Option<LedgerEntry>,
+    message: StoredMessage,
+}
+
+struct PartResult {
+    outcomes: Vec<(usize, Result<Done, IngestError>)>,
+    states: HashMap<DeviceId, DevState>,
+}
+
+/// The vendor's ingest pipeline over a [`Store`].
+///
+/// ```
+/// use spime::vendor::{IngestConfig, Ingestor, IngestError, MemoryStore};
+/// use spime::seal::VendorKeys;
+/// let vendor = Ingestor::new(MemoryStore::new(), VendorKeys::from_secrets(&[1; 32], [2; 32]), IngestConfig::default());
+/// assert!(matches!(vendor.ingest(b"not an envelope", 0), Err(IngestError::Decode(_))));
+/// ```
+pub struct Ingestor<S> {
+    store: S,
+    keys: VendorKeys,
+    public: VendorPublicKeys,
+    config: IngestConfig,
+    lock: Mutex<()>,
+    /// Decompressed device keys by their bytes (decompressing costs a tenth
+    /// of a verification). A pure cache: the bytes determine the key.
+    key_cache: RwLock<HashMap<[u8; 32], VerifyingKey>>,
+}
+
+/// The most keys [`Ingestor`] keeps decompressed before starting over.
+const KEY_CACHE_MAX: usize = 1 << 16;
+
+impl<S> core::fmt::Debug for Ingestor<S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Ingestor").field("public", &self.public).field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+fn unauthentic(e: OpenError) -> IngestError {
+    match e {
+        OpenError::Decode(d) => IngestError::Decode(d),
+        _ => IngestError::Unauthentic,
+    }
+}
+
+/// Checks a consent state's owner proof (SPEC §6.3): the key pinned for
+/// the relationship if there is one, otherwise any valid proof (which then
+/// becomes the pin). Returns the key to pin.
+fn check_owner(
+    device: &DeviceId,
+    consent: &SignedConsent,
+    pinned: Option<&[u8; 32]>,
+) -> Result<Option<[u8; 32]>, IngestError> {
+    let required = match pinned {
+        Some(k) => OwnerRequirement::OwnerKey(k),
+        None => OwnerRequirement::DeviceOnBehalf,
+    };
+    let signed = consent.verify_owner(device, required).map_err(IngestError::Consent)?;
+    Ok(signed.or(pinned.copied()))
+}
+
+/// The next ledger entry after `head`, chained and hashed (SPEC §6.8).
+fn ledger_entry(head: (u64, [u8; 32]), event: ConsentEvent, at: u64, version: u32, proof: Proof) -> LedgerEntry {
+    let (seq, prev_hash) = head;
+    let mut e = LedgerEntry { seq, event, at, version, proof, prev_hash, hash: [0; 32] };
+    e.hash = e.compute_hash();
+    e
+}
+
+fn digest_of(consent: &SignedConsent) -> Result<[u8; 32], IngestError> {
+    let bytes = postcard::to_allocvec(consent).map_err(|_| StoreError::Corrupt("consent encoding"))?;
+    Ok(consent_digest(&bytes))
+}
+
+impl<S: Store> Ingestor<S> {
+    /// A pipeline over `store` with the vendor's keys.
+    pub fn new(store: S, keys: VendorKeys, config: IngestConfig) -> Ingestor<S> {
+        let public = keys.public();
+        Ingestor { store, keys, public, config, lock: Mutex::new(()), key_cache: RwLock::default() }
+    }
+
+    /// The store.
+    pub const fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The vendor keys.
+    pub const fn keys(&self) -> &VendorKeys {
+        &self.keys
+    }
+
+    /// The configuration.
+    pub const fn config(&self) -> &IngestConfig {
+        &self.config
+    }
+
+    /// Ingests one message: [`Ingestor::ingest_batch`] of one.
+    ///
+    /// # Errors
+    /// The [`IngestError`] that refused it; nothing of it is stored.
+    pub fn ingest(&self, bytes: &[u8], now: u64) -> Outcome {
+        self.ingest_batch(&[bytes], now).pop().unwrap_or(Err(IngestError::Storage(StoreError::Conflict)))
+    }
+
+    /// Ingests a batch. Returns one outcome per message, in order. Every
+    /// accepted message's content and replay state, and every state change,
+    /// are committed in one transaction before this returns: an `Ok` is an
+    /// acknowledgement. If the commit fails, every message of the batch is
+    /// refused with [`IngestError::Storage`] and nothing is kept.
+    ///
+    /// Messages of one device are processed in their order in the batch.
+    /// Batches are serialised per `Ingestor`; run one `Ingestor` per
+    /// partition of device ids to scale out (docs/scaling.md).
+    pub fn ingest_batch(&self, messages: &[&[u8]], now: u64) -> Vec<Outcome> {
+        let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let workers = self.config.workers.max(1);
+        let mut parts: Vec<Vec<(usize, &[u8])>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut devices = HashSet::new();
+        for (i, m) in messages.iter().enumerate() {
+            let w = match Header::parse(m) {
+                Ok((h, _)) => {
+                    devices.insert(h.device);
+                    partition_of(&h.device, workers)
+                }
+                Err(_) => i % workers,
+            };
+            if let Some(p) = parts.get_mut(w) {
+                p.push((i, m));
+            }
+        }
+        let fail_all = |e: StoreError| messages.iter().map(|_| Err(IngestError::Storage(e.clone()))).collect();
+        let snapshot = match self.snapshot(&devices) {
+            Ok(s) => s,
+            Err(e) => return fail_all(e),
+        };
+        let busy = parts.iter().filter(|p| !p.is_empty()).count();
+        let results: Vec<PartResult> = if busy <= 1 {
+            parts.iter().filter(|p| !p.is_empty()).map(|p| self.run_partition(&snapshot, p, now)).collect()
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = parts
+                    .iter()
+                    .filter(|p| !p.is_empty())
+                    .map(|p| (p, s.spawn(|| self.run_partition(&snapshot, p, now))))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|(p, h)| {
+                        h.join().unwrap_or_else(|_| PartResult {
+                            outcomes: p
+                                .iter()
+                                .map(|&(i, _)| {
+                                    (i, Err(IngestError::Storage(StoreError::Backend("worker failed".into()))))
+                                })
+                                .collect(),
+                            states: HashMap::new(),
+                        })
+                    })
+                    .collect()
+            })
+        };
+        if let Err(e) = self.commit(&results) {
+            return fail_all(e);
+        }
+        let mut out: Vec<Outcome> =
+            messages.iter().map(|_| Err(IngestError::Storage(StoreError::Backend("lost".into())))).collect();
+        for r in results {
+            for (i, o) in r.outcomes {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = o.map(|d| d.accepted);
+                }
+            }
+        }
+        out
+    }
+
+    fn snapshot(&self, devices: &HashSet<DeviceId>) -> Result<Snapshot, StoreError> {
+        let mut tx = self.store.begin()?;
+        let mut snap = HashMap::with_capacity(devices.len());
+        for d in devices {
+            let rec = tx.device(d)?;
+            let win = tx.window(d)?;
+            snap.insert(*d, (rec, win));
+        }
+        Ok(snap)
+    }
+
+    fn commit(&self, results: &[PartResult]) -> Result<(), StoreError> {
+        let mut tx = self.store.begin()?;
+        let mut any = false;
+        for r in results {
+            for st in r.states.values().filter(|s| s.dirty) {
+                if let Some(rec) = &st.record {
+                    if st.record_changed {
+                        tx.put_device(rec)?;
+                    }
+                    tx.put_window(&rec.device, &st.window)?;
+                    any = true;
+                }
+            }
+            for (_, o) in &r.outcomes {
+                if let Ok(done) = o {
+                    if let Some(e) = &done.ledger {
+                        tx.append_consent(&done.message.device, e)?;
+                    }
+                    tx.put_message(&done.message)?;
+                }
+            }
+        }
+        if any { tx.commit() } else { Ok(()) }
+    }
+
+    fn run_partition(&self, snapshot: &Snapshot, msgs: &[(usize, &[u8])], now: u64) -> PartResult {
+        if !self.config.batch_verify {
+            return self.pass(snapshot, msgs, now, &mut SigMode::Strict);
+        }
+        let mut verifier = BatchVerifier::new();
+        let mut index = Vec::new();
+        let first = self.pass(snapshot, msgs, now, &mut SigMode::Defer(&mut verifier, &mut index));
+        if verifier.is_empty() {
+            return first;
+        }
+        let results = verifier.verify();
+        if results.iter().all(|&ok| ok) {
+            return first;
+        }
+        // A signature failed: the speculative pass assumed it good, so run
+        // again from the snapshot with the known results.
+        let known: HashMap<usize, ([u8; 32], bool)> =
+            index.into_iter().zip(results).map(|((i, key), ok)| (i, (key, ok))).collect();
+        self.pass(snapshot, msgs, now, &mut SigMode::Known(&known))
+    }
+
+    fn pass(&self, snapshot: &Snapshot, msgs: &[(usize, &[u8])], now: u64, sig: &mut SigMode<'_>) -> PartResult {
+        let mut states: HashMap<DeviceId, DevState> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(msgs.len());
+        for &(i, bytes) in msgs {
+            outcomes.push((i, self.process(&mut states, snapshot, i, bytes, now, sig)));
+        }
+        PartResult { outcomes, states }
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn process(
+        &self,
+        states: &mut HashMap<DeviceId, DevState>,
+        snapshot: &Snapshot,
+        index: usize,
+        bytes: &[u8],
+        now: u64,
+        sig: &mut SigMode<'_>,
+    ) -> Result<Done, IngestError> {
+        let env = Envelope::parse(bytes)?;
+        let h = env.header;
+        if h.direction() != Direction::DeviceToVendor {
+            return Err(IngestError::WrongDirection(h.kind));
+        }
+        let st = states.entry(h.device).or_insert_with(|| {
+            let (record, window) = snapshot.get(&h.device).cloned().unwrap_or((None, ReplayWindow::new()));
+            DevState { record, window, key: None, dirty: false, record_changed: false }
+        });
+        if st.record.as_ref().is_some_and(|r| r.lifecycle == Lifecycle::Decommissioned) {
+            return Err(IngestError::Decommissioned);
+        }
+        st.window.check(h.counter)?;
+
+        // Which session keys open it (SPEC §9.2).
+        let (keys, new_epoch): (SessionKeys, bool) = match (&st.record, h.ephemeral) {
+            (None, _) if h.kind != Kind::REGISTER => return Err(IngestError::UnknownDevice),
+            (None, Some(eph)) => (self.accept_epoch(&h, &eph)?, true),
+            (None, None) => return Err(IngestError::UnknownDevice),
+            (Some(r), Some(eph)) if h.epoch > r.epoch() => (self.accept_epoch(&h, &eph)?, true),
+            (Some(r), _) => {
+                let current = r.epoch();
+                if h.epoch < current {
+                    return Err(IngestError::StaleEpoch { current, got: h.epoch });
+                }
+                if h.epoch > current {
+                    return Err(IngestError::UnopenedEpoch { current, got: h.epoch });
+                }
+                (r.session.keys(), false)
+            }
+        };
+        let mut buf = [0u8; crate::message::MAX_SEALED_LEN];
+        let pt = env.decrypt(&keys, &mut buf).map_err(unauthentic)?;
+
+        // Whose key signs it.
+        let register = if h.kind == Kind::REGISTER {
+            let reg: Register = codec::decode(pt.body_bytes())?;
+            if reg.certificate.body.device != h.device {
+                return Err(IngestError::CertificateMismatch);
+            }
+            let key = reg.certificate.verify(&self.public.signing).map_err(|_| IngestError::Unauthentic)?;
+            if let Some(r) = &st.record
+                && r.certificate.body.device_key != reg.certificate.body.device_key
+            {
+                return Err(IngestError::CertificateMismatch);
+            }
+            Some((reg, key))
+        } else {
+            None
+        };
+        let (key, batchable) = match (&register, &st.record) {
+            (Some((_, k)), Some(r)) => (*k, r.batchable_key),
+            (Some((_, k)), None) => (*k, batchable_key(k)),
+            (None, Some(r)) => {
+                let k = match st.key {
+                    Some(k) => k,
+                    None => self.device_key(&r.certificate.body.device_key)?,
+                };
+                st.key = Some(k);
+                (k, r.batchable_key)
+            }
+            (None, None) => return Err(IngestError::UnknownDevice),
+        };
+        let verified = check_signature(pt, &key, batchable, index, sig)?;
+        // What it means (SPEC §9.3–9.5).
+        let proof = Proof::from_verified(&verified);
+        let mut new_record: Option<DeviceRecord> = None;
+        let mut ledger: Option<(ConsentEvent, u32)> = None;
+        let event = match (h.kind, register) {
+            (Kind::REGISTER, Some((reg, key))) => {
+                let digest = digest_of(&reg.consent)?;
+                let session = SessionSecrets::from_keys(&keys);
+                let (rec, new_relationship) = match &st.record {
+                    Some(r) if r.lifecycle == Lifecycle::Active => {
+                        // The same relationship: a new epoch, perhaps new firmware; the
+                        // consent it carries is judged as an update (SPEC §6.3).
+                        let owner_key = check_owner(&h.device, &reg.consent, r.owner_key.as_ref())?;
+                        let replace = r.consent.state.judge_update(&reg.consent.state).map_err(IngestError::Consent)?;
+                        let mut rec = r.clone();
+                        rec.firmware = reg.firmware;
+                        rec.session = session;
+                        if replace {
+                            ledger = Some((
+                                ConsentEvent::classify(Some(&r.consent.state), &reg.consent.state),
+                                reg.consent.state.version,
+                            ));
+                            rec.consent = reg.consent;
+                            rec.consent_digest = digest;
+                            rec.consent_received_at = now;
+                            rec.owner_key = owner_key;
+                        }
+                        (rec, false)
+                    }
+                    previous => {
+                        // A new relationship: the first, or the next owner's after a
+                        // transfer, whose state must supersede the reset state (§6.7).
+                        let owner_key = check_owner(&h.device, &reg.consent, None)?;
+                        if let Some(r) = previous
+                            && !reg.consent.state.supersedes(&r.consent.state)
+                        {
+                            return Err(IngestError::Consent(ConsentError::Stale {
+                                held: r.consent.state.version,
+                                got: reg.consent.state.version,
+                            }));
+                        }
+                        let prev_state = previous.as_ref().map(|r| &r.consent.state);
+                        ledger =
+                            Some((ConsentEvent::classify(prev_state, &reg.consent.state), reg.consent.state.version));
+                        let rec = DeviceRecord {
+                            device: h.device,
+                            certificate: reg.certificate,
+                            lifecycle: Lifecycle::Active,
+                            relationship: previous.as_ref().map_or(1, |r| r.relationship.saturating_add(1)),
+                            firmware: reg.firmware,
+                            session,
+                            consent: reg.consent,
+                            consent_digest: digest,
+                            consent_received_at: now,
+                            registered_at: now,
+                            owner_key,
+                            ledger_next: previous.as_ref().map_or((0, [0; 32]), |r| r.ledger_next),
+                            batchable_key: previous.as_ref().map_or_else(|| batchable_key(&key), |r| r.batchable_key),
+                        };
+                        (rec, true)
+                    }
+                };
+                let event = Event::Registered {
+                    relationship: rec.relationship,
+                    new_relationship,
+                    firmware: rec.firmware,
+                    consent_version: rec.consent.state.version,
+                };
+                new_record = Some(rec);
+                event
+            }
+            (Kind::USAGE, _) => {
+                let usage: Usage = verified.decode().map_err(unauthentic)?;
+                let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
+                r.consent.state.check_usage(&usage, now).map_err(IngestError::Unconsented)?;
+                Event::Usage(Box::new(usage))
+            }
+            (Kind::FAULT, _) => {
+                let fault: Fault = verified.decode().map_err(unauthentic)?;
+                let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
+                r.consent.state.check_fault(&fault, now).map_err(IngestError::Unconsented)?;
+                Event::Fault(Box::new(fault))
+            }
+            (Kind::CONSENT, _) => {
+                let update: ConsentUpdate = verified.decode().map_err(unauthentic)?;
+                let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
+                if r.lifecycle != Lifecycle::Active {
+                    return Err(IngestError::AwaitingRegistration);
+                }
+                let owner_key = check_owner(&h.device, &update.consent, r.owner_key.as_ref())?;
+                let held = r.consent.state.version;
+                let version = update.consent.state.version;
+                if r.consent.state.judge_update(&update.consent.state).map_err(IngestError::Consent)? {
+                    let mut rec = r.clone();
+                    ledger = Some((ConsentEvent::classify(Some(&r.consent.state), &update.consent.state), version));
+                    rec.consent_digest = digest_of(&update.consent)?;
+                    rec.consent = update.consent;
+                    rec.consent_received_at = now;
+                    rec.owner_key = owner_key;
+                    new_record = Some(rec);
+                    Event::ConsentChanged { previous: held, version }
+                } else {
+                    Event::ConsentRepeated { version }
+                }
+            }
+            (Kind::TRANSFER, _) => {
+                let t: Transfer = verified.decode().map_err(unauthentic)?;
+                let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
+                let reset = r
+                    .consent
+                    .state
+                    .reset_for_transfer(t.at)
+                    .map_err(|_| DecodeError::OutOfRange("consent version exhausted"))?;
+                let mut rec = r.clone();
+                ledger = Some((ConsentEvent::ResetOnTransfer, reset.version));
+                rec.lifecycle = Lifecycle::Transferred;
+                rec.consent = SignedConsent { state: reset, owner: None };
+                rec.consent_digest = [0; 32];
+                rec.consent_received_at = now;
+                rec.owner_key = None;
+                new_record = Some(rec);
+                Event::Transferred { at: t.at }
+            }
+            (Kind::DECOMMISSION, _) => {
+                let d: Decommission = verified.decode().map_err(unauthentic)?;
+                let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
+                let mut rec = r.clone();
+                rec.lifecycle = Lifecycle::Decommissioned;
+                new_record = Some(rec);
+                Event::Decommissioned { at: d.at, reason: d.reason }
+            }
+            (kind, _) => return Err(IngestError::WrongDirection(kind)),
+        };
+        if new_epoch && new_record.is_none() {
+            let mut rec = st.record.clone().ok_or(IngestError::UnknownDevice)?;
+            rec.session = SessionSecrets::from_keys(&keys);
+            new_record = Some(rec);
+        }
+        let ledger = match (ledger, new_record.as_mut()) {
+            (Some((event, version)), Some(rec)) => {
+                let entry = ledger_entry(rec.ledger_next, event, now, version, proof.clone());
+                rec.ledger_next = (entry.seq.saturating_add(1), entry.hash);
+                Some(entry)
+            }
+            _ => None,
+        };
+
+        // Accepted: only now does any state change.
+        st.window.accept(h.counter)?;
+        st.dirty = true;
+        if let Some(rec) = new_record {
+            st.record = Some(rec);
+            st.record_changed = true;
+        }
+        let message =
+            StoredMessage { device: h.device, counter: h.counter, kind: h.kind.to_byte(), received_at: now, proof };
+        Ok(Done { accepted: Accepted { device: h.device, counter: h.counter, kind: h.kind, event }, ledger, message })
+    }
+
+    fn device_key(&self, bytes: &[u8; 32]) -> Result<VerifyingKey, IngestError> {
+        if let Some(k) = self.key_cache.read().unwrap_or_else(PoisonError::into_inner).get(bytes) {
+            return Ok(*k);
+        }
+        let k = VerifyingKey::from_bytes(bytes).map_err(|_| StoreError::Corrupt("device key"))?;
+        let mut cache = self.key_cache.write().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= KEY_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(*bytes, k);
+        Ok(k)
+    }
+
+    fn accept_epoch(&self, h: &Header, eph: &[u8; 32]) -> Result<SessionKeys, IngestError> {
+        self.keys.accept_epoch(&h.device, h.epoch, eph).map_err(|_| IngestError::WeakKey)
+    }
+}
+
+fn check_signature<'a, 'b>(
+    pt: Plaintext<'a, 'b>,
+    key: &VerifyingKey,
+    batchable: bool,
+    index: usize,
+    sig: &mut SigMode<'_>,
+) -> Result<Verified<'a, 'b>, IngestError> {
+    let data = pt.header.kind == Kind::USAGE || pt.header.kind == Kind::FAULT;
+    match sig {
+        SigMode::Defer(verifier, idx) if data => {
+            verifier.push(*key, batchable, pt.header_bytes(), pt.body_bytes(), pt.signature());
+            idx.push((index, key.to_bytes()));
+            Ok(pt.into_verified())
+        }
+        SigMode::Known(known) if data => match known.get(&index) {
+            Some((k, true)) if *k == key.to_bytes() => Ok(pt.into_verified()),
+            Some((k, false)) if *k == key.to_bytes() => Err(IngestError::Unauthentic),
+            _ => pt.verify(key).map_err(unauthentic),
+        },
+        _ => pt.verify(key).map_err(unauthentic),
+    }
+}

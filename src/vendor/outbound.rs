@@ -1,0 +1,86 @@
+//! Vendor to device: Receipts and Notices, sealed with the device's current
+//! session keys and the vendor's own per-device counter. A notice is sealed
+//! only where the owner's contact preferences allow it; the counter value
+//! and the notice log entry are committed before the sealed bytes are
+//! returned, so a counter value is never used twice.
+
+use alloc::vec::Vec;
+use core::cell::RefCell;
+
+use crate::consent::{ContactHistory, Purpose};
+use crate::message::{Body, Notice, Receipt};
+use crate::seal::seal_from_vendor;
+use crate::wire::DeviceId;
+
+use super::store::{DeviceRecord, DeviceRegistry, Lifecycle, NoticeLog, Store, Transaction, VendorCounters};
+use super::{Ingestor, SendError};
+
+struct TxHistory<'t, T> {
+    tx: RefCell<&'t mut T>,
+    device: DeviceId,
+}
+
+impl<T: NoticeLog> ContactHistory for TxHistory<'_, T> {
+    fn sent_since(&self, purpose: Purpose, since: u64) -> u32 {
+        // A storage failure counts as "cap reached": fail closed.
+        self.tx.borrow_mut().notices_since(&self.device, purpose, since).unwrap_or(u32::MAX)
+    }
+}
+
+fn live(record: Option<DeviceRecord>) -> Result<DeviceRecord, SendError> {
+    let rec = record.ok_or(SendError::UnknownDevice)?;
+    if rec.lifecycle == Lifecycle::Decommissioned {
+        return Err(SendError::Decommissioned);
+    }
+    Ok(rec)
+}
+
+impl<S: Store> Ingestor<S> {
+    /// Seals a Receipt countersigning the consent the vendor holds for `device`.
+    ///
+    /// # Errors
+    /// [`SendError::UnknownDevice`], [`SendError::Decommissioned`],
+    /// [`SendError::NoConsent`] after a transfer (nothing to countersign),
+    /// or a storage or sealing failure (then nothing was sent).
+    pub fn seal_receipt(&self, device: &DeviceId) -> Result<Vec<u8>, SendError> {
+        let mut tx = self.store().begin()?;
+        let rec = live(tx.device(device)?)?;
+        if rec.lifecycle != Lifecycle::Active {
+            return Err(SendError::NoConsent);
+        }
+        let receipt = Receipt {
+            consent_version: rec.consent.state.version,
+            consent_digest: rec.consent_digest,
+            received_at: rec.consent_received_at,
+        };
+        let counter = tx.next_counter(device)?;
+        let mut out = alloc::vec![0u8; Receipt::MAX_SEALED_LEN];
+        let n = seal_from_vendor(&mut out, *device, counter, &receipt, self.keys(), &rec.session.keys())?;
+        out.truncate(n);
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Seals `notice` for `device` if the owner's contact preferences allow
+    /// it at `now`, and records it for frequency caps.
+    ///
+    /// # Errors
+    /// [`SendError::Refused`] with the reason when the preferences forbid
+    /// it (the notice is held back), [`SendError::UnknownDevice`],
+    /// [`SendError::Decommissioned`], or a storage or sealing failure.
+    pub fn seal_notice(&self, device: &DeviceId, notice: &Notice, now: u64) -> Result<Vec<u8>, SendError> {
+        let mut tx = self.store().begin()?;
+        let rec = live(tx.device(device)?)?;
+        {
+            let history = TxHistory { tx: RefCell::new(&mut tx), device: *device };
+            rec.consent.state.check_notice(notice, now, &history).map_err(SendError::Refused)?;
+        }
+        let counter = tx.next_counter(device)?;
+        let mut out = alloc::vec![0u8; Notice::MAX_SEALED_LEN];
+        let n = seal_from_vendor(&mut out, *device, counter, notice, self.keys(), &rec.session.keys())?;
+        out.truncate(n);
+        tx.record_notice(device, notice.purpose, now, counter)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,166 @@
+//! Crash safety of the persistent store: a child process ingests into a redb
+//! file and is killed with SIGKILL at arbitrary points, again and again. No
+//! acknowledged message may be lost, and no message may ever be accepted twice.
+#![cfg(feature = "redb")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use spime::consent::*;
+use spime::message::*;
+use spime::seal::VendorKeys;
+use spime::vendor::sim::{SimDevice, consent};
+use spime::vendor::*;
+use spime::wire::DeviceId;
+
+const CHILD_ENV: &str = "SPIME_CRASH_CHILD_STORE";
+const DEVICES: u8 = 6;
+const PER_DEVICE: u64 = 80;
+const BATCH: usize = 12;
+
+fn vendor_keys() -> VendorKeys {
+    VendorKeys::from_secrets(&[1; 32], [2; 32])
+}
+
+/// The same message stream on every run: each device registers, then reports.
+fn stream() -> Vec<Vec<u8>> {
+    let grants = [(Purpose::USAGE_ANALYTICS, CategorySet::EMPTY.with(DataCategory::UsageCounters))];
+    let mut fleet: Vec<SimDevice> =
+        (1..=DEVICES).map(|i| SimDevice::new(DeviceId([i; 16]), [i; 32], &vendor_keys()).unwrap()).collect();
+    let mut out = Vec::new();
+    for d in &mut fleet {
+        let reg = Register {
+            certificate: d.certificate().clone(),
+            firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
+            consent: consent(1, &grants, 0),
+        };
+        out.push(d.seal(&reg).unwrap());
+    }
+    for i in 0..PER_DEVICE {
+        for d in &mut fleet {
+            let mut metrics = heapless::Vec::new();
+            metrics
+                .push(Metric { id: 1, category: DataCategory::UsageCounters, value: MetricValue::Counter(i) })
+                .unwrap();
+            let u = Usage {
+                purpose: Purpose::USAGE_ANALYTICS,
+                consent_version: 1,
+                window_start: 0,
+                window_end: 1,
+                metrics,
+            };
+            out.push(d.seal(&u).unwrap());
+        }
+    }
+    out
+}
+
+fn id_of(m: &[u8]) -> (DeviceId, u64) {
+    let h = spime::seal::Envelope::parse(m).unwrap().header;
+    (h.device, h.counter)
+}
+
+/// The child: ingest the whole stream from the start, printing each
+/// acknowledgement only after `ingest_batch` (and so the commit) returned.
+#[test]
+fn crash_child_entry() {
+    let Ok(path) = std::env::var(CHILD_ENV) else { return };
+    let store = RedbStore::open(&path).unwrap();
+    let v = Ingestor::new(store, vendor_keys(), IngestConfig { workers: 2, batch_verify: true });
+    let msgs = stream();
+    let mut out = std::io::stdout().lock();
+    for chunk in msgs.chunks(BATCH) {
+        let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        for (m, r) in chunk.iter().zip(v.ingest_batch(&refs, 100)) {
+            let (d, c) = id_of(m);
+            match r {
+                Ok(_) => writeln!(out, "ACK {d} {c}").unwrap(),
+                Err(e) => writeln!(out, "REJ {d} {c} {}", e.reason()).unwrap(),
+            }
+        }
+        out.flush().unwrap();
+    }
+    writeln!(out, "DONE").unwrap();
+    out.flush().unwrap();
+    std::process::exit(0);
+}
+
+#[test]
+fn sigkill_at_arbitrary_points_loses_no_ack_and_accepts_no_replay() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("spime-crash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("vendor.redb");
+    let all: Vec<(DeviceId, u64)> = stream().iter().map(|m| id_of(m)).collect();
+    let total = all.len();
+    let mut acked: HashSet<String> = HashSet::new();
+    let mut rng: u64 = 0x5eed_1234_abcd_0001; // deterministic kill schedule
+    let mut kills = 0;
+    let mut finished = false;
+    for round in 0..40 {
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let kill_after = if round < 25 { Some((rng >> 33) % 8) } else { None };
+        let delay_us = (rng >> 20) % 1000;
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["crash_child_entry", "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, &path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut run_acks = 0u64;
+        let mut done = false;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.strip_prefix("ACK ") {
+                // A message acknowledged twice would be an accepted replay.
+                assert!(acked.insert(rest.to_string()), "accepted twice: {rest}");
+                run_acks += 1;
+                if kill_after.is_some_and(|k| run_acks > k) {
+                    std::thread::sleep(core::time::Duration::from_micros(delay_us));
+                    break;
+                }
+            } else if let Some(rest) = line.strip_prefix("REJ ") {
+                // After a restart, anything already stored is refused as a replay.
+                assert!(rest.ends_with(" replay"), "unexpected rejection: {rest}");
+            } else if line == "DONE" {
+                done = true;
+            }
+        }
+        if !done {
+            let _ = child.kill(); // SIGKILL
+            kills += 1;
+        }
+        let _ = child.wait();
+        // Every acknowledged message is in the store after the crash.
+        let store = RedbStore::open(&path).unwrap();
+        let mut tx = store.begin().unwrap();
+        for a in &acked {
+            let mut it = a.split(' ');
+            let dev = it.next().unwrap();
+            let counter: u64 = it.next().unwrap().parse().unwrap();
+            let (d, _) = all.iter().find(|(d, _)| d.to_string() == dev).unwrap();
+            assert!(tx.message(d, counter).unwrap().is_some(), "acknowledged {a} lost");
+        }
+        drop(tx);
+        drop(store);
+        if done {
+            finished = true;
+            break;
+        }
+    }
+    assert!(finished, "the child never ran to completion");
+    assert!(kills >= 3, "only {kills} kills");
+    eprintln!("{kills} SIGKILLs, {} messages acknowledged over all runs", acked.len());
+    // Every message was accepted exactly once over all the runs.
+    let store = RedbStore::open(&path).unwrap();
+    assert_eq!(store.message_count().unwrap(), total as u64);
+    assert!(acked.len() <= total);
+    drop(store);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
