@@ -78,3 +78,8 @@ pub mod seal;
 #[cfg(feature = "std")]
 pub mod vendor;
 pub mod wire;
+
+/// The README's code blocks, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
