@@ -129,7 +129,7 @@ fn valid_specs() -> Vec<Spec<'static>> {
         spec("usage", 1, EPOCH, None, &usage()),
         spec("fault", 2, EPOCH, None, &fault()),
         spec("consent", 3, EPOCH, None, &consent_update()),
-        spec("usage_opening_epoch_2", 17, 2, Some(EPHEMERAL_SECRET_2), &usage()),
+        spec("fault_opening_epoch_2", 17, 2, Some(EPHEMERAL_SECRET_2), &fault()),
         spec("transfer", 18, 2, None, &transfer()),
         spec("decommission", 19, 2, None, &decommission()),
         spec("receipt", 0, EPOCH, None, &receipt()),
