@@ -20,7 +20,7 @@ use criterion::{BatchSize, Criterion, Throughput};
 use spime::consent::*;
 use spime::message::*;
 use spime::seal::{self, Envelope, SessionKeys, VendorKeys};
-use spime::vendor::sim::{SimDevice, consent};
+use spime::vendor::sim::{SimDevice, consent, counter_usage};
 use spime::vendor::*;
 use spime::wire::DeviceId;
 
@@ -66,19 +66,8 @@ fn fixture() -> Fixture {
     let mut sessions = Vec::with_capacity(N);
     for i in 0..PER_DEVICE {
         for d in &mut fleet {
-            let mut metrics = heapless::Vec::new();
-            for id in 0..4u16 {
-                metrics
-                    .push(Metric { id, category: DataCategory::UsageCounters, value: MetricValue::Counter(i as u64) })
-                    .unwrap();
-            }
-            let u = Usage {
-                purpose: Purpose::USAGE_ANALYTICS,
-                consent_version: 1,
-                window_start: 0,
-                window_end: 1,
-                metrics,
-            };
+            let n = i as u64;
+            let u = counter_usage(1, &[(0, n), (1, n), (2, n), (3, n)]);
             messages.push(d.seal(&u).unwrap());
             sessions.push((d.session().unwrap().clone(), d.key().public()));
         }

@@ -13,7 +13,7 @@ use spime::consent::*;
 use spime::message::*;
 use spime::seal::{self, MESSAGE_DST, VendorKeys};
 use spime::vendor::batch::{BatchVerifier, batchable_key, batchable_r};
-use spime::vendor::sim::{SimDevice, consent};
+use spime::vendor::sim::{SimDevice, consent, counter_usage};
 use spime::vendor::*;
 use spime::wire::{DeviceId, Direction, Header, Kind};
 
@@ -178,17 +178,7 @@ fn pipeline_batches_only_data_kinds() {
         // A usage report signed with a torsioned R, ground until the batch passes.
         let mut accepted_usage = None;
         for counter in 1..64u64 {
-            let mut metrics = heapless::Vec::new();
-            metrics
-                .push(Metric { id: 1, category: DataCategory::UsageCounters, value: MetricValue::Counter(counter) })
-                .unwrap();
-            let u = Usage {
-                purpose: Purpose::USAGE_ANALYTICS,
-                consent_version: 1,
-                window_start: 0,
-                window_end: 1,
-                metrics,
-            };
+            let u = counter_usage(1, &[(1, counter)]);
             let mut bb = [0u8; 512];
             let body = spime::codec::encode(&u, &mut bb).unwrap().to_vec();
             let h = Header { kind: Kind::USAGE, device: d.id(), epoch: 1, counter, ephemeral: None };

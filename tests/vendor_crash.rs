@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use spime::consent::*;
 use spime::message::*;
 use spime::seal::VendorKeys;
-use spime::vendor::sim::{SimDevice, consent};
+use spime::vendor::sim::{SimDevice, consent, counter_usage};
 use spime::vendor::*;
 use spime::wire::DeviceId;
 
@@ -40,17 +40,7 @@ fn stream() -> Vec<Vec<u8>> {
     }
     for i in 0..PER_DEVICE {
         for d in &mut fleet {
-            let mut metrics = heapless::Vec::new();
-            metrics
-                .push(Metric { id: 1, category: DataCategory::UsageCounters, value: MetricValue::Counter(i) })
-                .unwrap();
-            let u = Usage {
-                purpose: Purpose::USAGE_ANALYTICS,
-                consent_version: 1,
-                window_start: 0,
-                window_end: 1,
-                metrics,
-            };
+            let u = counter_usage(1, &[(1, i)]);
             out.push(d.seal(&u).unwrap());
         }
     }

@@ -541,15 +541,9 @@ fn notices_follow_contact_preferences() {
     let v = vendor(strict());
     let mut d = dev(1);
     let mut c = analytics();
+    c.state.allow_channel(Purpose::PROACTIVE_SERVICE, Channel::App).unwrap();
     c.state
-        .contact
-        .grants
-        .push(ContactGrant { purpose: Purpose::PROACTIVE_SERVICE, channels: ChannelSet::EMPTY.with(Channel::App) })
-        .unwrap();
-    c.state
-        .contact
-        .caps
-        .push(FrequencyCap { purpose: Purpose::PROACTIVE_SERVICE, max_notices: 1, period_seconds: 86_400 })
+        .set_cap(FrequencyCap { purpose: Purpose::PROACTIVE_SERVICE, max_notices: 1, period_seconds: 86_400 })
         .unwrap();
     c.state.contact.muted_topics.push(9).unwrap();
     v.ingest(&register(&mut d, c), NOW).unwrap();

@@ -22,15 +22,9 @@ fn state_survives_reopen() {
     let path = dir.join("v.redb");
     let mut d = SimDevice::new(DeviceId([3; 16]), [3; 32], &keys()).unwrap();
     let mut c = consent(1, &[(Purpose::USAGE_ANALYTICS, CategorySet::EMPTY.with(DataCategory::UsageCounters))], 0);
+    c.state.allow_channel(Purpose::PROACTIVE_SERVICE, Channel::App).unwrap();
     c.state
-        .contact
-        .grants
-        .push(ContactGrant { purpose: Purpose::PROACTIVE_SERVICE, channels: ChannelSet::EMPTY.with(Channel::App) })
-        .unwrap();
-    c.state
-        .contact
-        .caps
-        .push(FrequencyCap { purpose: Purpose::PROACTIVE_SERVICE, max_notices: 1, period_seconds: 1000 })
+        .set_cap(FrequencyCap { purpose: Purpose::PROACTIVE_SERVICE, max_notices: 1, period_seconds: 1000 })
         .unwrap();
     let reg = d
         .seal(&Register {

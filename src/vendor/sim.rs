@@ -7,9 +7,11 @@ use alloc::vec::Vec;
 
 use sha2::{Digest, Sha256};
 
-use crate::consent::{CategorySet, ConsentState, ContactPrefs, Grant, LocationPrecision, Purpose, SignedConsent};
+use crate::consent::{
+    CategorySet, ConsentState, ContactPrefs, DataCategory, Grant, LocationPrecision, Purpose, SignedConsent,
+};
 use crate::error::{OpenError, SealError};
-use crate::message::{Body, CertificateBody, DeviceCertificate};
+use crate::message::{Body, CertificateBody, DeviceCertificate, Metric, MetricValue, Usage};
 use crate::seal::{self, DeviceKey, Envelope, Seal, SessionKeys, VendorKeys, VendorPublicKeys, keys};
 use crate::wire::DeviceId;
 
@@ -164,4 +166,16 @@ pub fn consent(version: u32, grants: &[(Purpose, CategorySet)], issued_at: u64) 
         },
         owner: None,
     }
+}
+
+/// A UsageAnalytics report built under `consent_version` for the window
+/// `[0, 1)`, with one UsageCounters counter per `(id, count)`; ids must be
+/// strictly ascending, and counters past the sixteenth are left out.
+pub fn counter_usage(consent_version: u32, counters: &[(u16, u64)]) -> Usage {
+    let metrics = counters
+        .iter()
+        .map(|&(id, n)| Metric { id, category: DataCategory::UsageCounters, value: MetricValue::Counter(n) })
+        .take(crate::message::MAX_METRICS)
+        .collect();
+    Usage { purpose: Purpose::USAGE_ANALYTICS, consent_version, window_start: 0, window_end: 1, metrics }
 }
