@@ -468,7 +468,15 @@ impl<const SLOTS: usize, const MAX_LEN: usize> Reassembler<SLOTS, MAX_LEN> {
         Ok(if restarted { Pushed::Restarted } else { Pushed::Accepted })
     }
 
-    fn check(chunk: &[u8]) -> Result<(ChunkHeader, &[u8]), ChunkError> {
+    /// Parses `chunk` and checks that its message fits `MAX_LEN`, exactly
+    /// as [`Reassembler::push`] does first, without touching any state: a
+    /// caller that keeps state per link (the vendor's
+    /// `vendor::link::Reassembly`) checks a chunk with this before
+    /// it allocates anything for it.
+    ///
+    /// # Errors
+    /// As [`Reassembler::push`].
+    pub fn check(chunk: &[u8]) -> Result<(ChunkHeader, &[u8]), ChunkError> {
         let (h, payload) = ChunkHeader::parse(chunk)?;
         // The message has at least `last * size + 1` bytes, exactly
         // `last * size + len` when this is the last chunk.
