@@ -296,7 +296,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
 
     println!("\n== 6. The owner sells the kettle (Transfer)");
-    let (tproof, t, _) = w.send(&Transfer { at: NOON + 3 * 86_400 })?;
+    let (tproof, t, _) = w.send(&Transfer::unsigned(NOON + 3 * 86_400, held.version))?;
     let reset = held.reset_for_transfer(t.at)?;
     let e = ledger.append(ConsentEvent::ResetOnTransfer, tproof, t.at + 1)?;
     println!("  vendor: consent reset to version {} ({})", e.version, e.event.name());

@@ -334,7 +334,7 @@ fn live_day(c: &mut Client, day: u64, narration: &mut Vec<String>) {
             // A report queued under the old owner's consent, delivered late.
             let late = c.sim.seal(&usage(1, day, seed, false)).unwrap();
             c.kept.push(late);
-            c.seal_send(&Transfer { at: noon(day) });
+            c.seal_send(&Transfer::unsigned(noon(day), 1));
             narration.push(format!("{id}: sold; consent reset to Essential only"));
         }
         (Role::Transferred, 13) => {

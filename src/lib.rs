@@ -24,7 +24,7 @@
 //! let (session, ephemeral) = keys::device_start_epoch_with(&[4; 32], &device.device, 1, &vendor.public())?;
 //! let mut out = [0u8; Transfer::MAX_SEALED_LEN];
 //! let header = Seal { device: device.device, epoch: 1, counter: 0, ephemeral: Some(ephemeral) };
-//! let n = seal::seal(&mut out, &header, &Transfer { at: 1_795_000_000 }, device.signing(), &session)?;
+//! let n = seal::seal(&mut out, &header, &Transfer::unsigned(1_795_000_000, 1), device.signing(), &session)?;
 //!
 //! // Vendor: parse, agree the epoch's keys, decrypt, verify, decode.
 //! let envelope = Envelope::parse(&out[..n])?;
@@ -32,7 +32,7 @@
 //! let keys = vendor.accept_epoch(&envelope.header.device, envelope.header.epoch, &eph)?;
 //! let mut buf = [0u8; Transfer::MAX_SEALED_LEN];
 //! let verified = envelope.decrypt(&keys, &mut buf)?.verify(&device.public())?;
-//! assert_eq!(verified.decode::<Transfer>()?, Transfer { at: 1_795_000_000 });
+//! assert_eq!(verified.decode::<Transfer>()?, Transfer::unsigned(1_795_000_000, 1));
 //! # Ok(()) }
 //! ```
 //!

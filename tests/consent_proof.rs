@@ -320,7 +320,7 @@ fn life(w: &World) -> ConsentLedger {
     let lapse = v3.reconfirm_by;
     assert_eq!(l.record_expiry(lapse).unwrap().unwrap().event, ConsentEvent::Expired);
     assert_eq!(l.record_expiry(lapse + 1).unwrap(), None, "recorded once");
-    let t = seal_open(w, &Transfer { at: lapse + 5 }, 3, w.device.signing()).unwrap();
+    let t = seal_open(w, &Transfer::unsigned(lapse + 5, 3), 3, w.device.signing()).unwrap();
     let e = l.append(ConsentEvent::ResetOnTransfer, t, lapse + 6).unwrap();
     assert_eq!(e.version, 4);
     assert_eq!(l.current_state().unwrap(), v3.reset_for_transfer(lapse + 5).unwrap());
@@ -417,7 +417,7 @@ fn ledger_detects_tampering() {
 fn ledger_append_rejections() {
     let w = world();
     let mut l = ConsentLedger::new(w.device.device);
-    let t = seal_open(&w, &Transfer { at: NOW }, 1, w.device.signing()).unwrap();
+    let t = seal_open(&w, &Transfer::unsigned(NOW, 0), 1, w.device.signing()).unwrap();
     assert_eq!(l.append(ConsentEvent::ResetOnTransfer, t.clone(), NOW).unwrap_err(), LedgerError::NoState);
     assert!(matches!(l.append(ConsentEvent::Given, t, NOW), Err(LedgerError::WrongKind { .. })));
     let c = seal_open(&w, &update(granted(1, NOW)), 2, w.device.signing()).unwrap();

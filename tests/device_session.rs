@@ -282,3 +282,45 @@ fn permitted_reports_are_rechecked_when_sealed() {
     let err = registered(&mut dev).report_usage(usage, T0 + 2).unwrap_err();
     assert!(matches!(err, SessionError::Denied(Denial::NotGranted { .. })));
 }
+
+/// Issue 9, finding 2, device side: while the consent held is owner-signed,
+/// the device refuses to seal a Transfer the owner did not authorise, and
+/// seals one the owner did.
+#[test]
+fn owner_pin_survives_device_signed_transfer_on_the_device() {
+    use spime::consent::OwnerProof;
+    let owner = ed25519_dalek::SigningKey::from_bytes(&[44; 32]);
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[45; 32]);
+    let mut vendor = Vendor::new();
+    let mut ob = Ob::new();
+    let mut dev = Dev::boot(identity(), storage(), &mut ob).unwrap();
+    let mut c = generous_consent(1, T0);
+    c.owner = Some(OwnerProof::sign(&c.state, &DEVICE_ID, &owner).unwrap());
+    let Phase::Unregistered(u) = dev.phase() else { panic!() };
+    u.register(&mut rng(), c).unwrap();
+    flush(&mut dev, &mut vendor);
+
+    let r = registered(&mut dev);
+    assert_eq!(r.transfer(T0 + 1).err(), Some(SessionError::Consent(ConsentError::OwnerProofMissing)));
+    let r = registered(&mut dev);
+    let by_stranger = OwnerProof::sign_transfer(&DEVICE_ID, 1, T0 + 1, &stranger);
+    assert_eq!(
+        r.transfer_authorised(T0 + 1, by_stranger).err(),
+        Some(SessionError::Consent(ConsentError::OwnerKeyMismatch))
+    );
+    let r = registered(&mut dev);
+    let wrong_time = OwnerProof::sign_transfer(&DEVICE_ID, 1, T0 + 2, &owner);
+    assert_eq!(
+        r.transfer_authorised(T0 + 1, wrong_time).err(),
+        Some(SessionError::Consent(ConsentError::OwnerProofInvalid))
+    );
+    assert_eq!(dev.stage(), Stage::Registered);
+    assert_eq!(dev.queued().count(), 0, "nothing was sealed");
+
+    let r = registered(&mut dev);
+    let proof = OwnerProof::sign_transfer(&DEVICE_ID, 1, T0 + 1, &owner);
+    r.transfer_authorised(T0 + 1, proof).unwrap();
+    assert_eq!(dev.stage(), Stage::Unregistered);
+    let got = flush(&mut dev, &mut vendor);
+    assert!(matches!(&got[..], [(_, Opened::Transfer(t))] if t.owner == Some(proof) && t.consent_version == 1));
+}

@@ -342,7 +342,7 @@ proptest! {
         seal_round_trip(&ConsentUpdate { consent: v }, c);
     }
     #[test]
-    fn transfer_round_trips(at in any::<u64>(), c in any::<u64>()) { let v = Transfer { at }; round_trip(&v); seal_round_trip(&v, c); }
+    fn transfer_round_trips(at in any::<u64>(), c in any::<u64>()) { let v = Transfer::unsigned(at, (c % 1000) as u32); round_trip(&v); seal_round_trip(&v, c); }
     #[test]
     fn decommission_round_trips(at in any::<u64>(), r in 0usize..4, c in any::<u64>()) {
         let reason = [DecommissionReason::Recycled, DecommissionReason::Returned, DecommissionReason::Broken, DecommissionReason::Retired][r];
@@ -536,7 +536,14 @@ fn maximum_lengths_are_exact() {
     exact(&usage, "Usage");
     exact(&fault, "Fault");
     exact(&ConsentUpdate { consent }, "ConsentUpdate");
-    exact(&Transfer { at: u64::MAX }, "Transfer");
+    exact(
+        &Transfer {
+            at: u64::MAX,
+            consent_version: u32::MAX,
+            owner: Some(OwnerProof { owner_key: [0xff; 32], signature: bytes64(0xff) }),
+        },
+        "Transfer",
+    );
     exact(&Decommission { at: u64::MAX, reason: DecommissionReason::Retired }, "Decommission");
     exact(&Receipt { consent_version: u32::MAX, consent_digest: [0xff; 32], received_at: u64::MAX }, "Receipt");
     exact(&notice, "Notice");

@@ -2,9 +2,77 @@
 //! named after its finding. SPEC.md, Security, lists the threat and rule.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use spime::message::MAX_SEALED_LEN;
+use ed25519_dalek::SigningKey;
+use spime::consent::*;
+use spime::message::*;
 use spime::vendor::link::{LINK_BYTES, Reassembly, ReassemblyLimits};
+use spime::vendor::sim::{SimDevice, consent};
+use spime::vendor::*;
+use spime::wire::DeviceId;
 use spime::wire::chunk::Chunks;
+
+const NOW: u64 = 1_000_000;
+
+fn vendor_keys() -> spime::seal::VendorKeys {
+    spime::seal::VendorKeys::from_secrets(&[1; 32], [2; 32])
+}
+
+fn vendor() -> Ingestor<MemoryStore> {
+    Ingestor::new(MemoryStore::new(), vendor_keys(), IngestConfig { workers: 1, batch_verify: false })
+}
+
+fn dev(n: u8) -> SimDevice {
+    SimDevice::new(DeviceId([n; 16]), [n.wrapping_add(100); 32], &vendor_keys()).unwrap()
+}
+
+fn cats(c: &[DataCategory]) -> CategorySet {
+    c.iter().fold(CategorySet::EMPTY, |s, &c| s.with(c))
+}
+
+fn analytics(version: u32) -> SignedConsent {
+    consent(version, &[(Purpose::USAGE_ANALYTICS, cats(&[DataCategory::UsageCounters]))], 0)
+}
+
+fn widened(version: u32) -> SignedConsent {
+    consent(
+        version,
+        &[
+            (Purpose::USAGE_ANALYTICS, cats(&[DataCategory::UsageCounters])),
+            (Purpose::MARKETING, cats(&[DataCategory::UsageCounters])),
+            (Purpose::THIRD_PARTY_SHARING, cats(&[DataCategory::UsageCounters])),
+        ],
+        0,
+    )
+}
+
+fn signed(mut c: SignedConsent, device: DeviceId, owner: &SigningKey) -> SignedConsent {
+    c.owner = Some(OwnerProof::sign(&c.state, &device, owner).unwrap());
+    c
+}
+
+fn register_body(d: &SimDevice, c: SignedConsent) -> Register {
+    Register {
+        certificate: d.certificate().clone(),
+        firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
+        consent: c,
+    }
+}
+
+/// A Register that opens the next epoch.
+fn register(d: &mut SimDevice, c: SignedConsent) -> Vec<u8> {
+    let body = register_body(d, c);
+    d.seal_new_epoch(&body).unwrap()
+}
+
+fn marketing_usage(version: u32) -> Usage {
+    let mut metrics = heapless::Vec::new();
+    metrics.push(Metric { id: 1, category: DataCategory::UsageCounters, value: MetricValue::Counter(1) }).unwrap();
+    Usage { purpose: Purpose::MARKETING, consent_version: version, window_start: 0, window_end: 1, metrics }
+}
+
+fn err(r: Outcome) -> IngestError {
+    r.unwrap_err()
+}
 
 /// Finding 1: 100,000 link ids, each sending one garbage byte, then each
 /// sending a valid first chunk of a longest (1,228-byte) message, never
@@ -28,7 +96,7 @@ fn link_flood_stays_bounded() {
     // message cut in 5-byte pieces: the most one 6-byte chunk can claim),
     // 100,000 new links.
     let frame = [0, 7, 245, 245, 5, 0x5a];
-    assert!(245 * 5 + 1 <= MAX_SEALED_LEN);
+    const { assert!(245 * 5 < MAX_SEALED_LEN) };
     let mut most = 0;
     for link in 0..100_000u32 {
         assert_eq!(rx.push(&link, 1_000 + u64::from(link / 10_000), &frame).unwrap(), None);
@@ -56,4 +124,103 @@ fn link_flood_stays_bounded() {
     // Idle links go on the next push after the timeout, without a call to expire.
     rx.push(&u32::MAX, 2_000, &frame).unwrap();
     assert_eq!(rx.links(), 1);
+}
+
+/// Finding 2: with an owner key pinned, a device-signed Transfer followed
+/// by a Register with a widened consent and no owner proof used to start
+/// relationship 2 with Marketing and ThirdPartySharing granted. Now the
+/// change of owner needs the pinned owner's authorisation.
+#[test]
+fn owner_pin_survives_device_signed_transfer() {
+    let v = vendor();
+    let owner = SigningKey::from_bytes(&[44; 32]);
+    let stranger = SigningKey::from_bytes(&[45; 32]);
+    let mut d = dev(1);
+    let id = d.id();
+    v.ingest(&register(&mut d, signed(analytics(1), id, &owner)), NOW).unwrap();
+
+    let epoch1 = d.session().unwrap().clone();
+
+    // The attack: a Transfer signed by the device only, then a widened Register.
+    let unproved = Transfer::unsigned(NOW, 1);
+    assert_eq!(err(v.ingest(&d.seal(&unproved).unwrap(), NOW)), IngestError::Consent(ConsentError::OwnerProofMissing));
+    assert_eq!(
+        err(v.ingest(&register(&mut d, widened(2)), NOW)),
+        IngestError::Consent(ConsentError::OwnerProofMissing)
+    );
+    // The refused Register opened nothing: the vendor still uses epoch 1.
+    let usage = d.seal_with(&marketing_usage(2), &epoch1, None).unwrap();
+    assert_eq!(err(v.ingest(&usage, NOW)).reason(), "unconsented");
+
+    // Proofs by another key, over other fields, or for another device fail.
+    let mut dd = d;
+    let mut try_transfer = |t: Transfer| err(v.ingest(&dd.seal_with(&t, &epoch1, None).unwrap(), NOW));
+    let by_stranger = OwnerProof::sign_transfer(&id, 1, NOW, &stranger);
+    assert_eq!(
+        try_transfer(Transfer { at: NOW, consent_version: 1, owner: Some(by_stranger) }),
+        IngestError::Consent(ConsentError::OwnerKeyMismatch)
+    );
+    let other_time = OwnerProof::sign_transfer(&id, 1, NOW + 1, &owner);
+    assert_eq!(
+        try_transfer(Transfer { at: NOW, consent_version: 1, owner: Some(other_time) }),
+        IngestError::Consent(ConsentError::OwnerProofInvalid)
+    );
+    let other_device = OwnerProof::sign_transfer(&DeviceId([2; 16]), 1, NOW, &owner);
+    assert_eq!(
+        try_transfer(Transfer { at: NOW, consent_version: 1, owner: Some(other_device) }),
+        IngestError::Consent(ConsentError::OwnerProofInvalid)
+    );
+    let mut d = dd;
+
+    // The owner authorises it: the relationship ends, the pin is dropped.
+    let proof = OwnerProof::sign_transfer(&id, 1, NOW, &owner);
+    let t = Transfer { at: NOW, consent_version: 1, owner: Some(proof) };
+    let sealed = d.seal_with(&t, &epoch1, None).unwrap();
+    assert_eq!(v.ingest(&sealed, NOW).unwrap().event, Event::Transferred { at: NOW });
+    // A second Transfer before the next registration is refused.
+    let again = d.seal_with(&t, &epoch1, None).unwrap();
+    assert_eq!(err(v.ingest(&again, NOW)), IngestError::AwaitingRegistration);
+    let a = v.ingest(&register(&mut d, widened(3)), NOW).unwrap();
+    assert!(matches!(a.event, Event::Registered { relationship: 2, new_relationship: true, .. }));
+    v.ingest(&d.seal(&marketing_usage(3)).unwrap(), NOW).unwrap();
+
+    // The first owner's old authorisation cannot end the new relationship
+    // (its consent version is below the one now held).
+    let replayed = Transfer { at: NOW, consent_version: 1, owner: Some(proof) };
+    assert_eq!(
+        err(v.ingest(&d.seal(&replayed).unwrap(), NOW)),
+        IngestError::Consent(ConsentError::Stale { held: 3, got: 1 })
+    );
+}
+
+/// Finding 4: a consent version may no longer jump to `u32::MAX - 1` (after
+/// which a next owner could never register): every step forward is at most
+/// `MAX_VERSION_STEP`, in a Register, a Consent and a Transfer alike.
+#[test]
+fn consent_version_exhaustion_is_bounded() {
+    let v = vendor();
+    let too_far = |held, got| IngestError::Consent(ConsentError::TooFarAhead { held, got, max: MAX_VERSION_STEP });
+    // A first registration far ahead.
+    let mut d = dev(1);
+    assert_eq!(err(v.ingest(&register(&mut d, analytics(u32::MAX - 1)), NOW)), too_far(0, u32::MAX - 1));
+    let mut d = dev(1);
+    v.ingest(&register(&mut d, analytics(MAX_VERSION_STEP)), NOW).unwrap();
+    let held = MAX_VERSION_STEP;
+    // A Consent far ahead; one exactly at the bound is fine.
+    let jump = ConsentUpdate { consent: analytics(u32::MAX - 1) };
+    assert_eq!(err(v.ingest(&d.seal(&jump).unwrap(), NOW)), too_far(held, u32::MAX - 1));
+    let step = ConsentUpdate { consent: analytics(held + MAX_VERSION_STEP + 1) };
+    assert_eq!(err(v.ingest(&d.seal(&step).unwrap(), NOW)), too_far(held, held + MAX_VERSION_STEP + 1));
+    let step = ConsentUpdate { consent: analytics(held + MAX_VERSION_STEP) };
+    v.ingest(&d.seal(&step).unwrap(), NOW).unwrap();
+    let held = held + MAX_VERSION_STEP;
+    // A Transfer naming a version far ahead.
+    let t = Transfer::unsigned(NOW, u32::MAX - 1);
+    assert_eq!(err(v.ingest(&d.seal(&t).unwrap(), NOW)), too_far(held, u32::MAX - 1));
+    // After a transfer, the next owner's first state is bounded too.
+    v.ingest(&d.seal(&Transfer::unsigned(NOW, held)).unwrap(), NOW).unwrap();
+    let reset = held + 1;
+    assert_eq!(err(v.ingest(&register(&mut d, analytics(u32::MAX - 1)), NOW)), too_far(reset, u32::MAX - 1));
+    let a = v.ingest(&register(&mut d, analytics(reset + 1)), NOW).unwrap();
+    assert!(matches!(a.event, Event::Registered { relationship: 2, .. }));
 }

@@ -116,7 +116,7 @@ fn decode_errors() {
     assert_eq!(reason(v.ingest(&[9; 200], NOW)), "decode");
     let mut d = registered(&v, 1);
     // A well-sealed body that does not decode as its kind.
-    let mut bytes = d.seal(&Transfer { at: 5 }).unwrap();
+    let mut bytes = d.seal(&Transfer::unsigned(5, 1)).unwrap();
     bytes[1] = Kind::USAGE.to_byte();
     assert_eq!(reason(v.ingest(&bytes, NOW)), "unauthentic"); // the header is authenticated
 }
@@ -376,7 +376,7 @@ fn consent_narrowed_withdrawn_and_stale() {
 fn transfer_resets_and_reregistration_starts_fresh() {
     let v = vendor(strict());
     let mut d = registered(&v, 1);
-    let a = v.ingest(&d.seal(&Transfer { at: 7 }).unwrap(), NOW).unwrap();
+    let a = v.ingest(&d.seal(&Transfer::unsigned(7, 1)).unwrap(), NOW).unwrap();
     assert_eq!(a.event, Event::Transferred { at: 7 });
     // Essential only now: the old owner's grants are gone.
     assert_eq!(reason(v.ingest(&d.seal(&ok_usage()).unwrap(), NOW)), "unconsented");
@@ -741,8 +741,14 @@ fn pinned_owner_key_is_enforced() {
     let mut c4 = consent(2, &[], 0);
     owner_signed(&mut c4, d.id(), &owner);
     v.ingest(&d.seal(&ConsentUpdate { consent: c4 }).unwrap(), NOW).unwrap();
-    // After a transfer the pin is dropped: the next owner signs with their own key.
-    v.ingest(&d.seal(&Transfer { at: NOW }).unwrap(), NOW).unwrap();
+    // A Transfer the pinned owner did not authorise is refused (issue 9, finding 2).
+    assert_eq!(
+        v.ingest(&d.seal(&Transfer::unsigned(NOW, 2)).unwrap(), NOW),
+        Err(IngestError::Consent(ConsentError::OwnerProofMissing))
+    );
+    // After an authorised transfer the pin is dropped: the next owner signs with their own key.
+    let proof = OwnerProof::sign_transfer(&d.id(), 2, NOW, &owner);
+    v.ingest(&d.seal(&Transfer { at: NOW, consent_version: 2, owner: Some(proof) }).unwrap(), NOW).unwrap();
     let mut c5 = consent(4, &[], 0);
     owner_signed(&mut c5, d.id(), &stranger);
     v.ingest(&register(&mut d, c5), NOW).unwrap();

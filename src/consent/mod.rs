@@ -53,12 +53,21 @@ pub use edit::EditError;
 pub use eval::{
     BuildError, ContactDenial, ContactHistory, Denial, FaultDraft, NoHistory, Permit, Permitted, Scope, SentNotice,
 };
-pub use proof::{ConsentError, OwnerRequirement, SentConsent, receipt_for, verify_receipt};
+pub use proof::{
+    ConsentError, OwnerRequirement, SentConsent, authorise_transfer, check_step, receipt_for, verify_receipt,
+};
 
 /// The longest time between the owner's decision and the date by which it
 /// must be confirmed again: 395 days (about 13 months, as the IAB TCF asks),
 /// in seconds. `reconfirm_by - issued_at` may not exceed it.
 pub const MAX_RECONFIRM: u64 = 395 * 86_400;
+
+/// The most a consent version may move forward in one step: a new state's
+/// version is at most the held version plus this (SPEC.md §6.3), and a
+/// first state's version at most this. Exhausting the `u32` version space
+/// (so that the next owner could never register, SPEC.md, Security, T4)
+/// then takes more than four million accepted consent changes.
+pub const MAX_VERSION_STEP: u32 = 1024;
 
 /// Why data is collected or the owner contacted. Ids 0–9 are defined here,
 /// `0x8000..=0xFFFF` are for the vendor to define, everything else is
@@ -774,8 +783,16 @@ fn validate_state(s: &ConsentState) -> Result<(), DecodeError> {
 pub struct OwnerProof {
     /// The owner's Ed25519 public key.
     pub owner_key: [u8; 32],
-    /// Ed25519 over `"spime/v1 owner consent\0" || device id || encoded ConsentState`.
+    /// Ed25519 over `"spime/v1 owner consent\0" || device id || encoded
+    /// ConsentState` (a consent proof), or over `"spime/v1 owner
+    /// transfer\0" || device id || u32be(consent version) || u64be(at)`
+    /// (the owner's authorisation of a Transfer).
     pub signature: Bytes64,
+}
+
+impl OwnerProof {
+    /// Encoded length.
+    pub const ENCODED_LEN: usize = 32 + 64;
 }
 
 /// A consent state as a device sends it: the state, and the owner's
@@ -799,3 +816,7 @@ impl Canonical for SignedConsent {
 
 /// Domain-separation tag of the owner's consent signature.
 pub const OWNER_CONSENT_DST: &[u8] = b"spime/v1 owner consent\0";
+
+/// Domain-separation tag of the owner's authorisation of a change of owner
+/// (a Transfer, SPEC.md §5.8).
+pub const OWNER_TRANSFER_DST: &[u8] = b"spime/v1 owner transfer\0";

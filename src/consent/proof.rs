@@ -10,10 +10,10 @@ use ed25519_dalek::ed25519::signature::MultipartSigner;
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use subtle::ConstantTimeEq;
 
-use super::{ConsentState, OWNER_CONSENT_DST, OwnerProof, SignedConsent};
+use super::{ConsentState, MAX_VERSION_STEP, OWNER_CONSENT_DST, OWNER_TRANSFER_DST, OwnerProof, SignedConsent};
 use crate::codec::{self, Bytes64, Canonical};
 use crate::error::DecodeError;
-use crate::message::{Receipt, consent_digest};
+use crate::message::{Receipt, Transfer, consent_digest};
 use crate::wire::DeviceId;
 
 /// A consent state, its proof or its receipt was refused.
@@ -45,6 +45,17 @@ pub enum ConsentError {
     /// The same version as held, with other content: refused.
     #[error("consent version {0} received twice with different content")]
     Conflict(u32),
+    /// The version jumps further ahead of the held one than
+    /// [`MAX_VERSION_STEP`] allows.
+    #[error("consent version {got} is more than {max} ahead of the held version {held}")]
+    TooFarAhead {
+        /// the held version (0 when none is held)
+        held: u32,
+        /// the version received
+        got: u32,
+        /// the largest step allowed
+        max: u32,
+    },
     /// A receipt for a consent version the device never sent.
     #[error("receipt for consent version {0}, which was never sent")]
     ReceiptUnknownVersion(u32),
@@ -102,6 +113,83 @@ impl OwnerProof {
     }
 }
 
+impl OwnerProof {
+    /// The owner authorises handing the product on: Ed25519 over
+    /// `"spime/v1 owner transfer\0" || device id || u32be(consent_version) || u64be(at)`,
+    /// where `consent_version` is the consent version held at the
+    /// hand-over and `at` the Transfer's time.
+    ///
+    /// ```
+    /// use spime::consent::{OwnerProof, authorise_transfer};
+    /// use spime::message::Transfer;
+    /// use spime::wire::DeviceId;
+    /// let owner = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    /// let device = DeviceId([1; 16]);
+    /// let proof = OwnerProof::sign_transfer(&device, 7, 1_000, &owner);
+    /// let t = Transfer { at: 1_000, consent_version: 7, owner: Some(proof) };
+    /// let pinned = owner.verifying_key().to_bytes();
+    /// assert!(authorise_transfer(&t, &device, 7, Some(&pinned)).is_ok());
+    /// // Without the proof, the pinned owner's relationship cannot be ended.
+    /// assert!(authorise_transfer(&Transfer::unsigned(1_000, 7), &device, 7, Some(&pinned)).is_err());
+    /// ```
+    pub fn sign_transfer(device: &DeviceId, consent_version: u32, at: u64, owner: &SigningKey) -> OwnerProof {
+        let sig =
+            owner.multipart_sign(&[OWNER_TRANSFER_DST, &device.0, &consent_version.to_be_bytes(), &at.to_be_bytes()]);
+        OwnerProof { owner_key: owner.verifying_key().to_bytes(), signature: Bytes64(sig.to_bytes()) }
+    }
+
+    /// Checks an authorisation made by [`OwnerProof::sign_transfer`] (strict Ed25519).
+    ///
+    /// # Errors
+    /// [`ConsentError::OwnerProofInvalid`].
+    pub fn verify_transfer(&self, device: &DeviceId, consent_version: u32, at: u64) -> Result<(), ConsentError> {
+        let key = VerifyingKey::from_bytes(&self.owner_key).map_err(|_| ConsentError::OwnerProofInvalid)?;
+        let sig = Signature::from_bytes(&self.signature.0);
+        crate::seal::verify_strict_parts(
+            &key,
+            &[OWNER_TRANSFER_DST, &device.0, &consent_version.to_be_bytes(), &at.to_be_bytes()],
+            &sig,
+        )
+        .map_err(|_| ConsentError::OwnerProofInvalid)
+    }
+}
+
+/// Whether `transfer` may end the relationship of `device`, whose
+/// consent version `held` is in force and whose owner key `pinned` is
+/// pinned, if any (SPEC.md §9.4). The rule both sides apply:
+///
+/// 1. `transfer.consent_version` must not be below `held` (`Stale`: a
+///    proof made for an earlier relationship cannot be replayed, as
+///    versions go forward for the device's whole life), nor more than
+///    [`MAX_VERSION_STEP`] above it (`TooFarAhead`);
+/// 2. with a key pinned, the owner's proof must be present
+///    (`OwnerProofMissing`), by the pinned key (`OwnerKeyMismatch`) and
+///    valid (`OwnerProofInvalid`);
+/// 3. with no key pinned, a proof that is present must be valid.
+///
+/// # Errors
+/// As listed.
+pub fn authorise_transfer(
+    transfer: &Transfer,
+    device: &DeviceId,
+    held: u32,
+    pinned: Option<&[u8; 32]>,
+) -> Result<(), ConsentError> {
+    let got = transfer.consent_version;
+    if got < held {
+        return Err(ConsentError::Stale { held, got });
+    }
+    if got - held > MAX_VERSION_STEP {
+        return Err(ConsentError::TooFarAhead { held, got, max: MAX_VERSION_STEP });
+    }
+    match (&transfer.owner, pinned) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => Err(ConsentError::OwnerProofMissing),
+        (Some(p), Some(k)) if !bool::from(k.ct_eq(&p.owner_key)) => Err(ConsentError::OwnerKeyMismatch),
+        (Some(p), _) => p.verify_transfer(device, got, transfer.at),
+    }
+}
+
 impl SignedConsent {
     /// Checks the state and the owner's signature as `required`, for the
     /// device whose (already verified) envelope carried it. Returns the
@@ -142,8 +230,10 @@ impl ConsentState {
     /// # Errors
     /// [`ConsentError::Stale`] for a lower version (ignored: an older grant
     /// never undoes a later withdrawal), [`ConsentError::Conflict`] for the
-    /// same version with other content.
+    /// same version with other content, [`ConsentError::TooFarAhead`] for a
+    /// version more than [`MAX_VERSION_STEP`] above the held one.
     pub fn judge_update(&self, incoming: &ConsentState) -> Result<bool, ConsentError> {
+        check_step(Some(self.version), incoming.version)?;
         if incoming.supersedes(self) {
             Ok(true)
         } else if incoming.version == self.version {
@@ -152,6 +242,19 @@ impl ConsentState {
             Err(ConsentError::Stale { held: self.version, got: incoming.version })
         }
     }
+}
+
+/// The version-step rule (SPEC.md §6.3): a new version is at most
+/// [`MAX_VERSION_STEP`] above the held one (above 0 when none is held).
+///
+/// # Errors
+/// [`ConsentError::TooFarAhead`].
+pub fn check_step(held: Option<u32>, got: u32) -> Result<(), ConsentError> {
+    let base = held.unwrap_or(0);
+    if got > base && got - base > MAX_VERSION_STEP {
+        return Err(ConsentError::TooFarAhead { held: base, got, max: MAX_VERSION_STEP });
+    }
+    Ok(())
 }
 
 /// What the device remembers of a consent state it sent, to check the

@@ -639,6 +639,8 @@ fn check_new_consent<S: Storage, const N: usize, const RECORD: usize>(
     {
         return Err(SessionError::StaleConsent { held: held.state.version, got: consent.state.version });
     }
+    // The vendor refuses a version too far ahead (SPEC §6.3): refuse it here first.
+    crate::consent::check_step(dev.consent.as_ref().map(|c| c.state.version), consent.state.version)?;
     Ok(())
 }
 
@@ -786,17 +788,51 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
     /// message but the lifecycle ones, and leaves the device unregistered
     /// for the next owner.
     ///
+    /// A product whose owner has a key (the consent held carries an owner
+    /// proof) needs the owner's authorisation: use
+    /// [`Registered::transfer_authorised`]; the vendor refuses an
+    /// unauthorised Transfer while it holds an owner key.
+    ///
     /// # Errors
-    /// Sealing, counter, outbox and storage errors.
+    /// [`SessionError::Consent`] with [`ConsentError::OwnerProofMissing`]
+    /// when the consent held is owner-signed; sealing, counter, outbox and
+    /// storage errors.
     pub fn transfer(self, now: u64) -> Result<Unregistered<'d, 'o, S, N, RECORD>, SessionError> {
+        let held = self.dev.consent.as_ref().map_or(0, |c| c.state.version);
+        self.hand_on(Transfer::unsigned(now, held))
+    }
+
+    /// The owner, who has a key, hands the product on at `at`: as
+    /// [`Registered::transfer`], carrying the owner's `proof`
+    /// ([`crate::consent::OwnerProof::sign_transfer`] over this device, the
+    /// consent version held and `at`).
+    ///
+    /// # Errors
+    /// [`SessionError::Consent`] when the proof is not by the owner key of
+    /// the consent held or does not verify; sealing, counter, outbox and
+    /// storage errors.
+    pub fn transfer_authorised(
+        self,
+        at: u64,
+        proof: crate::consent::OwnerProof,
+    ) -> Result<Unregistered<'d, 'o, S, N, RECORD>, SessionError> {
+        let held = self.dev.consent.as_ref().map_or(0, |c| c.state.version);
+        self.hand_on(Transfer { at, consent_version: held, owner: Some(proof) })
+    }
+
+    fn hand_on(self, t: Transfer) -> Result<Unregistered<'d, 'o, S, N, RECORD>, SessionError> {
         let dev = self.dev;
+        let now = t.at;
+        let pinned = dev.consent.as_ref().and_then(|c| c.owner.map(|o| o.owner_key));
+        let held_version = dev.consent.as_ref().map_or(0, |c| c.state.version);
+        crate::consent::authorise_transfer(&t, &dev.id.key.device, held_version, pinned.as_ref())?;
         let held = dev.consent.as_ref().map(|c| c.state.clone());
         let reset = match held {
             Some(h) => h.reset_for_transfer(now)?,
             None => ConsentState::essential_only(1, now, [0; 32]),
         };
         let scope = dev.control_scope();
-        dev.seal_queue(&Transfer { at: now }, scope, None)?;
+        dev.seal_queue(&t, scope, None)?;
         // The stage first: a cut before the reset consent is stored leaves an
         // unregistered device, which sends no data under any consent.
         dev.state.stage = Stage::Unregistered;

@@ -19,7 +19,7 @@ pub use certificate::{CERTIFICATE_DST, CertificateBody, DeviceCertificate};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{Canonical, varint_max};
-use crate::consent::{CategorySet, DataCategory, LocationPrecision, Purpose, SignedConsent};
+use crate::consent::{CategorySet, DataCategory, LocationPrecision, OwnerProof, Purpose, SignedConsent};
 use crate::error::DecodeError;
 use crate::wire::{HEADER_LEN, HEADER_LEN_WITH_EPHEMERAL, Kind};
 
@@ -346,14 +346,31 @@ impl Body for ConsentUpdate {
 
 /// Transfer: the owner hands the product on. The vendor resets consent to
 /// deny-all-but-Essential and ends the relationship; the next owner registers anew.
+///
+/// While the vendor holds an owner key for the relationship, the Transfer
+/// must carry that owner's authorisation ([`OwnerProof::sign_transfer`]):
+/// whoever merely holds the device cannot end the owner's relationship
+/// (SPEC.md §6.7, §9.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transfer {
     /// Unix seconds of the hand-over.
     pub at: u64,
+    /// The consent version held when the owner handed the product on (the
+    /// device's; the vendor's may be older while a Consent is in flight).
+    pub consent_version: u32,
+    /// The owner's authorisation, where the owner has a key.
+    pub owner: Option<OwnerProof>,
+}
+
+impl Transfer {
+    /// A Transfer at `at` of the consent version `consent_version`, with no owner proof.
+    pub const fn unsigned(at: u64, consent_version: u32) -> Transfer {
+        Transfer { at, consent_version, owner: None }
+    }
 }
 
 impl Canonical for Transfer {
-    const MAX_ENCODED_LEN: usize = varint_max(64);
+    const MAX_ENCODED_LEN: usize = varint_max(64) + varint_max(32) + 1 + OwnerProof::ENCODED_LEN;
 }
 
 impl Body for Transfer {

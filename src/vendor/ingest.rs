@@ -11,7 +11,7 @@ use ed25519_dalek::VerifyingKey;
 
 use crate::codec;
 use crate::consent::ledger::{ConsentEvent, LedgerEntry, Proof};
-use crate::consent::{ConsentError, OwnerRequirement, SignedConsent};
+use crate::consent::{ConsentError, OwnerRequirement, SignedConsent, authorise_transfer, check_step};
 use crate::error::{DecodeError, OpenError};
 use crate::message::{
     ConsentUpdate, Decommission, DecommissionReason, Fault, FirmwareVersion, Register, Transfer, Usage, consent_digest,
@@ -504,6 +504,8 @@ impl<S: Store> Ingestor<S> {
                         // A new relationship: the first, or the next owner's after a
                         // transfer, whose state must supersede the reset state (§6.7).
                         let owner_key = check_owner(&h.device, &reg.consent, None)?;
+                        check_step(previous.as_ref().map(|r| r.consent.state.version), reg.consent.state.version)
+                            .map_err(IngestError::Consent)?;
                         if let Some(r) = previous
                             && !reg.consent.state.supersedes(&r.consent.state)
                         {
@@ -579,6 +581,13 @@ impl<S: Store> Ingestor<S> {
             (Kind::TRANSFER, _) => {
                 let t: Transfer = verified.decode().map_err(unauthentic)?;
                 let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
+                if r.lifecycle != Lifecycle::Active {
+                    return Err(IngestError::AwaitingRegistration);
+                }
+                // While an owner key is pinned, only that owner can end the
+                // relationship (SPEC §9.4).
+                authorise_transfer(&t, &h.device, r.consent.state.version, r.owner_key.as_ref())
+                    .map_err(IngestError::Consent)?;
                 let reset = r
                     .consent
                     .state

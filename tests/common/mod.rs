@@ -154,7 +154,7 @@ pub fn consent_update() -> ConsentUpdate {
 }
 
 pub fn transfer() -> Transfer {
-    Transfer { at: T0 + 10_000 }
+    Transfer::unsigned(T0 + 10_000, 2)
 }
 
 pub fn decommission() -> Decommission {
