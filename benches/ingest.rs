@@ -58,6 +58,7 @@ fn fixture() -> Fixture {
                 certificate: d.certificate().clone(),
                 firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
                 consent: consent(1, &grants, 0),
+                transfer: None,
             };
             d.seal(&reg).unwrap()
         })

@@ -152,6 +152,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         certificate,
         firmware: FirmwareVersion { major: 3, minor: 1, patch: 0, build: 77 },
         consent: signed,
+        transfer: None,
     };
     let (proof, reg, n) = w.send(&register)?;
     let owner_key = reg.consent.verify_owner(&id, OwnerRequirement::AnyOwnerKey)?;

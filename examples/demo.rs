@@ -307,8 +307,12 @@ fn live_day(c: &mut Client, day: u64, narration: &mut Vec<String>) {
     let role = c.role;
     let mut version = 1;
     if day == 0 {
-        let reg =
-            Register { certificate: c.sim.certificate().clone(), firmware: firmware(), consent: initial_consent(role) };
+        let reg = Register {
+            certificate: c.sim.certificate().clone(),
+            firmware: firmware(),
+            consent: initial_consent(role),
+            transfer: None,
+        };
         let m = c.sim.seal(&reg).unwrap();
         c.send(&m);
         return;
@@ -344,7 +348,12 @@ fn live_day(c: &mut Client, day: u64, narration: &mut Vec<String>) {
                 consent(3, &[(Purpose::DIAGNOSTICS, CategorySet::EMPTY.with(DataCategory::DeviceHealth))], noon(day));
             let late = c.kept.pop().unwrap();
             c.send(&late);
-            let reg = Register { certificate: c.sim.certificate().clone(), firmware: firmware(), consent: fresh };
+            let reg = Register {
+                certificate: c.sim.certificate().clone(),
+                firmware: firmware(),
+                consent: fresh,
+                transfer: None,
+            };
             let m = c.sim.seal_new_epoch(&reg).unwrap();
             c.send(&m);
             narration.push(format!("{id}: a report from before the sale arrived late and was refused; the new owner registered (relationship 2)"));

@@ -288,6 +288,7 @@ fn register(w: &World, consent: SignedConsent) -> Register {
         certificate: w.cert.clone(),
         firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 1 },
         consent,
+        transfer: None,
     }
 }
 

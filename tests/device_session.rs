@@ -323,4 +323,25 @@ fn owner_pin_survives_device_signed_transfer_on_the_device() {
     assert_eq!(dev.stage(), Stage::Unregistered);
     let got = flush(&mut dev, &mut vendor);
     assert!(matches!(&got[..], [(_, Opened::Transfer(t))] if t.owner == Some(proof) && t.consent_version == 1));
+
+    // Finding 5: the next Register carries that Transfer, across a reboot,
+    // and only the first Register after it does.
+    let mut ob2 = Ob::new();
+    let mut dev = Dev::boot(identity(), dev.into_storage(), &mut ob2).unwrap();
+    let Phase::Unregistered(u) = dev.phase() else { panic!() };
+    u.register(&mut rng(), generous_consent(3, T0 + 2)).unwrap();
+    let got = flush(&mut dev, &mut vendor);
+    let [(_, Opened::Register(r))] = &got[..] else { panic!("{got:?}") };
+    let t = r.transfer.unwrap();
+    assert_eq!((t.at, t.consent_version, t.owner), (T0 + 1, 1, Some(proof)));
+    let mut ob3 = Ob::new();
+    let mut dev = Dev::boot(identity(), dev.into_storage(), &mut ob3).unwrap();
+    let r = registered(&mut dev);
+    let mut u = r.transfer(T0 + 3).unwrap();
+    let Phase::Unregistered(u2) = u.device().phase() else { panic!() };
+    u2.register(&mut rng(), generous_consent(5, T0 + 4)).unwrap();
+    let got = flush(&mut dev, &mut vendor);
+    assert!(
+        matches!(&got[..], [(_, Opened::Transfer(_)), (_, Opened::Register(r))] if r.transfer.is_some_and(|t| t.at == T0 + 3))
+    );
 }

@@ -154,6 +154,7 @@ fn register() -> impl Strategy<Value = Register> {
             },
             firmware,
             consent,
+            transfer: None,
         })
 }
 
@@ -489,6 +490,11 @@ fn maximum_lengths_are_exact() {
         },
         firmware: fw,
         consent: consent.clone(),
+        transfer: Some(Transfer {
+            at: u64::MAX,
+            consent_version: u32::MAX,
+            owner: Some(OwnerProof { owner_key: [0xff; 32], signature: bytes64(0xff) }),
+        }),
     };
     let usage = Usage {
         purpose: big_purpose,

@@ -55,6 +55,7 @@ fn register_body(d: &SimDevice, c: SignedConsent) -> Register {
         certificate: d.certificate().clone(),
         firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
         consent: c,
+        transfer: None,
     }
 }
 
@@ -223,4 +224,68 @@ fn consent_version_exhaustion_is_bounded() {
     assert_eq!(err(v.ingest(&register(&mut d, analytics(u32::MAX - 1)), NOW)), too_far(reset, u32::MAX - 1));
     let a = v.ingest(&register(&mut d, analytics(reset + 1)), NOW).unwrap();
     assert!(matches!(a.event, Event::Registered { relationship: 2, .. }));
+}
+
+/// Relationship, lifecycle, consent, pinned key, ledger (event code, version).
+type Held = (u32, Lifecycle, SignedConsent, Option<[u8; 32]>, Vec<(u8, u32)>);
+
+/// What a vendor holds for a device, minus what may differ by arrival order
+/// (times, the proof bytes of a ledger entry).
+fn outcome(v: &Ingestor<MemoryStore>, d: &SimDevice) -> Held {
+    let mut tx = v.store().begin().unwrap();
+    let r = tx.device(&d.id()).unwrap().unwrap();
+    let entries = tx.consent_entries(&d.id()).unwrap();
+    let ledger = spime::consent::ledger::ConsentLedger::from_entries(d.id(), entries.clone()).unwrap();
+    ledger.verify_proofs(&d.key().public()).unwrap();
+    let events = entries.iter().map(|e| (e.event.code(), e.version)).collect();
+    (r.relationship, r.lifecycle, r.consent, r.owner_key, events)
+}
+
+/// Finding 5: the next owner's Register (a new epoch) arriving before the
+/// Transfer was taken as the same relationship, and the Transfer then
+/// failed `StaleEpoch` forever with no reset in the ledger. The first
+/// Register after a change of owner now carries the Transfer, so either
+/// order gives the same relationship, consent, pin and ledger events.
+#[test]
+fn arrival_order_does_not_change_ownership() {
+    let owner = SigningKey::from_bytes(&[44; 32]);
+    for pinned in [false, true] {
+        let mut d = dev(1);
+        let id = d.id();
+        let first = if pinned { signed(analytics(1), id, &owner) } else { analytics(1) };
+        let reg1 = register(&mut d, first);
+        let proof = pinned.then(|| OwnerProof::sign_transfer(&id, 1, NOW, &owner));
+        let t = Transfer { at: NOW, consent_version: 1, owner: proof };
+        let transfer = d.seal(&t).unwrap();
+        let mut body = register_body(&d, widened(3));
+        body.transfer = Some(t);
+        let reg2 = d.seal_new_epoch(&body).unwrap();
+
+        let in_order = vendor();
+        for m in [&reg1, &transfer, &reg2] {
+            in_order.ingest(m, NOW).unwrap();
+        }
+        let reordered = vendor();
+        reordered.ingest(&reg1, NOW).unwrap();
+        let a = reordered.ingest(&reg2, NOW).unwrap();
+        assert!(matches!(a.event, Event::Registered { relationship: 2, new_relationship: true, .. }));
+        // The Transfer, late, belongs to an epoch already replaced: refused, and nothing changes.
+        assert_eq!(err(reordered.ingest(&transfer, NOW)).reason(), "stale-epoch");
+
+        let expected = outcome(&in_order, &d);
+        assert_eq!(expected.0, 2);
+        assert_eq!(expected.3, None, "no owner key carries over");
+        assert_eq!(expected.4, [(0, 1), (6, 2), (0, 3)], "given, reset, given");
+        assert_eq!(outcome(&reordered, &d), expected, "pinned: {pinned}");
+    }
+
+    // With a key pinned, a Register carrying an unauthorised Transfer is refused too.
+    let mut d = dev(2);
+    let id = d.id();
+    let v = vendor();
+    v.ingest(&register(&mut d, signed(analytics(1), id, &owner)), NOW).unwrap();
+    let mut body = register_body(&d, widened(3));
+    body.transfer = Some(Transfer::unsigned(NOW, 1));
+    let reg2 = d.seal_new_epoch(&body).unwrap();
+    assert_eq!(err(v.ingest(&reg2, NOW)), IngestError::Consent(ConsentError::OwnerProofMissing));
 }

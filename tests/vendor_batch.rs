@@ -169,6 +169,7 @@ fn pipeline_batches_only_data_kinds() {
             certificate: d.certificate().clone(),
             firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
             consent: consent(1, &grants, 0),
+            transfer: None,
         };
         v.ingest(&d.seal(&reg).unwrap(), 10).unwrap();
         let session = d.session().unwrap().clone();

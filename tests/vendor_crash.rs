@@ -35,6 +35,7 @@ fn stream() -> Vec<Vec<u8>> {
             certificate: d.certificate().clone(),
             firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
             consent: consent(1, &grants, 0),
+            transfer: None,
         };
         out.push(d.seal(&reg).unwrap());
     }

@@ -38,6 +38,7 @@ fn register(d: &mut SimDevice, c: SignedConsent) -> Vec<u8> {
         certificate: d.certificate().clone(),
         firmware: FirmwareVersion { major: 1, minor: 2, patch: 3, build: 4 },
         consent: c,
+        transfer: None,
     };
     if d.session().is_some() { d.seal_new_epoch(&reg).unwrap() } else { d.seal(&reg).unwrap() }
 }
@@ -187,6 +188,7 @@ fn forged_certificate_is_unauthentic() {
         certificate: d.certificate().clone(),
         firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
         consent: analytics(),
+        transfer: None,
     };
     let (session, eph) = seal::keys::device_start_epoch_with(&[3; 32], &d.id(), 1, &vendor_keys().public()).unwrap();
     let bytes = d.seal_with(&reg, &session, Some(eph)).unwrap();
@@ -202,6 +204,7 @@ fn certificate_for_another_device_is_refused() {
         certificate: other.certificate().clone(),
         firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
         consent: analytics(),
+        transfer: None,
     };
     assert_eq!(reason(v.ingest(&d.seal(&reg).unwrap(), NOW)), "certificate-mismatch");
 }
@@ -250,6 +253,7 @@ fn weak_ephemeral_key_is_refused() {
         certificate: d.certificate().clone(),
         firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
         consent: analytics(),
+        transfer: None,
     };
     let junk = SessionKeys {
         epoch: 1,

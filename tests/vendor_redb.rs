@@ -31,6 +31,7 @@ fn state_survives_reopen() {
             certificate: d.certificate().clone(),
             firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
             consent: c,
+            transfer: None,
         })
         .unwrap();
     let mut metrics = heapless::Vec::new();

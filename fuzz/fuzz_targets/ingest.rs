@@ -26,6 +26,7 @@ fn registration() -> &'static [u8] {
             certificate: d.certificate().clone(),
             firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
             consent: consent(1, &grants, 0),
+        transfer: None,
         };
         d.seal(&reg).expect("seal")
     })

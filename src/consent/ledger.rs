@@ -315,7 +315,8 @@ impl ConsentLedger {
     ///   current one.
     /// - Expired: the current state's proof again; `at` at or after its
     ///   re-confirm date; the version stays.
-    /// - ResetOnTransfer: a Transfer proof; the version becomes current + 1.
+    /// - ResetOnTransfer: a Transfer proof, or a Register carrying the
+    ///   Transfer it follows; the version becomes current + 1.
     ///
     /// # Errors
     /// [`LedgerError::WrongDevice`], [`LedgerError::WrongKind`],
@@ -330,10 +331,10 @@ impl ConsentLedger {
         let current = self.current_version();
         let version = match event {
             ConsentEvent::ResetOnTransfer => {
-                if header.kind != Kind::TRANSFER {
-                    return Err(LedgerError::WrongKind { event, kind: header.kind });
-                }
-                codec::decode::<Transfer>(&proof.body)?;
+                transfer_of(&proof).map_err(|e| match e {
+                    None => LedgerError::WrongKind { event, kind: header.kind },
+                    Some(d) => LedgerError::Decode(d),
+                })?;
                 let held = current.ok_or(LedgerError::NoState)?;
                 held.checked_add(1).ok_or(LedgerError::VersionExhausted)?
             }
@@ -427,10 +428,7 @@ impl ConsentLedger {
             let ok = e.proof.verify(device_key).is_ok()
                 && e.proof.header().is_ok_and(|h| h.device == self.device)
                 && match e.event {
-                    ConsentEvent::ResetOnTransfer => {
-                        e.proof.header().is_ok_and(|h| h.kind == Kind::TRANSFER)
-                            && codec::decode::<Transfer>(&e.proof.body).is_ok()
-                    }
+                    ConsentEvent::ResetOnTransfer => transfer_of(&e.proof).is_ok(),
                     _ => e.proof.signed_consent().is_ok_and(|s| s.state.version == e.version),
                 };
             if !ok {
@@ -503,10 +501,21 @@ impl ConsentLedger {
     }
 }
 
+/// The Transfer a ResetOnTransfer entry rests on: a Transfer message, or
+/// a Register that carries the Transfer it follows (SPEC §9.3). `Err(None)`
+/// for a proof of another kind, or a Register without a Transfer.
+fn transfer_of(proof: &Proof) -> Result<Transfer, Option<DecodeError>> {
+    match proof.header().map_err(Some)?.kind {
+        Kind::TRANSFER => codec::decode::<Transfer>(&proof.body).map_err(Some),
+        Kind::REGISTER => codec::decode::<Register>(&proof.body).map_err(Some)?.transfer.ok_or(None),
+        _ => Err(None),
+    }
+}
+
 /// The state an entry puts in effect.
 fn state_of(e: &LedgerEntry) -> Result<ConsentState, DecodeError> {
     if e.event == ConsentEvent::ResetOnTransfer {
-        let t: Transfer = codec::decode(&e.proof.body)?;
+        let t = transfer_of(&e.proof).map_err(|d| d.unwrap_or(DecodeError::Malformed))?;
         Ok(ConsentState::essential_only(e.version, t.at, [0; 32]))
     } else {
         Ok(e.proof.signed_consent()?.state)

@@ -54,9 +54,12 @@ pub const SENT_CONSENTS: usize = 4;
 /// How many shown notices the device remembers for frequency caps.
 pub const SHOWN_NOTICES: usize = 8;
 /// Length of the session record.
-pub const SESSION_RECORD_LEN: usize = 325;
+pub const SESSION_RECORD_LEN: usize = 435;
 /// The session record's format byte.
-pub const SESSION_FORMAT: u8 = 1;
+pub const SESSION_FORMAT: u8 = 2;
+/// Length of a format-1 session record (before the pending Transfer was
+/// kept), still read.
+const SESSION_RECORD_V1_LEN: usize = 325;
 
 /// The storage record capacity a device needs for an outbox of `RECORD`-byte slots.
 pub const fn storage_capacity(outbox_record: usize) -> usize {
@@ -165,6 +168,9 @@ struct SessionState {
     sent: heapless::Vec<SentConsent, SENT_CONSENTS>,
     shown: heapless::Vec<SentNotice, SHOWN_NOTICES>,
     receipted: u32,
+    /// The Transfer sealed at the last change of owner, carried by the next
+    /// Register (SPEC.md §8.5, §9.3).
+    pending_transfer: Option<Transfer>,
 }
 
 impl SessionState {
@@ -177,6 +183,7 @@ impl SessionState {
             sent: heapless::Vec::new(),
             shown: heapless::Vec::new(),
             receipted: 0,
+            pending_transfer: None,
         }
     }
 
@@ -208,14 +215,28 @@ impl SessionState {
             put(&mut r, 243 + i * 10, &s.at.to_be_bytes());
         }
         r[321..325].copy_from_slice(&self.receipted.to_be_bytes());
+        if let Some(t) = &self.pending_transfer {
+            r[325] = 1;
+            r[326..334].copy_from_slice(&t.at.to_be_bytes());
+            r[334..338].copy_from_slice(&t.consent_version.to_be_bytes());
+            if let Some(p) = &t.owner {
+                r[338] = 1;
+                r[339..371].copy_from_slice(&p.owner_key);
+                r[371..435].copy_from_slice(&p.signature.0);
+            }
+        }
         r
     }
 
     fn decode(r: &[u8]) -> Option<SessionState> {
-        let r: &[u8; SESSION_RECORD_LEN] = r.try_into().ok()?;
-        if r[0] != SESSION_FORMAT {
-            return None;
+        let mut full = [0u8; SESSION_RECORD_LEN];
+        match (r.first(), r.len()) {
+            (Some(&SESSION_FORMAT), SESSION_RECORD_LEN) => full.copy_from_slice(r),
+            // Format 1: the same fields, no pending Transfer.
+            (Some(1), SESSION_RECORD_V1_LEN) => full.get_mut(..SESSION_RECORD_V1_LEN)?.copy_from_slice(r),
+            _ => return None,
         }
+        let r = &full;
         let stage = match r[1] {
             0 => Stage::Unregistered,
             1 => Stage::Registered,
@@ -249,7 +270,23 @@ impl SessionState {
             shown.push(SentNotice { purpose, at: u64::from_be_bytes(array(r, at + 2)?) }).ok()?;
         }
         let receipted = u32::from_be_bytes(r[321..325].try_into().ok()?);
-        Some(SessionState { stage, epoch, keys, replay, sent, shown, receipted })
+        let pending_transfer = match r[325] {
+            0 => None,
+            1 => Some(Transfer {
+                at: u64::from_be_bytes(array(r, 326)?),
+                consent_version: u32::from_be_bytes(array(r, 334)?),
+                owner: match r[338] {
+                    0 => None,
+                    1 => Some(crate::consent::OwnerProof {
+                        owner_key: array(r, 339)?,
+                        signature: crate::codec::Bytes64(array(r, 371)?),
+                    }),
+                    _ => return None,
+                },
+            }),
+            _ => return None,
+        };
+        Some(SessionState { stage, epoch, keys, replay, sent, shown, receipted, pending_transfer })
     }
 }
 
@@ -614,13 +651,19 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Unregistered<'d, '
         // 2. keys, seal, queue
         let (keys, eph) = keys::device_start_epoch(rng, &dev.id.key.device, epoch, &dev.id.vendor)?;
         dev.state.keys = Some(keys);
-        let body = Register { certificate: dev.id.certificate.clone(), firmware: dev.id.firmware, consent };
+        let body = Register {
+            certificate: dev.id.certificate.clone(),
+            firmware: dev.id.firmware,
+            consent,
+            transfer: dev.state.pending_transfer,
+        };
         let scope = Scope { consent_version: body.consent.state.version, ..dev.control_scope() };
         dev.seal_queue(&body, scope, Some(eph))?;
         // 3. the consent, then the session: registered
         dev.save_consent(&body.consent)?;
         dev.remember_sent(&body.consent)?;
         dev.state.stage = Stage::Registered;
+        dev.state.pending_transfer = None;
         dev.save_state()?;
         dev.consent = Some(body.consent);
         Ok(Registered { dev })
@@ -840,6 +883,7 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
         dev.state.sent.clear();
         dev.state.shown.clear();
         dev.state.receipted = 0;
+        dev.state.pending_transfer = Some(t);
         dev.save_state()?;
         let consent = SignedConsent { state: reset, owner: None };
         dev.save_consent(&consent)?;

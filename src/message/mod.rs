@@ -91,11 +91,19 @@ pub struct Register {
     pub firmware: FirmwareVersion,
     /// The owner's initial consent.
     pub consent: SignedConsent,
+    /// The first Register after a change of owner carries the Transfer
+    /// that ended the previous relationship (the same body the device
+    /// sealed in its Transfer message), so the vendor reaches the same
+    /// outcome whichever of the two arrives first (SPEC.md §9.3).
+    pub transfer: Option<Transfer>,
 }
 
 impl Canonical for Register {
-    const MAX_ENCODED_LEN: usize =
-        DeviceCertificate::MAX_ENCODED_LEN + FirmwareVersion::MAX_ENCODED_LEN + SignedConsent::MAX_ENCODED_LEN;
+    const MAX_ENCODED_LEN: usize = DeviceCertificate::MAX_ENCODED_LEN
+        + FirmwareVersion::MAX_ENCODED_LEN
+        + SignedConsent::MAX_ENCODED_LEN
+        + 1
+        + Transfer::MAX_ENCODED_LEN;
     fn validate(&self) -> Result<(), DecodeError> {
         self.consent.validate()
     }

@@ -156,7 +156,9 @@ enum SigMode<'a> {
 
 struct Done {
     accepted: Accepted,
-    ledger: Option<LedgerEntry>,
+    /// Ledger entries, in order (two for a Register that carries the
+    /// Transfer it follows: the reset, then the new state).
+    ledger: Vec<LedgerEntry>,
     message: StoredMessage,
 }
 
@@ -214,6 +216,26 @@ fn check_owner(
     };
     let signed = consent.verify_owner(device, required).map_err(IngestError::Consent)?;
     Ok(signed.or(pinned.copied()))
+}
+
+/// `r` after the Transfer `t` (SPEC §9.4): authorised against the held
+/// version and the pinned owner key, then consent reset to Essential only,
+/// lifecycle Transferred, the pin dropped.
+fn transferred(device: &DeviceId, r: &DeviceRecord, t: &Transfer, now: u64) -> Result<DeviceRecord, IngestError> {
+    if r.lifecycle != Lifecycle::Active {
+        return Err(IngestError::AwaitingRegistration);
+    }
+    // While an owner key is pinned, only that owner can end the relationship.
+    authorise_transfer(t, device, r.consent.state.version, r.owner_key.as_ref()).map_err(IngestError::Consent)?;
+    let reset =
+        r.consent.state.reset_for_transfer(t.at).map_err(|_| DecodeError::OutOfRange("consent version exhausted"))?;
+    let mut rec = r.clone();
+    rec.lifecycle = Lifecycle::Transferred;
+    rec.consent = SignedConsent { state: reset, owner: None };
+    rec.consent_digest = [0; 32];
+    rec.consent_received_at = now;
+    rec.owner_key = None;
+    Ok(rec)
 }
 
 /// The next ledger entry after `head`, chained and hashed (SPEC §6.8).
@@ -357,7 +379,7 @@ impl<S: Store> Ingestor<S> {
             }
             for (_, o) in &r.outcomes {
                 if let Ok(done) = o {
-                    if let Some(e) = &done.ledger {
+                    for e in &done.ledger {
                         tx.append_consent(&done.message.device, e)?;
                     }
                     tx.put_message(&done.message)?;
@@ -474,12 +496,28 @@ impl<S: Store> Ingestor<S> {
         // What it means (SPEC §9.3–9.5).
         let proof = Proof::from_verified(&verified);
         let mut new_record: Option<DeviceRecord> = None;
-        let mut ledger: Option<(ConsentEvent, u32)> = None;
+        let mut ledger: Vec<(ConsentEvent, u32)> = Vec::new();
         let event = match (h.kind, register) {
-            (Kind::REGISTER, Some((reg, key))) => {
+            (Kind::REGISTER, Some((mut reg, key))) => {
                 let digest = digest_of(&reg.consent)?;
                 let session = SessionSecrets::from_keys(&keys);
-                let (rec, new_relationship) = match &st.record {
+                // The first Register after a change of owner carries the Transfer:
+                // if that Transfer has not arrived yet, it is applied first, so the
+                // outcome does not depend on which arrives first (SPEC §9.3). One
+                // naming a version below the held one belongs to an earlier
+                // relationship (already applied) and is ignored.
+                let after_transfer = match (&st.record, reg.transfer.take()) {
+                    (Some(r), Some(t))
+                        if r.lifecycle == Lifecycle::Active && t.consent_version >= r.consent.state.version =>
+                    {
+                        let rec = transferred(&h.device, r, &t, now)?;
+                        ledger.push((ConsentEvent::ResetOnTransfer, rec.consent.state.version));
+                        Some(rec)
+                    }
+                    _ => None,
+                };
+                let previous = after_transfer.as_ref().or(st.record.as_ref());
+                let (rec, new_relationship) = match previous {
                     Some(r) if r.lifecycle == Lifecycle::Active => {
                         // The same relationship: a new epoch, perhaps new firmware; the
                         // consent it carries is judged as an update (SPEC §6.3).
@@ -489,7 +527,7 @@ impl<S: Store> Ingestor<S> {
                         rec.firmware = reg.firmware;
                         rec.session = session;
                         if replace {
-                            ledger = Some((
+                            ledger.push((
                                 ConsentEvent::classify(Some(&r.consent.state), &reg.consent.state),
                                 reg.consent.state.version,
                             ));
@@ -515,8 +553,8 @@ impl<S: Store> Ingestor<S> {
                             }));
                         }
                         let prev_state = previous.as_ref().map(|r| &r.consent.state);
-                        ledger =
-                            Some((ConsentEvent::classify(prev_state, &reg.consent.state), reg.consent.state.version));
+                        ledger
+                            .push((ConsentEvent::classify(prev_state, &reg.consent.state), reg.consent.state.version));
                         let rec = DeviceRecord {
                             device: h.device,
                             certificate: reg.certificate,
@@ -567,7 +605,7 @@ impl<S: Store> Ingestor<S> {
                 let version = update.consent.state.version;
                 if r.consent.state.judge_update(&update.consent.state).map_err(IngestError::Consent)? {
                     let mut rec = r.clone();
-                    ledger = Some((ConsentEvent::classify(Some(&r.consent.state), &update.consent.state), version));
+                    ledger.push((ConsentEvent::classify(Some(&r.consent.state), &update.consent.state), version));
                     rec.consent_digest = digest_of(&update.consent)?;
                     rec.consent = update.consent;
                     rec.consent_received_at = now;
@@ -584,22 +622,8 @@ impl<S: Store> Ingestor<S> {
                 if r.lifecycle != Lifecycle::Active {
                     return Err(IngestError::AwaitingRegistration);
                 }
-                // While an owner key is pinned, only that owner can end the
-                // relationship (SPEC §9.4).
-                authorise_transfer(&t, &h.device, r.consent.state.version, r.owner_key.as_ref())
-                    .map_err(IngestError::Consent)?;
-                let reset = r
-                    .consent
-                    .state
-                    .reset_for_transfer(t.at)
-                    .map_err(|_| DecodeError::OutOfRange("consent version exhausted"))?;
-                let mut rec = r.clone();
-                ledger = Some((ConsentEvent::ResetOnTransfer, reset.version));
-                rec.lifecycle = Lifecycle::Transferred;
-                rec.consent = SignedConsent { state: reset, owner: None };
-                rec.consent_digest = [0; 32];
-                rec.consent_received_at = now;
-                rec.owner_key = None;
+                let rec = transferred(&h.device, r, &t, now)?;
+                ledger.push((ConsentEvent::ResetOnTransfer, rec.consent.state.version));
                 new_record = Some(rec);
                 Event::Transferred { at: t.at }
             }
@@ -618,14 +642,15 @@ impl<S: Store> Ingestor<S> {
             rec.session = SessionSecrets::from_keys(&keys);
             new_record = Some(rec);
         }
-        let ledger = match (ledger, new_record.as_mut()) {
-            (Some((event, version)), Some(rec)) => {
+        let mut entries = Vec::with_capacity(ledger.len());
+        if let Some(rec) = new_record.as_mut() {
+            for (event, version) in ledger {
                 let entry = ledger_entry(rec.ledger_next, event, now, version, proof.clone());
                 rec.ledger_next = (entry.seq.saturating_add(1), entry.hash);
-                Some(entry)
+                entries.push(entry);
             }
-            _ => None,
-        };
+        }
+        let ledger = entries;
 
         // Accepted: only now does any state change.
         st.window.accept(h.counter)?;

@@ -43,7 +43,7 @@
 //! let state = ConsentState { version: 1, issued_at: 0, reconfirm_by: 1_000_000, notice_hash: [0; 32],
 //!                            grants: Default::default(), contact: Default::default() };
 //! let reg = Register { certificate, firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 1 },
-//!                      consent: SignedConsent { state, owner: None } };
+//!                      consent: SignedConsent { state, owner: None }, transfer: None };
 //! let mut buf = [0u8; Register::MAX_SEALED_LEN];
 //! let n = seal::seal(&mut buf, &Seal { device: dev.device, epoch: 1, counter: 0, ephemeral: Some(eph) },
 //!                    &reg, dev.signing(), &session)?;

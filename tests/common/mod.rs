@@ -96,6 +96,7 @@ pub fn register() -> Register {
         certificate: certificate(),
         firmware: firmware(),
         consent: SignedConsent { state: consent_state(1), owner: None },
+        transfer: None,
     }
 }
 
