@@ -22,7 +22,7 @@ fn vendor() -> Ingestor<MemoryStore> {
 }
 
 fn dev(n: u8) -> SimDevice {
-    SimDevice::new(DeviceId([n; 16]), [n.wrapping_add(100); 32], &vendor_keys()).unwrap()
+    SimDevice::new(DeviceId([n; 8]), [n.wrapping_add(100); 32], &vendor_keys()).unwrap()
 }
 
 fn cats(c: &[DataCategory]) -> CategorySet {
@@ -93,11 +93,11 @@ fn link_flood_stays_bounded() {
     assert_eq!(rx.buffered_bytes(), 0);
     assert_eq!(rx.stats().rejected, 100_000);
 
-    // Valid 6-byte chunks (the last chunk, index 245 of a 1,226-byte
-    // message cut in 5-byte pieces: the most one 6-byte chunk can claim),
-    // 100,000 new links.
-    let frame = [0, 7, 245, 245, 5, 0x5a];
-    const { assert!(245 * 5 < MAX_SEALED_LEN) };
+    // Valid 6-byte chunks (the last chunk of a message of nearly
+    // MAX_SEALED_LEN bytes cut in 5-byte pieces: about the most one 6-byte
+    // chunk can claim), 100,000 new links.
+    let last = u8::try_from((MAX_SEALED_LEN - 1) / 5).unwrap();
+    let frame = [0, 7, last, last, 5, 0x5a];
     let mut most = 0;
     for link in 0..100_000u32 {
         assert_eq!(rx.push(&link, 1_000 + u64::from(link / 10_000), &frame).unwrap(), None);
@@ -166,7 +166,7 @@ fn owner_pin_survives_device_signed_transfer() {
         try_transfer(Transfer { at: NOW, consent_version: 1, owner: Some(other_time) }),
         IngestError::Consent(ConsentError::OwnerProofInvalid)
     );
-    let other_device = OwnerProof::sign_transfer(&DeviceId([2; 16]), 1, NOW, &owner);
+    let other_device = OwnerProof::sign_transfer(&DeviceId([2; 8]), 1, NOW, &owner);
     assert_eq!(
         try_transfer(Transfer { at: NOW, consent_version: 1, owner: Some(other_device) }),
         IngestError::Consent(ConsentError::OwnerProofInvalid)

@@ -64,6 +64,26 @@ pub enum ConsentError {
     ReceiptMismatch(u32),
 }
 
+impl ConsentError {
+    /// The stable numeric code (SPEC.md §10.1): a wrapped decoding error
+    /// gives its own; 44 TooFarAhead, 45 Stale, 46 Conflict,
+    /// 47 OwnerProofMissing, 48 OwnerProofInvalid, 49 OwnerKeyMismatch,
+    /// 90 ReceiptUnknownVersion, 91 ReceiptMismatch.
+    pub const fn code(&self) -> u16 {
+        match self {
+            ConsentError::Decode(e) => e.code(),
+            ConsentError::TooFarAhead { .. } => 44,
+            ConsentError::Stale { .. } => 45,
+            ConsentError::Conflict(_) => 46,
+            ConsentError::OwnerProofMissing => 47,
+            ConsentError::OwnerProofInvalid => 48,
+            ConsentError::OwnerKeyMismatch => 49,
+            ConsentError::ReceiptUnknownVersion(_) => 90,
+            ConsentError::ReceiptMismatch(_) => 91,
+        }
+    }
+}
+
 /// Who must have signed a consent state, besides the device's envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OwnerRequirement<'a> {
@@ -124,7 +144,7 @@ impl OwnerProof {
     /// use spime::message::Transfer;
     /// use spime::wire::DeviceId;
     /// let owner = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
-    /// let device = DeviceId([1; 16]);
+    /// let device = DeviceId([1; 8]);
     /// let proof = OwnerProof::sign_transfer(&device, 7, 1_000, &owner);
     /// let t = Transfer { at: 1_000, consent_version: 7, owner: Some(proof) };
     /// let pinned = owner.verifying_key().to_bytes();

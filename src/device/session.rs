@@ -320,7 +320,7 @@ fn array<const M: usize>(r: &[u8], at: usize) -> Option<[u8; M]> {
 /// use spime::wire::DeviceId;
 /// const REC: usize = record_len(MAX_SEALED_LEN);
 /// let vendor = VendorKeys::from_secrets(&[1; 32], [2; 32]);
-/// let key = DeviceKey::from_seed(DeviceId([3; 16]), &[4; 32]);
+/// let key = DeviceKey::from_seed(DeviceId([3; 8]), &[4; 32]);
 /// let body = CertificateBody {
 ///     device: key.device, device_key: key.public().to_bytes(), model: "kettle".try_into()?,
 ///     hardware_revision: 1, issued_at: 0,

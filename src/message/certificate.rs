@@ -28,7 +28,7 @@ pub struct CertificateBody {
 
 impl CertificateBody {
     /// Longest encoding.
-    pub const MAX_ENCODED_LEN: usize = 16 + 32 + 1 + 32 + varint_max(16) + varint_max(64);
+    pub const MAX_ENCODED_LEN: usize = crate::wire::DEVICE_ID_LEN + 32 + 1 + 32 + varint_max(16) + varint_max(64);
 }
 
 impl Canonical for CertificateBody {

@@ -12,7 +12,7 @@ use ed25519_dalek::VerifyingKey;
 use crate::codec;
 use crate::consent::ledger::{ConsentEvent, LedgerEntry, Proof};
 use crate::consent::{ConsentError, OwnerRequirement, SignedConsent, authorise_transfer, check_step};
-use crate::error::{DecodeError, OpenError};
+use crate::error::{DecodeError, OpenError, Rule};
 use crate::message::{
     ConsentUpdate, Decommission, DecommissionReason, Fault, FirmwareVersion, Register, Transfer, Usage, consent_digest,
 };
@@ -114,7 +114,7 @@ pub type Outcome = Result<Accepted, IngestError>;
 /// ```
 /// use spime::vendor::partition_of;
 /// use spime::wire::DeviceId;
-/// let d = DeviceId([3; 16]);
+/// let d = DeviceId([3; 8]);
 /// assert_eq!(partition_of(&d, 2), partition_of(&d, 2));
 /// assert!(partition_of(&d, 4) < 4);
 /// ```
@@ -228,7 +228,7 @@ fn transferred(device: &DeviceId, r: &DeviceRecord, t: &Transfer, now: u64) -> R
     // While an owner key is pinned, only that owner can end the relationship.
     authorise_transfer(t, device, r.consent.state.version, r.owner_key.as_ref()).map_err(IngestError::Consent)?;
     let reset =
-        r.consent.state.reset_for_transfer(t.at).map_err(|_| DecodeError::OutOfRange("consent version exhausted"))?;
+        r.consent.state.reset_for_transfer(t.at).map_err(|_| DecodeError::OutOfRange(Rule::ConsentVersionExhausted))?;
     let mut rec = r.clone();
     rec.lifecycle = Lifecycle::Transferred;
     rec.consent = SignedConsent { state: reset, owner: None };
