@@ -117,14 +117,21 @@ fn mixed_order_key_is_not_batchable() {
     assert!(!batchable_key(&mixed));
 }
 
-/// Finds a body (by varying a byte) whose torsioned signature passes the batch.
-fn grind(seed: &[u8; 32], header: &[u8]) -> (Vec<u8>, [u8; 64]) {
+/// Finds a body (by varying a byte) whose torsioned signature passes the
+/// batch equation together with `before` (message, signature) items, all by
+/// the same key: what a key holder can do offline when it knows every item
+/// of the chunk (the coefficients come from the batch's own transcript).
+fn grind(seed: &[u8; 32], header: &[u8], before: &[(Vec<u8>, [u8; 64])]) -> (Vec<u8>, [u8; 64]) {
     let key = SigningKey::from_bytes(seed).verifying_key();
     for i in 0..64u8 {
         let body = vec![i; 8];
         let sig = torsioned_signature(seed, &[MESSAGE_DST, header, &body]);
         let msg = [MESSAGE_DST, header, &body].concat();
-        if ed25519_dalek::verify_batch(&[&msg], &[Signature::from_bytes(&sig)], &[key]).is_ok() {
+        let mut msgs: Vec<&[u8]> = before.iter().map(|(m, _)| m.as_slice()).collect();
+        msgs.push(&msg);
+        let mut sigs: Vec<Signature> = before.iter().map(|(_, s)| Signature::from_bytes(s)).collect();
+        sigs.push(Signature::from_bytes(&sig));
+        if ed25519_dalek::verify_batch(&msgs, &sigs, &vec![key; msgs.len()]).is_ok() {
             return (body, sig);
         }
     }
@@ -134,14 +141,34 @@ fn grind(seed: &[u8; 32], header: &[u8]) -> (Vec<u8>, [u8; 64]) {
 #[test]
 fn mixed_order_r_is_the_documented_gap() {
     let seed = [9u8; 32];
-    let key = SigningKey::from_bytes(&seed).verifying_key();
-    let (body, sig) = grind(&seed, b"h");
+    let signing = SigningKey::from_bytes(&seed);
+    let key = signing.verifying_key();
+    // A chunk of two items the key holder knows: it grinds the second.
+    let first_body = b"first".to_vec();
+    let first_sig = signing.multipart_sign(&[MESSAGE_DST, b"h", &first_body]).to_bytes();
+    let first_msg = [MESSAGE_DST, b"h".as_slice(), &first_body].concat();
+    let (body, sig) = grind(&seed, b"h", &[(first_msg, first_sig)]);
     // verify_strict refuses it; the batch equation accepts it.
     assert!(seal::verify_signature(&key, b"h", &body, &sig).is_err());
     assert!(batchable_r(&sig));
     let mut b = BatchVerifier::new();
+    b.push(key, true, b"h", &first_body, &first_sig);
     b.push(key, true, b"h", &body, &sig);
-    assert_eq!(b.verify(), [true]);
+    assert_eq!(b.verify(), [true, true]);
+}
+
+/// Issue 9, finding 7: a signature ground to pass a batch of one is
+/// refused, because a single item is never batch-verified.
+#[test]
+fn batch_of_one_is_verified_strictly() {
+    let seed = [9u8; 32];
+    let key = SigningKey::from_bytes(&seed).verifying_key();
+    let (body, sig) = grind(&seed, b"h", &[]);
+    let msg = [MESSAGE_DST, b"h".as_slice(), &body].concat();
+    assert!(ed25519_dalek::verify_batch(&[&msg], &[Signature::from_bytes(&sig)], &[key]).is_ok());
+    let mut b = BatchVerifier::new();
+    b.push(key, true, b"h", &body, &sig);
+    assert_eq!(b.verify(), [false]);
 }
 
 /// Seals a body with an arbitrary signature (what a key holder can do).
@@ -176,32 +203,57 @@ fn pipeline_batches_only_data_kinds() {
         let d2v = *session.device_to_vendor.as_bytes();
         let key = d.key().public();
 
-        // A usage report signed with a torsioned R, ground until the batch passes.
-        let mut accepted_usage = None;
-        for counter in 1..64u64 {
-            let u = counter_usage(1, &[(1, counter)]);
-            let mut bb = [0u8; 512];
-            let body = spime::codec::encode(&u, &mut bb).unwrap().to_vec();
+        // A usage report signed with a torsioned R, ground until the batch
+        // passes. Alone (`ingest`, a batch of one) it is refused either way.
+        let emit = |counter: u64, body: &[u8]| {
             let h = Header { kind: Kind::USAGE, device: d.id(), epoch: 1, counter, ephemeral: None };
             let mut hb = [0u8; 63];
             let hn = h.emit(&mut hb).unwrap();
-            let sig = torsioned_signature(&seed, &[MESSAGE_DST, &hb[..hn], &body]);
-            let msg = [MESSAGE_DST, &hb[..hn], &body].concat();
+            (h, hb[..hn].to_vec(), [MESSAGE_DST, &hb[..hn], body].concat())
+        };
+        let mut ground_alone = None;
+        for counter in 1..64u64 {
+            let mut bb = [0u8; 512];
+            let body = spime::codec::encode(&counter_usage(1, &[(1, counter)]), &mut bb).unwrap().to_vec();
+            let (h, hb, msg) = emit(counter, &body);
+            let sig = torsioned_signature(&seed, &[MESSAGE_DST, &hb, &body]);
             if ed25519_dalek::verify_batch(&[&msg], &[Signature::from_bytes(&sig)], &[key]).is_ok() {
-                accepted_usage = Some(seal_raw(&h, &body, &sig, &d2v));
+                ground_alone = Some(seal_raw(&h, &body, &sig, &d2v));
                 break;
             }
         }
-        let m = accepted_usage.unwrap();
-        let r = v.ingest(&m, 10);
+        assert_eq!(v.ingest(&ground_alone.unwrap(), 10).unwrap_err().reason(), "unauthentic");
+
+        // With a second message of its own in the same chunk, the key holder
+        // can still grind (the documented gap): accepted only when batching.
+        let mut bb = [0u8; 512];
+        let body0 = spime::codec::encode(&counter_usage(1, &[(1, 500)]), &mut bb).unwrap().to_vec();
+        let (h0, hb0, msg0) = emit(500, &body0);
+        let sig0 = d.key().signing().multipart_sign(&[MESSAGE_DST, &hb0, &body0]).to_bytes();
+        let m0 = seal_raw(&h0, &body0, &sig0, &d2v);
+        let mut pair = None;
+        for counter in 501..600u64 {
+            let mut bb = [0u8; 512];
+            let body = spime::codec::encode(&counter_usage(1, &[(1, counter)]), &mut bb).unwrap().to_vec();
+            let (h, hb, msg) = emit(counter, &body);
+            let sig = torsioned_signature(&seed, &[MESSAGE_DST, &hb, &body]);
+            let sigs = [Signature::from_bytes(&sig0), Signature::from_bytes(&sig)];
+            if ed25519_dalek::verify_batch(&[&msg0, &msg], &sigs, &[key, key]).is_ok() {
+                pair = Some(seal_raw(&h, &body, &sig, &d2v));
+                break;
+            }
+        }
+        let m1 = pair.unwrap();
+        let r = v.ingest_batch(&[&m0, &m1], 10);
+        assert!(r[0].is_ok());
         // Batched: the gap lets it through; strict: refused.
-        assert_eq!(r.is_ok(), batch, "usage, batch={batch}");
+        assert_eq!(r[1].is_ok(), batch, "usage, batch={batch}");
 
         // A consent update with a torsioned R is always refused (strict): ledger proofs stay strict-valid.
         let c = ConsentUpdate { consent: consent(2, &[], 0) };
         let mut bb = [0u8; 2048];
         let body = spime::codec::encode(&c, &mut bb).unwrap().to_vec();
-        for counter in 100..110u64 {
+        for counter in 700..710u64 {
             let h = Header { kind: Kind::CONSENT, device: d.id(), epoch: 1, counter, ephemeral: None };
             let mut hb = [0u8; 63];
             let hn = h.emit(&mut hb).unwrap();

@@ -16,24 +16,35 @@
 //!    non-canonical encoding of `R` (y ≥ p) passes. Here such an item is
 //!    never batched either (a byte comparison).
 //! 3. A point with a torsion component `T` (mixed order) can make the
-//!    batched sum vanish while one equation is off by `T`: `z_i·T = 0`
-//!    whenever `z_i` is a multiple of the order of `T` (1 in 2 for order 2).
-//!    For a key `A` this is checked once per device at registration
+//!    batched sum vanish while one equation is off by `T`: the residual is
+//!    `z_i·T`, zero exactly when the order of `T` (2, 4 or 8) divides
+//!    `z_i`. For a key `A` this is checked once per device at registration
 //!    ([`super::DeviceRecord::batchable_key`]); keys with a torsion
 //!    component are never batched. For `R` a per-signature subgroup check
 //!    costs as much as a whole verification (measured: 39 µs against 48 µs
 //!    for `verify_strict`), which would make batching slower than not
 //!    batching, so it is not done. The residual difference: **the holder of
-//!    a device key** can craft a signature with `R = [r]B + T` that the
-//!    batch accepts with probability up to 1/2 and `verify_strict` refuses.
-//!    Nobody else can (it needs the private key, because `k` binds `R`),
-//!    and the message content is still the key holder's own. To keep every
+//!    a device key** can craft a signature with `R = [r]B + T` that
+//!    `verify_strict` refuses and a batch may accept. The coefficients
+//!    `z_i` are not random: ed25519-dalek derives them from a transcript of
+//!    the batch's own inputs (no RNG). So the probability is 1/ord(`T`)
+//!    (at most 1/2) only for a signer who cannot predict the other items of
+//!    its chunk; one who can — above all a chunk of one item, where the
+//!    signer knows the whole transcript — computes `z` offline and grinds
+//!    `r` until the batch accepts with certainty. Therefore a chunk of one
+//!    is never batched (it is verified strictly; a batch of one saves
+//!    nothing anyway), and `Ingestor::ingest`, a batch of one message, is
+//!    strict throughout. In a larger chunk the signer can still retry
+//!    online, each failed try being refused. Nobody but the key holder can
+//!    do any of this (it needs the private key, because `k` binds `R`), and
+//!    the message content is still the key holder's own. To keep every
 //!    proof in the consent ledger strict-valid, the pipeline batches only
 //!    Usage and Fault messages; Register, Consent, Transfer and Decommission
 //!    are always verified with `verify_strict`. Turn batching off
 //!    ([`super::IngestConfig::batch_verify`]) to make the accepted set
-//!    exactly `verify_strict`'s for every kind. The test
-//!    `mixed_order_r_is_the_documented_gap` pins this behaviour.
+//!    exactly `verify_strict`'s for every kind. The tests
+//!    `mixed_order_r_is_the_documented_gap` and
+//!    `batch_of_one_is_verified_strictly` pin this behaviour.
 //!
 //! When the batch equation fails, every item of that chunk is re-checked
 //! with `verify_strict`, so a bad signature costs its chunk a second pass
@@ -154,6 +165,14 @@ impl BatchVerifier {
             }
         }
         for chunk in eligible.chunks(CHUNK) {
+            if let [i] = chunk {
+                // Never batch a single item: its signer could grind the batch
+                // coefficient offline (see the module docs).
+                if let (Some(slot), Some(item)) = (result.get_mut(*i), self.items.get(*i)) {
+                    *slot = strict(item);
+                }
+                continue;
+            }
             let items: Vec<&Item> = chunk.iter().filter_map(|&i| self.items.get(i)).collect();
             let messages: Vec<Vec<u8>> =
                 items.iter().map(|it| [MESSAGE_DST, it.header.as_slice(), it.body.as_slice()].concat()).collect();
