@@ -289,3 +289,47 @@ fn arrival_order_does_not_change_ownership() {
     let reg2 = d.seal_new_epoch(&body).unwrap();
     assert_eq!(err(v.ingest(&reg2, NOW)), IngestError::Consent(ConsentError::OwnerProofMissing));
 }
+
+fn notice(purpose: Purpose, kind: NoticeKind) -> Notice {
+    Notice {
+        id: 1,
+        purpose,
+        channel: Channel::OnDevice,
+        topic: 1,
+        kind,
+        issued_at: NOW,
+        expires_at: NOW + 86_400,
+        title: "t".try_into().unwrap(),
+        text: "x".try_into().unwrap(),
+    }
+}
+
+/// Finding 8: a notice's kind is tied to its purpose (an Essential
+/// SuppliesOffer is refused on both sides), and nothing is sealed for a
+/// Transferred device under the previous owner's keys.
+#[test]
+fn notices_fit_their_purpose_and_stop_at_transfer() {
+    let v = vendor();
+    let mut d = dev(1);
+    v.ingest(&register(&mut d, analytics(1)), NOW).unwrap();
+    let offer = notice(Purpose::ESSENTIAL, NoticeKind::SuppliesOffer);
+    let denial = ContactDenial::KindNotForPurpose { kind: NoticeKind::SuppliesOffer, purpose: Purpose::ESSENTIAL };
+    assert_eq!(v.seal_notice(&d.id(), &offer, NOW), Err(SendError::Refused(denial)));
+    assert_eq!(analytics(1).state.check_notice(&offer, NOW, &NoHistory), Err(denial), "the device refuses it too");
+    let instructions = notice(Purpose::ESSENTIAL, NoticeKind::Instructions);
+    assert!(matches!(
+        v.seal_notice(&d.id(), &instructions, NOW),
+        Err(SendError::Refused(ContactDenial::KindNotForPurpose { .. }))
+    ));
+    let recall = notice(Purpose::ESSENTIAL, NoticeKind::Recall);
+    let sealed = v.seal_notice(&d.id(), &recall, NOW).unwrap();
+    assert_eq!(d.open::<Notice>(&sealed).unwrap(), recall);
+
+    v.ingest(&d.seal(&Transfer::unsigned(NOW, 1)).unwrap(), NOW).unwrap();
+    assert_eq!(v.seal_notice(&d.id(), &recall, NOW), Err(SendError::AwaitingRegistration));
+    assert_eq!(v.seal_receipt(&d.id()), Err(SendError::NoConsent));
+    // The next owner registers: notices flow again, under the new epoch.
+    v.ingest(&register(&mut d, analytics(3)), NOW).unwrap();
+    let sealed = v.seal_notice(&d.id(), &recall, NOW + 1).unwrap();
+    assert_eq!(d.open::<Notice>(&sealed).unwrap(), recall);
+}

@@ -154,12 +154,21 @@ pub enum ContactDenial {
         /// the first second after the quiet hours
         until: u64,
     },
+    /// The notice's kind does not fit its purpose
+    /// ([`NoticeKind::allowed_for`]): an offer dressed as Essential, say.
+    #[error("a {kind:?} notice may not be sent for {purpose}")]
+    KindNotForPurpose {
+        /// the notice's kind
+        kind: NoticeKind,
+        /// the purpose it claimed
+        purpose: Purpose,
+    },
 }
 
 impl ContactDenial {
     /// The stable numeric code (SPEC.md §10.1): 70 NoticeExpired,
     /// 71 ReconfirmDue, 72 ChannelNotGranted, 73 Muted, 74 FrequencyCap,
-    /// 75 QuietHours.
+    /// 75 QuietHours, 76 KindNotForPurpose.
     pub const fn code(&self) -> u16 {
         match self {
             ContactDenial::NoticeExpired { .. } => 70,
@@ -168,6 +177,7 @@ impl ContactDenial {
             ContactDenial::Muted { .. } => 73,
             ContactDenial::FrequencyCap { .. } => 74,
             ContactDenial::QuietHours { .. } => 75,
+            ContactDenial::KindNotForPurpose { .. } => 76,
         }
     }
 }
@@ -739,6 +749,9 @@ impl ConsentState {
         now: u64,
         history: &H,
     ) -> Result<(), ContactDenial> {
+        if !notice.kind.allowed_for(notice.purpose) {
+            return Err(ContactDenial::KindNotForPurpose { kind: notice.kind, purpose: notice.purpose });
+        }
         if now > notice.expires_at {
             return Err(ContactDenial::NoticeExpired { at: notice.expires_at });
         }

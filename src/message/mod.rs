@@ -476,6 +476,30 @@ pub enum NoticeKind {
     UpdateAvailable,
 }
 
+impl NoticeKind {
+    /// Whether a notice of this kind may claim `purpose` (SPEC.md §6.5):
+    /// an Essential notice (which no preference can refuse) is only a
+    /// safety [`NoticeKind::Recall`] or an [`NoticeKind::UpdateAvailable`]
+    /// (security updates); a [`NoticeKind::SuppliesOffer`] is advertising,
+    /// only for Marketing or a vendor-defined purpose. Other pairs are free.
+    ///
+    /// ```
+    /// use spime::consent::Purpose;
+    /// use spime::message::NoticeKind;
+    /// assert!(NoticeKind::Recall.allowed_for(Purpose::ESSENTIAL));
+    /// assert!(!NoticeKind::SuppliesOffer.allowed_for(Purpose::ESSENTIAL));
+    /// assert!(!NoticeKind::SuppliesOffer.allowed_for(Purpose::PROACTIVE_SERVICE));
+    /// assert!(NoticeKind::SuppliesOffer.allowed_for(Purpose::MARKETING));
+    /// ```
+    pub fn allowed_for(self, purpose: Purpose) -> bool {
+        match self {
+            _ if purpose == Purpose::ESSENTIAL => matches!(self, NoticeKind::Recall | NoticeKind::UpdateAvailable),
+            NoticeKind::SuppliesOffer => purpose == Purpose::MARKETING || purpose.id() >= 0x8000,
+            _ => true,
+        }
+    }
+}
+
 /// The most bytes of a notice title.
 pub const MAX_NOTICE_TITLE: usize = 48;
 /// The most bytes of a notice text.

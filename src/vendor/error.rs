@@ -161,6 +161,11 @@ pub enum SendError {
     /// The owner's contact preferences forbid this notice now; it is held back.
     #[error("held back: {0}")]
     Refused(ContactDenial),
+    /// The device was handed on and its next owner has not registered: it
+    /// holds no keys of the new relationship, and the previous owner's
+    /// keys must not carry anything to it (SPEC.md §9.6).
+    #[error("device was transferred and awaits a new registration")]
+    AwaitingRegistration,
     /// The vendor holds no consent to countersign.
     #[error("no consent to countersign")]
     NoConsent,
@@ -180,6 +185,7 @@ impl SendError {
             SendError::Decommissioned => "decommissioned",
             SendError::Refused(_) => "contact-refused",
             SendError::NoConsent => "no-consent",
+            SendError::AwaitingRegistration => "awaiting-registration",
             SendError::Seal(_) => "seal",
             SendError::Storage(_) => "storage",
         }

@@ -66,11 +66,16 @@ impl<S: Store> Ingestor<S> {
     ///
     /// # Errors
     /// [`SendError::Refused`] with the reason when the preferences forbid
-    /// it (the notice is held back), [`SendError::UnknownDevice`],
+    /// it or its kind does not fit its purpose (the notice is held back),
+    /// [`SendError::AwaitingRegistration`] after a transfer (the previous
+    /// owner's keys carry nothing to the next), [`SendError::UnknownDevice`],
     /// [`SendError::Decommissioned`], or a storage or sealing failure.
     pub fn seal_notice(&self, device: &DeviceId, notice: &Notice, now: u64) -> Result<Vec<u8>, SendError> {
         let mut tx = self.store().begin()?;
         let rec = live(tx.device(device)?)?;
+        if rec.lifecycle != Lifecycle::Active {
+            return Err(SendError::AwaitingRegistration);
+        }
         {
             let history = TxHistory { tx: RefCell::new(&mut tx), device: *device };
             rec.consent.state.check_notice(notice, now, &history).map_err(SendError::Refused)?;
