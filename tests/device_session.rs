@@ -345,3 +345,85 @@ fn owner_pin_survives_device_signed_transfer_on_the_device() {
         matches!(&got[..], [(_, Opened::Transfer(_)), (_, Opened::Register(r))] if r.transfer.is_some_and(|t| t.at == T0 + 3))
     );
 }
+
+/// A storage that fails writes to one record while `fail` is set.
+struct Failing {
+    inner: Store,
+    fail: Option<u16>,
+}
+
+impl spime::device::storage::Storage for Failing {
+    fn read<'b>(
+        &mut self,
+        id: u16,
+        buf: &'b mut [u8],
+    ) -> Result<Option<&'b [u8]>, spime::device::storage::StorageError> {
+        self.inner.read(id, buf)
+    }
+    fn write(&mut self, id: u16, data: &[u8]) -> Result<(), spime::device::storage::StorageError> {
+        if self.fail == Some(id) {
+            return Err(spime::device::storage::StorageError::Io);
+        }
+        self.inner.write(id, data)
+    }
+    fn remove(&mut self, id: u16) -> Result<(), spime::device::storage::StorageError> {
+        self.inner.remove(id)
+    }
+}
+
+/// Issue 9, finding 10: when the flash write of a purge fails, the slot
+/// stays queued in memory as on flash; the denied report is never handed
+/// out, and the next boot purges it (it does not come back to be sent).
+#[test]
+fn outbox_purge_survives_failed_flash_write() {
+    use spime::device::storage::{RECORD_OUTBOX, StorageError};
+    let mut vendor = Vendor::new();
+    let mut ob = Ob::new();
+    let mut dev: Device<'_, Failing, N, REC> =
+        Device::boot(identity(), Failing { inner: storage(), fail: None }, &mut ob).unwrap();
+    let Phase::Unregistered(u) = dev.phase() else { panic!() };
+    u.register(&mut rng(), generous_consent(1, T0)).unwrap();
+    while let Some(e) = dev.next_message() {
+        let c = e.meta.counter;
+        vendor.open(e.envelope);
+        dev.ack(c).unwrap();
+    }
+    // A usage report in slot 0, then a consent that withdraws usage analytics.
+    let mut m: Metrics<1> = Metrics::new(T0);
+    m.define(MetricDef { id: 1, category: DataCategory::UsageCounters, kind: MetricKind::Counter }).unwrap();
+    m.increment(1, 1).unwrap();
+    let Phase::Registered(mut r) = dev.phase() else { panic!() };
+    r.report_window(Purpose::USAGE_ANALYTICS, m.take_window(T0 + 60), T0 + 60).unwrap();
+    assert_eq!(dev.queued().map(|e| e.meta.kind).collect::<Vec<_>>(), [Kind::USAGE]);
+    let mut narrower = generous_consent(2, T0 + 70);
+    narrower.state.withdraw(Purpose::USAGE_ANALYTICS).unwrap();
+
+    // The purge's write of slot 0 fails.
+    let mut store = dev.into_storage();
+    store.fail = Some(RECORD_OUTBOX);
+    let mut ob2 = Ob::new();
+    let mut dev: Device<'_, Failing, N, REC> = Device::boot(identity(), store, &mut ob2).unwrap();
+    let Phase::Registered(mut r) = dev.phase() else { panic!() };
+    assert_eq!(
+        r.change_consent(narrower, T0 + 70).unwrap_err(),
+        SessionError::Outbox(spime::device::outbox::OutboxError::Storage(StorageError::Io))
+    );
+    // Memory agrees with flash: the report is still queued, not counted as purged...
+    assert_eq!(dev.queued().map(|e| e.meta.kind).collect::<Vec<_>>(), [Kind::CONSENT, Kind::USAGE]);
+    assert_eq!(dev.dropped().purged, 0);
+    // ...but it never leaves: only the Consent is handed out.
+    let next = dev.next_message().unwrap();
+    assert_eq!(next.meta.kind, Kind::CONSENT);
+    let c = next.meta.counter;
+    dev.ack(c).unwrap();
+    assert!(dev.next_message().is_none());
+
+    // After a reboot with working storage, the report is purged, not resent.
+    let mut store = dev.into_storage();
+    store.fail = None;
+    let mut ob3 = Ob::new();
+    let dev: Device<'_, Failing, N, REC> = Device::boot(identity(), store, &mut ob3).unwrap();
+    assert_eq!(dev.queued().count(), 0);
+    assert_eq!(dev.dropped().purged, 1);
+    assert!(dev.next_message().is_none());
+}

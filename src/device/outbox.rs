@@ -463,7 +463,7 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
     pub fn ack<S: Storage + ?Sized>(&mut self, storage: &mut S, counter: u64) -> Result<bool, OutboxError> {
         match self.slots.iter().position(|s| s.used && s.meta().counter == counter) {
             Some(i) => {
-                self.clear(storage, i)?;
+                self.clear(storage, i, self.dropped)?;
                 Ok(true)
             }
             None => Ok(false),
@@ -472,6 +472,13 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
 
     /// Removes every message for which `keep` is false, counting each in
     /// [`Dropped::purged`]; returns how many went.
+    ///
+    /// A slot is freed in memory only once its record is written: if a
+    /// write fails, the message stays queued in memory as on flash (and
+    /// the error is returned), so memory never claims a purge that a
+    /// reboot would undo. The caller keeps such a message from leaving
+    /// (the device's [`crate::device::session::Device::next_message`]
+    /// skips queued data its consent denies) and purges again later.
     ///
     /// # Errors
     /// [`OutboxError::Storage`].
@@ -483,23 +490,27 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
         let mut n = 0;
         for i in 0..N {
             if self.slots.get(i).is_some_and(|s| s.used && !keep(&s.meta())) {
-                self.dropped.purged = self.dropped.purged.saturating_add(1);
-                self.clear(storage, i)?;
+                let mut counts = self.dropped;
+                counts.purged = counts.purged.saturating_add(1);
+                self.clear(storage, i, counts)?;
                 n += 1;
             }
         }
         Ok(n)
     }
 
-    fn clear<S: Storage + ?Sized>(&mut self, storage: &mut S, i: usize) -> Result<(), OutboxError> {
+    /// Writes slot `i` empty with `counts`; only then frees it in memory
+    /// and adopts `counts`.
+    fn clear<S: Storage + ?Sized>(&mut self, storage: &mut S, i: usize, counts: Dropped) -> Result<(), OutboxError> {
         let seq = self.next_seq;
         let mut rec = [0u8; OUTBOX_EMPTY_LEN];
-        write_header(&mut rec, seq, &self.dropped, None);
+        write_header(&mut rec, seq, &counts, None);
+        storage.write(slot_record(i)?, &rec)?;
+        self.next_seq = seq.wrapping_add(1);
+        self.dropped = counts;
         if let Some(s) = self.slots.get_mut(i) {
             s.used = false;
         }
-        storage.write(slot_record(i)?, &rec)?;
-        self.next_seq = seq.wrapping_add(1);
         Ok(())
     }
 }

@@ -404,6 +404,13 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         dev.load_consent()?;
         let storage = &mut dev.counter.store_mut().0;
         dev.outbox.reload(storage)?;
+        // A purge interrupted by a failed write (or a power cut) is finished
+        // now: nothing the consent held denies stays queued.
+        let consent = dev.consent.as_ref().map(|c| &c.state);
+        dev.outbox.purge(&mut dev.counter.store_mut().0, |m| match m.class() {
+            Class::Lifecycle | Class::Consent => true,
+            Class::Usage | Class::Fault => consent.is_some_and(|c| c.check_scope(&m.scope(), 0).is_ok()),
+        })?;
         Ok(dev)
     }
 
@@ -465,8 +472,26 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     /// The next message to send: the oldest of the most important class.
     /// Cut it with [`crate::wire::chunk::Chunks`] (message id: the low 16
     /// bits of `meta.counter`), send it, then [`Device::ack`] it.
+    ///
+    /// A queued Usage or Fault the consent held denies is never handed
+    /// out, even when the purge that should have removed it failed (a
+    /// storage write error): it waits for the next purge, which every
+    /// boot and consent change runs.
     pub fn next_message(&self) -> Option<Entry<'_>> {
-        self.outbox.peek()
+        self.outbox.iter().find(|e| self.may_leave(&e.meta))
+    }
+
+    /// Whether a queued item may be sent under the consent held. Time is
+    /// not known here, so only what does not depend on it is judged
+    /// (purpose, categories, precision, version): lapses are purged by
+    /// [`Registered::change_consent`] with the caller's time.
+    fn may_leave(&self, meta: &ItemMeta) -> bool {
+        match meta.class() {
+            Class::Lifecycle | Class::Consent => true,
+            Class::Usage | Class::Fault => {
+                self.consent.as_ref().is_some_and(|c| c.state.check_scope(&meta.scope(), 0).is_ok())
+            }
+        }
     }
 
     /// Every queued message in send order.
