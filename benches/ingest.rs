@@ -31,7 +31,7 @@ const N: usize = DEVICES * PER_DEVICE;
 const GROUP: usize = 256;
 
 fn vendor_keys() -> VendorKeys {
-    VendorKeys::from_secrets(&[1; 32], [2; 32])
+    VendorKeys::from_secrets(&[1; 32], &[2; 32])
 }
 
 struct Fixture {

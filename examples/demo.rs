@@ -444,8 +444,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = dir.join("vendor.redb");
     println!("spime demo: vendor server with persistent store {}", db.display());
 
-    let vendor_keys = VendorKeys::from_secrets(&[0x5e; 32], [0x77; 32]);
-    let device_keys = VendorKeys::from_secrets(&[0x5e; 32], [0x77; 32]);
+    let vendor_keys = VendorKeys::from_secrets(&[0x5e; 32], &[0x77; 32]);
+    let device_keys = VendorKeys::from_secrets(&[0x5e; 32], &[0x77; 32]);
     let store = RedbStore::open(&db)?;
     let vendor = Arc::new(Ingestor::new(store, vendor_keys, IngestConfig { workers: 2, batch_verify: true }));
     let server_sock = UdpSocket::bind("127.0.0.1:0")?;

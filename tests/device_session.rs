@@ -243,7 +243,7 @@ fn rejections_before_registration_and_bad_consent() {
     let mut dev = Dev::boot(identity(), storage(), &mut ob).unwrap();
     let mut vendor = Vendor::new();
     // no session: vendor messages cannot be opened
-    let v = VendorKeys::from_secrets(&VENDOR_SIGNING_SEED, VENDOR_KX_SECRET);
+    let v = VendorKeys::from_secrets(&VENDOR_SIGNING_SEED, &VENDOR_KX_SECRET);
     let (k, _) = seal::keys::device_start_epoch_with(&[3; 32], &DEVICE_ID, 1, &v.public()).unwrap();
     vendor.epochs.insert(1, k);
     let r = vendor.seal(1, &Receipt { consent_version: 1, consent_digest: [0; 32], received_at: 0 });

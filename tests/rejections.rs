@@ -232,7 +232,7 @@ fn a_refused_message_does_not_advance_the_window() {
 #[test]
 fn wrong_keys_are_refused() {
     // another vendor's keys
-    let other = VendorKeys::from_secrets(&[0x77; 32], [0x78; 32]);
+    let other = VendorKeys::from_secrets(&[0x77; 32], &[0x78; 32]);
     let (keys_for_other, eph) = keys::device_start_epoch_with(&[9; 32], &DEVICE_ID, 1, &other.public()).unwrap();
     let mut out = [0u8; MAX_SEALED_LEN];
     let s = Seal { device: DEVICE_ID, epoch: 1, counter: 0, ephemeral: Some(eph) };

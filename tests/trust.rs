@@ -14,7 +14,7 @@ use spime::wire::chunk::Chunks;
 const NOW: u64 = 1_000_000;
 
 fn vendor_keys() -> spime::seal::VendorKeys {
-    spime::seal::VendorKeys::from_secrets(&[1; 32], [2; 32])
+    spime::seal::VendorKeys::from_secrets(&[1; 32], &[2; 32])
 }
 
 fn vendor() -> Ingestor<MemoryStore> {
@@ -332,4 +332,91 @@ fn notices_fit_their_purpose_and_stop_at_transfer() {
     v.ingest(&register(&mut d, analytics(3)), NOW).unwrap();
     let sealed = v.seal_notice(&d.id(), &recall, NOW + 1).unwrap();
     assert_eq!(d.open::<Notice>(&sealed).unwrap(), recall);
+}
+
+/// Finding 6: an outsider who knows a device id can make the vendor run a
+/// key agreement (its own ephemeral key makes the AEAD pass) before the
+/// signature refuses it. Such openers are verified strictly, never applied
+/// speculatively in a batch; after `OPENER_FAILURES` of them a device's
+/// openers get one try per batch; and a genuine re-key still gets through.
+#[test]
+fn work_before_authentication_is_bounded() {
+    let v = Ingestor::new(MemoryStore::new(), vendor_keys(), IngestConfig { workers: 1, batch_verify: true });
+    let mut d = dev(1);
+    v.ingest(&register(&mut d, analytics(1)), NOW).unwrap();
+    let ok_usage = |n| spime::vendor::sim::counter_usage(1, &[(1, n)]);
+    // The outsider: the same device id, its own key; its openers name epoch 2, 3, ...
+    let mut outsider = SimDevice::new(d.id(), [99; 32], &vendor_keys()).unwrap();
+    let mut forged = || {
+        outsider.counter += 1_000;
+        outsider.seal_new_epoch(&ok_usage(1)).unwrap()
+    };
+    let _ = forged(); // epoch 1: not an opener for the vendor
+
+    // A forged opener among genuine messages: refused, the rest accepted.
+    let batch = [forged(), d.seal(&ok_usage(2)).unwrap(), d.seal(&ok_usage(3)).unwrap()];
+    let out = v.ingest_batch(&batch.iter().map(Vec::as_slice).collect::<Vec<_>>(), NOW);
+    assert_eq!(out[0], Err(IngestError::Unauthentic));
+    assert!(out[1].is_ok() && out[2].is_ok());
+
+    // Up to the limit, every forged opener is tried (and refused).
+    for _ in 1..OPENER_FAILURES {
+        assert_eq!(v.ingest(&forged(), NOW), Err(IngestError::Unauthentic));
+    }
+    // Now one opener per batch: the second is not even tried.
+    let pair = [forged(), forged()];
+    let out = v.ingest_batch(&[&pair[0], &pair[1]], NOW + 1);
+    assert_eq!(out, [Err(IngestError::Unauthentic), Err(IngestError::Throttled)]);
+    // Messages under the current epoch are not affected.
+    v.ingest(&d.seal(&ok_usage(4)).unwrap(), NOW + 1).unwrap();
+    // The genuine device re-keys: its opener is the first of its batch, so it
+    // is tried and accepted, and the count starts over.
+    let rekey = d.seal_new_epoch(&ok_usage(5)).unwrap();
+    let out = v.ingest_batch(&[&rekey, &forged()], NOW + 2);
+    assert!(out[0].is_ok(), "{:?}", out[0]);
+    assert_eq!(out[1], Err(IngestError::Throttled));
+    // The accepted opener cleared the count: the next forged opener is tried again.
+    assert_eq!(v.ingest(&forged(), NOW + 3), Err(IngestError::Unauthentic));
+    // And the window bounds the count: failures older than it are forgotten.
+    for _ in 1..OPENER_FAILURES {
+        assert_eq!(v.ingest(&forged(), NOW + 3), Err(IngestError::Unauthentic));
+    }
+    let pair = [forged(), forged()];
+    assert_eq!(v.ingest_batch(&[&pair[0], &pair[1]], NOW + 3)[1], Err(IngestError::Throttled));
+    let pair = [forged(), forged()];
+    let out = v.ingest_batch(&[&pair[0], &pair[1]], NOW + 3 + OPENER_WINDOW);
+    assert_eq!(out, [Err(IngestError::Unauthentic), Err(IngestError::Unauthentic)]);
+}
+
+/// Keys with a lifecycle: vendor keys made by `generate` can be saved and
+/// loaded (the documented 69-byte format); every malformed file is refused.
+#[test]
+fn vendor_keys_persist() {
+    use rand_core::SeedableRng;
+    use spime::error::DecodeError;
+    use spime::seal::VendorKeys;
+    use spime::seal::keys::VENDOR_KEYS_LEN;
+    let keys = VendorKeys::generate(&mut rand_chacha::ChaCha20Rng::from_seed([3; 32]));
+    let saved = keys.to_bytes();
+    assert_eq!(saved.len(), VENDOR_KEYS_LEN);
+    assert_eq!(&saved[..5], b"SPVK\x01");
+    let loaded = VendorKeys::from_bytes(saved.as_slice()).unwrap();
+    assert_eq!(loaded.public(), keys.public());
+    assert_eq!(loaded.to_bytes().as_slice(), saved.as_slice());
+    // The loaded keys open what a device sealed for the generated ones.
+    let v = Ingestor::new(MemoryStore::new(), loaded, IngestConfig { workers: 1, batch_verify: false });
+    let mut d = SimDevice::new(DeviceId([5; 8]), [5; 32], &keys).unwrap();
+    v.ingest(&register(&mut d, analytics(1)), NOW).unwrap();
+
+    let short = &saved[..VENDOR_KEYS_LEN - 1];
+    assert_eq!(VendorKeys::from_bytes(short).unwrap_err(), DecodeError::Truncated { needed: 69, have: 68 });
+    let mut long = saved.to_vec();
+    long.push(0);
+    assert_eq!(VendorKeys::from_bytes(&long).unwrap_err(), DecodeError::Oversized { len: 70, max: 69 });
+    let mut bad = saved.to_vec();
+    bad[0] = b'X';
+    assert_eq!(VendorKeys::from_bytes(&bad).unwrap_err(), DecodeError::Malformed);
+    let mut bad = saved.to_vec();
+    bad[4] = 2;
+    assert_eq!(VendorKeys::from_bytes(&bad).unwrap_err(), DecodeError::UnsupportedVersion(2));
 }

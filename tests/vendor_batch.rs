@@ -186,7 +186,7 @@ fn seal_raw(header: &Header, body: &[u8], sig: &[u8; 64], d2v: &[u8; 32]) -> Vec
 
 #[test]
 fn pipeline_batches_only_data_kinds() {
-    let vk = || VendorKeys::from_secrets(&[1; 32], [2; 32]);
+    let vk = || VendorKeys::from_secrets(&[1; 32], &[2; 32]);
     let seed = [21u8; 32];
     let grants = [(Purpose::USAGE_ANALYTICS, CategorySet::EMPTY.with(DataCategory::UsageCounters))];
     for batch in [true, false] {

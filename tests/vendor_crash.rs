@@ -21,7 +21,7 @@ const PER_DEVICE: u64 = 80;
 const BATCH: usize = 12;
 
 fn vendor_keys() -> VendorKeys {
-    VendorKeys::from_secrets(&[1; 32], [2; 32])
+    VendorKeys::from_secrets(&[1; 32], &[2; 32])
 }
 
 /// The same message stream on every run: each device registers, then reports.

@@ -14,7 +14,7 @@ const NOW: u64 = 1_000_000;
 const LATER: u64 = 40_000_000;
 
 fn vendor_keys() -> VendorKeys {
-    VendorKeys::from_secrets(&[1; 32], [2; 32])
+    VendorKeys::from_secrets(&[1; 32], &[2; 32])
 }
 
 fn vendor(config: IngestConfig) -> Ingestor<MemoryStore> {
@@ -181,7 +181,7 @@ fn wrong_signer_is_unauthentic() {
 #[test]
 fn forged_certificate_is_unauthentic() {
     let v = vendor(strict());
-    let rogue = VendorKeys::from_secrets(&[7; 32], [8; 32]);
+    let rogue = VendorKeys::from_secrets(&[7; 32], &[8; 32]);
     let mut d = SimDevice::new(DeviceId([5; 8]), [5; 32], &rogue).unwrap();
     // Sealed to the real vendor's key-agreement key, but certified by a rogue vendor.
     let reg = Register {

@@ -12,7 +12,7 @@ use spime::vendor::*;
 use spime::wire::DeviceId;
 
 fn keys() -> VendorKeys {
-    VendorKeys::from_secrets(&[1; 32], [2; 32])
+    VendorKeys::from_secrets(&[1; 32], &[2; 32])
 }
 
 #[test]

@@ -25,7 +25,7 @@ fn vendor(v: &Value) -> Ingestor<MemoryStore> {
     let k = &v["keys"];
     let seed: [u8; 32] = hex::decode(k["vendor_signing_seed"].as_str().unwrap()).unwrap().try_into().unwrap();
     let kx: [u8; 32] = hex::decode(k["vendor_key_agreement_secret"].as_str().unwrap()).unwrap().try_into().unwrap();
-    Ingestor::new(MemoryStore::new(), VendorKeys::from_secrets(&seed, kx), IngestConfig::default())
+    Ingestor::new(MemoryStore::new(), VendorKeys::from_secrets(&seed, &kx), IngestConfig::default())
 }
 
 fn bytes(v: &Value) -> Vec<u8> {

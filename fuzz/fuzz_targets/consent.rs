@@ -60,7 +60,8 @@ fn raw_state(b: &mut Bytes<'_>) -> ConsentState {
             Some(QuietHours { start_minute: b.u16(), end_minute: b.u16(), utc_offset_minutes: b.u16() as i16 });
     }
     for _ in 0..b.u8() % 10 {
-        let _ = s.contact.caps.push(FrequencyCap { purpose: b.purpose(), max_notices: b.u16(), period_seconds: b.u32() });
+        let _ =
+            s.contact.caps.push(FrequencyCap { purpose: b.purpose(), max_notices: b.u16(), period_seconds: b.u32() });
     }
     for _ in 0..b.u8() % 20 {
         let _ = s.contact.muted_topics.push(b.u16());

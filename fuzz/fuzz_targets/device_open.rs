@@ -27,7 +27,7 @@ struct World {
 }
 
 fn world() -> World {
-    let vendor = VendorKeys::from_secrets(&[1; 32], [2; 32]);
+    let vendor = VendorKeys::from_secrets(&[1; 32], &[2; 32]);
     let id = DeviceId([3; 8]);
     let key = DeviceKey::from_seed(id, &[4; 32]);
     let body = CertificateBody {
@@ -44,7 +44,8 @@ fn world() -> World {
         firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
         vendor: vendor.public(),
     };
-    let storage = NorStorage::new(SimFlash::new(), 0, u16::try_from(storage_records(N)).unwrap(), storage_capacity(REC)).unwrap();
+    let storage =
+        NorStorage::new(SimFlash::new(), 0, u16::try_from(storage_records(N)).unwrap(), storage_capacity(REC)).unwrap();
     let outbox: &'static mut Outbox<N, REC> = Box::leak(Box::new(Outbox::new()));
     let mut dev = Dev::boot(identity, storage, outbox).unwrap();
     let Phase::Unregistered(u) = dev.phase() else { unreachable!() };

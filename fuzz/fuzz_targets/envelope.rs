@@ -7,7 +7,7 @@ use spime::seal::{Envelope, VendorKeys};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(env) = Envelope::parse(data) else { return };
-    let keys = VendorKeys::from_secrets(&[0x11; 32], [0x22; 32]);
+    let keys = VendorKeys::from_secrets(&[0x11; 32], &[0x22; 32]);
     let eph = env.header.ephemeral.unwrap_or([9; 32]);
     let Ok(session) = keys.accept_epoch(&env.header.device, env.header.epoch, &eph) else { return };
     let mut buf = [0u8; spime::message::MAX_SEALED_LEN];

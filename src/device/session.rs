@@ -26,6 +26,7 @@
 //! epoch survives a reboot and the messages queued under it stay valid.
 
 use rand_core::CryptoRng;
+use zeroize::Zeroizing;
 
 use crate::codec::{self, Canonical};
 use crate::consent::{
@@ -187,8 +188,10 @@ impl SessionState {
         }
     }
 
-    fn encode(&self) -> [u8; SESSION_RECORD_LEN] {
-        let mut r = [0u8; SESSION_RECORD_LEN];
+    /// The record; it holds the session keys, so it is wiped on drop.
+    fn encode(&self) -> Zeroizing<[u8; SESSION_RECORD_LEN]> {
+        let mut out = Zeroizing::new([0u8; SESSION_RECORD_LEN]);
+        let r: &mut [u8; SESSION_RECORD_LEN] = &mut out;
         r[0] = SESSION_FORMAT;
         r[1] = match self.stage {
             Stage::Unregistered => 0,
@@ -206,13 +209,13 @@ impl SessionState {
         r[79..95].copy_from_slice(&seen.to_be_bytes());
         r[95] = u8::try_from(self.sent.len()).unwrap_or(0);
         for (i, s) in self.sent.iter().enumerate() {
-            put(&mut r, 96 + i * 36, &s.version.to_be_bytes());
-            put(&mut r, 100 + i * 36, &s.digest);
+            put(r.as_mut_slice(), 96 + i * 36, &s.version.to_be_bytes());
+            put(r.as_mut_slice(), 100 + i * 36, &s.digest);
         }
         r[240] = u8::try_from(self.shown.len()).unwrap_or(0);
         for (i, s) in self.shown.iter().enumerate() {
-            put(&mut r, 241 + i * 10, &s.purpose.id().to_be_bytes());
-            put(&mut r, 243 + i * 10, &s.at.to_be_bytes());
+            put(r.as_mut_slice(), 241 + i * 10, &s.purpose.id().to_be_bytes());
+            put(r.as_mut_slice(), 243 + i * 10, &s.at.to_be_bytes());
         }
         r[321..325].copy_from_slice(&self.receipted.to_be_bytes());
         if let Some(t) = &self.pending_transfer {
@@ -225,18 +228,18 @@ impl SessionState {
                 r[371..435].copy_from_slice(&p.signature.0);
             }
         }
-        r
+        out
     }
 
     fn decode(r: &[u8]) -> Option<SessionState> {
-        let mut full = [0u8; SESSION_RECORD_LEN];
+        let mut full = Zeroizing::new([0u8; SESSION_RECORD_LEN]);
         match (r.first(), r.len()) {
             (Some(&SESSION_FORMAT), SESSION_RECORD_LEN) => full.copy_from_slice(r),
             // Format 1: the same fields, no pending Transfer.
             (Some(1), SESSION_RECORD_V1_LEN) => full.get_mut(..SESSION_RECORD_V1_LEN)?.copy_from_slice(r),
             _ => return None,
         }
-        let r = &full;
+        let r: &[u8; SESSION_RECORD_LEN] = &full;
         let stage = match r[1] {
             0 => Stage::Unregistered,
             1 => Stage::Registered,
@@ -319,7 +322,7 @@ fn array<const M: usize>(r: &[u8], at: usize) -> Option<[u8; M]> {
 /// use spime::seal::{DeviceKey, VendorKeys};
 /// use spime::wire::DeviceId;
 /// const REC: usize = record_len(MAX_SEALED_LEN);
-/// let vendor = VendorKeys::from_secrets(&[1; 32], [2; 32]);
+/// let vendor = VendorKeys::from_secrets(&[1; 32], &[2; 32]);
 /// let key = DeviceKey::from_seed(DeviceId([3; 8]), &[4; 32]);
 /// let body = CertificateBody {
 ///     device: key.device, device_key: key.public().to_bytes(), model: "kettle".try_into()?,
@@ -418,8 +421,8 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     // share one large stack frame.
     #[inline(never)]
     fn load_session(&mut self) -> Result<(), SessionError> {
-        let mut buf = [0u8; SESSION_RECORD_LEN];
-        if let Some(r) = self.storage().read(RECORD_SESSION, &mut buf)? {
+        let mut buf = Zeroizing::new([0u8; SESSION_RECORD_LEN]);
+        if let Some(r) = self.storage().read(RECORD_SESSION, buf.as_mut_slice())? {
             self.state = SessionState::decode(r).ok_or(StorageError::Invalid(RECORD_SESSION))?;
         }
         Ok(())
@@ -523,7 +526,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
 
     fn save_state(&mut self) -> Result<(), SessionError> {
         let rec = self.state.encode();
-        self.storage().write(RECORD_SESSION, &rec)?;
+        self.storage().write(RECORD_SESSION, rec.as_slice())?;
         Ok(())
     }
 

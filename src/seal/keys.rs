@@ -144,10 +144,40 @@ pub struct VendorPublicKeys {
 }
 
 /// The vendor's secret keys. Wiped on drop; `Debug` shows only public parts.
+///
+/// The X25519 public key is computed once, when the keys are made: opening
+/// an epoch then costs one X25519, not two (SPEC.md, Security, T6).
+///
+/// Keys persist with [`VendorKeys::to_bytes`] and [`VendorKeys::from_bytes`]
+/// in this format ([`VENDOR_KEYS_LEN`] bytes; store it as a secret):
+///
+/// ```text
+/// offset size field
+/// 0      4    magic "SPVK"
+/// 4      1    format 0x01
+/// 5      32   Ed25519 seed of the signing key (VS)
+/// 37     32   X25519 secret of the key-agreement key (VX), as given (unclamped)
+/// ```
+///
+/// ```
+/// use spime::seal::VendorKeys;
+/// let keys = VendorKeys::from_secrets(&[1; 32], &[2; 32]);
+/// let saved = keys.to_bytes();
+/// let loaded = VendorKeys::from_bytes(saved.as_slice())?;
+/// assert_eq!(loaded.public(), keys.public());
+/// # Ok::<(), spime::error::DecodeError>(())
+/// ```
 pub struct VendorKeys {
     signing: SigningKey,
     key_agreement: Zeroizing<[u8; 32]>,
+    /// `X25519(key_agreement, 9)`, computed once.
+    key_agreement_public: [u8; 32],
 }
+
+/// Length of [`VendorKeys::to_bytes`].
+pub const VENDOR_KEYS_LEN: usize = 4 + 1 + 32 + 32;
+/// The magic bytes that start [`VendorKeys::to_bytes`].
+pub const VENDOR_KEYS_MAGIC: &[u8; 4] = b"SPVK";
 
 impl core::fmt::Debug for VendorKeys {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -159,23 +189,66 @@ impl VendorKeys {
     /// Generates fresh vendor keys.
     pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> VendorKeys {
         let mut sign = Zeroizing::new([0u8; 32]);
-        let mut kx = [0u8; 32];
+        let mut kx = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(sign.as_mut_slice());
-        rng.fill_bytes(&mut kx);
-        VendorKeys::from_secrets(&sign, kx)
+        rng.fill_bytes(kx.as_mut_slice());
+        VendorKeys::from_secrets(&sign, &kx)
     }
 
-    /// Vendor keys from their secret bytes: an Ed25519 seed and an X25519 scalar.
-    pub fn from_secrets(signing_seed: &[u8; 32], key_agreement: [u8; 32]) -> VendorKeys {
-        VendorKeys { signing: SigningKey::from_bytes(signing_seed), key_agreement: Zeroizing::new(key_agreement) }
+    /// Vendor keys from their secret bytes: an Ed25519 seed and an X25519
+    /// scalar (both borrowed: the caller wipes its copies).
+    pub fn from_secrets(signing_seed: &[u8; 32], key_agreement: &[u8; 32]) -> VendorKeys {
+        let key_agreement = Zeroizing::new(*key_agreement);
+        let key_agreement_public = x25519_dalek::x25519(*key_agreement, x25519_dalek::X25519_BASEPOINT_BYTES);
+        VendorKeys { signing: SigningKey::from_bytes(signing_seed), key_agreement, key_agreement_public }
+    }
+
+    /// The keys in the documented format above, in a buffer wiped on drop.
+    pub fn to_bytes(&self) -> Zeroizing<[u8; VENDOR_KEYS_LEN]> {
+        let mut out = Zeroizing::new([0u8; VENDOR_KEYS_LEN]);
+        let (magic, rest) = out.split_at_mut(4);
+        magic.copy_from_slice(VENDOR_KEYS_MAGIC);
+        let (format, rest) = rest.split_at_mut(1);
+        format.copy_from_slice(&[1]);
+        let (seed, kx) = rest.split_at_mut(32);
+        let signing_seed = Zeroizing::new(self.signing.to_bytes());
+        seed.copy_from_slice(signing_seed.as_slice());
+        kx.copy_from_slice(self.key_agreement.as_slice());
+        out
+    }
+
+    /// Keys saved with [`VendorKeys::to_bytes`].
+    ///
+    /// # Errors
+    /// [`crate::error::DecodeError::Truncated`] or
+    /// [`crate::error::DecodeError::Oversized`] for another length,
+    /// [`crate::error::DecodeError::Malformed`] without the magic,
+    /// [`crate::error::DecodeError::UnsupportedVersion`] for another format byte.
+    pub fn from_bytes(bytes: &[u8]) -> Result<VendorKeys, crate::error::DecodeError> {
+        use crate::error::DecodeError;
+        if bytes.len() < VENDOR_KEYS_LEN {
+            return Err(DecodeError::Truncated { needed: VENDOR_KEYS_LEN, have: bytes.len() });
+        }
+        if bytes.len() > VENDOR_KEYS_LEN {
+            return Err(DecodeError::Oversized { len: bytes.len(), max: VENDOR_KEYS_LEN });
+        }
+        let (magic, rest) = bytes.split_at(4);
+        if magic != VENDOR_KEYS_MAGIC {
+            return Err(DecodeError::Malformed);
+        }
+        let (format, rest) = rest.split_at(1);
+        if format != [1] {
+            return Err(DecodeError::UnsupportedVersion(format.first().copied().unwrap_or(0)));
+        }
+        let (seed, kx) = rest.split_at(32);
+        let seed = Zeroizing::new(<[u8; 32]>::try_from(seed).map_err(|_| DecodeError::Malformed)?);
+        let kx = Zeroizing::new(<[u8; 32]>::try_from(kx).map_err(|_| DecodeError::Malformed)?);
+        Ok(VendorKeys::from_secrets(&seed, &kx))
     }
 
     /// The public keys to provision into devices.
     pub fn public(&self) -> VendorPublicKeys {
-        VendorPublicKeys {
-            signing: self.signing.verifying_key(),
-            key_agreement: x25519_dalek::x25519(*self.key_agreement, x25519_dalek::X25519_BASEPOINT_BYTES),
-        }
+        VendorPublicKeys { signing: self.signing.verifying_key(), key_agreement: self.key_agreement_public }
     }
 
     /// The signing key (certificates, receipts, notices).
@@ -194,8 +267,7 @@ impl VendorKeys {
         ephemeral_pub: &[u8; 32],
     ) -> Result<SessionKeys, OpenError> {
         let shared = x25519_checked(&self.key_agreement, ephemeral_pub).ok_or(OpenError::WeakKey)?;
-        let kx_pub = x25519_dalek::x25519(*self.key_agreement, x25519_dalek::X25519_BASEPOINT_BYTES);
-        Ok(SessionKeys::from_shared(&shared, device, epoch, ephemeral_pub, &kx_pub))
+        Ok(SessionKeys::from_shared(&shared, device, epoch, ephemeral_pub, &self.key_agreement_public))
     }
 }
 

@@ -71,6 +71,14 @@ pub enum IngestError {
     /// consent.
     #[error("device was transferred and awaits a new registration")]
     AwaitingRegistration,
+    /// Too many messages opening a new epoch for this device failed after
+    /// their key agreement within [`super::OPENER_WINDOW`]
+    /// (forgeries by someone who knows the device id): only one opener per
+    /// batch is tried for it until the window passes. Nothing was
+    /// recorded; the device offers the key again with its next message
+    /// (SPEC.md §3.1), so a genuine re-key still gets through.
+    #[error("too many failed epoch openers for this device; try again")]
+    Throttled,
     /// The device was decommissioned; nothing more is accepted from it.
     #[error("device is decommissioned")]
     Decommissioned,
@@ -104,6 +112,7 @@ impl IngestError {
             IngestError::Consent(c) => c.code(),
             IngestError::AwaitingRegistration => 50,
             IngestError::Decommissioned => 51,
+            IngestError::Throttled => 52,
             IngestError::Storage(_) => 53,
         }
     }
@@ -128,6 +137,7 @@ impl IngestError {
             IngestError::Consent(_) => "owner-proof",
             IngestError::AwaitingRegistration => "awaiting-registration",
             IngestError::Decommissioned => "decommissioned",
+            IngestError::Throttled => "throttled",
             IngestError::Storage(_) => "storage",
         }
     }

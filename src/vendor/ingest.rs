@@ -140,9 +140,36 @@ struct DevState {
     dirty: bool,
     /// The record changed too (registration, consent, epoch, lifecycle).
     record_changed: bool,
+    /// Too many openers failed for this device lately: at most one opener
+    /// is tried for it in this batch.
+    throttled: bool,
+    /// Openers tried for this device in this pass.
+    openers_tried: u32,
+    /// Openers for this device that failed after their key agreement in this pass.
+    opener_failures: u32,
+    /// An opener for this device was accepted in this pass.
+    opener_accepted: bool,
 }
 
-type Snapshot = HashMap<DeviceId, (Option<DeviceRecord>, ReplayWindow)>;
+/// Per device: its record, its window, and whether its openers are throttled.
+type Snapshot = HashMap<DeviceId, (Option<DeviceRecord>, ReplayWindow, bool)>;
+
+/// Epoch openers for one device that failed after the key agreement, in
+/// the current window.
+#[derive(Debug, Clone, Copy)]
+struct OpenerFailures {
+    since: u64,
+    count: u32,
+}
+
+/// Failed openers a device may cause per [`OPENER_WINDOW`] before its
+/// openers are throttled to one per batch (SPEC.md §9.2).
+pub const OPENER_FAILURES: u32 = 8;
+/// The window of [`OPENER_FAILURES`], in seconds of caller time.
+pub const OPENER_WINDOW: u64 = 3600;
+/// The most devices whose opener failures are remembered (beyond, the
+/// record of failures starts over).
+const OPENER_TABLE_MAX: usize = 1 << 16;
 
 /// How signatures are checked in one pass over a partition.
 enum SigMode<'a> {
@@ -172,7 +199,7 @@ struct PartResult {
 /// ```
 /// use spime::vendor::{IngestConfig, Ingestor, IngestError, MemoryStore};
 /// use spime::seal::VendorKeys;
-/// let vendor = Ingestor::new(MemoryStore::new(), VendorKeys::from_secrets(&[1; 32], [2; 32]), IngestConfig::default());
+/// let vendor = Ingestor::new(MemoryStore::new(), VendorKeys::from_secrets(&[1; 32], &[2; 32]), IngestConfig::default());
 /// assert!(matches!(vendor.ingest(b"not an envelope", 0), Err(IngestError::Decode(_))));
 /// ```
 pub struct Ingestor<S> {
@@ -184,6 +211,8 @@ pub struct Ingestor<S> {
     /// Decompressed device keys by their bytes (decompressing costs a tenth
     /// of a verification). A pure cache: the bytes determine the key.
     key_cache: RwLock<HashMap<[u8; 32], VerifyingKey>>,
+    /// Failed epoch openers per device (in memory only).
+    opener_failures: Mutex<HashMap<DeviceId, OpenerFailures>>,
 }
 
 /// The most keys [`Ingestor`] keeps decompressed before starting over.
@@ -255,7 +284,15 @@ impl<S: Store> Ingestor<S> {
     /// A pipeline over `store` with the vendor's keys.
     pub fn new(store: S, keys: VendorKeys, config: IngestConfig) -> Ingestor<S> {
         let public = keys.public();
-        Ingestor { store, keys, public, config, lock: Mutex::new(()), key_cache: RwLock::default() }
+        Ingestor {
+            store,
+            keys,
+            public,
+            config,
+            lock: Mutex::new(()),
+            key_cache: RwLock::default(),
+            opener_failures: Mutex::default(),
+        }
     }
 
     /// The store.
@@ -308,7 +345,7 @@ impl<S: Store> Ingestor<S> {
             }
         }
         let fail_all = |e: StoreError| messages.iter().map(|_| Err(IngestError::Storage(e.clone()))).collect();
-        let snapshot = match self.snapshot(&devices) {
+        let snapshot = match self.snapshot(&devices, now) {
             Ok(s) => s,
             Err(e) => return fail_all(e),
         };
@@ -338,6 +375,7 @@ impl<S: Store> Ingestor<S> {
                     .collect()
             })
         };
+        self.record_openers(&results, now);
         if let Err(e) = self.commit(&results) {
             return fail_all(e);
         }
@@ -353,15 +391,39 @@ impl<S: Store> Ingestor<S> {
         out
     }
 
-    fn snapshot(&self, devices: &HashSet<DeviceId>) -> Result<Snapshot, StoreError> {
+    fn snapshot(&self, devices: &HashSet<DeviceId>, now: u64) -> Result<Snapshot, StoreError> {
         let mut tx = self.store.begin()?;
+        let failures = self.opener_failures.lock().unwrap_or_else(PoisonError::into_inner);
         let mut snap = HashMap::with_capacity(devices.len());
         for d in devices {
             let rec = tx.device(d)?;
             let win = tx.window(d)?;
-            snap.insert(*d, (rec, win));
+            let throttled = failures
+                .get(d)
+                .is_some_and(|f| now.saturating_sub(f.since) < OPENER_WINDOW && f.count >= OPENER_FAILURES);
+            snap.insert(*d, (rec, win, throttled));
         }
         Ok(snap)
+    }
+
+    /// Counts the openers that failed after their key agreement, per device
+    /// (an accepted opener clears the device's count).
+    fn record_openers(&self, results: &[PartResult], now: u64) {
+        let mut table = self.opener_failures.lock().unwrap_or_else(PoisonError::into_inner);
+        for (device, st) in results.iter().flat_map(|r| r.states.iter()) {
+            if st.opener_accepted {
+                table.remove(device);
+            } else if st.opener_failures > 0 {
+                if table.len() >= OPENER_TABLE_MAX && !table.contains_key(device) {
+                    table.clear();
+                }
+                let f = table.entry(*device).or_insert(OpenerFailures { since: now, count: 0 });
+                if now.saturating_sub(f.since) >= OPENER_WINDOW {
+                    *f = OpenerFailures { since: now, count: 0 };
+                }
+                f.count = f.count.saturating_add(st.opener_failures);
+            }
+        }
     }
 
     fn commit(&self, results: &[PartResult]) -> Result<(), StoreError> {
@@ -414,12 +476,24 @@ impl<S: Store> Ingestor<S> {
         let mut states: HashMap<DeviceId, DevState> = HashMap::new();
         let mut outcomes = Vec::with_capacity(msgs.len());
         for &(i, bytes) in msgs {
-            outcomes.push((i, self.process(&mut states, snapshot, i, bytes, now, sig)));
+            let mut opener = None;
+            let outcome = self.process(&mut states, snapshot, i, bytes, now, sig, &mut opener);
+            if let Some(device) = opener
+                && let Some(st) = states.get_mut(&device)
+            {
+                match &outcome {
+                    Ok(_) => st.opener_accepted = true,
+                    Err(_) => st.opener_failures = st.opener_failures.saturating_add(1),
+                }
+            }
+            outcomes.push((i, outcome));
         }
         PartResult { outcomes, states }
     }
 
-    #[allow(clippy::too_many_lines)]
+    /// Judges one message. `opener` is set to the device when the message
+    /// opened a new epoch (a key agreement was made for it).
+    #[allow(clippy::too_many_lines, clippy::too_many_arguments)]
     fn process(
         &self,
         states: &mut HashMap<DeviceId, DevState>,
@@ -428,6 +502,7 @@ impl<S: Store> Ingestor<S> {
         bytes: &[u8],
         now: u64,
         sig: &mut SigMode<'_>,
+        opener: &mut Option<DeviceId>,
     ) -> Result<Done, IngestError> {
         let env = Envelope::parse(bytes)?;
         let h = env.header;
@@ -435,20 +510,41 @@ impl<S: Store> Ingestor<S> {
             return Err(IngestError::WrongDirection(h.kind));
         }
         let st = states.entry(h.device).or_insert_with(|| {
-            let (record, window) = snapshot.get(&h.device).cloned().unwrap_or((None, ReplayWindow::new()));
-            DevState { record, window, key: None, dirty: false, record_changed: false }
+            let (record, window, throttled) =
+                snapshot.get(&h.device).cloned().unwrap_or((None, ReplayWindow::new(), false));
+            DevState {
+                record,
+                window,
+                key: None,
+                dirty: false,
+                record_changed: false,
+                throttled,
+                openers_tried: 0,
+                opener_failures: 0,
+                opener_accepted: false,
+            }
         });
         if st.record.as_ref().is_some_and(|r| r.lifecycle == Lifecycle::Decommissioned) {
             return Err(IngestError::Decommissioned);
         }
         st.window.check(h.counter)?;
 
-        // Which session keys open it (SPEC §9.2).
+        // Which session keys open it (SPEC §9.2). A key agreement is the one
+        // expensive step before anything is authenticated: openers of a
+        // device whose openers failed too often lately get one try per batch.
+        let mut open_epoch = |st: &mut DevState, eph: &[u8; 32]| {
+            if st.throttled && st.openers_tried >= 1 {
+                return Err(IngestError::Throttled);
+            }
+            st.openers_tried = st.openers_tried.saturating_add(1);
+            *opener = Some(h.device);
+            self.accept_epoch(&h, eph)
+        };
         let (keys, new_epoch): (SessionKeys, bool) = match (&st.record, h.ephemeral) {
             (None, _) if h.kind != Kind::REGISTER => return Err(IngestError::UnknownDevice),
-            (None, Some(eph)) => (self.accept_epoch(&h, &eph)?, true),
+            (None, Some(eph)) => (open_epoch(st, &eph)?, true),
             (None, None) => return Err(IngestError::UnknownDevice),
-            (Some(r), Some(eph)) if h.epoch > r.epoch() => (self.accept_epoch(&h, &eph)?, true),
+            (Some(r), Some(eph)) if h.epoch > r.epoch() => (open_epoch(st, &eph)?, true),
             (Some(r), _) => {
                 let current = r.epoch();
                 if h.epoch < current {
@@ -492,7 +588,9 @@ impl<S: Store> Ingestor<S> {
             }
             (None, None) => return Err(IngestError::UnknownDevice),
         };
-        let verified = check_signature(pt, &key, batchable, index, sig)?;
+        // An opener is verified strictly, never deferred to a batch: a forged
+        // one must not be applied speculatively (SPEC §9.7).
+        let verified = check_signature(pt, &key, batchable, new_epoch, index, sig)?;
         // What it means (SPEC §9.3–9.5).
         let proof = Proof::from_verified(&verified);
         let mut new_record: Option<DeviceRecord> = None;
@@ -686,10 +784,11 @@ fn check_signature<'a, 'b>(
     pt: Plaintext<'a, 'b>,
     key: &VerifyingKey,
     batchable: bool,
+    opens_epoch: bool,
     index: usize,
     sig: &mut SigMode<'_>,
 ) -> Result<Verified<'a, 'b>, IngestError> {
-    let data = pt.header.kind == Kind::USAGE || pt.header.kind == Kind::FAULT;
+    let data = (pt.header.kind == Kind::USAGE || pt.header.kind == Kind::FAULT) && !opens_epoch;
     match sig {
         SigMode::Defer(verifier, idx) if data => {
             verifier.push(*key, batchable, pt.header_bytes(), pt.body_bytes(), pt.signature());

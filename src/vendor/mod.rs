@@ -28,7 +28,7 @@
 //! use spime::consent::*;
 //! use spime::wire::DeviceId;
 //!
-//! let vendor_keys = VendorKeys::from_secrets(&[1; 32], [2; 32]);
+//! let vendor_keys = VendorKeys::from_secrets(&[1; 32], &[2; 32]);
 //! let vendor_pub = vendor_keys.public();
 //! let dev = DeviceKey::from_seed(DeviceId([9; 8]), &[3; 32]);
 //! let certificate = DeviceCertificate::issue(
@@ -66,7 +66,7 @@ pub mod sim;
 pub mod store;
 
 pub use error::{IngestError, SendError, StoreError};
-pub use ingest::{Accepted, Event, IngestConfig, Ingestor, Outcome, partition_of};
+pub use ingest::{Accepted, Event, IngestConfig, Ingestor, OPENER_FAILURES, OPENER_WINDOW, Outcome, partition_of};
 pub use memory::{MemoryStore, MemoryTxn};
 #[cfg(feature = "redb")]
 pub use redb_store::{RedbStore, RedbTxn};

@@ -26,7 +26,7 @@ pub const EPOCH: u32 = 1;
 pub const T0: u64 = 1_795_000_000; // 2026-11-18
 
 pub fn vendor() -> VendorKeys {
-    VendorKeys::from_secrets(&VENDOR_SIGNING_SEED, VENDOR_KX_SECRET)
+    VendorKeys::from_secrets(&VENDOR_SIGNING_SEED, &VENDOR_KX_SECRET)
 }
 
 pub fn device() -> DeviceKey {

@@ -35,7 +35,7 @@ pub(crate) const FIRMWARE: FirmwareVersion = FirmwareVersion { major: 1, minor: 
 pub(crate) const MADE_AT: u64 = 1_767_225_600;
 
 pub(crate) fn vendor() -> VendorKeys {
-    VendorKeys::from_secrets(&VENDOR_SIGNING_SEED, VENDOR_KX_SECRET)
+    VendorKeys::from_secrets(&VENDOR_SIGNING_SEED, &VENDOR_KX_SECRET)
 }
 
 pub(crate) fn identity() -> Identity {

@@ -83,7 +83,7 @@ fn main() -> ! {
 
 #[inline(never)]
 fn identity() -> Result<Identity, spime::error::DecodeError> {
-    let vendor = VendorKeys::from_secrets(&VENDOR_SIGNING_SEED, VENDOR_KX_SECRET);
+    let vendor = VendorKeys::from_secrets(&VENDOR_SIGNING_SEED, &VENDOR_KX_SECRET);
     let key = DeviceKey::from_seed(DEVICE_ID, &DEVICE_SEED);
     let body = CertificateBody {
         device: DEVICE_ID,
