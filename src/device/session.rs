@@ -55,12 +55,12 @@ pub const SENT_CONSENTS: usize = 4;
 /// How many shown notices the device remembers for frequency caps.
 pub const SHOWN_NOTICES: usize = 8;
 /// Length of the session record.
-pub const SESSION_RECORD_LEN: usize = 435;
+pub const SESSION_RECORD_LEN: usize = 468;
 /// The session record's format byte.
-pub const SESSION_FORMAT: u8 = 2;
-/// Length of a format-1 session record (before the pending Transfer was
+pub const SESSION_FORMAT: u8 = 3;
+/// Length of a format-2 session record (before the pending Transfer was
 /// kept), still read.
-const SESSION_RECORD_V1_LEN: usize = 325;
+const SESSION_RECORD_V2_LEN: usize = 358;
 
 /// The storage record capacity a device needs for an outbox of `RECORD`-byte slots.
 pub const fn storage_capacity(outbox_record: usize) -> usize {
@@ -126,6 +126,14 @@ pub enum SessionError {
     /// The key epoch space is used up.
     #[error("key epochs exhausted")]
     EpochExhausted,
+    /// Messages sealed under the current epoch still wait in the outbox; the
+    /// vendor refuses older epochs once a new one opens, so send them first.
+    #[error("{0} queued messages must be sent before the keys are renewed")]
+    OutboxNotEmpty(usize),
+    /// The vendor already confirmed the registration (a vendor message
+    /// arrived under its epoch): there is nothing to register again.
+    #[error("the registration is confirmed; change consent instead of registering again")]
+    AlreadyConfirmed,
 }
 
 impl From<ReplayError> for SessionError {
@@ -169,6 +177,9 @@ struct SessionState {
     sent: heapless::Vec<SentConsent, SENT_CONSENTS>,
     shown: heapless::Vec<SentNotice, SHOWN_NOTICES>,
     receipted: u32,
+    /// The ephemeral public key of the current epoch while the vendor has
+    /// not confirmed it (SPEC §3.1): every message sealed meanwhile carries it.
+    pending: Option<[u8; 32]>,
     /// The Transfer sealed at the last change of owner, carried by the next
     /// Register (SPEC.md §8.5, §9.3).
     pending_transfer: Option<Transfer>,
@@ -184,6 +195,7 @@ impl SessionState {
             sent: heapless::Vec::new(),
             shown: heapless::Vec::new(),
             receipted: 0,
+            pending: None,
             pending_transfer: None,
         }
     }
@@ -218,14 +230,18 @@ impl SessionState {
             put(r.as_mut_slice(), 243 + i * 10, &s.at.to_be_bytes());
         }
         r[321..325].copy_from_slice(&self.receipted.to_be_bytes());
-        if let Some(t) = &self.pending_transfer {
+        if let Some(e) = &self.pending {
             r[325] = 1;
-            r[326..334].copy_from_slice(&t.at.to_be_bytes());
-            r[334..338].copy_from_slice(&t.consent_version.to_be_bytes());
+            r[326..358].copy_from_slice(e);
+        }
+        if let Some(t) = &self.pending_transfer {
+            r[358] = 1;
+            r[359..367].copy_from_slice(&t.at.to_be_bytes());
+            r[367..371].copy_from_slice(&t.consent_version.to_be_bytes());
             if let Some(p) = &t.owner {
-                r[338] = 1;
-                r[339..371].copy_from_slice(&p.owner_key);
-                r[371..435].copy_from_slice(&p.signature.0);
+                r[371] = 1;
+                r[372..404].copy_from_slice(&p.owner_key);
+                r[404..468].copy_from_slice(&p.signature.0);
             }
         }
         out
@@ -235,8 +251,8 @@ impl SessionState {
         let mut full = Zeroizing::new([0u8; SESSION_RECORD_LEN]);
         match (r.first(), r.len()) {
             (Some(&SESSION_FORMAT), SESSION_RECORD_LEN) => full.copy_from_slice(r),
-            // Format 1: the same fields, no pending Transfer.
-            (Some(1), SESSION_RECORD_V1_LEN) => full.get_mut(..SESSION_RECORD_V1_LEN)?.copy_from_slice(r),
+            // Format 2: the same fields, no pending Transfer.
+            (Some(2), SESSION_RECORD_V2_LEN) => full.get_mut(..SESSION_RECORD_V2_LEN)?.copy_from_slice(r),
             _ => return None,
         }
         let r: &[u8; SESSION_RECORD_LEN] = &full;
@@ -273,23 +289,28 @@ impl SessionState {
             shown.push(SentNotice { purpose, at: u64::from_be_bytes(array(r, at + 2)?) }).ok()?;
         }
         let receipted = u32::from_be_bytes(r[321..325].try_into().ok()?);
-        let pending_transfer = match r[325] {
+        let pending = match r[325] {
+            0 => None,
+            1 => Some(array(r, 326)?),
+            _ => return None,
+        };
+        let pending_transfer = match r[358] {
             0 => None,
             1 => Some(Transfer {
-                at: u64::from_be_bytes(array(r, 326)?),
-                consent_version: u32::from_be_bytes(array(r, 334)?),
-                owner: match r[338] {
+                at: u64::from_be_bytes(array(r, 359)?),
+                consent_version: u32::from_be_bytes(array(r, 367)?),
+                owner: match r[371] {
                     0 => None,
                     1 => Some(crate::consent::OwnerProof {
-                        owner_key: array(r, 339)?,
-                        signature: crate::codec::Bytes64(array(r, 371)?),
+                        owner_key: array(r, 372)?,
+                        signature: crate::codec::Bytes64(array(r, 404)?),
                     }),
                     _ => return None,
                 },
             }),
             _ => return None,
         };
-        Some(SessionState { stage, epoch, keys, replay, sent, shown, receipted, pending_transfer })
+        Some(SessionState { stage, epoch, keys, replay, sent, shown, receipted, pending, pending_transfer })
     }
 }
 
@@ -467,6 +488,14 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         self.state.epoch
     }
 
+    /// Whether the vendor has confirmed the current epoch: a vendor message
+    /// (Receipt or Notice) sealed under it was opened (SPEC §3.1). Until
+    /// then every message carries the epoch's ephemeral key, so a refused
+    /// opener never strands the device.
+    pub const fn epoch_confirmed(&self) -> bool {
+        self.state.pending.is_none()
+    }
+
     /// The highest consent version the vendor sent a valid receipt for (0: none).
     pub const fn receipted_version(&self) -> u32 {
         self.state.receipted
@@ -537,13 +566,11 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         Ok(())
     }
 
-    /// Seals `body` under the current keys with a fresh counter value and queues it.
-    fn seal_queue<B: Body>(
-        &mut self,
-        body: &B,
-        scope: Scope,
-        ephemeral: Option<[u8; 32]>,
-    ) -> Result<u64, SessionError> {
+    /// Seals `body` under the current keys with a fresh counter value and
+    /// queues it. While the epoch is unconfirmed its ephemeral key goes in
+    /// the header (SPEC §3.1).
+    fn seal_queue<B: Body>(&mut self, body: &B, scope: Scope) -> Result<u64, SessionError> {
+        let ephemeral = self.state.pending;
         let keys = self.state.keys.as_ref().ok_or(SessionError::NoSession)?;
         let counter = self.counter.next_value()?;
         let mut out = [0u8; message::MAX_SEALED_LEN];
@@ -605,8 +632,15 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         Ok((v.decode::<B>()?, h.counter))
     }
 
+    /// Records an authentic vendor message's counter. It was sealed under
+    /// the current epoch, so the vendor holds that epoch: it is confirmed
+    /// and later messages leave the ephemeral key out (SPEC §3.1).
     fn accept_vendor_counter(&mut self, counter: u64) -> Result<(), SessionError> {
         self.state.replay.accept(counter)?;
+        self.state.pending = None;
+        // The vendor holds this epoch, so it took the Register that opened
+        // it and, with it, any Transfer it carried: no later Register needs it.
+        self.state.pending_transfer = None;
         self.save_state()
     }
 
@@ -670,32 +704,45 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Unregistered<'d, '
         consent: SignedConsent,
     ) -> Result<Registered<'d, 'o, S, N, RECORD>, SessionError> {
         let dev = self.dev;
-        check_new_consent(dev, &consent)?;
-        // 1. reserve the epoch before anything is sealed under it
-        let epoch = dev.state.epoch.checked_add(1).ok_or(SessionError::EpochExhausted)?;
-        dev.state.epoch = epoch;
-        dev.state.keys = None;
-        dev.save_state()?;
-        // 2. keys, seal, queue
-        let (keys, eph) = keys::device_start_epoch(rng, &dev.id.key.device, epoch, &dev.id.vendor)?;
-        dev.state.keys = Some(keys);
-        let body = Register {
-            certificate: dev.id.certificate.clone(),
-            firmware: dev.id.firmware,
-            consent,
-            transfer: dev.state.pending_transfer,
-        };
-        let scope = Scope { consent_version: body.consent.state.version, ..dev.control_scope() };
-        dev.seal_queue(&body, scope, Some(eph))?;
-        // 3. the consent, then the session: registered
-        dev.save_consent(&body.consent)?;
-        dev.remember_sent(&body.consent)?;
-        dev.state.stage = Stage::Registered;
-        dev.state.pending_transfer = None;
-        dev.save_state()?;
-        dev.consent = Some(body.consent);
+        register(dev, rng, consent)?;
         Ok(Registered { dev })
     }
+}
+
+/// Reserves a new epoch, agrees its keys, seals and queues a Register that
+/// opens it, and stores the consent and the registered stage.
+fn register<S: Storage, const N: usize, const RECORD: usize, R: CryptoRng + ?Sized>(
+    dev: &mut Device<'_, S, N, RECORD>,
+    rng: &mut R,
+    consent: SignedConsent,
+) -> Result<u64, SessionError> {
+    check_new_consent(dev, &consent)?;
+    // 1. reserve the epoch before anything is sealed under it
+    let epoch = dev.state.epoch.checked_add(1).ok_or(SessionError::EpochExhausted)?;
+    dev.state.epoch = epoch;
+    dev.state.keys = None;
+    dev.state.pending = None;
+    dev.save_state()?;
+    // 2. keys, seal, queue; the epoch stays unconfirmed until a vendor message under it
+    let (keys, eph) = keys::device_start_epoch(rng, &dev.id.key.device, epoch, &dev.id.vendor)?;
+    dev.state.keys = Some(keys);
+    dev.state.pending = Some(eph);
+    // The first Register after a change of owner carries the Transfer (SPEC §9.3).
+    let body = Register {
+        certificate: dev.id.certificate.clone(),
+        firmware: dev.id.firmware,
+        consent,
+        transfer: dev.state.pending_transfer,
+    };
+    let scope = Scope { consent_version: body.consent.state.version, ..dev.control_scope() };
+    let counter = dev.seal_queue(&body, scope)?;
+    // 3. the consent, then the session: registered
+    dev.save_consent(&body.consent)?;
+    dev.remember_sent(&body.consent)?;
+    dev.state.stage = Stage::Registered;
+    dev.save_state()?;
+    dev.consent = Some(body.consent);
+    Ok(counter)
 }
 
 /// A new consent state must be canonical, carry a valid owner proof if
@@ -744,7 +791,7 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
     pub fn report_usage(&mut self, usage: Permitted<Usage>, now: u64) -> Result<u64, SessionError> {
         let scope = usage.scope();
         self.state()?.check_scope(&scope, now)?;
-        self.dev.seal_queue(usage.as_body(), scope, None)
+        self.dev.seal_queue(usage.as_body(), scope)
     }
 
     /// Seals and queues a fault report built through a permit, after
@@ -755,7 +802,7 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
     pub fn report_fault(&mut self, fault: Permitted<Fault>, now: u64) -> Result<u64, SessionError> {
         let scope = fault.scope();
         self.state()?.check_scope(&scope, now)?;
-        self.dev.seal_queue(fault.as_body(), scope, None)
+        self.dev.seal_queue(fault.as_body(), scope)
     }
 
     /// Ends a metrics window into a usage report for `purpose`: only the
@@ -830,13 +877,81 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
         let body = ConsentUpdate { consent };
         dev.consent = Some(body.consent.clone());
         let scope = dev.control_scope();
-        let counter = dev.seal_queue(&body, scope, None)?;
+        let counter = dev.seal_queue(&body, scope)?;
         let state = &body.consent.state;
         dev.outbox.purge(&mut dev.counter.store_mut().0, |m| match m.class() {
             Class::Usage | Class::Fault => state.check_scope(&m.scope(), now).is_ok(),
             Class::Lifecycle | Class::Consent => true,
         })?;
         Ok(counter)
+    }
+
+    /// Opens a new key epoch without registering again, for forward secrecy
+    /// over the product's life (on demand, or by the product's own policy:
+    /// age, message count). Reserves epoch `n + 1` first, agrees its keys
+    /// with the vendor's key from a fresh ephemeral key, and returns `n + 1`.
+    /// The next message sealed opens the epoch at the vendor, and every
+    /// message carries the ephemeral key until a vendor message under the
+    /// new epoch confirms it (SPEC §3.1), so a refused opener strands nothing.
+    ///
+    /// # Errors
+    /// [`SessionError::OutboxNotEmpty`] while messages of the current epoch
+    /// wait (send them first: the vendor refuses an older epoch once the new
+    /// one is open); [`SessionError::EpochExhausted`]; key agreement and
+    /// storage errors, after which the device holds no keys
+    /// ([`SessionError::NoSession`] when sealing) until a call succeeds.
+    pub fn renew_keys<R: CryptoRng + ?Sized>(&mut self, rng: &mut R) -> Result<u32, SessionError> {
+        let dev = &mut *self.dev;
+        let waiting = dev.queued().count();
+        if waiting > 0 {
+            return Err(SessionError::OutboxNotEmpty(waiting));
+        }
+        let epoch = dev.state.epoch.checked_add(1).ok_or(SessionError::EpochExhausted)?;
+        // Reserve the number first, without keys (the stored keys are read
+        // back as the stored epoch's): a cut can only skip an epoch, never
+        // agree one twice, and leaves a device that calls this again.
+        dev.state.epoch = epoch;
+        dev.state.keys = None;
+        dev.state.pending = None;
+        dev.save_state()?;
+        let (keys, eph) = keys::device_start_epoch(rng, &dev.id.key.device, epoch, &dev.id.vendor)?;
+        dev.state.keys = Some(keys);
+        dev.state.pending = Some(eph);
+        dev.save_state()?;
+        Ok(epoch)
+    }
+
+    /// Registers again while the vendor has not confirmed the registration
+    /// (SPEC §3.1): the vendor refused the Register (for example a consent
+    /// it would not take) and, holding no relationship, cannot open what
+    /// followed. Opens a new epoch with a new Register carrying the owner's
+    /// `consent` (a higher version than held, like every new state).
+    ///
+    /// ```
+    /// # use spime::device::Device;
+    /// # fn f<S: spime::device::Storage, const N: usize, const R: usize>(
+    /// #     r: &mut spime::device::session::Registered<'_, '_, S, N, R>,
+    /// #     rng: &mut impl rand_core::CryptoRng,
+    /// #     consent: spime::consent::SignedConsent,
+    /// # ) -> Result<(), spime::device::SessionError> {
+    /// if !r.device().epoch_confirmed() {
+    ///     r.register_again(rng, consent)?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`SessionError::AlreadyConfirmed`] once a vendor message arrived
+    /// under the epoch; otherwise as [`Unregistered::register`].
+    pub fn register_again<R: CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        consent: SignedConsent,
+    ) -> Result<u64, SessionError> {
+        if self.dev.epoch_confirmed() {
+            return Err(SessionError::AlreadyConfirmed);
+        }
+        register(self.dev, rng, consent)
     }
 
     /// Seals the consent held again in a Consent message (its version
@@ -851,7 +966,7 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
         dev.remember_sent(&consent)?;
         dev.save_state()?;
         let scope = dev.control_scope();
-        dev.seal_queue(&ConsentUpdate { consent }, scope, None)
+        dev.seal_queue(&ConsentUpdate { consent }, scope)
     }
 
     /// The owner hands the product on: seals a Transfer, resets consent to
@@ -903,11 +1018,12 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
             None => ConsentState::essential_only(1, now, [0; 32]),
         };
         let scope = dev.control_scope();
-        dev.seal_queue(&t, scope, None)?;
+        dev.seal_queue(&t, scope)?;
         // The stage first: a cut before the reset consent is stored leaves an
         // unregistered device, which sends no data under any consent.
         dev.state.stage = Stage::Unregistered;
         dev.state.keys = None;
+        dev.state.pending = None;
         dev.state.sent.clear();
         dev.state.shown.clear();
         dev.state.receipted = 0;
@@ -931,7 +1047,7 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
     ) -> Result<Decommissioned<'d, 'o, S, N, RECORD>, SessionError> {
         let dev = self.dev;
         let scope = dev.control_scope();
-        dev.seal_queue(&Decommission { at: now, reason }, scope, None)?;
+        dev.seal_queue(&Decommission { at: now, reason }, scope)?;
         dev.state.stage = Stage::Decommissioned;
         dev.save_state()?;
         Ok(Decommissioned { dev })
