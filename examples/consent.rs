@@ -120,6 +120,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             model: "kettle".try_into().map_err(|_| "model")?,
             hardware_revision: 2,
             issued_at: NOON - 400 * 86_400,
+            not_after: None,
         },
         vendor.signing(),
     )?;

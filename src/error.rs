@@ -190,6 +190,8 @@ pub enum Rule {
     ConsentVersionExhausted = 16,
     /// Ledger: a proof that should carry a consent state does not.
     ProofWithoutConsent = 17,
+    /// Certificate: `not_after` before `issued_at`.
+    CertificateValidity = 18,
 }
 
 impl core::fmt::Display for Rule {
@@ -212,6 +214,7 @@ impl core::fmt::Display for Rule {
             Rule::CapPeriod => "frequency cap period of 0",
             Rule::ConsentVersionExhausted => "consent version exhausted",
             Rule::ProofWithoutConsent => "proof does not carry a consent state",
+            Rule::CertificateValidity => "certificate not_after before issued_at",
         })
     }
 }

@@ -149,7 +149,14 @@ fn register() -> impl Strategy<Value = Register> {
     )
         .prop_map(|(id, key, model, hardware_revision, issued_at, s, firmware, consent)| Register {
             certificate: DeviceCertificate {
-                body: CertificateBody { device: DeviceId(id), device_key: key, model, hardware_revision, issued_at },
+                body: CertificateBody {
+                    device: DeviceId(id),
+                    device_key: key,
+                    model,
+                    hardware_revision,
+                    issued_at,
+                    not_after: None,
+                },
                 signature: Bytes64([s; 64]),
             },
             firmware,
@@ -487,6 +494,7 @@ fn maximum_lengths_are_exact() {
                 model: max_string(32).as_str().try_into().unwrap(),
                 hardware_revision: u16::MAX,
                 issued_at: u64::MAX,
+                not_after: Some(u64::MAX),
             },
             signature: bytes64(0xff),
         },

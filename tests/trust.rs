@@ -420,3 +420,88 @@ fn vendor_keys_persist() {
     bad[4] = 2;
     assert_eq!(VendorKeys::from_bytes(&bad).unwrap_err(), DecodeError::UnsupportedVersion(2));
 }
+
+/// Keys with a lifecycle: a revoked device id or device key is refused at
+/// Register and on every later message, before any cryptography.
+#[test]
+fn revoked_devices_and_keys_are_refused() {
+    let v = vendor();
+    let mut d = dev(1);
+    v.ingest(&register(&mut d, analytics(1)), NOW).unwrap();
+    let usage = |n| spime::vendor::sim::counter_usage(1, &[(1, n)]);
+    v.ingest(&d.seal(&usage(1)).unwrap(), NOW).unwrap();
+    v.revoke_device(d.id());
+    assert_eq!(err(v.ingest(&d.seal(&usage(2)).unwrap(), NOW)), IngestError::Revoked);
+    v.reinstate_device(&d.id());
+    v.ingest(&d.seal(&usage(3)).unwrap(), NOW).unwrap();
+    // By key: the registered device, and a Register naming another id with that key.
+    let key = d.key().public().to_bytes();
+    v.revoke_key(key);
+    assert_eq!(err(v.ingest(&d.seal(&usage(4)).unwrap(), NOW)), IngestError::Revoked);
+    let mut fresh = dev(2);
+    v.ingest(&register(&mut fresh, analytics(1)), NOW).unwrap();
+    v.revoke_key(fresh.key().public().to_bytes());
+    let mut again = dev(3);
+    v.revoke_key(again.key().public().to_bytes());
+    assert_eq!(err(v.ingest(&register(&mut again, analytics(1)), NOW)), IngestError::Revoked);
+    assert!(v.is_revoked(&again.id(), Some(&again.key().public().to_bytes())));
+}
+
+/// Keys with a lifecycle: a certificate's `issued_at` and optional
+/// `not_after` are enforced at Register and on every message.
+#[test]
+fn certificate_validity_is_enforced() {
+    let keys = vendor_keys();
+    let v = vendor();
+    let mut d = dev(1);
+    let (id, device_key) = (d.id(), d.key().public().to_bytes());
+    let certificate = |issued_at, not_after| {
+        DeviceCertificate::issue(
+            CertificateBody {
+                device: id,
+                device_key,
+                model: "k".try_into().unwrap(),
+                hardware_revision: 1,
+                issued_at,
+                not_after,
+            },
+            keys.signing(),
+        )
+        .unwrap()
+    };
+    let with = |c: DeviceCertificate| Register {
+        certificate: c,
+        firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
+        consent: analytics(1),
+        transfer: None,
+    };
+    let future = with(certificate(NOW + CLOCK_SKEW + 1, None));
+    let expired = with(certificate(0, Some(NOW - 1)));
+    let end = NOW + CLOCK_SKEW + 100;
+    let good = with(certificate(NOW + CLOCK_SKEW, Some(end)));
+    let mut inverted = with(certificate(NOW, Some(NOW)));
+    assert_eq!(
+        err(v.ingest(&d.seal_new_epoch(&future).unwrap(), NOW)),
+        IngestError::CertificateInvalid(Validity::NotYetValid { issued_at: NOW + CLOCK_SKEW + 1 })
+    );
+    assert_eq!(
+        err(v.ingest(&d.seal_new_epoch(&expired).unwrap(), NOW)),
+        IngestError::CertificateInvalid(Validity::Expired { not_after: NOW - 1 })
+    );
+    // A certificate that ends before it starts is not issued, nor decoded.
+    inverted.certificate.body.not_after = Some(NOW - 1);
+    assert!(DeviceCertificate::issue(inverted.certificate.body.clone(), keys.signing()).is_err());
+    let mut buf = [0u8; 1024];
+    let n = postcard::to_slice(&inverted, &mut buf).unwrap().len();
+    assert_eq!(
+        spime::codec::decode::<Register>(&buf[..n]),
+        Err(spime::error::DecodeError::OutOfRange(spime::error::Rule::CertificateValidity))
+    );
+    v.ingest(&d.seal_new_epoch(&good).unwrap(), NOW).unwrap();
+    let usage = |n| spime::vendor::sim::counter_usage(1, &[(1, n)]);
+    v.ingest(&d.seal(&usage(1)).unwrap(), end).unwrap();
+    assert_eq!(
+        err(v.ingest(&d.seal(&usage(2)).unwrap(), end + 1)),
+        IngestError::CertificateInvalid(Validity::Expired { not_after: end })
+    );
+}

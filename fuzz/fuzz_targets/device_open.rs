@@ -36,6 +36,7 @@ fn world() -> World {
         model: "fuzz".try_into().unwrap(),
         hardware_revision: 1,
         issued_at: 0,
+        not_after: None,
     };
     let certificate = DeviceCertificate::issue(body, vendor.signing()).unwrap();
     let identity = Identity {

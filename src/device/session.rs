@@ -347,7 +347,7 @@ fn array<const M: usize>(r: &[u8], at: usize) -> Option<[u8; M]> {
 /// let key = DeviceKey::from_seed(DeviceId([3; 8]), &[4; 32]);
 /// let body = CertificateBody {
 ///     device: key.device, device_key: key.public().to_bytes(), model: "kettle".try_into()?,
-///     hardware_revision: 1, issued_at: 0,
+///     hardware_revision: 1, issued_at: 0, not_after: None,
 /// };
 /// let certificate = DeviceCertificate::issue(body, vendor.signing())?;
 /// let firmware = FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 };

@@ -14,7 +14,7 @@
 
 mod certificate;
 
-pub use certificate::{CERTIFICATE_DST, CertificateBody, DeviceCertificate};
+pub use certificate::{CERTIFICATE_DST, CLOCK_SKEW, CertificateBody, DeviceCertificate, Validity};
 
 use serde::{Deserialize, Serialize};
 
@@ -125,6 +125,7 @@ impl Canonical for Register {
         + 1
         + Transfer::MAX_ENCODED_LEN;
     fn validate(&self) -> Result<(), DecodeError> {
+        self.certificate.body.validate()?;
         self.consent.validate()
     }
 }

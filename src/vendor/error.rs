@@ -79,6 +79,15 @@ pub enum IngestError {
     /// (SPEC.md §3.1), so a genuine re-key still gets through.
     #[error("too many failed epoch openers for this device; try again")]
     Throttled,
+    /// The device's certificate is not valid now: issued in the future or
+    /// past its `not_after` (SPEC.md §5.4). Checked at Register and on
+    /// every message.
+    #[error("certificate: {0}")]
+    CertificateInvalid(crate::message::Validity),
+    /// The device, or its key, is on the vendor's denylist
+    /// ([`super::Ingestor::revoke_device`], [`super::Ingestor::revoke_key`]).
+    #[error("device or device key is revoked")]
+    Revoked,
     /// The device was decommissioned; nothing more is accepted from it.
     #[error("device is decommissioned")]
     Decommissioned,
@@ -114,6 +123,8 @@ impl IngestError {
             IngestError::Decommissioned => 51,
             IngestError::Throttled => 52,
             IngestError::Storage(_) => 53,
+            IngestError::CertificateInvalid(_) => 54,
+            IngestError::Revoked => 55,
         }
     }
 
@@ -138,6 +149,8 @@ impl IngestError {
             IngestError::AwaitingRegistration => "awaiting-registration",
             IngestError::Decommissioned => "decommissioned",
             IngestError::Throttled => "throttled",
+            IngestError::CertificateInvalid(_) => "certificate-invalid",
+            IngestError::Revoked => "revoked",
             IngestError::Storage(_) => "storage",
         }
     }

@@ -219,6 +219,14 @@ pub struct Ingestor<S> {
     key_cache: RwLock<HashMap<[u8; 32], VerifyingKey>>,
     /// Failed epoch openers per device (in memory only).
     opener_failures: Mutex<HashMap<DeviceId, OpenerFailures>>,
+    /// The denylist: revoked device ids and device keys.
+    revoked: RwLock<Denylist>,
+}
+
+#[derive(Debug, Default)]
+struct Denylist {
+    devices: HashSet<DeviceId>,
+    keys: HashSet<[u8; 32]>,
 }
 
 /// The most keys [`Ingestor`] keeps decompressed before starting over.
@@ -298,6 +306,7 @@ impl<S: Store> Ingestor<S> {
             lock: Mutex::new(()),
             key_cache: RwLock::default(),
             opener_failures: Mutex::default(),
+            revoked: RwLock::default(),
         }
     }
 
@@ -395,6 +404,48 @@ impl<S: Store> Ingestor<S> {
             }
         }
         out
+    }
+
+    /// Puts `device` on the denylist: from the next batch on, every
+    /// message from it is refused (`Revoked`) before any cryptography, and
+    /// it cannot register. The denylist is kept in memory: load it at
+    /// start-up from wherever the operator keeps it (SPEC.md §9.1).
+    ///
+    /// ```
+    /// use spime::vendor::{IngestConfig, Ingestor, MemoryStore};
+    /// use spime::seal::VendorKeys;
+    /// use spime::wire::DeviceId;
+    /// let v = Ingestor::new(MemoryStore::new(), VendorKeys::from_secrets(&[1; 32], &[2; 32]), IngestConfig::default());
+    /// v.revoke_device(DeviceId([3; 8]));
+    /// assert!(v.is_revoked(&DeviceId([3; 8]), None));
+    /// v.reinstate_device(&DeviceId([3; 8]));
+    /// assert!(!v.is_revoked(&DeviceId([3; 8]), None));
+    /// ```
+    pub fn revoke_device(&self, device: DeviceId) {
+        self.revoked.write().unwrap_or_else(PoisonError::into_inner).devices.insert(device);
+    }
+
+    /// Puts a device key (the certificate's `device_key`) on the denylist:
+    /// every message signed by it, and every Register whose certificate
+    /// binds it, is refused (`Revoked`), whatever device id it names.
+    pub fn revoke_key(&self, device_key: [u8; 32]) {
+        self.revoked.write().unwrap_or_else(PoisonError::into_inner).keys.insert(device_key);
+    }
+
+    /// Takes `device` off the denylist.
+    pub fn reinstate_device(&self, device: &DeviceId) {
+        self.revoked.write().unwrap_or_else(PoisonError::into_inner).devices.remove(device);
+    }
+
+    /// Takes a device key off the denylist.
+    pub fn reinstate_key(&self, device_key: &[u8; 32]) {
+        self.revoked.write().unwrap_or_else(PoisonError::into_inner).keys.remove(device_key);
+    }
+
+    /// Whether `device`, or `device_key` if given, is on the denylist.
+    pub fn is_revoked(&self, device: &DeviceId, device_key: Option<&[u8; 32]>) -> bool {
+        let list = self.revoked.read().unwrap_or_else(PoisonError::into_inner);
+        list.devices.contains(device) || device_key.is_some_and(|k| list.keys.contains(k))
     }
 
     fn snapshot(&self, devices: &HashSet<DeviceId>, now: u64) -> Result<Snapshot, StoreError> {
@@ -533,6 +584,13 @@ impl<S: Store> Ingestor<S> {
         if st.record.as_ref().is_some_and(|r| r.lifecycle == Lifecycle::Decommissioned) {
             return Err(IngestError::Decommissioned);
         }
+        // The denylist and the certificate's validity, before any cryptography.
+        if self.is_revoked(&h.device, st.record.as_ref().map(|r| &r.certificate.body.device_key)) {
+            return Err(IngestError::Revoked);
+        }
+        if let Some(r) = &st.record {
+            r.certificate.body.valid_at(now).map_err(IngestError::CertificateInvalid)?;
+        }
         st.window.check(h.counter)?;
 
         // Which session keys open it (SPEC §9.2). A key agreement is the one
@@ -572,6 +630,10 @@ impl<S: Store> Ingestor<S> {
                 return Err(IngestError::CertificateMismatch);
             }
             let key = reg.certificate.verify(&self.public.signing).map_err(|_| IngestError::Unauthentic)?;
+            if self.is_revoked(&h.device, Some(&reg.certificate.body.device_key)) {
+                return Err(IngestError::Revoked);
+            }
+            reg.certificate.body.valid_at(now).map_err(IngestError::CertificateInvalid)?;
             if let Some(r) = &st.record
                 && r.certificate.body.device_key != reg.certificate.body.device_key
             {

@@ -33,7 +33,8 @@
 //! let dev = DeviceKey::from_seed(DeviceId([9; 8]), &[3; 32]);
 //! let certificate = DeviceCertificate::issue(
 //!     CertificateBody { device: dev.device, device_key: dev.public().to_bytes(),
-//!                       model: "kettle".try_into().unwrap(), hardware_revision: 1, issued_at: 1 },
+//!                       model: "kettle".try_into().unwrap(), hardware_revision: 1, issued_at: 1,
+//!                       not_after: None },
 //!     vendor_keys.signing(),
 //! )?;
 //! let vendor = Ingestor::new(MemoryStore::new(), vendor_keys, IngestConfig::default());

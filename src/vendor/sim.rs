@@ -46,6 +46,7 @@ impl SimDevice {
                 model: heapless::String::try_from("sim").unwrap_or_default(),
                 hardware_revision: 1,
                 issued_at: 0,
+                not_after: None,
             },
             vendor.signing(),
         )?;

@@ -46,6 +46,7 @@ pub fn certificate() -> DeviceCertificate {
             model: "kettle-k2".try_into().unwrap(),
             hardware_revision: 3,
             issued_at: T0 - 86_400,
+            not_after: None,
         },
         vendor().signing(),
     )

@@ -40,6 +40,7 @@ pub fn world() -> World {
             model: "kettle".try_into().unwrap(),
             hardware_revision: 1,
             issued_at: 1,
+            not_after: None,
         },
         vendor.signing(),
     )

@@ -48,6 +48,7 @@ pub(crate) fn identity() -> Identity {
             model: "kettle-9000".try_into().unwrap(),
             hardware_revision: 3,
             issued_at: MADE_AT,
+            not_after: None,
         },
         v.signing(),
     )

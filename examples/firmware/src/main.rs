@@ -91,6 +91,7 @@ fn identity() -> Result<Identity, spime::error::DecodeError> {
         model: heapless::String::try_from("kettle-9000").unwrap_or_default(),
         hardware_revision: 3,
         issued_at: MADE_AT,
+        not_after: None,
     };
     let certificate = DeviceCertificate::issue(body, vendor.signing())?;
     Ok(Identity { key, certificate, firmware: FIRMWARE, vendor: vendor.public() })
