@@ -394,3 +394,46 @@ fn a_weak_device_id_mismatch_in_register_is_caught_by_the_certificate() {
     let reg: Register = spime::codec::decode(pt.body_bytes()).unwrap();
     assert_ne!(reg.certificate.body.device, env.header.device, "the opener must compare them (SPEC §9)");
 }
+
+/// SPEC §2.1: public keys (and `R`) must be canonical encodings (y < p).
+/// ed25519-dalek decodes the 19 non-canonical encodings; the crate refuses them.
+#[test]
+fn non_canonical_point_encodings_are_refused() {
+    use curve25519_dalek::edwards::CompressedEdwardsY;
+    // A y below 19 whose point is valid and not of small order, encoded again as y + p.
+    let (canonical, non_canonical) = (0u8..19)
+        .find_map(|y| {
+            let mut c = [0u8; 32];
+            c[0] = y;
+            let p = CompressedEdwardsY(c).decompress()?;
+            if p.is_small_order() {
+                return None;
+            }
+            let mut n = [0xffu8; 32];
+            n[0] = 0xed + y;
+            n[31] = 0x7f;
+            Some((c, n))
+        })
+        .expect("some small y is on the curve");
+    assert_eq!(
+        CompressedEdwardsY(canonical).decompress(),
+        CompressedEdwardsY(non_canonical).decompress(),
+        "the same point"
+    );
+    assert!(ed25519_dalek::VerifyingKey::from_bytes(&non_canonical).is_ok(), "dalek decodes it");
+    assert!(seal::is_canonical_point_encoding(&canonical));
+    assert!(!seal::is_canonical_point_encoding(&non_canonical));
+    // A vendor-signed certificate binding the non-canonical encoding is refused;
+    // the same certificate with the canonical encoding is accepted.
+    let v = vendor();
+    let cert = |key: [u8; 32]| {
+        let mut body = register().certificate.body;
+        body.device_key = key;
+        DeviceCertificate::issue(body, v.signing()).unwrap()
+    };
+    assert!(cert(canonical).verify(&v.public().signing).is_ok());
+    assert_eq!(cert(non_canonical).verify(&v.public().signing), Err(OpenError::BadCertificate));
+    // An envelope signature under such a key never verifies, whatever the signature.
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&non_canonical).unwrap();
+    assert_eq!(seal::verify_signature(&key, b"h", b"b", &[0; 64]), Err(OpenError::Unauthentic));
+}

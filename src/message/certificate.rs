@@ -62,7 +62,8 @@ impl DeviceCertificate {
     }
 
     /// Checks the vendor's signature (`verify_strict`) and that the device
-    /// key is not a weak (small-order) point; returns the device's key.
+    /// key is the canonical encoding of a point that is not of small order;
+    /// returns the device's key.
     ///
     /// # Errors
     /// [`OpenError::BadCertificate`] for any failure.
@@ -73,7 +74,7 @@ impl DeviceCertificate {
         crate::seal::verify_strict_parts(vendor, &[CERTIFICATE_DST, tbs], &sig)
             .map_err(|_| OpenError::BadCertificate)?;
         let key = VerifyingKey::from_bytes(&self.body.device_key).map_err(|_| OpenError::BadCertificate)?;
-        if key.is_weak() {
+        if key.is_weak() || !crate::seal::is_canonical_point_encoding(&self.body.device_key) {
             return Err(OpenError::BadCertificate);
         }
         Ok(key)

@@ -103,6 +103,12 @@ pub struct Accepted {
     pub kind: Kind,
     /// What it meant.
     pub event: Event,
+    /// The key epoch this message opened, if it opened one (it carried an
+    /// ephemeral key for an epoch above the device's current one). Answer
+    /// with a vendor message under it (`Ingestor::seal_receipt`) so the
+    /// device learns the epoch is open and stops re-offering its key
+    /// (SPEC §3.1).
+    pub opened_epoch: Option<u32>,
 }
 
 /// The result for one message of a batch.
@@ -627,7 +633,9 @@ impl<S: Store> Ingestor<S> {
         }
         let message =
             StoredMessage { device: h.device, counter: h.counter, kind: h.kind.to_byte(), received_at: now, proof };
-        Ok(Done { accepted: Accepted { device: h.device, counter: h.counter, kind: h.kind, event }, ledger, message })
+        let opened_epoch = new_epoch.then_some(h.epoch);
+        let accepted = Accepted { device: h.device, counter: h.counter, kind: h.kind, event, opened_epoch };
+        Ok(Done { accepted, ledger, message })
     }
 
     fn device_key(&self, bytes: &[u8; 32]) -> Result<VerifyingKey, IngestError> {
