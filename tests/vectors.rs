@@ -1850,7 +1850,7 @@ fn collect_rows() -> Vec<CollectRow> {
         ("kettle", 2, 0x05, 0, now, Some(2)),
         ("kettle", 2, 0x05, 0, now, Some(1)),
         ("kettle", 2, 0x05, 0, now, Some(0)),
-        ("kettle", 3, 0x02, 0, now, Some(2)),
+        ("kettle", 3, 0x12, 0, now, Some(1)),
         ("bounds", 9, 0x10, 0, now, None),
         ("bounds", 0xffff, 0x01, 0, now, None),
         ("essential_only", 2, 0x01, 0, now, None),
@@ -1927,6 +1927,78 @@ fn contact_rows() -> Vec<ContactRow> {
         ("kettle", p, app, 7, maint, noon, vec![], Some(T0 + 30 * 86_400)),
     ]
 }
+
+/// What each collect row shows, in order.
+const COLLECT_NOTES: [&str; 28] = [
+    "Essential: DeviceHealth is always allowed, valid until u64::MAX",
+    "Essential: an empty request is allowed",
+    "Essential carries DeviceHealth only",
+    "Essential never carries a location: a precision adds Location to the request",
+    "Essential never lapses, even after reconfirm_by",
+    "reconfirm_by is exclusive: at it every purpose but Essential lapses",
+    "one second before reconfirm_by: allowed until reconfirm_by",
+    "no grant for the purpose: the request's categories are missing",
+    "no grant and an empty request: all seven categories are missing",
+    "a grant's expires_at is exclusive",
+    "one second before the grant expires: valid until its expiry",
+    "all or nothing: one category not granted refuses the request",
+    "a precision finer than granted",
+    "Location requested with precision None is judged as Exact",
+    "a precision alone requests Location",
+    "a coarser precision than granted is allowed",
+    "ReconfirmDue comes before the precision check",
+    "data naming a newer consent version cannot be judged",
+    "data naming the version held is judged by it",
+    "data naming an older version is judged by the state held",
+    "data judged by the state held is refused like a request (all or nothing)",
+    "a grant that expired before the state was issued",
+    "a vendor purpose without a grant",
+    "the state after a transfer grants nothing but Essential",
+    "Essential after the reset state's reconfirm_by",
+    "a vendor purpose granted everything, valid until reconfirm_by (before its u64::MAX expiry)",
+    "ReconfirmDue at ten-byte times",
+    "a vendor purpose the longest state does not grant",
+];
+
+/// What each contact row shows, in order.
+const CONTACT_NOTES: [&str; 36] = [
+    "a granted channel at noon local: allowed",
+    "a channel the contact grant does not list",
+    "Essential may always use OnDevice",
+    "Essential uses other channels only with a contact grant",
+    "a muted topic",
+    "the cap: 2 notices in the last 7 days",
+    "the cap's window is the last period_seconds seconds, now included; other purposes do not count",
+    "quiet hours over midnight (22:00-07:00 at UTC+01:00), until the first second after them",
+    "the end minute is exclusive",
+    "the last second of the quiet hours",
+    "the start minute is inclusive",
+    "after local midnight, still quiet",
+    "an Essential recall bypasses mutes, caps and quiet hours",
+    "a recall under another purpose has no exemption",
+    "ReconfirmDue for every purpose but Essential",
+    "Essential is not subject to reconfirm_by",
+    "a cap of 0 notices allows none",
+    "a 1-second cap counts only notices sent at now",
+    "a notice sent one second ago is outside a 1-second cap",
+    "quiet hours 00:00-23:59 at UTC+14:00: only minute 1439 is open",
+    "a contact grant for Essential opens other channels",
+    "Essential topics can be muted (except recalls)",
+    "a muted Essential recall is still delivered",
+    "quiet hours at UTC-05:00: 21:00 local the previous day is open",
+    "23:00 local: quiet until 07:00 local (12:00 UTC)",
+    "06:59:59 local: one second of quiet left",
+    "07:00 local: open",
+    "a daily cap of 3 with the oldest notice 86 399 s ago",
+    "the oldest notice 86 400 s ago falls out of a daily cap",
+    "another purpose's notices do not count against the cap",
+    "the reset state: Essential on the device",
+    "the reset state: no other channel for Essential",
+    "the reset state: no contact for other purposes",
+    "check_notice: expired one second after expires_at",
+    "check_notice: expires_at itself is still valid",
+    "check_notice applies may_contact (a muted topic)",
+];
 
 fn denied(code: u16, reason: &str, fields: Value) -> Value {
     json!({ "allowed": false, "code": code, "reason": reason, "fields": fields })
@@ -2015,10 +2087,15 @@ fn crate_contact(state: &ConsentState, r: &ContactRow) -> Value {
 fn build_consent() -> Value {
     let states = consent_states();
     let state = |name: &str| &states.iter().find(|(n, _)| *n == name).unwrap().1;
-    let collect: Vec<Value> = collect_rows()
+    let (collect_rows, contact_rows) = (collect_rows(), contact_rows());
+    assert_eq!(collect_rows.len(), COLLECT_NOTES.len());
+    assert_eq!(contact_rows.len(), CONTACT_NOTES.len());
+    let collect: Vec<Value> = collect_rows
         .iter()
-        .map(|r| {
-            let mut row = json!({ "state": r.0, "purpose": r.1, "categories": r.2, "location": r.3, "now": r.4 });
+        .zip(COLLECT_NOTES)
+        .map(|(r, note)| {
+            let mut row =
+                json!({ "note": note, "state": r.0, "purpose": r.1, "categories": r.2, "location": r.3, "now": r.4 });
             if let Some(v) = r.5 {
                 row["consent_version"] = json!(v);
             }
@@ -2026,10 +2103,11 @@ fn build_consent() -> Value {
             row
         })
         .collect();
-    let contact: Vec<Value> = contact_rows()
+    let contact: Vec<Value> = contact_rows
         .iter()
-        .map(|r| {
-            let mut row = json!({ "state": r.0, "purpose": r.1, "channel": r.2, "topic": r.3, "kind": r.4, "now": r.5,
+        .zip(CONTACT_NOTES)
+        .map(|(r, note)| {
+            let mut row = json!({ "note": note, "state": r.0, "purpose": r.1, "channel": r.2, "topic": r.3, "kind": r.4, "now": r.5,
                 "history": r.6.iter().map(|&(p, at)| json!({ "purpose": p, "at": at })).collect::<Vec<_>>() });
             if let Some(x) = r.7 {
                 row["notice_expires_at"] = json!(x);
