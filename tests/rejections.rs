@@ -437,3 +437,29 @@ fn non_canonical_point_encodings_are_refused() {
     let key = ed25519_dalek::VerifyingKey::from_bytes(&non_canonical).unwrap();
     assert_eq!(seal::verify_signature(&key, b"h", b"b", &[0; 64]), Err(OpenError::Unauthentic));
 }
+
+/// SPEC §5.1: a length prefix is a `u32` varint on every platform, so a
+/// 32-bit device and a 64-bit vendor agree: up to 5 bytes non-minimal is
+/// `NonCanonical`, longer is `Malformed`.
+#[test]
+fn length_prefixes_are_judged_the_same_on_every_platform() {
+    let mut f = fault();
+    f.context = heapless::Vec::from_slice(b"ab").unwrap();
+    let good = spime::codec::encoded_len(&f).map(|n| {
+        let mut b = vec![0u8; n];
+        spime::codec::encode(&f, &mut b).unwrap();
+        b
+    });
+    let good = good.unwrap();
+    // context is the last field: its length prefix 0x02, then "ab"
+    let at = good.len() - 3;
+    assert_eq!(good[at], 0x02);
+    let with_prefix = |prefix: &[u8]| [&good[..at], prefix, &good[at + 1..]].concat();
+    assert_eq!(spime::codec::decode::<Fault>(&good).unwrap(), f);
+    for prefix in [&[0x82, 0x00][..], &[0x82, 0x80, 0x80, 0x80, 0x00]] {
+        assert_eq!(spime::codec::decode::<Fault>(&with_prefix(prefix)), Err(DecodeError::NonCanonical), "{prefix:x?}");
+    }
+    for prefix in [&[0x82, 0x80, 0x80, 0x80, 0x80, 0x00][..], &[0x82, 0x80, 0x80, 0x80, 0x10]] {
+        assert_eq!(spime::codec::decode::<Fault>(&with_prefix(prefix)), Err(DecodeError::Malformed), "{prefix:x?}");
+    }
+}

@@ -650,12 +650,15 @@ pub const MAX_MUTED_TOPICS: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ContactPrefs {
     /// Per purpose, the channels allowed; strictly ascending by purpose id.
+    #[serde(with = "crate::codec::length::vec")]
     pub grants: heapless::Vec<ContactGrant, MAX_CONTACT_GRANTS>,
     /// Quiet hours, if any.
     pub quiet_hours: Option<QuietHours>,
     /// Frequency caps; strictly ascending by purpose id.
+    #[serde(with = "crate::codec::length::vec")]
     pub caps: heapless::Vec<FrequencyCap, MAX_CAPS>,
     /// Topics the owner muted; strictly ascending.
+    #[serde(with = "crate::codec::length::vec")]
     pub muted_topics: heapless::Vec<u16, MAX_MUTED_TOPICS>,
 }
 
@@ -688,6 +691,7 @@ pub struct ConsentState {
     /// SHA-256 of the privacy notice the owner was shown.
     pub notice_hash: [u8; 32],
     /// What may be collected, per purpose.
+    #[serde(with = "crate::codec::length::vec")]
     pub grants: heapless::Vec<Grant, MAX_GRANTS>,
     /// How the owner may be contacted.
     pub contact: ContactPrefs,

@@ -19,6 +19,7 @@ pub struct CertificateBody {
     /// The device's Ed25519 public key.
     pub device_key: [u8; 32],
     /// The product model (UTF-8).
+    #[serde(with = "crate::codec::length::string")]
     pub model: heapless::String<32>,
     /// Hardware revision.
     pub hardware_revision: u16,

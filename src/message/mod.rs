@@ -149,7 +149,7 @@ pub enum MetricValue {
         samples: u32,
     },
     /// Counts per fixed bucket; bucket bounds are part of the metric's definition.
-    Histogram(heapless::Vec<u32, MAX_BUCKETS>),
+    Histogram(#[serde(with = "crate::codec::length::vec")] heapless::Vec<u32, MAX_BUCKETS>),
     /// A position, already coarsened on the device to `precision`.
     Location {
         /// latitude in 1e-7 degrees
@@ -194,6 +194,7 @@ pub struct Usage {
     /// Window end (exclusive), Unix seconds, not before the start.
     pub window_end: u64,
     /// The metrics, strictly ascending by id.
+    #[serde(with = "crate::codec::length::vec")]
     pub metrics: heapless::Vec<Metric, MAX_METRICS>,
 }
 
@@ -305,6 +306,7 @@ pub struct Fault {
     /// Unix seconds of the last occurrence, not before the first.
     pub last_seen: u64,
     /// Bounded free-form context (FaultContext).
+    #[serde(with = "crate::codec::length::vec")]
     pub context: heapless::Vec<u8, MAX_FAULT_CONTEXT>,
 }
 
@@ -475,8 +477,10 @@ pub struct Notice {
     /// Unix seconds after which it is stale; not before `issued_at`.
     pub expires_at: u64,
     /// Short title (UTF-8).
+    #[serde(with = "crate::codec::length::string")]
     pub title: heapless::String<MAX_NOTICE_TITLE>,
     /// Text (UTF-8).
+    #[serde(with = "crate::codec::length::string")]
     pub text: heapless::String<MAX_NOTICE_TEXT>,
 }
 
