@@ -1459,6 +1459,38 @@ fn invalid_cases(valid: &Value) -> Vec<Case> {
         D::Malformed.into(),
     );
     add(
+        "string_over_capacity",
+        "a string holds at most its capacity (a 49-byte title)",
+        true,
+        vec![],
+        ven_seal(NOTICE_FIRST, 5, &splice(&notice_body, title_at - 1, 16, &[&[49u8][..], &[b'x'; 49]].concat())),
+        D::Malformed.into(),
+    );
+    add(
+        "length_prefix_six_bytes",
+        "a length prefix is a u32 varint: six bytes are malformed on every platform",
+        false,
+        reg(),
+        usage_raw(splice(&usage_body, metrics_at, 1, &[0x84, 0x80, 0x80, 0x80, 0x80, 0x00])),
+        D::Malformed.into(),
+    );
+    add(
+        "length_prefix_noncanonical",
+        "a length prefix uses its shortest varint",
+        false,
+        reg(),
+        usage_raw(splice(&usage_body, metrics_at, 1, &[0x84, 0x00])),
+        D::NonCanonical.into(),
+    );
+    add(
+        "enum_index_noncanonical",
+        "an enum index uses its shortest varint",
+        false,
+        reg(),
+        dev_seal(FAULT_FIRST, 5, None, &splice(&fault_body, sev_at, 1, &[0x82, 0x00])),
+        D::NonCanonical.into(),
+    );
+    add(
         "data_category_7",
         "a DataCategory is 0..=6",
         false,
