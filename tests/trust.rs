@@ -195,34 +195,44 @@ fn owner_pin_survives_device_signed_transfer() {
 }
 
 /// Finding 4: a consent version may no longer jump to `u32::MAX - 1` (after
-/// which a next owner could never register): every step forward is at most
-/// `MAX_VERSION_STEP`, in a Register, a Consent and a Transfer alike.
+/// which a next owner could never register): within a relationship every
+/// step is at most `MAX_VERSION_STEP` (Consent, Register, Transfer), and a
+/// relationship's first state is at most `MAX_FIRST_VERSION` (or one step
+/// above the reset state, if that is higher).
 #[test]
 fn consent_version_exhaustion_is_bounded() {
     let v = vendor();
-    let too_far = |held, got| IngestError::Consent(ConsentError::TooFarAhead { held, got, max: MAX_VERSION_STEP });
+    let too_far = |held, got, max| IngestError::Consent(ConsentError::TooFarAhead { held, got, max });
     // A first registration far ahead.
     let mut d = dev(1);
-    assert_eq!(err(v.ingest(&register(&mut d, analytics(u32::MAX - 1)), NOW)), too_far(0, u32::MAX - 1));
+    let first = err(v.ingest(&register(&mut d, analytics(u32::MAX - 1)), NOW));
+    assert_eq!(first, too_far(0, u32::MAX - 1, MAX_FIRST_VERSION));
     let mut d = dev(1);
-    v.ingest(&register(&mut d, analytics(MAX_VERSION_STEP)), NOW).unwrap();
-    let held = MAX_VERSION_STEP;
+    v.ingest(&register(&mut d, analytics(MAX_FIRST_VERSION)), NOW).unwrap();
+    let held = MAX_FIRST_VERSION;
+    let max = held + MAX_VERSION_STEP;
+    let epoch1 = d.session().unwrap().clone();
     // A Consent far ahead; one exactly at the bound is fine.
     let jump = ConsentUpdate { consent: analytics(u32::MAX - 1) };
-    assert_eq!(err(v.ingest(&d.seal(&jump).unwrap(), NOW)), too_far(held, u32::MAX - 1));
-    let step = ConsentUpdate { consent: analytics(held + MAX_VERSION_STEP + 1) };
-    assert_eq!(err(v.ingest(&d.seal(&step).unwrap(), NOW)), too_far(held, held + MAX_VERSION_STEP + 1));
-    let step = ConsentUpdate { consent: analytics(held + MAX_VERSION_STEP) };
-    v.ingest(&d.seal(&step).unwrap(), NOW).unwrap();
-    let held = held + MAX_VERSION_STEP;
+    assert_eq!(err(v.ingest(&d.seal(&jump).unwrap(), NOW)), too_far(held, u32::MAX - 1, max));
+    let step = ConsentUpdate { consent: analytics(max + 1) };
+    assert_eq!(err(v.ingest(&d.seal(&step).unwrap(), NOW)), too_far(held, max + 1, max));
+    // The same bound for a Register of the same relationship (refused: epoch 1 stays).
+    assert_eq!(err(v.ingest(&register(&mut d, analytics(max + 1)), NOW)), too_far(held, max + 1, max));
+    let step = ConsentUpdate { consent: analytics(max) };
+    v.ingest(&d.seal_with(&step, &epoch1, None).unwrap(), NOW).unwrap();
+    let held = max;
     // A Transfer naming a version far ahead.
     let t = Transfer::unsigned(NOW, u32::MAX - 1);
-    assert_eq!(err(v.ingest(&d.seal(&t).unwrap(), NOW)), too_far(held, u32::MAX - 1));
-    // After a transfer, the next owner's first state is bounded too.
-    v.ingest(&d.seal(&Transfer::unsigned(NOW, held)).unwrap(), NOW).unwrap();
+    let max = held + MAX_VERSION_STEP;
+    assert_eq!(err(v.ingest(&d.seal_with(&t, &epoch1, None).unwrap(), NOW)), too_far(held, u32::MAX - 1, max));
+    // After a transfer, the next owner's first state is bounded by one step
+    // above the reset state (which is above MAX_FIRST_VERSION here).
+    v.ingest(&d.seal_with(&Transfer::unsigned(NOW, held), &epoch1, None).unwrap(), NOW).unwrap();
     let reset = held + 1;
-    assert_eq!(err(v.ingest(&register(&mut d, analytics(u32::MAX - 1)), NOW)), too_far(reset, u32::MAX - 1));
-    let a = v.ingest(&register(&mut d, analytics(reset + 1)), NOW).unwrap();
+    let max = reset + MAX_VERSION_STEP;
+    assert_eq!(err(v.ingest(&register(&mut d, analytics(u32::MAX - 1)), NOW)), too_far(reset, u32::MAX - 1, max));
+    let a = v.ingest(&register(&mut d, analytics(max)), NOW).unwrap();
     assert!(matches!(a.event, Event::Registered { relationship: 2, .. }));
 }
 

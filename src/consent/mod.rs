@@ -54,7 +54,8 @@ pub use eval::{
     BuildError, ContactDenial, ContactHistory, Denial, FaultDraft, NoHistory, Permit, Permitted, Scope, SentNotice,
 };
 pub use proof::{
-    ConsentError, OwnerRequirement, SentConsent, authorise_transfer, check_step, receipt_for, verify_receipt,
+    ConsentError, OwnerRequirement, SentConsent, authorise_transfer, check_first, check_step, receipt_for,
+    verify_receipt,
 };
 
 /// The longest time between the owner's decision and the date by which it
@@ -62,12 +63,19 @@ pub use proof::{
 /// in seconds. `reconfirm_by - issued_at` may not exceed it.
 pub const MAX_RECONFIRM: u64 = 395 * 86_400;
 
-/// The most a consent version may move forward in one step: a new state's
-/// version is at most the held version plus this (SPEC.md §6.3), and a
-/// first state's version at most this. Exhausting the `u32` version space
-/// (so that the next owner could never register, SPEC.md, Security, T4)
-/// then takes more than four million accepted consent changes.
+/// The most a consent version may move forward in one step within a
+/// relationship (SPEC.md §6.3): a new state's version is at most the held
+/// version plus this.
 pub const MAX_VERSION_STEP: u32 = 1024;
+
+/// The highest version the first state of a relationship (a first
+/// registration, or the next owner's after a transfer) may have without
+/// regard to the step: it may be up to this, or up to the held version plus
+/// [`MAX_VERSION_STEP`] if that is higher. Half the `u32` space stays for
+/// steps, so exhausting the versions (after which no next owner could
+/// register, SPEC.md, Security, T4) takes more than two million accepted
+/// consent changes.
+pub const MAX_FIRST_VERSION: u32 = 0x7fff_ffff;
 
 /// Why data is collected or the owner contacted. Ids 0–9 are defined here,
 /// `0x8000..=0xFFFF` are for the vendor to define, everything else is

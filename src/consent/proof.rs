@@ -10,7 +10,9 @@ use ed25519_dalek::ed25519::signature::MultipartSigner;
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use subtle::ConstantTimeEq;
 
-use super::{ConsentState, MAX_VERSION_STEP, OWNER_CONSENT_DST, OWNER_TRANSFER_DST, OwnerProof, SignedConsent};
+use super::{
+    ConsentState, MAX_FIRST_VERSION, MAX_VERSION_STEP, OWNER_CONSENT_DST, OWNER_TRANSFER_DST, OwnerProof, SignedConsent,
+};
 use crate::codec::{self, Bytes64, Canonical};
 use crate::error::DecodeError;
 use crate::message::{Receipt, Transfer, consent_digest};
@@ -45,15 +47,15 @@ pub enum ConsentError {
     /// The same version as held, with other content: refused.
     #[error("consent version {0} received twice with different content")]
     Conflict(u32),
-    /// The version jumps further ahead of the held one than
-    /// [`MAX_VERSION_STEP`] allows.
-    #[error("consent version {got} is more than {max} ahead of the held version {held}")]
+    /// The version jumps further ahead of the held one than the rules
+    /// allow ([`check_step`], [`check_first`]).
+    #[error("consent version {got} is above {max}, the highest allowed after version {held}")]
     TooFarAhead {
         /// the held version (0 when none is held)
         held: u32,
         /// the version received
         got: u32,
-        /// the largest step allowed
+        /// the highest version allowed
         max: u32,
     },
     /// A receipt for a consent version the device never sent.
@@ -107,7 +109,7 @@ fn with_encoded<T>(state: &ConsentState, f: impl FnOnce(&[u8]) -> T) -> Result<T
 
 impl OwnerProof {
     /// The owner signs `state` for `device`: Ed25519 over
-    /// `"spime/v1 owner consent\0" || device id (16) || encoded ConsentState`.
+    /// `"spime/v1 owner consent\0" || device id (8) || encoded ConsentState`.
     ///
     /// # Errors
     /// [`ConsentError::Decode`] when the state is not canonical.
@@ -199,9 +201,7 @@ pub fn authorise_transfer(
     if got < held {
         return Err(ConsentError::Stale { held, got });
     }
-    if got - held > MAX_VERSION_STEP {
-        return Err(ConsentError::TooFarAhead { held, got, max: MAX_VERSION_STEP });
-    }
+    check_step(Some(held), got)?;
     match (&transfer.owner, pinned) {
         (None, None) => Ok(()),
         (None, Some(_)) => Err(ConsentError::OwnerProofMissing),
@@ -264,15 +264,40 @@ impl ConsentState {
     }
 }
 
-/// The version-step rule (SPEC.md §6.3): a new version is at most
-/// [`MAX_VERSION_STEP`] above the held one (above 0 when none is held).
+/// The version-step rule within a relationship (SPEC.md §6.3): a new
+/// version is at most [`MAX_VERSION_STEP`] above the held one (above 0 when
+/// none is held).
 ///
 /// # Errors
 /// [`ConsentError::TooFarAhead`].
 pub fn check_step(held: Option<u32>, got: u32) -> Result<(), ConsentError> {
     let base = held.unwrap_or(0);
-    if got > base && got - base > MAX_VERSION_STEP {
-        return Err(ConsentError::TooFarAhead { held: base, got, max: MAX_VERSION_STEP });
+    let max = base.saturating_add(MAX_VERSION_STEP);
+    if got > max {
+        return Err(ConsentError::TooFarAhead { held: base, got, max });
+    }
+    Ok(())
+}
+
+/// The rule for the first state of a relationship (SPEC.md §6.3): its
+/// version is at most [`MAX_FIRST_VERSION`], or at most the held version
+/// (the reset state after a transfer) plus [`MAX_VERSION_STEP`] if that is
+/// higher.
+///
+/// ```
+/// use spime::consent::{MAX_FIRST_VERSION, check_first};
+/// assert!(check_first(None, 1 << 28).is_ok());
+/// assert!(check_first(Some(2), MAX_FIRST_VERSION).is_ok());
+/// assert!(check_first(Some(2), MAX_FIRST_VERSION + 1).is_err());
+/// ```
+///
+/// # Errors
+/// [`ConsentError::TooFarAhead`].
+pub fn check_first(held: Option<u32>, got: u32) -> Result<(), ConsentError> {
+    let base = held.unwrap_or(0);
+    let max = base.saturating_add(MAX_VERSION_STEP).max(MAX_FIRST_VERSION);
+    if got > max {
+        return Err(ConsentError::TooFarAhead { held: base, got, max });
     }
     Ok(())
 }

@@ -716,7 +716,7 @@ fn register<S: Storage, const N: usize, const RECORD: usize, R: CryptoRng + ?Siz
     rng: &mut R,
     consent: SignedConsent,
 ) -> Result<u64, SessionError> {
-    check_new_consent(dev, &consent)?;
+    check_new_consent(dev, &consent, dev.state.stage == Stage::Unregistered)?;
     // 1. reserve the epoch before anything is sealed under it
     let epoch = dev.state.epoch.checked_add(1).ok_or(SessionError::EpochExhausted)?;
     dev.state.epoch = epoch;
@@ -746,10 +746,14 @@ fn register<S: Storage, const N: usize, const RECORD: usize, R: CryptoRng + ?Siz
 }
 
 /// A new consent state must be canonical, carry a valid owner proof if
-/// it has one, and have a higher version than the held one.
+/// it has one, and have a higher version than the held one, by no more
+/// than the vendor allows (SPEC §6.3): the first state of a relationship
+/// (`first`) by [`crate::consent::check_first`], others by
+/// [`crate::consent::check_step`].
 fn check_new_consent<S: Storage, const N: usize, const RECORD: usize>(
     dev: &Device<'_, S, N, RECORD>,
     consent: &SignedConsent,
+    first: bool,
 ) -> Result<(), SessionError> {
     consent.verify_owner(&dev.id.key.device, OwnerRequirement::DeviceOnBehalf)?;
     if let Some(held) = &dev.consent
@@ -758,7 +762,12 @@ fn check_new_consent<S: Storage, const N: usize, const RECORD: usize>(
         return Err(SessionError::StaleConsent { held: held.state.version, got: consent.state.version });
     }
     // The vendor refuses a version too far ahead (SPEC §6.3): refuse it here first.
-    crate::consent::check_step(dev.consent.as_ref().map(|c| c.state.version), consent.state.version)?;
+    let held = dev.consent.as_ref().map(|c| c.state.version);
+    if first {
+        crate::consent::check_first(held, consent.state.version)?;
+    } else {
+        crate::consent::check_step(held, consent.state.version)?;
+    }
     Ok(())
 }
 
@@ -868,7 +877,7 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
     /// the held one; [`SessionError::Consent`] for a non-canonical state or
     /// a bad owner proof; sealing, outbox and storage errors.
     pub fn change_consent(&mut self, consent: SignedConsent, now: u64) -> Result<u64, SessionError> {
-        check_new_consent(self.dev, &consent)?;
+        check_new_consent(self.dev, &consent, false)?;
         let dev = &mut *self.dev;
         // The device applies it first: stored before it is announced.
         dev.save_consent(&consent)?;

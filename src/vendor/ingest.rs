@@ -11,7 +11,7 @@ use ed25519_dalek::VerifyingKey;
 
 use crate::codec;
 use crate::consent::ledger::{ConsentEvent, LedgerEntry, Proof};
-use crate::consent::{ConsentError, OwnerRequirement, SignedConsent, authorise_transfer, check_step};
+use crate::consent::{ConsentError, OwnerRequirement, SignedConsent, authorise_transfer, check_first};
 use crate::error::{DecodeError, OpenError, Rule};
 use crate::message::{
     ConsentUpdate, Decommission, DecommissionReason, Fault, FirmwareVersion, Register, Transfer, Usage, consent_digest,
@@ -708,7 +708,7 @@ impl<S: Store> Ingestor<S> {
                         // A new relationship: the first, or the next owner's after a
                         // transfer, whose state must supersede the reset state (§6.7).
                         let owner_key = check_owner(&h.device, &reg.consent, None)?;
-                        check_step(previous.as_ref().map(|r| r.consent.state.version), reg.consent.state.version)
+                        check_first(previous.as_ref().map(|r| r.consent.state.version), reg.consent.state.version)
                             .map_err(IngestError::Consent)?;
                         if let Some(r) = previous
                             && !reg.consent.state.supersedes(&r.consent.state)

@@ -156,7 +156,7 @@ pub fn consent_update() -> ConsentUpdate {
 }
 
 pub fn transfer() -> Transfer {
-    Transfer::unsigned(T0 + 10_000, 2)
+    Transfer::unsigned(T0 + 10_000, 4)
 }
 
 pub fn decommission() -> Decommission {
