@@ -515,3 +515,24 @@ fn certificate_validity_is_enforced() {
         IngestError::CertificateInvalid(Validity::Expired { not_after: end })
     );
 }
+
+/// Keys with a lifecycle: device certificates issued by a factory key (a
+/// certificate authority apart from the live message-signing key) are
+/// accepted, ones signed by the live key are not, and receipts still come
+/// from the live key.
+#[test]
+fn factory_key_apart_from_the_live_key() {
+    let factory = SigningKey::from_bytes(&[77; 32]);
+    let v = vendor().with_certificate_authority(factory.verifying_key());
+    let mut d = dev(1);
+    let body = d.certificate().body.clone();
+    let by_factory = DeviceCertificate::issue(body.clone(), &factory).unwrap();
+    let mut reg = register_body(&d, analytics(1));
+    // The sim device's own certificate is signed by the live key: refused.
+    assert_eq!(err(v.ingest(&d.seal_new_epoch(&reg).unwrap(), NOW)), IngestError::Unauthentic);
+    reg.certificate = by_factory;
+    let a = v.ingest(&d.seal_new_epoch(&reg).unwrap(), NOW).unwrap();
+    assert!(matches!(a.event, Event::Registered { relationship: 1, .. }));
+    let receipt: Receipt = d.open(&v.seal_receipt(&d.id()).unwrap()).unwrap();
+    assert_eq!(receipt.consent_version, 1);
+}

@@ -212,6 +212,9 @@ pub struct Ingestor<S> {
     store: S,
     keys: VendorKeys,
     public: VendorPublicKeys,
+    /// The key device certificates are verified with: the vendor signing
+    /// key unless [`Ingestor::with_certificate_authority`] set another.
+    certificate_authority: VerifyingKey,
     config: IngestConfig,
     lock: Mutex<()>,
     /// Decompressed device keys by their bytes (decompressing costs a tenth
@@ -301,6 +304,7 @@ impl<S: Store> Ingestor<S> {
         Ingestor {
             store,
             keys,
+            certificate_authority: public.signing,
             public,
             config,
             lock: Mutex::new(()),
@@ -308,6 +312,32 @@ impl<S: Store> Ingestor<S> {
             opener_failures: Mutex::default(),
             revoked: RwLock::default(),
         }
+    }
+
+    /// Verifies device certificates with `authority` instead of the vendor
+    /// signing key (SPEC.md §5.4): the factory then holds the certificate
+    /// authority's secret key, and the live servers only its public key and
+    /// the message-signing key. Devices are unaffected: they never check
+    /// device certificates.
+    ///
+    /// ```
+    /// use spime::seal::VendorKeys;
+    /// use spime::vendor::{IngestConfig, Ingestor, MemoryStore};
+    /// let factory = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    /// let live = VendorKeys::from_secrets(&[1; 32], &[2; 32]);
+    /// let vendor = Ingestor::new(MemoryStore::new(), live, IngestConfig::default())
+    ///     .with_certificate_authority(factory.verifying_key());
+    /// assert_eq!(vendor.certificate_authority(), &factory.verifying_key());
+    /// ```
+    #[must_use]
+    pub fn with_certificate_authority(mut self, authority: VerifyingKey) -> Ingestor<S> {
+        self.certificate_authority = authority;
+        self
+    }
+
+    /// The key device certificates are verified with.
+    pub const fn certificate_authority(&self) -> &VerifyingKey {
+        &self.certificate_authority
     }
 
     /// The store.
@@ -629,7 +659,7 @@ impl<S: Store> Ingestor<S> {
             if reg.certificate.body.device != h.device {
                 return Err(IngestError::CertificateMismatch);
             }
-            let key = reg.certificate.verify(&self.public.signing).map_err(|_| IngestError::Unauthentic)?;
+            let key = reg.certificate.verify(&self.certificate_authority).map_err(|_| IngestError::Unauthentic)?;
             if self.is_revoked(&h.device, Some(&reg.certificate.body.device_key)) {
                 return Err(IngestError::Revoked);
             }
