@@ -30,7 +30,8 @@ use spime::wire::Header;
 
 const N: usize = 4;
 const REC: usize = record_len(message::MAX_SEALED_LEN);
-type Flash = SimFlash<{ 64 * 1024 }, 256>;
+type Flash = SimFlash<{ SECTORS as usize * 4096 }, 4096>;
+const SECTORS: u16 = 6;
 
 /// Every envelope written to an outbox record: (epoch, counter, ephemeral, bytes).
 type Log = RefCell<Vec<(u32, u64, Option<[u8; 32]>, Vec<u8>)>>;
@@ -56,10 +57,13 @@ impl Storage for Logging<'_> {
     fn remove(&mut self, id: u16) -> Result<(), StorageError> {
         self.inner.remove(id)
     }
+    fn lost(&mut self, id: u16) -> Result<u8, StorageError> {
+        self.inner.lost(id)
+    }
 }
 
 const T0: u64 = 1_767_300_000;
-const REBOOTS: u64 = 2_500;
+const REBOOTS: u64 = 10_000;
 
 #[test]
 fn power_cut_at_every_operation_never_reuses_a_nonce() {
@@ -67,20 +71,52 @@ fn power_cut_at_every_operation_never_reuses_a_nonce() {
     let log: Log = RefCell::new(Vec::new());
     let mut completed_steps = 0u64;
     let mut registrations = 0u64;
+    let mut recoveries = 0u64;
+    let mut cut_boots = 0u64;
     let mut outbox: Outbox<N, REC> = Outbox::new();
     for boot in 0..REBOOTS {
         flash.power_on();
         // cut at every position of the next run's erase/program sequence in turn
         flash.cut_after(u32::try_from(boot % 101).unwrap());
-        let storage =
-            NorStorage::new(&mut flash, 0, u16::try_from(storage_records(N)).unwrap(), storage_capacity(REC)).unwrap();
+        // starting may write (finishing a garbage collection, skipping counter
+        // values): a cut there is one more power cut, and the next boot goes on
+        let records = u16::try_from(storage_records(N)).unwrap();
+        let storage = match NorStorage::new(&mut flash, 0, SECTORS, records, storage_capacity(REC)) {
+            Ok(s) => s,
+            Err(e) => {
+                assert!(flash.is_cut(), "boot {boot}: storage failed without a power cut: {e}");
+                cut_boots += 1;
+                continue;
+            }
+        };
         let mut dev: Device<Logging<'_>, N, REC> =
-            Device::boot(identity(), Logging { inner: storage, log: &log }, &mut outbox).expect("boot after a cut");
+            match Device::boot(identity(), Logging { inner: storage, log: &log }, &mut outbox) {
+                Ok(d) => d,
+                Err(e) => {
+                    assert!(flash.is_cut(), "boot {boot}: failed without a power cut: {e}");
+                    cut_boots += 1;
+                    continue;
+                }
+            };
         assert!(dev.queued().count() <= N);
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(boot);
         let now = T0 + boot * 60;
         let mut failure = None;
+        // a lost counter (a cut tore its only copy) recovers with a new epoch
+        if dev.counter_lost() {
+            recoveries += 1;
+            failure = dev.recover().err();
+        }
+        if failure.is_none()
+            && dev.needs_rekey()
+            && let Phase::Registered(mut r) = dev.phase()
+        {
+            failure = r.rekey(&mut rng).err();
+        }
         for step in 0..8u64 {
+            if failure.is_some() {
+                break;
+            }
             let held = dev.consent().map_or(0, |c| c.state.version);
             let result = match dev.phase() {
                 Phase::Unregistered(mut u) => {
@@ -173,5 +209,10 @@ fn power_cut_at_every_operation_never_reuses_a_nonce() {
     // (key, nonce) = (epoch, counter) pairs are unique per distinct message
     let distinct: BTreeSet<(u32, u64)> = log.iter().map(|(e, c, _, _)| (*e, *c)).collect();
     assert_eq!(distinct.len(), by_counter.len());
-    println!("{} envelopes, {} distinct counters, {} epochs", log.len(), by_counter.len(), eph_by_epoch.len());
+    println!(
+        "{REBOOTS} reboots: {} envelopes, {} distinct counters, {} epochs, {recoveries} counter recoveries, {cut_boots} boots cut",
+        log.len(),
+        by_counter.len(),
+        eph_by_epoch.len()
+    );
 }

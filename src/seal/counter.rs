@@ -16,13 +16,26 @@ pub trait CounterStore {
     /// Reads the stored value (0 on a fresh device).
     ///
     /// # Errors
-    /// Any storage failure.
+    /// Any storage failure; [`CounterError::Lost`] when no intact copy
+    /// survives although one was written.
     fn load(&mut self) -> Result<u64, CounterError>;
     /// Atomically replaces the stored value.
     ///
     /// # Errors
     /// Any storage failure; the old value must then still be readable.
     fn store(&mut self, value: u64) -> Result<(), CounterError>;
+
+    /// How many reservations stored after the value [`CounterStore::load`]
+    /// returned may have been lost to damage (a newer copy whose check
+    /// fails). Each one is a block the counter may have spent. A store
+    /// that keeps no history returns 0, as the default does.
+    ///
+    /// # Errors
+    /// Any storage failure; [`CounterError::Lost`] when the damage cannot
+    /// be bounded.
+    fn lost(&mut self) -> Result<u64, CounterError> {
+        Ok(0)
+    }
 }
 
 /// A counter that reserves blocks of `block` values ahead of use.
@@ -50,6 +63,8 @@ pub struct Counter<S> {
     next: u64,
     reserved_until: u64,
     block: u64,
+    /// No value may be handed out until [`Counter::restart`].
+    lost: bool,
 }
 
 impl<S: CounterStore> Counter<S> {
@@ -57,11 +72,77 @@ impl<S: CounterStore> Counter<S> {
     /// values one storage write reserves: larger blocks mean fewer flash
     /// writes and more values skipped per power cut.
     ///
+    /// If the store reports `k` reservations after the stored value that
+    /// may have been lost ([`CounterStore::lost`]), the counter starts `k`
+    /// blocks further on and stores that at once: a fallback to an older
+    /// copy never hands out a value that may have been used.
+    ///
+    /// When no copy survives ([`CounterError::Lost`]), the counter opens
+    /// *lost*: [`Counter::is_lost`] is true and it hands out nothing until
+    /// [`Counter::restart`].
+    ///
     /// # Errors
-    /// The storage's load error.
+    /// The storage's load error; [`CounterError::Storage`] when the skip
+    /// cannot be stored.
     pub fn open(mut store: S, block: u64) -> Result<Counter<S>, CounterError> {
-        let start = store.load()?;
-        Ok(Counter { store, next: start, reserved_until: start, block: block.max(1) })
+        let block = block.max(1);
+        let (stored, lost) = match store.load().and_then(|v| Ok((v, store.lost()?))) {
+            Ok(x) => x,
+            Err(CounterError::Lost) => return Ok(Counter { store, next: 0, reserved_until: 0, block, lost: true }),
+            Err(e) => return Err(e),
+        };
+        let start = if lost > 0 {
+            let skip = lost.checked_mul(block).and_then(|d| stored.checked_add(d)).ok_or(CounterError::Exhausted)?;
+            store.store(skip)?;
+            skip
+        } else {
+            stored
+        };
+        Ok(Counter { store, next: start, reserved_until: start, block, lost: false })
+    }
+
+    /// Whether the counter was lost: it hands out nothing until [`Counter::restart`].
+    pub const fn is_lost(&self) -> bool {
+        self.lost
+    }
+
+    /// Takes the counter as lost (the caller found evidence that values were
+    /// used which the store does not account for).
+    pub fn mark_lost(&mut self) {
+        self.lost = true;
+    }
+
+    /// Moves a counter (lost or not) to `start`, storing it first: the
+    /// recovery from [`CounterError::Lost`], where the caller knows a value
+    /// above any used, and opens a new key epoch. A counter never moves back.
+    ///
+    /// # Errors
+    /// [`CounterError::Storage`] when `start` cannot be stored (the counter
+    /// is then unchanged).
+    pub fn restart(&mut self, start: u64) -> Result<(), CounterError> {
+        let start = start.max(self.next);
+        self.store.store(start)?;
+        self.next = start;
+        self.reserved_until = start;
+        self.lost = false;
+        Ok(())
+    }
+
+    /// Moves the counter up to `floor` when it is below it (values under
+    /// `floor` may have been used, e.g. by a queued message), storing
+    /// `floor` first. Returns whether it moved.
+    ///
+    /// # Errors
+    /// [`CounterError::Storage`] when `floor` cannot be stored (the counter
+    /// is then unchanged).
+    pub fn raise(&mut self, floor: u64) -> Result<bool, CounterError> {
+        if self.lost || floor <= self.next {
+            return Ok(false);
+        }
+        self.store.store(floor)?;
+        self.next = floor;
+        self.reserved_until = floor;
+        Ok(true)
     }
 
     /// Hands out a value never handed out before, reserving a new block
@@ -70,8 +151,11 @@ impl<S: CounterStore> Counter<S> {
     /// # Errors
     /// [`CounterError::Storage`] when the reservation could not be written
     /// (nothing is handed out); [`CounterError::Exhausted`] at the end of
-    /// the counter space.
+    /// the counter space; [`CounterError::Lost`] while the counter is lost.
     pub fn next_value(&mut self) -> Result<u64, CounterError> {
+        if self.lost {
+            return Err(CounterError::Lost);
+        }
         if self.next >= self.reserved_until {
             let until = self.next.checked_add(self.block).ok_or(CounterError::Exhausted)?;
             self.store.store(until)?;
