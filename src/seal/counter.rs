@@ -182,3 +182,87 @@ impl<S: CounterStore> Counter<S> {
         self.store
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A store with a history: the value, how many reservations after it
+    /// were lost, whether no copy survives, and whether writes fail.
+    #[derive(Debug, Default)]
+    struct Damaged {
+        value: u64,
+        lost: u64,
+        gone: bool,
+        fail: bool,
+    }
+
+    impl CounterStore for Damaged {
+        fn load(&mut self) -> Result<u64, CounterError> {
+            if self.gone { Err(CounterError::Lost) } else { Ok(self.value) }
+        }
+        fn store(&mut self, v: u64) -> Result<(), CounterError> {
+            if self.fail {
+                return Err(CounterError::Storage);
+            }
+            self.value = v;
+            self.lost = 0;
+            self.gone = false;
+            Ok(())
+        }
+        fn lost(&mut self) -> Result<u64, CounterError> {
+            Ok(self.lost)
+        }
+    }
+
+    /// Issue 9 finding 3: the fallback copy is `lost` blocks behind; the
+    /// counter starts past them and stores that before handing anything out.
+    #[test]
+    fn counter_rollback_on_damaged_flash_open_skips_lost_blocks() {
+        let mut c = Counter::open(Damaged { value: 32, lost: 2, ..Damaged::default() }, 16).unwrap();
+        assert_eq!(c.store_mut().value, 64, "the skip is stored at once");
+        assert_eq!(c.next_value(), Ok(64));
+        // the skip cannot be stored: nothing opens
+        let e = Counter::open(Damaged { value: 32, lost: 1, fail: true, ..Damaged::default() }, 16).unwrap_err();
+        assert_eq!(e, CounterError::Storage);
+        // the skip would pass the end
+        let e = Counter::open(Damaged { value: u64::MAX - 3, lost: 1, ..Damaged::default() }, 16).unwrap_err();
+        assert_eq!(e, CounterError::Exhausted);
+    }
+
+    /// No copy survives: the counter hands out nothing until restarted, and
+    /// a restart never moves it back.
+    #[test]
+    fn counter_rollback_on_damaged_flash_lost_counter_hands_out_nothing() {
+        let mut c = Counter::open(Damaged { gone: true, ..Damaged::default() }, 16).unwrap();
+        assert!(c.is_lost());
+        assert_eq!(c.next_value(), Err(CounterError::Lost));
+        assert_eq!(c.raise(100), Ok(false));
+        c.store_mut().fail = true;
+        assert_eq!(c.restart(1 << 40), Err(CounterError::Storage));
+        assert!(c.is_lost());
+        c.store_mut().fail = false;
+        c.restart(1 << 40).unwrap();
+        assert_eq!(c.next_value(), Ok(1 << 40));
+        c.restart(5).unwrap();
+        assert_eq!(c.next_value(), Ok((1 << 40) + 1), "never back");
+        c.mark_lost();
+        assert_eq!(c.next_value(), Err(CounterError::Lost));
+    }
+
+    #[test]
+    fn raise_stores_before_moving() {
+        let mut c = Counter::open(Damaged::default(), 16).unwrap();
+        assert_eq!(c.next_value(), Ok(0));
+        assert_eq!(c.raise(0), Ok(false));
+        c.store_mut().fail = true;
+        assert_eq!(c.raise(40), Err(CounterError::Storage));
+        assert_eq!(c.peek(), 1);
+        c.store_mut().fail = false;
+        assert_eq!(c.raise(40), Ok(true));
+        assert_eq!(c.store_mut().value, 40);
+        assert_eq!(c.next_value(), Ok(40));
+        assert_eq!(c.store_mut().value, 56);
+    }
+}
