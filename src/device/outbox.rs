@@ -445,6 +445,11 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
             .map(|s| Entry { meta: s.meta(), envelope: s.envelope() })
     }
 
+    /// The highest envelope counter queued (no sorting: cheap at boot).
+    pub fn highest_counter(&self) -> Option<u64> {
+        self.slots.iter().filter(|s| s.used).map(|s| s.meta().counter).max()
+    }
+
     /// Every queued message in send order.
     pub fn iter(&self) -> impl Iterator<Item = Entry<'_>> {
         let mut order: heapless::Vec<usize, N> = heapless::Vec::new();

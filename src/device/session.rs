@@ -423,7 +423,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         if self.counter.is_lost() {
             return Ok(());
         }
-        let highest = self.outbox.iter().map(|e| e.meta.counter).max();
+        let highest = self.outbox.highest_counter();
         if self.counter.peek() == 0 && (self.state.keys.is_some() || highest.is_some()) {
             self.counter.mark_lost();
             return Ok(());
@@ -473,7 +473,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
             self.save_state()?;
         }
         let era = (u64::from(self.state.epoch) + 1).checked_mul(RECOVERY_ERA).ok_or(CounterError::Exhausted)?;
-        let queued = self.outbox.iter().map(|e| e.meta.counter.saturating_add(1)).max().unwrap_or(0);
+        let queued = self.outbox.highest_counter().map_or(0, |c| c.saturating_add(1));
         self.counter.restart(era.max(queued))?;
         Ok(())
     }

@@ -6,8 +6,14 @@
 //! to storage; values are then spent from memory. After a power cut the
 //! counter restarts at the stored value, so the unspent rest of the block
 //! is skipped and no value is ever handed out twice. The storage write must
-//! be atomic (either the old or the new value survives a cut); flash
-//! adapters achieve that with two alternating slots.
+//! be atomic (either the old or the new value survives a cut), as
+//! [`crate::device::storage::NorStorage`]'s log is.
+//!
+//! Damaged storage must not roll the counter back (SPEC.md §8.1): a store
+//! that can tell how many newer stored values may have been lost
+//! ([`CounterStore::lost`]) makes [`Counter::open`] skip that many blocks;
+//! a store with no intact value left opens the counter *lost*, and it hands
+//! out nothing until [`Counter::restart`].
 
 use crate::error::CounterError;
 

@@ -31,7 +31,7 @@ use spime::consent::{
 use spime::device::fault::{FaultEvent, FaultRecorder};
 use spime::device::metrics::{MetricDef, MetricKind, Metrics};
 use spime::device::outbox::{Outbox, record_len};
-use spime::device::session::{Device, Identity, Phase, storage_capacity, storage_records};
+use spime::device::session::{DEFAULT_STORAGE_SECTORS, Device, Identity, Phase, storage_capacity, storage_records};
 use spime::device::storage::{NorStorage, SimFlash};
 use spime::message::{self, CertificateBody, DeviceCertificate, FirmwareVersion, RebootReason, Severity};
 use spime::seal::{DeviceKey, VendorKeys};
@@ -50,9 +50,12 @@ const T0: u64 = 1_767_300_000;
 
 const SLOTS: usize = 4;
 const RECORD: usize = record_len(message::MAX_SEALED_LEN);
-/// Enough simulated NOR flash for the counter, session, consent and outbox records.
-const FLASH_SIZE: usize = 40 * 1024;
-type Flash = SimFlash<FLASH_SIZE, 256>;
+/// The default storage layout (docs/firmware.md, "Endurance"): six 4 KiB
+/// sectors of simulated NOR flash hold the log of the counter, session,
+/// consent and outbox records.
+const SECTOR: usize = 4096;
+const FLASH_SIZE: usize = DEFAULT_STORAGE_SECTORS as usize * SECTOR;
+type Flash = SimFlash<FLASH_SIZE, SECTOR>;
 type Store = NorStorage<&'static mut Flash>;
 type Dev = Device<'static, Store, SLOTS, RECORD>;
 
@@ -187,7 +190,7 @@ fn boot(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -
     let id = identity().map_err(|_| RunError::Other("certificate"))?;
     let capacity = storage_capacity(RECORD);
     let records = u16::try_from(storage_records(SLOTS)).map_err(|_| RunError::Other("layout"))?;
-    let storage = NorStorage::new(flash, 0, records, capacity)?;
+    let storage = NorStorage::new(flash, 0, DEFAULT_STORAGE_SECTORS, records, capacity)?;
     Ok(Device::boot(id, storage, outbox)?)
 }
 
