@@ -12,7 +12,7 @@ use ed25519_dalek::VerifyingKey;
 use crate::codec;
 use crate::consent::ledger::{ConsentEvent, LedgerEntry, Proof};
 use crate::consent::{ConsentError, OwnerRequirement, SignedConsent};
-use crate::error::{DecodeError, OpenError};
+use crate::error::{DecodeError, OpenError, Rule};
 use crate::message::{
     ConsentUpdate, Decommission, DecommissionReason, Fault, FirmwareVersion, Register, Transfer, Usage, consent_digest,
 };
@@ -103,6 +103,12 @@ pub struct Accepted {
     pub kind: Kind,
     /// What it meant.
     pub event: Event,
+    /// The key epoch this message opened, if it opened one (it carried an
+    /// ephemeral key for an epoch above the device's current one). Answer
+    /// with a vendor message under it (`Ingestor::seal_receipt`) so the
+    /// device learns the epoch is open and stops re-offering its key
+    /// (SPEC §3.1).
+    pub opened_epoch: Option<u32>,
 }
 
 /// The result for one message of a batch.
@@ -114,7 +120,7 @@ pub type Outcome = Result<Accepted, IngestError>;
 /// ```
 /// use spime::vendor::partition_of;
 /// use spime::wire::DeviceId;
-/// let d = DeviceId([3; 16]);
+/// let d = DeviceId([3; 8]);
 /// assert_eq!(partition_of(&d, 2), partition_of(&d, 2));
 /// assert!(partition_of(&d, 4) < 4);
 /// ```
@@ -583,7 +589,7 @@ impl<S: Store> Ingestor<S> {
                     .consent
                     .state
                     .reset_for_transfer(t.at)
-                    .map_err(|_| DecodeError::OutOfRange("consent version exhausted"))?;
+                    .map_err(|_| DecodeError::OutOfRange(Rule::ConsentVersionExhausted))?;
                 let mut rec = r.clone();
                 ledger = Some((ConsentEvent::ResetOnTransfer, reset.version));
                 rec.lifecycle = Lifecycle::Transferred;
@@ -627,7 +633,9 @@ impl<S: Store> Ingestor<S> {
         }
         let message =
             StoredMessage { device: h.device, counter: h.counter, kind: h.kind.to_byte(), received_at: now, proof };
-        Ok(Done { accepted: Accepted { device: h.device, counter: h.counter, kind: h.kind, event }, ledger, message })
+        let opened_epoch = new_epoch.then_some(h.epoch);
+        let accepted = Accepted { device: h.device, counter: h.counter, kind: h.kind, event, opened_epoch };
+        Ok(Done { accepted, ledger, message })
     }
 
     fn device_key(&self, bytes: &[u8; 32]) -> Result<VerifyingKey, IngestError> {
