@@ -32,6 +32,7 @@ use spime::device::session::{
 };
 use spime::device::storage::{NorStorage, SimFlash, SimFlashError};
 use spime::message;
+use spime::vendor::{IngestConfig, Ingestor, MemoryStore};
 
 const N: usize = 4;
 const REC: usize = record_len(message::MAX_SEALED_LEN);
@@ -98,9 +99,16 @@ fn busiest_sector_erases_per_report_and_ack_within_budget() {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
     let Phase::Unregistered(u) = dev.phase() else { panic!("fresh") };
     u.register(&mut rng, generous_consent(1, T0)).unwrap();
-    while let Some(c) = dev.next_message().map(|e| e.meta.counter) {
+    // the vendor takes the Register and answers with a receipt, which
+    // confirms the epoch: reports then leave the ephemeral key out (SPEC §3.1)
+    let vendor = Ingestor::new(MemoryStore::new(), device_common::vendor(), IngestConfig::default());
+    while let Some(e) = dev.next_message() {
+        vendor.ingest(e.envelope, T0).unwrap();
+        let c = e.meta.counter;
         dev.ack(c).unwrap();
     }
+    dev.open_receipt(&vendor.seal_receipt(&dev.device_id()).unwrap()).unwrap();
+    assert!(dev.epoch_confirmed());
     let mut metrics: Metrics<4> = Metrics::new(T0);
     metrics.define(MetricDef { id: 1, category: DataCategory::UsageCounters, kind: MetricKind::Counter }).unwrap();
     metrics.define(MetricDef { id: 2, category: DataCategory::Environment, kind: MetricKind::Gauge }).unwrap();

@@ -79,7 +79,7 @@ pub const fn storage_records(n: usize) -> usize {
 /// The documented default storage layout (docs/firmware.md, "Endurance"):
 /// this many log sectors of 4 KiB (24 KiB) for a device with 4 outbox
 /// slots of the largest message, one more than
-/// [`storage_sectors`] requires. The busiest sector then takes about 0.011
+/// [`storage_sectors`] requires. The busiest sector then takes about 0.010
 /// erases per usage report and its ack (`tests/device_endurance.rs`).
 pub const DEFAULT_STORAGE_SECTORS: u16 = 6;
 
@@ -459,9 +459,10 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     }
 
     /// Whether the device is registered but holds no session keys (after
-    /// [`Device::recover`], or a cut during [`Registered::rekey`]): it must
-    /// open a new epoch with [`Registered::rekey`] before it seals again.
-    pub const fn needs_rekey(&self) -> bool {
+    /// [`Device::recover`], or a cut during [`Registered::renew_keys`]): it
+    /// must open a new epoch with [`Registered::renew_keys`] before it seals
+    /// again.
+    pub const fn needs_key_renewal(&self) -> bool {
         matches!(self.state.stage, Stage::Registered) && self.state.keys.is_none()
     }
 
@@ -472,14 +473,15 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         self.counter.is_lost()
     }
 
-    /// Recovers from a lost counter (SPEC.md §8.1): moves the counter to
-    /// `(epoch + 1) × 2^40` (above any value used, as no epoch sees 2^40
-    /// messages) or past the queued messages, and drops the session keys,
-    /// so a registered device must open a new key epoch with
-    /// [`Registered::rekey`] before it seals again (an unregistered one
-    /// opens it when it registers). The vendor accepts both: the counter
-    /// only moves forward, and a new epoch opened with the registered key is
-    /// key renewal (§9.2). Does nothing when the counter is not lost.
+    /// Recovers from a lost counter (SPEC.md §8.1): drops the session keys
+    /// and moves the counter to `(epoch + 1) × 2^40` (above any value used,
+    /// as no epoch sees 2^40 messages) or past the queued messages. A
+    /// registered device then sends what is queued (sealed before, under
+    /// the old epoch) and opens a new epoch with [`Registered::renew_keys`]
+    /// before it seals again; an unregistered one opens it when it
+    /// registers. The vendor accepts both: the counter only moves forward,
+    /// and a new epoch opened with the registered key is key renewal (§3.1,
+    /// §9.2). Does nothing when the counter is not lost.
     ///
     /// # Errors
     /// Storage errors (run it again after a reboot: it is idempotent);
@@ -489,8 +491,9 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
             return Ok(());
         }
         // The keys go first: a cut after this leaves a lost counter and no keys.
-        if self.state.keys.is_some() {
+        if self.state.keys.is_some() || self.state.pending.is_some() {
             self.state.keys = None;
+            self.state.pending = None;
             self.save_state()?;
         }
         let era = (u64::from(self.state.epoch) + 1).checked_mul(RECOVERY_ERA).ok_or(CounterError::Exhausted)?;
@@ -999,39 +1002,6 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
         dev.save_state()?;
         let scope = dev.control_scope();
         dev.seal_queue(&ConsentUpdate { consent }, scope)
-    }
-
-    /// Opens a new key epoch without registering again: reserves epoch
-    /// `n + 1`, agrees its keys with the vendor's key (SPEC.md §3), and
-    /// seals the consent held in a Consent message carrying the ephemeral
-    /// key, which the vendor takes as key renewal (§9.2). Needed after
-    /// [`Device::recover`]; a product may also call it by policy. Returns
-    /// the envelope counter.
-    ///
-    /// # Errors
-    /// [`SessionError::EpochExhausted`]; sealing, counter, outbox and storage errors.
-    pub fn rekey<R: CryptoRng + ?Sized>(&mut self, rng: &mut R) -> Result<u64, SessionError> {
-        let dev = &mut *self.dev;
-        let consent = dev.consent.clone().ok_or(SessionError::NoSession)?;
-        // reserve the epoch before anything is sealed under it
-        let epoch = dev.state.epoch.checked_add(1).ok_or(SessionError::EpochExhausted)?;
-        dev.state.epoch = epoch;
-        dev.state.keys = None;
-        dev.save_state()?;
-        let (keys, eph) = keys::device_start_epoch(rng, &dev.id.key.device, epoch, &dev.id.vendor)?;
-        dev.state.keys = Some(keys);
-        dev.remember_sent(&consent)?;
-        let scope = dev.control_scope();
-        let counter = match dev.seal_queue(&ConsentUpdate { consent }, scope, Some(eph)) {
-            Ok(c) => c,
-            Err(e) => {
-                // nothing opened the epoch: its keys must not seal anything
-                dev.state.keys = None;
-                return Err(e);
-            }
-        };
-        dev.save_state()?;
-        Ok(counter)
     }
 
     /// The owner hands the product on: seals a Transfer, resets consent to
