@@ -498,6 +498,9 @@ mod tests {
                 }
             }
             total_ops = total_ops.max(s.flash().operations());
+            // the ring turned twice: every sector was collected and erased
+            let seqs = (0..4).map(|i| be(&s.flash().as_bytes()[i * 1024 + 4..])).filter(|&q| q != u32::MAX);
+            assert!(seqs.max().unwrap() >= 8);
         }
         assert!(total_ops > 100);
         for cut in 0..total_ops {

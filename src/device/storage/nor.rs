@@ -75,6 +75,11 @@ enum Slot {
 ///   have been lost, which the message counter uses never to fall back to a
 ///   value already used.
 ///
+/// A write that fails part-way (the flash reported an error) leaves the
+/// previous version in force, and the store refuses further writes with
+/// [`StorageError::Io`] until it is opened again ([`NorStorage::new`]
+/// after a restart), which finishes or redoes what the failure interrupted.
+///
 /// Records must fit a sector (`2 * 16 + capacity` bytes, rounded up to the
 /// program unit), and the live data of all records must fit in
 /// `sectors - 2` sectors less one record each (see docs/firmware.md,
