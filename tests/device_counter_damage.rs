@@ -76,31 +76,6 @@ fn report<S: Storage>(dev: &mut Dev<'_, S>, i: u64) -> Result<u64, SessionError>
     r.report_usage(u, T0)
 }
 
-/// Flash offsets of the data of every counter record in the log, oldest first.
-fn counter_copies(flash: &Flash) -> Vec<(u32, usize)> {
-    let m = flash.as_bytes();
-    let be32 = |a: usize| u32::from_be_bytes(m[a..a + 4].try_into().unwrap());
-    let mut sectors: Vec<(u32, usize)> = (0..SECTORS as usize)
-        .filter(|&i| m[i * SECTOR..i * SECTOR + 4] == *b"SPL1")
-        .map(|i| (be32(i * SECTOR + 4), i))
-        .collect();
-    sectors.sort_unstable();
-    let mut out = Vec::new();
-    for (_, i) in sectors {
-        let mut off = 16;
-        while off + 16 <= SECTOR && m[i * SECTOR + off..i * SECTOR + off + 2] == *b"SR" {
-            let a = i * SECTOR + off;
-            let id = u16::from_be_bytes([m[a + 2], m[a + 3]]);
-            let len = usize::from(u16::from_be_bytes([m[a + 4], m[a + 5]]));
-            if id == RECORD_COUNTER {
-                out.push(((a + 16) as u32, len));
-            }
-            off += 16 + len.div_ceil(4) * 4;
-        }
-    }
-    out
-}
-
 /// A registered device that sent `reports` usage reports, all accepted.
 fn registered(flash: &mut Flash, vendor: &Ingestor<MemoryStore>, reports: u64) -> BTreeSet<u64> {
     let mut outbox = Ob::new();
@@ -131,7 +106,7 @@ fn counter_rollback_on_damaged_flash_skips_the_lost_block() {
     let mut flash = Flash::new();
     // 20 reports: the counter is in its second block, with an older copy in the log
     let mut used = registered(&mut flash, &vendor, 20);
-    let copies = counter_copies(&flash);
+    let copies = counter_copies(flash.as_bytes(), SECTOR);
     assert!(copies.len() >= 2, "an older copy is still in the log");
     let (newest, len) = *copies.last().unwrap();
     flash.decay(newest, len as u32);
@@ -161,7 +136,7 @@ fn counter_rollback_on_damaged_flash_both_copies_damaged_recover_with_a_new_epoc
     let mut flash = Flash::new();
     let used = registered(&mut flash, &vendor, 20);
     let highest = *used.last().unwrap();
-    for (at, len) in counter_copies(&flash) {
+    for (at, len) in counter_copies(flash.as_bytes(), SECTOR) {
         flash.decay(at, len as u32);
     }
 
