@@ -3,7 +3,8 @@
 //! transfers, with the flash torn at the n-th erase or program of each
 //! run. Every envelope that ever reached the outbox is logged (from the
 //! storage writes themselves, torn or not): no (key, nonce) pair may ever
-//! carry two different messages, no key epoch may be agreed twice, and
+//! carry two different messages, no key epoch may be agreed twice, every
+//! envelope must open with its epoch's keys, and
 //! every reboot must find a consistent device. Every 401st boot, every
 //! copy of the counter has decayed while the power was off: the device
 //! recovers (SPEC.md §8.1) and the same checks hold across recoveries.
@@ -225,11 +226,24 @@ fn power_cut_at_every_operation_never_reuses_a_nonce() {
         }
     }
     assert!(eph_by_epoch.values().all(|s| s.len() == 1), "an epoch was agreed twice");
+    // every envelope opens with the keys of its epoch (agreed from the key it
+    // carries, or from the epoch's opener): keys and epoch numbers never part
+    let vendor_keys = vendor();
+    let mut agreed: BTreeMap<(u32, [u8; 32]), spime::seal::SessionKeys> = BTreeMap::new();
+    let mut buf = vec![0u8; message::MAX_SEALED_LEN];
+    for (counter, env) in &by_counter {
+        let e = spime::seal::Envelope::parse(env).unwrap();
+        let h = e.header;
+        let eph = h.ephemeral.expect("no epoch is confirmed here: every message offers its key");
+        let keys =
+            agreed.entry((h.epoch, eph)).or_insert_with(|| vendor_keys.accept_epoch(&h.device, h.epoch, &eph).unwrap());
+        assert!(e.decrypt(keys, &mut buf).is_ok(), "counter {counter}: sealed with other keys than its epoch's");
+    }
     // (key, nonce) = (epoch, counter) pairs are unique per distinct message
     let distinct: BTreeSet<(u32, u64)> = log.iter().map(|(e, c, _, _)| (*e, *c)).collect();
     assert_eq!(distinct.len(), by_counter.len());
     println!(
-        "{REBOOTS} reboots: {} envelopes, {} distinct counters, {} epochs, {recoveries} counter recoveries, {cut_boots} boots cut",
+        "{REBOOTS} reboots: {} envelopes, {} distinct counters, {} epochs, {registrations} registrations, {recoveries} counter recoveries, {cut_boots} boots cut",
         log.len(),
         by_counter.len(),
         eph_by_epoch.len()

@@ -140,6 +140,12 @@ impl Vendor {
 /// Flash offsets and lengths of the data of every counter record in a
 /// `NorStorage` log (SPEC.md §8.6) of `sector`-byte sectors, oldest first.
 pub(crate) fn counter_copies(m: &[u8], sector: usize) -> Vec<(u32, usize)> {
+    record_copies(m, sector, spime::device::storage::RECORD_COUNTER)
+}
+
+/// Flash offsets and lengths of the data of every version of record `record`
+/// in a `NorStorage` log of `sector`-byte sectors, oldest first.
+pub(crate) fn record_copies(m: &[u8], sector: usize, record: u16) -> Vec<(u32, usize)> {
     let be32 = |a: usize| u32::from_be_bytes(m[a..a + 4].try_into().unwrap());
     let mut sectors: Vec<(u32, usize)> = (0..m.len() / sector)
         .filter(|&i| m[i * sector..i * sector + 4] == *b"SPL1")
@@ -165,7 +171,7 @@ pub(crate) fn counter_copies(m: &[u8], sector: usize) -> Vec<(u32, usize)> {
             }
             let id = u16::from_be_bytes([m[a + 2], m[a + 3]]);
             let len = usize::from(u16::from_be_bytes([m[a + 4], m[a + 5]]));
-            if id == spime::device::storage::RECORD_COUNTER {
+            if id == record {
                 out.push((u32::try_from(a + 16).unwrap(), len));
             }
             off += 16 + len.div_ceil(4) * 4;
