@@ -75,6 +75,7 @@ pub mod device;
 pub mod error;
 pub mod message;
 pub mod seal;
+pub mod time;
 #[cfg(feature = "std")]
 pub mod vendor;
 pub mod wire;
