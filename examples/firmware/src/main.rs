@@ -31,7 +31,7 @@ use spime::consent::{
 use spime::device::fault::{FaultEvent, FaultRecorder};
 use spime::device::metrics::{MetricDef, MetricKind, Metrics};
 use spime::device::outbox::{Outbox, record_len};
-use spime::device::session::{Device, Identity, Phase, storage_capacity, storage_records};
+use spime::device::session::{Device, Identity, storage_capacity, storage_records};
 use spime::device::storage::{NorStorage, SimFlash};
 use spime::message::{self, CertificateBody, DeviceCertificate, FirmwareVersion, RebootReason, Severity};
 use spime::seal::{DeviceKey, VendorKeys};
@@ -194,7 +194,7 @@ fn boot(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -
 /// Step 1: register with the owner's first consent.
 #[inline(never)]
 fn register(dev: &mut Dev, rng: &mut ChaCha20Rng, consent: &SignedConsent) -> Result<(), RunError> {
-    let Phase::Unregistered(u) = dev.phase() else { return Err(RunError::Other("not new")) };
+    let Ok(u) = dev.unregistered() else { return Err(RunError::Other("not new")) };
     u.register(rng, consent.clone())?;
     Ok(())
 }
@@ -231,7 +231,7 @@ fn use_the_kettle(metrics: &mut Metrics<4>, faults: &mut FaultRecorder<4>) -> Re
 
 #[inline(never)]
 fn report(dev: &mut Dev, metrics: &mut Metrics<4>, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
-    let Phase::Registered(mut r) = dev.phase() else { return Err(RunError::Other("not registered")) };
+    let Ok(mut r) = dev.registered() else { return Err(RunError::Other("not registered")) };
     r.report_window(Purpose::USAGE_ANALYTICS, metrics.take_window(T0 + 3_600), T0 + 3_600)?;
     r.report_faults(faults, Purpose::DIAGNOSTICS, T0 + 3_600)?;
     Ok(())
@@ -242,7 +242,7 @@ fn report(dev: &mut Dev, metrics: &mut Metrics<4>, faults: &mut FaultRecorder<4>
 #[inline(never)]
 fn withdraw_usage(dev: &mut Dev, metrics: &mut Metrics<4>, consent: &SignedConsent) -> Result<(), RunError> {
     metrics.increment(1, 2)?;
-    let Phase::Registered(mut r) = dev.phase() else { return Err(RunError::Other("not registered")) };
+    let Ok(mut r) = dev.registered() else { return Err(RunError::Other("not registered")) };
     r.report_window(Purpose::USAGE_ANALYTICS, metrics.take_window(T0 + 7_200), T0 + 7_200)?;
     let mut next = consent.state.successor(T0 + 7_300, [7; 32]).map_err(|_| RunError::Other("successor"))?;
     next.withdraw(Purpose::USAGE_ANALYTICS).map_err(|_| RunError::Other("withdraw"))?;
