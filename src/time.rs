@@ -17,16 +17,19 @@ impl core::fmt::Display for Utc {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let days = self.0 / 86_400;
         let secs = self.0 % 86_400;
-        // Howard Hinnant's civil_from_days, for days since 1970-01-01.
-        let z = i128::from(days) + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
+        // Howard Hinnant's civil_from_days, for days since 1970-01-01. Days
+        // are never negative here, so unsigned 64-bit arithmetic suffices
+        // (no 128-bit division on small targets): every intermediate value
+        // stays below 2^49.
+        let z = days + 719_468;
+        let era = z / 146_097;
+        let doe = z % 146_097;
         let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
         let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
         let mp = (5 * doy + 2) / 153;
         let day = doy - (153 * mp + 2) / 5 + 1;
         let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i128::from(month <= 2);
+        let year = yoe + era * 400 + u64::from(month <= 2);
         write!(f, "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", secs / 3_600, secs % 3_600 / 60, secs % 60)
     }
 }
@@ -83,6 +86,9 @@ mod tests {
         assert_eq!(Utc(1_795_435_200).to_string(), "2026-11-23 12:00:00 UTC");
         assert_eq!(Utc(86_399).to_string(), "1970-01-01 23:59:59 UTC");
         // the largest value still formats (no overflow, no panic)
-        assert!(Utc(u64::MAX).to_string().ends_with(" UTC"));
+        assert_eq!(Utc(u64::MAX).to_string(), "584554051223-11-09 07:00:15 UTC");
+        // leap-year rules: 1900 is not a leap year, 2000 is
+        assert_eq!(Utc(951_868_800).to_string(), "2000-03-01 00:00:00 UTC");
+        assert_eq!(Utc(4_107_542_400).to_string(), "2100-03-01 00:00:00 UTC");
     }
 }
