@@ -139,8 +139,9 @@ pub enum SessionError {
     /// device writes (checked by [`Device::boot`]).
     #[error(
         "storage records hold at most {have} bytes, but this device writes records of up to {needed} bytes \
-         (session {SESSION_RECORD_LEN}, consent {consent}, outbox slot {outbox}): \
-         give the storage a record capacity of storage_capacity({outbox}) = {needed}"
+         (session {SESSION_RECORD_LEN}, consent {}, outbox slot {outbox}): \
+         give the storage a record capacity of storage_capacity({outbox}) = {needed}",
+        SignedConsent::MAX_ENCODED_LEN
     )]
     RecordsTooSmall {
         /// the largest record the device writes: [`storage_capacity`] of the outbox slot size
@@ -149,8 +150,6 @@ pub enum SessionError {
         have: usize,
         /// the outbox slot size (`RECORD`)
         outbox: usize,
-        /// the largest consent record
-        consent: usize,
     },
     /// The storage has fewer records than the device uses (checked by
     /// [`Device::boot`]).
@@ -766,8 +765,7 @@ fn check_layout<S: Storage, const N: usize, const RECORD: usize>(storage: &S) ->
     let needed = storage_capacity(RECORD);
     let have = storage.record_capacity();
     if have < needed {
-        let consent = SignedConsent::MAX_ENCODED_LEN;
-        return Err(SessionError::RecordsTooSmall { needed, have, outbox: RECORD, consent });
+        return Err(SessionError::RecordsTooSmall { needed, have, outbox: RECORD });
     }
     let records = storage_records(N);
     let count = storage.record_count();

@@ -49,20 +49,19 @@ pub enum StorageError {
         /// bytes available
         have: usize,
     },
-    /// The flash cannot hold the layout asked of [`NorStorage::new`]; the
-    /// [`Geometry`] says which rule was broken, with the numbers.
-    #[error("flash layout: {0}")]
-    Geometry(Geometry),
     /// A stored record is not what its reader expects (wrong length or
     /// values out of range): written by another firmware, or damaged.
     #[error("stored record {0} is invalid")]
     Invalid(u16),
 }
 
-/// Why a flash cannot hold a [`NorStorage`] layout, with the numbers.
+/// Why a flash cannot hold a [`NorStorage`] layout, with the numbers: the
+/// error of [`NorStorage::new`]. (A type of its own, not a
+/// [`StorageError`] variant, so that every storage result on the device
+/// stays small.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum Geometry {
+pub enum GeometryError {
     /// The flash's read, write or erase size does not suit the store.
     #[error(
         "flash sizes read {read}, write {write}, erase {erase} do not suit NorStorage: \
@@ -93,31 +92,27 @@ pub enum Geometry {
         max: usize,
     },
     /// The records do not fit between the base address and the end of the flash.
+    ///
+    /// Sizes above `u32::MAX` show as `u32::MAX` (the fields are `u32` to
+    /// keep this error, and every result that carries it, small on
+    /// firmware).
     #[error(
         "{records} records of {capacity} bytes take {needed} bytes of flash (2 copies each of {copy} bytes: \
-         header and data rounded up to the erase size) from {base:#x}, but only {available} bytes are left: \
-         use a larger flash region, fewer records or smaller records"
+         header and data rounded up to the erase size), but only {available} bytes are left after the base \
+         address: use a larger flash region, fewer records or smaller records"
     )]
     TooSmall {
         /// records asked for
         records: u16,
-        /// record capacity asked for
-        capacity: usize,
+        /// record capacity asked for (at most 65,535, checked before)
+        capacity: u16,
         /// bytes one copy of a record takes
-        copy: usize,
+        copy: u32,
         /// bytes the layout takes
-        needed: usize,
-        /// the base address given
-        base: u32,
-        /// bytes from `base` to the end of the flash
-        available: usize,
+        needed: u32,
+        /// bytes from the base address to the end of the flash
+        available: u32,
     },
-}
-
-impl From<Geometry> for StorageError {
-    fn from(g: Geometry) -> StorageError {
-        StorageError::Geometry(g)
-    }
 }
 
 /// A record store whose writes are atomic: after a power cut, a record
@@ -275,31 +270,38 @@ impl<F: NorFlash> NorStorage<F> {
     /// Lays out `records` records of at most `capacity` bytes from `base`.
     ///
     /// # Errors
-    /// [`StorageError::Geometry`] when `base` is not erase-aligned
-    /// ([`Geometry::Unaligned`]), the read size does not divide 16 or the
-    /// write size 32 ([`Geometry::Sizes`]), `capacity` exceeds 65,535
-    /// ([`Geometry::RecordTooLarge`]), or the layout exceeds the flash
-    /// ([`Geometry::TooSmall`]); each with the numbers.
-    pub fn new(flash: F, base: u32, records: u16, capacity: usize) -> Result<NorStorage<F>, StorageError> {
+    /// [`GeometryError::Unaligned`] when `base` is not erase-aligned,
+    /// [`GeometryError::Sizes`] when the read size does not divide 16 or the
+    /// write size 32, [`GeometryError::RecordTooLarge`] when `capacity`
+    /// exceeds 65,535, [`GeometryError::TooSmall`] when the layout exceeds
+    /// the flash; each with the numbers.
+    pub fn new(flash: F, base: u32, records: u16, capacity: usize) -> Result<NorStorage<F>, GeometryError> {
         let erase = F::ERASE_SIZE;
         let (read, write) = (F::READ_SIZE, F::WRITE_SIZE);
         if erase == 0 || write == 0 || read == 0 || !STAGE.is_multiple_of(write) || !NOR_HEADER_LEN.is_multiple_of(read)
         {
-            return Err(Geometry::Sizes { read, write, erase }.into());
+            return Err(GeometryError::Sizes { read, write, erase });
         }
         if !(base as usize).is_multiple_of(erase) {
-            return Err(Geometry::Unaligned { base, erase }.into());
+            return Err(GeometryError::Unaligned { base, erase });
         }
         let max = usize::from(u16::MAX);
         if capacity > max {
-            return Err(Geometry::RecordTooLarge { capacity, max }.into());
+            return Err(GeometryError::RecordTooLarge { capacity, max });
         }
         let copy = (NOR_HEADER_LEN + capacity).div_ceil(erase) * erase;
         let needed = copy.saturating_mul(2 * usize::from(records));
         let available = flash.capacity().saturating_sub(base as usize);
         let copy_size = u32::try_from(copy).ok().filter(|_| needed <= available && needed < u32::MAX as usize);
         let Some(copy_size) = copy_size else {
-            return Err(Geometry::TooSmall { records, capacity, copy, needed, base, available }.into());
+            let u32_of = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            return Err(GeometryError::TooSmall {
+                records,
+                capacity: u16::try_from(capacity).unwrap_or(u16::MAX),
+                copy: u32_of(copy),
+                needed: u32_of(needed),
+                available: u32_of(available),
+            });
         };
         Ok(NorStorage { flash, base, records, copy_size, capacity })
     }
@@ -661,20 +663,20 @@ mod tests {
     #[test]
     fn rejections() {
         let e = NorStorage::new(Flash::new(), 10, 1, 10).unwrap_err();
-        assert_eq!(e, StorageError::Geometry(Geometry::Unaligned { base: 10, erase: 256 }));
+        assert_eq!(e, GeometryError::Unaligned { base: 10, erase: 256 });
         assert_eq!(
             e.to_string(),
-            "flash layout: base address 0xa is not a multiple of the erase size 256: start the store on a sector boundary"
+            "base address 0xa is not a multiple of the erase size 256: start the store on a sector boundary"
         );
         let e = NorStorage::new(Flash::new(), 0, 17, 100).unwrap_err();
-        let want = Geometry::TooSmall { records: 17, capacity: 100, copy: 256, needed: 8704, base: 0, available: 8192 };
-        assert_eq!(e, StorageError::Geometry(want));
+        let want = GeometryError::TooSmall { records: 17, capacity: 100, copy: 256, needed: 8704, available: 8192 };
+        assert_eq!(e, want);
         let text = e.to_string();
         assert!(text.contains("17 records of 100 bytes take 8704 bytes") && text.contains("only 8192 bytes"), "{text}");
         let e = NorStorage::new(Flash::new(), 7936, 1, 10).unwrap_err();
-        assert!(matches!(e, StorageError::Geometry(Geometry::TooSmall { available: 256, needed: 512, .. })));
+        assert!(matches!(e, GeometryError::TooSmall { available: 256, needed: 512, .. }));
         let e = NorStorage::new(Flash::new(), 0, 1, 70_000).unwrap_err();
-        assert_eq!(e, StorageError::Geometry(Geometry::RecordTooLarge { capacity: 70_000, max: 65_535 }));
+        assert_eq!(e, GeometryError::RecordTooLarge { capacity: 70_000, max: 65_535 });
         let mut s = NorStorage::new(Flash::new(), 0, 2, 100).unwrap();
         assert_eq!(s.write(2, b"x"), Err(StorageError::NoSuchRecord(2)));
         assert_eq!(s.write(0, &[0; 101]), Err(StorageError::TooLarge { len: 101, max: 100 }));
