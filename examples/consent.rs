@@ -113,7 +113,7 @@ fn verdict(check: Result<(), Denial>) -> String {
 
 fn main() -> Result<(), Box<dyn Error>> {
     let vendor = VendorKeys::from_secrets(&[1; 32], [2; 32]);
-    let device = DeviceKey::from_seed(DeviceId(*b"kettle-000000042"), &[3; 32]);
+    let device = DeviceKey::from_seed(DeviceId(*b"kettle42"), &[3; 32]);
     let owner_app = SigningKey::from_bytes(&[7; 32]);
     let (device_keys, eph) = keys::device_start_epoch_with(&[4; 32], &device.device, 1, &vendor.public())?;
     let vendor_keys = vendor.accept_epoch(&device.device, 1, &eph)?;

@@ -172,6 +172,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     let receipt = vendor.seal_receipt(&device_id)?;
     let receipt = device.open_receipt(&receipt)?;
     println!("  device: {receipt}: it matches what the kettle sent");
+    if device.epoch_confirmed() {
+        println!("  device: the receipt also confirms key epoch {} is open at the vendor", device.epoch());
+    }
 
     // ------------------------------------------------------------ usage
     println!("\n== An hour of use");

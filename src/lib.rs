@@ -18,7 +18,7 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Made at manufacture (fixed bytes here; use a CryptoRng in products).
 //! let vendor = VendorKeys::from_secrets(&[1; 32], [2; 32]);
-//! let device = DeviceKey::from_seed(DeviceId([7; 16]), &[3; 32]);
+//! let device = DeviceKey::from_seed(DeviceId([7; 8]), &[3; 32]);
 //!
 //! // Device: open key epoch 1 and seal a message into a stack buffer.
 //! let (session, ephemeral) = keys::device_start_epoch_with(&[4; 32], &device.device, 1, &vendor.public())?;

@@ -515,7 +515,7 @@ fn decoder_rejects_non_canonical_states() {
     assert!(matches!(reject(&s), DecodeError::OutOfRange(_)));
     let mut s = base.clone();
     s.grants.swap(0, 1);
-    assert_eq!(reject(&s), DecodeError::Unordered("grants"));
+    assert_eq!(reject(&s), DecodeError::Unordered(spime::error::List::Grants));
     let mut s = base.clone();
     s.grants[0].purpose = Purpose::ESSENTIAL;
     assert!(matches!(reject(&s), DecodeError::OutOfRange(_)));
@@ -537,7 +537,7 @@ fn decoder_rejects_non_canonical_states() {
     assert!(matches!(reject(&s), DecodeError::OutOfRange(_)));
     let mut s = base.clone();
     s.contact.muted_topics.push(9).unwrap();
-    assert_eq!(reject(&s), DecodeError::Unordered("muted topics"));
+    assert_eq!(reject(&s), DecodeError::Unordered(spime::error::List::MutedTopics));
     // an unknown category bit (0x80 as a two-byte varint) is refused
     let mut s = ConsentState::essential_only(4, 1_000, [0; 32]);
     s.set_grant(Grant { purpose: Purpose::DIAGNOSTICS, categories: cats(&[DH]), location: NONE, expires_at: None })

@@ -37,15 +37,39 @@ use common::*;
 
 const DST: &[u8] = b"spime/v1 message\0";
 
-fn ref_header(kind: u8, flags: u8, epoch: u32, counter: u64, eph: Option<[u8; 32]>) -> Vec<u8> {
-    let mut h = vec![1u8, kind, flags];
+/// SPEC §4.1: byte 0 = version (3 bits) | ephemeral flag | direction | kind (3 bits).
+fn ref_first(kind: u8, eph: bool) -> u8 {
+    (1 << 5) | if eph { 0x10 } else { 0 } | if kind & 0x80 != 0 { 0x08 } else { 0 } | (kind & 0x07)
+}
+
+/// SPEC §4.1: unsigned LEB128, shortest form.
+fn ref_varint(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let low = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(low);
+            return out;
+        }
+        out.push(low | 0x80);
+    }
+}
+
+/// A header with byte 0 given as is (invalid vectors set odd bits).
+fn ref_header_raw(first: u8, epoch: u32, counter: u64, eph: Option<[u8; 32]>) -> Vec<u8> {
+    let mut h = vec![first];
     h.extend_from_slice(&DEVICE_ID.0);
-    h.extend_from_slice(&epoch.to_be_bytes());
-    h.extend_from_slice(&counter.to_be_bytes());
+    h.extend_from_slice(&ref_varint(u64::from(epoch)));
+    h.extend_from_slice(&ref_varint(counter));
     if let Some(e) = eph {
         h.extend_from_slice(&e);
     }
     h
+}
+
+fn ref_header(kind: u8, epoch: u32, counter: u64, eph: Option<[u8; 32]>) -> Vec<u8> {
+    ref_header_raw(ref_first(kind, eph.is_some()), epoch, counter, eph)
 }
 
 /// SPEC §3: X25519, HKDF-SHA256.
@@ -63,16 +87,21 @@ fn ref_keys(eph_secret: &[u8; 32], epoch: u32) -> ([u8; 32], [u8; 32], [u8; 32])
     (okm[..32].try_into().unwrap(), okm[32..].try_into().unwrap(), eph_pub)
 }
 
+/// SPEC §4.2: the nonce is the direction byte, three zero bytes and the counter (u64 BE).
+fn ref_nonce(vendor_to_device: bool, counter: u64) -> [u8; 12] {
+    let mut nonce = [0u8; 12];
+    nonce[0] = u8::from(vendor_to_device);
+    nonce[4..].copy_from_slice(&counter.to_be_bytes());
+    nonce
+}
+
 /// SPEC §4: sign `DST || header || body`, then encrypt `body || sig` with the header as AAD.
-fn ref_seal(header: &[u8], body: &[u8], signer: &SigningKey, key: &[u8; 32]) -> (Vec<u8>, [u8; 64]) {
+fn ref_seal(header: &[u8], counter: u64, body: &[u8], signer: &SigningKey, key: &[u8; 32]) -> (Vec<u8>, [u8; 64]) {
     let mut signed = DST.to_vec();
     signed.extend_from_slice(header);
     signed.extend_from_slice(body);
     let sig = signer.sign(&signed).to_bytes();
-    let direction = if header[1] & 0x80 == 0 { 0u8 } else { 1u8 };
-    let mut nonce = [0u8; 12];
-    nonce[0] = direction;
-    nonce[4..].copy_from_slice(&header[23..31]);
+    let nonce = ref_nonce(header[0] & 0x08 != 0, counter);
     let mut buf = body.to_vec();
     buf.extend_from_slice(&sig);
     let tag = ChaCha20Poly1305::new(key.into())
@@ -167,16 +196,13 @@ fn build_valid() -> Value {
         let (d2v, v2d, eph_pub, eph_secret) = epoch_keys(s.epoch);
         let dir = s.kind.direction();
         let eph = s.eph_secret.map(|_| eph_pub);
-        let flags = u8::from(eph.is_some());
-        let header = ref_header(s.kind.to_byte(), flags, s.epoch, s.counter, eph);
+        let header = ref_header(s.kind.to_byte(), s.epoch, s.counter, eph);
         let (signer, key) = match dir {
             Direction::DeviceToVendor => (SigningKey::from_bytes(&DEVICE_SEED), d2v),
             Direction::VendorToDevice => (SigningKey::from_bytes(&VENDOR_SIGNING_SEED), v2d),
         };
-        let (sealed, sig) = ref_seal(&header, &s.body, &signer, &key);
-        let mut nonce = [0u8; 12];
-        nonce[0] = dir.nonce_byte();
-        nonce[4..].copy_from_slice(&s.counter.to_be_bytes());
+        let (sealed, sig) = ref_seal(&header, s.counter, &s.body, &signer, &key);
+        let nonce = ref_nonce(dir == Direction::VendorToDevice, s.counter);
         out.push(json!({
             "name": s.name,
             "kind": s.kind.to_byte(),
@@ -305,10 +331,13 @@ fn sealed_of(name: &str) -> Vec<u8> {
 }
 
 /// Seals raw body bytes as the device under epoch 1, with a hand-made header.
-fn dev_seal(kind: u8, flags: u8, counter: u64, eph: Option<[u8; 32]>, body: &[u8]) -> Vec<u8> {
+fn dev_seal(first: u8, counter: u64, eph: Option<[u8; 32]>, body: &[u8]) -> Vec<u8> {
     let (d2v, _, _, _) = epoch_keys(EPOCH);
-    ref_seal(&ref_header(kind, flags, EPOCH, counter, eph), body, &SigningKey::from_bytes(&DEVICE_SEED), &d2v).0
+    ref_seal(&ref_header_raw(first, EPOCH, counter, eph), counter, body, &SigningKey::from_bytes(&DEVICE_SEED), &d2v).0
 }
+
+/// Byte 0 of a Usage (device to vendor, no ephemeral key).
+const USAGE_FIRST: u8 = 0x22;
 
 fn build_invalid() -> Value {
     let (reg_body, usage_body, notice_body, receipt_body) =
@@ -327,7 +356,7 @@ fn build_invalid() -> Value {
         cases.push((name, rule, opener, before, sealed, error));
     };
     let mut v2 = usage.clone();
-    v2[0] = 2;
+    v2[0] = (2 << 5) | (v2[0] & 0x1f);
     add(
         "unsupported_version",
         "the version byte is not 1",
@@ -337,26 +366,26 @@ fn build_invalid() -> Value {
         "Decode(UnsupportedVersion(2))",
     );
     let mut k7 = usage.clone();
-    k7[1] = 7;
-    add("unknown_kind", "kind 0x07 is not defined", "vendor", vec![register.clone()], k7, "Decode(UnknownKind(7))");
+    k7[0] = (k7[0] & 0xf0) | 7;
     add(
-        "reserved_flag",
-        "flag bits other than bit 0 must be zero",
+        "unknown_kind",
+        "kind nibble 0x7 is not defined",
         "vendor",
         vec![register.clone()],
-        dev_seal(0x02, 0x02, 1, None, &usage_body),
-        "Decode(InvalidFlags(2))",
+        k7,
+        "Decode(UnknownKind(7))",
     );
     add(
         "register_without_ephemeral",
         "Register always carries an ephemeral key",
         "vendor",
         vec![],
-        dev_seal(0x01, 0x00, 0, None, &reg_body),
-        "Decode(InvalidFlags(0))",
+        dev_seal(0x21, 0, None, &reg_body),
+        "Decode(InvalidFlags(33))",
     );
     let (receipt_eph, _) = ref_seal(
-        &ref_header(0x81, 1, EPOCH, 5, Some(eph_pub)),
+        &ref_header(0x81, EPOCH, 5, Some(eph_pub)),
+        5,
         &receipt_body,
         &SigningKey::from_bytes(&VENDOR_SIGNING_SEED),
         &v2d,
@@ -367,15 +396,15 @@ fn build_invalid() -> Value {
         "device",
         vec![],
         receipt_eph,
-        "Decode(InvalidFlags(1))",
+        "Decode(InvalidFlags(57))",
     );
     add(
         "truncated",
         "shorter than header + signature + tag",
         "vendor",
         vec![register.clone()],
-        usage[..31 + 79].to_vec(),
-        "Decode(Truncated { needed: 111, have: 110 })",
+        usage[..11 + 79].to_vec(),
+        "Decode(Truncated { needed: 91, have: 90 })",
     );
     add(
         "oversized",
@@ -392,7 +421,7 @@ fn build_invalid() -> Value {
         ),
     );
     let mut hc = usage.clone();
-    hc[30] ^= 2;
+    hc[10] ^= 2; // the one-byte counter varint: 1 becomes 3
     add(
         "header_counter_changed",
         "the header is AEAD associated data",
@@ -402,7 +431,7 @@ fn build_invalid() -> Value {
         "Unauthentic",
     );
     let mut hk = usage.clone();
-    hk[1] = 0x03;
+    hk[0] = (hk[0] & 0xf0) | 0x03;
     add(
         "kind_relabelled",
         "the kind is AEAD associated data and signed",
@@ -429,7 +458,7 @@ fn build_invalid() -> Value {
     tg[last] ^= 0x80;
     add("tag_bit_flipped", "the Poly1305 tag must verify", "vendor", vec![register.clone()], tg, "Unauthentic");
     let other = SigningKey::from_bytes(&[0x66; 32]);
-    let (forged, _) = ref_seal(&ref_header(0x02, 0, EPOCH, 1, None), &usage_body, &other, &d2v);
+    let (forged, _) = ref_seal(&ref_header(0x02, EPOCH, 1, None), 1, &usage_body, &other, &d2v);
     add(
         "signed_by_other_key",
         "the signature must verify under the certified device key",
@@ -445,7 +474,7 @@ fn build_invalid() -> Value {
         "a body is exactly one value",
         "vendor",
         vec![register.clone()],
-        dev_seal(0x02, 0, 1, None, &trailing),
+        dev_seal(USAGE_FIRST, 1, None, &trailing),
         "Decode(TrailingBytes)",
     );
     // usage body starts with purpose = 3; encode it as the two-byte varint 0x83 0x00.
@@ -456,7 +485,7 @@ fn build_invalid() -> Value {
         "every integer uses its shortest varint",
         "vendor",
         vec![register.clone()],
-        dev_seal(0x02, 0, 1, None, &nc),
+        dev_seal(USAGE_FIRST, 1, None, &nc),
         "Decode(NonCanonical)",
     );
     let mut up = vec![0x0a];
@@ -466,7 +495,7 @@ fn build_invalid() -> Value {
         "purpose ids 10..=0x7fff are reserved",
         "vendor",
         vec![register.clone()],
-        dev_seal(0x02, 0, 1, None, &up),
+        dev_seal(USAGE_FIRST, 1, None, &up),
         "Decode(UnknownPurpose(10))",
     );
     add(
@@ -481,7 +510,7 @@ fn build_invalid() -> Value {
         "below_window",
         "a counter 128 or more below the highest accepted is refused",
         "vendor",
-        vec![register.clone(), dev_seal(0x02, 0, 200, None, &usage_body)],
+        vec![register.clone(), dev_seal(USAGE_FIRST, 200, None, &usage_body)],
         usage.clone(),
         "Replay(TooOld { counter: 1, highest: 200 })",
     );
@@ -494,7 +523,8 @@ fn build_invalid() -> Value {
         "vendor",
         vec![],
         ref_seal(
-            &ref_header(0x01, 1, EPOCH, 0, Some(small)),
+            &ref_header(0x01, EPOCH, 0, Some(small)),
+            0,
             &reg_body,
             &SigningKey::from_bytes(&DEVICE_SEED),
             &[0u8; 32],
@@ -508,7 +538,7 @@ fn build_invalid() -> Value {
         "without an ephemeral key only the current epoch is accepted",
         "vendor",
         vec![register.clone()],
-        ref_seal(&ref_header(0x02, 0, 2, 1, None), &usage_body, &SigningKey::from_bytes(&DEVICE_SEED), &d2v_2).0,
+        ref_seal(&ref_header(0x02, 2, 1, None), 1, &usage_body, &SigningKey::from_bytes(&DEVICE_SEED), &d2v_2).0,
         "WrongEpoch { expected: 1, got: 2 }",
     );
     add(
@@ -516,7 +546,7 @@ fn build_invalid() -> Value {
         "the device certificate must verify under the vendor signing key",
         "vendor",
         vec![],
-        dev_seal(0x01, 1, 0, Some(eph_pub), &bad_cert_body),
+        dev_seal(0x31, 0, Some(eph_pub), &bad_cert_body),
         "BadCertificate",
     );
     add(
@@ -536,7 +566,7 @@ fn build_invalid() -> Value {
         "WrongDirection(notice(0x82))",
     );
     let (forged_notice, _) =
-        ref_seal(&ref_header(0x82, 0, EPOCH, 1, None), &notice_body, &SigningKey::from_bytes(&DEVICE_SEED), &v2d);
+        ref_seal(&ref_header(0x82, EPOCH, 1, None), 1, &notice_body, &SigningKey::from_bytes(&DEVICE_SEED), &v2d);
     add(
         "notice_not_signed_by_vendor",
         "vendor messages verify under the vendor signing key",

@@ -28,7 +28,7 @@ struct World {
 
 fn world() -> World {
     let vendor = VendorKeys::from_secrets(&[1; 32], [2; 32]);
-    let id = DeviceId([3; 16]);
+    let id = DeviceId([3; 8]);
     let key = DeviceKey::from_seed(id, &[4; 32]);
     let body = CertificateBody {
         device: id,

@@ -85,6 +85,21 @@ pub enum Denial {
     },
 }
 
+impl Denial {
+    /// The stable numeric code (SPEC.md §10.1): 60 NotGranted, 61 Withdrawn,
+    /// 62 Expired, 63 ReconfirmDue, 64 PrecisionTooFine, 65 UnknownVersion.
+    pub const fn code(&self) -> u16 {
+        match self {
+            Denial::NotGranted { .. } => 60,
+            Denial::Withdrawn { .. } => 61,
+            Denial::Expired { .. } => 62,
+            Denial::ReconfirmDue { .. } => 63,
+            Denial::PrecisionTooFine { .. } => 64,
+            Denial::UnknownVersion { .. } => 65,
+        }
+    }
+}
+
 /// Why the owner may not be contacted now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -140,6 +155,22 @@ pub enum ContactDenial {
         /// the first second after the quiet hours
         until: u64,
     },
+}
+
+impl ContactDenial {
+    /// The stable numeric code (SPEC.md §10.1): 70 NoticeExpired,
+    /// 71 ReconfirmDue, 72 ChannelNotGranted, 73 Muted, 74 FrequencyCap,
+    /// 75 QuietHours.
+    pub const fn code(&self) -> u16 {
+        match self {
+            ContactDenial::NoticeExpired { .. } => 70,
+            ContactDenial::ReconfirmDue { .. } => 71,
+            ContactDenial::ChannelNotGranted { .. } => 72,
+            ContactDenial::Muted { .. } => 73,
+            ContactDenial::FrequencyCap { .. } => 74,
+            ContactDenial::QuietHours { .. } => 75,
+        }
+    }
 }
 
 /// A message body could not be built from a [`Permit`].

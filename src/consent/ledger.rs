@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 use super::{ConsentState, Denial, LocationPrecision, SignedConsent};
 use crate::codec::{self, Bytes64};
-use crate::error::{DecodeError, OpenError};
+use crate::error::{DecodeError, OpenError, Rule};
 use crate::message::{ConsentUpdate, Register, Transfer};
 use crate::seal::Verified;
 use crate::time::{Period, Utc};
@@ -170,7 +170,7 @@ impl Proof {
         match self.header()?.kind {
             Kind::REGISTER => Ok(codec::decode::<Register>(&self.body)?.consent),
             Kind::CONSENT => Ok(codec::decode::<ConsentUpdate>(&self.body)?.consent),
-            _ => Err(DecodeError::OutOfRange("proof does not carry a consent state")),
+            _ => Err(DecodeError::OutOfRange(Rule::ProofWithoutConsent)),
         }
     }
 }
@@ -471,7 +471,7 @@ impl ConsentLedger {
     /// ```
     /// use spime::consent::ledger::ConsentLedger;
     /// use spime::wire::DeviceId;
-    /// let ledger = ConsentLedger::new(DeviceId([7; 16]));
+    /// let ledger = ConsentLedger::new(DeviceId([7; 8]));
     /// assert!(ledger.export().starts_with("Consent history of device 07070707"));
     /// ```
     pub fn export(&self) -> String {

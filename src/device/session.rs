@@ -57,9 +57,9 @@ pub const SENT_CONSENTS: usize = 4;
 /// How many shown notices the device remembers for frequency caps.
 pub const SHOWN_NOTICES: usize = 8;
 /// Length of the session record.
-pub const SESSION_RECORD_LEN: usize = 325;
+pub const SESSION_RECORD_LEN: usize = 358;
 /// The session record's format byte.
-pub const SESSION_FORMAT: u8 = 1;
+pub const SESSION_FORMAT: u8 = 2;
 
 /// The storage record capacity a device needs for an outbox of `RECORD`-byte slots.
 pub const fn storage_capacity(outbox_record: usize) -> usize {
@@ -165,6 +165,14 @@ pub enum SessionError {
         /// outbox slots (`N`)
         slots: usize,
     },
+    /// Messages sealed under the current epoch still wait in the outbox; the
+    /// vendor refuses older epochs once a new one opens, so send them first.
+    #[error("{0} queued messages must be sent before the keys are renewed")]
+    OutboxNotEmpty(usize),
+    /// The vendor already confirmed the registration (a vendor message
+    /// arrived under its epoch): there is nothing to register again.
+    #[error("the registration is confirmed; change consent instead of registering again")]
+    AlreadyConfirmed,
 }
 
 /// What to do about being in the wrong stage, after the message.
@@ -229,6 +237,9 @@ struct SessionState {
     sent: heapless::Vec<SentConsent, SENT_CONSENTS>,
     shown: heapless::Vec<SentNotice, SHOWN_NOTICES>,
     receipted: u32,
+    /// The ephemeral public key of the current epoch while the vendor has
+    /// not confirmed it (SPEC §3.1): every message sealed meanwhile carries it.
+    pending: Option<[u8; 32]>,
 }
 
 impl SessionState {
@@ -241,6 +252,7 @@ impl SessionState {
             sent: heapless::Vec::new(),
             shown: heapless::Vec::new(),
             receipted: 0,
+            pending: None,
         }
     }
 
@@ -272,6 +284,10 @@ impl SessionState {
             put(&mut r, 243 + i * 10, &s.at.to_be_bytes());
         }
         r[321..325].copy_from_slice(&self.receipted.to_be_bytes());
+        if let Some(e) = &self.pending {
+            r[325] = 1;
+            r[326..358].copy_from_slice(e);
+        }
         r
     }
 
@@ -313,7 +329,12 @@ impl SessionState {
             shown.push(SentNotice { purpose, at: u64::from_be_bytes(array(r, at + 2)?) }).ok()?;
         }
         let receipted = u32::from_be_bytes(r[321..325].try_into().ok()?);
-        Some(SessionState { stage, epoch, keys, replay, sent, shown, receipted })
+        let pending = match r[325] {
+            0 => None,
+            1 => Some(array(r, 326)?),
+            _ => return None,
+        };
+        Some(SessionState { stage, epoch, keys, replay, sent, shown, receipted, pending })
     }
 }
 
@@ -347,7 +368,7 @@ fn array<const M: usize>(r: &[u8], at: usize) -> Option<[u8; M]> {
 /// use spime::wire::DeviceId;
 /// const REC: usize = record_len(MAX_SEALED_LEN);
 /// let vendor = VendorKeys::from_secrets(&[1; 32], [2; 32]);
-/// let key = DeviceKey::from_seed(DeviceId([3; 16]), &[4; 32]);
+/// let key = DeviceKey::from_seed(DeviceId([3; 8]), &[4; 32]);
 /// let body = CertificateBody {
 ///     device: key.device, device_key: key.public().to_bytes(), model: "kettle".try_into()?,
 ///     hardware_revision: 1, issued_at: 0,
@@ -539,6 +560,14 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         self.state.epoch
     }
 
+    /// Whether the vendor has confirmed the current epoch: a vendor message
+    /// (Receipt or Notice) sealed under it was opened (SPEC §3.1). Until
+    /// then every message carries the epoch's ephemeral key, so a refused
+    /// opener never strands the device.
+    pub const fn epoch_confirmed(&self) -> bool {
+        self.state.pending.is_none()
+    }
+
     /// The highest consent version the vendor sent a valid receipt for (0: none).
     pub const fn receipted_version(&self) -> u32 {
         self.state.receipted
@@ -591,13 +620,11 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         Ok(())
     }
 
-    /// Seals `body` under the current keys with a fresh counter value and queues it.
-    fn seal_queue<B: Body>(
-        &mut self,
-        body: &B,
-        scope: Scope,
-        ephemeral: Option<[u8; 32]>,
-    ) -> Result<u64, SessionError> {
+    /// Seals `body` under the current keys with a fresh counter value and
+    /// queues it. While the epoch is unconfirmed its ephemeral key goes in
+    /// the header (SPEC §3.1).
+    fn seal_queue<B: Body>(&mut self, body: &B, scope: Scope) -> Result<u64, SessionError> {
+        let ephemeral = self.state.pending;
         let keys = self.state.keys.as_ref().ok_or(SessionError::NoSession)?;
         let counter = self.counter.next_value()?;
         let mut out = [0u8; message::MAX_SEALED_LEN];
@@ -659,8 +686,12 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         Ok((v.decode::<B>()?, h.counter))
     }
 
+    /// Records an authentic vendor message's counter. It was sealed under
+    /// the current epoch, so the vendor holds that epoch: it is confirmed
+    /// and later messages leave the ephemeral key out (SPEC §3.1).
     fn accept_vendor_counter(&mut self, counter: u64) -> Result<(), SessionError> {
         self.state.replay.accept(counter)?;
+        self.state.pending = None;
         self.save_state()
     }
 
@@ -724,24 +755,7 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Unregistered<'d, '
         consent: SignedConsent,
     ) -> Result<Registered<'d, 'o, S, N, RECORD>, SessionError> {
         let dev = self.dev;
-        check_new_consent(dev, &consent)?;
-        // 1. reserve the epoch before anything is sealed under it
-        let epoch = dev.state.epoch.checked_add(1).ok_or(SessionError::EpochExhausted)?;
-        dev.state.epoch = epoch;
-        dev.state.keys = None;
-        dev.save_state()?;
-        // 2. keys, seal, queue
-        let (keys, eph) = keys::device_start_epoch(rng, &dev.id.key.device, epoch, &dev.id.vendor)?;
-        dev.state.keys = Some(keys);
-        let body = Register { certificate: dev.id.certificate.clone(), firmware: dev.id.firmware, consent };
-        let scope = Scope { consent_version: body.consent.state.version, ..dev.control_scope() };
-        dev.seal_queue(&body, scope, Some(eph))?;
-        // 3. the consent, then the session: registered
-        dev.save_consent(&body.consent)?;
-        dev.remember_sent(&body.consent)?;
-        dev.state.stage = Stage::Registered;
-        dev.save_state()?;
-        dev.consent = Some(body.consent);
+        register(dev, rng, consent)?;
         Ok(Registered { dev })
     }
 }
@@ -773,6 +787,36 @@ fn check_layout<S: Storage, const N: usize, const RECORD: usize>(storage: &S) ->
         return Err(SessionError::TooFewRecords { needed: records, have: count, slots: N });
     }
     Ok(())
+}
+
+/// Reserves a new epoch, agrees its keys, seals and queues a Register that
+/// opens it, and stores the consent and the registered stage.
+fn register<S: Storage, const N: usize, const RECORD: usize, R: CryptoRng + ?Sized>(
+    dev: &mut Device<'_, S, N, RECORD>,
+    rng: &mut R,
+    consent: SignedConsent,
+) -> Result<u64, SessionError> {
+    check_new_consent(dev, &consent)?;
+    // 1. reserve the epoch before anything is sealed under it
+    let epoch = dev.state.epoch.checked_add(1).ok_or(SessionError::EpochExhausted)?;
+    dev.state.epoch = epoch;
+    dev.state.keys = None;
+    dev.state.pending = None;
+    dev.save_state()?;
+    // 2. keys, seal, queue; the epoch stays unconfirmed until a vendor message under it
+    let (keys, eph) = keys::device_start_epoch(rng, &dev.id.key.device, epoch, &dev.id.vendor)?;
+    dev.state.keys = Some(keys);
+    dev.state.pending = Some(eph);
+    let body = Register { certificate: dev.id.certificate.clone(), firmware: dev.id.firmware, consent };
+    let scope = Scope { consent_version: body.consent.state.version, ..dev.control_scope() };
+    let counter = dev.seal_queue(&body, scope)?;
+    // 3. the consent, then the session: registered
+    dev.save_consent(&body.consent)?;
+    dev.remember_sent(&body.consent)?;
+    dev.state.stage = Stage::Registered;
+    dev.save_state()?;
+    dev.consent = Some(body.consent);
+    Ok(counter)
 }
 
 /// A new consent state must be canonical, carry a valid owner proof if
@@ -819,7 +863,7 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
     pub fn report_usage(&mut self, usage: Permitted<Usage>, now: u64) -> Result<u64, SessionError> {
         let scope = usage.scope();
         self.state()?.check_scope(&scope, now)?;
-        self.dev.seal_queue(usage.as_body(), scope, None)
+        self.dev.seal_queue(usage.as_body(), scope)
     }
 
     /// Seals and queues a fault report built through a permit, after
@@ -830,7 +874,7 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
     pub fn report_fault(&mut self, fault: Permitted<Fault>, now: u64) -> Result<u64, SessionError> {
         let scope = fault.scope();
         self.state()?.check_scope(&scope, now)?;
-        self.dev.seal_queue(fault.as_body(), scope, None)
+        self.dev.seal_queue(fault.as_body(), scope)
     }
 
     /// Ends a metrics window into a usage report for `purpose`: only the
@@ -905,13 +949,81 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
         let body = ConsentUpdate { consent };
         dev.consent = Some(body.consent.clone());
         let scope = dev.control_scope();
-        let counter = dev.seal_queue(&body, scope, None)?;
+        let counter = dev.seal_queue(&body, scope)?;
         let state = &body.consent.state;
         dev.outbox.purge(&mut dev.counter.store_mut().0, |m| match m.class() {
             Class::Usage | Class::Fault => state.check_scope(&m.scope(), now).is_ok(),
             Class::Lifecycle | Class::Consent => true,
         })?;
         Ok(counter)
+    }
+
+    /// Opens a new key epoch without registering again, for forward secrecy
+    /// over the product's life (on demand, or by the product's own policy:
+    /// age, message count). Reserves epoch `n + 1` first, agrees its keys
+    /// with the vendor's key from a fresh ephemeral key, and returns `n + 1`.
+    /// The next message sealed opens the epoch at the vendor, and every
+    /// message carries the ephemeral key until a vendor message under the
+    /// new epoch confirms it (SPEC §3.1), so a refused opener strands nothing.
+    ///
+    /// # Errors
+    /// [`SessionError::OutboxNotEmpty`] while messages of the current epoch
+    /// wait (send them first: the vendor refuses an older epoch once the new
+    /// one is open); [`SessionError::EpochExhausted`]; key agreement and
+    /// storage errors, after which the device holds no keys
+    /// ([`SessionError::NoSession`] when sealing) until a call succeeds.
+    pub fn renew_keys<R: CryptoRng + ?Sized>(&mut self, rng: &mut R) -> Result<u32, SessionError> {
+        let dev = &mut *self.dev;
+        let waiting = dev.queued().count();
+        if waiting > 0 {
+            return Err(SessionError::OutboxNotEmpty(waiting));
+        }
+        let epoch = dev.state.epoch.checked_add(1).ok_or(SessionError::EpochExhausted)?;
+        // Reserve the number first, without keys (the stored keys are read
+        // back as the stored epoch's): a cut can only skip an epoch, never
+        // agree one twice, and leaves a device that calls this again.
+        dev.state.epoch = epoch;
+        dev.state.keys = None;
+        dev.state.pending = None;
+        dev.save_state()?;
+        let (keys, eph) = keys::device_start_epoch(rng, &dev.id.key.device, epoch, &dev.id.vendor)?;
+        dev.state.keys = Some(keys);
+        dev.state.pending = Some(eph);
+        dev.save_state()?;
+        Ok(epoch)
+    }
+
+    /// Registers again while the vendor has not confirmed the registration
+    /// (SPEC §3.1): the vendor refused the Register (for example a consent
+    /// it would not take) and, holding no relationship, cannot open what
+    /// followed. Opens a new epoch with a new Register carrying the owner's
+    /// `consent` (a higher version than held, like every new state).
+    ///
+    /// ```
+    /// # use spime::device::Device;
+    /// # fn f<S: spime::device::Storage, const N: usize, const R: usize>(
+    /// #     r: &mut spime::device::session::Registered<'_, '_, S, N, R>,
+    /// #     rng: &mut impl rand_core::CryptoRng,
+    /// #     consent: spime::consent::SignedConsent,
+    /// # ) -> Result<(), spime::device::SessionError> {
+    /// if !r.device().epoch_confirmed() {
+    ///     r.register_again(rng, consent)?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`SessionError::AlreadyConfirmed`] once a vendor message arrived
+    /// under the epoch; otherwise as [`Unregistered::register`].
+    pub fn register_again<R: CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        consent: SignedConsent,
+    ) -> Result<u64, SessionError> {
+        if self.dev.epoch_confirmed() {
+            return Err(SessionError::AlreadyConfirmed);
+        }
+        register(self.dev, rng, consent)
     }
 
     /// Seals the consent held again in a Consent message (its version
@@ -926,7 +1038,7 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
         dev.remember_sent(&consent)?;
         dev.save_state()?;
         let scope = dev.control_scope();
-        dev.seal_queue(&ConsentUpdate { consent }, scope, None)
+        dev.seal_queue(&ConsentUpdate { consent }, scope)
     }
 
     /// The owner hands the product on: seals a Transfer, resets consent to
@@ -944,11 +1056,12 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
             None => ConsentState::essential_only(1, now, [0; 32]),
         };
         let scope = dev.control_scope();
-        dev.seal_queue(&Transfer { at: now }, scope, None)?;
+        dev.seal_queue(&Transfer { at: now }, scope)?;
         // The stage first: a cut before the reset consent is stored leaves an
         // unregistered device, which sends no data under any consent.
         dev.state.stage = Stage::Unregistered;
         dev.state.keys = None;
+        dev.state.pending = None;
         dev.state.sent.clear();
         dev.state.shown.clear();
         dev.state.receipted = 0;
@@ -971,7 +1084,7 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
     ) -> Result<Decommissioned<'d, 'o, S, N, RECORD>, SessionError> {
         let dev = self.dev;
         let scope = dev.control_scope();
-        dev.seal_queue(&Decommission { at: now, reason }, scope, None)?;
+        dev.seal_queue(&Decommission { at: now, reason }, scope)?;
         dev.state.stage = Stage::Decommissioned;
         dev.save_state()?;
         Ok(Decommissioned { dev })

@@ -12,7 +12,7 @@ use ed25519_dalek::VerifyingKey;
 use crate::codec;
 use crate::consent::ledger::{ConsentEvent, LedgerEntry, Proof};
 use crate::consent::{ConsentError, OwnerRequirement, SignedConsent};
-use crate::error::{DecodeError, OpenError};
+use crate::error::{DecodeError, OpenError, Rule};
 use crate::message::{
     ConsentUpdate, Decommission, DecommissionReason, Fault, FirmwareVersion, Register, Transfer, Usage, consent_digest,
 };
@@ -104,6 +104,12 @@ pub struct Accepted {
     pub kind: Kind,
     /// What it meant.
     pub event: Event,
+    /// The key epoch this message opened, if it opened one (it carried an
+    /// ephemeral key for an epoch above the device's current one). Answer
+    /// with a vendor message under it (`Ingestor::seal_receipt`) so the
+    /// device learns the epoch is open and stops re-offering its key
+    /// (SPEC §3.1).
+    pub opened_epoch: Option<u32>,
 }
 
 /// In plain words, times as UTC dates: `registered (a new owner,
@@ -133,10 +139,15 @@ impl core::fmt::Display for Event {
     }
 }
 
-/// `device 0707…07, message 3: <the event>`.
+/// `device 0707…07, message 3: <the event>`, then `; it opened key epoch 2`
+/// when it did.
 impl core::fmt::Display for Accepted {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "device {}, message {}: {}", self.device, self.counter, self.event)
+        write!(f, "device {}, message {}: {}", self.device, self.counter, self.event)?;
+        match self.opened_epoch {
+            Some(epoch) => write!(f, "; it opened key epoch {epoch}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -149,7 +160,7 @@ pub type Outcome = Result<Accepted, IngestError>;
 /// ```
 /// use spime::vendor::partition_of;
 /// use spime::wire::DeviceId;
-/// let d = DeviceId([3; 16]);
+/// let d = DeviceId([3; 8]);
 /// assert_eq!(partition_of(&d, 2), partition_of(&d, 2));
 /// assert!(partition_of(&d, 4) < 4);
 /// ```
@@ -618,7 +629,7 @@ impl<S: Store> Ingestor<S> {
                     .consent
                     .state
                     .reset_for_transfer(t.at)
-                    .map_err(|_| DecodeError::OutOfRange("consent version exhausted"))?;
+                    .map_err(|_| DecodeError::OutOfRange(Rule::ConsentVersionExhausted))?;
                 let mut rec = r.clone();
                 ledger = Some((ConsentEvent::ResetOnTransfer, reset.version));
                 rec.lifecycle = Lifecycle::Transferred;
@@ -662,7 +673,9 @@ impl<S: Store> Ingestor<S> {
         }
         let message =
             StoredMessage { device: h.device, counter: h.counter, kind: h.kind.to_byte(), received_at: now, proof };
-        Ok(Done { accepted: Accepted { device: h.device, counter: h.counter, kind: h.kind, event }, ledger, message })
+        let opened_epoch = new_epoch.then_some(h.epoch);
+        let accepted = Accepted { device: h.device, counter: h.counter, kind: h.kind, event, opened_epoch };
+        Ok(Done { accepted, ledger, message })
     }
 
     fn device_key(&self, bytes: &[u8; 32]) -> Result<VerifyingKey, IngestError> {
@@ -722,12 +735,20 @@ mod display_tests {
             registered.to_string(),
             "registered (a new owner, relationship 1), firmware 1.0.0 (build 1), consent version 1"
         );
-        let accepted = Accepted { device: DeviceId([7; 16]), counter: 3, kind: Kind::REGISTER, event: registered };
+        let accepted = Accepted {
+            device: DeviceId([7; 8]),
+            counter: 3,
+            kind: Kind::REGISTER,
+            event: registered,
+            opened_epoch: None,
+        };
         assert_eq!(
             accepted.to_string(),
-            "device 07070707070707070707070707070707, message 3: registered (a new owner, relationship 1), \
+            "device 0707070707070707, message 3: registered (a new owner, relationship 1), \
              firmware 1.0.0 (build 1), consent version 1"
         );
+        let opening = Accepted { opened_epoch: Some(2), ..accepted };
+        assert!(opening.to_string().ends_with("consent version 1; it opened key epoch 2"), "{opening}");
         assert_eq!(
             Event::ConsentChanged { previous: 1, version: 2 }.to_string(),
             "consent changed from version 1 to 2"

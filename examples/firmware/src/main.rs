@@ -41,7 +41,7 @@ use spime::wire::DeviceId;
 const VENDOR_SIGNING_SEED: [u8; 32] = [0x51; 32];
 const VENDOR_KX_SECRET: [u8; 32] = [0x52; 32];
 const DEVICE_SEED: [u8; 32] = [0xD5; 32];
-const DEVICE_ID: DeviceId = DeviceId(*b"spime-test-dev01");
+const DEVICE_ID: DeviceId = DeviceId(*b"spime-01");
 const FIRMWARE: FirmwareVersion = FirmwareVersion { major: 1, minor: 4, patch: 2, build: 77 };
 const MADE_AT: u64 = 1_767_225_600;
 const RNG_SEED: [u8; 32] = [0x42; 32];
