@@ -22,7 +22,7 @@ use rand_core::SeedableRng;
 use spime::consent::{DataCategory, Purpose};
 use spime::device::outbox::{Outbox, record_len};
 use spime::device::session::{
-    COUNTER_BLOCK, DEFAULT_STORAGE_SECTORS, Device, Phase, RECOVERY_ERA, SessionError, storage_capacity,
+    COUNTER_BLOCK, DEFAULT_STORAGE_SECTORS, Device, RECOVERY_ERA, SessionError, StageHandle, storage_capacity,
     storage_records,
 };
 use spime::device::storage::{NorStorage, RECORD_COUNTER, SimFlash, Storage, StorageError};
@@ -69,7 +69,7 @@ fn flush<S: Storage>(
 }
 
 fn report<S: Storage>(dev: &mut Dev<'_, S>, i: u64) -> Result<u64, SessionError> {
-    let Phase::Registered(mut r) = dev.phase() else { panic!("registered") };
+    let StageHandle::Registered(mut r) = dev.handle() else { panic!("registered") };
     let p = r.permit(Purpose::USAGE_ANALYTICS, T0).unwrap();
     let m = Metric { id: 1, category: DataCategory::UsageCounters, value: MetricValue::Counter(i) };
     let u = p.usage(T0 - 60, T0, [m]).unwrap();
@@ -80,7 +80,7 @@ fn report<S: Storage>(dev: &mut Dev<'_, S>, i: u64) -> Result<u64, SessionError>
 fn registered(flash: &mut Flash, vendor: &Ingestor<MemoryStore>, reports: u64) -> BTreeSet<u64> {
     let mut outbox = Ob::new();
     let mut dev = Device::boot(identity(), storage(flash), &mut outbox).unwrap();
-    let Phase::Unregistered(u) = dev.phase() else { panic!("fresh") };
+    let StageHandle::Unregistered(u) = dev.handle() else { panic!("fresh") };
     u.register(&mut rng(), generous_consent(1, T0 - 100)).unwrap();
     let mut used = BTreeSet::new();
     for (c, _, o) in flush(&mut dev, vendor) {
@@ -155,7 +155,7 @@ fn counter_rollback_on_damaged_flash_both_copies_damaged_recover_with_a_new_epoc
     let mut outbox = Ob::new();
     let mut dev = Device::boot(identity(), storage(&mut flash), &mut outbox).unwrap();
     assert!(!dev.counter_lost() && dev.needs_key_renewal());
-    let Phase::Registered(mut r) = dev.phase() else { panic!("still registered") };
+    let StageHandle::Registered(mut r) = dev.handle() else { panic!("still registered") };
     assert_eq!(r.renew_keys(&mut rng()).unwrap(), epoch + 1);
     assert!(!dev.needs_key_renewal());
     // the first message sealed opens the new epoch at the vendor

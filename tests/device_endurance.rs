@@ -28,7 +28,7 @@ use spime::consent::{DataCategory, Purpose};
 use spime::device::metrics::{MetricDef, MetricKind, Metrics};
 use spime::device::outbox::{Outbox, record_len};
 use spime::device::session::{
-    DEFAULT_STORAGE_SECTORS, Device, Phase, storage_capacity, storage_records, storage_sectors,
+    DEFAULT_STORAGE_SECTORS, Device, StageHandle, storage_capacity, storage_records, storage_sectors,
 };
 use spime::device::storage::{NorStorage, SimFlash, SimFlashError};
 use spime::message;
@@ -97,7 +97,7 @@ fn busiest_sector_erases_per_report_and_ack_within_budget() {
     let mut outbox: Outbox<N, REC> = Outbox::new();
     let mut dev = Device::boot(identity(), storage, &mut outbox).unwrap();
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
-    let Phase::Unregistered(u) = dev.phase() else { panic!("fresh") };
+    let StageHandle::Unregistered(u) = dev.handle() else { panic!("fresh") };
     u.register(&mut rng, generous_consent(1, T0)).unwrap();
     // the vendor takes the Register and answers with a receipt, which
     // confirms the epoch: reports then leave the ephemeral key out (SPEC §3.1)
@@ -125,7 +125,7 @@ fn busiest_sector_erases_per_report_and_ack_within_budget() {
             metrics.observe(2, 95 + (i + brew) as i64 % 6).unwrap();
             metrics.observe(3, 40 + ((i * 7 + brew * 13) % 400) as i64).unwrap();
         }
-        let Phase::Registered(mut r) = dev.phase() else { panic!("registered") };
+        let StageHandle::Registered(mut r) = dev.handle() else { panic!("registered") };
         let counter = r.report_window(Purpose::USAGE_ANALYTICS, metrics.take_window(now), now).unwrap().unwrap();
         let e = dev.next_message().unwrap();
         assert_eq!(e.meta.counter, counter);

@@ -26,7 +26,7 @@ use rand_core::SeedableRng;
 use spime::consent::{DataCategory, Purpose};
 use spime::device::fault::{FaultEvent, FaultRecorder};
 use spime::device::outbox::{OUTBOX_HEADER_LEN, Outbox, OutboxError, record_len};
-use spime::device::session::{Device, Phase, SessionError, storage_capacity, storage_records};
+use spime::device::session::{Device, SessionError, StageHandle, storage_capacity, storage_records};
 use spime::device::storage::{NorStorage, RECORD_OUTBOX, SimFlash, Storage, StorageError};
 use spime::message::{self, Metric, MetricValue, RebootReason, Severity};
 use spime::wire::Header;
@@ -127,7 +127,7 @@ fn power_cut_at_every_operation_never_reuses_a_nonce() {
                 }
             }
             if failure.is_none()
-                && let Phase::Registered(mut r) = dev.phase()
+                && let StageHandle::Registered(mut r) = dev.handle()
             {
                 failure = r.renew_keys(&mut rng).err();
             }
@@ -137,8 +137,8 @@ fn power_cut_at_every_operation_never_reuses_a_nonce() {
                 break;
             }
             let held = dev.consent().map_or(0, |c| c.state.version);
-            let result = match dev.phase() {
-                Phase::Unregistered(mut u) => {
+            let result = match dev.handle() {
+                StageHandle::Unregistered(mut u) => {
                     // the link drains the outbox (failed registrations may have queued Registers)
                     let d = u.device();
                     let front = d.next_message().map(|e| e.meta.counter);
@@ -150,7 +150,7 @@ fn power_cut_at_every_operation_never_reuses_a_nonce() {
                         }
                     }
                 }
-                Phase::Registered(mut r) => match (boot + step) % 7 {
+                StageHandle::Registered(mut r) => match (boot + step) % 7 {
                     0 | 1 => match r.permit(Purpose::USAGE_ANALYTICS, now) {
                         Ok(p) => {
                             let m = Metric {
@@ -191,7 +191,7 @@ fn power_cut_at_every_operation_never_reuses_a_nonce() {
                         }
                     }
                 },
-                Phase::Decommissioned(_) => unreachable!("never decommissioned here"),
+                StageHandle::Decommissioned(_) => unreachable!("never decommissioned here"),
             };
             match result {
                 Ok(()) => completed_steps += 1,

@@ -53,9 +53,6 @@ pub enum StorageError {
         /// bytes available
         have: usize,
     },
-    /// The flash geometry cannot hold the layout (alignment, capacity).
-    #[error("flash geometry does not fit the layout")]
-    Geometry,
     /// A stored record is not what its reader expects (wrong length or
     /// values out of range): written by another firmware, or damaged.
     #[error("stored record {0} is invalid")]
@@ -64,6 +61,81 @@ pub enum StorageError {
     /// [`NorStorage`]); the previous version is still in force.
     #[error("the records do not fit the storage region")]
     Full,
+}
+
+/// Why a [`NorStorage`] cannot be opened on a flash, with the numbers: the
+/// error of [`NorStorage::new`]. (A type of its own, not a
+/// [`StorageError`] variant, so that every storage result on the device
+/// stays small.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GeometryError {
+    /// The flash's read, write or erase size does not suit the store.
+    #[error(
+        "flash sizes read {read}, write {write}, erase {erase} do not suit NorStorage: \
+         the read and write sizes must divide 32, and the erase size be a non-zero multiple of 32"
+    )]
+    Sizes {
+        /// `NorFlash::READ_SIZE`
+        read: usize,
+        /// `NorFlash::WRITE_SIZE`
+        write: usize,
+        /// `NorFlash::ERASE_SIZE`
+        erase: usize,
+    },
+    /// The base address is not at the start of an erase sector.
+    #[error("base address {base:#x} is not a multiple of the erase size {erase}: start the store on a sector boundary")]
+    Unaligned {
+        /// the base address given
+        base: u32,
+        /// `NorFlash::ERASE_SIZE`
+        erase: usize,
+    },
+    /// A record of `capacity` bytes, with the sector's header and its own,
+    /// does not fit one erase sector (or exceeds 65,535 bytes).
+    #[error("a record capacity of {capacity} bytes exceeds the most a record holds, {max}: use larger sectors")]
+    RecordTooLarge {
+        /// the capacity asked for
+        capacity: usize,
+        /// the most a record holds on this flash
+        max: usize,
+    },
+    /// Fewer than 2 sectors, or more records than the index holds.
+    #[error(
+        "{sectors} sectors and {records} records: the log needs at least 2 sectors, and indexes at most \
+         {max_records} records (the R parameter)"
+    )]
+    Layout {
+        /// sectors asked for
+        sectors: u16,
+        /// records asked for
+        records: u16,
+        /// the most records the index holds
+        max_records: usize,
+    },
+    /// The sectors do not fit between the base address and the end of the flash.
+    ///
+    /// Sizes above `u32::MAX` show as `u32::MAX` (the fields are `u32` to
+    /// keep this error, and every result that carries it, small on
+    /// firmware).
+    #[error(
+        "{sectors} sectors of {erase} bytes take {needed} bytes of flash, but only {available} bytes are left \
+         after the base address: use a larger flash region or fewer sectors"
+    )]
+    TooSmall {
+        /// sectors asked for
+        sectors: u16,
+        /// `NorFlash::ERASE_SIZE`
+        erase: u32,
+        /// bytes the sectors take
+        needed: u32,
+        /// bytes from the base address to the end of the flash
+        available: u32,
+    },
+    /// The flash failed while the log was read, or while an interrupted
+    /// garbage collection was finished (a power cut: open it again).
+    #[error("the flash failed while the store was opened")]
+    Io,
 }
 
 /// A record store whose writes are atomic: after a power cut, a record
@@ -101,6 +173,21 @@ pub trait Storage {
         let _ = id;
         Ok(0)
     }
+
+    /// The most bytes one record holds (`usize::MAX`, the default, for
+    /// "no fixed limit"). [`crate::device::session::Device::boot`] checks it
+    /// against what the device will write, so a store too small is refused
+    /// at boot rather than at the first write that does not fit.
+    fn record_capacity(&self) -> usize {
+        usize::MAX
+    }
+
+    /// How many records the store has: ids `0..record_count()` (`u16::MAX`,
+    /// the default, for "no fixed limit"). Checked at boot as
+    /// [`Storage::record_capacity`] is.
+    fn record_count(&self) -> u16 {
+        u16::MAX
+    }
 }
 
 impl<S: Storage + ?Sized> Storage for &mut S {
@@ -115,6 +202,12 @@ impl<S: Storage + ?Sized> Storage for &mut S {
     }
     fn lost(&mut self, id: u16) -> Result<u8, StorageError> {
         (**self).lost(id)
+    }
+    fn record_capacity(&self) -> usize {
+        (**self).record_capacity()
+    }
+    fn record_count(&self) -> u16 {
+        (**self).record_count()
     }
 }
 
@@ -396,14 +489,32 @@ mod tests {
 
     #[test]
     fn rejections() {
-        let g = |r: Result<Nor, StorageError>| r.unwrap_err();
-        assert_eq!(g(NorStorage::new(Flash::new(), 10, 2, 4, 10)), StorageError::Geometry);
-        assert_eq!(g(NorStorage::new(Flash::new(), 0, 1, 4, 10)), StorageError::Geometry);
-        assert_eq!(g(NorStorage::new(Flash::new(), 0, 5, 4, 10)), StorageError::Geometry);
-        assert_eq!(g(NorStorage::new(Flash::new(), 0, 2, 17, 10)), StorageError::Geometry);
-        assert_eq!(g(NorStorage::new(Flash::new(), 0, 2, 4, 1024 - 31)), StorageError::Geometry);
+        let e = NorStorage::new(Flash::new(), 10, 2, 4, 10).unwrap_err();
+        assert_eq!(e, GeometryError::Unaligned { base: 10, erase: 1024 });
+        assert_eq!(
+            e.to_string(),
+            "base address 0xa is not a multiple of the erase size 1024: start the store on a sector boundary"
+        );
+        let e = NorStorage::new(Flash::new(), 0, 1, 4, 10).unwrap_err();
+        assert_eq!(e, GeometryError::Layout { sectors: 1, records: 4, max_records: 16 });
+        assert!(e.to_string().contains("at least 2 sectors"), "{e}");
+        assert_eq!(
+            NorStorage::new(Flash::new(), 0, 2, 17, 10).unwrap_err(),
+            GeometryError::Layout { sectors: 2, records: 17, max_records: 16 }
+        );
+        let e = NorStorage::new(Flash::new(), 0, 5, 4, 10).unwrap_err();
+        assert_eq!(e, GeometryError::TooSmall { sectors: 5, erase: 1024, needed: 5120, available: 4096 });
+        assert!(e.to_string().contains("5 sectors of 1024 bytes take 5120 bytes"), "{e}");
+        let e = NorStorage::new(Flash::new(), 0, 2, 4, 1024 - 31).unwrap_err();
+        assert_eq!(e, GeometryError::RecordTooLarge { capacity: 993, max: 992 });
+        assert_eq!(
+            NorStorage::new(Flash::new(), 0, 2, 4, 70_000).unwrap_err(),
+            GeometryError::RecordTooLarge { capacity: 70_000, max: 992 }
+        );
         assert!(NorStorage::new(Flash::new(), 0, 2, 4, 1024 - 32).is_ok());
         let mut s = nor(Flash::new());
+        assert_eq!(s.record_capacity(), 200);
+        assert_eq!(s.record_count(), 6);
         assert_eq!(s.write(6, b"x"), Err(StorageError::NoSuchRecord(6)));
         assert_eq!(s.remove(6), Err(StorageError::NoSuchRecord(6)));
         assert_eq!(s.lost(6), Err(StorageError::NoSuchRecord(6)));

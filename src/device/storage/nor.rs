@@ -4,7 +4,7 @@
 
 use embedded_storage::nor_flash::NorFlash;
 
-use super::{Storage, StorageError, crc32};
+use super::{GeometryError, Storage, StorageError, crc32};
 
 /// Magic of a sector header: `"SPL1"`.
 pub const SECTOR_MAGIC: [u8; 4] = *b"SPL1";
@@ -140,7 +140,7 @@ impl<F: NorFlash> NorStorage<F> {
     ///
     /// # Errors
     /// As [`NorStorage::open`].
-    pub fn new(flash: F, base: u32, sectors: u16, records: u16, capacity: usize) -> Result<Self, StorageError> {
+    pub fn new(flash: F, base: u32, sectors: u16, records: u16, capacity: usize) -> Result<Self, GeometryError> {
         Self::open(flash, base, sectors, records, capacity)
     }
 }
@@ -151,48 +151,59 @@ impl<F: NorFlash, const R: usize> NorStorage<F, R> {
     /// garbage collection a power cut interrupted.
     ///
     /// # Errors
-    /// [`StorageError::Geometry`] when `base` is not erase-aligned, fewer
-    /// than 2 sectors are given, `records` exceeds `R`, the erase size is
-    /// not a multiple of 32, the read or write size does not divide 32, a
-    /// record of `capacity` bytes does not fit a sector, or the region
-    /// exceeds the flash; [`StorageError::Io`] when the flash fails.
-    pub fn open(flash: F, base: u32, sectors: u16, records: u16, capacity: usize) -> Result<Self, StorageError> {
-        let erase = F::ERASE_SIZE;
-        let unit = F::WRITE_SIZE.max(F::READ_SIZE).max(4);
+    /// [`GeometryError::Sizes`] unless the read and write sizes divide 32
+    /// and the erase size is a non-zero multiple of 32;
+    /// [`GeometryError::Unaligned`] when `base` is not erase-aligned;
+    /// [`GeometryError::Layout`] for fewer than 2 sectors or more than `R`
+    /// records; [`GeometryError::RecordTooLarge`] when a record of
+    /// `capacity` bytes does not fit a sector; [`GeometryError::TooSmall`]
+    /// when the sectors exceed the flash; [`GeometryError::Io`] when the
+    /// flash fails (a cut while an interrupted collection was finished).
+    pub fn open(flash: F, base: u32, sectors: u16, records: u16, capacity: usize) -> Result<Self, GeometryError> {
+        let (read, write, erase) = (F::READ_SIZE, F::WRITE_SIZE, F::ERASE_SIZE);
+        let unit = write.max(read).max(4);
+        if erase == 0 || write == 0 || read == 0 || !erase.is_multiple_of(STAGE) || !STAGE.is_multiple_of(unit) {
+            return Err(GeometryError::Sizes { read, write, erase });
+        }
+        if !(base as usize).is_multiple_of(erase) {
+            return Err(GeometryError::Unaligned { base, erase });
+        }
+        if sectors < 2 || usize::from(records) > R {
+            return Err(GeometryError::Layout { sectors, records, max_records: R });
+        }
         let hslot = NOR_HEADER_LEN.div_ceil(unit) * unit;
-        if erase == 0
-            || !erase.is_multiple_of(STAGE)
-            || !STAGE.is_multiple_of(unit)
-            || !(base as usize).is_multiple_of(erase)
-            || sectors < 2
-            || usize::from(records) > R
-            || capacity > usize::from(u16::MAX)
-            || 2 * hslot + capacity.div_ceil(unit) * unit > erase
-        {
-            return Err(StorageError::Geometry);
+        let max = (erase.saturating_sub(2 * hslot) / unit * unit).min(usize::from(u16::MAX));
+        if capacity > max {
+            return Err(GeometryError::RecordTooLarge { capacity, max });
         }
-        let total = erase.checked_mul(usize::from(sectors)).ok_or(StorageError::Geometry)?;
-        let end = (base as usize).checked_add(total).ok_or(StorageError::Geometry)?;
-        if end > flash.capacity() || u32::try_from(end).is_err() {
-            return Err(StorageError::Geometry);
+        let u32_of = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let needed = erase.saturating_mul(usize::from(sectors));
+        let available = flash.capacity().saturating_sub(base as usize);
+        let end = (base as usize).saturating_add(needed);
+        if needed > available || u32::try_from(end).is_err() {
+            return Err(GeometryError::TooSmall {
+                sectors,
+                erase: u32_of(erase),
+                needed: u32_of(needed),
+                available: u32_of(available),
+            });
         }
-        let g = |v: usize| u32::try_from(v).map_err(|_| StorageError::Geometry);
         let mut s = NorStorage {
             flash,
             base,
             sectors,
             records,
             capacity,
-            unit: g(unit)?,
-            hslot: g(hslot)?,
-            sector_size: g(erase)?,
+            unit: u32_of(unit),
+            hslot: u32_of(hslot),
+            sector_size: u32_of(erase),
             head: None,
             index: [NONE; R],
             lost: [0; R],
             broken: false,
         };
-        s.load()?;
-        s.repair()?;
+        s.load().map_err(|_| GeometryError::Io)?;
+        s.repair().map_err(|_| GeometryError::Io)?;
         Ok(s)
     }
 
@@ -234,9 +245,9 @@ impl<F: NorFlash, const R: usize> NorStorage<F, R> {
         let mut a = addr;
         for piece in out.chunks_mut(STAGE) {
             let n = piece.len().div_ceil(F::READ_SIZE) * F::READ_SIZE;
-            let s = stage.get_mut(..n).ok_or(StorageError::Geometry)?;
+            let s = stage.get_mut(..n).ok_or(StorageError::Io)?;
             self.flash.read(a, s).map_err(io)?;
-            piece.copy_from_slice(s.get(..piece.len()).ok_or(StorageError::Geometry)?);
+            piece.copy_from_slice(s.get(..piece.len()).ok_or(StorageError::Io)?);
             a += STAGE_U32;
         }
         Ok(())
@@ -249,7 +260,7 @@ impl<F: NorFlash, const R: usize> NorStorage<F, R> {
         let end = addr + len;
         while a < end {
             let n = (end - a).min(STAGE_U32);
-            let s = stage.get_mut(..n as usize).ok_or(StorageError::Geometry)?;
+            let s = stage.get_mut(..n as usize).ok_or(StorageError::Io)?;
             self.read_at(a, s)?;
             if s.iter().any(|&b| b != 0xFF) {
                 return Ok(false);
@@ -287,7 +298,7 @@ impl<F: NorFlash, const R: usize> NorStorage<F, R> {
         let crc = crc32(0, &h[..12]);
         h[12..16].copy_from_slice(&crc.to_be_bytes());
         let n = self.hslot as usize;
-        self.flash.write(a, h.get(..n).ok_or(StorageError::Geometry)?).map_err(io)?;
+        self.flash.write(a, h.get(..n).ok_or(StorageError::Io)?).map_err(io)?;
         self.head = Some(Head { sector: i, seq, off: self.hslot });
         Ok(())
     }
@@ -333,7 +344,7 @@ impl<F: NorFlash, const R: usize> NorStorage<F, R> {
         let len = u32::from(hdr.len);
         while done < len {
             let n = (len - done).min(STAGE_U32);
-            let s = stage.get_mut(..n as usize).ok_or(StorageError::Geometry)?;
+            let s = stage.get_mut(..n as usize).ok_or(StorageError::Io)?;
             self.read_at(addr + self.hslot + done, s)?;
             crc = crc32(crc, s);
             done += n;
@@ -557,33 +568,31 @@ impl<F: NorFlash, const R: usize> NorStorage<F, R> {
         if small {
             // A small record goes in one program operation: header and data.
             let at = self.hslot as usize;
-            let t = h.get_mut(at..at + len as usize).ok_or(StorageError::Geometry)?;
+            let t = h.get_mut(at..at + len as usize).ok_or(StorageError::Io)?;
             match data {
-                Source::Ram(d) => t.copy_from_slice(d.get(..len as usize).ok_or(StorageError::Geometry)?),
+                Source::Ram(d) => t.copy_from_slice(d.get(..len as usize).ok_or(StorageError::Io)?),
                 Source::Flash(from) => self.read_at(from, t)?,
             }
             self.flash
-                .write(addr, h.get(..(self.hslot + self.round(len)) as usize).ok_or(StorageError::Geometry)?)
+                .write(addr, h.get(..(self.hslot + self.round(len)) as usize).ok_or(StorageError::Io)?)
                 .map_err(io)?;
         } else {
-            self.flash.write(addr, h.get(..self.hslot as usize).ok_or(StorageError::Geometry)?).map_err(io)?;
+            self.flash.write(addr, h.get(..self.hslot as usize).ok_or(StorageError::Io)?).map_err(io)?;
         }
         let mut done = if small { len } else { 0 };
         let mut stage = [0xFFu8; STAGE];
         while done < len {
             let n = (len - done).min(STAGE_U32);
-            let s = stage.get_mut(..n as usize).ok_or(StorageError::Geometry)?;
+            let s = stage.get_mut(..n as usize).ok_or(StorageError::Io)?;
             match data {
-                Source::Ram(d) => {
-                    s.copy_from_slice(d.get(done as usize..(done + n) as usize).ok_or(StorageError::Geometry)?)
-                }
+                Source::Ram(d) => s.copy_from_slice(d.get(done as usize..(done + n) as usize).ok_or(StorageError::Io)?),
                 Source::Flash(from) => self.read_at(from + done, s)?,
             }
             let w = self.round(n) as usize;
             if let Some(pad) = stage.get_mut(n as usize..w) {
                 pad.fill(0xFF);
             }
-            self.flash.write(addr + self.hslot + done, stage.get(..w).ok_or(StorageError::Geometry)?).map_err(io)?;
+            self.flash.write(addr + self.hslot + done, stage.get(..w).ok_or(StorageError::Io)?).map_err(io)?;
             done += n;
         }
         let x = usize::from(hdr.id);
@@ -671,6 +680,14 @@ impl<F: NorFlash, const R: usize> Storage for NorStorage<F, R> {
             return Ok(());
         }
         self.put(id, &[], FLAG_REMOVED)
+    }
+
+    fn record_capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn record_count(&self) -> u16 {
+        self.records
     }
 
     fn lost(&mut self, id: u16) -> Result<u8, StorageError> {
