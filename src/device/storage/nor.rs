@@ -564,36 +564,28 @@ impl<F: NorFlash, const R: usize> NorStorage<F, R> {
         h[8..12].copy_from_slice(&hdr.crc.to_be_bytes());
         let crc = crc32(crc32(0, &addr.to_be_bytes()), &h[..12]);
         h[12..16].copy_from_slice(&crc.to_be_bytes());
-        let small = self.hslot + self.round(len) <= STAGE_U32;
-        if small {
-            // A small record goes in one program operation: header and data.
-            let at = self.hslot as usize;
-            let t = h.get_mut(at..at + len as usize).ok_or(StorageError::Io)?;
-            match data {
-                Source::Ram(d) => t.copy_from_slice(d.get(..len as usize).ok_or(StorageError::Io)?),
-                Source::Flash(from) => self.read_at(from, t)?,
-            }
-            self.flash
-                .write(addr, h.get(..(self.hslot + self.round(len)) as usize).ok_or(StorageError::Io)?)
-                .map_err(io)?;
-        } else {
-            self.flash.write(addr, h.get(..self.hslot as usize).ok_or(StorageError::Io)?).map_err(io)?;
-        }
-        let mut done = if small { len } else { 0 };
-        let mut stage = [0xFFu8; STAGE];
-        while done < len {
-            let n = (len - done).min(STAGE_U32);
-            let s = stage.get_mut(..n as usize).ok_or(StorageError::Io)?;
+        // Header and data go out as one stream of 32-byte program operations,
+        // the header in the first: a record of up to 32 − H data bytes is
+        // programmed in one operation.
+        let mut stage = h;
+        let mut pos = 0u32;
+        let mut done = 0u32;
+        loop {
+            let start = if pos == 0 { self.hslot } else { 0 };
+            let n = (len - done).min(STAGE_U32 - start);
+            let s = stage.get_mut(start as usize..(start + n) as usize).ok_or(StorageError::Io)?;
             match data {
                 Source::Ram(d) => s.copy_from_slice(d.get(done as usize..(done + n) as usize).ok_or(StorageError::Io)?),
                 Source::Flash(from) => self.read_at(from + done, s)?,
             }
-            let w = self.round(n) as usize;
-            if let Some(pad) = stage.get_mut(n as usize..w) {
-                pad.fill(0xFF);
-            }
-            self.flash.write(addr + self.hslot + done, stage.get(..w).ok_or(StorageError::Io)?).map_err(io)?;
+            let w = self.round(start + n) as usize;
+            self.flash.write(addr + pos, stage.get(..w).ok_or(StorageError::Io)?).map_err(io)?;
             done += n;
+            pos += STAGE_U32;
+            if done >= len {
+                break;
+            }
+            stage = [0xFF; STAGE];
         }
         let x = usize::from(hdr.id);
         if let (Some(ix), Some(l)) = (self.index.get_mut(x), self.lost.get_mut(x)) {
