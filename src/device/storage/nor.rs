@@ -60,8 +60,9 @@ enum Slot {
 /// in RAM (`5 * R` bytes).
 ///
 /// - **Atomic writes.** A record's header (with its own CRC) is programmed
-///   first, then its data (with a CRC in the header): a cut leaves a
-///   version whose CRC fails, and the previous version stays in force.
+///   first, in the same operation as its first data bytes, then the rest of
+///   its data (with a CRC in the header): a cut leaves a version whose CRC
+///   fails, and the previous version stays in force.
 /// - **Wear.** Sectors are filled in ring order, and a sector is erased
 ///   only when the log comes round to it again: every sector is erased
 ///   once per turn of the ring.
