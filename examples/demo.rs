@@ -544,7 +544,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The vendor reaches out where it may.
         let devices = vendor.store().devices()?;
         let mut try_notice = |dev: &DeviceRecord, n: &Notice, at: u64| {
-            let label = format!("{:?}", n.kind);
+            let label = n.kind.to_string();
             match vendor.seal_notice(&dev.device, n, at) {
                 Ok(sealed) => {
                     outbox.lock().unwrap().entry(dev.device).or_default().push(sealed);

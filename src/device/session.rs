@@ -5,8 +5,11 @@
 //! [`Device`] holds the identity, counter, keys and consent, and borrows
 //! the outbox (the one large buffer, which the firmware keeps in a
 //! `static`);
-//! [`Device::phase`] hands out a small typestate handle for what the
-//! product may do now: an [`Unregistered`] handle can only register, a
+//! [`Device::registered`], [`Device::unregistered`] and
+//! [`Device::decommissioned`] hand out a small typestate handle for what
+//! the product may do in that [`Stage`] (or say which stage it is in), and
+//! [`Device::handle`] the one for the current stage, to `match` on: an
+//! [`Unregistered`] handle can only register, a
 //! [`Registered`] one reports, changes consent, transfers and
 //! decommissions, a [`Decommissioned`] one can only flush its outbox.
 //!
@@ -50,6 +53,9 @@ use crate::wire::{DeviceId, Direction};
 
 /// How many counter values one storage write reserves.
 pub const COUNTER_BLOCK: u64 = 16;
+/// After a lost counter, [`Device::recover`] restarts it at
+/// `(epoch + 1) × RECOVERY_ERA` (2^40).
+pub const RECOVERY_ERA: u64 = 1 << 40;
 /// How many sent consent states the device remembers to check receipts.
 pub const SENT_CONSENTS: usize = 4;
 /// How many shown notices the device remembers for frequency caps.
@@ -75,6 +81,47 @@ pub const fn storage_capacity(outbox_record: usize) -> usize {
 /// The number of storage records a device with `n` outbox slots uses.
 pub const fn storage_records(n: usize) -> usize {
     crate::device::storage::RECORD_OUTBOX as usize + n
+}
+
+/// The documented default storage layout (docs/firmware.md, "Endurance"):
+/// this many log sectors of 4 KiB (24 KiB) for a device with 4 outbox
+/// slots of the largest message, one more than
+/// [`storage_sectors`] requires. The busiest sector then takes about 0.010
+/// erases per usage report and its ack (`tests/device_endurance.rs`).
+pub const DEFAULT_STORAGE_SECTORS: u16 = 6;
+
+/// Bytes a record of `len` bytes takes in the NOR log, for any program unit
+/// up to 32 bytes (header and data each rounded up to 32).
+const fn log_footprint(len: usize) -> usize {
+    32 + len.div_ceil(32) * 32
+}
+
+/// The fewest sectors of `erase` bytes a [`crate::device::storage::NorStorage`]
+/// needs for a device with `n` outbox slots of `outbox_record` bytes:
+/// `2 + ceil((L + M) / (P − M))`, where `L` is the most live data (counter,
+/// session, consent and `n` slots, each with its header), `M` the largest
+/// record and `P` a sector less its header (docs/firmware.md, "Endurance").
+/// `usize::MAX` when the largest record does not fit a sector. More sectors
+/// than this spread the wear further.
+///
+/// ```
+/// use spime::device::outbox::record_len;
+/// use spime::device::session::storage_sectors;
+/// use spime::message::MAX_SEALED_LEN;
+/// assert_eq!(storage_sectors(4, record_len(MAX_SEALED_LEN), 4096), 5);
+/// assert_eq!(storage_sectors(4, record_len(MAX_SEALED_LEN), 1024), usize::MAX);
+/// ```
+pub const fn storage_sectors(n: usize, outbox_record: usize, erase: usize) -> usize {
+    let live = log_footprint(8)
+        + log_footprint(SESSION_RECORD_LEN)
+        + log_footprint(SignedConsent::MAX_ENCODED_LEN)
+        + n * log_footprint(outbox_record);
+    let largest = log_footprint(storage_capacity(outbox_record));
+    let payload = erase.saturating_sub(32);
+    if payload <= largest {
+        return usize::MAX;
+    }
+    2 + (live + largest).div_ceil(payload - largest)
 }
 
 /// A device session operation failed.
@@ -126,6 +173,46 @@ pub enum SessionError {
     /// The key epoch space is used up.
     #[error("key epochs exhausted")]
     EpochExhausted,
+    /// What was asked needs the device in another stage (from
+    /// [`Device::registered`], [`Device::unregistered`],
+    /// [`Device::decommissioned`]).
+    #[error("the device is {actual}, but this needs it {expected}{}", stage_hint(*.expected, *.actual))]
+    WrongStage {
+        /// the stage needed
+        expected: Stage,
+        /// the stage the device is in
+        actual: Stage,
+    },
+    /// The storage's records are smaller than the largest record the
+    /// device writes (checked by [`Device::boot`]).
+    #[error(
+        "storage records hold at most {have} bytes, but this device writes records of up to {needed} bytes \
+         (session {SESSION_RECORD_LEN}, consent {}, outbox slot {outbox}): \
+         give the storage a record capacity of storage_capacity({outbox}) = {needed}",
+        SignedConsent::MAX_ENCODED_LEN
+    )]
+    RecordsTooSmall {
+        /// the largest record the device writes: [`storage_capacity`] of the outbox slot size
+        needed: usize,
+        /// the storage's record capacity
+        have: usize,
+        /// the outbox slot size (`RECORD`)
+        outbox: usize,
+    },
+    /// The storage has fewer records than the device uses (checked by
+    /// [`Device::boot`]).
+    #[error(
+        "storage has {have} records, but a device with {slots} outbox slots uses {needed} \
+         (ids 0..{needed}): give the storage storage_records({slots}) = {needed} records"
+    )]
+    TooFewRecords {
+        /// records the device uses: [`storage_records`] of the outbox slots
+        needed: usize,
+        /// records the storage has
+        have: u16,
+        /// outbox slots (`N`)
+        slots: usize,
+    },
     /// Messages sealed under the current epoch still wait in the outbox; the
     /// vendor refuses older epochs once a new one opens, so send them first.
     #[error("{0} queued messages must be sent before the keys are renewed")]
@@ -134,6 +221,15 @@ pub enum SessionError {
     /// arrived under its epoch): there is nothing to register again.
     #[error("the registration is confirmed; change consent instead of registering again")]
     AlreadyConfirmed,
+}
+
+/// What to do about being in the wrong stage, after the message.
+const fn stage_hint(expected: Stage, actual: Stage) -> &'static str {
+    match (expected, actual) {
+        (Stage::Registered, Stage::Unregistered) => ": register it first",
+        (_, Stage::Decommissioned) => ": it is out of service for good",
+        _ => "",
+    }
 }
 
 impl From<ReplayError> for SessionError {
@@ -155,8 +251,10 @@ pub struct Identity {
     pub vendor: VendorPublicKeys,
 }
 
-/// Where the device is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where the device is in its life: plain data, from [`Device::stage`].
+/// To act on the device in a stage, take its handle:
+/// [`Device::registered`] (and the like) or [`Device::handle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
     /// Not registered (new, or after a change of owner).
     Unregistered,
@@ -164,6 +262,16 @@ pub enum Stage {
     Registered,
     /// Out of service: nothing more is sealed.
     Decommissioned,
+}
+
+impl core::fmt::Display for Stage {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Stage::Unregistered => "unregistered",
+            Stage::Registered => "registered",
+            Stage::Decommissioned => "decommissioned",
+        })
+    }
 }
 
 /// The persisted session state (record [`RECORD_SESSION`]).
@@ -352,8 +460,8 @@ fn array<const M: usize>(r: &[u8], at: usize) -> Option<[u8; M]> {
 /// let certificate = DeviceCertificate::issue(body, vendor.signing())?;
 /// let firmware = FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 };
 /// let id = Identity { key, certificate, firmware, vendor: vendor.public() };
-/// let flash: SimFlash<{ 64 * 1024 }, 256> = SimFlash::new();
-/// let storage = NorStorage::new(flash, 0, storage_records(4) as u16, storage_capacity(REC))?;
+/// let flash: SimFlash<{ 6 * 4096 }, 4096> = SimFlash::new();
+/// let storage = NorStorage::new(flash, 0, 6, storage_records(4) as u16, storage_capacity(REC))?;
 /// let mut outbox: Outbox<4, REC> = Outbox::new();
 /// let device = Device::boot(id, storage, &mut outbox)?;
 /// assert_eq!(device.stage(), Stage::Unregistered);
@@ -368,9 +476,11 @@ pub struct Device<'o, S: Storage, const N: usize, const RECORD: usize> {
     outbox: &'o mut Outbox<N, RECORD>,
 }
 
-/// A handle on a device in a given stage; see [`Device::phase`].
+/// The handle for what a device may do in its current [`Stage`], from
+/// [`Device::handle`]; to ask for one stage, use [`Device::registered`],
+/// [`Device::unregistered`] or [`Device::decommissioned`].
 #[derive(Debug)]
-pub enum Phase<'d, 'o, S: Storage, const N: usize, const RECORD: usize> {
+pub enum StageHandle<'d, 'o, S: Storage, const N: usize, const RECORD: usize> {
     /// It must register first.
     Unregistered(Unregistered<'d, 'o, S, N, RECORD>),
     /// It is registered.
@@ -378,6 +488,10 @@ pub enum Phase<'d, 'o, S: Storage, const N: usize, const RECORD: usize> {
     /// It is out of service.
     Decommissioned(Decommissioned<'d, 'o, S, N, RECORD>),
 }
+
+/// The former name of [`StageHandle`].
+#[deprecated(since = "0.1.0", note = "renamed to `StageHandle` (it is easily confused with `Stage`)")]
+pub type Phase<'d, 'o, S, const N: usize, const RECORD: usize> = StageHandle<'d, 'o, S, N, RECORD>;
 
 /// A device that is not registered: it can only register.
 #[derive(Debug)]
@@ -417,17 +531,25 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     /// unregistered device).
     ///
     /// # Errors
-    /// [`SessionError::Storage`] or [`SessionError::Counter`] when storage
-    /// fails; [`StorageError::Invalid`] for a session or consent record
-    /// that does not decode.
+    /// [`SessionError::RecordsTooSmall`] or [`SessionError::TooFewRecords`]
+    /// when the storage cannot hold what the device will write (see
+    /// [`storage_capacity`] and [`storage_records`]), before anything is
+    /// read or written; [`SessionError::Storage`] or
+    /// [`SessionError::Counter`] when storage fails;
+    /// [`StorageError::Invalid`] for a session or consent record that does
+    /// not decode.
     #[inline(never)]
     pub fn boot(id: Identity, storage: S, outbox: &'o mut Outbox<N, RECORD>) -> Result<Self, SessionError> {
+        check_layout::<S, N, RECORD>(&storage)?;
         let counter = Counter::open(CounterRecord(storage), COUNTER_BLOCK)?;
         let mut dev = Device { id, counter, state: SessionState::new(), consent: None, outbox };
         dev.load_session()?;
         dev.load_consent()?;
         let storage = &mut dev.counter.store_mut().0;
         dev.outbox.reload(storage)?;
+        // The counter first: it is checked against the highest counter queued,
+        // which the purge below may remove.
+        dev.check_counter()?;
         // A purge interrupted by a failed write (or a power cut) is finished
         // now: nothing the consent held denies stays queued.
         let consent = dev.consent.as_ref().map(|c| &c.state);
@@ -436,6 +558,72 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
             Class::Usage | Class::Fault => consent.is_some_and(|c| c.check_scope(&m.scope(), 0).is_ok()),
         })?;
         Ok(dev)
+    }
+
+    /// Cross-checks the counter with what was sealed (SPEC.md §8.1): a
+    /// counter never stored while keys are held or messages are queued was
+    /// lost; a queued message at or above it means the store fell back
+    /// to an old copy unnoticed, so the counter moves past that block.
+    fn check_counter(&mut self) -> Result<(), SessionError> {
+        if self.counter.is_lost() {
+            return Ok(());
+        }
+        let highest = self.outbox.highest_counter();
+        if self.counter.peek() == 0 && (self.state.keys.is_some() || highest.is_some()) {
+            self.counter.mark_lost();
+            return Ok(());
+        }
+        if let Some(c) = highest {
+            let floor = c.checked_add(1 + COUNTER_BLOCK).ok_or(CounterError::Exhausted)?;
+            if c >= self.counter.peek() {
+                self.counter.raise(floor)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the device is registered but holds no session keys (after
+    /// [`Device::recover`], or a cut during [`Registered::renew_keys`]): it
+    /// must open a new epoch with [`Registered::renew_keys`] before it seals
+    /// again.
+    pub const fn needs_key_renewal(&self) -> bool {
+        matches!(self.state.stage, Stage::Registered) && self.state.keys.is_none()
+    }
+
+    /// Whether the message counter was lost to storage damage (no intact
+    /// copy survives although values were used): nothing can be sealed
+    /// until [`Device::recover`].
+    pub const fn counter_lost(&self) -> bool {
+        self.counter.is_lost()
+    }
+
+    /// Recovers from a lost counter (SPEC.md §8.1): drops the session keys
+    /// and moves the counter to `(epoch + 1) × 2^40` (above any value used,
+    /// as no epoch sees 2^40 messages) or past the queued messages. A
+    /// registered device then sends what is queued (sealed before, under
+    /// the old epoch) and opens a new epoch with [`Registered::renew_keys`]
+    /// before it seals again; an unregistered one opens it when it
+    /// registers. The vendor accepts both: the counter only moves forward,
+    /// and a new epoch opened with the registered key is key renewal (§3.1,
+    /// §9.2). Does nothing when the counter is not lost.
+    ///
+    /// # Errors
+    /// Storage errors (run it again after a reboot: it is idempotent);
+    /// [`CounterError::Exhausted`] past epoch 2^24.
+    pub fn recover(&mut self) -> Result<(), SessionError> {
+        if !self.counter.is_lost() {
+            return Ok(());
+        }
+        // The keys go first: a cut after this leaves a lost counter and no keys.
+        if self.state.keys.is_some() || self.state.pending.is_some() {
+            self.state.keys = None;
+            self.state.pending = None;
+            self.save_state()?;
+        }
+        let era = (u64::from(self.state.epoch) + 1).checked_mul(RECOVERY_ERA).ok_or(CounterError::Exhausted)?;
+        let queued = self.outbox.highest_counter().map_or(0, |c| c.saturating_add(1));
+        self.counter.restart(era.max(queued))?;
+        Ok(())
     }
 
     // Loading is split into out-of-line steps so their buffers do not
@@ -459,12 +647,56 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         Ok(())
     }
 
-    /// The typestate handle for the device's current stage.
-    pub fn phase(&mut self) -> Phase<'_, 'o, S, N, RECORD> {
+    /// The handle for what the device may do in its current stage, to
+    /// `match` on.
+    pub fn handle(&mut self) -> StageHandle<'_, 'o, S, N, RECORD> {
         match self.state.stage {
-            Stage::Unregistered => Phase::Unregistered(Unregistered { dev: self }),
-            Stage::Registered => Phase::Registered(Registered { dev: self }),
-            Stage::Decommissioned => Phase::Decommissioned(Decommissioned { dev: self }),
+            Stage::Unregistered => StageHandle::Unregistered(Unregistered { dev: self }),
+            Stage::Registered => StageHandle::Registered(Registered { dev: self }),
+            Stage::Decommissioned => StageHandle::Decommissioned(Decommissioned { dev: self }),
+        }
+    }
+
+    /// The former name of [`Device::handle`].
+    #[deprecated(since = "0.1.0", note = "renamed to `handle`; or use `registered()`, `unregistered()`")]
+    pub fn phase(&mut self) -> StageHandle<'_, 'o, S, N, RECORD> {
+        self.handle()
+    }
+
+    /// The registered device's handle: reports, consent changes, transfer,
+    /// decommissioning.
+    ///
+    /// # Errors
+    /// [`SessionError::WrongStage`] when the device is unregistered or
+    /// decommissioned, naming the stage it is in.
+    pub fn registered(&mut self) -> Result<Registered<'_, 'o, S, N, RECORD>, SessionError> {
+        match self.handle() {
+            StageHandle::Registered(r) => Ok(r),
+            other => Err(wrong(Stage::Registered, &other)),
+        }
+    }
+
+    /// The unregistered device's handle: it can register.
+    ///
+    /// # Errors
+    /// [`SessionError::WrongStage`] when the device is registered or
+    /// decommissioned, naming the stage it is in.
+    pub fn unregistered(&mut self) -> Result<Unregistered<'_, 'o, S, N, RECORD>, SessionError> {
+        match self.handle() {
+            StageHandle::Unregistered(u) => Ok(u),
+            other => Err(wrong(Stage::Unregistered, &other)),
+        }
+    }
+
+    /// The decommissioned device's handle.
+    ///
+    /// # Errors
+    /// [`SessionError::WrongStage`] when the device is still in service,
+    /// naming the stage it is in.
+    pub fn decommissioned(&mut self) -> Result<Decommissioned<'_, 'o, S, N, RECORD>, SessionError> {
+        match self.handle() {
+            StageHandle::Decommissioned(d) => Ok(d),
+            other => Err(wrong(Stage::Decommissioned, &other)),
         }
     }
 
@@ -707,6 +939,35 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Unregistered<'d, '
         register(dev, rng, consent)?;
         Ok(Registered { dev })
     }
+}
+
+/// The [`SessionError::WrongStage`] for a handle of another stage.
+fn wrong<S: Storage, const N: usize, const RECORD: usize>(
+    expected: Stage,
+    got: &StageHandle<'_, '_, S, N, RECORD>,
+) -> SessionError {
+    let actual = match got {
+        StageHandle::Unregistered(_) => Stage::Unregistered,
+        StageHandle::Registered(_) => Stage::Registered,
+        StageHandle::Decommissioned(_) => Stage::Decommissioned,
+    };
+    SessionError::WrongStage { expected, actual }
+}
+
+/// Checks that `storage` holds every record a device with `N` outbox slots
+/// of `RECORD` bytes writes.
+fn check_layout<S: Storage, const N: usize, const RECORD: usize>(storage: &S) -> Result<(), SessionError> {
+    let needed = storage_capacity(RECORD);
+    let have = storage.record_capacity();
+    if have < needed {
+        return Err(SessionError::RecordsTooSmall { needed, have, outbox: RECORD });
+    }
+    let records = storage_records(N);
+    let count = storage.record_count();
+    if usize::from(count) < records {
+        return Err(SessionError::TooFewRecords { needed: records, have: count, slots: N });
+    }
+    Ok(())
 }
 
 /// Reserves a new epoch, agrees its keys, seals and queues a Register that

@@ -13,8 +13,10 @@
 //! ```
 
 mod certificate;
+mod display;
 
 pub use certificate::{CERTIFICATE_DST, CLOCK_SKEW, CertificateBody, DeviceCertificate, Validity};
+pub use display::Readable;
 
 use serde::{Deserialize, Serialize};
 

@@ -182,7 +182,7 @@ pub enum SendError {
     #[error("device is decommissioned")]
     Decommissioned,
     /// The owner's contact preferences forbid this notice now; it is held back.
-    #[error("held back: {0}")]
+    #[error("the owner's contact preferences forbid this notice now: {0}")]
     Refused(ContactDenial),
     /// The device was handed on and its next owner has not registered: it
     /// holds no keys of the new relationship, and the previous owner's
