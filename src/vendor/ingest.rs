@@ -666,13 +666,12 @@ impl<S: Store> Ingestor<S> {
 }
 
 fn snapshot<T: Transaction>(tx: &mut T, devices: &HashSet<DeviceId>) -> Result<Snapshot, StoreError> {
-    let mut snap = HashMap::with_capacity(devices.len());
-    for d in devices {
-        let rec = tx.device(d)?;
-        let win = tx.window(d)?;
-        snap.insert(*d, (rec, win));
+    let ids: Vec<DeviceId> = devices.iter().copied().collect();
+    let loaded = tx.load_devices(&ids)?;
+    if loaded.len() != ids.len() {
+        return Err(StoreError::Corrupt("load_devices"));
     }
-    Ok(snap)
+    Ok(ids.into_iter().zip(loaded).collect())
 }
 
 fn commit<T: Transaction>(mut tx: T, results: &[PartResult]) -> Result<(), StoreError> {

@@ -687,6 +687,40 @@ impl DataErasure for PgTxn<'_> {
 }
 
 impl Transaction for PgTxn<'_> {
+    /// One query for the whole batch's devices (a left join of `devices`
+    /// and `replay_windows` on the ids), remembering each version read.
+    fn load_devices(&mut self, devices: &[DeviceId]) -> Result<Vec<(Option<DeviceRecord>, ReplayWindow)>, StoreError> {
+        let ids: Vec<&[u8]> = devices.iter().map(|d| d.0.as_slice()).collect();
+        let rows = self.conn()?.query(
+            "SELECT dv.record, dv.version, w.highest, w.seen
+             FROM unnest($1::bytea[]) WITH ORDINALITY AS u(d, i)
+             LEFT JOIN devices dv ON dv.device = u.d
+             LEFT JOIN replay_windows w ON w.device = u.d
+             ORDER BY u.i",
+            &[&ids],
+        )?;
+        if rows.len() != devices.len() {
+            return Err(StoreError::Corrupt("devices"));
+        }
+        let mut out = Vec::with_capacity(devices.len());
+        for (d, r) in devices.iter().zip(&rows) {
+            let stored: Option<DeviceRecord> =
+                r.get::<_, Option<&[u8]>>(0).map(|b| decode(b, "devices")).transpose()?;
+            self.observed.entry(*d).or_insert(r.get::<_, Option<i64>>(1));
+            let window = match (r.get::<_, Option<i64>>(2), r.get::<_, Option<&[u8]>>(3)) {
+                (Some(h), Some(seen)) => {
+                    let seen: [u8; 16] = seen.try_into().map_err(|_| StoreError::Corrupt("replay_windows"))?;
+                    ReplayWindow::from_parts(unord(h), u128::from_be_bytes(seen))
+                }
+                _ => ReplayWindow::new(),
+            };
+            // This transaction's own writes win over what is stored.
+            let record = self.records.get(d).cloned().or(stored);
+            out.push((record, self.windows.get(d).copied().unwrap_or(window)));
+        }
+        Ok(out)
+    }
+
     fn commit(mut self) -> Result<(), StoreError> {
         self.flush()?;
         let mut c = self.conn.take().ok_or(StoreError::Backend("transaction already ended".into()))?;

@@ -420,6 +420,17 @@ pub trait Transaction:
     /// # Errors
     /// A [`StoreError`]; then nothing of the transaction is kept.
     fn commit(self) -> Result<(), StoreError>;
+
+    /// The record and replay window of each of `devices`, in order: what
+    /// the pipeline reads before it judges a batch. The default asks
+    /// [`DeviceRegistry::device`] and [`ReplayWindows::window`] for each; a
+    /// store with round trips to a server answers in one.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the backend fails.
+    fn load_devices(&mut self, devices: &[DeviceId]) -> Result<Vec<(Option<DeviceRecord>, ReplayWindow)>, StoreError> {
+        devices.iter().map(|d| Ok((self.device(d)?, self.window(d)?))).collect()
+    }
 }
 
 /// A store: a source of transactions, plus reads of the committed state
