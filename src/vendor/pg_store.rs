@@ -240,10 +240,10 @@ impl PgStore {
     }
 
     fn take(&self) -> Result<Conn, StoreError> {
-        if let Some(c) = self.pool.lock().unwrap_or_else(PoisonError::into_inner).pop() {
-            if !c.client.is_closed() {
-                return Ok(c);
-            }
+        if let Some(c) = self.pool.lock().unwrap_or_else(PoisonError::into_inner).pop()
+            && !c.client.is_closed()
+        {
+            return Ok(c);
         }
         let client = self.config.connect(NoTls).map_err(backend)?;
         Ok(Conn { client, statements: HashMap::new() })
@@ -447,25 +447,33 @@ impl PgTxn<'_> {
             )?;
         }
         if !ledger.is_empty() {
-            let mut cols: (Vec<Vec<u8>>, Vec<i64>, Vec<i16>, Vec<i64>, Vec<i64>) = Default::default();
-            let mut blobs: (Vec<&[u8]>, Vec<&[u8]>, Vec<&[u8]>, Vec<&[u8]>, Vec<&[u8]>) = Default::default();
+            let mut dev = Vec::with_capacity(ledger.len());
+            let mut seq = Vec::with_capacity(ledger.len());
+            let mut event = Vec::with_capacity(ledger.len());
+            let mut at = Vec::with_capacity(ledger.len());
+            let mut version = Vec::with_capacity(ledger.len());
+            let mut header: Vec<&[u8]> = Vec::with_capacity(ledger.len());
+            let mut body: Vec<&[u8]> = Vec::with_capacity(ledger.len());
+            let mut sig: Vec<&[u8]> = Vec::with_capacity(ledger.len());
+            let mut prev: Vec<&[u8]> = Vec::with_capacity(ledger.len());
+            let mut hash: Vec<&[u8]> = Vec::with_capacity(ledger.len());
             for (d, e) in &ledger {
-                cols.0.push(d.0.to_vec());
-                cols.1.push(time(e.seq)?);
-                cols.2.push(i16::from(e.event.code()));
-                cols.3.push(time(e.at)?);
-                cols.4.push(i64::from(e.version));
-                blobs.0.push(&e.proof.header);
-                blobs.1.push(&e.proof.body);
-                blobs.2.push(&e.proof.signature.0);
-                blobs.3.push(&e.prev_hash);
-                blobs.4.push(&e.hash);
+                dev.push(d.0.to_vec());
+                seq.push(time(e.seq)?);
+                event.push(i16::from(e.event.code()));
+                at.push(time(e.at)?);
+                version.push(i64::from(e.version));
+                header.push(&e.proof.header);
+                body.push(&e.proof.body);
+                sig.push(&e.proof.signature.0);
+                prev.push(&e.prev_hash);
+                hash.push(&e.hash);
             }
             c.execute(
                 "INSERT INTO consent_ledger (device, seq, event, at, version, header, body, signature, prev_hash, hash)
                  SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::smallint[], $4::bigint[], $5::bigint[],
                                       $6::bytea[], $7::bytea[], $8::bytea[], $9::bytea[], $10::bytea[])",
-                &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &blobs.0, &blobs.1, &blobs.2, &blobs.3, &blobs.4],
+                &[&dev, &seq, &event, &at, &version, &header, &body, &sig, &prev, &hash],
             )?;
         }
         if !messages.is_empty() {

@@ -16,10 +16,10 @@
 //! tests print why and pass; with `CI=true` they fail instead.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use core::sync::atomic::{AtomicU32, Ordering};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 pub struct Server {
     /// Connection to the maintenance database.
@@ -129,6 +129,7 @@ fn start() -> Result<Server, String> {
 }
 
 /// Stops the server and removes its directory once this process has exited.
+#[allow(clippy::zombie_processes)] // the watcher outlives this process by design
 fn watch(bin: &Path, dir: &Path, data: &Path, root: bool) {
     let pg_ctl = bin.join("pg_ctl");
     let stop = if root {
