@@ -44,8 +44,7 @@ fn fixture() -> Fixture {
     let grants = [(Purpose::USAGE_ANALYTICS, CategorySet::EMPTY.with(DataCategory::UsageCounters))];
     let mut fleet: Vec<SimDevice> = (0..DEVICES)
         .map(|i| {
-            let mut id = [0u8; 16];
-            id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            let id = (i as u64).to_be_bytes();
             let mut seed = [7u8; 32];
             seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
             SimDevice::new(DeviceId(id), seed, &vendor_keys()).unwrap()

@@ -465,9 +465,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let mut groups: Vec<Vec<Client>> = (0..CLIENT_THREADS).map(|_| Vec::new()).collect();
     for i in 0..FLEET {
-        let mut id = [0u8; 16];
+        let mut id = [0u8; 8];
         id[0] = i + 1;
-        id[15] = 0xd0;
+        id[7] = 0xd0;
         let sock = UdpSocket::bind("127.0.0.1:0")?;
         sock.connect(server_addr)?;
         sock.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -503,7 +503,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // An unregistered device (not in the vendor's registry) tries to report.
-    let mut stranger = SimDevice::new(DeviceId([0xee; 16]), [0xee; 32], &device_keys)?;
+    let mut stranger = SimDevice::new(DeviceId([0xee; 8]), [0xee; 32], &device_keys)?;
     let stranger_sock = UdpSocket::bind("127.0.0.1:0")?;
     stranger_sock.connect(server_addr)?;
     stranger_sock.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -535,7 +535,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The vendor reaches out where it may.
         let devices = vendor.store().devices()?;
         let mut try_notice = |dev: &DeviceRecord, n: &Notice, at: u64| {
-            let label = format!("{:?}", n.kind);
+            let label = n.kind.to_string();
             match vendor.seal_notice(&dev.device, n, at) {
                 Ok(sealed) => {
                     outbox.lock().unwrap().entry(dev.device).or_default().push(sealed);

@@ -200,3 +200,121 @@ impl<'de> Deserialize<'de> for Bytes64 {
 pub const fn varint_max(bits: usize) -> usize {
     bits.div_ceil(7)
 }
+
+/// Length prefixes read as `u32` varints on every platform (SPEC §5.1).
+///
+/// postcard reads a sequence or string length as a `usize` varint: at most
+/// 5 bytes on a 32-bit microcontroller but 10 on a 64-bit server, so an
+/// over-long length prefix was `Malformed` on the device and `NonCanonical`
+/// on the vendor. Every bounded list and string of the protocol goes
+/// through these `#[serde(with = …)]` helpers instead: for a binary format
+/// the length is a `u32` (at most 5 bytes everywhere; for every value the
+/// same bytes as postcard's own prefix), followed by the elements as a
+/// tuple. Human-readable formats (the JSON of the vectors) see an ordinary
+/// list or string.
+pub mod length {
+    use core::fmt;
+    use core::marker::PhantomData;
+
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::ser::{self, SerializeTuple};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// `heapless::Vec<T, N>` with a `u32` length prefix.
+    pub mod vec {
+        use super::*;
+
+        /// Serializes the length as a `u32`, then the elements.
+        ///
+        /// # Errors
+        /// The serializer's, or a length above `u32::MAX`.
+        pub fn serialize<S: Serializer, T: Serialize, const N: usize>(
+            v: &heapless::Vec<T, N>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            if s.is_human_readable() {
+                return v.serialize(s);
+            }
+            let len = u32::try_from(v.len()).map_err(ser::Error::custom)?;
+            let mut t = s.serialize_tuple(v.len().saturating_add(1))?;
+            t.serialize_element(&len)?;
+            for e in v {
+                t.serialize_element(e)?;
+            }
+            t.end()
+        }
+
+        /// Reads a `u32` length (refusing one above `N`), then the elements.
+        ///
+        /// # Errors
+        /// The deserializer's, or a length above the capacity.
+        pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>, const N: usize>(
+            d: D,
+        ) -> Result<heapless::Vec<T, N>, D::Error> {
+            if d.is_human_readable() {
+                return heapless::Vec::deserialize(d);
+            }
+            d.deserialize_tuple(N.saturating_add(1), VecVisitor::<T, N>(PhantomData))
+        }
+
+        struct VecVisitor<T, const N: usize>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for VecVisitor<T, N> {
+            type Value = heapless::Vec<T, N>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a u32 length of at most {N}, then the elements")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let len: u32 = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let len = usize::try_from(len).map_err(de::Error::custom)?;
+                if len > N {
+                    return Err(de::Error::invalid_length(len, &self));
+                }
+                let mut out = heapless::Vec::new();
+                for i in 0..len {
+                    let e = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(i, &self))?;
+                    out.push(e).map_err(|_| de::Error::invalid_length(len, &self))?;
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// `heapless::String<N>` with a `u32` byte-length prefix.
+    pub mod string {
+        use super::*;
+
+        /// Serializes the byte length as a `u32`, then the bytes.
+        ///
+        /// # Errors
+        /// The serializer's, or a length above `u32::MAX`.
+        pub fn serialize<S: Serializer, const N: usize>(v: &heapless::String<N>, s: S) -> Result<S::Ok, S::Error> {
+            if s.is_human_readable() {
+                return v.serialize(s);
+            }
+            let len = u32::try_from(v.len()).map_err(ser::Error::custom)?;
+            let mut t = s.serialize_tuple(v.len().saturating_add(1))?;
+            t.serialize_element(&len)?;
+            for b in v.as_bytes() {
+                t.serialize_element(b)?;
+            }
+            t.end()
+        }
+
+        /// Reads a `u32` byte length (refusing one above `N`), the bytes,
+        /// and checks they are UTF-8.
+        ///
+        /// # Errors
+        /// The deserializer's, a length above the capacity, or invalid UTF-8.
+        pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<heapless::String<N>, D::Error> {
+            if d.is_human_readable() {
+                return heapless::String::deserialize(d);
+            }
+            let bytes: heapless::Vec<u8, N> = super::vec::deserialize(d)?;
+            let s = core::str::from_utf8(&bytes).map_err(de::Error::custom)?;
+            let mut out = heapless::String::new();
+            out.push_str(s).map_err(|_| de::Error::custom("string over capacity"))?;
+            Ok(out)
+        }
+    }
+}

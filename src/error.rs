@@ -8,6 +8,12 @@
 //! - [`SealError`]: sealing could not be done (buffer, counter, key misuse).
 //! - [`ReplayError`]: a counter was seen before or fell out of the window.
 //! - [`CounterError`]: the persistent counter could not be reserved.
+//!
+//! Every error has a stable numeric code (`code()`), the contract for
+//! implementations in other languages (SPEC.md §10.1): Rust `Debug` and
+//! `Display` renderings are for people and may change. Codes 1–19 are
+//! decoding, 20–39 opening, 40–59 the vendor pipeline, 60–79 consent
+//! decisions, 80–89 chunks, 90–99 receipts on the device.
 
 use crate::wire::Kind;
 
@@ -54,21 +60,160 @@ pub enum DecodeError {
     /// A purpose id in the reserved range.
     #[error("unknown purpose {0}")]
     UnknownPurpose(u16),
-    /// A data category or channel bit that is not defined.
+    /// A data category or channel bit that is not defined. Only the
+    /// constructors of the sets return it ([`crate::consent::CategorySet::from_bits`]);
+    /// a decoder reports an undefined bit in a received set as [`DecodeError::Malformed`].
     #[error("unknown bits 0x{0:x} in a set")]
     UnknownBits(u16),
     /// A list that must be strictly ordered (and so free of duplicates) is not.
     #[error("list not in strictly ascending order: {0}")]
-    Unordered(&'static str),
+    Unordered(List),
     /// A field's value is outside its documented range.
     #[error("value out of range: {0}")]
-    OutOfRange(&'static str),
+    OutOfRange(Rule),
     /// The output buffer is too small for the encoding.
     #[error("output buffer of {have} bytes is too small")]
     BufferTooSmall {
         /// bytes available
         have: usize,
     },
+}
+
+impl DecodeError {
+    /// The stable numeric code (SPEC.md §10.1).
+    ///
+    /// ```
+    /// use spime::error::{DecodeError, Rule};
+    /// assert_eq!(DecodeError::Truncated { needed: 91, have: 90 }.code(), 1);
+    /// assert_eq!(DecodeError::OutOfRange(Rule::FaultOccurrences).code(), 12);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            DecodeError::Truncated { .. } => 1,
+            DecodeError::Oversized { .. } => 2,
+            DecodeError::TrailingBytes => 3,
+            DecodeError::NonCanonical => 4,
+            DecodeError::Malformed => 5,
+            DecodeError::UnsupportedVersion(_) => 6,
+            DecodeError::UnknownKind(_) => 7,
+            DecodeError::InvalidFlags(_) => 8,
+            DecodeError::UnknownPurpose(_) => 9,
+            DecodeError::UnknownBits(_) => 10,
+            DecodeError::Unordered(_) => 11,
+            DecodeError::OutOfRange(_) => 12,
+            DecodeError::BufferTooSmall { .. } => 13,
+        }
+    }
+
+    /// The error's detail as one number, for a table or another language:
+    /// the [`Rule`] or [`List`] code, the version, kind nibble, byte 0,
+    /// purpose or bits; 0 where there is none.
+    pub const fn detail(&self) -> u32 {
+        match self {
+            DecodeError::Unordered(l) => *l as u32,
+            DecodeError::OutOfRange(r) => *r as u32,
+            DecodeError::UnsupportedVersion(b) | DecodeError::UnknownKind(b) | DecodeError::InvalidFlags(b) => {
+                *b as u32
+            }
+            DecodeError::UnknownPurpose(p) | DecodeError::UnknownBits(p) => *p as u32,
+            _ => 0,
+        }
+    }
+}
+
+/// Which list is out of order ([`DecodeError::Unordered`]); the value is its
+/// stable code (SPEC.md §10.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum List {
+    /// `Usage.metrics`, by metric id.
+    Metrics = 1,
+    /// `ConsentState.grants`, by purpose.
+    Grants = 2,
+    /// `ContactPrefs.grants`, by purpose.
+    ContactGrants = 3,
+    /// `ContactPrefs.caps`, by purpose.
+    FrequencyCaps = 4,
+    /// `ContactPrefs.muted_topics`.
+    MutedTopics = 5,
+}
+
+impl core::fmt::Display for List {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            List::Metrics => "metrics",
+            List::Grants => "grants",
+            List::ContactGrants => "contact grants",
+            List::FrequencyCaps => "frequency caps",
+            List::MutedTopics => "muted topics",
+        })
+    }
+}
+
+/// Which range rule a value breaks ([`DecodeError::OutOfRange`]); the value
+/// is its stable code (SPEC.md §10.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Rule {
+    /// Usage: `window_end < window_start`.
+    UsageWindow = 1,
+    /// Usage: a Location value without the Location category, or the reverse.
+    LocationCategory = 2,
+    /// Usage: a Location value of precision None.
+    LocationPrecisionNone = 3,
+    /// Fault: `occurrences` is 0.
+    FaultOccurrences = 4,
+    /// Fault: `last_seen < first_seen`.
+    FaultSeen = 5,
+    /// Notice: `expires_at < issued_at`.
+    NoticeExpiry = 6,
+    /// Consent rule 1: `reconfirm_by` not after `issued_at`, or more than
+    /// `MAX_RECONFIRM` after it.
+    ReconfirmWindow = 7,
+    /// Consent rule 3: a grant with no categories.
+    GrantWithoutCategories = 8,
+    /// Consent rule 4: a grant for Essential.
+    GrantForEssential = 9,
+    /// Consent rule 5: Location granted without a precision, or the reverse.
+    GrantLocation = 10,
+    /// Consent rule 7: a contact grant with no channels.
+    ContactGrantWithoutChannels = 11,
+    /// Consent rule 10: a quiet-hours minute of 1440 or more.
+    QuietHoursMinute = 12,
+    /// Consent rule 10: quiet hours that start when they end.
+    QuietHoursEmpty = 13,
+    /// Consent rule 10: a UTC offset beyond ±840 minutes.
+    UtcOffset = 14,
+    /// Consent rule 11: a frequency cap with a period of 0.
+    CapPeriod = 15,
+    /// Vendor: the consent version cannot go higher (a transfer at `u32::MAX`).
+    ConsentVersionExhausted = 16,
+    /// Ledger: a proof that should carry a consent state does not.
+    ProofWithoutConsent = 17,
+}
+
+impl core::fmt::Display for Rule {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Rule::UsageWindow => "usage window ends before it starts",
+            Rule::LocationCategory => "a location value must have the Location category, and only it",
+            Rule::LocationPrecisionNone => "location precision None",
+            Rule::FaultOccurrences => "fault occurrences must be at least 1",
+            Rule::FaultSeen => "fault last seen before first seen",
+            Rule::NoticeExpiry => "notice expires before it is issued",
+            Rule::ReconfirmWindow => "reconfirm_by must be after issued_at, by at most MAX_RECONFIRM",
+            Rule::GrantWithoutCategories => "a grant with no categories (omit it instead)",
+            Rule::GrantForEssential => "a grant for Essential (it is implied)",
+            Rule::GrantLocation => "location precision must be set exactly when Location is granted",
+            Rule::ContactGrantWithoutChannels => "a contact grant with no channels (omit it instead)",
+            Rule::QuietHoursMinute => "quiet hours minute beyond 1439",
+            Rule::QuietHoursEmpty => "empty quiet hours (omit them instead)",
+            Rule::UtcOffset => "UTC offset beyond 14 hours",
+            Rule::CapPeriod => "frequency cap period of 0",
+            Rule::ConsentVersionExhausted => "consent version exhausted",
+            Rule::ProofWithoutConsent => "proof does not carry a consent state",
+        })
+    }
 }
 
 /// A sealed message was refused while opening it.
@@ -116,6 +261,29 @@ pub enum OpenError {
     Replay(#[from] ReplayError),
 }
 
+impl OpenError {
+    /// The stable numeric code (SPEC.md §10.1); a wrapped decoding or
+    /// replay error gives its own code.
+    ///
+    /// ```
+    /// use spime::error::OpenError;
+    /// assert_eq!(OpenError::Unauthentic.code(), 20);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            OpenError::Decode(e) => e.code(),
+            OpenError::Unauthentic => 20,
+            OpenError::WrongKind { .. } => 21,
+            OpenError::WrongDirection(_) => 22,
+            OpenError::WrongDevice => 23,
+            OpenError::WrongEpoch { .. } => 24,
+            OpenError::WeakKey => 25,
+            OpenError::BadCertificate => 26,
+            OpenError::Replay(r) => r.code(),
+        }
+    }
+}
+
 /// Sealing a message failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -157,6 +325,16 @@ pub enum ReplayError {
         /// the highest counter accepted so far
         highest: u64,
     },
+}
+
+impl ReplayError {
+    /// The stable numeric code (SPEC.md §10.1): 27 duplicate, 28 too old.
+    pub const fn code(&self) -> u16 {
+        match self {
+            ReplayError::Duplicate(_) => 27,
+            ReplayError::TooOld { .. } => 28,
+        }
+    }
 }
 
 /// The persistent message counter could not hand out a value.

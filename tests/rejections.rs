@@ -72,12 +72,13 @@ fn the_untouched_message_opens() {
 #[test]
 fn every_bit_flipped_anywhere_is_refused() {
     let good = sealed_usage(1);
+    let header_len = Envelope::parse(&good).unwrap().header_bytes().len();
     for i in 0..good.len() {
         for bit in 0..8 {
             let mut bad = good.clone();
             bad[i] ^= 1 << bit;
             let err = Vendor::new().open(&bad).expect_err("a flipped bit must be refused");
-            if i >= spime::wire::HEADER_LEN {
+            if i >= header_len {
                 assert_eq!(err, OpenError::Unauthentic, "byte {i} bit {bit}");
             }
         }
@@ -146,7 +147,7 @@ fn relabelled_messages_are_refused() {
     let good = sealed_usage(1);
     // to another device
     let mut other_device = good.clone();
-    other_device[3..19].copy_from_slice(&[0xee; 16]);
+    other_device[1..9].copy_from_slice(&[0xee; 8]);
     assert_eq!(Vendor::new().open(&other_device), Err(OpenError::WrongDevice));
     // a vendor that accepts any device id still refuses: the id is AAD and signed
     let mut v = Vendor::new();
@@ -159,16 +160,16 @@ fn relabelled_messages_are_refused() {
     // to every other kind, including the other direction
     for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::USAGE && *k != Kind::REGISTER) {
         let mut bad = good.clone();
-        bad[1] = kind.to_byte();
+        bad[0] = (bad[0] & 0xf0) | kind.nibble();
         assert_eq!(v.open(&bad), Err(OpenError::Unauthentic), "{kind:?}");
     }
     // to another epoch
     let mut epoch = good.clone();
-    epoch[22] ^= 1;
+    epoch[9] ^= 1; // epoch 1 (one varint byte) becomes 0
     assert!(matches!(v.open(&epoch), Err(OpenError::WrongEpoch { .. })));
     // to another version
     let mut version = good.clone();
-    version[0] = 2;
+    version[0] = (2 << 5) | (version[0] & 0x1f);
     assert_eq!(v.open(&version), Err(OpenError::Decode(DecodeError::UnsupportedVersion(2))));
     // the original still opens after all that
     assert!(v.open(&good).is_ok());
@@ -382,9 +383,9 @@ fn the_counter_stops_at_its_end() {
 #[test]
 fn a_weak_device_id_mismatch_in_register_is_caught_by_the_certificate() {
     // A Register whose header names another device than its certificate.
-    let (k, eph) = keys::device_start_epoch_with(&EPHEMERAL_SECRET, &DeviceId([1; 16]), 1, &vendor().public()).unwrap();
+    let (k, eph) = keys::device_start_epoch_with(&EPHEMERAL_SECRET, &DeviceId([1; 8]), 1, &vendor().public()).unwrap();
     let mut out = [0u8; MAX_SEALED_LEN];
-    let s = Seal { device: DeviceId([1; 16]), epoch: 1, counter: 0, ephemeral: Some(eph) };
+    let s = Seal { device: DeviceId([1; 8]), epoch: 1, counter: 0, ephemeral: Some(eph) };
     let n = seal::seal(&mut out, &s, &register(), device().signing(), &k).unwrap();
     let env = Envelope::parse(&out[..n]).unwrap();
     let keys = vendor().accept_epoch(&env.header.device, 1, &eph).unwrap();
@@ -392,4 +393,73 @@ fn a_weak_device_id_mismatch_in_register_is_caught_by_the_certificate() {
     let pt = env.decrypt(&keys, &mut buf).unwrap();
     let reg: Register = spime::codec::decode(pt.body_bytes()).unwrap();
     assert_ne!(reg.certificate.body.device, env.header.device, "the opener must compare them (SPEC §9)");
+}
+
+/// SPEC §2.1: public keys (and `R`) must be canonical encodings (y < p).
+/// ed25519-dalek decodes the 19 non-canonical encodings; the crate refuses them.
+#[test]
+fn non_canonical_point_encodings_are_refused() {
+    use curve25519_dalek::edwards::CompressedEdwardsY;
+    // A y below 19 whose point is valid and not of small order, encoded again as y + p.
+    let (canonical, non_canonical) = (0u8..19)
+        .find_map(|y| {
+            let mut c = [0u8; 32];
+            c[0] = y;
+            let p = CompressedEdwardsY(c).decompress()?;
+            if p.is_small_order() {
+                return None;
+            }
+            let mut n = [0xffu8; 32];
+            n[0] = 0xed + y;
+            n[31] = 0x7f;
+            Some((c, n))
+        })
+        .expect("some small y is on the curve");
+    assert_eq!(
+        CompressedEdwardsY(canonical).decompress(),
+        CompressedEdwardsY(non_canonical).decompress(),
+        "the same point"
+    );
+    assert!(ed25519_dalek::VerifyingKey::from_bytes(&non_canonical).is_ok(), "dalek decodes it");
+    assert!(seal::is_canonical_point_encoding(&canonical));
+    assert!(!seal::is_canonical_point_encoding(&non_canonical));
+    // A vendor-signed certificate binding the non-canonical encoding is refused;
+    // the same certificate with the canonical encoding is accepted.
+    let v = vendor();
+    let cert = |key: [u8; 32]| {
+        let mut body = register().certificate.body;
+        body.device_key = key;
+        DeviceCertificate::issue(body, v.signing()).unwrap()
+    };
+    assert!(cert(canonical).verify(&v.public().signing).is_ok());
+    assert_eq!(cert(non_canonical).verify(&v.public().signing), Err(OpenError::BadCertificate));
+    // An envelope signature under such a key never verifies, whatever the signature.
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&non_canonical).unwrap();
+    assert_eq!(seal::verify_signature(&key, b"h", b"b", &[0; 64]), Err(OpenError::Unauthentic));
+}
+
+/// SPEC §5.1: a length prefix is a `u32` varint on every platform, so a
+/// 32-bit device and a 64-bit vendor agree: up to 5 bytes non-minimal is
+/// `NonCanonical`, longer is `Malformed`.
+#[test]
+fn length_prefixes_are_judged_the_same_on_every_platform() {
+    let mut f = fault();
+    f.context = heapless::Vec::from_slice(b"ab").unwrap();
+    let good = spime::codec::encoded_len(&f).map(|n| {
+        let mut b = vec![0u8; n];
+        spime::codec::encode(&f, &mut b).unwrap();
+        b
+    });
+    let good = good.unwrap();
+    // context is the last field: its length prefix 0x02, then "ab"
+    let at = good.len() - 3;
+    assert_eq!(good[at], 0x02);
+    let with_prefix = |prefix: &[u8]| [&good[..at], prefix, &good[at + 1..]].concat();
+    assert_eq!(spime::codec::decode::<Fault>(&good).unwrap(), f);
+    for prefix in [&[0x82, 0x00][..], &[0x82, 0x80, 0x80, 0x80, 0x00]] {
+        assert_eq!(spime::codec::decode::<Fault>(&with_prefix(prefix)), Err(DecodeError::NonCanonical), "{prefix:x?}");
+    }
+    for prefix in [&[0x82, 0x80, 0x80, 0x80, 0x80, 0x00][..], &[0x82, 0x80, 0x80, 0x80, 0x10]] {
+        assert_eq!(spime::codec::decode::<Fault>(&with_prefix(prefix)), Err(DecodeError::Malformed), "{prefix:x?}");
+    }
 }

@@ -164,7 +164,7 @@ fn pipeline_batches_only_data_kinds() {
     let grants = [(Purpose::USAGE_ANALYTICS, CategorySet::EMPTY.with(DataCategory::UsageCounters))];
     for batch in [true, false] {
         let v = Ingestor::new(MemoryStore::new(), vk(), IngestConfig { workers: 1, batch_verify: batch });
-        let mut d = SimDevice::new(DeviceId([4; 16]), seed, &vk()).unwrap();
+        let mut d = SimDevice::new(DeviceId([4; 8]), seed, &vk()).unwrap();
         let reg = Register {
             certificate: d.certificate().clone(),
             firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },

@@ -28,7 +28,7 @@ fn vendor_keys() -> VendorKeys {
 fn stream() -> Vec<Vec<u8>> {
     let grants = [(Purpose::USAGE_ANALYTICS, CategorySet::EMPTY.with(DataCategory::UsageCounters))];
     let mut fleet: Vec<SimDevice> =
-        (1..=DEVICES).map(|i| SimDevice::new(DeviceId([i; 16]), [i; 32], &vendor_keys()).unwrap()).collect();
+        (1..=DEVICES).map(|i| SimDevice::new(DeviceId([i; 8]), [i; 32], &vendor_keys()).unwrap()).collect();
     let mut out = Vec::new();
     for d in &mut fleet {
         let reg = Register {

@@ -26,7 +26,7 @@ fn strict() -> IngestConfig {
 }
 
 fn dev(n: u8) -> SimDevice {
-    SimDevice::new(DeviceId([n; 16]), [n.wrapping_add(100); 32], &vendor_keys()).unwrap()
+    SimDevice::new(DeviceId([n; 8]), [n.wrapping_add(100); 32], &vendor_keys()).unwrap()
 }
 
 fn analytics() -> SignedConsent {
@@ -117,7 +117,7 @@ fn decode_errors() {
     let mut d = registered(&v, 1);
     // A well-sealed body that does not decode as its kind.
     let mut bytes = d.seal(&Transfer { at: 5 }).unwrap();
-    bytes[1] = Kind::USAGE.to_byte();
+    bytes[0] = (bytes[0] & 0xf0) | Kind::USAGE.nibble();
     assert_eq!(reason(v.ingest(&bytes, NOW)), "unauthentic"); // the header is authenticated
 }
 
@@ -181,7 +181,7 @@ fn wrong_signer_is_unauthentic() {
 fn forged_certificate_is_unauthentic() {
     let v = vendor(strict());
     let rogue = VendorKeys::from_secrets(&[7; 32], [8; 32]);
-    let mut d = SimDevice::new(DeviceId([5; 16]), [5; 32], &rogue).unwrap();
+    let mut d = SimDevice::new(DeviceId([5; 8]), [5; 32], &rogue).unwrap();
     // Sealed to the real vendor's key-agreement key, but certified by a rogue vendor.
     let reg = Register {
         certificate: d.certificate().clone(),
@@ -604,7 +604,7 @@ fn notices_follow_contact_preferences() {
     recall.channel = Channel::OnDevice;
     recall.topic = 9;
     v.seal_notice(&d.id(), &recall, NOW).unwrap();
-    assert_eq!(v.seal_notice(&DeviceId([0; 16]), &n, NOW), Err(SendError::UnknownDevice));
+    assert_eq!(v.seal_notice(&DeviceId([0; 8]), &n, NOW), Err(SendError::UnknownDevice));
     // Vendor counters never repeat.
     let a = spime::seal::Envelope::parse(&v.seal_receipt(&d.id()).unwrap()).unwrap().header.counter;
     let b = spime::seal::Envelope::parse(&v.seal_receipt(&d.id()).unwrap()).unwrap().header.counter;

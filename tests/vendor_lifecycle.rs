@@ -72,7 +72,7 @@ mod redb {
         let store = v.store();
         let marker = b"spime-marker-0123456789abcdef-spime";
         let mut m = StoredMessage {
-            device: spime::wire::DeviceId([9; 16]),
+            device: spime::wire::DeviceId([9; 8]),
             counter: 1,
             kind: spime::wire::Kind::USAGE.to_byte(),
             received_at: 5,

@@ -72,7 +72,7 @@ fn migrations_apply_once_and_state_survives_reconnect() {
     let n: i64 = c.query_one("SELECT count(*) FROM spime_migrations", &[]).unwrap().get(0);
     assert_eq!(n, 1, "a second connect applies nothing");
 
-    let mut d = SimDevice::new(DeviceId([3; 16]), [3; 32], &keys()).unwrap();
+    let mut d = SimDevice::new(DeviceId([3; 8]), [3; 32], &keys()).unwrap();
     let reg = register(&mut d);
     let usage = d.seal(&counter_usage(1, &[(1, 7)])).unwrap();
     {
@@ -107,7 +107,7 @@ fn a_stale_transaction_fails_as_a_conflict() {
     let Some((store, cfg, _)) = fresh() else { return };
     let other = PgStore::with_config(cfg).unwrap();
     let v = Ingestor::new(store, keys(), strict());
-    let mut d = SimDevice::new(DeviceId([4; 16]), [4; 32], &keys()).unwrap();
+    let mut d = SimDevice::new(DeviceId([4; 8]), [4; 32], &keys()).unwrap();
     v.ingest(&register(&mut d), 100).unwrap();
     // Two writers read the same version of the device.
     let mut stale = v.store().begin().unwrap();
@@ -125,7 +125,7 @@ fn a_stale_transaction_fails_as_a_conflict() {
     assert_eq!(v.store().consent_ledger(&d.id()).unwrap().len(), 1);
     // A device inserted by someone else after this transaction saw it absent: conflict too.
     let mut late = v.store().begin().unwrap();
-    let newcomer = DeviceId([5; 16]);
+    let newcomer = DeviceId([5; 8]);
     assert!(late.device(&newcomer).unwrap().is_none());
     let mut rec5 = rec.clone();
     rec5.device = newcomer;
@@ -252,8 +252,8 @@ fn a_stale_workers_batch_is_refused_whole_and_acknowledges_nothing() {
     let Some((store, cfg, _)) = fresh() else { return };
     let old_owner = Ingestor::new(Hooked { inner: store, hook: Mutex::new(None) }, keys(), strict());
     let new_owner = std::sync::Arc::new(Ingestor::new(PgStore::with_config(cfg).unwrap(), keys(), strict()));
-    let mut d = SimDevice::new(DeviceId([6; 16]), [6; 32], &keys()).unwrap();
-    let mut e = SimDevice::new(DeviceId([7; 16]), [7; 32], &keys()).unwrap();
+    let mut d = SimDevice::new(DeviceId([6; 8]), [6; 32], &keys()).unwrap();
+    let mut e = SimDevice::new(DeviceId([7; 8]), [7; 32], &keys()).unwrap();
     new_owner.ingest_batch(&[&register(&mut d), &register(&mut e)], 100).into_iter().for_each(|r| drop(r.unwrap()));
     let u1 = d.seal(&counter_usage(1, &[(1, 1)])).unwrap();
     let u2 = d.seal(&counter_usage(1, &[(1, 2)])).unwrap();
@@ -316,7 +316,7 @@ fn pg_delete_alone_leaves_bytes_scrub_removes_them() {
     };
     let marker = b"spime-pg-marker-0123456789abcdef";
     let m = StoredMessage {
-        device: DeviceId([9; 16]),
+        device: DeviceId([9; 8]),
         counter: 1,
         kind: spime::wire::Kind::USAGE.to_byte(),
         received_at: 5,

@@ -20,7 +20,7 @@ fn state_survives_reopen() {
     let dir = std::env::temp_dir().join(format!("spime-redb-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("v.redb");
-    let mut d = SimDevice::new(DeviceId([3; 16]), [3; 32], &keys()).unwrap();
+    let mut d = SimDevice::new(DeviceId([3; 8]), [3; 32], &keys()).unwrap();
     let mut c = consent(1, &[(Purpose::USAGE_ANALYTICS, CategorySet::EMPTY.with(DataCategory::UsageCounters))], 0);
     c.state.allow_channel(Purpose::PROACTIVE_SERVICE, Channel::App).unwrap();
     c.state

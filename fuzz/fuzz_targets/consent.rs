@@ -94,7 +94,7 @@ fuzz_target!(|data: &[u8]| {
         evaluate(&s, &mut Bytes(data));
     }
     if let Ok(s) = spime::codec::decode::<SignedConsent>(data) {
-        let _ = s.verify_owner(&spime::wire::DeviceId([0; 16]), OwnerRequirement::AnyOwnerKey);
+        let _ = s.verify_owner(&spime::wire::DeviceId([0; 8]), OwnerRequirement::AnyOwnerKey);
     }
     let mut b = Bytes(data);
     let s = raw_state(&mut b);

@@ -20,7 +20,7 @@ fn vendor_keys() -> VendorKeys {
 fn registration() -> &'static [u8] {
     static REG: OnceLock<Vec<u8>> = OnceLock::new();
     REG.get_or_init(|| {
-        let mut d = SimDevice::new(DeviceId([7; 16]), [7; 32], &vendor_keys()).expect("device");
+        let mut d = SimDevice::new(DeviceId([7; 8]), [7; 32], &vendor_keys()).expect("device");
         let grants = [(Purpose::USAGE_ANALYTICS, CategorySet::EMPTY.with(DataCategory::UsageCounters))];
         let reg = Register {
             certificate: d.certificate().clone(),

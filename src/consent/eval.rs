@@ -13,6 +13,7 @@ use crate::message::{
     Fault, FirmwareVersion, MAX_FAULT_CONTEXT, MAX_METRICS, Metric, MetricValue, Notice, NoticeKind, RebootReason,
     Severity, Usage,
 };
+use crate::time::{Period, Utc};
 
 /// Why data may not be collected (or was refused by the vendor).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -41,7 +42,7 @@ pub enum Denial {
         version: u32,
     },
     /// The grant for `purpose` lapsed at `at` (Unix seconds).
-    #[error("grant for {purpose} expired at {at} (consent version {version})")]
+    #[error("grant for {purpose} expired at {} (consent version {version})", Utc(*.at))]
     Expired {
         /// the purpose asked for
         purpose: Purpose,
@@ -52,7 +53,7 @@ pub enum Denial {
     },
     /// The owner had to confirm consent `version` again by `since` (Unix
     /// seconds) and has not: every purpose but Essential is denied.
-    #[error("consent version {version} had to be re-confirmed by {since}")]
+    #[error("consent version {version} had to be re-confirmed by {}", Utc(*.since))]
     ReconfirmDue {
         /// the re-confirm date that passed
         since: u64,
@@ -84,18 +85,33 @@ pub enum Denial {
     },
 }
 
+impl Denial {
+    /// The stable numeric code (SPEC.md §10.1): 60 NotGranted, 61 Withdrawn,
+    /// 62 Expired, 63 ReconfirmDue, 64 PrecisionTooFine, 65 UnknownVersion.
+    pub const fn code(&self) -> u16 {
+        match self {
+            Denial::NotGranted { .. } => 60,
+            Denial::Withdrawn { .. } => 61,
+            Denial::Expired { .. } => 62,
+            Denial::ReconfirmDue { .. } => 63,
+            Denial::PrecisionTooFine { .. } => 64,
+            Denial::UnknownVersion { .. } => 65,
+        }
+    }
+}
+
 /// Why the owner may not be contacted now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ContactDenial {
     /// The notice's own expiry (Unix seconds) has passed.
-    #[error("notice expired at {at}")]
+    #[error("notice expired at {}", Utc(*.at))]
     NoticeExpired {
         /// the notice's `expires_at`
         at: u64,
     },
     /// Consent `version` had to be re-confirmed by `since`.
-    #[error("consent version {version} had to be re-confirmed by {since}")]
+    #[error("consent version {version} had to be re-confirmed by {}", Utc(*.since))]
     ReconfirmDue {
         /// the re-confirm date that passed
         since: u64,
@@ -122,7 +138,7 @@ pub enum ContactDenial {
     },
     /// `sent` notices for `purpose` were already sent in the last
     /// `period_seconds`, and at most `max` are allowed.
-    #[error("frequency cap reached for {purpose}: {sent} sent, at most {max} per {period_seconds} s")]
+    #[error("frequency cap reached for {purpose}: {sent} sent, at most {max} per {}", Period(u64::from(*.period_seconds)))]
     FrequencyCap {
         /// the purpose of the contact
         purpose: Purpose,
@@ -134,11 +150,27 @@ pub enum ContactDenial {
         sent: u32,
     },
     /// It is the owner's quiet hours until `until` (Unix seconds).
-    #[error("quiet hours until {until}")]
+    #[error("quiet hours until {}", Utc(*.until))]
     QuietHours {
         /// the first second after the quiet hours
         until: u64,
     },
+}
+
+impl ContactDenial {
+    /// The stable numeric code (SPEC.md §10.1): 70 NoticeExpired,
+    /// 71 ReconfirmDue, 72 ChannelNotGranted, 73 Muted, 74 FrequencyCap,
+    /// 75 QuietHours.
+    pub const fn code(&self) -> u16 {
+        match self {
+            ContactDenial::NoticeExpired { .. } => 70,
+            ContactDenial::ReconfirmDue { .. } => 71,
+            ContactDenial::ChannelNotGranted { .. } => 72,
+            ContactDenial::Muted { .. } => 73,
+            ContactDenial::FrequencyCap { .. } => 74,
+            ContactDenial::QuietHours { .. } => 75,
+        }
+    }
 }
 
 /// A message body could not be built from a [`Permit`].

@@ -25,9 +25,10 @@ use sha2::{Digest, Sha256};
 
 use super::{ConsentState, Denial, LocationPrecision, SignedConsent};
 use crate::codec::{self, Bytes64};
-use crate::error::{DecodeError, OpenError};
+use crate::error::{DecodeError, OpenError, Rule};
 use crate::message::{ConsentUpdate, Register, Transfer};
 use crate::seal::Verified;
+use crate::time::{Period, Utc};
 use crate::wire::{DeviceId, Header, Kind};
 
 /// Domain-separation tag of the ledger hash chain.
@@ -194,7 +195,7 @@ impl Erasure {
     /// # Errors
     /// [`DecodeError`] only if encoding fails.
     pub fn to_proof(&self) -> Result<Proof, DecodeError> {
-        let body = postcard::to_allocvec(self).map_err(|_| DecodeError::OutOfRange("erasure encoding"))?;
+        let body = postcard::to_allocvec(self).map_err(|_| DecodeError::Malformed)?;
         Ok(Proof { header: Vec::new(), body, signature: Bytes64([0; 64]) })
     }
 
@@ -204,10 +205,9 @@ impl Erasure {
     /// [`DecodeError`] when the proof is not an erasure statement.
     pub fn from_proof(proof: &Proof) -> Result<Erasure, DecodeError> {
         if !proof.header.is_empty() || proof.signature.0 != [0; 64] {
-            return Err(DecodeError::OutOfRange("not an erasure statement"));
+            return Err(DecodeError::Malformed);
         }
-        let (e, rest): (Erasure, &[u8]) =
-            postcard::take_from_bytes(&proof.body).map_err(|_| DecodeError::OutOfRange("erasure statement"))?;
+        let (e, rest): (Erasure, &[u8]) = postcard::take_from_bytes(&proof.body).map_err(|_| DecodeError::Malformed)?;
         if !rest.is_empty() {
             return Err(DecodeError::TrailingBytes);
         }
@@ -266,7 +266,7 @@ impl Proof {
         match self.header()?.kind {
             Kind::REGISTER => Ok(codec::decode::<Register>(&self.body)?.consent),
             Kind::CONSENT => Ok(codec::decode::<ConsentUpdate>(&self.body)?.consent),
-            _ => Err(DecodeError::OutOfRange("proof does not carry a consent state")),
+            _ => Err(DecodeError::OutOfRange(Rule::ProofWithoutConsent)),
         }
     }
 }
@@ -591,7 +591,7 @@ impl ConsentLedger {
     /// ```
     /// use spime::consent::ledger::ConsentLedger;
     /// use spime::wire::DeviceId;
-    /// let ledger = ConsentLedger::new(DeviceId([7; 16]));
+    /// let ledger = ConsentLedger::new(DeviceId([7; 8]));
     /// assert!(ledger.export().starts_with("Consent history of device 07070707"));
     /// ```
     pub fn export(&self) -> String {
@@ -708,7 +708,9 @@ fn write_state(out: &mut String, s: &ConsentState, e: &LedgerEntry) {
         );
     }
     for c in &s.contact.caps {
-        let _ = writeln!(out, "  at most {} notices for {} per {} s", c.max_notices, c.purpose, c.period_seconds);
+        let noun = if c.max_notices == 1 { "notice" } else { "notices" };
+        let per = Period(u64::from(c.period_seconds));
+        let _ = writeln!(out, "  at most {} {noun} for {} per {per}", c.max_notices, c.purpose);
     }
     if !s.contact.muted_topics.is_empty() {
         let _ = write!(out, "  muted topics:");
@@ -733,39 +735,5 @@ struct Hex<'a>(&'a [u8]);
 impl core::fmt::Display for Hex<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
-/// A Unix time as `YYYY-MM-DD HH:MM:SS UTC`.
-struct Utc(u64);
-
-impl core::fmt::Display for Utc {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let days = self.0 / 86_400;
-        let secs = self.0 % 86_400;
-        // Howard Hinnant's civil_from_days, for days since 1970-01-01.
-        let z = i128::from(days) + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i128::from(month <= 2);
-        write!(f, "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", secs / 3_600, secs % 3_600 / 60, secs % 60)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Utc;
-    use alloc::string::ToString;
-
-    #[test]
-    fn utc_dates() {
-        assert_eq!(Utc(0).to_string(), "1970-01-01 00:00:00 UTC");
-        assert_eq!(Utc(951_782_400).to_string(), "2000-02-29 00:00:00 UTC");
-        assert_eq!(Utc(1_795_435_200).to_string(), "2026-11-23 12:00:00 UTC");
     }
 }

@@ -41,7 +41,7 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::codec::{Bytes64, Canonical, varint_max};
-use crate::error::DecodeError;
+use crate::error::{DecodeError, List, Rule};
 
 mod edit;
 mod eval;
@@ -256,16 +256,21 @@ impl DataCategory {
     }
 }
 
+/// Encoded like every enum: its index as a varint (one byte, as every index
+/// is below 128).
 impl Serialize for DataCategory {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u8(*self as u8)
+        s.serialize_u32(*self as u32)
     }
 }
 
 impl<'de> Deserialize<'de> for DataCategory {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let i = u8::deserialize(d)?;
-        DataCategory::from_index(i).map_err(|_| serde::de::Error::custom("unknown data category"))
+        let i = u32::deserialize(d)?;
+        u8::try_from(i)
+            .ok()
+            .and_then(|i| DataCategory::from_index(i).ok())
+            .ok_or_else(|| serde::de::Error::custom("unknown data category"))
     }
 }
 
@@ -395,15 +400,17 @@ impl Channel {
     }
 }
 
+/// Encoded like every enum: its index as a varint (one byte, as every index
+/// is below 128).
 impl Serialize for Channel {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u8(*self as u8)
+        s.serialize_u32(*self as u32)
     }
 }
 
 impl<'de> Deserialize<'de> for Channel {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match u8::deserialize(d)? {
+        match u32::deserialize(d)? {
             0 => Ok(Channel::OnDevice),
             1 => Ok(Channel::App),
             2 => Ok(Channel::Email),
@@ -643,12 +650,15 @@ pub const MAX_MUTED_TOPICS: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ContactPrefs {
     /// Per purpose, the channels allowed; strictly ascending by purpose id.
+    #[serde(with = "crate::codec::length::vec")]
     pub grants: heapless::Vec<ContactGrant, MAX_CONTACT_GRANTS>,
     /// Quiet hours, if any.
     pub quiet_hours: Option<QuietHours>,
     /// Frequency caps; strictly ascending by purpose id.
+    #[serde(with = "crate::codec::length::vec")]
     pub caps: heapless::Vec<FrequencyCap, MAX_CAPS>,
     /// Topics the owner muted; strictly ascending.
+    #[serde(with = "crate::codec::length::vec")]
     pub muted_topics: heapless::Vec<u16, MAX_MUTED_TOPICS>,
 }
 
@@ -681,6 +691,7 @@ pub struct ConsentState {
     /// SHA-256 of the privacy notice the owner was shown.
     pub notice_hash: [u8; 32],
     /// What may be collected, per purpose.
+    #[serde(with = "crate::codec::length::vec")]
     pub grants: heapless::Vec<Grant, MAX_GRANTS>,
     /// How the owner may be contacted.
     pub contact: ContactPrefs,
@@ -704,11 +715,7 @@ impl Canonical for ConsentState {
     }
 }
 
-fn strictly_ascending<T, K: PartialOrd>(
-    items: &[T],
-    key: impl Fn(&T) -> K,
-    what: &'static str,
-) -> Result<(), DecodeError> {
+fn strictly_ascending<T, K: PartialOrd>(items: &[T], key: impl Fn(&T) -> K, what: List) -> Result<(), DecodeError> {
     let mut prev: Option<K> = None;
     for item in items {
         let k = key(item);
@@ -732,38 +739,38 @@ fn validate_state(s: &ConsentState) -> Result<(), DecodeError> {
         p.check()?;
     }
     if s.reconfirm_by <= s.issued_at || s.reconfirm_by - s.issued_at > MAX_RECONFIRM {
-        return Err(DecodeError::OutOfRange("reconfirm_by must be after issued_at, by at most MAX_RECONFIRM"));
+        return Err(DecodeError::OutOfRange(Rule::ReconfirmWindow));
     }
-    strictly_ascending(&s.grants, |g| g.purpose, "grants")?;
+    strictly_ascending(&s.grants, |g| g.purpose, List::Grants)?;
     if s.grants.iter().any(|g| g.categories.is_empty()) {
-        return Err(DecodeError::OutOfRange("a grant with no categories (omit it instead)"));
+        return Err(DecodeError::OutOfRange(Rule::GrantWithoutCategories));
     }
     if s.grants.iter().any(|g| g.purpose == Purpose::ESSENTIAL) {
-        return Err(DecodeError::OutOfRange("a grant for Essential (it is implied)"));
+        return Err(DecodeError::OutOfRange(Rule::GrantForEssential));
     }
     if s.grants.iter().any(|g| g.categories.contains(DataCategory::Location) != (g.location != LocationPrecision::None))
     {
-        return Err(DecodeError::OutOfRange("location precision must be set exactly when Location is granted"));
+        return Err(DecodeError::OutOfRange(Rule::GrantLocation));
     }
-    strictly_ascending(&s.contact.grants, |g| g.purpose, "contact grants")?;
+    strictly_ascending(&s.contact.grants, |g| g.purpose, List::ContactGrants)?;
     if s.contact.grants.iter().any(|g| g.channels.is_empty()) {
-        return Err(DecodeError::OutOfRange("a contact grant with no channels (omit it instead)"));
+        return Err(DecodeError::OutOfRange(Rule::ContactGrantWithoutChannels));
     }
-    strictly_ascending(&s.contact.caps, |c| c.purpose, "frequency caps")?;
-    strictly_ascending(&s.contact.muted_topics, |t| *t, "muted topics")?;
+    strictly_ascending(&s.contact.caps, |c| c.purpose, List::FrequencyCaps)?;
+    strictly_ascending(&s.contact.muted_topics, |t| *t, List::MutedTopics)?;
     if let Some(q) = &s.contact.quiet_hours {
         if q.start_minute >= 1440 || q.end_minute >= 1440 {
-            return Err(DecodeError::OutOfRange("quiet hours minute"));
+            return Err(DecodeError::OutOfRange(Rule::QuietHoursMinute));
         }
         if q.start_minute == q.end_minute {
-            return Err(DecodeError::OutOfRange("empty quiet hours (omit them instead)"));
+            return Err(DecodeError::OutOfRange(Rule::QuietHoursEmpty));
         }
         if !(-840..=840).contains(&q.utc_offset_minutes) {
-            return Err(DecodeError::OutOfRange("UTC offset"));
+            return Err(DecodeError::OutOfRange(Rule::UtcOffset));
         }
     }
     if s.contact.caps.iter().any(|c| c.period_seconds == 0) {
-        return Err(DecodeError::OutOfRange("frequency cap period"));
+        return Err(DecodeError::OutOfRange(Rule::CapPeriod));
     }
     Ok(())
 }

@@ -53,6 +53,25 @@ pub enum ConsentError {
     ReceiptMismatch(u32),
 }
 
+impl ConsentError {
+    /// The stable numeric code (SPEC.md §10.1): a wrapped decoding error
+    /// gives its own; 45 Stale, 46 Conflict, 47 OwnerProofMissing,
+    /// 48 OwnerProofInvalid, 49 OwnerKeyMismatch, 90 ReceiptUnknownVersion,
+    /// 91 ReceiptMismatch.
+    pub const fn code(&self) -> u16 {
+        match self {
+            ConsentError::Decode(e) => e.code(),
+            ConsentError::Stale { .. } => 45,
+            ConsentError::Conflict(_) => 46,
+            ConsentError::OwnerProofMissing => 47,
+            ConsentError::OwnerProofInvalid => 48,
+            ConsentError::OwnerKeyMismatch => 49,
+            ConsentError::ReceiptUnknownVersion(_) => 90,
+            ConsentError::ReceiptMismatch(_) => 91,
+        }
+    }
+}
+
 /// Who must have signed a consent state, besides the device's envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OwnerRequirement<'a> {
@@ -76,7 +95,7 @@ fn with_encoded<T>(state: &ConsentState, f: impl FnOnce(&[u8]) -> T) -> Result<T
 
 impl OwnerProof {
     /// The owner signs `state` for `device`: Ed25519 over
-    /// `"spime/v1 owner consent\0" || device id (16) || encoded ConsentState`.
+    /// `"spime/v1 owner consent\0" || device id (8) || encoded ConsentState`.
     ///
     /// # Errors
     /// [`ConsentError::Decode`] when the state is not canonical.

@@ -5,8 +5,11 @@
 //! [`Device`] holds the identity, counter, keys and consent, and borrows
 //! the outbox (the one large buffer, which the firmware keeps in a
 //! `static`);
-//! [`Device::phase`] hands out a small typestate handle for what the
-//! product may do now: an [`Unregistered`] handle can only register, a
+//! [`Device::registered`], [`Device::unregistered`] and
+//! [`Device::decommissioned`] hand out a small typestate handle for what
+//! the product may do in that [`Stage`] (or say which stage it is in), and
+//! [`Device::handle`] the one for the current stage, to `match` on: an
+//! [`Unregistered`] handle can only register, a
 //! [`Registered`] one reports, changes consent, transfers and
 //! decommissions, a [`Decommissioned`] one can only flush its outbox.
 //!
@@ -54,9 +57,9 @@ pub const SENT_CONSENTS: usize = 4;
 /// How many shown notices the device remembers for frequency caps.
 pub const SHOWN_NOTICES: usize = 8;
 /// Length of the session record.
-pub const SESSION_RECORD_LEN: usize = 325;
+pub const SESSION_RECORD_LEN: usize = 358;
 /// The session record's format byte.
-pub const SESSION_FORMAT: u8 = 1;
+pub const SESSION_FORMAT: u8 = 2;
 
 /// The storage record capacity a device needs for an outbox of `RECORD`-byte slots.
 pub const fn storage_capacity(outbox_record: usize) -> usize {
@@ -122,6 +125,63 @@ pub enum SessionError {
     /// The key epoch space is used up.
     #[error("key epochs exhausted")]
     EpochExhausted,
+    /// What was asked needs the device in another stage (from
+    /// [`Device::registered`], [`Device::unregistered`],
+    /// [`Device::decommissioned`]).
+    #[error("the device is {actual}, but this needs it {expected}{}", stage_hint(*.expected, *.actual))]
+    WrongStage {
+        /// the stage needed
+        expected: Stage,
+        /// the stage the device is in
+        actual: Stage,
+    },
+    /// The storage's records are smaller than the largest record the
+    /// device writes (checked by [`Device::boot`]).
+    #[error(
+        "storage records hold at most {have} bytes, but this device writes records of up to {needed} bytes \
+         (session {SESSION_RECORD_LEN}, consent {}, outbox slot {outbox}): \
+         give the storage a record capacity of storage_capacity({outbox}) = {needed}",
+        SignedConsent::MAX_ENCODED_LEN
+    )]
+    RecordsTooSmall {
+        /// the largest record the device writes: [`storage_capacity`] of the outbox slot size
+        needed: usize,
+        /// the storage's record capacity
+        have: usize,
+        /// the outbox slot size (`RECORD`)
+        outbox: usize,
+    },
+    /// The storage has fewer records than the device uses (checked by
+    /// [`Device::boot`]).
+    #[error(
+        "storage has {have} records, but a device with {slots} outbox slots uses {needed} \
+         (ids 0..{needed}): give the storage storage_records({slots}) = {needed} records"
+    )]
+    TooFewRecords {
+        /// records the device uses: [`storage_records`] of the outbox slots
+        needed: usize,
+        /// records the storage has
+        have: u16,
+        /// outbox slots (`N`)
+        slots: usize,
+    },
+    /// Messages sealed under the current epoch still wait in the outbox; the
+    /// vendor refuses older epochs once a new one opens, so send them first.
+    #[error("{0} queued messages must be sent before the keys are renewed")]
+    OutboxNotEmpty(usize),
+    /// The vendor already confirmed the registration (a vendor message
+    /// arrived under its epoch): there is nothing to register again.
+    #[error("the registration is confirmed; change consent instead of registering again")]
+    AlreadyConfirmed,
+}
+
+/// What to do about being in the wrong stage, after the message.
+const fn stage_hint(expected: Stage, actual: Stage) -> &'static str {
+    match (expected, actual) {
+        (Stage::Registered, Stage::Unregistered) => ": register it first",
+        (_, Stage::Decommissioned) => ": it is out of service for good",
+        _ => "",
+    }
 }
 
 impl From<ReplayError> for SessionError {
@@ -143,8 +203,10 @@ pub struct Identity {
     pub vendor: VendorPublicKeys,
 }
 
-/// Where the device is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where the device is in its life: plain data, from [`Device::stage`].
+/// To act on the device in a stage, take its handle:
+/// [`Device::registered`] (and the like) or [`Device::handle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
     /// Not registered (new, or after a change of owner).
     Unregistered,
@@ -152,6 +214,16 @@ pub enum Stage {
     Registered,
     /// Out of service: nothing more is sealed.
     Decommissioned,
+}
+
+impl core::fmt::Display for Stage {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Stage::Unregistered => "unregistered",
+            Stage::Registered => "registered",
+            Stage::Decommissioned => "decommissioned",
+        })
+    }
 }
 
 /// The persisted session state (record [`RECORD_SESSION`]).
@@ -165,6 +237,9 @@ struct SessionState {
     sent: heapless::Vec<SentConsent, SENT_CONSENTS>,
     shown: heapless::Vec<SentNotice, SHOWN_NOTICES>,
     receipted: u32,
+    /// The ephemeral public key of the current epoch while the vendor has
+    /// not confirmed it (SPEC §3.1): every message sealed meanwhile carries it.
+    pending: Option<[u8; 32]>,
 }
 
 impl SessionState {
@@ -177,6 +252,7 @@ impl SessionState {
             sent: heapless::Vec::new(),
             shown: heapless::Vec::new(),
             receipted: 0,
+            pending: None,
         }
     }
 
@@ -208,6 +284,10 @@ impl SessionState {
             put(&mut r, 243 + i * 10, &s.at.to_be_bytes());
         }
         r[321..325].copy_from_slice(&self.receipted.to_be_bytes());
+        if let Some(e) = &self.pending {
+            r[325] = 1;
+            r[326..358].copy_from_slice(e);
+        }
         r
     }
 
@@ -249,7 +329,12 @@ impl SessionState {
             shown.push(SentNotice { purpose, at: u64::from_be_bytes(array(r, at + 2)?) }).ok()?;
         }
         let receipted = u32::from_be_bytes(r[321..325].try_into().ok()?);
-        Some(SessionState { stage, epoch, keys, replay, sent, shown, receipted })
+        let pending = match r[325] {
+            0 => None,
+            1 => Some(array(r, 326)?),
+            _ => return None,
+        };
+        Some(SessionState { stage, epoch, keys, replay, sent, shown, receipted, pending })
     }
 }
 
@@ -283,7 +368,7 @@ fn array<const M: usize>(r: &[u8], at: usize) -> Option<[u8; M]> {
 /// use spime::wire::DeviceId;
 /// const REC: usize = record_len(MAX_SEALED_LEN);
 /// let vendor = VendorKeys::from_secrets(&[1; 32], [2; 32]);
-/// let key = DeviceKey::from_seed(DeviceId([3; 16]), &[4; 32]);
+/// let key = DeviceKey::from_seed(DeviceId([3; 8]), &[4; 32]);
 /// let body = CertificateBody {
 ///     device: key.device, device_key: key.public().to_bytes(), model: "kettle".try_into()?,
 ///     hardware_revision: 1, issued_at: 0,
@@ -307,9 +392,11 @@ pub struct Device<'o, S: Storage, const N: usize, const RECORD: usize> {
     outbox: &'o mut Outbox<N, RECORD>,
 }
 
-/// A handle on a device in a given stage; see [`Device::phase`].
+/// The handle for what a device may do in its current [`Stage`], from
+/// [`Device::handle`]; to ask for one stage, use [`Device::registered`],
+/// [`Device::unregistered`] or [`Device::decommissioned`].
 #[derive(Debug)]
-pub enum Phase<'d, 'o, S: Storage, const N: usize, const RECORD: usize> {
+pub enum StageHandle<'d, 'o, S: Storage, const N: usize, const RECORD: usize> {
     /// It must register first.
     Unregistered(Unregistered<'d, 'o, S, N, RECORD>),
     /// It is registered.
@@ -317,6 +404,10 @@ pub enum Phase<'d, 'o, S: Storage, const N: usize, const RECORD: usize> {
     /// It is out of service.
     Decommissioned(Decommissioned<'d, 'o, S, N, RECORD>),
 }
+
+/// The former name of [`StageHandle`].
+#[deprecated(since = "0.1.0", note = "renamed to `StageHandle` (it is easily confused with `Stage`)")]
+pub type Phase<'d, 'o, S, const N: usize, const RECORD: usize> = StageHandle<'d, 'o, S, N, RECORD>;
 
 /// A device that is not registered: it can only register.
 #[derive(Debug)]
@@ -356,11 +447,16 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     /// unregistered device).
     ///
     /// # Errors
-    /// [`SessionError::Storage`] or [`SessionError::Counter`] when storage
-    /// fails; [`StorageError::Invalid`] for a session or consent record
-    /// that does not decode.
+    /// [`SessionError::RecordsTooSmall`] or [`SessionError::TooFewRecords`]
+    /// when the storage cannot hold what the device will write (see
+    /// [`storage_capacity`] and [`storage_records`]), before anything is
+    /// read or written; [`SessionError::Storage`] or
+    /// [`SessionError::Counter`] when storage fails;
+    /// [`StorageError::Invalid`] for a session or consent record that does
+    /// not decode.
     #[inline(never)]
     pub fn boot(id: Identity, storage: S, outbox: &'o mut Outbox<N, RECORD>) -> Result<Self, SessionError> {
+        check_layout::<S, N, RECORD>(&storage)?;
         let counter = Counter::open(CounterRecord(storage), COUNTER_BLOCK)?;
         let mut dev = Device { id, counter, state: SessionState::new(), consent: None, outbox };
         dev.load_session()?;
@@ -391,12 +487,56 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         Ok(())
     }
 
-    /// The typestate handle for the device's current stage.
-    pub fn phase(&mut self) -> Phase<'_, 'o, S, N, RECORD> {
+    /// The handle for what the device may do in its current stage, to
+    /// `match` on.
+    pub fn handle(&mut self) -> StageHandle<'_, 'o, S, N, RECORD> {
         match self.state.stage {
-            Stage::Unregistered => Phase::Unregistered(Unregistered { dev: self }),
-            Stage::Registered => Phase::Registered(Registered { dev: self }),
-            Stage::Decommissioned => Phase::Decommissioned(Decommissioned { dev: self }),
+            Stage::Unregistered => StageHandle::Unregistered(Unregistered { dev: self }),
+            Stage::Registered => StageHandle::Registered(Registered { dev: self }),
+            Stage::Decommissioned => StageHandle::Decommissioned(Decommissioned { dev: self }),
+        }
+    }
+
+    /// The former name of [`Device::handle`].
+    #[deprecated(since = "0.1.0", note = "renamed to `handle`; or use `registered()`, `unregistered()`")]
+    pub fn phase(&mut self) -> StageHandle<'_, 'o, S, N, RECORD> {
+        self.handle()
+    }
+
+    /// The registered device's handle: reports, consent changes, transfer,
+    /// decommissioning.
+    ///
+    /// # Errors
+    /// [`SessionError::WrongStage`] when the device is unregistered or
+    /// decommissioned, naming the stage it is in.
+    pub fn registered(&mut self) -> Result<Registered<'_, 'o, S, N, RECORD>, SessionError> {
+        match self.handle() {
+            StageHandle::Registered(r) => Ok(r),
+            other => Err(wrong(Stage::Registered, &other)),
+        }
+    }
+
+    /// The unregistered device's handle: it can register.
+    ///
+    /// # Errors
+    /// [`SessionError::WrongStage`] when the device is registered or
+    /// decommissioned, naming the stage it is in.
+    pub fn unregistered(&mut self) -> Result<Unregistered<'_, 'o, S, N, RECORD>, SessionError> {
+        match self.handle() {
+            StageHandle::Unregistered(u) => Ok(u),
+            other => Err(wrong(Stage::Unregistered, &other)),
+        }
+    }
+
+    /// The decommissioned device's handle.
+    ///
+    /// # Errors
+    /// [`SessionError::WrongStage`] when the device is still in service,
+    /// naming the stage it is in.
+    pub fn decommissioned(&mut self) -> Result<Decommissioned<'_, 'o, S, N, RECORD>, SessionError> {
+        match self.handle() {
+            StageHandle::Decommissioned(d) => Ok(d),
+            other => Err(wrong(Stage::Decommissioned, &other)),
         }
     }
 
@@ -418,6 +558,14 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     /// The current key epoch (0 before the first registration).
     pub const fn epoch(&self) -> u32 {
         self.state.epoch
+    }
+
+    /// Whether the vendor has confirmed the current epoch: a vendor message
+    /// (Receipt or Notice) sealed under it was opened (SPEC §3.1). Until
+    /// then every message carries the epoch's ephemeral key, so a refused
+    /// opener never strands the device.
+    pub const fn epoch_confirmed(&self) -> bool {
+        self.state.pending.is_none()
     }
 
     /// The highest consent version the vendor sent a valid receipt for (0: none).
@@ -472,13 +620,11 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         Ok(())
     }
 
-    /// Seals `body` under the current keys with a fresh counter value and queues it.
-    fn seal_queue<B: Body>(
-        &mut self,
-        body: &B,
-        scope: Scope,
-        ephemeral: Option<[u8; 32]>,
-    ) -> Result<u64, SessionError> {
+    /// Seals `body` under the current keys with a fresh counter value and
+    /// queues it. While the epoch is unconfirmed its ephemeral key goes in
+    /// the header (SPEC §3.1).
+    fn seal_queue<B: Body>(&mut self, body: &B, scope: Scope) -> Result<u64, SessionError> {
+        let ephemeral = self.state.pending;
         let keys = self.state.keys.as_ref().ok_or(SessionError::NoSession)?;
         let counter = self.counter.next_value()?;
         let mut out = [0u8; message::MAX_SEALED_LEN];
@@ -540,8 +686,12 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         Ok((v.decode::<B>()?, h.counter))
     }
 
+    /// Records an authentic vendor message's counter. It was sealed under
+    /// the current epoch, so the vendor holds that epoch: it is confirmed
+    /// and later messages leave the ephemeral key out (SPEC §3.1).
     fn accept_vendor_counter(&mut self, counter: u64) -> Result<(), SessionError> {
         self.state.replay.accept(counter)?;
+        self.state.pending = None;
         self.save_state()
     }
 
@@ -605,26 +755,68 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Unregistered<'d, '
         consent: SignedConsent,
     ) -> Result<Registered<'d, 'o, S, N, RECORD>, SessionError> {
         let dev = self.dev;
-        check_new_consent(dev, &consent)?;
-        // 1. reserve the epoch before anything is sealed under it
-        let epoch = dev.state.epoch.checked_add(1).ok_or(SessionError::EpochExhausted)?;
-        dev.state.epoch = epoch;
-        dev.state.keys = None;
-        dev.save_state()?;
-        // 2. keys, seal, queue
-        let (keys, eph) = keys::device_start_epoch(rng, &dev.id.key.device, epoch, &dev.id.vendor)?;
-        dev.state.keys = Some(keys);
-        let body = Register { certificate: dev.id.certificate.clone(), firmware: dev.id.firmware, consent };
-        let scope = Scope { consent_version: body.consent.state.version, ..dev.control_scope() };
-        dev.seal_queue(&body, scope, Some(eph))?;
-        // 3. the consent, then the session: registered
-        dev.save_consent(&body.consent)?;
-        dev.remember_sent(&body.consent)?;
-        dev.state.stage = Stage::Registered;
-        dev.save_state()?;
-        dev.consent = Some(body.consent);
+        register(dev, rng, consent)?;
         Ok(Registered { dev })
     }
+}
+
+/// The [`SessionError::WrongStage`] for a handle of another stage.
+fn wrong<S: Storage, const N: usize, const RECORD: usize>(
+    expected: Stage,
+    got: &StageHandle<'_, '_, S, N, RECORD>,
+) -> SessionError {
+    let actual = match got {
+        StageHandle::Unregistered(_) => Stage::Unregistered,
+        StageHandle::Registered(_) => Stage::Registered,
+        StageHandle::Decommissioned(_) => Stage::Decommissioned,
+    };
+    SessionError::WrongStage { expected, actual }
+}
+
+/// Checks that `storage` holds every record a device with `N` outbox slots
+/// of `RECORD` bytes writes.
+fn check_layout<S: Storage, const N: usize, const RECORD: usize>(storage: &S) -> Result<(), SessionError> {
+    let needed = storage_capacity(RECORD);
+    let have = storage.record_capacity();
+    if have < needed {
+        return Err(SessionError::RecordsTooSmall { needed, have, outbox: RECORD });
+    }
+    let records = storage_records(N);
+    let count = storage.record_count();
+    if usize::from(count) < records {
+        return Err(SessionError::TooFewRecords { needed: records, have: count, slots: N });
+    }
+    Ok(())
+}
+
+/// Reserves a new epoch, agrees its keys, seals and queues a Register that
+/// opens it, and stores the consent and the registered stage.
+fn register<S: Storage, const N: usize, const RECORD: usize, R: CryptoRng + ?Sized>(
+    dev: &mut Device<'_, S, N, RECORD>,
+    rng: &mut R,
+    consent: SignedConsent,
+) -> Result<u64, SessionError> {
+    check_new_consent(dev, &consent)?;
+    // 1. reserve the epoch before anything is sealed under it
+    let epoch = dev.state.epoch.checked_add(1).ok_or(SessionError::EpochExhausted)?;
+    dev.state.epoch = epoch;
+    dev.state.keys = None;
+    dev.state.pending = None;
+    dev.save_state()?;
+    // 2. keys, seal, queue; the epoch stays unconfirmed until a vendor message under it
+    let (keys, eph) = keys::device_start_epoch(rng, &dev.id.key.device, epoch, &dev.id.vendor)?;
+    dev.state.keys = Some(keys);
+    dev.state.pending = Some(eph);
+    let body = Register { certificate: dev.id.certificate.clone(), firmware: dev.id.firmware, consent };
+    let scope = Scope { consent_version: body.consent.state.version, ..dev.control_scope() };
+    let counter = dev.seal_queue(&body, scope)?;
+    // 3. the consent, then the session: registered
+    dev.save_consent(&body.consent)?;
+    dev.remember_sent(&body.consent)?;
+    dev.state.stage = Stage::Registered;
+    dev.save_state()?;
+    dev.consent = Some(body.consent);
+    Ok(counter)
 }
 
 /// A new consent state must be canonical, carry a valid owner proof if
@@ -671,7 +863,7 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
     pub fn report_usage(&mut self, usage: Permitted<Usage>, now: u64) -> Result<u64, SessionError> {
         let scope = usage.scope();
         self.state()?.check_scope(&scope, now)?;
-        self.dev.seal_queue(usage.as_body(), scope, None)
+        self.dev.seal_queue(usage.as_body(), scope)
     }
 
     /// Seals and queues a fault report built through a permit, after
@@ -682,7 +874,7 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
     pub fn report_fault(&mut self, fault: Permitted<Fault>, now: u64) -> Result<u64, SessionError> {
         let scope = fault.scope();
         self.state()?.check_scope(&scope, now)?;
-        self.dev.seal_queue(fault.as_body(), scope, None)
+        self.dev.seal_queue(fault.as_body(), scope)
     }
 
     /// Ends a metrics window into a usage report for `purpose`: only the
@@ -757,13 +949,81 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
         let body = ConsentUpdate { consent };
         dev.consent = Some(body.consent.clone());
         let scope = dev.control_scope();
-        let counter = dev.seal_queue(&body, scope, None)?;
+        let counter = dev.seal_queue(&body, scope)?;
         let state = &body.consent.state;
         dev.outbox.purge(&mut dev.counter.store_mut().0, |m| match m.class() {
             Class::Usage | Class::Fault => state.check_scope(&m.scope(), now).is_ok(),
             Class::Lifecycle | Class::Consent => true,
         })?;
         Ok(counter)
+    }
+
+    /// Opens a new key epoch without registering again, for forward secrecy
+    /// over the product's life (on demand, or by the product's own policy:
+    /// age, message count). Reserves epoch `n + 1` first, agrees its keys
+    /// with the vendor's key from a fresh ephemeral key, and returns `n + 1`.
+    /// The next message sealed opens the epoch at the vendor, and every
+    /// message carries the ephemeral key until a vendor message under the
+    /// new epoch confirms it (SPEC §3.1), so a refused opener strands nothing.
+    ///
+    /// # Errors
+    /// [`SessionError::OutboxNotEmpty`] while messages of the current epoch
+    /// wait (send them first: the vendor refuses an older epoch once the new
+    /// one is open); [`SessionError::EpochExhausted`]; key agreement and
+    /// storage errors, after which the device holds no keys
+    /// ([`SessionError::NoSession`] when sealing) until a call succeeds.
+    pub fn renew_keys<R: CryptoRng + ?Sized>(&mut self, rng: &mut R) -> Result<u32, SessionError> {
+        let dev = &mut *self.dev;
+        let waiting = dev.queued().count();
+        if waiting > 0 {
+            return Err(SessionError::OutboxNotEmpty(waiting));
+        }
+        let epoch = dev.state.epoch.checked_add(1).ok_or(SessionError::EpochExhausted)?;
+        // Reserve the number first, without keys (the stored keys are read
+        // back as the stored epoch's): a cut can only skip an epoch, never
+        // agree one twice, and leaves a device that calls this again.
+        dev.state.epoch = epoch;
+        dev.state.keys = None;
+        dev.state.pending = None;
+        dev.save_state()?;
+        let (keys, eph) = keys::device_start_epoch(rng, &dev.id.key.device, epoch, &dev.id.vendor)?;
+        dev.state.keys = Some(keys);
+        dev.state.pending = Some(eph);
+        dev.save_state()?;
+        Ok(epoch)
+    }
+
+    /// Registers again while the vendor has not confirmed the registration
+    /// (SPEC §3.1): the vendor refused the Register (for example a consent
+    /// it would not take) and, holding no relationship, cannot open what
+    /// followed. Opens a new epoch with a new Register carrying the owner's
+    /// `consent` (a higher version than held, like every new state).
+    ///
+    /// ```
+    /// # use spime::device::Device;
+    /// # fn f<S: spime::device::Storage, const N: usize, const R: usize>(
+    /// #     r: &mut spime::device::session::Registered<'_, '_, S, N, R>,
+    /// #     rng: &mut impl rand_core::CryptoRng,
+    /// #     consent: spime::consent::SignedConsent,
+    /// # ) -> Result<(), spime::device::SessionError> {
+    /// if !r.device().epoch_confirmed() {
+    ///     r.register_again(rng, consent)?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`SessionError::AlreadyConfirmed`] once a vendor message arrived
+    /// under the epoch; otherwise as [`Unregistered::register`].
+    pub fn register_again<R: CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        consent: SignedConsent,
+    ) -> Result<u64, SessionError> {
+        if self.dev.epoch_confirmed() {
+            return Err(SessionError::AlreadyConfirmed);
+        }
+        register(self.dev, rng, consent)
     }
 
     /// Seals the consent held again in a Consent message (its version
@@ -778,7 +1038,7 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
         dev.remember_sent(&consent)?;
         dev.save_state()?;
         let scope = dev.control_scope();
-        dev.seal_queue(&ConsentUpdate { consent }, scope, None)
+        dev.seal_queue(&ConsentUpdate { consent }, scope)
     }
 
     /// The owner hands the product on: seals a Transfer, resets consent to
@@ -796,11 +1056,12 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
             None => ConsentState::essential_only(1, now, [0; 32]),
         };
         let scope = dev.control_scope();
-        dev.seal_queue(&Transfer { at: now }, scope, None)?;
+        dev.seal_queue(&Transfer { at: now }, scope)?;
         // The stage first: a cut before the reset consent is stored leaves an
         // unregistered device, which sends no data under any consent.
         dev.state.stage = Stage::Unregistered;
         dev.state.keys = None;
+        dev.state.pending = None;
         dev.state.sent.clear();
         dev.state.shown.clear();
         dev.state.receipted = 0;
@@ -823,7 +1084,7 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
     ) -> Result<Decommissioned<'d, 'o, S, N, RECORD>, SessionError> {
         let dev = self.dev;
         let scope = dev.control_scope();
-        dev.seal_queue(&Decommission { at: now, reason }, scope, None)?;
+        dev.seal_queue(&Decommission { at: now, reason }, scope)?;
         dev.state.stage = Stage::Decommissioned;
         dev.save_state()?;
         Ok(Decommissioned { dev })

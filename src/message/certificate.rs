@@ -19,6 +19,7 @@ pub struct CertificateBody {
     /// The device's Ed25519 public key.
     pub device_key: [u8; 32],
     /// The product model (UTF-8).
+    #[serde(with = "crate::codec::length::string")]
     pub model: heapless::String<32>,
     /// Hardware revision.
     pub hardware_revision: u16,
@@ -28,7 +29,7 @@ pub struct CertificateBody {
 
 impl CertificateBody {
     /// Longest encoding.
-    pub const MAX_ENCODED_LEN: usize = 16 + 32 + 1 + 32 + varint_max(16) + varint_max(64);
+    pub const MAX_ENCODED_LEN: usize = crate::wire::DEVICE_ID_LEN + 32 + 1 + 32 + varint_max(16) + varint_max(64);
 }
 
 impl Canonical for CertificateBody {
@@ -62,7 +63,8 @@ impl DeviceCertificate {
     }
 
     /// Checks the vendor's signature (`verify_strict`) and that the device
-    /// key is not a weak (small-order) point; returns the device's key.
+    /// key is the canonical encoding of a point that is not of small order;
+    /// returns the device's key.
     ///
     /// # Errors
     /// [`OpenError::BadCertificate`] for any failure.
@@ -73,7 +75,7 @@ impl DeviceCertificate {
         crate::seal::verify_strict_parts(vendor, &[CERTIFICATE_DST, tbs], &sig)
             .map_err(|_| OpenError::BadCertificate)?;
         let key = VerifyingKey::from_bytes(&self.body.device_key).map_err(|_| OpenError::BadCertificate)?;
-        if key.is_weak() {
+        if key.is_weak() || !crate::seal::is_canonical_point_encoding(&self.body.device_key) {
             return Err(OpenError::BadCertificate);
         }
         Ok(key)

@@ -13,19 +13,41 @@
 //! ```
 
 mod certificate;
+mod display;
 
 pub use certificate::{CERTIFICATE_DST, CertificateBody, DeviceCertificate};
+pub use display::Readable;
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{Canonical, varint_max};
 use crate::consent::{CategorySet, DataCategory, LocationPrecision, Purpose, SignedConsent};
-use crate::error::DecodeError;
-use crate::wire::{HEADER_LEN, HEADER_LEN_WITH_EPHEMERAL, Kind};
+use crate::error::{DecodeError, List, Rule};
+use crate::wire::{Header, Kind, MAX_HEADER_LEN, MAX_HEADER_LEN_NO_EPHEMERAL};
 
-/// Bytes a sealed envelope adds to a body: header, Ed25519 signature (64)
-/// and Poly1305 tag (16). Register adds 32 more for the ephemeral key.
-pub const ENVELOPE_OVERHEAD: usize = HEADER_LEN + 64 + 16;
+/// Bytes a sealed envelope adds to its body besides the header: the Ed25519
+/// signature (64) and the Poly1305 tag (16).
+pub const SIGNATURE_AND_TAG_LEN: usize = 64 + 16;
+
+/// The most bytes a sealed envelope adds to a body without an ephemeral key:
+/// the longest such header (epoch and counter at their widest) plus
+/// [`SIGNATURE_AND_TAG_LEN`]. [`overhead`] gives the exact figure for one header.
+pub const ENVELOPE_OVERHEAD: usize = MAX_HEADER_LEN_NO_EPHEMERAL + SIGNATURE_AND_TAG_LEN;
+
+/// The exact bytes an envelope with this header adds to its body
+/// (`len(sealed) - len(body)`).
+///
+/// ```
+/// use spime::message::overhead;
+/// use spime::wire::{DeviceId, Header, Kind};
+/// let usage = Header { kind: Kind::USAGE, device: DeviceId([1; 8]), epoch: 1, counter: 5, ephemeral: None };
+/// assert_eq!(overhead(&usage), 91);
+/// let opener = Header { ephemeral: Some([9; 32]), ..usage };
+/// assert_eq!(overhead(&opener), 123);
+/// ```
+pub const fn overhead(header: &Header) -> usize {
+    header.buffer_len() + SIGNATURE_AND_TAG_LEN
+}
 
 /// A message body: what is signed and encrypted inside an envelope.
 pub trait Body: Canonical {
@@ -34,11 +56,11 @@ pub trait Body: Canonical {
     /// The longest sealed envelope carrying this body (with an ephemeral
     /// key in the header, which any device-to-vendor message may carry).
     const MAX_SEALED_LEN: usize = Self::MAX_ENCODED_LEN
-        + ENVELOPE_OVERHEAD
+        + SIGNATURE_AND_TAG_LEN
         + if matches!(Self::KIND.direction(), crate::wire::Direction::DeviceToVendor) {
-            HEADER_LEN_WITH_EPHEMERAL - HEADER_LEN
+            MAX_HEADER_LEN
         } else {
-            0
+            MAX_HEADER_LEN_NO_EPHEMERAL
         };
 }
 
@@ -129,7 +151,7 @@ pub enum MetricValue {
         samples: u32,
     },
     /// Counts per fixed bucket; bucket bounds are part of the metric's definition.
-    Histogram(heapless::Vec<u32, MAX_BUCKETS>),
+    Histogram(#[serde(with = "crate::codec::length::vec")] heapless::Vec<u32, MAX_BUCKETS>),
     /// A position, already coarsened on the device to `precision`.
     Location {
         /// latitude in 1e-7 degrees
@@ -174,6 +196,7 @@ pub struct Usage {
     /// Window end (exclusive), Unix seconds, not before the start.
     pub window_end: u64,
     /// The metrics, strictly ascending by id.
+    #[serde(with = "crate::codec::length::vec")]
     pub metrics: heapless::Vec<Metric, MAX_METRICS>,
 }
 
@@ -202,20 +225,20 @@ impl Canonical for Usage {
     fn validate(&self) -> Result<(), DecodeError> {
         self.purpose.check()?;
         if self.window_end < self.window_start {
-            return Err(DecodeError::OutOfRange("usage window ends before it starts"));
+            return Err(DecodeError::OutOfRange(Rule::UsageWindow));
         }
         let mut prev: Option<u16> = None;
         for m in &self.metrics {
             if prev.is_some_and(|p| p >= m.id) {
-                return Err(DecodeError::Unordered("metrics"));
+                return Err(DecodeError::Unordered(List::Metrics));
             }
             prev = Some(m.id);
             let is_loc = matches!(m.value, MetricValue::Location { .. });
             if is_loc != (m.category == DataCategory::Location) {
-                return Err(DecodeError::OutOfRange("a location value must have the Location category"));
+                return Err(DecodeError::OutOfRange(Rule::LocationCategory));
             }
             if matches!(m.value, MetricValue::Location { precision: LocationPrecision::None, .. }) {
-                return Err(DecodeError::OutOfRange("location precision None"));
+                return Err(DecodeError::OutOfRange(Rule::LocationPrecisionNone));
             }
         }
         Ok(())
@@ -285,6 +308,7 @@ pub struct Fault {
     /// Unix seconds of the last occurrence, not before the first.
     pub last_seen: u64,
     /// Bounded free-form context (FaultContext).
+    #[serde(with = "crate::codec::length::vec")]
     pub context: heapless::Vec<u8, MAX_FAULT_CONTEXT>,
 }
 
@@ -312,10 +336,10 @@ impl Canonical for Fault {
     fn validate(&self) -> Result<(), DecodeError> {
         self.purpose.check()?;
         if self.occurrences == 0 {
-            return Err(DecodeError::OutOfRange("fault occurrences must be at least 1"));
+            return Err(DecodeError::OutOfRange(Rule::FaultOccurrences));
         }
         if self.last_seen < self.first_seen {
-            return Err(DecodeError::OutOfRange("fault last seen before first seen"));
+            return Err(DecodeError::OutOfRange(Rule::FaultSeen));
         }
         Ok(())
     }
@@ -455,8 +479,10 @@ pub struct Notice {
     /// Unix seconds after which it is stale; not before `issued_at`.
     pub expires_at: u64,
     /// Short title (UTF-8).
+    #[serde(with = "crate::codec::length::string")]
     pub title: heapless::String<MAX_NOTICE_TITLE>,
     /// Text (UTF-8).
+    #[serde(with = "crate::codec::length::string")]
     pub text: heapless::String<MAX_NOTICE_TEXT>,
 }
 
@@ -474,7 +500,7 @@ impl Canonical for Notice {
     fn validate(&self) -> Result<(), DecodeError> {
         self.purpose.check()?;
         if self.expires_at < self.issued_at {
-            return Err(DecodeError::OutOfRange("notice expires before it is issued"));
+            return Err(DecodeError::OutOfRange(Rule::NoticeExpiry));
         }
         Ok(())
     }

@@ -290,13 +290,34 @@ pub fn verify_signature(
     verify_strict_parts(sender, &[MESSAGE_DST, header_bytes, body], &sig).map_err(|_| OpenError::Unauthentic)
 }
 
+/// Whether 32 bytes are the canonical encoding of an Edwards `y`
+/// coordinate: `y < p = 2^255 - 19` once the sign bit is masked (SPEC §2.1).
+/// Only 19 values of `y` have a second, non-canonical encoding; libsodium
+/// refuses them, and so does every check in this crate, for public keys and
+/// for `R` alike.
+///
+/// ```
+/// use spime::seal::is_canonical_point_encoding;
+/// let mut y = [0xff; 32];
+/// y[0] = 0xec; // p - 1 with the sign bit clear
+/// y[31] = 0x7f;
+/// assert!(is_canonical_point_encoding(&y));
+/// y[0] = 0xee; // p + 1: the same y as 1, encoded again
+/// assert!(!is_canonical_point_encoding(&y));
+/// ```
+pub fn is_canonical_point_encoding(bytes: &[u8; 32]) -> bool {
+    let [low, middle @ .., top] = bytes;
+    !(top & 0x7f == 0x7f && middle.iter().all(|&b| b == 0xff) && *low >= 0xed)
+}
+
 /// Ed25519 `verify_strict` over a message given in parts, without joining
 /// them: refuses a small-order public key or `R`, a non-canonical `s`, and
 /// checks the cofactorless equation, exactly as `VerifyingKey::verify_strict`
-/// does (tests pin the equivalence).
+/// does (tests pin the equivalence); and refuses non-canonical encodings of
+/// the public key and of `R` (y ≥ p), as libsodium does (SPEC §2.1).
 pub(crate) fn verify_strict_parts(key: &VerifyingKey, parts: &[&[u8]], sig: &Signature) -> Result<(), ()> {
     use ed25519_dalek::ed25519::signature::MultipartVerifier;
-    if key.is_weak() {
+    if key.is_weak() || !is_canonical_point_encoding(key.as_bytes()) || !is_canonical_point_encoding(sig.r_bytes()) {
         return Err(());
     }
     let r = curve25519_dalek::edwards::CompressedEdwardsY(*sig.r_bytes());

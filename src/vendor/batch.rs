@@ -54,17 +54,14 @@ pub const CHUNK: usize = 64;
 /// component. Costs about one signature verification; the pipeline calls
 /// it once per device key and stores the answer.
 pub fn batchable_key(key: &VerifyingKey) -> bool {
-    !key.is_weak() && key.to_edwards().is_torsion_free()
+    !key.is_weak() && crate::seal::is_canonical_point_encoding(key.as_bytes()) && key.to_edwards().is_torsion_free()
 }
 
 /// Whether the `R` half of a signature may be batched: a canonical encoding
 /// (y < 2^255 - 19) of a point that is not of small order.
 pub fn batchable_r(signature: &[u8; SIGNATURE_LEN]) -> bool {
     let Some(r) = signature.first_chunk::<32>() else { return false };
-    // y < p = 2^255 - 19, with the sign bit masked: not (y >= p).
-    let top = r[31] & 0x7f;
-    let middle_ones = r.get(1..31).is_some_and(|m| m.iter().all(|&b| b == 0xff));
-    if top == 0x7f && middle_ones && r[0] >= 0xed {
+    if !crate::seal::is_canonical_point_encoding(r) {
         return false;
     }
     matches!(CompressedEdwardsY(*r).decompress(), Some(p) if !p.is_small_order())

@@ -80,6 +80,34 @@ pub enum IngestError {
 }
 
 impl IngestError {
+    /// The stable numeric code (SPEC.md §10.1). Wrapped decoding, replay,
+    /// chunk and consent errors give their own codes; a consent denial of
+    /// data gives the [`Denial`]'s code (60–65).
+    ///
+    /// ```
+    /// use spime::vendor::IngestError;
+    /// assert_eq!(IngestError::UnknownDevice.code(), 40);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            IngestError::Decode(e) => e.code(),
+            IngestError::Chunk(e) => e.code(),
+            IngestError::WrongDirection(_) => 22,
+            IngestError::Unauthentic => 20,
+            IngestError::WeakKey => 25,
+            IngestError::Replay(r) => r.code(),
+            IngestError::UnknownDevice => 40,
+            IngestError::StaleEpoch { .. } => 41,
+            IngestError::UnopenedEpoch { .. } => 42,
+            IngestError::CertificateMismatch => 43,
+            IngestError::Unconsented(d) => d.code(),
+            IngestError::Consent(c) => c.code(),
+            IngestError::AwaitingRegistration => 50,
+            IngestError::Decommissioned => 51,
+            IngestError::Storage(_) => 53,
+        }
+    }
+
     /// A short stable name for the reason, for counters and reports.
     pub const fn reason(&self) -> &'static str {
         match self {
@@ -130,7 +158,7 @@ pub enum SendError {
     #[error("device is decommissioned")]
     Decommissioned,
     /// The owner's contact preferences forbid this notice now; it is held back.
-    #[error("held back: {0}")]
+    #[error("the owner's contact preferences forbid this notice now: {0}")]
     Refused(ContactDenial),
     /// The vendor holds no consent to countersign.
     #[error("no consent to countersign")]

@@ -12,12 +12,13 @@ use ed25519_dalek::VerifyingKey;
 use crate::codec;
 use crate::consent::ledger::{ConsentEvent, LedgerEntry, Proof};
 use crate::consent::{ConsentError, OwnerRequirement, Purpose, SignedConsent};
-use crate::error::{DecodeError, OpenError};
+use crate::error::{DecodeError, OpenError, Rule};
 use crate::message::{
     ConsentUpdate, Decommission, DecommissionReason, Fault, FirmwareVersion, Register, Transfer, Usage, consent_digest,
 };
 use crate::seal::replay::ReplayWindow;
 use crate::seal::{Envelope, Plaintext, SessionKeys, VendorKeys, VendorPublicKeys, Verified};
+use crate::time::Utc;
 use crate::wire::{DeviceId, Direction, Header, Kind};
 
 use super::batch::{BatchVerifier, batchable_key};
@@ -101,6 +102,51 @@ pub struct Accepted {
     pub kind: Kind,
     /// What it meant.
     pub event: Event,
+    /// The key epoch this message opened, if it opened one (it carried an
+    /// ephemeral key for an epoch above the device's current one). Answer
+    /// with a vendor message under it (`Ingestor::seal_receipt`) so the
+    /// device learns the epoch is open and stops re-offering its key
+    /// (SPEC §3.1).
+    pub opened_epoch: Option<u32>,
+}
+
+/// In plain words, times as UTC dates: `registered (a new owner,
+/// relationship 1), firmware 1.0.0 (build 1), consent version 1`;
+/// `usage for …`; `… fault …`; `consent changed from version 1 to 2`; …
+impl core::fmt::Display for Event {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Event::Registered { relationship, new_relationship, firmware, consent_version } => {
+                let owner = if *new_relationship { "a new owner" } else { "the same owner again" };
+                write!(
+                    f,
+                    "registered ({owner}, relationship {relationship}), firmware {firmware}, consent version {consent_version}"
+                )
+            }
+            Event::Usage(usage) => write!(f, "{usage}"),
+            Event::Fault(fault) => write!(f, "{fault}"),
+            Event::ConsentChanged { previous, version } => {
+                write!(f, "consent changed from version {previous} to {version}")
+            }
+            Event::ConsentRepeated { version } => write!(f, "consent version {version} received again (unchanged)"),
+            Event::Transferred { at } => {
+                write!(f, "handed on to a new owner at {}; consent reset to essential only", Utc(*at))
+            }
+            Event::Decommissioned { at, reason } => write!(f, "decommissioned at {} ({reason})", Utc(*at)),
+        }
+    }
+}
+
+/// `device 0707…07, message 3: <the event>`, then `; it opened key epoch 2`
+/// when it did.
+impl core::fmt::Display for Accepted {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "device {}, message {}: {}", self.device, self.counter, self.event)?;
+        match self.opened_epoch {
+            Some(epoch) => write!(f, "; it opened key epoch {epoch}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The result for one message of a batch.
@@ -112,7 +158,7 @@ pub type Outcome = Result<Accepted, IngestError>;
 /// ```
 /// use spime::vendor::partition_of;
 /// use spime::wire::DeviceId;
-/// let d = DeviceId([3; 16]);
+/// let d = DeviceId([3; 8]);
 /// assert_eq!(partition_of(&d, 2), partition_of(&d, 2));
 /// assert!(partition_of(&d, 4) < 4);
 /// ```
@@ -592,7 +638,7 @@ impl<S: Store> Ingestor<S> {
                     .consent
                     .state
                     .reset_for_transfer(t.at)
-                    .map_err(|_| DecodeError::OutOfRange("consent version exhausted"))?;
+                    .map_err(|_| DecodeError::OutOfRange(Rule::ConsentVersionExhausted))?;
                 let mut rec = r.clone();
                 ledger = Some((ConsentEvent::ResetOnTransfer, reset.version));
                 rec.lifecycle = Lifecycle::Transferred;
@@ -644,7 +690,9 @@ impl<S: Store> Ingestor<S> {
             purpose,
             proof,
         };
-        Ok(Done { accepted: Accepted { device: h.device, counter: h.counter, kind: h.kind, event }, ledger, message })
+        let opened_epoch = new_epoch.then_some(h.epoch);
+        let accepted = Accepted { device: h.device, counter: h.counter, kind: h.kind, event, opened_epoch };
+        Ok(Done { accepted, ledger, message })
     }
 
     fn device_key(&self, bytes: &[u8; 32]) -> Result<VerifyingKey, IngestError> {
@@ -726,5 +774,58 @@ fn check_signature<'a, 'b>(
             _ => pt.verify(key).map_err(unauthentic),
         },
         _ => pt.verify(key).map_err(unauthentic),
+    }
+}
+
+#[cfg(test)]
+mod display_tests {
+    use super::{Accepted, Event};
+    use crate::consent::ContactDenial;
+    use crate::message::{DecommissionReason, FirmwareVersion};
+    use crate::vendor::SendError;
+    use crate::wire::{DeviceId, Kind};
+
+    #[test]
+    fn events_in_plain_words() {
+        let firmware = FirmwareVersion { major: 1, minor: 0, patch: 0, build: 1 };
+        let registered = Event::Registered { relationship: 1, new_relationship: true, firmware, consent_version: 1 };
+        assert_eq!(
+            registered.to_string(),
+            "registered (a new owner, relationship 1), firmware 1.0.0 (build 1), consent version 1"
+        );
+        let accepted = Accepted {
+            device: DeviceId([7; 8]),
+            counter: 3,
+            kind: Kind::REGISTER,
+            event: registered,
+            opened_epoch: None,
+        };
+        assert_eq!(
+            accepted.to_string(),
+            "device 0707070707070707, message 3: registered (a new owner, relationship 1), \
+             firmware 1.0.0 (build 1), consent version 1"
+        );
+        let opening = Accepted { opened_epoch: Some(2), ..accepted };
+        assert!(opening.to_string().ends_with("consent version 1; it opened key epoch 2"), "{opening}");
+        assert_eq!(
+            Event::ConsentChanged { previous: 1, version: 2 }.to_string(),
+            "consent changed from version 1 to 2"
+        );
+        assert_eq!(Event::ConsentRepeated { version: 2 }.to_string(), "consent version 2 received again (unchanged)");
+        assert_eq!(
+            Event::Transferred { at: 1_795_435_200 }.to_string(),
+            "handed on to a new owner at 2026-11-23 12:00:00 UTC; consent reset to essential only"
+        );
+        let gone = Event::Decommissioned { at: 1_795_435_200, reason: DecommissionReason::Recycled };
+        assert_eq!(gone.to_string(), "decommissioned at 2026-11-23 12:00:00 UTC (recycled)");
+    }
+
+    #[test]
+    fn refused_notice_says_held_back_once() {
+        let e = SendError::Refused(ContactDenial::QuietHours { until: 1_795_435_200 });
+        assert_eq!(
+            e.to_string(),
+            "the owner's contact preferences forbid this notice now: quiet hours until 2026-11-23 12:00:00 UTC"
+        );
     }
 }

@@ -33,7 +33,7 @@
 //! let vendor = Ingestor::new(MemoryStore::new(), VendorKeys::from_secrets(&[1; 32], [2; 32]), IngestConfig::default());
 //! assert_eq!(vendor.retention(), &RetentionPolicy::default());
 //! // Nothing held about an unknown device.
-//! assert!(vendor.export(&DeviceId([5; 16]), 1, 0).is_err());
+//! assert!(vendor.export(&DeviceId([5; 8]), 1, 0).is_err());
 //! let report = vendor.apply_retention(1_000_000)?;
 //! assert_eq!(report.messages, 0);
 //! # Ok::<(), spime::vendor::lifecycle::LifecycleError>(())

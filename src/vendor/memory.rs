@@ -33,7 +33,7 @@ struct Tables {
 /// use spime::wire::DeviceId;
 /// let store = MemoryStore::new();
 /// let mut tx = store.begin()?;
-/// assert!(tx.device(&DeviceId([1; 16]))?.is_none());
+/// assert!(tx.device(&DeviceId([1; 8]))?.is_none());
 /// tx.commit()?;
 /// # Ok::<(), spime::vendor::StoreError>(())
 /// ```

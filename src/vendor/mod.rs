@@ -30,7 +30,7 @@
 //!
 //! let vendor_keys = VendorKeys::from_secrets(&[1; 32], [2; 32]);
 //! let vendor_pub = vendor_keys.public();
-//! let dev = DeviceKey::from_seed(DeviceId([9; 16]), &[3; 32]);
+//! let dev = DeviceKey::from_seed(DeviceId([9; 8]), &[3; 32]);
 //! let certificate = DeviceCertificate::issue(
 //!     CertificateBody { device: dev.device, device_key: dev.public().to_bytes(),
 //!                       model: "kettle".try_into().unwrap(), hardware_revision: 1, issued_at: 1 },

@@ -82,7 +82,7 @@ impl<S: Store> Ingestor<S> {
             counter: None,
             held_back: None,
             notice: postcard::to_allocvec(notice)
-                .map_err(|_| SendError::Seal(crate::error::DecodeError::OutOfRange("notice encoding").into()))?,
+                .map_err(|_| SendError::Seal(crate::error::DecodeError::Malformed.into()))?,
         };
         let verdict = {
             let history = TxHistory { tx: RefCell::new(&mut tx), device: *device };

@@ -79,12 +79,12 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], table: &'static str) -> 
 /// {
 ///     let store = RedbStore::open(&path)?;
 ///     let mut tx = store.begin()?;
-///     assert_eq!(tx.next_counter(&DeviceId([1; 16]))?, 0);
+///     assert_eq!(tx.next_counter(&DeviceId([1; 8]))?, 0);
 ///     tx.commit()?;
 /// }
 /// let store = RedbStore::open(&path)?;        // reopened: the commit survived
 /// let mut tx = store.begin()?;
-/// assert_eq!(tx.next_counter(&DeviceId([1; 16]))?, 1);
+/// assert_eq!(tx.next_counter(&DeviceId([1; 8]))?, 1);
 /// # drop(tx); drop(store); std::fs::remove_dir_all(&dir).unwrap();
 /// # Ok::<(), spime::vendor::StoreError>(())
 /// ```

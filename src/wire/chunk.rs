@@ -101,6 +101,24 @@ pub enum ChunkError {
     },
 }
 
+impl ChunkError {
+    /// The stable numeric code (SPEC.md §10.1): 80 Truncated, 81 ZeroSize,
+    /// 82 IndexOutOfRange, 83 BadLength, 84 TooLarge, 85 MtuTooSmall,
+    /// 86 Empty, 87 BufferTooSmall.
+    pub const fn code(&self) -> u16 {
+        match self {
+            ChunkError::Truncated(_) => 80,
+            ChunkError::ZeroSize => 81,
+            ChunkError::IndexOutOfRange { .. } => 82,
+            ChunkError::BadLength { .. } => 83,
+            ChunkError::TooLarge { .. } => 84,
+            ChunkError::MtuTooSmall(_) => 85,
+            ChunkError::Empty => 86,
+            ChunkError::BufferTooSmall { .. } => 87,
+        }
+    }
+}
+
 /// A parsed chunk header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkHeader {

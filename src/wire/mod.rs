@@ -1,33 +1,101 @@
-//! The envelope header: the fixed-layout bytes in front of every sealed
+//! The envelope header: the compact bytes in front of every sealed
 //! message, which are also the AEAD associated data and part of what the
-//! sender signs.
+//! sender signs (SPEC.md §4.1).
 //!
 //! ```text
-//! offset  size  field
-//! 0       1     version      0x01
-//! 1       1     kind         see [`Kind`]
-//! 2       1     flags        bit 0: an ephemeral X25519 key follows; other bits 0
-//! 3       16    device id    the device the message is from (or, vendor to device, to)
-//! 19      4     epoch        u32 big-endian, the session key's epoch
-//! 23      8     counter      u64 big-endian, the sender's message counter
-//! 31      32    ephemeral    only when flags bit 0 is set
+//! byte 0        v v v e d k k k   version (3 bits, 001), e: an ephemeral key
+//!                                 follows, d: direction (1 = vendor to device),
+//!                                 kkk: the kind within its direction
+//! bytes 1..9    device id         8 bytes
+//! then          epoch             u32 as a minimal LEB128 varint (1-5 bytes)
+//! then          counter           u64 as a minimal LEB128 varint (1-10 bytes)
+//! then          ephemeral         32 bytes, only when e is set
 //! ```
 //!
-//! [`Header::parse`] checks the length once and then reads fields; no
-//! accessor can panic afterwards.
+//! Every field of the logical header travels: nothing is rebuilt, so the
+//! signature and the AEAD, which cover the exact header bytes, cover the
+//! device id, kind, direction, epoch, counter and ephemeral key. A header is
+//! 11 bytes for a young device (epoch and counter below 128) and at most
+//! [`MAX_HEADER_LEN`].
+//!
+//! [`Header::parse`] checks each field as it reads it; no accessor can panic
+//! afterwards.
 
 pub mod chunk;
 
 use crate::error::DecodeError;
 
-/// The protocol version this crate speaks, first byte of every envelope.
+/// The protocol version this crate speaks: the top three bits of the
+/// first byte of every envelope.
 pub const VERSION: u8 = 1;
-/// Header length without an ephemeral key.
-pub const HEADER_LEN: usize = 31;
-/// Header length with an ephemeral key.
-pub const HEADER_LEN_WITH_EPHEMERAL: usize = HEADER_LEN + 32;
-/// Flag bit: a 32-byte ephemeral X25519 public key follows the counter.
-pub const FLAG_EPHEMERAL: u8 = 0x01;
+/// Length of a device id.
+pub const DEVICE_ID_LEN: usize = 8;
+/// Length of the ephemeral X25519 public key in an epoch opener.
+pub const EPHEMERAL_LEN: usize = 32;
+/// The shortest header: byte 0, the device id and one-byte epoch and counter.
+pub const MIN_HEADER_LEN: usize = 1 + DEVICE_ID_LEN + 1 + 1;
+/// The longest header without an ephemeral key (five-byte epoch, ten-byte counter).
+pub const MAX_HEADER_LEN_NO_EPHEMERAL: usize = 1 + DEVICE_ID_LEN + 5 + 10;
+/// The longest header of all.
+pub const MAX_HEADER_LEN: usize = MAX_HEADER_LEN_NO_EPHEMERAL + EPHEMERAL_LEN;
+/// Bit of byte 0: a 32-byte ephemeral X25519 public key follows the counter.
+pub const FLAG_EPHEMERAL: u8 = 0x10;
+/// Bit of byte 0: the kind travels from the vendor to the device.
+const DIRECTION_BIT: u8 = 0x08;
+
+/// The length of `v` as a minimal LEB128 varint (SPEC.md §4.1).
+///
+/// ```
+/// assert_eq!(spime::wire::varint_len(127), 1);
+/// assert_eq!(spime::wire::varint_len(128), 2);
+/// assert_eq!(spime::wire::varint_len(u64::MAX), 10);
+/// ```
+pub const fn varint_len(v: u64) -> usize {
+    let bits = 64 - (v | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
+}
+
+/// Writes `v` as a minimal LEB128 varint at the front of `out`; returns its length.
+fn put_varint(mut v: u64, out: &mut [u8]) -> Option<usize> {
+    let mut i = 0;
+    loop {
+        let slot = out.get_mut(i)?;
+        let [byte, ..] = v.to_le_bytes();
+        let low = byte & 0x7f;
+        v >>= 7;
+        if v == 0 {
+            *slot = low;
+            return Some(i + 1);
+        }
+        *slot = low | 0x80;
+        i += 1;
+    }
+}
+
+/// Reads a minimal LEB128 varint of at most `max_bytes` bytes whose value is
+/// at most `max`, starting at `at`; returns the value and the offset after it.
+fn take_varint(bytes: &[u8], at: usize, max_bytes: usize, max: u64) -> Result<(u64, usize), DecodeError> {
+    let mut value: u64 = 0;
+    let mut i = 0;
+    loop {
+        let pos = at + i;
+        let b = *bytes.get(pos).ok_or(DecodeError::Truncated { needed: pos + 1, have: bytes.len() })?;
+        let low = u64::from(b & 0x7f);
+        // The last allowed byte may not continue, and may not carry bits
+        // above the type's width.
+        if i + 1 == max_bytes && (b & 0x80 != 0 || low > (max >> (7 * i))) {
+            return Err(DecodeError::Malformed);
+        }
+        value |= low << (7 * i);
+        if b & 0x80 == 0 {
+            if b == 0 && i > 0 {
+                return Err(DecodeError::NonCanonical);
+            }
+            return Ok((value, pos + 1));
+        }
+        i += 1;
+    }
+}
 
 /// Which way a message travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -48,8 +116,10 @@ impl Direction {
     }
 }
 
-/// A message kind: the second byte of the envelope. Kinds with the high bit
-/// set travel from the vendor to a device; the others from a device.
+/// A message kind, named by its code (`0x01`..`0x06` device to vendor,
+/// `0x81` and `0x82` vendor to device: the high bit is the direction). On the
+/// wire the code is packed into the low four bits of byte 0 as the direction
+/// bit (`0x08`) and the code's low three bits ([`Kind::nibble`]).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Kind(u8);
 
@@ -100,9 +170,36 @@ impl Kind {
         }
     }
 
-    /// The wire byte.
+    /// The kind's code (`0x01`..`0x06`, `0x81`, `0x82`), as in SPEC.md §4.1
+    /// and the vectors.
     pub const fn to_byte(self) -> u8 {
         self.0
+    }
+
+    /// The four bits of byte 0 that name this kind: the direction bit
+    /// (`0x08`) and the low three bits of the code.
+    ///
+    /// ```
+    /// use spime::wire::Kind;
+    /// assert_eq!(Kind::USAGE.nibble(), 0x2);
+    /// assert_eq!(Kind::NOTICE.nibble(), 0xa);
+    /// assert_eq!(Kind::from_nibble(0xa), Ok(Kind::NOTICE));
+    /// ```
+    pub const fn nibble(self) -> u8 {
+        (self.0 & 0x07) | if self.0 & 0x80 != 0 { DIRECTION_BIT } else { 0 }
+    }
+
+    /// The kind named by the low four bits of byte 0.
+    ///
+    /// # Errors
+    /// [`DecodeError::UnknownKind`] (with the four bits) for a value no kind
+    /// of version 1 has.
+    pub const fn from_nibble(n: u8) -> Result<Kind, DecodeError> {
+        match n {
+            0x1..=0x6 => Ok(Kind(n)),
+            0x9 | 0xa => Ok(Kind(0x80 | (n & 0x07))),
+            _ => Err(DecodeError::UnknownKind(n)),
+        }
     }
 
     /// The direction this kind travels in.
@@ -132,10 +229,12 @@ impl core::fmt::Debug for Kind {
     }
 }
 
-/// A device's 16-byte identifier, assigned at manufacture and bound to its
-/// key by the device certificate.
+/// A device's 8-byte identifier (EUI-64 sized, like LoRaWAN's DevEUI),
+/// assigned by the vendor at manufacture and bound to the device's key by
+/// its certificate. It travels in every header, so gateways route and
+/// partition by it without keys.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-pub struct DeviceId(pub [u8; 16]);
+pub struct DeviceId(pub [u8; DEVICE_ID_LEN]);
 
 impl core::fmt::Debug for DeviceId {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -158,10 +257,11 @@ impl core::fmt::Display for DeviceId {
 ///
 /// ```
 /// use spime::wire::{DeviceId, Header, Kind};
-/// let h = Header { kind: Kind::USAGE, device: DeviceId([7; 16]), epoch: 1, counter: 42, ephemeral: None };
-/// let mut buf = [0u8; spime::wire::HEADER_LEN_WITH_EPHEMERAL];
+/// let h = Header { kind: Kind::USAGE, device: DeviceId([7; 8]), epoch: 1, counter: 300, ephemeral: None };
+/// let mut buf = [0u8; spime::wire::MAX_HEADER_LEN];
 /// let n = h.emit(&mut buf)?;
-/// assert_eq!(n, h.buffer_len());
+/// assert_eq!(n, 12); // byte 0, 8-byte id, epoch 1 byte, counter 300 in 2 bytes
+/// assert_eq!(buf[0], 0x22); // version 1, no ephemeral key, device to vendor, kind 2
 /// let (parsed, used) = Header::parse(&buf[..n])?;
 /// assert_eq!((parsed, used), (h, n));
 /// # Ok::<(), spime::error::DecodeError>(())
@@ -177,14 +277,18 @@ pub struct Header {
     /// The sender's message counter; never repeats for one sender and device.
     pub counter: u64,
     /// The device's ephemeral X25519 public key, present when this message
-    /// starts a new key epoch (always on Register).
-    pub ephemeral: Option<[u8; 32]>,
+    /// opens (or, until the vendor confirms it, re-offers) a key epoch;
+    /// always on Register.
+    pub ephemeral: Option<[u8; EPHEMERAL_LEN]>,
 }
 
 impl Header {
     /// The number of bytes [`Header::emit`] writes.
     pub const fn buffer_len(&self) -> usize {
-        if self.ephemeral.is_some() { HEADER_LEN_WITH_EPHEMERAL } else { HEADER_LEN }
+        1 + DEVICE_ID_LEN
+            + varint_len(self.epoch as u64)
+            + varint_len(self.counter)
+            + if self.ephemeral.is_some() { EPHEMERAL_LEN } else { 0 }
     }
 
     /// The direction of the message, from its kind.
@@ -192,17 +296,21 @@ impl Header {
         self.kind.direction()
     }
 
+    /// Byte 0: version, ephemeral flag, direction and kind.
+    pub const fn first_byte(&self) -> u8 {
+        (VERSION << 5) | if self.ephemeral.is_some() { FLAG_EPHEMERAL } else { 0 } | self.kind.nibble()
+    }
+
     /// Checks the rules between fields: an ephemeral key only on device to
     /// vendor kinds, and always on Register.
     ///
     /// # Errors
-    /// [`DecodeError::InvalidFlags`] when the rule is broken.
+    /// [`DecodeError::InvalidFlags`] (with byte 0) when the rule is broken.
     pub const fn check_flags(&self) -> Result<(), DecodeError> {
-        let flags = if self.ephemeral.is_some() { FLAG_EPHEMERAL } else { 0 };
         let needs = self.kind.0 == Kind::REGISTER.0;
         let may = matches!(self.kind.direction(), Direction::DeviceToVendor);
         if (needs && self.ephemeral.is_none()) || (!may && self.ephemeral.is_some()) {
-            return Err(DecodeError::InvalidFlags(flags));
+            return Err(DecodeError::InvalidFlags(self.first_byte()));
         }
         Ok(())
     }
@@ -218,89 +326,107 @@ impl Header {
         let len = self.buffer_len();
         let have = out.len();
         let out = out.get_mut(..len).ok_or(DecodeError::BufferTooSmall { have })?;
-        let (fixed, eph) = out.split_at_mut(HEADER_LEN);
-        let mut fixed_bytes = [0u8; HEADER_LEN];
-        fixed_bytes[0] = VERSION;
-        fixed_bytes[1] = self.kind.0;
-        fixed_bytes[2] = if self.ephemeral.is_some() { FLAG_EPHEMERAL } else { 0 };
-        fixed_bytes[3..19].copy_from_slice(&self.device.0);
-        fixed_bytes[19..23].copy_from_slice(&self.epoch.to_be_bytes());
-        fixed_bytes[23..31].copy_from_slice(&self.counter.to_be_bytes());
-        fixed.copy_from_slice(&fixed_bytes);
-        if let Some(e) = &self.ephemeral {
-            eph.copy_from_slice(e);
+        let (first, rest) = out.split_first_mut().ok_or(DecodeError::BufferTooSmall { have })?;
+        *first = self.first_byte();
+        let (id, rest) = rest.split_at_mut(DEVICE_ID_LEN);
+        id.copy_from_slice(&self.device.0);
+        let e = put_varint(u64::from(self.epoch), rest).ok_or(DecodeError::BufferTooSmall { have })?;
+        let rest = rest.get_mut(e..).ok_or(DecodeError::BufferTooSmall { have })?;
+        let c = put_varint(self.counter, rest).ok_or(DecodeError::BufferTooSmall { have })?;
+        if let (Some(key), Some(dst)) = (&self.ephemeral, rest.get_mut(c..c + EPHEMERAL_LEN)) {
+            dst.copy_from_slice(key);
         }
         Ok(len)
     }
 
     /// Parses a header from the front of `bytes`; returns it and its length.
     ///
-    /// The version is checked first, then the kind, then the flags.
+    /// Checked in this order (SPEC.md §4.1): the input is not empty; the
+    /// version; the kind; the flag rules; at least [`MIN_HEADER_LEN`] bytes;
+    /// the epoch varint; the counter varint; the ephemeral key's 32 bytes.
     ///
     /// # Errors
     /// [`DecodeError::Truncated`], [`DecodeError::UnsupportedVersion`],
-    /// [`DecodeError::UnknownKind`] or [`DecodeError::InvalidFlags`].
+    /// [`DecodeError::UnknownKind`], [`DecodeError::InvalidFlags`],
+    /// [`DecodeError::Malformed`] (a varint too long or too large for its
+    /// type) or [`DecodeError::NonCanonical`] (a varint not in its shortest form).
     pub fn parse(bytes: &[u8]) -> Result<(Header, usize), DecodeError> {
         let have = bytes.len();
-        let version = *bytes.first().ok_or(DecodeError::Truncated { needed: HEADER_LEN, have })?;
+        let first = *bytes.first().ok_or(DecodeError::Truncated { needed: MIN_HEADER_LEN, have })?;
+        let version = first >> 5;
         if version != VERSION {
             return Err(DecodeError::UnsupportedVersion(version));
         }
-        let fixed: &[u8; HEADER_LEN] = bytes
-            .get(..HEADER_LEN)
-            .and_then(|s| s.try_into().ok())
-            .ok_or(DecodeError::Truncated { needed: HEADER_LEN, have })?;
-        let [
-            _,
-            kind,
-            flags,
-            d0,
-            d1,
-            d2,
-            d3,
-            d4,
-            d5,
-            d6,
-            d7,
-            d8,
-            d9,
-            d10,
-            d11,
-            d12,
-            d13,
-            d14,
-            d15,
-            e0,
-            e1,
-            e2,
-            e3,
-            c0,
-            c1,
-            c2,
-            c3,
-            c4,
-            c5,
-            c6,
-            c7,
-        ] = *fixed;
-        let kind = Kind::from_byte(kind)?;
-        if flags & !FLAG_EPHEMERAL != 0 {
-            return Err(DecodeError::InvalidFlags(flags));
+        let kind = Kind::from_nibble(first & 0x0f)?;
+        let has_ephemeral = first & FLAG_EPHEMERAL != 0;
+        let needs = kind.0 == Kind::REGISTER.0;
+        let may = matches!(kind.direction(), Direction::DeviceToVendor);
+        if (needs && !has_ephemeral) || (!may && has_ephemeral) {
+            return Err(DecodeError::InvalidFlags(first));
         }
-        let device = DeviceId([d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11, d12, d13, d14, d15]);
-        let epoch = u32::from_be_bytes([e0, e1, e2, e3]);
-        let counter = u64::from_be_bytes([c0, c1, c2, c3, c4, c5, c6, c7]);
-        let (ephemeral, len) = if flags & FLAG_EPHEMERAL != 0 {
-            let eph: [u8; 32] = bytes
-                .get(HEADER_LEN..HEADER_LEN_WITH_EPHEMERAL)
+        if have < MIN_HEADER_LEN {
+            return Err(DecodeError::Truncated { needed: MIN_HEADER_LEN, have });
+        }
+        let id: [u8; DEVICE_ID_LEN] = bytes
+            .get(1..=DEVICE_ID_LEN)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(DecodeError::Truncated { needed: MIN_HEADER_LEN, have })?;
+        let (epoch, at) = take_varint(bytes, 1 + DEVICE_ID_LEN, 5, u64::from(u32::MAX))?;
+        let epoch = u32::try_from(epoch).map_err(|_| DecodeError::Malformed)?;
+        let (counter, at) = take_varint(bytes, at, 10, u64::MAX)?;
+        let (ephemeral, len) = if has_ephemeral {
+            let end = at + EPHEMERAL_LEN;
+            let key: [u8; EPHEMERAL_LEN] = bytes
+                .get(at..end)
                 .and_then(|s| s.try_into().ok())
-                .ok_or(DecodeError::Truncated { needed: HEADER_LEN_WITH_EPHEMERAL, have })?;
-            (Some(eph), HEADER_LEN_WITH_EPHEMERAL)
+                .ok_or(DecodeError::Truncated { needed: end, have })?;
+            (Some(key), end)
         } else {
-            (None, HEADER_LEN)
+            (None, at)
         };
-        let header = Header { kind, device, epoch, counter, ephemeral };
-        header.check_flags()?;
-        Ok((header, len))
+        Ok((Header { kind, device: DeviceId(id), epoch, counter, ephemeral }, len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn varints_round_trip_at_every_width() {
+        for v in [0u64, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut buf = [0u8; 10];
+            let n = put_varint(v, &mut buf).unwrap_or(0);
+            assert_eq!(n, varint_len(v));
+            assert_eq!(take_varint(&buf[..n], 0, 10, u64::MAX), Ok((v, n)));
+        }
+    }
+
+    #[test]
+    fn varint_rules() {
+        // shortest form only
+        assert_eq!(take_varint(&[0x83, 0x00], 0, 5, u64::from(u32::MAX)), Err(DecodeError::NonCanonical));
+        // a u32 takes at most five bytes and 32 bits
+        assert_eq!(
+            take_varint(&[0xff, 0xff, 0xff, 0xff, 0x0f], 0, 5, u64::from(u32::MAX)),
+            Ok((u64::from(u32::MAX), 5))
+        );
+        assert_eq!(
+            take_varint(&[0xff, 0xff, 0xff, 0xff, 0x1f], 0, 5, u64::from(u32::MAX)),
+            Err(DecodeError::Malformed)
+        );
+        assert_eq!(
+            take_varint(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x00], 0, 5, u64::from(u32::MAX)),
+            Err(DecodeError::Malformed)
+        );
+        // a u64 at most ten bytes and 64 bits
+        let mut max = [0xffu8; 10];
+        max[9] = 0x01;
+        assert_eq!(take_varint(&max, 0, 10, u64::MAX), Ok((u64::MAX, 10)));
+        max[9] = 0x02;
+        assert_eq!(take_varint(&max, 0, 10, u64::MAX), Err(DecodeError::Malformed));
+        // input that ends inside a varint
+        assert_eq!(take_varint(&[0x80], 0, 5, 1), Err(DecodeError::Truncated { needed: 2, have: 1 }));
     }
 }

@@ -21,7 +21,7 @@ pub const VENDOR_SIGNING_SEED: [u8; 32] = [0x11; 32];
 pub const VENDOR_KX_SECRET: [u8; 32] = [0x22; 32];
 pub const DEVICE_SEED: [u8; 32] = [0x33; 32];
 pub const EPHEMERAL_SECRET: [u8; 32] = [0x44; 32];
-pub const DEVICE_ID: DeviceId = DeviceId([0xd0, 0x0d, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
+pub const DEVICE_ID: DeviceId = DeviceId([0xd0, 0x0d, 1, 2, 3, 4, 5, 6]);
 pub const EPOCH: u32 = 1;
 pub const T0: u64 = 1_795_000_000; // 2026-11-18
 

@@ -30,8 +30,8 @@ pub struct World {
 
 pub fn world() -> World {
     let vendor = VendorKeys::from_secrets(&[1; 32], [2; 32]);
-    let device = DeviceKey::from_seed(DeviceId([9; 16]), &[3; 32]);
-    let other = DeviceKey::from_seed(DeviceId([8; 16]), &[5; 32]);
+    let device = DeviceKey::from_seed(DeviceId([9; 8]), &[3; 32]);
+    let other = DeviceKey::from_seed(DeviceId([8; 8]), &[5; 32]);
     let (keys, eph) = keys::device_start_epoch_with(&[4; 32], &device.device, 1, &vendor.public()).unwrap();
     let cert = DeviceCertificate::issue(
         CertificateBody {

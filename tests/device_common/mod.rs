@@ -28,7 +28,7 @@ pub(crate) const VENDOR_KX_SECRET: [u8; 32] = [0x52; 32];
 /// The test device's Ed25519 seed.
 pub(crate) const DEVICE_SEED: [u8; 32] = [0xD5; 32];
 /// The test device's id.
-pub(crate) const DEVICE_ID: DeviceId = DeviceId(*b"spime-test-dev01");
+pub(crate) const DEVICE_ID: DeviceId = DeviceId(*b"spime-01");
 /// The test firmware version.
 pub(crate) const FIRMWARE: FirmwareVersion = FirmwareVersion { major: 1, minor: 4, patch: 2, build: 77 };
 /// Manufacture time of the test device.

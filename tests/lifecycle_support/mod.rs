@@ -84,7 +84,7 @@ fn erasures(ledger: &ConsentLedger) -> Vec<Erasure> {
 
 /// Reads, export, withdrawal, forget.
 pub fn withdrawal_and_forget<S: Store>(v: &Ingestor<S>, bytes_in_store: &dyn Fn(&[u8]) -> Option<bool>) {
-    let mut d = SimDevice::new(DeviceId([0x41; 16]), [0x41; 32], &keys()).unwrap();
+    let mut d = SimDevice::new(DeviceId([0x41; 8]), [0x41; 32], &keys()).unwrap();
     let mut c = consent(1, &analytics(), 0);
     c.state.allow_channel(Purpose::PROACTIVE_SERVICE, Channel::App).unwrap();
     c.state
@@ -101,7 +101,7 @@ pub fn withdrawal_and_forget<S: Store>(v: &Ingestor<S>, bytes_in_store: &dyn Fn(
     // Read without a write transaction.
     let s = v.store();
     assert_eq!(s.device(&d.id()).unwrap().unwrap().relationship, 1);
-    assert!(s.device(&DeviceId([0x42; 16])).unwrap().is_none());
+    assert!(s.device(&DeviceId([0x42; 8])).unwrap().is_none());
     assert_eq!(s.messages(&d.id(), &MessageQuery::all()).unwrap().len(), 4);
     let usage = s.messages(&d.id(), &MessageQuery::all().kind(Kind::USAGE)).unwrap();
     assert_eq!(usage.iter().map(|m| m.counter).collect::<Vec<_>>(), [1, 2]);
@@ -175,7 +175,7 @@ pub fn withdrawal_and_forget<S: Store>(v: &Ingestor<S>, bytes_in_store: &dyn Fn(
 
 /// A change of owner separates the relationships; retention ends everything.
 pub fn owner_change_and_retention<S: Store>(v: &Ingestor<S>, bytes_in_store: &dyn Fn(&[u8]) -> Option<bool>) {
-    let mut d = SimDevice::new(DeviceId([0x51; 16]), [0x51; 32], &keys()).unwrap();
+    let mut d = SimDevice::new(DeviceId([0x51; 8]), [0x51; 32], &keys()).unwrap();
     v.ingest(&register(&mut d, consent(1, &analytics(), 0)), 1000).unwrap();
     v.ingest(&d.seal(&counter_usage(1, &[(1, 0x6b6b_1111_2222_3333)])).unwrap(), 1100).unwrap();
     v.ingest(&d.seal(&fault(1, 0x0bad_cafe)).unwrap(), 1200).unwrap();
@@ -230,7 +230,7 @@ pub fn per_purpose_retention<S: Store>(v: Ingestor<S>) {
         per_purpose: vec![(Purpose::USAGE_ANALYTICS, 30 * 86_400)],
         ..Default::default()
     });
-    let mut d = SimDevice::new(DeviceId([0x61; 16]), [0x61; 32], &keys()).unwrap();
+    let mut d = SimDevice::new(DeviceId([0x61; 8]), [0x61; 32], &keys()).unwrap();
     v.ingest(&register(&mut d, consent(1, &analytics(), 0)), 1000).unwrap();
     v.ingest(&d.seal(&counter_usage(1, &[(1, 1)])).unwrap(), 1000).unwrap();
     v.ingest(&d.seal(&counter_usage(1, &[(1, 2)])).unwrap(), 1000 + 20 * 86_400).unwrap();
