@@ -146,12 +146,12 @@ pub struct RetentionReport {
     pub notices: u64,
 }
 
-/// Erases what `scope` covers of `device` (messages when `messages`,
-/// notice records when `notices`), and records it in the device's consent
-/// ledger as an Erased entry with `reason`, at `now`, in one transaction.
-/// Returns the statement recorded, or `None` when nothing was covered (no
-/// entry is appended then). The bytes leave the backing storage at the next
-/// [`Store::scrub`].
+/// Erases the messages and notice records of `device` that `scope`
+/// covers, and records it in the device's consent ledger as an Erased entry
+/// with `reason`, at `now`, in one transaction. Returns the statement
+/// recorded, or `None` when nothing was covered (no entry is appended then).
+/// The bytes leave the backing storage at the next [`Store::scrub`]: a
+/// caller erasing for many devices scrubs once at the end.
 ///
 /// # Errors
 /// [`LifecycleError::UnknownDevice`], or a store failure (then nothing was
@@ -161,12 +161,11 @@ pub fn erase<S: Store>(
     device: &DeviceId,
     scope: &ErasureScope,
     reason: ErasureReason,
-    what: (bool, bool),
     now: u64,
 ) -> Result<Option<Erasure>, LifecycleError> {
     let mut tx = store.begin()?;
     let Some(mut rec) = tx.device(device)? else { return Err(LifecycleError::UnknownDevice) };
-    let out = erase_in(&mut tx, &mut rec, scope, reason, what, now)?;
+    let out = erase_in(&mut tx, &mut rec, scope, reason, (true, true), now)?;
     if out.is_some() {
         tx.put_device(&rec)?;
         tx.commit()?;
@@ -630,7 +629,10 @@ impl<S: Store> Ingestor<S> {
 
     /// The owner asked to be forgotten: every message and notice record of
     /// the device's current relationship is erased (the ledger records it)
-    /// and the store scrubbed, so the bytes are gone when this returns.
+    /// and the store scrubbed, so the bytes are gone when this returns. The
+    /// scrub costs a rewrite of the store (redb) or of two tables
+    /// (PostgreSQL): where many requests arrive, [`erase`] each and scrub
+    /// once.
     /// The device record and ledger stay (see the module docs). Returns the
     /// statement recorded, `None` if nothing was held.
     ///
@@ -642,7 +644,7 @@ impl<S: Store> Ingestor<S> {
         let r = rec.relationship;
         let scope =
             ErasureScope { relationships: r..=r, purposes: PurposeFilter::Except(Vec::new()), before: u64::MAX };
-        let out = erase(self.store(), device, &scope, ErasureReason::Forgotten, (true, true), now)?;
+        let out = erase(self.store(), device, &scope, ErasureReason::Forgotten, now)?;
         self.store().scrub()?;
         Ok(out)
     }
