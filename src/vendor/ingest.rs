@@ -11,7 +11,7 @@ use ed25519_dalek::VerifyingKey;
 
 use crate::codec;
 use crate::consent::ledger::{ConsentEvent, LedgerEntry, Proof};
-use crate::consent::{ConsentError, OwnerRequirement, SignedConsent, authorise_transfer, check_first};
+use crate::consent::{ConsentError, OwnerRequirement, Purpose, SignedConsent, authorise_transfer, check_first};
 use crate::error::{DecodeError, OpenError, Rule};
 use crate::message::{
     ConsentUpdate, Decommission, DecommissionReason, Fault, FirmwareVersion, Register, Transfer, Usage, consent_digest,
@@ -22,10 +22,8 @@ use crate::time::Utc;
 use crate::wire::{DeviceId, Direction, Header, Kind};
 
 use super::batch::{BatchVerifier, batchable_key};
-use super::store::{
-    ConsentLedgerStore, DeviceRecord, DeviceRegistry, Lifecycle, MessageLog, ReplayWindows, SessionSecrets, Store,
-    StoredMessage, Transaction,
-};
+use super::lifecycle::RetentionPolicy;
+use super::store::{DeviceRecord, Lifecycle, SessionSecrets, Store, StoredMessage, Transaction};
 use super::{IngestError, StoreError};
 
 /// How the pipeline runs.
@@ -155,7 +153,10 @@ impl core::fmt::Display for Accepted {
 pub type Outcome = Result<Accepted, IngestError>;
 
 /// The worker (or, across machines, the shard) that owns `device` among
-/// `n`: FNV-1a of the id, modulo `n` (0 when `n` is 0).
+/// `n`: FNV-1a of the id, mixed with MurmurHash3's 64-bit finalizer, modulo
+/// `n` (0 when `n` is 0). The finalizer matters: the low bits of FNV-1a
+/// depend only on the low bits of each byte, so ids that differ in their
+/// high bits alone would land on a few shards of a power-of-two count.
 ///
 /// ```
 /// use spime::vendor::partition_of;
@@ -163,6 +164,12 @@ pub type Outcome = Result<Accepted, IngestError>;
 /// let d = DeviceId([3; 8]);
 /// assert_eq!(partition_of(&d, 2), partition_of(&d, 2));
 /// assert!(partition_of(&d, 4) < 4);
+/// // ids that differ only in their high bits still spread over 4 shards
+/// let mut seen = [0usize; 4];
+/// for i in 0..64u8 {
+///     seen[partition_of(&DeviceId([i << 4, 0, 0, 0, 0, 0, 0, 0x80]), 4)] += 1;
+/// }
+/// assert!(seen.iter().all(|&c| c >= 8), "{seen:?}");
 /// ```
 pub fn partition_of(device: &DeviceId, n: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -170,6 +177,11 @@ pub fn partition_of(device: &DeviceId, n: usize) -> usize {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
     match u64::try_from(n) {
         Ok(0) | Err(_) => 0,
         Ok(n) => usize::try_from(h % n).unwrap_or(0),
@@ -256,6 +268,7 @@ pub struct Ingestor<S> {
     /// key unless [`Ingestor::with_certificate_authority`] set another.
     certificate_authority: VerifyingKey,
     config: IngestConfig,
+    retention: RetentionPolicy,
     lock: Mutex<()>,
     /// Decompressed device keys by their bytes (decompressing costs a tenth
     /// of a verification). A pure cache: the bytes determine the key.
@@ -347,6 +360,7 @@ impl<S: Store> Ingestor<S> {
             certificate_authority: public.signing,
             public,
             config,
+            retention: RetentionPolicy::default(),
             lock: Mutex::new(()),
             key_cache: RwLock::default(),
             opener_failures: Mutex::default(),
@@ -378,6 +392,19 @@ impl<S: Store> Ingestor<S> {
     /// The key device certificates are verified with.
     pub const fn certificate_authority(&self) -> &VerifyingKey {
         &self.certificate_authority
+    }
+
+    /// The same pipeline with retention policy `policy` (SPEC §9.8;
+    /// [`RetentionPolicy::default`] otherwise).
+    #[must_use]
+    pub fn with_retention(mut self, policy: RetentionPolicy) -> Ingestor<S> {
+        self.retention = policy;
+        self
+    }
+
+    /// The retention policy.
+    pub const fn retention(&self) -> &RetentionPolicy {
+        &self.retention
     }
 
     /// The store.
@@ -430,7 +457,14 @@ impl<S: Store> Ingestor<S> {
             }
         }
         let fail_all = |e: StoreError| messages.iter().map(|_| Err(IngestError::Storage(e.clone()))).collect();
-        let snapshot = match self.snapshot(&devices, now) {
+        // One transaction reads the batch's devices and writes the result:
+        // a store that fences writers (PgStore) checks the writes against
+        // exactly what was read.
+        let mut tx = match self.store.begin() {
+            Ok(tx) => tx,
+            Err(e) => return fail_all(e),
+        };
+        let snapshot = match snapshot(&mut tx, &devices).map(|s| self.mark_throttled(s, now)) {
             Ok(s) => s,
             Err(e) => return fail_all(e),
         };
@@ -461,8 +495,23 @@ impl<S: Store> Ingestor<S> {
             })
         };
         self.record_openers(&results, now);
-        if let Err(e) = self.commit(&results) {
+        if let Err(e) = commit(tx, &results) {
             return fail_all(e);
+        }
+        // Consent narrowed or the owner changed: erase what the retention
+        // policy says must go now. The batch is already acknowledged; if
+        // this fails, the next `apply_retention` sweep does it.
+        let changed: Vec<DeviceId> = results
+            .iter()
+            .flat_map(|r| r.outcomes.iter())
+            .filter_map(|(_, o)| o.as_ref().ok())
+            .filter(|d| d.ledger.iter().any(|e| needs_erasure(e.event)))
+            .map(|d| d.accepted.device)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        for d in changed {
+            let _ = self.enforce_retention(&d, now);
         }
         let mut out: Vec<Outcome> =
             messages.iter().map(|_| Err(IngestError::Storage(StoreError::Backend("lost".into())))).collect();
@@ -518,19 +567,15 @@ impl<S: Store> Ingestor<S> {
         list.devices.contains(device) || device_key.is_some_and(|k| list.keys.contains(k))
     }
 
-    fn snapshot(&self, devices: &HashSet<DeviceId>, now: u64) -> Result<Snapshot, StoreError> {
-        let mut tx = self.store.begin()?;
+    /// Marks the devices whose openers failed too often lately (SPEC §9.2).
+    fn mark_throttled(&self, mut snapshot: Snapshot, now: u64) -> Snapshot {
         let failures = self.opener_failures.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut snap = HashMap::with_capacity(devices.len());
-        for d in devices {
-            let rec = tx.device(d)?;
-            let win = tx.window(d)?;
-            let throttled = failures
+        for (d, (_, _, throttled)) in &mut snapshot {
+            *throttled = failures
                 .get(d)
                 .is_some_and(|f| now.saturating_sub(f.since) < OPENER_WINDOW && f.count >= OPENER_FAILURES);
-            snap.insert(*d, (rec, win, throttled));
         }
-        Ok(snap)
+        snapshot
     }
 
     /// Counts the openers that failed after their key agreement, per device
@@ -551,31 +596,6 @@ impl<S: Store> Ingestor<S> {
                 f.count = f.count.saturating_add(st.opener_failures);
             }
         }
-    }
-
-    fn commit(&self, results: &[PartResult]) -> Result<(), StoreError> {
-        let mut tx = self.store.begin()?;
-        let mut any = false;
-        for r in results {
-            for st in r.states.values().filter(|s| s.dirty) {
-                if let Some(rec) = &st.record {
-                    if st.record_changed {
-                        tx.put_device(rec)?;
-                    }
-                    tx.put_window(&rec.device, &st.window)?;
-                    any = true;
-                }
-            }
-            for (_, o) in &r.outcomes {
-                if let Ok(done) = o {
-                    for e in &done.ledger {
-                        tx.append_consent(&done.message.device, e)?;
-                    }
-                    tx.put_message(&done.message)?;
-                }
-            }
-        }
-        if any { tx.commit() } else { Ok(()) }
     }
 
     fn run_partition(&self, snapshot: &Snapshot, msgs: &[(usize, &[u8])], now: u64) -> PartResult {
@@ -731,6 +751,7 @@ impl<S: Store> Ingestor<S> {
         let verified = check_signature(pt, &key, batchable, new_epoch, index, sig)?;
         // What it means (SPEC §9.3–9.5).
         let proof = Proof::from_verified(&verified);
+        let mut purpose = Purpose::ESSENTIAL;
         let mut new_record: Option<DeviceRecord> = None;
         let mut ledger: Vec<(ConsentEvent, u32)> = Vec::new();
         let event = match (h.kind, register) {
@@ -822,12 +843,14 @@ impl<S: Store> Ingestor<S> {
                 let usage: Usage = verified.decode().map_err(unauthentic)?;
                 let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
                 r.consent.state.check_usage(&usage, now).map_err(IngestError::Unconsented)?;
+                purpose = usage.purpose;
                 Event::Usage(Box::new(usage))
             }
             (Kind::FAULT, _) => {
                 let fault: Fault = verified.decode().map_err(unauthentic)?;
                 let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
                 r.consent.state.check_fault(&fault, now).map_err(IngestError::Unconsented)?;
+                purpose = fault.purpose;
                 Event::Fault(Box::new(fault))
             }
             (Kind::CONSENT, _) => {
@@ -889,14 +912,22 @@ impl<S: Store> Ingestor<S> {
         let ledger = entries;
 
         // Accepted: only now does any state change.
+        let relationship = new_record.as_ref().or(st.record.as_ref()).map_or(1, |r| r.relationship);
         st.window.accept(h.counter)?;
         st.dirty = true;
         if let Some(rec) = new_record {
             st.record = Some(rec);
             st.record_changed = true;
         }
-        let message =
-            StoredMessage { device: h.device, counter: h.counter, kind: h.kind.to_byte(), received_at: now, proof };
+        let message = StoredMessage {
+            device: h.device,
+            counter: h.counter,
+            kind: h.kind.to_byte(),
+            received_at: now,
+            relationship,
+            purpose,
+            proof,
+        };
         let opened_epoch = new_epoch.then_some(h.epoch);
         let accepted = Accepted { device: h.device, counter: h.counter, kind: h.kind, event, opened_epoch };
         Ok(Done { accepted, ledger, message })
@@ -918,6 +949,48 @@ impl<S: Store> Ingestor<S> {
     fn accept_epoch(&self, h: &Header, eph: &[u8; 32]) -> Result<SessionKeys, IngestError> {
         self.keys.accept_epoch(&h.device, h.epoch, eph).map_err(|_| IngestError::WeakKey)
     }
+}
+
+fn snapshot<T: Transaction>(tx: &mut T, devices: &HashSet<DeviceId>) -> Result<Snapshot, StoreError> {
+    let ids: Vec<DeviceId> = devices.iter().copied().collect();
+    let loaded = tx.load_devices(&ids)?;
+    if loaded.len() != ids.len() {
+        return Err(StoreError::Corrupt("load_devices"));
+    }
+    // Throttling is marked afterwards, from the in-memory opener counts.
+    Ok(ids.into_iter().zip(loaded).map(|(d, (rec, win))| (d, (rec, win, false))).collect())
+}
+
+fn commit<T: Transaction>(mut tx: T, results: &[PartResult]) -> Result<(), StoreError> {
+    let mut any = false;
+    for r in results {
+        for st in r.states.values().filter(|s| s.dirty) {
+            if let Some(rec) = &st.record {
+                if st.record_changed {
+                    tx.put_device(rec)?;
+                }
+                tx.put_window(&rec.device, &st.window)?;
+                any = true;
+            }
+        }
+        for (_, o) in &r.outcomes {
+            if let Ok(done) = o {
+                for e in &done.ledger {
+                    tx.append_consent(&done.message.device, e)?;
+                }
+                tx.put_message(&done.message)?;
+            }
+        }
+    }
+    if any { tx.commit() } else { Ok(()) }
+}
+
+/// Whether a ledger event may leave data that the retention policy erases at once.
+const fn needs_erasure(event: ConsentEvent) -> bool {
+    matches!(
+        event,
+        ConsentEvent::Narrowed | ConsentEvent::Changed | ConsentEvent::Withdrawn | ConsentEvent::ResetOnTransfer
+    )
 }
 
 fn check_signature<'a, 'b>(
