@@ -62,6 +62,7 @@ mod memory;
 mod outbound;
 #[cfg(feature = "redb")]
 mod redb_store;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod store;
 
