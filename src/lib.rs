@@ -60,6 +60,7 @@
 //! | `alloc` | via `std` | heap-backed helpers for the vendor side |
 //! | `std` | yes | the vendor side; `std::error::Error` on the error types |
 //! | `redb` | yes | the persistent embedded vendor store (`vendor::RedbStore`) |
+//! | `server` | yes | the vendor server: `spime-vendor`, `server` (CoAP, HTTP, fleet view; tokio, axum) |
 //!
 //! With `--no-default-features` the crate is `no_std`, heap-free, and builds
 //! for `thumbv7em-none-eabihf` and targets without atomics.
@@ -75,6 +76,8 @@ pub mod device;
 pub mod error;
 pub mod message;
 pub mod seal;
+#[cfg(feature = "server")]
+pub mod server;
 #[cfg(feature = "std")]
 pub mod vendor;
 pub mod wire;
