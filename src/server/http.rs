@@ -353,7 +353,7 @@ async fn device_page<S: Store + 'static>(
                 if let Ok(f) = codec::decode::<Fault>(&m.proof.body) {
                     let _ = write!(
                         faults,
-                        "<tr><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td><td>{:?}</td></tr>",
+                        "<tr><td>{}</td><td><code>{:#06x}</code></td><td>{:?}</td><td>{}</td><td>{:?}</td></tr>",
                         utc(m.received_at),
                         f.code,
                         f.severity,
