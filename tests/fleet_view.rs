@@ -7,7 +7,8 @@
     clippy::expect_used,
     clippy::panic,
     clippy::indexing_slicing,
-    clippy::std_instead_of_core
+    clippy::std_instead_of_core,
+    clippy::cast_possible_truncation
 )]
 
 mod server_common;

@@ -1,7 +1,7 @@
 //! `spime-vendor`: the spime vendor server, its keys, and a decoder for
 //! people debugging. `spime-vendor --help` explains every command.
 
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -113,7 +113,7 @@ fn main() -> ExitCode {
     }
 }
 
-type Failure = Box<dyn std::error::Error>;
+type Failure = Box<dyn core::error::Error>;
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {

@@ -9,11 +9,12 @@
 //! commits before returning), seals receipts, and only then answers: a
 //! 2.04 is never sent for anything uncommitted.
 
+use core::net::SocketAddr;
+use core::sync::atomic::{AtomicU16, Ordering};
+use core::time::Duration;
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use coap_lite::{CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use tokio::net::UdpSocket;

@@ -1,7 +1,7 @@
 //! HTTP for operators: JSON under `/api`, `/metrics`, `/healthz`, and the
 //! server-rendered fleet view at `/` and `/devices/{id}`.
 
-use std::fmt::Write as _;
+use core::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::Router;

@@ -25,8 +25,8 @@ pub mod keyfile;
 pub mod stats;
 mod view;
 
+use core::net::SocketAddr;
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 

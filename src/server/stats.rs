@@ -2,9 +2,9 @@
 //! refusals (by reason, per device, per minute), batch sizes and commit
 //! latency. Rendered as Prometheus text by [`Stats::prometheus`].
 
+use core::fmt::Write as _;
+use core::sync::atomic::{AtomicU64, Ordering};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use crate::wire::DeviceId;

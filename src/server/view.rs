@@ -1,6 +1,6 @@
 //! Words, dates and pictures for the operator pages.
 
-use std::fmt::Write as _;
+use core::fmt::Write as _;
 
 use crate::consent::{ConsentState, DataCategory, LocationPrecision};
 
