@@ -211,3 +211,36 @@ fn many_devices_in_one_batch_each_get_their_own_answer() {
     let devices: serde_json::Value = serde_json::from_str(&devices).unwrap();
     assert_eq!(devices.as_array().unwrap().len(), 6);
 }
+
+#[test]
+fn hostile_datagrams_are_counted_and_the_server_keeps_answering() {
+    use rand_core::{Rng, SeedableRng};
+    let server = TestServer::start("hostile");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut r = rand_chacha::ChaCha20Rng::from_seed([3; 32]);
+    let mut sent = 0u64;
+    for i in 0..3000u32 {
+        let len = (r.next_u32() % 1600) as usize;
+        let mut d = vec![0u8; len];
+        r.fill_bytes(&mut d);
+        // A third look like CoAP POSTs to /s or /c, to reach past the header.
+        if i % 3 == 0 && len > 8 {
+            let path = if i % 2 == 0 { MESSAGE_PATH } else { CHUNK_PATH };
+            d = post(path, i as u16, &[], &d[8..], i % 4 == 0);
+        }
+        udp.send_to(&d, server.coap).unwrap();
+        sent += 1;
+    }
+    // Still alive: an envelope-shaped request is answered (after everything queued before it).
+    let mut client = server.client();
+    let reply = client.post(MESSAGE_PATH, b"\x00\x01\x02").unwrap();
+    assert_eq!(reply.code, ResponseType::BadRequest);
+    let metrics = get(server.http, "/metrics").1;
+    let count = |name: &str| -> u64 {
+        metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or_else(|| panic!("{name}"))
+    };
+    // Loopback may drop datagrams when the socket buffer is full; none is double counted.
+    let received = count("spime_datagrams_total ");
+    assert!(received <= sent + 1 && received > 0, "{received} of {sent}");
+    assert!(count("spime_malformed_datagrams_total ") > 0);
+}
