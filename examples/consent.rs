@@ -7,13 +7,14 @@
 
 use core::error::Error;
 
-use ed25519_dalek::SigningKey;
 use spime::codec;
 use spime::consent::ledger::{ConsentEvent, ConsentLedger, Proof};
 use spime::consent::{
-    CategorySet, Channel, ChannelSet, ConsentState, DataCategory, FrequencyCap, Grant, LocationPrecision, OwnerProof,
-    OwnerRequirement, Purpose, QuietHours, SentConsent, SentNotice, SignedConsent, receipt_for, verify_receipt,
+    CategorySet, Channel, ChannelSet, ConsentState, DataCategory, Denial, FrequencyCap, Grant, LocationPrecision,
+    OwnerProof, OwnerRequirement, Purpose, QuietHours, SentConsent, SentNotice, SignedConsent, receipt_for,
+    verify_receipt,
 };
+use spime::ed25519_dalek::SigningKey;
 use spime::message::{
     Body, CertificateBody, ConsentUpdate, DeviceCertificate, FirmwareVersion, Metric, MetricValue, Notice, NoticeKind,
     Receipt, Register, Transfer, Usage,
@@ -95,16 +96,19 @@ fn metrics() -> Vec<Metric> {
 }
 
 fn show_usage(label: &str, u: &Usage, sealed: usize) {
-    print!("  {label}: {} metric(s), sealed {sealed} bytes:", u.metrics.len());
+    let noun = if u.metrics.len() == 1 { "metric" } else { "metrics" };
+    println!("  {label}: {} {noun}, sealed in {sealed} bytes", u.metrics.len());
     for m in &u.metrics {
-        match &m.value {
-            MetricValue::Location { lat_e7, lon_e7, precision } => {
-                print!(" #{} {}=({lat_e7}, {lon_e7}) at {precision}", m.id, m.category);
-            }
-            _ => print!(" #{} {}", m.id, m.category),
-        }
+        println!("    {m}");
     }
-    println!();
+}
+
+/// The vendor's verdict on a report, in plain words.
+fn verdict(check: Result<(), Denial>) -> String {
+    match check {
+        Ok(()) => "accepted".to_string(),
+        Err(d) => format!("refused: {d}"),
+    }
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -174,7 +178,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let queued_v1 = report.scope();
     let (_, usage_v1, n) = w.send(report.as_body())?;
     show_usage("report", &usage_v1, n);
-    println!("  vendor: {:?}", held.check_usage(&usage_v1, NOON + HOUR).map(|()| "accepted"));
+    println!("  vendor: {}", verdict(held.check_usage(&usage_v1, NOON + HOUR)));
     let explain =
         v1.may_collect(Purpose::USAGE_ANALYTICS, cats(&[DataCategory::RawEvents]), LocationPrecision::None, NOON);
     println!("  raw events for analytics? {}", explain.map(|_| "yes".to_string()).unwrap_or_else(|d| d.to_string()));
@@ -205,7 +209,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         v2.grant_permit(Purpose::USAGE_ANALYTICS, NOON + 3 * HOUR)?.usage(NOON + HOUR, NOON + 3 * HOUR, metrics())?;
     let (_, usage_v2, n) = w.send(report.as_body())?;
     show_usage("report", &usage_v2, n);
-    println!("  vendor: {:?}", held.check_usage(&usage_v2, NOON + 3 * HOUR).map(|()| "accepted"));
+    println!("  vendor: {}", verdict(held.check_usage(&usage_v2, NOON + 3 * HOUR)));
 
     println!("\n== 4. The owner withdraws analytics (version 3)");
     let mut v3 = v2.successor(NOON + 4 * HOUR, [0x5a; 32])?;

@@ -35,7 +35,7 @@ use spime::consent::*;
 use spime::device::fault::{FaultEvent, FaultRecorder};
 use spime::device::metrics::{MetricDef, MetricKind, Metrics};
 use spime::device::outbox::{Outbox, record_len};
-use spime::device::session::{Device, Identity, NoticeDecision, Phase, storage_capacity, storage_records};
+use spime::device::session::{Device, Identity, NoticeDecision, StageHandle, storage_capacity, storage_records};
 use spime::device::storage::{NorStorage, SimFlash};
 use spime::message::{self, CertificateBody, DecommissionReason, DeviceCertificate, FirmwareVersion, Notice};
 use spime::message::{NoticeKind, RebootReason, Severity};
@@ -299,7 +299,7 @@ impl Gadget<'_> {
                 Some(40) => {
                     self.dev.ack(counter).unwrap();
                     if !self.dev.epoch_confirmed()
-                        && let Phase::Registered(mut r) = self.dev.phase()
+                        && let StageHandle::Registered(mut r) = self.dev.handle()
                     {
                         let mut again = initial_consent(self.role, at);
                         again.state.version = 2;
@@ -330,7 +330,7 @@ impl Gadget<'_> {
             self.faults.record(at - 3600, e, b"heater");
         }
         let window = self.metrics.take_window(at);
-        let Phase::Registered(mut r) = self.dev.phase() else { return };
+        let StageHandle::Registered(mut r) = self.dev.handle() else { return };
         // Denied: the owner allows nothing for the purpose now; the data stays on the device.
         let _ = r.report_window(Purpose::USAGE_ANALYTICS, window, at);
         let _ = r.report_faults(&mut self.faults, Purpose::DIAGNOSTICS, at);
@@ -341,7 +341,7 @@ impl Gadget<'_> {
         let d = &mut day;
         match (self.role, day_no) {
             (_, 0) => {
-                let Phase::Unregistered(u) = self.dev.phase() else { panic!() };
+                let StageHandle::Unregistered(u) = self.dev.handle() else { panic!() };
                 u.register(&mut self.rng, initial_consent(self.role, at)).unwrap();
                 if self.role == Role::LostRegister {
                     let (c, reg) = self.dev.queued().map(|e| (e.meta.counter, e.envelope.to_vec())).next().unwrap();
@@ -378,7 +378,7 @@ impl Gadget<'_> {
                 self.report(day_no, at);
                 let mut narrower = initial_consent(Role::Ordinary, at);
                 narrower.state.version = 2;
-                let Phase::Registered(mut r) = self.dev.phase() else { panic!() };
+                let StageHandle::Registered(mut r) = self.dev.handle() else { panic!() };
                 r.change_consent(narrower, at).unwrap();
                 self.say(d, at, "the owner narrows consent: no more location");
                 self.report(day_no, at + 60);
@@ -391,14 +391,14 @@ impl Gadget<'_> {
             (Role::Withdraws, 10) => {
                 let mut none = ConsentState::essential_only(2, at, [7; 32]);
                 none.contact = ContactPrefs::default();
-                let Phase::Registered(mut r) = self.dev.phase() else { panic!() };
+                let StageHandle::Registered(mut r) = self.dev.handle() else { panic!() };
                 r.change_consent(SignedConsent { state: none, owner: None }, at).unwrap();
                 self.say(d, at, "the owner withdraws all consent but Essential: the device stops reporting");
             }
             (Role::Rekeys, 9) => {
                 self.report(day_no, at);
                 self.hold_all();
-                let Phase::Registered(mut r) = self.dev.phase() else { panic!() };
+                let StageHandle::Registered(mut r) = self.dev.handle() else { panic!() };
                 let epoch = r.renew_keys(&mut self.rng).unwrap();
                 self.say(d, at, format!("a gateway holds today's report; the device opens key epoch {epoch}"));
             }
@@ -412,7 +412,7 @@ impl Gadget<'_> {
             (Role::Transferred, 12) => {
                 self.report(day_no, at);
                 self.hold_all();
-                let Phase::Registered(r) = self.dev.phase() else { panic!() };
+                let StageHandle::Registered(r) = self.dev.handle() else { panic!() };
                 r.transfer(at).unwrap();
                 self.say(d, at, "sold: a Transfer resets consent to Essential only");
                 self.flush(d, at);
@@ -422,7 +422,7 @@ impl Gadget<'_> {
             (Role::Transferred, 13) => {
                 let mut fresh = initial_consent(Role::Ordinary, at);
                 fresh.state.version = 3;
-                let Phase::Unregistered(u) = self.dev.phase() else { panic!() };
+                let StageHandle::Unregistered(u) = self.dev.handle() else { panic!() };
                 u.register(&mut self.rng, fresh).unwrap();
                 self.say(d, at, "the new owner registers (consent version 3, relationship 2)");
                 self.flush(d, at);
@@ -431,7 +431,7 @@ impl Gadget<'_> {
             (Role::Decommissioned, 18) => {
                 self.report(day_no, at);
                 self.hold_all();
-                let Phase::Registered(r) = self.dev.phase() else { panic!() };
+                let StageHandle::Registered(r) = self.dev.handle() else { panic!() };
                 r.decommission(at, DecommissionReason::Recycled).unwrap();
                 self.say(d, at, "decommissioned (recycled)");
                 self.flush(d, at);
@@ -444,7 +444,7 @@ impl Gadget<'_> {
             (self.role, day_no),
             (Role::ReplayVictim, 2) | (Role::Tampered, 4) | (Role::Narrows, 8) | (Role::Rekeys, 9)
         );
-        if !reported && matches!(self.dev.phase(), Phase::Registered(_)) {
+        if !reported && matches!(self.dev.handle(), StageHandle::Registered(_)) {
             self.report(day_no, at);
         }
         self.flush(d, at);
@@ -596,10 +596,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         clock.store(noon(day), Ordering::SeqCst);
         // The vendor reaches out where it may (in-process: the server's notice mailbox).
         if let Some(r) = &running {
-            let mut send = |purpose, kind, channel, at: u64, title: &str| {
+            let mut send = |purpose, kind: NoticeKind, channel, at: u64, title: &str| {
                 for id in &ids {
                     next_notice += 1;
-                    let label = format!("{kind:?}");
+                    let label = kind.to_string();
                     match r.send_notice(id, &notice(next_notice, purpose, kind, channel, at, title)) {
                         Ok(()) => *notices_sent.entry(label).or_default() += 1,
                         Err(e) => *notices_held.entry(format!("{label}: {e}")).or_default() += 1,

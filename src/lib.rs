@@ -57,18 +57,37 @@
 //!
 //! | feature | default | adds |
 //! |---|---|---|
-//! | `alloc` | via `std` | heap-backed helpers for the vendor side |
-//! | `std` | yes | the vendor side; `std::error::Error` on the error types |
-//! | `redb` | yes | the persistent embedded vendor store (`vendor::RedbStore`) |
-//! | `server` | yes | the vendor server: `spime-vendor`, `server` (CoAP, HTTP, fleet view; tokio, axum) |
+//! | `std` | yes | the vendor side ([`vendor`]), [`os_rng`] (randomness from the operating system); implies `alloc` |
+//! | `alloc` | via `std` | the consent ledger and other heap-backed helpers |
+//! | `fast` | yes | precomputed Ed25519/X25519 tables: faster signing and key agreement, ~38 KB more flash |
+//! | `redb` | yes | the persistent embedded vendor store (`vendor::RedbStore`); implies `std` |
+//! | `server` | yes | the vendor server: the `spime-vendor` binary and `server` (CoAP, HTTP, the fleet view; tokio, axum); implies `redb` |
 //!
 //! With `--no-default-features` the crate is `no_std`, heap-free, and builds
-//! for `thumbv7em-none-eabihf` and targets without atomics.
+//! for `thumbv7em-none-eabihf` and targets without atomics. The error types
+//! implement `core::error::Error` with or without `std`.
+//!
+//! ## Dependencies in the API
+//!
+//! Types of these crates appear in spime's API, so they are re-exported:
+//! use them through `spime::` and their versions always match.
+//!
+//! | re-export | what of it appears |
+//! |---|---|
+//! | [`rand_core`] | the `CryptoRng` every key generation and registration takes |
+//! | [`ed25519_dalek`] | `SigningKey` and `VerifyingKey` of devices and vendors |
+//! | [`heapless`] | the bounded strings and vectors in message bodies |
+//! | [`embedded_storage`] | the `NorFlash` trait a flash driver implements for [`device::storage::NorStorage`] |
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
+
+pub use ed25519_dalek;
+pub use embedded_storage;
+pub use heapless;
+pub use rand_core;
 
 pub mod codec;
 pub mod consent;
@@ -78,9 +97,34 @@ pub mod message;
 pub mod seal;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod time;
 #[cfg(feature = "std")]
 pub mod vendor;
 pub mod wire;
+
+/// The operating system's random number generator, as a
+/// [`rand_core::CryptoRng`]: what a host program (a vendor server, a test,
+/// a device simulator) passes wherever spime takes randomness.
+///
+/// It is [`getrandom::SysRng`] wrapped in [`rand_core::UnwrapErr`]: it
+/// panics if the operating system cannot supply randomness, which on the
+/// platforms `std` supports means the system is broken. Firmware has no
+/// operating system and passes its hardware RNG instead.
+#[cfg(feature = "std")]
+pub type OsRng = rand_core::UnwrapErr<getrandom::SysRng>;
+
+/// The operating system's random number generator ([`OsRng`]).
+///
+/// ```
+/// use spime::seal::VendorKeys;
+/// let mut rng = spime::os_rng();
+/// let vendor = VendorKeys::generate(&mut rng);
+/// # let _ = vendor;
+/// ```
+#[cfg(feature = "std")]
+pub const fn os_rng() -> OsRng {
+    rand_core::UnwrapErr(getrandom::SysRng)
+}
 
 /// The README's code blocks, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -11,6 +11,7 @@ use spime::codec::{self, Canonical};
 use spime::consent::*;
 use spime::error::DecodeError;
 use spime::message::{FirmwareVersion, Metric, MetricValue, Notice, NoticeKind, RebootReason, Severity, Usage};
+use spime::time::Utc;
 
 const DH: DataCategory = DataCategory::DeviceHealth;
 const UC: DataCategory = DataCategory::UsageCounters;
@@ -110,10 +111,15 @@ fn denials_display_their_reason() {
     let d = s.may_collect(Purpose::MARKETING, cats(&[UC, LOC]), LocationPrecision::City, NOW).unwrap_err();
     assert_eq!(d.to_string(), "not granted: usage-counters+location for marketing (consent version 4)");
     let d = s.may_collect(Purpose::DIAGNOSTICS, cats(&[DH]), NONE, NOW + 60).unwrap_err();
-    assert_eq!(d.to_string(), format!("grant for diagnostics expired at {} (consent version 4)", NOW + 50));
+    assert_eq!(d.to_string(), format!("grant for diagnostics expired at {} (consent version 4)", Utc(NOW + 50)));
+    assert_eq!(d.to_string(), "grant for diagnostics expired at 2026-11-23 12:00:50 UTC (consent version 4)");
     assert_eq!(Purpose::vendor(1).to_string(), "vendor-defined(0x8001)");
     let c = ContactDenial::QuietHours { until: 5 };
-    assert_eq!(c.to_string(), "quiet hours until 5");
+    assert_eq!(c.to_string(), "quiet hours until 1970-01-01 00:00:05 UTC");
+    let cap = ContactDenial::FrequencyCap { purpose: Purpose::MARKETING, max: 1, period_seconds: 86_400, sent: 1 };
+    assert_eq!(cap.to_string(), "frequency cap reached for marketing: 1 sent, at most 1 per day");
+    let expired = ContactDenial::NoticeExpired { at: 1_795_435_200 };
+    assert_eq!(expired.to_string(), "notice expired at 2026-11-23 12:00:00 UTC");
 }
 
 #[test]

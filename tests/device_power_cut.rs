@@ -23,7 +23,7 @@ use rand_core::SeedableRng;
 use spime::consent::{DataCategory, Purpose};
 use spime::device::fault::{FaultEvent, FaultRecorder};
 use spime::device::outbox::{OUTBOX_HEADER_LEN, Outbox, OutboxError, record_len};
-use spime::device::session::{Device, Phase, SessionError, storage_capacity, storage_records};
+use spime::device::session::{Device, SessionError, StageHandle, storage_capacity, storage_records};
 use spime::device::storage::{NorStorage, RECORD_OUTBOX, SimFlash, Storage, StorageError};
 use spime::message::{self, Metric, MetricValue, RebootReason, Severity};
 use spime::wire::Header;
@@ -82,8 +82,8 @@ fn power_cut_at_every_operation_never_reuses_a_nonce() {
         let mut failure = None;
         for step in 0..8u64 {
             let held = dev.consent().map_or(0, |c| c.state.version);
-            let result = match dev.phase() {
-                Phase::Unregistered(mut u) => {
+            let result = match dev.handle() {
+                StageHandle::Unregistered(mut u) => {
                     // the link drains the outbox (failed registrations may have queued Registers)
                     let d = u.device();
                     let front = d.next_message().map(|e| e.meta.counter);
@@ -95,7 +95,7 @@ fn power_cut_at_every_operation_never_reuses_a_nonce() {
                         }
                     }
                 }
-                Phase::Registered(mut r) => match (boot + step) % 7 {
+                StageHandle::Registered(mut r) => match (boot + step) % 7 {
                     0 | 1 => match r.permit(Purpose::USAGE_ANALYTICS, now) {
                         Ok(p) => {
                             let m = Metric {
@@ -136,7 +136,7 @@ fn power_cut_at_every_operation_never_reuses_a_nonce() {
                         }
                     }
                 },
-                Phase::Decommissioned(_) => unreachable!("never decommissioned here"),
+                StageHandle::Decommissioned(_) => unreachable!("never decommissioned here"),
             };
             match result {
                 Ok(()) => completed_steps += 1,

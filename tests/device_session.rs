@@ -19,7 +19,7 @@ use spime::consent::{
 use spime::device::fault::{FaultEvent, FaultRecorder};
 use spime::device::metrics::{MetricDef, MetricKind, Metrics};
 use spime::device::outbox::{Outbox, record_len};
-use spime::device::session::{Device, NoticeDecision, Phase, SessionError, Stage, storage_capacity, storage_records};
+use spime::device::session::{Device, NoticeDecision, SessionError, Stage, storage_capacity, storage_records};
 use spime::device::storage::{NorStorage, SimFlash};
 use spime::error::{OpenError, ReplayError};
 use spime::message::{self, DecommissionReason, MetricValue, Notice, NoticeKind, RebootReason, Receipt, Severity};
@@ -55,10 +55,7 @@ fn flush(dev: &mut Dev<'_>, vendor: &mut Vendor) -> Vec<(u64, Opened)> {
 }
 
 fn registered<'d, 'o>(dev: &'d mut Dev<'o>) -> spime::device::session::Registered<'d, 'o, Store, N, REC> {
-    match dev.phase() {
-        Phase::Registered(r) => r,
-        _ => panic!("not registered"),
-    }
+    dev.registered().unwrap()
 }
 
 const T0: u64 = 1_767_300_000;
@@ -66,7 +63,7 @@ const T0: u64 = 1_767_300_000;
 fn fresh_registered<'o>(vendor: &mut Vendor, ob: &'o mut Ob) -> Dev<'o> {
     let mut dev = Dev::boot(identity(), storage(), ob).unwrap();
     assert_eq!(dev.stage(), Stage::Unregistered);
-    let Phase::Unregistered(u) = dev.phase() else { panic!() };
+    let u = dev.unregistered().unwrap();
     u.register(&mut rng(), generous_consent(1, T0)).unwrap();
     let got = flush(&mut dev, vendor);
     assert!(matches!(&got[..], [(0, Opened::Register(_))]));
@@ -211,12 +208,12 @@ fn lifecycle_end_to_end() {
     assert_eq!(u.device().consent().unwrap().state, ConsentState::essential_only(3, T0 + 9100, [0; 32]));
     assert_eq!(u.device().queued().map(|e| e.meta.kind).collect::<Vec<_>>(), [Kind::TRANSFER]);
     // the old owner's consent version cannot be used to register again
-    let Phase::Unregistered(u) = dev.phase() else { panic!() };
+    let u = dev.unregistered().unwrap();
     assert_eq!(
         u.register(&mut rng(), generous_consent(3, T0)).err(),
         Some(SessionError::StaleConsent { held: 3, got: 3 })
     );
-    let Phase::Unregistered(u) = dev.phase() else { panic!() };
+    let u = dev.unregistered().unwrap();
     u.register(&mut rng(), generous_consent(4, T0 + 9200)).unwrap();
     assert_eq!(dev.epoch(), 2);
     let got = flush(&mut dev, &mut vendor);
@@ -234,7 +231,7 @@ fn lifecycle_end_to_end() {
     let store = dev.into_storage();
     let mut ob2 = Ob::new();
     let mut dev = Dev::boot(identity(), store, &mut ob2).unwrap();
-    assert!(matches!(dev.phase(), Phase::Decommissioned(_)));
+    assert!(dev.decommissioned().is_ok());
 }
 
 #[test]
@@ -251,7 +248,7 @@ fn rejections_before_registration_and_bad_consent() {
     // a non-canonical consent (unordered grants) is refused
     let mut c = generous_consent(1, T0);
     c.state.grants.reverse();
-    let Phase::Unregistered(u) = dev.phase() else { panic!() };
+    let u = dev.unregistered().unwrap();
     assert!(matches!(u.register(&mut rng(), c).err(), Some(SessionError::Consent(ConsentError::Decode(_)))));
     assert_eq!(dev.stage(), Stage::Unregistered);
     // garbage never panics
@@ -281,4 +278,58 @@ fn permitted_reports_are_rechecked_when_sealed() {
     registered(&mut dev).change_consent(narrower, T0).unwrap();
     let err = registered(&mut dev).report_usage(usage, T0 + 2).unwrap_err();
     assert!(matches!(err, SessionError::Denied(Denial::NotGranted { .. })));
+}
+
+#[test]
+fn boot_refuses_storage_too_small_for_the_outbox_with_the_numbers() {
+    // records of 256 bytes: too small for the 325-byte session record and the outbox slots
+    let small = NorStorage::new(Flash::new(), 0, u16::try_from(storage_records(N)).unwrap(), 256).unwrap();
+    let mut ob = Ob::new();
+    let err = Dev::boot(identity(), small, &mut ob).unwrap_err();
+    let needed = storage_capacity(REC);
+    assert!(needed > 325);
+    let SessionError::RecordsTooSmall { needed: n, have: 256, outbox: REC, .. } = err else { panic!("{err:?}") };
+    assert_eq!(n, needed);
+    let text = err.to_string();
+    assert!(
+        text.starts_with("storage records hold at most 256 bytes, but this device writes records of up to"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("storage_capacity({REC}) = {needed}")), "{text}");
+
+    // too few records for the outbox slots
+    let few = NorStorage::new(Flash::new(), 0, 9, storage_capacity(REC)).unwrap();
+    let mut ob = Ob::new();
+    let err = Dev::boot(identity(), few, &mut ob).unwrap_err();
+    assert_eq!(err, SessionError::TooFewRecords { needed: storage_records(N), have: 9, slots: N });
+    assert!(err.to_string().contains(&format!("storage_records({N}) = {}", storage_records(N))), "{err}");
+
+    // exactly the layout the helpers give boots
+    let mut ob = Ob::new();
+    assert!(Dev::boot(identity(), storage(), &mut ob).is_ok());
+}
+
+#[test]
+fn stage_accessors_say_why_not() {
+    let mut ob = Ob::new();
+    let mut dev = Dev::boot(identity(), storage(), &mut ob).unwrap();
+    let err = dev.registered().err().unwrap();
+    assert_eq!(err, SessionError::WrongStage { expected: Stage::Registered, actual: Stage::Unregistered });
+    assert_eq!(err.to_string(), "the device is unregistered, but this needs it registered: register it first");
+    assert!(matches!(
+        dev.decommissioned().err(),
+        Some(SessionError::WrongStage { expected: Stage::Decommissioned, actual: Stage::Unregistered })
+    ));
+    dev.unregistered().unwrap().register(&mut rng(), generous_consent(1, T0)).unwrap();
+    assert!(matches!(
+        dev.unregistered().err(),
+        Some(SessionError::WrongStage { expected: Stage::Unregistered, actual: Stage::Registered })
+    ));
+    dev.registered().unwrap().decommission(T0 + 1, DecommissionReason::Retired).unwrap();
+    let err = dev.registered().err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "the device is decommissioned, but this needs it registered: it is out of service for good"
+    );
+    assert!(dev.decommissioned().is_ok());
 }

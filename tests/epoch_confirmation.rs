@@ -17,7 +17,7 @@ use rand_core::SeedableRng;
 use spime::consent::{Denial, Purpose};
 use spime::device::metrics::{MetricDef, MetricKind, Metrics};
 use spime::device::outbox::{Outbox, record_len};
-use spime::device::session::{Device, Phase, SessionError, storage_capacity, storage_records};
+use spime::device::session::{Device, SessionError, storage_capacity, storage_records};
 use spime::device::storage::{NorStorage, SimFlash};
 use spime::message;
 use spime::seal::Envelope;
@@ -46,10 +46,7 @@ fn ingestor() -> Ingestor<MemoryStore> {
 }
 
 fn registered<'d, 'o>(dev: &'d mut Dev<'o>) -> spime::device::session::Registered<'d, 'o, Store, N, REC> {
-    match dev.phase() {
-        Phase::Registered(r) => r,
-        _ => panic!("not registered"),
-    }
+    dev.registered().unwrap()
 }
 
 /// The queued envelope of `kind` (the test plays the link, so it picks
@@ -75,7 +72,7 @@ fn report_usage(dev: &mut Dev<'_>, now: u64) -> u64 {
 /// Registers, delivers the Register and its receipt: epoch 1, confirmed.
 fn confirmed<'o>(vendor: &Ingestor<MemoryStore>, ob: &'o mut Ob) -> Dev<'o> {
     let mut dev = Dev::boot(identity(), storage(), ob).unwrap();
-    let Phase::Unregistered(u) = dev.phase() else { panic!() };
+    let u = dev.unregistered().unwrap();
     u.register(&mut rng(1), generous_consent(1, T0)).unwrap();
     let (c, reg) = queued(&dev, Kind::REGISTER);
     let ok = vendor.ingest(&reg, T0).unwrap();
@@ -92,7 +89,7 @@ fn messages_offer_the_key_until_a_vendor_message_confirms_the_epoch() {
     let vendor = ingestor();
     let mut ob = Ob::new();
     let mut dev = Dev::boot(identity(), storage(), &mut ob).unwrap();
-    let Phase::Unregistered(u) = dev.phase() else { panic!() };
+    let u = dev.unregistered().unwrap();
     u.register(&mut rng(1), generous_consent(1, T0)).unwrap();
     assert!(!dev.epoch_confirmed());
     let (c, reg) = queued(&dev, Kind::REGISTER);
@@ -177,7 +174,7 @@ fn a_refused_registration_is_recovered_by_registering_again() {
     let vendor = ingestor();
     let mut ob = Ob::new();
     let mut dev = Dev::boot(identity(), storage(), &mut ob).unwrap();
-    let Phase::Unregistered(u) = dev.phase() else { panic!() };
+    let u = dev.unregistered().unwrap();
     u.register(&mut rng(7), generous_consent(1, T0)).unwrap();
     // The Register reaches the vendor damaged (the link had already
     // acknowledged it): refused, and the vendor holds no relationship.

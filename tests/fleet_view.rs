@@ -20,7 +20,7 @@ use server_common::*;
 use spime::consent::{DataCategory, Purpose};
 use spime::device::fault::{FaultEvent, FaultRecorder};
 use spime::device::metrics::{MetricDef, MetricKind, Metrics};
-use spime::device::session::Phase;
+use spime::device::session::StageHandle;
 use spime::message::{DecommissionReason, RebootReason, Severity};
 
 fn chromium() -> Option<PathBuf> {
@@ -93,7 +93,7 @@ fn the_fleet_and_a_device_render_in_a_browser() {
         obs.iter_mut().enumerate().map(|(i, ob)| Dev::boot(identity(20 + i as u8), storage(), ob).unwrap()).collect();
     let mut client = server.client();
     for (i, d) in devs.iter_mut().enumerate() {
-        let Phase::Unregistered(u) = d.phase() else { panic!() };
+        let StageHandle::Unregistered(u) = d.handle() else { panic!() };
         u.register(&mut rng(i as u8), consent(1, T0)).unwrap();
         deliver(&mut client, d);
     }
@@ -106,7 +106,7 @@ fn the_fleet_and_a_device_render_in_a_browser() {
             let mut m: Metrics<1> = Metrics::new(now - 86_400);
             m.define(MetricDef { id: 1, category: DataCategory::UsageCounters, kind: MetricKind::Counter }).unwrap();
             m.increment(1, day * 10 + i as u64).unwrap();
-            let Phase::Registered(mut r) = d.phase() else { panic!() };
+            let StageHandle::Registered(mut r) = d.handle() else { panic!() };
             r.report_window(Purpose::USAGE_ANALYTICS, m.take_window(now), now).unwrap();
             if i == 0 && day == 2 {
                 let e = FaultEvent {
@@ -122,7 +122,7 @@ fn the_fleet_and_a_device_render_in_a_browser() {
             deliver(&mut client, d);
         }
     }
-    let Phase::Registered(r) = devs[2].phase() else { panic!() };
+    let StageHandle::Registered(r) = devs[2].handle() else { panic!() };
     r.decommission(T0 + 4 * 86_400, DecommissionReason::Recycled).unwrap();
     deliver(&mut client, &mut devs[2]);
     // One refusal to show: bytes that are not an envelope.

@@ -16,7 +16,7 @@ mod server_common;
 use coap_lite::{CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use server_common::*;
 use spime::device::metrics::{MetricDef, MetricKind, Metrics};
-use spime::device::session::Phase;
+use spime::device::session::StageHandle;
 use spime::server::coap::{CHUNK_PATH, MESSAGE_PATH, post};
 use spime::vendor::{RedbStore, Store};
 use spime::wire::chunk::Chunks;
@@ -26,7 +26,7 @@ fn usage_report(dev: &mut Dev<'_>, now: u64, count: u64) {
     m.define(MetricDef { id: 1, category: spime::consent::DataCategory::UsageCounters, kind: MetricKind::Counter })
         .unwrap();
     m.increment(1, count).unwrap();
-    let Phase::Registered(mut r) = dev.phase() else { panic!("not registered") };
+    let StageHandle::Registered(mut r) = dev.handle() else { panic!("not registered") };
     r.report_window(spime::consent::Purpose::USAGE_ANALYTICS, m.take_window(now), now).unwrap().unwrap();
 }
 
@@ -44,7 +44,7 @@ fn coap_acknowledges_committed_messages_refuses_with_codes_and_operators_see_it(
     let id = hex::encode(dev.device_id().0);
 
     // Register: 2.04, with a receipt that confirms the epoch (SPEC §3.1).
-    let Phase::Unregistered(u) = dev.phase() else { panic!() };
+    let StageHandle::Unregistered(u) = dev.handle() else { panic!() };
     u.register(&mut rng(1), consent(1, T0)).unwrap();
     let (reg_counter, register) = one_queued(&dev);
     let reply = client.post(MESSAGE_PATH, &register).unwrap();
@@ -191,7 +191,7 @@ fn many_devices_in_one_batch_each_get_their_own_answer() {
     let mut devs: Vec<Dev<'_>> =
         obs.iter_mut().enumerate().map(|(i, ob)| Dev::boot(identity(10 + i as u8), storage(), ob).unwrap()).collect();
     for (i, d) in devs.iter_mut().enumerate() {
-        let Phase::Unregistered(u) = d.phase() else { panic!() };
+        let StageHandle::Unregistered(u) = d.handle() else { panic!() };
         u.register(&mut rng(i as u8), consent(1, T0)).unwrap();
     }
     // Concurrent clients, so several requests share a batch.

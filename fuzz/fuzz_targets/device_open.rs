@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use rand_chacha::rand_core::SeedableRng;
 use spime::consent::{ConsentState, SignedConsent};
 use spime::device::outbox::{Outbox, record_len};
-use spime::device::session::{Device, Identity, Phase, storage_capacity, storage_records};
+use spime::device::session::{Device, Identity, storage_capacity, storage_records};
 use spime::device::storage::{NorStorage, SimFlash};
 use spime::message::{self, Body, CertificateBody, DeviceCertificate, FirmwareVersion, Notice, Receipt};
 use spime::seal::{self, DeviceKey, Envelope, SessionKeys, VendorKeys};
@@ -47,7 +47,7 @@ fn world() -> World {
     let storage = NorStorage::new(SimFlash::new(), 0, u16::try_from(storage_records(N)).unwrap(), storage_capacity(REC)).unwrap();
     let outbox: &'static mut Outbox<N, REC> = Box::leak(Box::new(Outbox::new()));
     let mut dev = Dev::boot(identity, storage, outbox).unwrap();
-    let Phase::Unregistered(u) = dev.phase() else { unreachable!() };
+    let u = dev.unregistered().unwrap();
     let consent = SignedConsent { state: ConsentState::essential_only(1, 0, [0; 32]), owner: None };
     u.register(&mut rand_chacha::ChaCha20Rng::from_seed([5; 32]), consent).unwrap();
     let reg = dev.next_message().unwrap().envelope.to_vec();

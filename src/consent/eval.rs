@@ -13,6 +13,7 @@ use crate::message::{
     Fault, FirmwareVersion, MAX_FAULT_CONTEXT, MAX_METRICS, Metric, MetricValue, Notice, NoticeKind, RebootReason,
     Severity, Usage,
 };
+use crate::time::{Period, Utc};
 
 /// Why data may not be collected (or was refused by the vendor).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -41,7 +42,7 @@ pub enum Denial {
         version: u32,
     },
     /// The grant for `purpose` lapsed at `at` (Unix seconds).
-    #[error("grant for {purpose} expired at {at} (consent version {version})")]
+    #[error("grant for {purpose} expired at {} (consent version {version})", Utc(*.at))]
     Expired {
         /// the purpose asked for
         purpose: Purpose,
@@ -52,7 +53,7 @@ pub enum Denial {
     },
     /// The owner had to confirm consent `version` again by `since` (Unix
     /// seconds) and has not: every purpose but Essential is denied.
-    #[error("consent version {version} had to be re-confirmed by {since}")]
+    #[error("consent version {version} had to be re-confirmed by {}", Utc(*.since))]
     ReconfirmDue {
         /// the re-confirm date that passed
         since: u64,
@@ -104,13 +105,13 @@ impl Denial {
 #[non_exhaustive]
 pub enum ContactDenial {
     /// The notice's own expiry (Unix seconds) has passed.
-    #[error("notice expired at {at}")]
+    #[error("notice expired at {}", Utc(*.at))]
     NoticeExpired {
         /// the notice's `expires_at`
         at: u64,
     },
     /// Consent `version` had to be re-confirmed by `since`.
-    #[error("consent version {version} had to be re-confirmed by {since}")]
+    #[error("consent version {version} had to be re-confirmed by {}", Utc(*.since))]
     ReconfirmDue {
         /// the re-confirm date that passed
         since: u64,
@@ -137,7 +138,7 @@ pub enum ContactDenial {
     },
     /// `sent` notices for `purpose` were already sent in the last
     /// `period_seconds`, and at most `max` are allowed.
-    #[error("frequency cap reached for {purpose}: {sent} sent, at most {max} per {period_seconds} s")]
+    #[error("frequency cap reached for {purpose}: {sent} sent, at most {max} per {}", Period(u64::from(*.period_seconds)))]
     FrequencyCap {
         /// the purpose of the contact
         purpose: Purpose,
@@ -149,7 +150,7 @@ pub enum ContactDenial {
         sent: u32,
     },
     /// It is the owner's quiet hours until `until` (Unix seconds).
-    #[error("quiet hours until {until}")]
+    #[error("quiet hours until {}", Utc(*.until))]
     QuietHours {
         /// the first second after the quiet hours
         until: u64,

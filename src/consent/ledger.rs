@@ -28,6 +28,7 @@ use crate::codec::{self, Bytes64};
 use crate::error::{DecodeError, OpenError, Rule};
 use crate::message::{ConsentUpdate, Register, Transfer};
 use crate::seal::Verified;
+use crate::time::{Period, Utc};
 use crate::wire::{DeviceId, Header, Kind};
 
 /// Domain-separation tag of the ledger hash chain.
@@ -561,7 +562,9 @@ fn write_state(out: &mut String, s: &ConsentState, e: &LedgerEntry) {
         );
     }
     for c in &s.contact.caps {
-        let _ = writeln!(out, "  at most {} notices for {} per {} s", c.max_notices, c.purpose, c.period_seconds);
+        let noun = if c.max_notices == 1 { "notice" } else { "notices" };
+        let per = Period(u64::from(c.period_seconds));
+        let _ = writeln!(out, "  at most {} {noun} for {} per {per}", c.max_notices, c.purpose);
     }
     if !s.contact.muted_topics.is_empty() {
         let _ = write!(out, "  muted topics:");
@@ -586,39 +589,5 @@ struct Hex<'a>(&'a [u8]);
 impl core::fmt::Display for Hex<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
-/// A Unix time as `YYYY-MM-DD HH:MM:SS UTC`.
-struct Utc(u64);
-
-impl core::fmt::Display for Utc {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let days = self.0 / 86_400;
-        let secs = self.0 % 86_400;
-        // Howard Hinnant's civil_from_days, for days since 1970-01-01.
-        let z = i128::from(days) + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i128::from(month <= 2);
-        write!(f, "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", secs / 3_600, secs % 3_600 / 60, secs % 60)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Utc;
-    use alloc::string::ToString;
-
-    #[test]
-    fn utc_dates() {
-        assert_eq!(Utc(0).to_string(), "1970-01-01 00:00:00 UTC");
-        assert_eq!(Utc(951_782_400).to_string(), "2000-02-29 00:00:00 UTC");
-        assert_eq!(Utc(1_795_435_200).to_string(), "2026-11-23 12:00:00 UTC");
     }
 }

@@ -95,7 +95,7 @@ fn with_encoded<T>(state: &ConsentState, f: impl FnOnce(&[u8]) -> T) -> Result<T
 
 impl OwnerProof {
     /// The owner signs `state` for `device`: Ed25519 over
-    /// `"spime/v1 owner consent\0" || device id (16) || encoded ConsentState`.
+    /// `"spime/v1 owner consent\0" || device id (8) || encoded ConsentState`.
     ///
     /// # Errors
     /// [`ConsentError::Decode`] when the state is not canonical.

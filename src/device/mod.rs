@@ -17,5 +17,7 @@ pub mod session;
 pub mod storage;
 
 pub use outbox::{Outbox, record_len};
-pub use session::{Device, Identity, NoticeDecision, Phase, SessionError, Stage};
+#[allow(deprecated)]
+pub use session::Phase;
+pub use session::{Device, Identity, NoticeDecision, SessionError, Stage, StageHandle};
 pub use storage::{NorStorage, Storage, StorageError};

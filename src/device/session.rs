@@ -5,8 +5,11 @@
 //! [`Device`] holds the identity, counter, keys and consent, and borrows
 //! the outbox (the one large buffer, which the firmware keeps in a
 //! `static`);
-//! [`Device::phase`] hands out a small typestate handle for what the
-//! product may do now: an [`Unregistered`] handle can only register, a
+//! [`Device::registered`], [`Device::unregistered`] and
+//! [`Device::decommissioned`] hand out a small typestate handle for what
+//! the product may do in that [`Stage`] (or say which stage it is in), and
+//! [`Device::handle`] the one for the current stage, to `match` on: an
+//! [`Unregistered`] handle can only register, a
 //! [`Registered`] one reports, changes consent, transfers and
 //! decommissions, a [`Decommissioned`] one can only flush its outbox.
 //!
@@ -122,6 +125,46 @@ pub enum SessionError {
     /// The key epoch space is used up.
     #[error("key epochs exhausted")]
     EpochExhausted,
+    /// What was asked needs the device in another stage (from
+    /// [`Device::registered`], [`Device::unregistered`],
+    /// [`Device::decommissioned`]).
+    #[error("the device is {actual}, but this needs it {expected}{}", stage_hint(*.expected, *.actual))]
+    WrongStage {
+        /// the stage needed
+        expected: Stage,
+        /// the stage the device is in
+        actual: Stage,
+    },
+    /// The storage's records are smaller than the largest record the
+    /// device writes (checked by [`Device::boot`]).
+    #[error(
+        "storage records hold at most {have} bytes, but this device writes records of up to {needed} bytes \
+         (session {SESSION_RECORD_LEN}, consent {}, outbox slot {outbox}): \
+         give the storage a record capacity of storage_capacity({outbox}) = {needed}",
+        SignedConsent::MAX_ENCODED_LEN
+    )]
+    RecordsTooSmall {
+        /// the largest record the device writes: [`storage_capacity`] of the outbox slot size
+        needed: usize,
+        /// the storage's record capacity
+        have: usize,
+        /// the outbox slot size (`RECORD`)
+        outbox: usize,
+    },
+    /// The storage has fewer records than the device uses (checked by
+    /// [`Device::boot`]).
+    #[error(
+        "storage has {have} records, but a device with {slots} outbox slots uses {needed} \
+         (ids 0..{needed}): give the storage storage_records({slots}) = {needed} records"
+    )]
+    TooFewRecords {
+        /// records the device uses: [`storage_records`] of the outbox slots
+        needed: usize,
+        /// records the storage has
+        have: u16,
+        /// outbox slots (`N`)
+        slots: usize,
+    },
     /// Messages sealed under the current epoch still wait in the outbox; the
     /// vendor refuses older epochs once a new one opens, so send them first.
     #[error("{0} queued messages must be sent before the keys are renewed")]
@@ -130,6 +173,15 @@ pub enum SessionError {
     /// arrived under its epoch): there is nothing to register again.
     #[error("the registration is confirmed; change consent instead of registering again")]
     AlreadyConfirmed,
+}
+
+/// What to do about being in the wrong stage, after the message.
+const fn stage_hint(expected: Stage, actual: Stage) -> &'static str {
+    match (expected, actual) {
+        (Stage::Registered, Stage::Unregistered) => ": register it first",
+        (_, Stage::Decommissioned) => ": it is out of service for good",
+        _ => "",
+    }
 }
 
 impl From<ReplayError> for SessionError {
@@ -151,8 +203,10 @@ pub struct Identity {
     pub vendor: VendorPublicKeys,
 }
 
-/// Where the device is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where the device is in its life: plain data, from [`Device::stage`].
+/// To act on the device in a stage, take its handle:
+/// [`Device::registered`] (and the like) or [`Device::handle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
     /// Not registered (new, or after a change of owner).
     Unregistered,
@@ -160,6 +214,16 @@ pub enum Stage {
     Registered,
     /// Out of service: nothing more is sealed.
     Decommissioned,
+}
+
+impl core::fmt::Display for Stage {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Stage::Unregistered => "unregistered",
+            Stage::Registered => "registered",
+            Stage::Decommissioned => "decommissioned",
+        })
+    }
 }
 
 /// The persisted session state (record [`RECORD_SESSION`]).
@@ -328,9 +392,11 @@ pub struct Device<'o, S: Storage, const N: usize, const RECORD: usize> {
     outbox: &'o mut Outbox<N, RECORD>,
 }
 
-/// A handle on a device in a given stage; see [`Device::phase`].
+/// The handle for what a device may do in its current [`Stage`], from
+/// [`Device::handle`]; to ask for one stage, use [`Device::registered`],
+/// [`Device::unregistered`] or [`Device::decommissioned`].
 #[derive(Debug)]
-pub enum Phase<'d, 'o, S: Storage, const N: usize, const RECORD: usize> {
+pub enum StageHandle<'d, 'o, S: Storage, const N: usize, const RECORD: usize> {
     /// It must register first.
     Unregistered(Unregistered<'d, 'o, S, N, RECORD>),
     /// It is registered.
@@ -338,6 +404,10 @@ pub enum Phase<'d, 'o, S: Storage, const N: usize, const RECORD: usize> {
     /// It is out of service.
     Decommissioned(Decommissioned<'d, 'o, S, N, RECORD>),
 }
+
+/// The former name of [`StageHandle`].
+#[deprecated(since = "0.1.0", note = "renamed to `StageHandle` (it is easily confused with `Stage`)")]
+pub type Phase<'d, 'o, S, const N: usize, const RECORD: usize> = StageHandle<'d, 'o, S, N, RECORD>;
 
 /// A device that is not registered: it can only register.
 #[derive(Debug)]
@@ -377,11 +447,16 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     /// unregistered device).
     ///
     /// # Errors
-    /// [`SessionError::Storage`] or [`SessionError::Counter`] when storage
-    /// fails; [`StorageError::Invalid`] for a session or consent record
-    /// that does not decode.
+    /// [`SessionError::RecordsTooSmall`] or [`SessionError::TooFewRecords`]
+    /// when the storage cannot hold what the device will write (see
+    /// [`storage_capacity`] and [`storage_records`]), before anything is
+    /// read or written; [`SessionError::Storage`] or
+    /// [`SessionError::Counter`] when storage fails;
+    /// [`StorageError::Invalid`] for a session or consent record that does
+    /// not decode.
     #[inline(never)]
     pub fn boot(id: Identity, storage: S, outbox: &'o mut Outbox<N, RECORD>) -> Result<Self, SessionError> {
+        check_layout::<S, N, RECORD>(&storage)?;
         let counter = Counter::open(CounterRecord(storage), COUNTER_BLOCK)?;
         let mut dev = Device { id, counter, state: SessionState::new(), consent: None, outbox };
         dev.load_session()?;
@@ -412,12 +487,56 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         Ok(())
     }
 
-    /// The typestate handle for the device's current stage.
-    pub fn phase(&mut self) -> Phase<'_, 'o, S, N, RECORD> {
+    /// The handle for what the device may do in its current stage, to
+    /// `match` on.
+    pub fn handle(&mut self) -> StageHandle<'_, 'o, S, N, RECORD> {
         match self.state.stage {
-            Stage::Unregistered => Phase::Unregistered(Unregistered { dev: self }),
-            Stage::Registered => Phase::Registered(Registered { dev: self }),
-            Stage::Decommissioned => Phase::Decommissioned(Decommissioned { dev: self }),
+            Stage::Unregistered => StageHandle::Unregistered(Unregistered { dev: self }),
+            Stage::Registered => StageHandle::Registered(Registered { dev: self }),
+            Stage::Decommissioned => StageHandle::Decommissioned(Decommissioned { dev: self }),
+        }
+    }
+
+    /// The former name of [`Device::handle`].
+    #[deprecated(since = "0.1.0", note = "renamed to `handle`; or use `registered()`, `unregistered()`")]
+    pub fn phase(&mut self) -> StageHandle<'_, 'o, S, N, RECORD> {
+        self.handle()
+    }
+
+    /// The registered device's handle: reports, consent changes, transfer,
+    /// decommissioning.
+    ///
+    /// # Errors
+    /// [`SessionError::WrongStage`] when the device is unregistered or
+    /// decommissioned, naming the stage it is in.
+    pub fn registered(&mut self) -> Result<Registered<'_, 'o, S, N, RECORD>, SessionError> {
+        match self.handle() {
+            StageHandle::Registered(r) => Ok(r),
+            other => Err(wrong(Stage::Registered, &other)),
+        }
+    }
+
+    /// The unregistered device's handle: it can register.
+    ///
+    /// # Errors
+    /// [`SessionError::WrongStage`] when the device is registered or
+    /// decommissioned, naming the stage it is in.
+    pub fn unregistered(&mut self) -> Result<Unregistered<'_, 'o, S, N, RECORD>, SessionError> {
+        match self.handle() {
+            StageHandle::Unregistered(u) => Ok(u),
+            other => Err(wrong(Stage::Unregistered, &other)),
+        }
+    }
+
+    /// The decommissioned device's handle.
+    ///
+    /// # Errors
+    /// [`SessionError::WrongStage`] when the device is still in service,
+    /// naming the stage it is in.
+    pub fn decommissioned(&mut self) -> Result<Decommissioned<'_, 'o, S, N, RECORD>, SessionError> {
+        match self.handle() {
+            StageHandle::Decommissioned(d) => Ok(d),
+            other => Err(wrong(Stage::Decommissioned, &other)),
         }
     }
 
@@ -639,6 +758,35 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Unregistered<'d, '
         register(dev, rng, consent)?;
         Ok(Registered { dev })
     }
+}
+
+/// The [`SessionError::WrongStage`] for a handle of another stage.
+fn wrong<S: Storage, const N: usize, const RECORD: usize>(
+    expected: Stage,
+    got: &StageHandle<'_, '_, S, N, RECORD>,
+) -> SessionError {
+    let actual = match got {
+        StageHandle::Unregistered(_) => Stage::Unregistered,
+        StageHandle::Registered(_) => Stage::Registered,
+        StageHandle::Decommissioned(_) => Stage::Decommissioned,
+    };
+    SessionError::WrongStage { expected, actual }
+}
+
+/// Checks that `storage` holds every record a device with `N` outbox slots
+/// of `RECORD` bytes writes.
+fn check_layout<S: Storage, const N: usize, const RECORD: usize>(storage: &S) -> Result<(), SessionError> {
+    let needed = storage_capacity(RECORD);
+    let have = storage.record_capacity();
+    if have < needed {
+        return Err(SessionError::RecordsTooSmall { needed, have, outbox: RECORD });
+    }
+    let records = storage_records(N);
+    let count = storage.record_count();
+    if usize::from(count) < records {
+        return Err(SessionError::TooFewRecords { needed: records, have: count, slots: N });
+    }
+    Ok(())
 }
 
 /// Reserves a new epoch, agrees its keys, seals and queues a Register that

@@ -49,13 +49,70 @@ pub enum StorageError {
         /// bytes available
         have: usize,
     },
-    /// The flash geometry cannot hold the layout (alignment, capacity).
-    #[error("flash geometry does not fit the layout")]
-    Geometry,
     /// A stored record is not what its reader expects (wrong length or
     /// values out of range): written by another firmware, or damaged.
     #[error("stored record {0} is invalid")]
     Invalid(u16),
+}
+
+/// Why a flash cannot hold a [`NorStorage`] layout, with the numbers: the
+/// error of [`NorStorage::new`]. (A type of its own, not a
+/// [`StorageError`] variant, so that every storage result on the device
+/// stays small.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GeometryError {
+    /// The flash's read, write or erase size does not suit the store.
+    #[error(
+        "flash sizes read {read}, write {write}, erase {erase} do not suit NorStorage: \
+         the read size must divide 16, the write size 32, and the erase size must not be 0"
+    )]
+    Sizes {
+        /// `NorFlash::READ_SIZE`
+        read: usize,
+        /// `NorFlash::WRITE_SIZE`
+        write: usize,
+        /// `NorFlash::ERASE_SIZE`
+        erase: usize,
+    },
+    /// The base address is not at the start of an erase sector.
+    #[error("base address {base:#x} is not a multiple of the erase size {erase}: start the store on a sector boundary")]
+    Unaligned {
+        /// the base address given
+        base: u32,
+        /// `NorFlash::ERASE_SIZE`
+        erase: usize,
+    },
+    /// A record may hold at most 65,535 bytes (its length is a `u16`).
+    #[error("a record capacity of {capacity} bytes exceeds the most a record holds, {max}")]
+    RecordTooLarge {
+        /// the capacity asked for
+        capacity: usize,
+        /// the most a record holds
+        max: usize,
+    },
+    /// The records do not fit between the base address and the end of the flash.
+    ///
+    /// Sizes above `u32::MAX` show as `u32::MAX` (the fields are `u32` to
+    /// keep this error, and every result that carries it, small on
+    /// firmware).
+    #[error(
+        "{records} records of {capacity} bytes take {needed} bytes of flash (2 copies each of {copy} bytes: \
+         header and data rounded up to the erase size), but only {available} bytes are left after the base \
+         address: use a larger flash region, fewer records or smaller records"
+    )]
+    TooSmall {
+        /// records asked for
+        records: u16,
+        /// record capacity asked for (at most 65,535, checked before)
+        capacity: u16,
+        /// bytes one copy of a record takes
+        copy: u32,
+        /// bytes the layout takes
+        needed: u32,
+        /// bytes from the base address to the end of the flash
+        available: u32,
+    },
 }
 
 /// A record store whose writes are atomic: after a power cut, a record
@@ -81,6 +138,21 @@ pub trait Storage {
     /// # Errors
     /// [`StorageError::NoSuchRecord`], [`StorageError::Io`].
     fn remove(&mut self, id: u16) -> Result<(), StorageError>;
+
+    /// The most bytes one record holds (`usize::MAX`, the default, for
+    /// "no fixed limit"). [`crate::device::session::Device::boot`] checks it
+    /// against what the device will write, so a store too small is refused
+    /// at boot rather than at the first write that does not fit.
+    fn record_capacity(&self) -> usize {
+        usize::MAX
+    }
+
+    /// How many records the store has: ids `0..record_count()` (`u16::MAX`,
+    /// the default, for "no fixed limit"). Checked at boot as
+    /// [`Storage::record_capacity`] is.
+    fn record_count(&self) -> u16 {
+        u16::MAX
+    }
 }
 
 impl<S: Storage + ?Sized> Storage for &mut S {
@@ -92,6 +164,12 @@ impl<S: Storage + ?Sized> Storage for &mut S {
     }
     fn remove(&mut self, id: u16) -> Result<(), StorageError> {
         (**self).remove(id)
+    }
+    fn record_capacity(&self) -> usize {
+        (**self).record_capacity()
+    }
+    fn record_count(&self) -> u16 {
+        (**self).record_count()
     }
 }
 
@@ -192,28 +270,39 @@ impl<F: NorFlash> NorStorage<F> {
     /// Lays out `records` records of at most `capacity` bytes from `base`.
     ///
     /// # Errors
-    /// [`StorageError::Geometry`] when `base` is not erase-aligned, the
-    /// read size does not divide 16 or the write size 32, or the layout
-    /// exceeds the flash.
-    pub fn new(flash: F, base: u32, records: u16, capacity: usize) -> Result<NorStorage<F>, StorageError> {
+    /// [`GeometryError::Unaligned`] when `base` is not erase-aligned,
+    /// [`GeometryError::Sizes`] when the read size does not divide 16 or the
+    /// write size 32, [`GeometryError::RecordTooLarge`] when `capacity`
+    /// exceeds 65,535, [`GeometryError::TooSmall`] when the layout exceeds
+    /// the flash; each with the numbers.
+    pub fn new(flash: F, base: u32, records: u16, capacity: usize) -> Result<NorStorage<F>, GeometryError> {
         let erase = F::ERASE_SIZE;
-        if erase == 0
-            || F::WRITE_SIZE == 0
-            || F::READ_SIZE == 0
-            || !STAGE.is_multiple_of(F::WRITE_SIZE)
-            || !NOR_HEADER_LEN.is_multiple_of(F::READ_SIZE)
-            || !(base as usize).is_multiple_of(erase)
-            || capacity > usize::from(u16::MAX)
+        let (read, write) = (F::READ_SIZE, F::WRITE_SIZE);
+        if erase == 0 || write == 0 || read == 0 || !STAGE.is_multiple_of(write) || !NOR_HEADER_LEN.is_multiple_of(read)
         {
-            return Err(StorageError::Geometry);
+            return Err(GeometryError::Sizes { read, write, erase });
+        }
+        if !(base as usize).is_multiple_of(erase) {
+            return Err(GeometryError::Unaligned { base, erase });
+        }
+        let max = usize::from(u16::MAX);
+        if capacity > max {
+            return Err(GeometryError::RecordTooLarge { capacity, max });
         }
         let copy = (NOR_HEADER_LEN + capacity).div_ceil(erase) * erase;
-        let total = copy.checked_mul(2 * usize::from(records)).ok_or(StorageError::Geometry)?;
-        let end = (base as usize).checked_add(total).ok_or(StorageError::Geometry)?;
-        if end > flash.capacity() {
-            return Err(StorageError::Geometry);
-        }
-        let copy_size = u32::try_from(copy).map_err(|_| StorageError::Geometry)?;
+        let needed = copy.saturating_mul(2 * usize::from(records));
+        let available = flash.capacity().saturating_sub(base as usize);
+        let copy_size = u32::try_from(copy).ok().filter(|_| needed <= available && needed < u32::MAX as usize);
+        let Some(copy_size) = copy_size else {
+            let u32_of = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            return Err(GeometryError::TooSmall {
+                records,
+                capacity: u16::try_from(capacity).unwrap_or(u16::MAX),
+                copy: u32_of(copy),
+                needed: u32_of(needed),
+                available: u32_of(available),
+            });
+        };
         Ok(NorStorage { flash, base, records, copy_size, capacity })
     }
 
@@ -243,11 +332,11 @@ impl<F: NorFlash> NorStorage<F> {
     fn read_at(&mut self, addr: u32, out: &mut [u8]) -> Result<(), StorageError> {
         let mut stage = [0u8; STAGE];
         for (i, piece) in out.chunks_mut(STAGE).enumerate() {
-            let a = addr + u32::try_from(i * STAGE).map_err(|_| StorageError::Geometry)?;
+            let a = addr + u32::try_from(i * STAGE).map_err(|_| StorageError::Io)?;
             let n = piece.len().div_ceil(F::READ_SIZE) * F::READ_SIZE;
-            let s = stage.get_mut(..n).ok_or(StorageError::Geometry)?;
+            let s = stage.get_mut(..n).ok_or(StorageError::Io)?;
             self.flash.read(a, s).map_err(|_| StorageError::Io)?;
-            piece.copy_from_slice(s.get(..piece.len()).ok_or(StorageError::Geometry)?);
+            piece.copy_from_slice(s.get(..piece.len()).ok_or(StorageError::Io)?);
         }
         Ok(())
     }
@@ -274,7 +363,7 @@ impl<F: NorFlash> NorStorage<F> {
         let Some((hdr, raw)) = self.header(id, copy)? else { return Ok(None) };
         let addr = self.copy_addr(id, copy)? + HEADER_LEN_U32;
         let (head, tail) = raw.split_at(12);
-        let want = u32::from_be_bytes(tail.try_into().map_err(|_| StorageError::Geometry)?);
+        let want = u32::from_be_bytes(tail.try_into().map_err(|_| StorageError::Io)?);
         let mut crc = crc32(0, head);
         match buf {
             Some(buf) => {
@@ -288,8 +377,8 @@ impl<F: NorFlash> NorStorage<F> {
                 let mut done = 0usize;
                 while done < hdr.len {
                     let n = (hdr.len - done).min(STAGE);
-                    let s = stage.get_mut(..n).ok_or(StorageError::Geometry)?;
-                    self.read_at(addr + u32::try_from(done).map_err(|_| StorageError::Geometry)?, s)?;
+                    let s = stage.get_mut(..n).ok_or(StorageError::Io)?;
+                    self.read_at(addr + u32::try_from(done).map_err(|_| StorageError::Io)?, s)?;
                     crc = crc32(crc, s);
                     done += n;
                 }
@@ -348,7 +437,7 @@ impl<F: NorFlash> NorStorage<F> {
         }
         if fill > 0 {
             let n = fill.div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE;
-            self.flash.write(at, stage.get(..n).ok_or(StorageError::Geometry)?).map_err(|_| StorageError::Io)?;
+            self.flash.write(at, stage.get(..n).ok_or(StorageError::Io)?).map_err(|_| StorageError::Io)?;
         }
         Ok(())
     }
@@ -373,6 +462,14 @@ impl<F: NorFlash> Storage for NorStorage<F> {
 
     fn write(&mut self, id: u16, data: &[u8]) -> Result<(), StorageError> {
         self.put(id, data, false)
+    }
+
+    fn record_capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn record_count(&self) -> u16 {
+        self.records
     }
 
     fn remove(&mut self, id: u16) -> Result<(), StorageError> {
@@ -565,8 +662,21 @@ mod tests {
 
     #[test]
     fn rejections() {
-        assert_eq!(NorStorage::new(Flash::new(), 10, 1, 10).unwrap_err(), StorageError::Geometry);
-        assert_eq!(NorStorage::new(Flash::new(), 0, 17, 100).unwrap_err(), StorageError::Geometry);
+        let e = NorStorage::new(Flash::new(), 10, 1, 10).unwrap_err();
+        assert_eq!(e, GeometryError::Unaligned { base: 10, erase: 256 });
+        assert_eq!(
+            e.to_string(),
+            "base address 0xa is not a multiple of the erase size 256: start the store on a sector boundary"
+        );
+        let e = NorStorage::new(Flash::new(), 0, 17, 100).unwrap_err();
+        let want = GeometryError::TooSmall { records: 17, capacity: 100, copy: 256, needed: 8704, available: 8192 };
+        assert_eq!(e, want);
+        let text = e.to_string();
+        assert!(text.contains("17 records of 100 bytes take 8704 bytes") && text.contains("only 8192 bytes"), "{text}");
+        let e = NorStorage::new(Flash::new(), 7936, 1, 10).unwrap_err();
+        assert!(matches!(e, GeometryError::TooSmall { available: 256, needed: 512, .. }));
+        let e = NorStorage::new(Flash::new(), 0, 1, 70_000).unwrap_err();
+        assert_eq!(e, GeometryError::RecordTooLarge { capacity: 70_000, max: 65_535 });
         let mut s = NorStorage::new(Flash::new(), 0, 2, 100).unwrap();
         assert_eq!(s.write(2, b"x"), Err(StorageError::NoSuchRecord(2)));
         assert_eq!(s.write(0, &[0; 101]), Err(StorageError::TooLarge { len: 101, max: 100 }));

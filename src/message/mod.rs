@@ -13,8 +13,10 @@
 //! ```
 
 mod certificate;
+mod display;
 
 pub use certificate::{CERTIFICATE_DST, CertificateBody, DeviceCertificate};
+pub use display::Readable;
 
 use serde::{Deserialize, Serialize};
 

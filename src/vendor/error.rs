@@ -158,7 +158,7 @@ pub enum SendError {
     #[error("device is decommissioned")]
     Decommissioned,
     /// The owner's contact preferences forbid this notice now; it is held back.
-    #[error("held back: {0}")]
+    #[error("the owner's contact preferences forbid this notice now: {0}")]
     Refused(ContactDenial),
     /// The vendor holds no consent to countersign.
     #[error("no consent to countersign")]

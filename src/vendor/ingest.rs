@@ -18,6 +18,7 @@ use crate::message::{
 };
 use crate::seal::replay::ReplayWindow;
 use crate::seal::{Envelope, Plaintext, SessionKeys, VendorKeys, VendorPublicKeys, Verified};
+use crate::time::Utc;
 use crate::wire::{DeviceId, Direction, Header, Kind};
 
 use super::batch::{BatchVerifier, batchable_key};
@@ -109,6 +110,45 @@ pub struct Accepted {
     /// device learns the epoch is open and stops re-offering its key
     /// (SPEC §3.1).
     pub opened_epoch: Option<u32>,
+}
+
+/// In plain words, times as UTC dates: `registered (a new owner,
+/// relationship 1), firmware 1.0.0 (build 1), consent version 1`;
+/// `usage for …`; `… fault …`; `consent changed from version 1 to 2`; …
+impl core::fmt::Display for Event {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Event::Registered { relationship, new_relationship, firmware, consent_version } => {
+                let owner = if *new_relationship { "a new owner" } else { "the same owner again" };
+                write!(
+                    f,
+                    "registered ({owner}, relationship {relationship}), firmware {firmware}, consent version {consent_version}"
+                )
+            }
+            Event::Usage(usage) => write!(f, "{usage}"),
+            Event::Fault(fault) => write!(f, "{fault}"),
+            Event::ConsentChanged { previous, version } => {
+                write!(f, "consent changed from version {previous} to {version}")
+            }
+            Event::ConsentRepeated { version } => write!(f, "consent version {version} received again (unchanged)"),
+            Event::Transferred { at } => {
+                write!(f, "handed on to a new owner at {}; consent reset to essential only", Utc(*at))
+            }
+            Event::Decommissioned { at, reason } => write!(f, "decommissioned at {} ({reason})", Utc(*at)),
+        }
+    }
+}
+
+/// `device 0707…07, message 3: <the event>`, then `; it opened key epoch 2`
+/// when it did.
+impl core::fmt::Display for Accepted {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "device {}, message {}: {}", self.device, self.counter, self.event)?;
+        match self.opened_epoch {
+            Some(epoch) => write!(f, "; it opened key epoch {epoch}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The result for one message of a batch.
@@ -676,5 +716,58 @@ fn check_signature<'a, 'b>(
             _ => pt.verify(key).map_err(unauthentic),
         },
         _ => pt.verify(key).map_err(unauthentic),
+    }
+}
+
+#[cfg(test)]
+mod display_tests {
+    use super::{Accepted, Event};
+    use crate::consent::ContactDenial;
+    use crate::message::{DecommissionReason, FirmwareVersion};
+    use crate::vendor::SendError;
+    use crate::wire::{DeviceId, Kind};
+
+    #[test]
+    fn events_in_plain_words() {
+        let firmware = FirmwareVersion { major: 1, minor: 0, patch: 0, build: 1 };
+        let registered = Event::Registered { relationship: 1, new_relationship: true, firmware, consent_version: 1 };
+        assert_eq!(
+            registered.to_string(),
+            "registered (a new owner, relationship 1), firmware 1.0.0 (build 1), consent version 1"
+        );
+        let accepted = Accepted {
+            device: DeviceId([7; 8]),
+            counter: 3,
+            kind: Kind::REGISTER,
+            event: registered,
+            opened_epoch: None,
+        };
+        assert_eq!(
+            accepted.to_string(),
+            "device 0707070707070707, message 3: registered (a new owner, relationship 1), \
+             firmware 1.0.0 (build 1), consent version 1"
+        );
+        let opening = Accepted { opened_epoch: Some(2), ..accepted };
+        assert!(opening.to_string().ends_with("consent version 1; it opened key epoch 2"), "{opening}");
+        assert_eq!(
+            Event::ConsentChanged { previous: 1, version: 2 }.to_string(),
+            "consent changed from version 1 to 2"
+        );
+        assert_eq!(Event::ConsentRepeated { version: 2 }.to_string(), "consent version 2 received again (unchanged)");
+        assert_eq!(
+            Event::Transferred { at: 1_795_435_200 }.to_string(),
+            "handed on to a new owner at 2026-11-23 12:00:00 UTC; consent reset to essential only"
+        );
+        let gone = Event::Decommissioned { at: 1_795_435_200, reason: DecommissionReason::Recycled };
+        assert_eq!(gone.to_string(), "decommissioned at 2026-11-23 12:00:00 UTC (recycled)");
+    }
+
+    #[test]
+    fn refused_notice_says_held_back_once() {
+        let e = SendError::Refused(ContactDenial::QuietHours { until: 1_795_435_200 });
+        assert_eq!(
+            e.to_string(),
+            "the owner's contact preferences forbid this notice now: quiet hours until 2026-11-23 12:00:00 UTC"
+        );
     }
 }
