@@ -185,6 +185,31 @@ fn get_ok(server: &TestServer, path: &str) -> String {
 }
 
 #[test]
+fn a_lost_receipt_is_replaced_with_the_next_message_that_offers_the_key() {
+    let server = TestServer::start("receipt");
+    let mut client = server.client();
+    let mut ob = Ob::new();
+    let mut dev = Dev::boot(identity(2), storage(), &mut ob).unwrap();
+    let StageHandle::Unregistered(u) = dev.handle() else { panic!() };
+    u.register(&mut rng(2), consent(1, T0)).unwrap();
+    let (c, register) = one_queued(&dev);
+    let reply = client.post(MESSAGE_PATH, &register).unwrap();
+    assert_eq!(reply.code, ResponseType::Changed);
+    dev.ack(c).unwrap();
+    // The receipt in that reply never reaches the device.
+    assert!(!dev.epoch_confirmed());
+    server.set_time(T0 + 3600);
+    usage_report(&mut dev, T0 + 3600, 1);
+    let replies = deliver(&mut client, &mut dev);
+    assert_eq!(replies[0].format, Some(ContentFormat::ApplicationOctetStream));
+    assert!(dev.epoch_confirmed());
+    // Confirmed: the next message offers no key and gets an empty 2.04.
+    usage_report(&mut dev, T0 + 7200, 1);
+    let replies = deliver(&mut client, &mut dev);
+    assert_eq!((replies[0].code, replies[0].payload.len()), (ResponseType::Changed, 0));
+}
+
+#[test]
 fn many_devices_in_one_batch_each_get_their_own_answer() {
     let server = TestServer::start("batch");
     let mut obs: Vec<Ob> = (0..6).map(|_| Ob::new()).collect();

@@ -400,7 +400,12 @@ impl<S: Store> App<S> {
                 Ok(acc) => {
                     self.stats.accepted(&acc.device, kind_name(acc.kind), now);
                     debug!(device = %hex::encode(acc.device.0), counter = acc.counter, kind = kind_name(acc.kind), "accepted");
+                    // A message that offers an ephemeral key comes from a device whose
+                    // epoch is unconfirmed (SPEC §3.1): answer every such offer, so a
+                    // lost receipt is replaced by the next one.
+                    let offers_key = Header::parse(bytes).is_ok_and(|(h, _)| h.ephemeral.is_some());
                     let wants_receipt = acc.opened_epoch.is_some()
+                        || offers_key
                         || matches!(
                             acc.event,
                             Event::Registered { .. } | Event::ConsentChanged { .. } | Event::ConsentRepeated { .. }
