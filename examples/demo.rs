@@ -482,6 +482,37 @@ fn notice(id: u32, purpose: Purpose, kind: NoticeKind, channel: Channel, at: u64
     }
 }
 
+/// `POST /api/devices/{id}/notices` on a running server.
+fn post_notice(
+    http: SocketAddr,
+    id: DeviceId,
+    purpose: Purpose,
+    kind: NoticeKind,
+    channel: Channel,
+    title: &str,
+) -> Result<(), String> {
+    let body = serde_json::json!({
+        "purpose": purpose.id(), "channel": channel.name(), "kind": kind, "title": title,
+        "text": "See the app for details.",
+    })
+    .to_string();
+    let mut s = TcpStream::connect(http).map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "POST /api/devices/{}/notices HTTP/1.1\r\nHost: {http}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        short(id),
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    if text.starts_with("HTTP/1.1 202") {
+        return Ok(());
+    }
+    let detail = text.split_once("\"detail\":\"").and_then(|(_, d)| d.split('"').next()).unwrap_or("refused");
+    Err(detail.to_string())
+}
+
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
@@ -595,12 +626,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for day in 0..=DAYS {
         clock.store(noon(day), Ordering::SeqCst);
         // The vendor reaches out where it may (in-process: the server's notice mailbox).
-        if let Some(r) = &running {
-            let mut send = |purpose, kind: NoticeKind, channel, at: u64, title: &str| {
+        {
+            // In-process: the server's API; against a running server: its HTTP API.
+            let mut send = |purpose: Purpose, kind: NoticeKind, channel: Channel, at: u64, title: &str| {
                 for id in &ids {
                     next_notice += 1;
                     let label = kind.to_string();
-                    match r.send_notice(id, &notice(next_notice, purpose, kind, channel, at, title)) {
+                    let verdict = match &running {
+                        Some(r) => r
+                            .send_notice(id, &notice(next_notice, purpose, kind, channel, at, title))
+                            .map_err(|e| e.to_string()),
+                        None => post_notice(http, *id, purpose, kind, channel, title),
+                    };
+                    match verdict {
                         Ok(()) => *notices_sent.entry(label).or_default() += 1,
                         Err(e) => *notices_held.entry(format!("{label}: {e}")).or_default() += 1,
                     }
@@ -726,7 +764,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Err(format!("expected a '{reason}' refusal").into());
         }
     }
-    if running.is_some() && (notices_sent.is_empty() || notices_held.is_empty() || shown == 0) {
+    if notices_sent.is_empty() || notices_held.is_empty() || shown == 0 {
         return Err("expected notices both sent and held back".into());
     }
     drop(gadgets);

@@ -210,6 +210,51 @@ fn a_lost_receipt_is_replaced_with_the_next_message_that_offers_the_key() {
 }
 
 #[test]
+fn notices_posted_by_operators_travel_in_the_next_acknowledgement_where_consent_allows() {
+    use spime::device::session::NoticeDecision;
+    let server = TestServer::start("notices");
+    let mut client = server.client();
+    let mut ob = Ob::new();
+    let mut dev = Dev::boot(identity(3), storage(), &mut ob).unwrap();
+    let StageHandle::Unregistered(u) = dev.handle() else { panic!() };
+    u.register(&mut rng(3), consent(1, T0)).unwrap();
+    deliver(&mut client, &mut dev);
+    let id = hex::encode(dev.device_id().0);
+    let path = format!("/api/devices/{id}/notices");
+    server.set_time(T0 + 3600);
+
+    // Allowed: proactive service by app. Queued; the next 2.04 carries it.
+    let ok = r#"{"purpose": 4, "channel": "app", "kind": "MaintenanceDue", "title": "Time for a descale"}"#;
+    let (status, body) = post_json(server.http, &path, ok);
+    assert_eq!(status, 202, "{body}");
+    usage_report(&mut dev, T0 + 3600, 1);
+    let (c, usage) = one_queued(&dev);
+    let reply = client.post(MESSAGE_PATH, &usage).unwrap();
+    assert_eq!(reply.code, ResponseType::Changed);
+    dev.ack(c).unwrap();
+    match dev.open_notice(&reply.payload, T0 + 3600).unwrap() {
+        NoticeDecision::Show(n) => assert_eq!(n.title.as_str(), "Time for a descale"),
+        other => panic!("{other:?}"),
+    }
+
+    // Held back by the owner's preferences: marketing was never allowed.
+    let marketing = r#"{"purpose": 7, "channel": "app", "kind": "SuppliesOffer", "title": "Filters: 20% off"}"#;
+    let (status, body) = post_json(server.http, &path, marketing);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("contact-refused"), "{body}");
+    // Malformed requests and unknown devices.
+    let bad_channel = r#"{"purpose": 4, "channel": "pigeon", "kind": "MaintenanceDue", "title": "x"}"#;
+    assert_eq!(post_json(server.http, &path, bad_channel).0, 400);
+    let reserved = r#"{"purpose": 300, "channel": "app", "kind": "MaintenanceDue", "title": "x"}"#;
+    assert_eq!(post_json(server.http, &path, reserved).0, 400);
+    assert_eq!(post_json(server.http, "/api/devices/0000000000000001/notices", ok).0, 404);
+    // Nothing else waits: the next acknowledgement is empty.
+    usage_report(&mut dev, T0 + 7200, 1);
+    let replies = deliver(&mut client, &mut dev);
+    assert!(replies[0].payload.is_empty());
+}
+
+#[test]
 fn many_devices_in_one_batch_each_get_their_own_answer() {
     let server = TestServer::start("batch");
     let mut obs: Vec<Ob> = (0..6).map(|_| Ob::new()).collect();

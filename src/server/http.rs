@@ -8,7 +8,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -16,14 +16,15 @@ use tracing::{info, warn};
 
 use crate::codec;
 use crate::consent::ledger::{ConsentLedger, LedgerEntry};
-use crate::message::{Fault, Usage};
+use crate::consent::{Channel, Purpose};
+use crate::message::{Fault, Notice, NoticeKind, Usage};
 use crate::vendor::{
     ConsentLedgerStore, DeviceRecord, DeviceRegistry, Lifecycle, MessageLog, ReplayWindows, Store, StoredMessage,
 };
 use crate::wire::{DeviceId, Kind};
 
 use super::view::{bars, consent_words, esc, utc};
-use super::{App, kind_name};
+use super::{App, NoticeError, Notices, kind_name};
 
 /// Messages shown per device (the most recent).
 const RECENT_MESSAGES: u64 = 128;
@@ -40,6 +41,7 @@ pub(super) async fn serve<S: Store + 'static>(app: Arc<App<S>>, tcp: TcpListener
         .route("/api/devices/{id}", get(api_device::<S>))
         .route("/api/devices/{id}/ledger", get(api_ledger::<S>))
         .route("/api/devices/{id}/messages", get(api_messages::<S>))
+        .route("/api/devices/{id}/notices", post(api_notice::<S>))
         .route("/api/refusals", get(api_refusals::<S>))
         .with_state(app);
     let stop = async move {
@@ -187,6 +189,76 @@ async fn api_messages<S: Store + 'static>(
 ) -> Result<Json<Value>, Failure> {
     let v = view_of(&app, &id).await?;
     Ok(Json(Value::Array(v.messages.iter().map(message_json).collect())))
+}
+
+/// `POST /api/devices/{id}/notices`: a notice for the owner, sealed now if
+/// their contact preferences allow it and queued for the device's next 2.04.
+#[derive(serde::Deserialize)]
+struct NoticeRequest {
+    /// Vendor-assigned id (default: the server's next).
+    id: Option<u32>,
+    purpose: u16,
+    /// `on-device`, `app`, `email` or `sms`.
+    channel: String,
+    #[serde(default)]
+    topic: u16,
+    kind: NoticeKind,
+    title: String,
+    #[serde(default)]
+    text: String,
+    /// Days until it is stale (default 14).
+    #[serde(default = "fortnight")]
+    expires_in_days: u64,
+}
+
+const fn fortnight() -> u64 {
+    14
+}
+
+async fn api_notice<S: Store + 'static>(
+    State(app): Shared<S>,
+    Path(id): Path<String>,
+    Json(req): Json<NoticeRequest>,
+) -> Result<(StatusCode, Json<Value>), Failure> {
+    let device = parse_id(&id)?;
+    let bad = |what: &str| Failure(StatusCode::BAD_REQUEST, what.into());
+    let channel = match req.channel.as_str() {
+        "on-device" => Channel::OnDevice,
+        "app" => Channel::App,
+        "email" => Channel::Email,
+        "sms" => Channel::Sms,
+        _ => return Err(bad("channel is one of on-device, app, email, sms")),
+    };
+    let now = (app.clock)();
+    let notice = Notice {
+        id: req.id.unwrap_or_else(|| app.next_notice_id()),
+        purpose: Purpose::from_id(req.purpose).map_err(|_| bad("purpose is 0–9 or 0x8000–0xFFFF"))?,
+        channel,
+        topic: req.topic,
+        kind: req.kind,
+        issued_at: now,
+        expires_at: now.saturating_add(req.expires_in_days.saturating_mul(86_400)),
+        title: req.title.as_str().try_into().map_err(|_| bad("title longer than 48 bytes"))?,
+        text: req.text.as_str().try_into().map_err(|_| bad("text longer than 192 bytes"))?,
+    };
+    let result = query(&app, move |a| Ok(a.send(&device, &notice))).await?;
+    match result {
+        Ok(()) => Ok((StatusCode::ACCEPTED, Json(json!({ "queued": true })))),
+        Err(NoticeError::Send(e)) => {
+            let status = match e {
+                crate::vendor::SendError::UnknownDevice => StatusCode::NOT_FOUND,
+                crate::vendor::SendError::Refused(_)
+                | crate::vendor::SendError::Decommissioned
+                | crate::vendor::SendError::NoConsent => StatusCode::FORBIDDEN,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            Ok((status, Json(json!({ "queued": false, "reason": e.reason(), "detail": e.to_string() }))))
+        }
+        Err(e @ NoticeError::MailboxFull) => Ok((
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({ "queued": false, "reason": "mailbox-full", "detail": e.to_string() })),
+        )),
+    }
 }
 
 async fn api_refusals<S: Store + 'static>(State(app): Shared<S>) -> Json<Value> {

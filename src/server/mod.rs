@@ -26,6 +26,7 @@ pub mod stats;
 mod view;
 
 use core::net::SocketAddr;
+use core::sync::atomic::{AtomicU32, Ordering};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -105,9 +106,16 @@ pub(crate) struct App<S> {
     pub(crate) clock: Clock,
     /// Sealed notices waiting for their device's next request.
     pub(crate) mailbox: Mutex<HashMap<DeviceId, VecDeque<Vec<u8>>>>,
+    /// The next notice id handed out over HTTP.
+    pub(crate) notice_ids: AtomicU32,
 }
 
 impl<S> App<S> {
+    /// A notice id for a notice that came without one.
+    pub(crate) fn next_notice_id(&self) -> u32 {
+        self.notice_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// The next waiting notice for `device`.
     pub(crate) fn next_notice(&self, device: &DeviceId) -> Option<Vec<u8>> {
         let mut m = self.mailbox.lock().unwrap_or_else(PoisonError::into_inner);
@@ -121,7 +129,7 @@ impl<S> App<S> {
 }
 
 /// Seals notices into the mailbox (type-erased so [`Running`] is not generic).
-trait Notices: Send + Sync {
+pub(crate) trait Notices: Send + Sync {
     fn send(&self, device: &DeviceId, notice: &Notice) -> Result<(), NoticeError>;
 }
 
@@ -243,12 +251,15 @@ pub async fn start<S: Store + 'static>(ingestor: Arc<Ingestor<S>>, config: Confi
     let udp = UdpSocket::bind(config.coap).await?;
     let tcp = TcpListener::bind(config.http).await?;
     let (coap_addr, http_addr) = (udp.local_addr()?, tcp.local_addr()?);
+    let config_clock_now = (config.clock)();
     let app = Arc::new(App {
         ingestor,
         stats: Stats::default(),
         clock: Arc::clone(&config.clock),
         config,
         mailbox: Mutex::default(),
+        // Seeded from the clock so ids do not repeat across restarts.
+        notice_ids: AtomicU32::new(u32::try_from((config_clock_now) % u64::from(u32::MAX)).unwrap_or(1)),
     });
     let (shutdown, rx) = watch::channel(false);
     let (queue_tx, queue_rx) = mpsc::channel(app.config.queue.max(1));

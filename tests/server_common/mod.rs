@@ -90,6 +90,7 @@ pub(crate) fn consent(version: u32, now: u64) -> SignedConsent {
         expires_at: Some(now + 60 * 86_400),
     })
     .unwrap();
+    s.allow_channel(Purpose::PROACTIVE_SERVICE, spime::consent::Channel::App).unwrap();
     SignedConsent { state: s, owner: None }
 }
 
@@ -156,7 +157,8 @@ pub(crate) fn deliver(client: &mut Client, dev: &mut Dev<'_>) -> Vec<Reply> {
         let reply = client.post(MESSAGE_PATH, &envelope).unwrap();
         if reply.code == coap_lite::ResponseType::Changed {
             dev.ack(counter).unwrap();
-            if !reply.payload.is_empty() {
+            let kind = spime::seal::Envelope::parse(&reply.payload).map(|e| e.header.kind);
+            if kind == Ok(spime::wire::Kind::RECEIPT) {
                 dev.open_receipt(&reply.payload).unwrap();
             }
         }
@@ -167,8 +169,23 @@ pub(crate) fn deliver(client: &mut Client, dev: &mut Dev<'_>) -> Vec<Reply> {
 
 /// An HTTP/1.1 GET on loopback: (status, body).
 pub(crate) fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    request(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"))
+}
+
+/// An HTTP/1.1 POST of JSON on loopback: (status, body).
+pub(crate) fn post_json(addr: SocketAddr, path: &str, json: &str) -> (u16, String) {
+    request(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+            json.len()
+        ),
+    )
+}
+
+fn request(addr: SocketAddr, raw: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
