@@ -176,7 +176,8 @@ pub fn kind_name(kind: Kind) -> &'static str {
     }
 }
 
-/// A running server.
+/// A running server. Dropping it stops the tasks too, without waiting for
+/// them; [`Running::shutdown`] waits for the batch in flight.
 pub struct Running {
     /// Where CoAP listens.
     pub coap: SocketAddr,
