@@ -51,7 +51,8 @@ const GROUPS: usize = 4;
 const DAY: u64 = 86_400;
 const N: usize = 4;
 const REC: usize = record_len(message::MAX_SEALED_LEN);
-type Flash = SimFlash<{ 64 * 1024 }, 256>;
+const SECTORS: u16 = 6;
+type Flash = SimFlash<{ SECTORS as usize * 4096 }, 4096>;
 type Store = NorStorage<Flash>;
 type Dev<'o> = Device<'o, Store, N, REC>;
 
@@ -598,7 +599,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut gadgets: Vec<Gadget<'_>> = Vec::new();
     for (i, ob) in outboxes.iter_mut().enumerate() {
         let n = i as u8 + 1;
-        let storage = NorStorage::new(Flash::new(), 0, storage_records(N) as u16, storage_capacity(REC))?;
+        let storage = NorStorage::new(Flash::new(), 0, SECTORS, storage_records(N) as u16, storage_capacity(REC))?;
         let dev = Dev::boot(identity(n, &vendor_keys, start - 30 * DAY), storage, ob)?;
         let mut metrics = Metrics::new(start);
         metrics.define(MetricDef { id: 1, category: DataCategory::UsageCounters, kind: MetricKind::Counter })?;

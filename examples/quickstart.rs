@@ -27,7 +27,9 @@ use spime::consent::{
 use spime::device::fault::{FaultEvent, FaultRecorder};
 use spime::device::metrics::{MetricDef, MetricKind, Metrics};
 use spime::device::outbox::{Outbox, record_len};
-use spime::device::session::{Device, Identity, NoticeDecision, storage_capacity, storage_records};
+use spime::device::session::{
+    DEFAULT_STORAGE_SECTORS, Device, Identity, NoticeDecision, storage_capacity, storage_records,
+};
 use spime::device::storage::{NorStorage, SimFlash};
 use spime::message::{
     CertificateBody, DeviceCertificate, FirmwareVersion, MAX_SEALED_LEN, Notice, NoticeKind, RebootReason, Severity,
@@ -41,8 +43,8 @@ use spime::wire::DeviceId;
 /// Outbox slots on the device, and the size of each (the largest message).
 const SLOTS: usize = 4;
 const SLOT: usize = record_len(MAX_SEALED_LEN);
-/// Device flash: 64 KiB in 256-byte sectors (simulated here).
-type Flash = SimFlash<{ 64 * 1024 }, 256>;
+/// Device flash: the default layout, six 4 KiB sectors (simulated here).
+type Flash = SimFlash<{ DEFAULT_STORAGE_SECTORS as usize * 4096 }, 4096>;
 type Kettle<'o> = Device<'o, NorStorage<Flash>, SLOTS, SLOT>;
 
 const HOUR: u64 = 3_600;
@@ -138,10 +140,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     let factory = Provisioned { id: device_id, seed, certificate, firmware, vendor: vendor_public };
     println!("  factory: device {device_id} gets its own key and a certificate signed by the vendor");
 
-    // The device's flash: records for the counter, session, consent and
-    // each outbox slot, each big enough for the largest of them.
+    // The device's flash: a log across six sectors (wear spreads over all
+    // of them) of records for the counter, session, consent and each outbox
+    // slot, each big enough for the largest of them.
     let records = u16::try_from(storage_records(SLOTS))?;
-    let storage = NorStorage::new(Flash::new(), 0, records, storage_capacity(SLOT))?;
+    let storage = NorStorage::new(Flash::new(), 0, DEFAULT_STORAGE_SECTORS, records, storage_capacity(SLOT))?;
     let mut outbox: Outbox<SLOTS, SLOT> = Outbox::new(); // a `static` on firmware
     let mut device = Device::boot(factory.identity(), storage, &mut outbox)?;
     println!("  device: first boot: {}, firmware {firmware}", device.stage());

@@ -348,4 +348,11 @@ pub enum CounterError {
     /// The counter reached its maximum; the device must not send again.
     #[error("counter exhausted")]
     Exhausted,
+    /// No intact copy of the counter survives although one was written
+    /// (or more damage than can be bounded): values may already have been
+    /// used, so none is handed out. The device recovers with
+    /// [`crate::device::session::Device::recover`], which moves the counter
+    /// past any value used and opens a new key epoch (SPEC.md §8.1).
+    #[error("counter lost to storage damage")]
+    Lost,
 }

@@ -28,13 +28,15 @@ use spime::wire::Kind;
 
 const N: usize = 4;
 const REC: usize = record_len(message::MAX_SEALED_LEN);
-type Flash = SimFlash<{ 64 * 1024 }, 256>;
+type Flash = SimFlash<{ SECTORS as usize * 4096 }, 4096>;
+const SECTORS: u16 = 6;
 type Store = NorStorage<Flash>;
 type Dev<'o> = Device<'o, Store, N, REC>;
 type Ob = Outbox<N, REC>;
 
 fn storage() -> Store {
-    NorStorage::new(Flash::new(), 0, u16::try_from(storage_records(N)).unwrap(), storage_capacity(REC)).unwrap()
+    NorStorage::new(Flash::new(), 0, SECTORS, u16::try_from(storage_records(N)).unwrap(), storage_capacity(REC))
+        .unwrap()
 }
 
 fn rng() -> rand_chacha::ChaCha20Rng {
@@ -283,7 +285,7 @@ fn permitted_reports_are_rechecked_when_sealed() {
 #[test]
 fn boot_refuses_storage_too_small_for_the_outbox_with_the_numbers() {
     // records of 256 bytes: too small for the 325-byte session record and the outbox slots
-    let small = NorStorage::new(Flash::new(), 0, u16::try_from(storage_records(N)).unwrap(), 256).unwrap();
+    let small = NorStorage::new(Flash::new(), 0, SECTORS, u16::try_from(storage_records(N)).unwrap(), 256).unwrap();
     let mut ob = Ob::new();
     let err = Dev::boot(identity(), small, &mut ob).unwrap_err();
     let needed = storage_capacity(REC);
@@ -298,7 +300,7 @@ fn boot_refuses_storage_too_small_for_the_outbox_with_the_numbers() {
     assert!(text.contains(&format!("storage_capacity({REC}) = {needed}")), "{text}");
 
     // too few records for the outbox slots
-    let few = NorStorage::new(Flash::new(), 0, 9, storage_capacity(REC)).unwrap();
+    let few = NorStorage::new(Flash::new(), 0, SECTORS, 9, storage_capacity(REC)).unwrap();
     let mut ob = Ob::new();
     let err = Dev::boot(identity(), few, &mut ob).unwrap_err();
     assert_eq!(err, SessionError::TooFewRecords { needed: storage_records(N), have: 9, slots: N });

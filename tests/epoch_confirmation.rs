@@ -26,7 +26,8 @@ use spime::wire::Kind;
 
 const N: usize = 4;
 const REC: usize = record_len(message::MAX_SEALED_LEN);
-type Flash = SimFlash<{ 64 * 1024 }, 256>;
+type Flash = SimFlash<{ SECTORS as usize * 4096 }, 4096>;
+const SECTORS: u16 = 6;
 type Store = NorStorage<Flash>;
 type Dev<'o> = Device<'o, Store, N, REC>;
 type Ob = Outbox<N, REC>;
@@ -34,7 +35,8 @@ type Ob = Outbox<N, REC>;
 const T0: u64 = 1_767_300_000;
 
 fn storage() -> Store {
-    NorStorage::new(Flash::new(), 0, u16::try_from(storage_records(N)).unwrap(), storage_capacity(REC)).unwrap()
+    NorStorage::new(Flash::new(), 0, SECTORS, u16::try_from(storage_records(N)).unwrap(), storage_capacity(REC))
+        .unwrap()
 }
 
 fn rng(seed: u8) -> rand_chacha::ChaCha20Rng {

@@ -209,7 +209,7 @@ fn firmware_runs_under_qemu_and_its_messages_open() {
     let ram = size(".data") + size(".bss") + size(".uninit");
     let stack = stack.expect("no STACK line");
     println!(
-        "FOOTPRINT flash {flash} (.vector_table {} .text {} .rodata {} .data {}) ram {ram} (.data {} .bss {}, of which 40960 is the simulated NOR flash) peak stack {stack}",
+        "FOOTPRINT flash {flash} (.vector_table {} .text {} .rodata {} .data {}) ram {ram} (.data {} .bss {}, of which 24576 is the simulated NOR flash) peak stack {stack}",
         size(".vector_table"),
         size(".text"),
         size(".rodata"),

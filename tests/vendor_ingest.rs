@@ -465,11 +465,19 @@ macro_rules! delegate {
             }
         }
         impl NoticeLog for FailingTxn<'_> {
-            fn record_notice(&mut self, d: &DeviceId, p: Purpose, at: u64, c: u64) -> Result<(), StoreError> {
-                self.0.record_notice(d, p, at, c)
+            fn record_notice(&mut self, n: &NoticeRecord) -> Result<(), StoreError> {
+                self.0.record_notice(n)
             }
             fn notices_since(&mut self, d: &DeviceId, p: Purpose, s: u64) -> Result<u32, StoreError> {
                 self.0.notices_since(d, p, s)
+            }
+        }
+        impl DataErasure for FailingTxn<'_> {
+            fn erase_messages(&mut self, d: &DeviceId, s: &ErasureScope) -> Result<Vec<(Purpose, u64)>, StoreError> {
+                self.0.erase_messages(d, s)
+            }
+            fn erase_notices(&mut self, d: &DeviceId, s: &ErasureScope) -> Result<u64, StoreError> {
+                self.0.erase_notices(d, s)
             }
         }
     };
@@ -492,6 +500,21 @@ impl Store for FailingStore {
     }
     fn message_count(&self) -> Result<u64, StoreError> {
         self.0.message_count()
+    }
+    fn device(&self, d: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        self.0.device(d)
+    }
+    fn messages(&self, d: &DeviceId, q: &MessageQuery) -> Result<Vec<StoredMessage>, StoreError> {
+        self.0.messages(d, q)
+    }
+    fn consent_ledger(&self, d: &DeviceId) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.0.consent_ledger(d)
+    }
+    fn notices(&self, d: &DeviceId) -> Result<Vec<NoticeRecord>, StoreError> {
+        self.0.notices(d)
+    }
+    fn scrub(&self) -> Result<(), StoreError> {
+        self.0.scrub()
     }
 }
 

@@ -17,7 +17,7 @@ use spime::wire::DeviceId;
 
 const N: usize = 2;
 const REC: usize = record_len(message::MAX_SEALED_LEN);
-type Dev = Device<'static, NorStorage<SimFlash<{ 32 * 1024 }, 256>>, N, REC>;
+type Dev = Device<'static, NorStorage<SimFlash<{ 6 * 4096 }, 4096>>, N, REC>;
 
 struct World {
     dev: Dev,
@@ -44,7 +44,7 @@ fn world() -> World {
         firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
         vendor: vendor.public(),
     };
-    let storage = NorStorage::new(SimFlash::new(), 0, u16::try_from(storage_records(N)).unwrap(), storage_capacity(REC)).unwrap();
+    let storage = NorStorage::new(SimFlash::new(), 0, 6, u16::try_from(storage_records(N)).unwrap(), storage_capacity(REC)).unwrap();
     let outbox: &'static mut Outbox<N, REC> = Box::leak(Box::new(Outbox::new()));
     let mut dev = Dev::boot(identity, storage, outbox).unwrap();
     let u = dev.unregistered().unwrap();

@@ -51,6 +51,10 @@ pub enum ConsentEvent {
     Expired,
     /// A change of owner: consent reset to deny-all-but-Essential.
     ResetOnTransfer,
+    /// The vendor erased collected data (withdrawal, "forget me", change of
+    /// owner, end of retention). The proof is the vendor's [`Erasure`]
+    /// statement, not a device message.
+    Erased,
 }
 
 impl ConsentEvent {
@@ -64,7 +68,23 @@ impl ConsentEvent {
             ConsentEvent::Reconfirmed => 4,
             ConsentEvent::Expired => 5,
             ConsentEvent::ResetOnTransfer => 6,
+            ConsentEvent::Erased => 7,
         }
+    }
+
+    /// The event a code stands for ([`ConsentEvent::code`]), if any.
+    pub const fn from_code(code: u8) -> Option<ConsentEvent> {
+        Some(match code {
+            0 => ConsentEvent::Given,
+            1 => ConsentEvent::Changed,
+            2 => ConsentEvent::Narrowed,
+            3 => ConsentEvent::Withdrawn,
+            4 => ConsentEvent::Reconfirmed,
+            5 => ConsentEvent::Expired,
+            6 => ConsentEvent::ResetOnTransfer,
+            7 => ConsentEvent::Erased,
+            _ => return None,
+        })
     }
 
     /// A name for reports.
@@ -77,6 +97,7 @@ impl ConsentEvent {
             ConsentEvent::Reconfirmed => "reconfirmed",
             ConsentEvent::Expired => "expired",
             ConsentEvent::ResetOnTransfer => "reset on transfer",
+            ConsentEvent::Erased => "data erased",
         }
     }
 
@@ -121,6 +142,81 @@ impl ConsentEvent {
             (true, true) => ConsentEvent::Changed,
             (false, false) => ConsentEvent::Reconfirmed,
         }
+    }
+}
+
+/// Why the vendor erased data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErasureReason {
+    /// Consent for the purposes was withdrawn (or its grant expired).
+    Withdrawn,
+    /// The owner asked to be forgotten.
+    Forgotten,
+    /// The product changed owner: the previous relationship's data.
+    OwnerChanged,
+    /// The retention period for the purposes ended.
+    RetentionEnded,
+}
+
+impl ErasureReason {
+    /// A name for reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ErasureReason::Withdrawn => "consent withdrawn",
+            ErasureReason::Forgotten => "owner asked to be forgotten",
+            ErasureReason::OwnerChanged => "owner changed",
+            ErasureReason::RetentionEnded => "retention period ended",
+        }
+    }
+}
+
+/// The vendor's statement of one erasure, the body of an
+/// [`ConsentEvent::Erased`] entry's proof (postcard, SPEC §6.8): what was
+/// deleted, why and up to when. It names no content of what was deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Erasure {
+    /// Why.
+    pub reason: ErasureReason,
+    /// The first and last owner relationship covered.
+    pub relationships: (u32, u32),
+    /// Data received or sent before this time (Unix seconds, exclusive) was covered.
+    pub before: u64,
+    /// Messages deleted, per purpose, in purpose order.
+    pub messages: Vec<(super::Purpose, u64)>,
+    /// Notice records deleted.
+    pub notices: u64,
+}
+
+impl Erasure {
+    /// The proof an Erased entry carries: no header, this statement as the
+    /// body, an all-zero signature (the vendor's own record; the hash chain
+    /// binds it).
+    ///
+    /// # Errors
+    /// [`DecodeError`] only if encoding fails.
+    pub fn to_proof(&self) -> Result<Proof, DecodeError> {
+        let body = postcard::to_allocvec(self).map_err(|_| DecodeError::Malformed)?;
+        Ok(Proof { header: Vec::new(), body, signature: Bytes64([0; 64]) })
+    }
+
+    /// The statement an Erased entry's proof carries.
+    ///
+    /// # Errors
+    /// [`DecodeError`] when the proof is not an erasure statement.
+    pub fn from_proof(proof: &Proof) -> Result<Erasure, DecodeError> {
+        if !proof.header.is_empty() || proof.signature.0 != [0; 64] {
+            return Err(DecodeError::Malformed);
+        }
+        let (e, rest): (Erasure, &[u8]) = postcard::take_from_bytes(&proof.body).map_err(|_| DecodeError::Malformed)?;
+        if !rest.is_empty() {
+            return Err(DecodeError::TrailingBytes);
+        }
+        Ok(e)
+    }
+
+    /// The total number of messages deleted.
+    pub fn message_count(&self) -> u64 {
+        self.messages.iter().fold(0u64, |a, (_, n)| a.saturating_add(*n))
     }
 }
 
@@ -324,12 +420,18 @@ impl ConsentLedger {
     /// [`LedgerError::NoState`], [`LedgerError::NotExpired`],
     /// [`LedgerError::VersionExhausted`].
     pub fn append(&mut self, event: ConsentEvent, proof: Proof, at: u64) -> Result<&LedgerEntry, LedgerError> {
+        let current = self.current_version();
+        if event == ConsentEvent::Erased {
+            Erasure::from_proof(&proof)?;
+            let version = current.ok_or(LedgerError::NoState)?;
+            return self.push(event, at, version, proof);
+        }
         let header = proof.header()?;
         if header.device != self.device {
             return Err(LedgerError::WrongDevice);
         }
-        let current = self.current_version();
         let version = match event {
+            ConsentEvent::Erased => return Err(LedgerError::NoState),
             ConsentEvent::ResetOnTransfer => {
                 if header.kind != Kind::TRANSFER {
                     return Err(LedgerError::WrongKind { event, kind: header.kind });
@@ -356,11 +458,23 @@ impl ConsentLedger {
                 state.version
             }
         };
+        self.push(event, at, version, proof)
+    }
+
+    fn push(&mut self, event: ConsentEvent, at: u64, version: u32, proof: Proof) -> Result<&LedgerEntry, LedgerError> {
         let seq = u64::try_from(self.entries.len()).unwrap_or(u64::MAX);
         let mut entry = LedgerEntry { seq, event, at, version, proof, prev_hash: self.head(), hash: [0; 32] };
         entry.hash = entry.compute_hash();
         self.entries.push(entry);
         self.entries.last().ok_or(LedgerError::NoState)
+    }
+
+    /// Appends an [`ConsentEvent::Erased`] entry for `erasure`, recorded at `at`.
+    ///
+    /// # Errors
+    /// [`LedgerError::NoState`] before any consent state.
+    pub fn record_erasure(&mut self, erasure: &Erasure, at: u64) -> Result<&LedgerEntry, LedgerError> {
+        self.append(ConsentEvent::Erased, erasure.to_proof()?, at)
     }
 
     /// Appends a state proof (Register or Consent), classifying it with
@@ -380,7 +494,7 @@ impl ConsentLedger {
     /// # Errors
     /// As [`ConsentLedger::append`].
     pub fn record_expiry(&mut self, now: u64) -> Result<Option<&LedgerEntry>, LedgerError> {
-        let Some(last) = self.entries.last() else { return Ok(None) };
+        let Some(last) = self.entries.iter().rev().find(|e| e.event != ConsentEvent::Erased) else { return Ok(None) };
         if !last.event.is_state() {
             return Ok(None);
         }
@@ -404,7 +518,7 @@ impl ConsentLedger {
         for (i, e) in self.entries.iter().enumerate() {
             let seq = u64::try_from(i).unwrap_or(u64::MAX);
             let ordered = match (e.event, version) {
-                (ConsentEvent::Expired, v) => v == Some(e.version),
+                (ConsentEvent::Expired | ConsentEvent::Erased, v) => v == Some(e.version),
                 (ConsentEvent::ResetOnTransfer, v) => v.and_then(|v| v.checked_add(1)) == Some(e.version),
                 (_, Some(v)) => e.version > v,
                 (_, None) => true,
@@ -425,6 +539,12 @@ impl ConsentLedger {
     /// [`LedgerError::BadProof`] at the first entry that fails.
     pub fn verify_proofs(&self, device_key: &VerifyingKey) -> Result<(), LedgerError> {
         for e in &self.entries {
+            if e.event == ConsentEvent::Erased {
+                if Erasure::from_proof(&e.proof).is_err() {
+                    return Err(LedgerError::BadProof(e.seq));
+                }
+                continue;
+            }
             let ok = e.proof.verify(device_key).is_ok()
                 && e.proof.header().is_ok_and(|h| h.device == self.device)
                 && match e.event {
@@ -480,6 +600,10 @@ impl ConsentLedger {
         let _ = writeln!(out, "{} entries, chain head {}", self.entries.len(), Hex(&self.head()));
         for e in &self.entries {
             let _ = writeln!(out, "\n#{} {} - {} - consent version {}", e.seq, Utc(e.at), e.event.name(), e.version);
+            if e.event == ConsentEvent::Erased {
+                write_erasure(&mut out, e);
+                continue;
+            }
             match state_of(e) {
                 Ok(state) => write_state(&mut out, &state, e),
                 Err(_) => {
@@ -512,6 +636,28 @@ fn state_of(e: &LedgerEntry) -> Result<ConsentState, DecodeError> {
     } else {
         Ok(e.proof.signed_consent()?.state)
     }
+}
+
+fn write_erasure(out: &mut String, e: &LedgerEntry) {
+    let Ok(er) = Erasure::from_proof(&e.proof) else {
+        let _ = writeln!(out, "  (erasure statement does not decode)");
+        return;
+    };
+    let (lo, hi) = er.relationships;
+    let _ = write!(out, "  {}: deleted {} messages", er.reason.name(), er.message_count());
+    for (p, n) in &er.messages {
+        let _ = write!(out, " ({n} for {p})");
+    }
+    let _ = writeln!(
+        out,
+        " and {} notice records of relationship{} {}{} received before {}",
+        er.notices,
+        if lo == hi { "" } else { "s" },
+        lo,
+        if lo == hi { String::new() } else { alloc::format!("-{hi}") },
+        Utc(er.before)
+    );
+    let _ = writeln!(out, "  recorded by the vendor, entry hash {}", Hex(&e.hash));
 }
 
 fn write_state(out: &mut String, s: &ConsentState, e: &LedgerEntry) {

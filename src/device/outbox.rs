@@ -245,7 +245,7 @@ impl<const RECORD: usize> Slot<RECORD> {
 /// use spime::device::outbox::{Class, ItemMeta, Outbox, record_len};
 /// use spime::device::storage::{NorStorage, SimFlash};
 /// use spime::wire::Kind;
-/// let mut storage = NorStorage::new(SimFlash::<16384, 256>::new(), 0, 12, 128)?;
+/// let mut storage = NorStorage::new(SimFlash::<2048, 256>::new(), 0, 8, 12, 128)?;
 /// let mut outbox: Outbox<2, { record_len(64) }> = Outbox::new();
 /// let meta = |kind, counter| ItemMeta {
 ///     kind, purpose: Purpose::ESSENTIAL, categories: CategorySet::EMPTY,
@@ -445,6 +445,11 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
             .map(|s| Entry { meta: s.meta(), envelope: s.envelope() })
     }
 
+    /// The highest envelope counter queued (no sorting: cheap at boot).
+    pub fn highest_counter(&self) -> Option<u64> {
+        self.slots.iter().filter(|s| s.used).map(|s| s.meta().counter).max()
+    }
+
     /// Every queued message in send order.
     pub fn iter(&self) -> impl Iterator<Item = Entry<'_>> {
         let mut order: heapless::Vec<usize, N> = heapless::Vec::new();
@@ -598,11 +603,11 @@ mod tests {
     use crate::device::storage::{NorStorage, SimFlash};
     use proptest::prelude::*;
 
-    type Flash = SimFlash<32768, 256>;
+    type Flash = SimFlash<2048, 256>;
     type Ob = Outbox<4, { record_len(32) }>;
 
     fn storage() -> NorStorage<Flash> {
-        NorStorage::new(Flash::new(), 0, 16, record_len(32)).unwrap()
+        NorStorage::new(Flash::new(), 0, 8, 16, record_len(32)).unwrap()
     }
 
     fn meta(kind: Kind, counter: u64) -> ItemMeta {

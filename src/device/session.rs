@@ -52,6 +52,9 @@ use crate::wire::{DeviceId, Direction};
 
 /// How many counter values one storage write reserves.
 pub const COUNTER_BLOCK: u64 = 16;
+/// After a lost counter, [`Device::recover`] restarts it at
+/// `(epoch + 1) × RECOVERY_ERA` (2^40).
+pub const RECOVERY_ERA: u64 = 1 << 40;
 /// How many sent consent states the device remembers to check receipts.
 pub const SENT_CONSENTS: usize = 4;
 /// How many shown notices the device remembers for frequency caps.
@@ -74,6 +77,47 @@ pub const fn storage_capacity(outbox_record: usize) -> usize {
 /// The number of storage records a device with `n` outbox slots uses.
 pub const fn storage_records(n: usize) -> usize {
     crate::device::storage::RECORD_OUTBOX as usize + n
+}
+
+/// The documented default storage layout (docs/firmware.md, "Endurance"):
+/// this many log sectors of 4 KiB (24 KiB) for a device with 4 outbox
+/// slots of the largest message, one more than
+/// [`storage_sectors`] requires. The busiest sector then takes about 0.010
+/// erases per usage report and its ack (`tests/device_endurance.rs`).
+pub const DEFAULT_STORAGE_SECTORS: u16 = 6;
+
+/// Bytes a record of `len` bytes takes in the NOR log, for any program unit
+/// up to 32 bytes (header and data each rounded up to 32).
+const fn log_footprint(len: usize) -> usize {
+    32 + len.div_ceil(32) * 32
+}
+
+/// The fewest sectors of `erase` bytes a [`crate::device::storage::NorStorage`]
+/// needs for a device with `n` outbox slots of `outbox_record` bytes:
+/// `2 + ceil((L + M) / (P − M))`, where `L` is the most live data (counter,
+/// session, consent and `n` slots, each with its header), `M` the largest
+/// record and `P` a sector less its header (docs/firmware.md, "Endurance").
+/// `usize::MAX` when the largest record does not fit a sector. More sectors
+/// than this spread the wear further.
+///
+/// ```
+/// use spime::device::outbox::record_len;
+/// use spime::device::session::storage_sectors;
+/// use spime::message::MAX_SEALED_LEN;
+/// assert_eq!(storage_sectors(4, record_len(MAX_SEALED_LEN), 4096), 5);
+/// assert_eq!(storage_sectors(4, record_len(MAX_SEALED_LEN), 1024), usize::MAX);
+/// ```
+pub const fn storage_sectors(n: usize, outbox_record: usize, erase: usize) -> usize {
+    let live = log_footprint(8)
+        + log_footprint(SESSION_RECORD_LEN)
+        + log_footprint(SignedConsent::MAX_ENCODED_LEN)
+        + n * log_footprint(outbox_record);
+    let largest = log_footprint(storage_capacity(outbox_record));
+    let payload = erase.saturating_sub(32);
+    if payload <= largest {
+        return usize::MAX;
+    }
+    2 + (live + largest).div_ceil(payload - largest)
 }
 
 /// A device session operation failed.
@@ -376,8 +420,8 @@ fn array<const M: usize>(r: &[u8], at: usize) -> Option<[u8; M]> {
 /// let certificate = DeviceCertificate::issue(body, vendor.signing())?;
 /// let firmware = FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 };
 /// let id = Identity { key, certificate, firmware, vendor: vendor.public() };
-/// let flash: SimFlash<{ 64 * 1024 }, 256> = SimFlash::new();
-/// let storage = NorStorage::new(flash, 0, storage_records(4) as u16, storage_capacity(REC))?;
+/// let flash: SimFlash<{ 6 * 4096 }, 4096> = SimFlash::new();
+/// let storage = NorStorage::new(flash, 0, 6, storage_records(4) as u16, storage_capacity(REC))?;
 /// let mut outbox: Outbox<4, REC> = Outbox::new();
 /// let device = Device::boot(id, storage, &mut outbox)?;
 /// assert_eq!(device.stage(), Stage::Unregistered);
@@ -463,7 +507,74 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         dev.load_consent()?;
         let storage = &mut dev.counter.store_mut().0;
         dev.outbox.reload(storage)?;
+        dev.check_counter()?;
         Ok(dev)
+    }
+
+    /// Cross-checks the counter with what was sealed (SPEC.md §8.1): a
+    /// counter never stored while keys are held or messages are queued was
+    /// lost; a queued message at or above it means the store fell back
+    /// to an old copy unnoticed, so the counter moves past that block.
+    fn check_counter(&mut self) -> Result<(), SessionError> {
+        if self.counter.is_lost() {
+            return Ok(());
+        }
+        let highest = self.outbox.highest_counter();
+        if self.counter.peek() == 0 && (self.state.keys.is_some() || highest.is_some()) {
+            self.counter.mark_lost();
+            return Ok(());
+        }
+        if let Some(c) = highest {
+            let floor = c.checked_add(1 + COUNTER_BLOCK).ok_or(CounterError::Exhausted)?;
+            if c >= self.counter.peek() {
+                self.counter.raise(floor)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the device is registered but holds no session keys (after
+    /// [`Device::recover`], or a cut during [`Registered::renew_keys`]): it
+    /// must open a new epoch with [`Registered::renew_keys`] before it seals
+    /// again.
+    pub const fn needs_key_renewal(&self) -> bool {
+        matches!(self.state.stage, Stage::Registered) && self.state.keys.is_none()
+    }
+
+    /// Whether the message counter was lost to storage damage (no intact
+    /// copy survives although values were used): nothing can be sealed
+    /// until [`Device::recover`].
+    pub const fn counter_lost(&self) -> bool {
+        self.counter.is_lost()
+    }
+
+    /// Recovers from a lost counter (SPEC.md §8.1): drops the session keys
+    /// and moves the counter to `(epoch + 1) × 2^40` (above any value used,
+    /// as no epoch sees 2^40 messages) or past the queued messages. A
+    /// registered device then sends what is queued (sealed before, under
+    /// the old epoch) and opens a new epoch with [`Registered::renew_keys`]
+    /// before it seals again; an unregistered one opens it when it
+    /// registers. The vendor accepts both: the counter only moves forward,
+    /// and a new epoch opened with the registered key is key renewal (§3.1,
+    /// §9.2). Does nothing when the counter is not lost.
+    ///
+    /// # Errors
+    /// Storage errors (run it again after a reboot: it is idempotent);
+    /// [`CounterError::Exhausted`] past epoch 2^24.
+    pub fn recover(&mut self) -> Result<(), SessionError> {
+        if !self.counter.is_lost() {
+            return Ok(());
+        }
+        // The keys go first: a cut after this leaves a lost counter and no keys.
+        if self.state.keys.is_some() || self.state.pending.is_some() {
+            self.state.keys = None;
+            self.state.pending = None;
+            self.save_state()?;
+        }
+        let era = (u64::from(self.state.epoch) + 1).checked_mul(RECOVERY_ERA).ok_or(CounterError::Exhausted)?;
+        let queued = self.outbox.highest_counter().map_or(0, |c| c.saturating_add(1));
+        self.counter.restart(era.max(queued))?;
+        Ok(())
     }
 
     // Loading is split into out-of-line steps so their buffers do not

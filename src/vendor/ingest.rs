@@ -11,7 +11,7 @@ use ed25519_dalek::VerifyingKey;
 
 use crate::codec;
 use crate::consent::ledger::{ConsentEvent, LedgerEntry, Proof};
-use crate::consent::{ConsentError, OwnerRequirement, SignedConsent};
+use crate::consent::{ConsentError, OwnerRequirement, Purpose, SignedConsent};
 use crate::error::{DecodeError, OpenError, Rule};
 use crate::message::{
     ConsentUpdate, Decommission, DecommissionReason, Fault, FirmwareVersion, Register, Transfer, Usage, consent_digest,
@@ -22,10 +22,8 @@ use crate::time::Utc;
 use crate::wire::{DeviceId, Direction, Header, Kind};
 
 use super::batch::{BatchVerifier, batchable_key};
-use super::store::{
-    ConsentLedgerStore, DeviceRecord, DeviceRegistry, Lifecycle, MessageLog, ReplayWindows, SessionSecrets, Store,
-    StoredMessage, Transaction,
-};
+use super::lifecycle::RetentionPolicy;
+use super::store::{DeviceRecord, Lifecycle, SessionSecrets, Store, StoredMessage, Transaction};
 use super::{IngestError, StoreError};
 
 /// How the pipeline runs.
@@ -224,6 +222,7 @@ pub struct Ingestor<S> {
     keys: VendorKeys,
     public: VendorPublicKeys,
     config: IngestConfig,
+    retention: RetentionPolicy,
     lock: Mutex<()>,
     /// Decompressed device keys by their bytes (decompressing costs a tenth
     /// of a verification). A pure cache: the bytes determine the key.
@@ -279,7 +278,28 @@ impl<S: Store> Ingestor<S> {
     /// A pipeline over `store` with the vendor's keys.
     pub fn new(store: S, keys: VendorKeys, config: IngestConfig) -> Ingestor<S> {
         let public = keys.public();
-        Ingestor { store, keys, public, config, lock: Mutex::new(()), key_cache: RwLock::default() }
+        Ingestor {
+            store,
+            keys,
+            public,
+            config,
+            retention: RetentionPolicy::default(),
+            lock: Mutex::new(()),
+            key_cache: RwLock::default(),
+        }
+    }
+
+    /// The same pipeline with retention policy `policy` (SPEC §9.8;
+    /// [`RetentionPolicy::default`] otherwise).
+    #[must_use]
+    pub fn with_retention(mut self, policy: RetentionPolicy) -> Ingestor<S> {
+        self.retention = policy;
+        self
+    }
+
+    /// The retention policy.
+    pub const fn retention(&self) -> &RetentionPolicy {
+        &self.retention
     }
 
     /// The store.
@@ -332,7 +352,14 @@ impl<S: Store> Ingestor<S> {
             }
         }
         let fail_all = |e: StoreError| messages.iter().map(|_| Err(IngestError::Storage(e.clone()))).collect();
-        let snapshot = match self.snapshot(&devices) {
+        // One transaction reads the batch's devices and writes the result:
+        // a store that fences writers (PgStore) checks the writes against
+        // exactly what was read.
+        let mut tx = match self.store.begin() {
+            Ok(tx) => tx,
+            Err(e) => return fail_all(e),
+        };
+        let snapshot = match snapshot(&mut tx, &devices) {
             Ok(s) => s,
             Err(e) => return fail_all(e),
         };
@@ -362,8 +389,23 @@ impl<S: Store> Ingestor<S> {
                     .collect()
             })
         };
-        if let Err(e) = self.commit(&results) {
+        if let Err(e) = commit(tx, &results) {
             return fail_all(e);
+        }
+        // Consent narrowed or the owner changed: erase what the retention
+        // policy says must go now. The batch is already acknowledged; if
+        // this fails, the next `apply_retention` sweep does it.
+        let changed: Vec<DeviceId> = results
+            .iter()
+            .flat_map(|r| r.outcomes.iter())
+            .filter_map(|(_, o)| o.as_ref().ok())
+            .filter(|d| d.ledger.as_ref().is_some_and(|e| needs_erasure(e.event)))
+            .map(|d| d.accepted.device)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        for d in changed {
+            let _ = self.enforce_retention(&d, now);
         }
         let mut out: Vec<Outcome> =
             messages.iter().map(|_| Err(IngestError::Storage(StoreError::Backend("lost".into())))).collect();
@@ -375,42 +417,6 @@ impl<S: Store> Ingestor<S> {
             }
         }
         out
-    }
-
-    fn snapshot(&self, devices: &HashSet<DeviceId>) -> Result<Snapshot, StoreError> {
-        let mut tx = self.store.begin()?;
-        let mut snap = HashMap::with_capacity(devices.len());
-        for d in devices {
-            let rec = tx.device(d)?;
-            let win = tx.window(d)?;
-            snap.insert(*d, (rec, win));
-        }
-        Ok(snap)
-    }
-
-    fn commit(&self, results: &[PartResult]) -> Result<(), StoreError> {
-        let mut tx = self.store.begin()?;
-        let mut any = false;
-        for r in results {
-            for st in r.states.values().filter(|s| s.dirty) {
-                if let Some(rec) = &st.record {
-                    if st.record_changed {
-                        tx.put_device(rec)?;
-                    }
-                    tx.put_window(&rec.device, &st.window)?;
-                    any = true;
-                }
-            }
-            for (_, o) in &r.outcomes {
-                if let Ok(done) = o {
-                    if let Some(e) = &done.ledger {
-                        tx.append_consent(&done.message.device, e)?;
-                    }
-                    tx.put_message(&done.message)?;
-                }
-            }
-        }
-        if any { tx.commit() } else { Ok(()) }
     }
 
     fn run_partition(&self, snapshot: &Snapshot, msgs: &[(usize, &[u8])], now: u64) -> PartResult {
@@ -519,6 +525,7 @@ impl<S: Store> Ingestor<S> {
         let verified = check_signature(pt, &key, batchable, index, sig)?;
         // What it means (SPEC §9.3–9.5).
         let proof = Proof::from_verified(&verified);
+        let mut purpose = Purpose::ESSENTIAL;
         let mut new_record: Option<DeviceRecord> = None;
         let mut ledger: Option<(ConsentEvent, u32)> = None;
         let event = match (h.kind, register) {
@@ -592,12 +599,14 @@ impl<S: Store> Ingestor<S> {
                 let usage: Usage = verified.decode().map_err(unauthentic)?;
                 let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
                 r.consent.state.check_usage(&usage, now).map_err(IngestError::Unconsented)?;
+                purpose = usage.purpose;
                 Event::Usage(Box::new(usage))
             }
             (Kind::FAULT, _) => {
                 let fault: Fault = verified.decode().map_err(unauthentic)?;
                 let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
                 r.consent.state.check_fault(&fault, now).map_err(IngestError::Unconsented)?;
+                purpose = fault.purpose;
                 Event::Fault(Box::new(fault))
             }
             (Kind::CONSENT, _) => {
@@ -665,14 +674,22 @@ impl<S: Store> Ingestor<S> {
         };
 
         // Accepted: only now does any state change.
+        let relationship = new_record.as_ref().or(st.record.as_ref()).map_or(1, |r| r.relationship);
         st.window.accept(h.counter)?;
         st.dirty = true;
         if let Some(rec) = new_record {
             st.record = Some(rec);
             st.record_changed = true;
         }
-        let message =
-            StoredMessage { device: h.device, counter: h.counter, kind: h.kind.to_byte(), received_at: now, proof };
+        let message = StoredMessage {
+            device: h.device,
+            counter: h.counter,
+            kind: h.kind.to_byte(),
+            received_at: now,
+            relationship,
+            purpose,
+            proof,
+        };
         let opened_epoch = new_epoch.then_some(h.epoch);
         let accepted = Accepted { device: h.device, counter: h.counter, kind: h.kind, event, opened_epoch };
         Ok(Done { accepted, ledger, message })
@@ -694,6 +711,47 @@ impl<S: Store> Ingestor<S> {
     fn accept_epoch(&self, h: &Header, eph: &[u8; 32]) -> Result<SessionKeys, IngestError> {
         self.keys.accept_epoch(&h.device, h.epoch, eph).map_err(|_| IngestError::WeakKey)
     }
+}
+
+fn snapshot<T: Transaction>(tx: &mut T, devices: &HashSet<DeviceId>) -> Result<Snapshot, StoreError> {
+    let ids: Vec<DeviceId> = devices.iter().copied().collect();
+    let loaded = tx.load_devices(&ids)?;
+    if loaded.len() != ids.len() {
+        return Err(StoreError::Corrupt("load_devices"));
+    }
+    Ok(ids.into_iter().zip(loaded).collect())
+}
+
+fn commit<T: Transaction>(mut tx: T, results: &[PartResult]) -> Result<(), StoreError> {
+    let mut any = false;
+    for r in results {
+        for st in r.states.values().filter(|s| s.dirty) {
+            if let Some(rec) = &st.record {
+                if st.record_changed {
+                    tx.put_device(rec)?;
+                }
+                tx.put_window(&rec.device, &st.window)?;
+                any = true;
+            }
+        }
+        for (_, o) in &r.outcomes {
+            if let Ok(done) = o {
+                if let Some(e) = &done.ledger {
+                    tx.append_consent(&done.message.device, e)?;
+                }
+                tx.put_message(&done.message)?;
+            }
+        }
+    }
+    if any { tx.commit() } else { Ok(()) }
+}
+
+/// Whether a ledger event may leave data that the retention policy erases at once.
+const fn needs_erasure(event: ConsentEvent) -> bool {
+    matches!(
+        event,
+        ConsentEvent::Narrowed | ConsentEvent::Changed | ConsentEvent::Withdrawn | ConsentEvent::ResetOnTransfer
+    )
 }
 
 fn check_signature<'a, 'b>(

@@ -12,8 +12,8 @@ use crate::wire::DeviceId;
 
 use super::StoreError;
 use super::store::{
-    ConsentLedgerStore, DeviceRecord, DeviceRegistry, MessageLog, NoticeLog, ReplayWindows, Store, StoredMessage,
-    Transaction, VendorCounters,
+    ConsentLedgerStore, DataErasure, DeviceRecord, DeviceRegistry, ErasureScope, MessageLog, MessageQuery, NoticeLog,
+    NoticeRecord, ReplayWindows, Store, StoredMessage, Transaction, VendorCounters, tally,
 };
 
 #[derive(Default)]
@@ -21,9 +21,9 @@ struct Tables {
     devices: BTreeMap<DeviceId, DeviceRecord>,
     windows: HashMap<DeviceId, ReplayWindow>,
     ledger: HashMap<DeviceId, Vec<LedgerEntry>>,
-    messages: HashMap<(DeviceId, u64), StoredMessage>,
+    messages: BTreeMap<(DeviceId, u64), StoredMessage>,
     counters: HashMap<DeviceId, u64>,
-    notices: HashMap<(DeviceId, Purpose), Vec<u64>>,
+    notices: HashMap<DeviceId, Vec<NoticeRecord>>,
 }
 
 /// A store in memory: nothing survives the process.
@@ -63,6 +63,9 @@ impl MemoryStore {
 pub struct MemoryTxn<'a> {
     tables: MutexGuard<'a, Tables>,
     pending: Tables,
+    /// Erasures, applied to the committed tables on commit.
+    erased_messages: Vec<(DeviceId, ErasureScope)>,
+    erased_notices: Vec<(DeviceId, ErasureScope)>,
 }
 
 impl core::fmt::Debug for MemoryTxn<'_> {
@@ -110,7 +113,8 @@ impl MessageLog for MemoryTxn<'_> {
     }
     fn message(&mut self, device: &DeviceId, counter: u64) -> Result<Option<StoredMessage>, StoreError> {
         let key = (*device, counter);
-        Ok(self.pending.messages.get(&key).or_else(|| self.tables.messages.get(&key)).cloned())
+        let erased = |m: &StoredMessage| self.erased_messages.iter().any(|(d, s)| d == device && s.covers_message(m));
+        Ok(self.pending.messages.get(&key).or_else(|| self.tables.messages.get(&key).filter(|m| !erased(m))).cloned())
     }
 }
 
@@ -125,19 +129,60 @@ impl VendorCounters for MemoryTxn<'_> {
 }
 
 impl NoticeLog for MemoryTxn<'_> {
-    fn record_notice(&mut self, device: &DeviceId, purpose: Purpose, at: u64, _counter: u64) -> Result<(), StoreError> {
-        self.pending.notices.entry((*device, purpose)).or_default().push(at);
+    fn record_notice(&mut self, notice: &NoticeRecord) -> Result<(), StoreError> {
+        self.pending.notices.entry(notice.device).or_default().push(notice.clone());
         Ok(())
     }
     fn notices_since(&mut self, device: &DeviceId, purpose: Purpose, since: u64) -> Result<u32, StoreError> {
-        let key = (*device, purpose);
-        let count = [self.tables.notices.get(&key), self.pending.notices.get(&key)]
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|&&at| at >= since)
+        let erased = |n: &NoticeRecord| self.erased_notices.iter().any(|(d, s)| d == device && s.covers_notice(n));
+        let committed = self.tables.notices.get(device).into_iter().flatten().filter(|n| !erased(n));
+        let count = committed
+            .chain(self.pending.notices.get(device).into_iter().flatten())
+            .filter(|n| n.sent() && n.purpose == purpose && n.at >= since)
             .count();
         Ok(u32::try_from(count).unwrap_or(u32::MAX))
+    }
+}
+
+impl DataErasure for MemoryTxn<'_> {
+    fn erase_messages(&mut self, device: &DeviceId, scope: &ErasureScope) -> Result<Vec<(Purpose, u64)>, StoreError> {
+        let mut counts = Vec::new();
+        let range = (*device, 0)..=(*device, u64::MAX);
+        for m in self.tables.messages.range(range.clone()).map(|(_, m)| m).filter(|m| scope.covers_message(m)) {
+            if !self.erased_messages.iter().any(|(d, s)| d == device && s.covers_message(m)) {
+                tally(&mut counts, m.purpose, 1);
+            }
+        }
+        let pending: Vec<(DeviceId, u64)> =
+            self.pending.messages.range(range).filter(|(_, m)| scope.covers_message(m)).map(|(k, _)| *k).collect();
+        for k in pending {
+            if let Some(m) = self.pending.messages.remove(&k)
+                && !self.tables.messages.contains_key(&k)
+            {
+                tally(&mut counts, m.purpose, 1);
+            }
+        }
+        self.erased_messages.push((*device, scope.clone()));
+        Ok(counts)
+    }
+    fn erase_notices(&mut self, device: &DeviceId, scope: &ErasureScope) -> Result<u64, StoreError> {
+        let already = |n: &NoticeRecord| self.erased_notices.iter().any(|(d, s)| d == device && s.covers_notice(n));
+        let committed = self
+            .tables
+            .notices
+            .get(device)
+            .into_iter()
+            .flatten()
+            .filter(|n| scope.covers_notice(n) && !already(n))
+            .count();
+        let mut pending = 0;
+        if let Some(v) = self.pending.notices.get_mut(device) {
+            let before = v.len();
+            v.retain(|n| !scope.covers_notice(n));
+            pending = before.saturating_sub(v.len());
+        }
+        self.erased_notices.push((*device, scope.clone()));
+        Ok(u64::try_from(committed.saturating_add(pending)).unwrap_or(u64::MAX))
     }
 }
 
@@ -145,6 +190,14 @@ impl Transaction for MemoryTxn<'_> {
     fn commit(mut self) -> Result<(), StoreError> {
         let p = core::mem::take(&mut self.pending);
         let t = &mut *self.tables;
+        for (d, scope) in core::mem::take(&mut self.erased_messages) {
+            t.messages.retain(|(md, _), m| *md != d || !scope.covers_message(m));
+        }
+        for (d, scope) in core::mem::take(&mut self.erased_notices) {
+            if let Some(v) = t.notices.get_mut(&d) {
+                v.retain(|n| !scope.covers_notice(n));
+            }
+        }
         t.devices.extend(p.devices);
         t.windows.extend(p.windows);
         for (d, entries) in p.ledger {
@@ -152,8 +205,8 @@ impl Transaction for MemoryTxn<'_> {
         }
         t.messages.extend(p.messages);
         t.counters.extend(p.counters);
-        for (k, ats) in p.notices {
-            t.notices.entry(k).or_default().extend(ats);
+        for (d, records) in p.notices {
+            t.notices.entry(d).or_default().extend(records);
         }
         Ok(())
     }
@@ -163,7 +216,12 @@ impl Store for MemoryStore {
     type Txn<'a> = MemoryTxn<'a>;
 
     fn begin(&self) -> Result<MemoryTxn<'_>, StoreError> {
-        Ok(MemoryTxn { tables: self.lock(), pending: Tables::default() })
+        Ok(MemoryTxn {
+            tables: self.lock(),
+            pending: Tables::default(),
+            erased_messages: Vec::new(),
+            erased_notices: Vec::new(),
+        })
     }
 
     fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
@@ -172,5 +230,32 @@ impl Store for MemoryStore {
 
     fn message_count(&self) -> Result<u64, StoreError> {
         Ok(u64::try_from(self.lock().messages.len()).unwrap_or(u64::MAX))
+    }
+
+    fn device(&self, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        Ok(self.lock().devices.get(device).cloned())
+    }
+
+    fn messages(&self, device: &DeviceId, query: &MessageQuery) -> Result<Vec<StoredMessage>, StoreError> {
+        let t = self.lock();
+        Ok(t.messages
+            .range((*device, 0)..=(*device, u64::MAX))
+            .map(|(_, m)| m)
+            .filter(|m| query.matches(m))
+            .cloned()
+            .collect())
+    }
+
+    fn consent_ledger(&self, device: &DeviceId) -> Result<Vec<LedgerEntry>, StoreError> {
+        Ok(self.lock().ledger.get(device).cloned().unwrap_or_default())
+    }
+
+    fn notices(&self, device: &DeviceId) -> Result<Vec<NoticeRecord>, StoreError> {
+        Ok(self.lock().notices.get(device).cloned().unwrap_or_default())
+    }
+
+    fn scrub(&self) -> Result<(), StoreError> {
+        // Erased entries were dropped from the maps at commit.
+        Ok(())
     }
 }

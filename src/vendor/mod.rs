@@ -57,9 +57,12 @@
 pub mod batch;
 mod error;
 mod ingest;
+pub mod lifecycle;
 pub mod link;
 mod memory;
 mod outbound;
+#[cfg(feature = "postgres")]
+mod pg_store;
 #[cfg(feature = "redb")]
 mod redb_store;
 #[cfg(feature = "sim")]
@@ -69,9 +72,12 @@ pub mod store;
 pub use error::{IngestError, SendError, StoreError};
 pub use ingest::{Accepted, Event, IngestConfig, Ingestor, Outcome, partition_of};
 pub use memory::{MemoryStore, MemoryTxn};
+#[cfg(feature = "postgres")]
+pub use pg_store::{PgStore, PgTxn};
 #[cfg(feature = "redb")]
 pub use redb_store::{RedbStore, RedbTxn};
 pub use store::{
-    ConsentLedgerStore, DeviceRecord, DeviceRegistry, Lifecycle, MessageLog, NoticeLog, ReplayWindows, SessionSecrets,
-    Store, StoredMessage, Transaction, VendorCounters,
+    ConsentLedgerStore, DataErasure, DeviceRecord, DeviceRegistry, ErasureScope, Lifecycle, MessageLog, MessageQuery,
+    NoticeLog, NoticeRecord, PurposeFilter, ReplayWindows, SessionSecrets, Store, StoredMessage, Transaction,
+    VendorCounters,
 };

@@ -12,7 +12,9 @@ use crate::message::{Body, Notice, Receipt};
 use crate::seal::seal_from_vendor;
 use crate::wire::DeviceId;
 
-use super::store::{DeviceRecord, DeviceRegistry, Lifecycle, NoticeLog, Store, Transaction, VendorCounters};
+use super::store::{
+    DeviceRecord, DeviceRegistry, Lifecycle, NoticeLog, NoticeRecord, Store, Transaction, VendorCounters,
+};
 use super::{Ingestor, SendError};
 
 struct TxHistory<'t, T> {
@@ -62,7 +64,8 @@ impl<S: Store> Ingestor<S> {
     }
 
     /// Seals `notice` for `device` if the owner's contact preferences allow
-    /// it at `now`, and records it for frequency caps.
+    /// it at `now`, and records it for frequency caps. A notice held back is
+    /// recorded too, with the reason (the owner's export lists both).
     ///
     /// # Errors
     /// [`SendError::Refused`] with the reason when the preferences forbid
@@ -71,15 +74,32 @@ impl<S: Store> Ingestor<S> {
     pub fn seal_notice(&self, device: &DeviceId, notice: &Notice, now: u64) -> Result<Vec<u8>, SendError> {
         let mut tx = self.store().begin()?;
         let rec = live(tx.device(device)?)?;
-        {
+        let mut record = NoticeRecord {
+            device: *device,
+            relationship: rec.relationship,
+            purpose: notice.purpose,
+            at: now,
+            counter: None,
+            held_back: None,
+            notice: postcard::to_allocvec(notice)
+                .map_err(|_| SendError::Seal(crate::error::DecodeError::Malformed.into()))?,
+        };
+        let verdict = {
             let history = TxHistory { tx: RefCell::new(&mut tx), device: *device };
-            rec.consent.state.check_notice(notice, now, &history).map_err(SendError::Refused)?;
+            rec.consent.state.check_notice(notice, now, &history)
+        };
+        if let Err(denial) = verdict {
+            record.held_back = Some(alloc::format!("{denial}"));
+            tx.record_notice(&record)?;
+            tx.commit()?;
+            return Err(SendError::Refused(denial));
         }
         let counter = tx.next_counter(device)?;
         let mut out = alloc::vec![0u8; Notice::MAX_SEALED_LEN];
         let n = seal_from_vendor(&mut out, *device, counter, notice, self.keys(), &rec.session.keys())?;
         out.truncate(n);
-        tx.record_notice(device, notice.purpose, now, counter)?;
+        record.counter = Some(counter);
+        tx.record_notice(&record)?;
         tx.commit()?;
         Ok(out)
     }

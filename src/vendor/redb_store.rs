@@ -8,14 +8,22 @@
 //! data model here is key-value anyway. SQL would pay off only for ad-hoc
 //! queries, which the shared-database path (docs/scaling.md) covers.
 //!
-//! Records are encoded with postcard. Keys: device id (16 bytes), followed
-//! by big-endian numbers so that ranges iterate in order.
+//! Records are encoded with postcard. Keys: device id, followed by
+//! big-endian numbers so that ranges iterate in order.
+//!
+//! Erasure: a delete frees the pages that held the data, but redb's
+//! copy-on-write B-trees leave freed pages as they were until reused, so the
+//! bytes would stay in the file. [`Store::scrub`] therefore rewrites the
+//! file with the live data only and swaps it in (see [`RedbStore::scrub`]).
 
 use alloc::string::ToString;
 use alloc::vec::Vec;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock};
 
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use redb::{
+    Database, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle, WriteTransaction,
+};
 
 use crate::consent::Purpose;
 use crate::consent::ledger::LedgerEntry;
@@ -24,8 +32,8 @@ use crate::wire::DeviceId;
 
 use super::StoreError;
 use super::store::{
-    ConsentLedgerStore, DeviceRecord, DeviceRegistry, MessageLog, NoticeLog, ReplayWindows, Store, StoredMessage,
-    Transaction, VendorCounters,
+    ConsentLedgerStore, DataErasure, DeviceRecord, DeviceRegistry, ErasureScope, MessageLog, MessageQuery, NoticeLog,
+    NoticeRecord, ReplayWindows, Store, StoredMessage, Transaction, VendorCounters, tally,
 };
 
 const DEVICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("devices");
@@ -33,7 +41,10 @@ const WINDOWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("replay_wind
 const LEDGER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("consent_ledger");
 const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
 const COUNTERS: TableDefinition<&[u8], u64> = TableDefinition::new("vendor_counters");
-const NOTICES: TableDefinition<&[u8], ()> = TableDefinition::new("notices");
+/// Key: device, purpose (u16 BE), at (u64 BE), sent (1) or held back (0),
+/// then the vendor counter (sent) or a sequence number (held back).
+const NOTICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("notice_log");
+const BYTE_TABLES: [TableDefinition<&[u8], &[u8]>; 5] = [DEVICES, WINDOWS, LEDGER, MESSAGES, NOTICES];
 
 fn backend(e: impl ToString) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -78,7 +89,8 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], table: &'static str) -> 
 /// # Ok::<(), spime::vendor::StoreError>(())
 /// ```
 pub struct RedbStore {
-    db: Database,
+    db: RwLock<Database>,
+    path: PathBuf,
 }
 
 impl core::fmt::Debug for RedbStore {
@@ -93,19 +105,88 @@ impl RedbStore {
     /// # Errors
     /// [`StoreError::Backend`] when the file cannot be opened or created.
     pub fn open(path: impl AsRef<Path>) -> Result<RedbStore, StoreError> {
-        let db = Database::create(path).map_err(backend)?;
-        let tx = db.begin_write().map_err(backend)?;
-        {
-            tx.open_table(DEVICES).map_err(backend)?;
-            tx.open_table(WINDOWS).map_err(backend)?;
-            tx.open_table(LEDGER).map_err(backend)?;
-            tx.open_table(MESSAGES).map_err(backend)?;
-            tx.open_table(COUNTERS).map_err(backend)?;
-            tx.open_table(NOTICES).map_err(backend)?;
-        }
-        tx.commit().map_err(backend)?;
-        Ok(RedbStore { db })
+        let path = path.as_ref().to_path_buf();
+        let db = create(&path)?;
+        Ok(RedbStore { db: RwLock::new(db), path })
     }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read(&self) -> Result<ReadTransaction, StoreError> {
+        self.db.read().unwrap_or_else(PoisonError::into_inner).begin_read().map_err(backend)
+    }
+
+    /// Rewrites the file with the live data only, so that erased bytes are
+    /// gone from it ([`Store::scrub`]): waits for the running write
+    /// transaction, copies every table into `<file>.scrub`, syncs it,
+    /// renames it over the file and reopens. Transactions begun meanwhile
+    /// wait. Costs a copy of the whole store; a crash part way leaves the
+    /// old file in place (the rename is the switch).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when copying, syncing or renaming fails; the
+    /// store then still works on the old file.
+    pub fn scrub_file(&self) -> Result<(), StoreError> {
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        // Holding a write transaction keeps anyone else from committing while we copy.
+        let guard = db.begin_write().map_err(backend)?;
+        let tmp = self.path.with_extension("scrub");
+        let _ = std::fs::remove_file(&tmp);
+        {
+            let fresh = create(&tmp)?;
+            let src = db.begin_read().map_err(backend)?;
+            let dst = fresh.begin_write().map_err(backend)?;
+            for def in BYTE_TABLES {
+                let from = src.open_table(def).map_err(backend)?;
+                let mut to = dst.open_table(def).map_err(backend)?;
+                for item in from.iter().map_err(backend)? {
+                    let (k, v) = item.map_err(backend)?;
+                    to.insert(k.value(), v.value()).map_err(backend)?;
+                }
+            }
+            {
+                let from = src.open_table(COUNTERS).map_err(backend)?;
+                let mut to = dst.open_table(COUNTERS).map_err(backend)?;
+                for item in from.iter().map_err(backend)? {
+                    let (k, v) = item.map_err(backend)?;
+                    to.insert(k.value(), v.value()).map_err(backend)?;
+                }
+            }
+            dst.commit().map_err(backend)?;
+        }
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(backend)?;
+        drop(guard);
+        std::fs::rename(&tmp, &self.path).map_err(backend)?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(backend)?;
+        }
+        *db = Database::create(&self.path).map_err(backend)?;
+        Ok(())
+    }
+}
+
+fn create(path: &Path) -> Result<Database, StoreError> {
+    let db = Database::create(path).map_err(backend)?;
+    let tx = db.begin_write().map_err(backend)?;
+    {
+        for def in BYTE_TABLES {
+            tx.open_table(def).map_err(|e| StoreError::Backend(alloc::format!("table {}: {e}", def.name())))?;
+        }
+        tx.open_table(COUNTERS).map_err(backend)?;
+    }
+    tx.commit().map_err(backend)?;
+    Ok(db)
+}
+
+fn notice_key(n: &NoticeRecord, seq: u64) -> Vec<u8> {
+    let sent = [u8::from(n.sent())];
+    key(
+        &n.device,
+        &[&n.purpose.id().to_be_bytes(), &n.at.to_be_bytes(), &sent, &n.counter.unwrap_or(seq).to_be_bytes()],
+    )
 }
 
 /// A write transaction of [`RedbStore`].
@@ -205,19 +286,74 @@ impl VendorCounters for RedbTxn {
 }
 
 impl NoticeLog for RedbTxn {
-    fn record_notice(&mut self, device: &DeviceId, purpose: Purpose, at: u64, counter: u64) -> Result<(), StoreError> {
-        let k = key(device, &[&purpose.id().to_be_bytes(), &at.to_be_bytes(), &counter.to_be_bytes()]);
+    fn record_notice(&mut self, notice: &NoticeRecord) -> Result<(), StoreError> {
+        let bytes = encode(notice)?;
         let mut t = self.tx.open_table(NOTICES).map_err(backend)?;
-        t.insert(k.as_slice(), ()).map_err(backend)?;
+        // Held-back records are numbered after those already at the same time.
+        let seq = if notice.sent() {
+            0
+        } else {
+            let lo = notice_key(notice, 0);
+            let hi = notice_key(notice, u64::MAX);
+            u64::try_from(t.range::<&[u8]>(lo.as_slice()..=hi.as_slice()).map_err(backend)?.count()).unwrap_or(u64::MAX)
+        };
+        let k = notice_key(notice, seq);
+        t.insert(k.as_slice(), bytes.as_slice()).map_err(backend)?;
         Ok(())
     }
     fn notices_since(&mut self, device: &DeviceId, purpose: Purpose, since: u64) -> Result<u32, StoreError> {
         let t = self.tx.open_table(NOTICES).map_err(backend)?;
         let p = purpose.id().to_be_bytes();
-        let lo = key(device, &[&p, &since.to_be_bytes(), &0u64.to_be_bytes()]);
-        let hi = key(device, &[&p, &u64::MAX.to_be_bytes(), &u64::MAX.to_be_bytes()]);
-        let n = t.range::<&[u8]>(lo.as_slice()..=hi.as_slice()).map_err(backend)?.count();
-        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+        let lo = key(device, &[&p, &since.to_be_bytes()]);
+        let hi = key(device, &[&p, &[0xff; 17]]);
+        let mut n: u32 = 0;
+        for item in t.range::<&[u8]>(lo.as_slice()..=hi.as_slice()).map_err(backend)? {
+            let (k, _) = item.map_err(backend)?;
+            // The sent flag follows device, purpose and time.
+            if k.value().len() >= 11 && k.value().get(k.value().len() - 9) == Some(&1) {
+                n = n.saturating_add(1);
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl DataErasure for RedbTxn {
+    fn erase_messages(&mut self, device: &DeviceId, scope: &ErasureScope) -> Result<Vec<(Purpose, u64)>, StoreError> {
+        let mut t = self.tx.open_table(MESSAGES).map_err(backend)?;
+        let lo = key(device, &[&0u64.to_be_bytes()]);
+        let hi = key(device, &[&u64::MAX.to_be_bytes()]);
+        let mut doomed = Vec::new();
+        let mut counts = Vec::new();
+        for item in t.range::<&[u8]>(lo.as_slice()..=hi.as_slice()).map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            let m: StoredMessage = decode(v.value(), "messages")?;
+            if scope.covers_message(&m) {
+                tally(&mut counts, m.purpose, 1);
+                doomed.push(k.value().to_vec());
+            }
+        }
+        for k in doomed {
+            t.remove(k.as_slice()).map_err(backend)?;
+        }
+        Ok(counts)
+    }
+    fn erase_notices(&mut self, device: &DeviceId, scope: &ErasureScope) -> Result<u64, StoreError> {
+        let mut t = self.tx.open_table(NOTICES).map_err(backend)?;
+        let lo = key(device, &[]);
+        let hi = key(device, &[&[0xff; 19]]);
+        let mut doomed = Vec::new();
+        for item in t.range::<&[u8]>(lo.as_slice()..=hi.as_slice()).map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            let n: NoticeRecord = decode(v.value(), "notice_log")?;
+            if n.device == *device && scope.covers_notice(&n) {
+                doomed.push(k.value().to_vec());
+            }
+        }
+        for k in &doomed {
+            t.remove(k.as_slice()).map_err(backend)?;
+        }
+        Ok(u64::try_from(doomed.len()).unwrap_or(u64::MAX))
     }
 }
 
@@ -231,11 +367,11 @@ impl Store for RedbStore {
     type Txn<'a> = RedbTxn;
 
     fn begin(&self) -> Result<RedbTxn, StoreError> {
-        Ok(RedbTxn { tx: self.db.begin_write().map_err(backend)? })
+        Ok(RedbTxn { tx: self.db.read().unwrap_or_else(PoisonError::into_inner).begin_write().map_err(backend)? })
     }
 
     fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(backend)?;
+        let tx = self.read()?;
         let t = tx.open_table(DEVICES).map_err(backend)?;
         let mut out = Vec::new();
         for item in t.iter().map_err(backend)? {
@@ -246,8 +382,65 @@ impl Store for RedbStore {
     }
 
     fn message_count(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read().map_err(backend)?;
+        let tx = self.read()?;
         let t = tx.open_table(MESSAGES).map_err(backend)?;
         t.len().map_err(backend)
+    }
+
+    fn device(&self, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        let tx = self.read()?;
+        let t = tx.open_table(DEVICES).map_err(backend)?;
+        let got = t.get(device.0.as_slice()).map_err(backend)?;
+        got.map(|v| decode(v.value(), "devices")).transpose()
+    }
+
+    fn messages(&self, device: &DeviceId, query: &MessageQuery) -> Result<Vec<StoredMessage>, StoreError> {
+        let tx = self.read()?;
+        let t = tx.open_table(MESSAGES).map_err(backend)?;
+        let lo = key(device, &[&0u64.to_be_bytes()]);
+        let hi = key(device, &[&u64::MAX.to_be_bytes()]);
+        let mut out = Vec::new();
+        for item in t.range::<&[u8]>(lo.as_slice()..=hi.as_slice()).map_err(backend)? {
+            let (_, v) = item.map_err(backend)?;
+            let m: StoredMessage = decode(v.value(), "messages")?;
+            if query.matches(&m) {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    fn consent_ledger(&self, device: &DeviceId) -> Result<Vec<LedgerEntry>, StoreError> {
+        let tx = self.read()?;
+        let t = tx.open_table(LEDGER).map_err(backend)?;
+        let lo = key(device, &[&0u64.to_be_bytes()]);
+        let hi = key(device, &[&u64::MAX.to_be_bytes()]);
+        let mut out = Vec::new();
+        for item in t.range::<&[u8]>(lo.as_slice()..=hi.as_slice()).map_err(backend)? {
+            let (_, v) = item.map_err(backend)?;
+            out.push(decode(v.value(), "consent_ledger")?);
+        }
+        Ok(out)
+    }
+
+    fn notices(&self, device: &DeviceId) -> Result<Vec<NoticeRecord>, StoreError> {
+        let tx = self.read()?;
+        let t = tx.open_table(NOTICES).map_err(backend)?;
+        let lo = key(device, &[]);
+        let hi = key(device, &[&[0xff; 19]]);
+        let mut out: Vec<NoticeRecord> = Vec::new();
+        for item in t.range::<&[u8]>(lo.as_slice()..=hi.as_slice()).map_err(backend)? {
+            let (_, v) = item.map_err(backend)?;
+            let n: NoticeRecord = decode(v.value(), "notice_log")?;
+            if n.device == *device {
+                out.push(n);
+            }
+        }
+        out.sort_by_key(|n| (n.at, n.counter));
+        Ok(out)
+    }
+
+    fn scrub(&self) -> Result<(), StoreError> {
+        self.scrub_file()
     }
 }

@@ -5,12 +5,19 @@
 //! A [`Store`] hands out [`Transaction`]s; a transaction implements every
 //! storage trait and reads its own writes. Nothing is visible to others, or
 //! survives a crash, until [`Transaction::commit`] returns `Ok`, and the
-//! pipeline acknowledges a message only after that. Two implementations
-//! ship: [`super::MemoryStore`] for tests and [`super::RedbStore`] (feature
-//! `redb`) for a single machine; docs/scaling.md shows the same traits over
-//! a shared database.
+//! pipeline acknowledges a message only after that. Three implementations
+//! ship: [`super::MemoryStore`] for tests, [`super::RedbStore`] (feature
+//! `redb`) for a single machine and `PgStore` (feature `postgres`) for
+//! several ingest workers over one PostgreSQL database (docs/scaling.md).
+//!
+//! Reading needs no transaction: [`Store::device`], [`Store::messages`],
+//! [`Store::consent_ledger`] and [`Store::notices`] see the last committed
+//! state, for servers, reports and the owner's export
+//! ([`super::lifecycle`]).
 
+use alloc::string::String;
 use alloc::vec::Vec;
+use core::ops::RangeInclusive;
 
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -140,6 +147,12 @@ pub struct StoredMessage {
     pub kind: u8,
     /// When it was accepted (Unix seconds).
     pub received_at: u64,
+    /// The owner relationship it was received in ([`DeviceRecord::relationship`]):
+    /// what separates one owner's data from the next one's.
+    pub relationship: u32,
+    /// What it was collected for: a Usage's or Fault's purpose; Essential
+    /// for Register, Consent, Transfer and Decommission.
+    pub purpose: Purpose,
     /// The message, as proof.
     pub proof: Proof,
 }
@@ -151,6 +164,167 @@ impl StoredMessage {
     /// [`StoreError::Corrupt`] for a kind byte no kind has.
     pub fn kind(&self) -> Result<Kind, StoreError> {
         Kind::from_byte(self.kind).map_err(|_| StoreError::Corrupt("messages"))
+    }
+}
+
+/// Which accepted messages of a device to read: a time range of
+/// acceptance, a kind, a relationship. The default is everything.
+///
+/// ```
+/// use spime::vendor::MessageQuery;
+/// use spime::wire::Kind;
+/// let q = MessageQuery::all().received(100, 200).kind(Kind::USAGE);
+/// assert_eq!((q.from, q.until, q.kind), (100, 200, Some(Kind::USAGE)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageQuery {
+    /// Received at or after (Unix seconds).
+    pub from: u64,
+    /// Received before (Unix seconds, exclusive).
+    pub until: u64,
+    /// Only this kind.
+    pub kind: Option<Kind>,
+    /// Only this relationship.
+    pub relationship: Option<u32>,
+}
+
+impl Default for MessageQuery {
+    fn default() -> MessageQuery {
+        MessageQuery::all()
+    }
+}
+
+impl MessageQuery {
+    /// Every message.
+    pub const fn all() -> MessageQuery {
+        MessageQuery { from: 0, until: u64::MAX, kind: None, relationship: None }
+    }
+
+    /// Only messages received in `from..until`.
+    #[must_use]
+    pub const fn received(self, from: u64, until: u64) -> MessageQuery {
+        MessageQuery { from, until, ..self }
+    }
+
+    /// Only messages of `kind`.
+    #[must_use]
+    pub const fn kind(self, kind: Kind) -> MessageQuery {
+        MessageQuery { kind: Some(kind), ..self }
+    }
+
+    /// Only messages of owner relationship `relationship`.
+    #[must_use]
+    pub const fn relationship(self, relationship: u32) -> MessageQuery {
+        MessageQuery { relationship: Some(relationship), ..self }
+    }
+
+    /// Whether `m` is selected (the device is not checked).
+    pub fn matches(&self, m: &StoredMessage) -> bool {
+        m.received_at >= self.from
+            && m.received_at < self.until
+            && self.kind.is_none_or(|k| k.to_byte() == m.kind)
+            && self.relationship.is_none_or(|r| r == m.relationship)
+    }
+}
+
+/// A notice the vendor sealed for a device, or held back because the
+/// owner's contact preferences forbade it then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeRecord {
+    /// The device.
+    pub device: DeviceId,
+    /// The owner relationship it was meant for.
+    pub relationship: u32,
+    /// Its purpose.
+    pub purpose: Purpose,
+    /// When it was sealed or held back (Unix seconds).
+    pub at: u64,
+    /// The vendor counter it was sealed with; `None` when held back.
+    pub counter: Option<u64>,
+    /// Why it was held back (the contact denial); `None` when sent.
+    pub held_back: Option<String>,
+    /// The notice's canonical body bytes ([`crate::message::Notice`]).
+    pub notice: Vec<u8>,
+}
+
+impl NoticeRecord {
+    /// Whether it was sealed and sent (counts towards frequency caps).
+    pub const fn sent(&self) -> bool {
+        self.counter.is_some()
+    }
+}
+
+/// Which purposes an erasure covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurposeFilter {
+    /// Only these.
+    Only(Vec<Purpose>),
+    /// Every purpose but these (`Except(vec![])` is every purpose).
+    Except(Vec<Purpose>),
+}
+
+impl PurposeFilter {
+    /// Whether `p` is covered.
+    pub fn covers(&self, p: Purpose) -> bool {
+        match self {
+            PurposeFilter::Only(v) => v.contains(&p),
+            PurposeFilter::Except(v) => !v.contains(&p),
+        }
+    }
+}
+
+/// What an erasure deletes of one device: messages and notices of some
+/// relationships, for some purposes, received (or sent) before a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErasureScope {
+    /// The owner relationships covered.
+    pub relationships: RangeInclusive<u32>,
+    /// The purposes covered.
+    pub purposes: PurposeFilter,
+    /// Only data received or sent before this (Unix seconds, exclusive).
+    pub before: u64,
+}
+
+impl ErasureScope {
+    /// Whether a message is covered.
+    pub fn covers_message(&self, m: &StoredMessage) -> bool {
+        self.relationships.contains(&m.relationship) && self.purposes.covers(m.purpose) && m.received_at < self.before
+    }
+
+    /// Whether a notice record is covered.
+    pub fn covers_notice(&self, n: &NoticeRecord) -> bool {
+        self.relationships.contains(&n.relationship) && self.purposes.covers(n.purpose) && n.at < self.before
+    }
+}
+
+/// Deleting collected data (SPEC §9.8): the rows are removed, not marked.
+/// Whether the bytes also leave the backing file at once depends on the
+/// store; [`Store::scrub`] makes sure they do.
+pub trait DataErasure {
+    /// Deletes the messages of `device` that `scope` covers; returns how
+    /// many were deleted for each purpose, in purpose order (purposes with
+    /// none left out).
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the backend fails.
+    fn erase_messages(&mut self, device: &DeviceId, scope: &ErasureScope) -> Result<Vec<(Purpose, u64)>, StoreError>;
+    /// Deletes the notice records of `device` that `scope` covers; returns
+    /// how many. Frequency caps then no longer count them.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the backend fails.
+    fn erase_notices(&mut self, device: &DeviceId, scope: &ErasureScope) -> Result<u64, StoreError>;
+}
+
+/// Adds `n` to the count of `purpose` in a purpose-ordered list.
+pub(crate) fn tally(counts: &mut Vec<(Purpose, u64)>, purpose: Purpose, n: u64) {
+    match counts.binary_search_by(|(p, _)| p.cmp(&purpose)) {
+        Ok(i) => {
+            if let Some((_, c)) = counts.get_mut(i) {
+                *c = c.saturating_add(n);
+            }
+        }
+        Err(i) => counts.insert(i, (purpose, n)),
     }
 }
 
@@ -221,15 +395,15 @@ pub trait VendorCounters {
     fn next_counter(&mut self, device: &DeviceId) -> Result<u64, StoreError>;
 }
 
-/// The log of notices sent, for frequency caps.
+/// The log of notices sent and held back: frequency caps count the sent
+/// ones, the owner's export shows both.
 pub trait NoticeLog {
-    /// Records that a notice for `purpose` was sent to `device` at `at`
-    /// with vendor counter `counter`.
+    /// Records a notice sealed for, or held back from, `notice.device`.
     ///
     /// # Errors
     /// A [`StoreError`] when the backend fails.
-    fn record_notice(&mut self, device: &DeviceId, purpose: Purpose, at: u64, counter: u64) -> Result<(), StoreError>;
-    /// How many notices for `purpose` were sent to `device` at or after `since`.
+    fn record_notice(&mut self, notice: &NoticeRecord) -> Result<(), StoreError>;
+    /// How many notices for `purpose` were sent (not held back) to `device` at or after `since`.
     ///
     /// # Errors
     /// A [`StoreError`] when the backend fails.
@@ -239,16 +413,28 @@ pub trait NoticeLog {
 /// A unit of work over every store: reads see the transaction's own writes;
 /// dropping it without [`Transaction::commit`] discards them.
 pub trait Transaction:
-    DeviceRegistry + ReplayWindows + ConsentLedgerStore + MessageLog + VendorCounters + NoticeLog
+    DeviceRegistry + ReplayWindows + ConsentLedgerStore + MessageLog + VendorCounters + NoticeLog + DataErasure
 {
     /// Makes every write durable and visible, atomically.
     ///
     /// # Errors
     /// A [`StoreError`]; then nothing of the transaction is kept.
     fn commit(self) -> Result<(), StoreError>;
+
+    /// The record and replay window of each of `devices`, in order: what
+    /// the pipeline reads before it judges a batch. The default asks
+    /// [`DeviceRegistry::device`] and [`ReplayWindows::window`] for each; a
+    /// store with round trips to a server answers in one.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the backend fails.
+    fn load_devices(&mut self, devices: &[DeviceId]) -> Result<Vec<(Option<DeviceRecord>, ReplayWindow)>, StoreError> {
+        devices.iter().map(|d| Ok((self.device(d)?, self.window(d)?))).collect()
+    }
 }
 
-/// A store: a source of transactions, plus whole-store queries for reports.
+/// A store: a source of transactions, plus reads of the committed state
+/// that need no transaction (for servers, reports and exports).
 pub trait Store: Send + Sync {
     /// The transaction type.
     type Txn<'a>: Transaction
@@ -269,4 +455,36 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// A [`StoreError`] when the backend fails.
     fn message_count(&self) -> Result<u64, StoreError>;
+    /// The record of `device`, if registered.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the backend fails.
+    fn device(&self, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError>;
+    /// The accepted messages of `device` that `query` selects, in counter order.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the backend fails.
+    fn messages(&self, device: &DeviceId, query: &MessageQuery) -> Result<Vec<StoredMessage>, StoreError>;
+    /// The consent ledger of `device`, oldest first.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the backend fails.
+    fn consent_ledger(&self, device: &DeviceId) -> Result<Vec<LedgerEntry>, StoreError>;
+    /// The notices sent to and held back from `device`, oldest first.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the backend fails.
+    fn notices(&self, device: &DeviceId) -> Result<Vec<NoticeRecord>, StoreError>;
+    /// Makes sure the bytes of erased data are gone from the backing
+    /// storage, not merely unreachable: [`super::RedbStore`] rewrites its
+    /// file with the live data only (copy-on-write B-trees leave freed pages
+    /// as they were); `PgStore` vacuums the tables erasures delete from;
+    /// [`super::MemoryStore`] has nothing to do. Cost: proportional to the
+    /// store (redb) or to the tables (PostgreSQL): run it after a batch of
+    /// erasures, as [`super::Ingestor::apply_retention`] does.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the backend fails; the data is then still
+    /// erased logically.
+    fn scrub(&self) -> Result<(), StoreError>;
 }

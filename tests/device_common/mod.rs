@@ -136,3 +136,46 @@ impl Vendor {
         out
     }
 }
+
+/// Flash offsets and lengths of the data of every counter record in a
+/// `NorStorage` log (SPEC.md §8.6) of `sector`-byte sectors, oldest first.
+pub(crate) fn counter_copies(m: &[u8], sector: usize) -> Vec<(u32, usize)> {
+    record_copies(m, sector, spime::device::storage::RECORD_COUNTER)
+}
+
+/// Flash offsets and lengths of the data of every version of record `record`
+/// in a `NorStorage` log of `sector`-byte sectors, oldest first.
+pub(crate) fn record_copies(m: &[u8], sector: usize, record: u16) -> Vec<(u32, usize)> {
+    let be32 = |a: usize| u32::from_be_bytes(m[a..a + 4].try_into().unwrap());
+    let mut sectors: Vec<(u32, usize)> = (0..m.len() / sector)
+        .filter(|&i| m[i * sector..i * sector + 4] == *b"SPL1")
+        .map(|i| (be32(i * sector + 4), i))
+        .collect();
+    sectors.sort_unstable();
+    let mut out = Vec::new();
+    for (_, i) in sectors {
+        let mut off = 16;
+        while off + 16 <= sector {
+            let a = i * sector + off;
+            let crc = spime::device::storage::crc32(
+                spime::device::storage::crc32(0, &u32::try_from(a).unwrap().to_be_bytes()),
+                &m[a..a + 12],
+            );
+            if m[a..a + 2] != *b"SR" || crc != be32(a + 12) {
+                // a torn or damaged slot: the next one follows it (as the store reads it)
+                if m[a..i * sector + sector].iter().all(|&b| b == 0xFF) {
+                    break;
+                }
+                off += 16;
+                continue;
+            }
+            let id = u16::from_be_bytes([m[a + 2], m[a + 3]]);
+            let len = usize::from(u16::from_be_bytes([m[a + 4], m[a + 5]]));
+            if id == record {
+                out.push((u32::try_from(a + 16).unwrap(), len));
+            }
+            off += 16 + len.div_ceil(4) * 4;
+        }
+    }
+    out
+}

@@ -29,7 +29,8 @@ use spime::wire::DeviceId;
 
 pub(crate) const N: usize = 4;
 pub(crate) const REC: usize = record_len(message::MAX_SEALED_LEN);
-pub(crate) type Flash = SimFlash<{ 64 * 1024 }, 256>;
+pub(crate) const SECTORS: u16 = 6;
+pub(crate) type Flash = SimFlash<{ SECTORS as usize * 4096 }, 4096>;
 pub(crate) type Store = NorStorage<Flash>;
 pub(crate) type Dev<'o> = Device<'o, Store, N, REC>;
 pub(crate) type Ob = Outbox<N, REC>;
@@ -42,7 +43,8 @@ pub(crate) fn vendor_keys() -> VendorKeys {
 }
 
 pub(crate) fn storage() -> Store {
-    NorStorage::new(Flash::new(), 0, u16::try_from(storage_records(N)).unwrap(), storage_capacity(REC)).unwrap()
+    NorStorage::new(Flash::new(), 0, SECTORS, u16::try_from(storage_records(N)).unwrap(), storage_capacity(REC))
+        .unwrap()
 }
 
 pub(crate) fn rng(seed: u8) -> rand_chacha::ChaCha20Rng {

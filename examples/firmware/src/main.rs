@@ -31,7 +31,7 @@ use spime::consent::{
 use spime::device::fault::{FaultEvent, FaultRecorder};
 use spime::device::metrics::{MetricDef, MetricKind, Metrics};
 use spime::device::outbox::{Outbox, record_len};
-use spime::device::session::{Device, Identity, storage_capacity, storage_records};
+use spime::device::session::{DEFAULT_STORAGE_SECTORS, Device, Identity, storage_capacity, storage_records};
 use spime::device::storage::{NorStorage, SimFlash};
 use spime::message::{self, CertificateBody, DeviceCertificate, FirmwareVersion, RebootReason, Severity};
 use spime::seal::{DeviceKey, VendorKeys};
@@ -50,9 +50,12 @@ const T0: u64 = 1_767_300_000;
 
 const SLOTS: usize = 4;
 const RECORD: usize = record_len(message::MAX_SEALED_LEN);
-/// Enough simulated NOR flash for the counter, session, consent and outbox records.
-const FLASH_SIZE: usize = 40 * 1024;
-type Flash = SimFlash<FLASH_SIZE, 256>;
+/// The default storage layout (docs/firmware.md, "Endurance"): six 4 KiB
+/// sectors of simulated NOR flash hold the log of the counter, session,
+/// consent and outbox records.
+const SECTOR: usize = 4096;
+const FLASH_SIZE: usize = DEFAULT_STORAGE_SECTORS as usize * SECTOR;
+type Flash = SimFlash<FLASH_SIZE, SECTOR>;
 type Store = NorStorage<&'static mut Flash>;
 type Dev = Device<'static, Store, SLOTS, RECORD>;
 
@@ -199,7 +202,7 @@ fn boot(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -
     // The layout error is printed here, with its numbers, rather than
     // carried in RunError: a larger RunError enlarges every frame that
     // holds a result (measured: 848 more bytes of peak stack).
-    let storage = NorStorage::new(flash, 0, records, capacity).map_err(|e| {
+    let storage = NorStorage::new(flash, 0, DEFAULT_STORAGE_SECTORS, records, capacity).map_err(|e| {
         print_error(&e);
         RunError::Other("flash layout")
     })?;
