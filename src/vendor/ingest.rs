@@ -153,7 +153,10 @@ impl core::fmt::Display for Accepted {
 pub type Outcome = Result<Accepted, IngestError>;
 
 /// The worker (or, across machines, the shard) that owns `device` among
-/// `n`: FNV-1a of the id, modulo `n` (0 when `n` is 0).
+/// `n`: FNV-1a of the id, mixed with MurmurHash3's 64-bit finalizer, modulo
+/// `n` (0 when `n` is 0). The finalizer matters: the low bits of FNV-1a
+/// depend only on the low bits of each byte, so ids that differ in their
+/// high bits alone would land on a few shards of a power-of-two count.
 ///
 /// ```
 /// use spime::vendor::partition_of;
@@ -161,6 +164,12 @@ pub type Outcome = Result<Accepted, IngestError>;
 /// let d = DeviceId([3; 8]);
 /// assert_eq!(partition_of(&d, 2), partition_of(&d, 2));
 /// assert!(partition_of(&d, 4) < 4);
+/// // ids that differ only in their high bits still spread over 4 shards
+/// let mut seen = [0usize; 4];
+/// for i in 0..64u8 {
+///     seen[partition_of(&DeviceId([i << 4, 0, 0, 0, 0, 0, 0, 0x80]), 4)] += 1;
+/// }
+/// assert!(seen.iter().all(|&c| c >= 8), "{seen:?}");
 /// ```
 pub fn partition_of(device: &DeviceId, n: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -168,6 +177,11 @@ pub fn partition_of(device: &DeviceId, n: usize) -> usize {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
     match u64::try_from(n) {
         Ok(0) | Err(_) => 0,
         Ok(n) => usize::try_from(h % n).unwrap_or(0),
