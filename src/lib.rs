@@ -61,6 +61,7 @@
 //! | `alloc` | via `std` | the consent ledger and other heap-backed helpers |
 //! | `fast` | yes | precomputed Ed25519/X25519 tables: faster signing and key agreement, ~38 KB more flash |
 //! | `redb` | yes | the persistent embedded vendor store (`vendor::RedbStore`); implies `std` |
+//! | `server` | yes | the vendor server: the `spime-vendor` binary and `server` (CoAP, HTTP, the fleet view; tokio, axum); implies `redb` |
 //!
 //! With `--no-default-features` the crate is `no_std`, heap-free, and builds
 //! for `thumbv7em-none-eabihf` and targets without atomics. The error types
@@ -94,6 +95,8 @@ pub mod device;
 pub mod error;
 pub mod message;
 pub mod seal;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod time;
 #[cfg(feature = "std")]
 pub mod vendor;

@@ -45,7 +45,9 @@ fn world() -> World {
         firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
         vendor: vendor.public(),
     };
-    let storage = NorStorage::new(SimFlash::new(), 0, 6, u16::try_from(storage_records(N)).unwrap(), storage_capacity(REC)).unwrap();
+    let storage =
+        NorStorage::new(SimFlash::new(), 0, 6, u16::try_from(storage_records(N)).unwrap(), storage_capacity(REC))
+            .unwrap();
     let outbox: &'static mut Outbox<N, REC> = Box::leak(Box::new(Outbox::new()));
     let mut dev = Dev::boot(identity, storage, outbox).unwrap();
     let u = dev.unregistered().unwrap();

@@ -66,6 +66,7 @@ mod outbound;
 mod pg_store;
 #[cfg(feature = "redb")]
 mod redb_store;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod store;
 

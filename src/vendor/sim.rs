@@ -1,7 +1,11 @@
-//! A simulated device for tests, the demo and benchmarks: seals device
+//! A simulated device for tests, benchmarks and fuzzing (feature `sim`,
+//! which only the crate's own dev-dependency turns on): seals device
 //! messages and opens vendor messages with the core API, deterministically
-//! from a seed. Not firmware: ephemeral secrets are derived from the seed
-//! (never do that on a device; use `keys::device_start_epoch` with a real RNG).
+//! from a seed. It seals any body without a consent check — that is what
+//! tests of the vendor's refusals need — so it is kept out of every build a
+//! product links; devices use [`crate::device::session::Device`], which
+//! cannot seal what consent forbids. Not firmware either: ephemeral secrets
+//! are derived from the seed.
 
 use alloc::vec::Vec;
 
