@@ -16,7 +16,7 @@
 //! use spime::seal::VendorKeys;
 //! let text = keyfile::format(&[1; 32], &[2; 32]);
 //! let keys = keyfile::parse(&text)?;
-//! assert_eq!(keys.public(), VendorKeys::from_secrets(&[1; 32], [2; 32]).public());
+//! assert_eq!(keys.public(), VendorKeys::from_secrets(&[1; 32], &[2; 32]).public());
 //! # Ok::<(), keyfile::KeyFileError>(())
 //! ```
 
