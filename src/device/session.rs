@@ -798,6 +798,23 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         Ok(())
     }
 
+    /// Reserves epoch `n + 1` and stores the reservation without keys (the
+    /// stored keys are read back as the stored epoch's, so a cut can only
+    /// skip an epoch, never agree one twice), then agrees the epoch's keys
+    /// and holds its ephemeral key as unconfirmed (SPEC §3.1). The keys are
+    /// in memory only until the caller's next `save_state`.
+    fn open_epoch<R: CryptoRng + ?Sized>(&mut self, rng: &mut R) -> Result<u32, SessionError> {
+        let epoch = self.state.epoch.checked_add(1).ok_or(SessionError::EpochExhausted)?;
+        self.state.epoch = epoch;
+        self.state.keys = None;
+        self.state.pending = None;
+        self.save_state()?;
+        let (keys, eph) = keys::device_start_epoch(rng, &self.id.key.device, epoch, &self.id.vendor)?;
+        self.state.keys = Some(keys);
+        self.state.pending = Some(eph);
+        Ok(epoch)
+    }
+
     /// Seals `body` under the current keys with a fresh counter value and
     /// queues it. While the epoch is unconfirmed its ephemeral key goes in
     /// the header (SPEC §3.1).
@@ -978,16 +995,10 @@ fn register<S: Storage, const N: usize, const RECORD: usize, R: CryptoRng + ?Siz
     consent: SignedConsent,
 ) -> Result<u64, SessionError> {
     check_new_consent(dev, &consent, dev.state.stage == Stage::Unregistered)?;
-    // 1. reserve the epoch before anything is sealed under it
-    let epoch = dev.state.epoch.checked_add(1).ok_or(SessionError::EpochExhausted)?;
-    dev.state.epoch = epoch;
-    dev.state.keys = None;
-    dev.state.pending = None;
-    dev.save_state()?;
-    // 2. keys, seal, queue; the epoch stays unconfirmed until a vendor message under it
-    let (keys, eph) = keys::device_start_epoch(rng, &dev.id.key.device, epoch, &dev.id.vendor)?;
-    dev.state.keys = Some(keys);
-    dev.state.pending = Some(eph);
+    // 1. reserve the epoch and agree its keys before anything is sealed
+    //    under it; 2. seal and queue (the epoch stays unconfirmed until a
+    //    vendor message under it)
+    dev.open_epoch(rng)?;
     // The first Register after a change of owner carries the Transfer (SPEC §9.3).
     let body = Register {
         certificate: dev.id.certificate.clone(),
@@ -1176,17 +1187,7 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
         if waiting > 0 {
             return Err(SessionError::OutboxNotEmpty(waiting));
         }
-        let epoch = dev.state.epoch.checked_add(1).ok_or(SessionError::EpochExhausted)?;
-        // Reserve the number first, without keys (the stored keys are read
-        // back as the stored epoch's): a cut can only skip an epoch, never
-        // agree one twice, and leaves a device that calls this again.
-        dev.state.epoch = epoch;
-        dev.state.keys = None;
-        dev.state.pending = None;
-        dev.save_state()?;
-        let (keys, eph) = keys::device_start_epoch(rng, &dev.id.key.device, epoch, &dev.id.vendor)?;
-        dev.state.keys = Some(keys);
-        dev.state.pending = Some(eph);
+        let epoch = dev.open_epoch(rng)?;
         dev.save_state()?;
         Ok(epoch)
     }
