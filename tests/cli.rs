@@ -136,6 +136,14 @@ fn config_file_sets_every_setting_and_flags_override_it() {
     assert_eq!(t["batch"].as_integer(), Some(256));
     assert!(t.get("workers").is_none(), "one per core unless set");
 
+    // The documented example (docs/spime-vendor.toml) holds only known keys.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/spime-vendor.toml");
+    let (ok, out, err) =
+        vendor(&["serve", "--config", example, "--data", dir.join("data").to_str().unwrap(), "--check"]);
+    assert!(ok, "{err}");
+    let t: toml::Table = toml::from_str(&out).unwrap();
+    assert_eq!(t["coap"].as_str(), Some("0.0.0.0:5683"));
+
     // An unknown key is an error that names it (and the file), and nothing starts.
     std::fs::write(&config, "data = \"data\"\ncolour = \"blue\"\n").unwrap();
     let (ok, _, err) = vendor(&["serve", "--config", c]);
