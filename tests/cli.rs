@@ -158,6 +158,12 @@ fn config_file_sets_every_setting_and_flags_override_it() {
     // Keys missing: the way to make them.
     let (ok, _, err) = vendor(&["serve", "--data", dir.join("nothing").to_str().unwrap()]);
     assert!(!ok && err.contains("keys init"), "{err}");
+    // A port in use: the error says which one.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let data = dir.join("data");
+    let (ok, _, err) = vendor(&["serve", "--data", data.to_str().unwrap(), "--coap", &addr, "--http", "127.0.0.1:0"]);
+    assert!(!ok && err.contains(&format!("CoAP on udp://{addr}")) && err.contains("in use"), "{err}");
     #[cfg(not(feature = "postgres"))]
     {
         let (ok, _, err) = vendor(&["serve", "--data", dir.join("data").to_str().unwrap(), "--postgres", "host=db"]);

@@ -273,8 +273,13 @@ impl Running {
 /// # Errors
 /// When a socket cannot be bound.
 pub async fn start<S: Store + 'static>(ingestor: Arc<Ingestor<S>>, config: Config) -> std::io::Result<Running> {
-    let udp = UdpSocket::bind(config.coap).await?;
-    let tcp = TcpListener::bind(config.http).await?;
+    // Which socket failed, in the error: "address in use" alone does not say.
+    let at = |what: &str, addr: SocketAddr| {
+        let what = alloc::format!("{what}{addr}");
+        move |e: std::io::Error| std::io::Error::new(e.kind(), alloc::format!("{what}: {e}"))
+    };
+    let udp = UdpSocket::bind(config.coap).await.map_err(at("CoAP on udp://", config.coap))?;
+    let tcp = TcpListener::bind(config.http).await.map_err(at("HTTP on tcp://", config.http))?;
     let (coap_addr, http_addr) = (udp.local_addr()?, tcp.local_addr()?);
     let config_clock_now = (config.clock)();
     let app = Arc::new(App {
