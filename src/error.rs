@@ -313,6 +313,27 @@ pub enum SealError {
     WrongDirection(Kind),
 }
 
+impl SealError {
+    /// The numeric code (SPEC.md §10.1): a wrapped encoding or counter
+    /// error gives its own; 25 WeakKey, 22 WrongDirection, 100
+    /// BufferTooSmall (local).
+    ///
+    /// ```
+    /// use spime::error::{CounterError, SealError};
+    /// assert_eq!(SealError::WeakKey.code(), 25);
+    /// assert_eq!(SealError::Counter(CounterError::Lost).code(), 103);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            SealError::Encode(e) => e.code(),
+            SealError::BufferTooSmall { .. } => 100,
+            SealError::WeakKey => 25,
+            SealError::Counter(e) => e.code(),
+            SealError::WrongDirection(_) => 22,
+        }
+    }
+}
+
 /// A counter value was refused by a replay window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -358,4 +379,21 @@ pub enum CounterError {
     /// past any value used and opens a new key epoch (SPEC.md §8.1).
     #[error("counter lost to storage damage")]
     Lost,
+}
+
+impl CounterError {
+    /// The numeric code (SPEC.md §10.1, local): 101 Storage, 102
+    /// Exhausted, 103 Lost.
+    ///
+    /// ```
+    /// use spime::error::CounterError;
+    /// assert_eq!(CounterError::Exhausted.code(), 102);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            CounterError::Storage => 101,
+            CounterError::Exhausted => 102,
+            CounterError::Lost => 103,
+        }
+    }
 }

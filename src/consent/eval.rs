@@ -215,6 +215,28 @@ pub enum BuildError {
     SeenReversed,
 }
 
+impl BuildError {
+    /// The numeric code (SPEC.md §10.1, local): 135 TooManyMetrics, 136
+    /// DuplicateMetric, 137 MismatchedMetric, 138 WindowReversed, 139
+    /// NotPermitted, 140 ZeroOccurrences, 141 SeenReversed.
+    ///
+    /// ```
+    /// use spime::consent::BuildError;
+    /// assert_eq!(BuildError::WindowReversed.code(), 138);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            BuildError::TooManyMetrics { .. } => 135,
+            BuildError::DuplicateMetric(_) => 136,
+            BuildError::MismatchedMetric(_) => 137,
+            BuildError::WindowReversed => 138,
+            BuildError::NotPermitted(_) => 139,
+            BuildError::ZeroOccurrences => 140,
+            BuildError::SeenReversed => 141,
+        }
+    }
+}
+
 /// What a piece of data is: its purpose, categories, most precise location
 /// and the consent version it was built under. The outbox keeps it beside a
 /// queued message so a later consent state can re-judge it

@@ -167,6 +167,24 @@ pub enum OutboxError {
     Storage(#[from] StorageError),
 }
 
+impl OutboxError {
+    /// The numeric code (SPEC.md §10.1, local to the device): 121 Full,
+    /// 122 TooLarge, 123 Empty; a storage failure gives its own.
+    ///
+    /// ```
+    /// use spime::device::outbox::OutboxError;
+    /// assert_eq!(OutboxError::Empty.code(), 123);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            OutboxError::Full(_) => 121,
+            OutboxError::TooLarge { .. } => 122,
+            OutboxError::Empty => 123,
+            OutboxError::Storage(e) => e.code(),
+        }
+    }
+}
+
 /// What [`Outbox::push`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Queued {

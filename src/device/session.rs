@@ -223,6 +223,44 @@ pub enum SessionError {
     AlreadyConfirmed,
 }
 
+impl SessionError {
+    /// The numeric code (SPEC.md §10.1): a wrapped error gives its own
+    /// code; the session's own are local to the device: 155 StaleConsent,
+    /// 156 NoSession, 157 EpochExhausted, 158 WrongStage, 159
+    /// RecordsTooSmall, 160 TooFewRecords, 161 OutboxNotEmpty, 162
+    /// AlreadyConfirmed. Firmware without `core::fmt` prints this number
+    /// instead of the message.
+    ///
+    /// ```
+    /// use spime::device::session::SessionError;
+    /// use spime::error::OpenError;
+    /// assert_eq!(SessionError::NoSession.code(), 156);
+    /// assert_eq!(SessionError::Open(OpenError::Unauthentic).code(), 20);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            SessionError::Seal(e) => e.code(),
+            SessionError::Counter(e) => e.code(),
+            SessionError::Outbox(e) => e.code(),
+            SessionError::Storage(e) => e.code(),
+            SessionError::Denied(e) => e.code(),
+            SessionError::Build(e) => e.code(),
+            SessionError::Consent(e) => e.code(),
+            SessionError::Edit(e) => e.code(),
+            SessionError::Open(e) => e.code(),
+            SessionError::Decode(e) => e.code(),
+            SessionError::StaleConsent { .. } => 155,
+            SessionError::NoSession => 156,
+            SessionError::EpochExhausted => 157,
+            SessionError::WrongStage { .. } => 158,
+            SessionError::RecordsTooSmall { .. } => 159,
+            SessionError::TooFewRecords { .. } => 160,
+            SessionError::OutboxNotEmpty(_) => 161,
+            SessionError::AlreadyConfirmed => 162,
+        }
+    }
+}
+
 /// What to do about being in the wrong stage, after the message.
 const fn stage_hint(expected: Stage, actual: Stage) -> &'static str {
     match (expected, actual) {
