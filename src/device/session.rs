@@ -862,7 +862,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         let counter = self.counter.next_value()?;
         let mut out = [0u8; message::MAX_SEALED_LEN];
         let seal = Seal { device: self.id.key.device, epoch: keys.epoch, counter, ephemeral };
-        let n = sealing::seal(&mut out, &seal, body, self.id.key.signing(), keys)?;
+        let n = sealing::seal_with(&mut out, &seal, body, &self.id.key, keys)?;
         let meta = ItemMeta {
             kind: B::KIND,
             purpose: scope.purpose,

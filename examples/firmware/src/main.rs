@@ -17,9 +17,8 @@
 //! errors as codes): `core::fmt` and the error messages would cost about
 //! 13 KB of flash.
 //!
-//! Everything that is secret here is a published test value: the vendor's
-//! signing seed (used at boot to issue the device certificate, which a real
-//! device gets at manufacture), the device seed, and the RNG seed
+//! Everything that is secret here is a published test value: the device
+//! seed and the RNG seed
 //! (`ChaCha20Rng` from a fixed seed, so the run is deterministic). A real
 //! device takes its key from provisioning and its randomness from a TRNG.
 #![no_std]
@@ -30,6 +29,7 @@ use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hio};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
+use spime::codec::Bytes64;
 use spime::consent::{
     CategorySet, Channel, ConsentState, DataCategory, Grant, LocationPrecision, Purpose, SignedConsent,
 };
@@ -38,13 +38,31 @@ use spime::device::metrics::{MetricDef, MetricKind, Metrics};
 use spime::device::outbox::{Outbox, record_len};
 use spime::device::session::{DEFAULT_STORAGE_SECTORS, Device, Identity, storage_capacity, storage_records};
 use spime::device::storage::{NorStorage, SimFlash};
+use spime::ed25519_dalek::VerifyingKey;
 use spime::message::{self, CertificateBody, DeviceCertificate, FirmwareVersion, RebootReason, Severity};
-use spime::seal::{DeviceKey, VendorKeys};
+use spime::seal::{DeviceKey, VendorPublicKeys};
 use spime::wire::DeviceId;
 
-// The fixed test identity; tests/common/mod.rs has the same values.
-const VENDOR_SIGNING_SEED: [u8; 32] = [0x51; 32];
-const VENDOR_KX_SECRET: [u8; 32] = [0x52; 32];
+// The fixed test identity; tests/common/mod.rs has the same values (the
+// vendor's secrets there are [0x51; 32] and [0x52; 32], the device's seed
+// [0xD5; 32]). The firmware holds only what a real device holds: its own
+// seed, the vendor's public keys and its certificate, issued at
+// manufacture; tests/firmware_qemu.rs checks the certificate against the
+// one the vendor issues.
+const VENDOR_SIGNING_PUBLIC: [u8; 32] = [
+    192, 80, 197, 99, 122, 68, 250, 134, 41, 255, 243, 204, 204, 226, 48, 12, 179, 98, 166, 61, 153, 217, 95, 197, 65,
+    69, 38, 111, 67, 50, 68, 90,
+];
+const VENDOR_KX_PUBLIC: [u8; 32] = [
+    246, 139, 5, 186, 3, 247, 24, 94, 27, 168, 136, 120, 104, 47, 141, 208, 177, 81, 88, 246, 5, 8, 137, 201, 72, 29,
+    121, 194, 215, 210, 250, 7,
+];
+/// The vendor's signature of the certificate body built in `identity()`.
+const CERTIFICATE_SIGNATURE: [u8; 64] = [
+    73, 16, 184, 246, 15, 99, 83, 69, 241, 116, 117, 60, 144, 174, 76, 0, 254, 95, 155, 55, 145, 79, 67, 156, 248, 216,
+    30, 237, 130, 6, 46, 134, 164, 160, 127, 222, 117, 55, 234, 100, 98, 154, 21, 218, 116, 250, 83, 31, 159, 205, 24,
+    220, 234, 251, 46, 81, 248, 125, 243, 175, 251, 117, 138, 1,
+];
 const DEVICE_SEED: [u8; 32] = [0xD5; 32];
 const DEVICE_ID: DeviceId = DeviceId(*b"spime-01");
 const FIRMWARE: FirmwareVersion = FirmwareVersion { major: 1, minor: 4, patch: 2, build: 77 };
@@ -101,19 +119,20 @@ fn main() -> ! {
 }
 
 #[inline(never)]
-fn identity() -> Result<Identity, spime::error::DecodeError> {
-    let vendor = VendorKeys::from_secrets(&VENDOR_SIGNING_SEED, &VENDOR_KX_SECRET);
+fn identity() -> Result<Identity, RunError> {
+    let signing = VerifyingKey::from_bytes(&VENDOR_SIGNING_PUBLIC).map_err(|_| RunError::Other("vendor key"))?;
+    let vendor = VendorPublicKeys { signing, key_agreement: VENDOR_KX_PUBLIC };
     let key = DeviceKey::from_seed(DEVICE_ID, &DEVICE_SEED);
     let body = CertificateBody {
         device: DEVICE_ID,
-        device_key: key.public().to_bytes(),
+        device_key: key.public_bytes(),
         model: heapless::String::try_from("kettle-9000").unwrap_or_default(),
         hardware_revision: 3,
         issued_at: MADE_AT,
         not_after: None,
     };
-    let certificate = DeviceCertificate::issue(body, vendor.signing())?;
-    Ok(Identity { key, certificate, firmware: FIRMWARE, vendor: vendor.public() })
+    let certificate = DeviceCertificate { body, signature: Bytes64(CERTIFICATE_SIGNATURE) };
+    Ok(Identity { key, certificate, firmware: FIRMWARE, vendor })
 }
 
 fn cats(c: &[DataCategory]) -> CategorySet {
@@ -199,7 +218,7 @@ fn run(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) ->
 
 #[inline(never)]
 fn boot(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -> Result<Dev, RunError> {
-    let id = identity().map_err(|_| RunError::Other("certificate"))?;
+    let id = identity()?;
     let capacity = storage_capacity(RECORD);
     let records = u16::try_from(storage_records(SLOTS)).map_err(|_| RunError::Other("layout"))?;
     // The layout error is printed here, with its code, rather than
