@@ -18,6 +18,7 @@
 use crate::wire::Kind;
 
 /// A byte string is not a valid encoding of the expected value.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecodeError {
@@ -123,6 +124,7 @@ impl DecodeError {
 
 /// Which list is out of order ([`DecodeError::Unordered`]); the value is its
 /// stable code (SPEC.md §10.1).
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum List {
@@ -152,6 +154,7 @@ impl core::fmt::Display for List {
 
 /// Which range rule a value breaks ([`DecodeError::OutOfRange`]); the value
 /// is its stable code (SPEC.md §10.1).
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Rule {
@@ -220,6 +223,7 @@ impl core::fmt::Display for Rule {
 }
 
 /// A sealed message was refused while opening it.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
@@ -288,6 +292,7 @@ impl OpenError {
 }
 
 /// Sealing a message failed.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SealError {
@@ -335,6 +340,7 @@ impl SealError {
 }
 
 /// A counter value was refused by a replay window.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReplayError {
@@ -362,6 +368,7 @@ impl ReplayError {
 }
 
 /// The persistent message counter could not hand out a value.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CounterError {

@@ -9,6 +9,7 @@ use super::{
 
 /// A consent state could not be changed as asked (a caller mistake; the
 /// state is left as it was).
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EditError {

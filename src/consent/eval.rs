@@ -16,6 +16,7 @@ use crate::message::{
 use crate::time::{Period, Utc};
 
 /// Why data may not be collected (or was refused by the vendor).
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Denial {
@@ -184,6 +185,7 @@ impl ContactDenial {
 }
 
 /// A message body could not be built from a [`Permit`].
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {

@@ -19,6 +19,7 @@ use crate::message::{Receipt, Transfer, consent_digest};
 use crate::wire::DeviceId;
 
 /// A consent state, its proof or its receipt was refused.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConsentError {

@@ -60,6 +60,7 @@ pub struct MetricDef {
 }
 
 /// A metric could not be defined or recorded.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MetricsError {

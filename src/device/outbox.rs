@@ -40,6 +40,7 @@ pub const fn record_len(envelope: usize) -> usize {
 }
 
 /// A priority class; lower sends first.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Class {
     /// Register, Transfer, Decommission: never dropped for another message.
@@ -143,6 +144,7 @@ impl Dropped {
 }
 
 /// The outbox refused or failed an operation.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum OutboxError {

@@ -125,6 +125,7 @@ pub const fn storage_sectors(n: usize, outbox_record: usize, erase: usize) -> us
 }
 
 /// A device session operation failed.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionError {
@@ -292,6 +293,7 @@ pub struct Identity {
 /// Where the device is in its life: plain data, from [`Device::stage`].
 /// To act on the device in a stage, take its handle:
 /// [`Device::registered`] (and the like) or [`Device::handle`].
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
     /// Not registered (new, or after a change of owner).

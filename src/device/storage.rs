@@ -28,6 +28,7 @@ pub const RECORD_CONSENT: u16 = 2;
 pub const RECORD_OUTBOX: u16 = 8;
 
 /// A storage operation failed.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageError {
@@ -88,6 +89,7 @@ impl StorageError {
 /// error of [`NorStorage::new`]. (A type of its own, not a
 /// [`StorageError`] variant, so that every storage result on the device
 /// stays small.)
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum GeometryError {
