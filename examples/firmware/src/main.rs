@@ -203,15 +203,15 @@ fn run(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) ->
     let d = dev.dropped();
     line(&[
         b"DROPPED ",
-        dec(d.usage.into()).as_bytes(),
+        dec(d.usage).as_bytes(),
         b" ",
-        dec(d.fault.into()).as_bytes(),
+        dec(d.fault).as_bytes(),
         b" ",
-        dec(d.consent.into()).as_bytes(),
+        dec(d.consent).as_bytes(),
         b" ",
-        dec(d.lifecycle.into()).as_bytes(),
+        dec(d.lifecycle).as_bytes(),
         b" ",
-        dec(d.purged.into()).as_bytes(),
+        dec(d.purged).as_bytes(),
     ]);
     Ok(())
 }
@@ -296,7 +296,13 @@ fn send_all(dev: &mut Dev) -> Result<(), RunError> {
     while let Some(e) = dev.next_message() {
         let counter = e.meta.counter;
         let mut hexbuf = HexLine::new();
-        line(&[b"MSG ", e.meta.kind.name().as_bytes(), b" ", dec(counter).as_bytes(), b" "]);
+        line(&[
+            b"MSG ",
+            e.meta.kind.name().as_bytes(),
+            b" ",
+            dec(u32::try_from(counter).unwrap_or(u32::MAX)).as_bytes(),
+            b" ",
+        ]);
         hexbuf.put(e.envelope);
         hexbuf.end();
         let chunks = e.chunks(MTU).map_err(|_| RunError::Other("chunk"))?;
@@ -374,7 +380,8 @@ impl Dec {
     }
 }
 
-fn dec(mut v: u64) -> Dec {
+/// `u32`: a `u64` division would link about 1 KB of compiler-builtins.
+fn dec(mut v: u32) -> Dec {
     let mut d = Dec { buf: [b'0'; 20], start: 20 };
     loop {
         d.start -= 1;
@@ -391,7 +398,7 @@ fn dec(mut v: u64) -> Dec {
 /// The deepest the stack went: cortex-m-rt's `paint-stack` filled the
 /// stack with `STACK_PAINT_VALUE` before `main`; the first word from the
 /// bottom that is no longer paint is the high-water mark.
-fn peak_stack() -> u64 {
+fn peak_stack() -> u32 {
     unsafe extern "C" {
         static _stack_start: u32;
         static _stack_end: u32;
@@ -407,7 +414,7 @@ fn peak_stack() -> u64 {
         }
         p += 4;
     }
-    (top - p) as u64
+    (top - p) as u32
 }
 
 #[panic_handler]
