@@ -17,7 +17,7 @@
 #![cfg_attr(feature = "std", allow(dead_code))]
 
 use salty::{CompressedY, EdwardsPoint, Scalar, Sha512};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::is_canonical_point_encoding;
 
@@ -66,6 +66,69 @@ fn split(sig: &[u8; 64]) -> (&[u8; 32], &[u8; 32]) {
     (r.try_into().unwrap_or(&[0; 32]), s.try_into().unwrap_or(&[0xff; 32]))
 }
 
+/// Reduces `x` (64 signed limbs of 8 bits each, as TweetNaCl's `modL`)
+/// modulo ℓ. Small code (loops over bytes) in place of salty's unrolled
+/// 29-bit scalar arithmetic, which is about 2.7 KB on Cortex-M; tests
+/// compare it with curve25519-dalek's reduction.
+#[allow(clippy::indexing_slicing)] // every index is bounded by its loop: i < 64, j < 32 + 32
+fn mod_l(x: &mut [i64; 64]) -> [u8; 32] {
+    for i in (32..64).rev() {
+        let mut carry = 0i64;
+        let mut j = i - 32;
+        while j < i - 12 {
+            x[j] += carry - 16 * x[i] * i64::from(ELL[j - (i - 32)]);
+            carry = (x[j] + 128) >> 8;
+            x[j] -= carry << 8;
+            j += 1;
+        }
+        x[j] += carry;
+        x[i] = 0;
+    }
+    let mut carry = 0i64;
+    for j in 0..32 {
+        x[j] += carry - (x[31] >> 4) * i64::from(ELL[j]);
+        carry = x[j] >> 8;
+        x[j] &= 255;
+    }
+    for j in 0..32 {
+        x[j] -= carry * i64::from(ELL[j]);
+    }
+    let mut r = [0u8; 32];
+    for i in 0..32 {
+        x[i + 1] += x[i] >> 8;
+        r[i] = (x[i] & 255) as u8;
+    }
+    r
+}
+
+/// A 512-bit little-endian integer reduced modulo ℓ.
+fn reduce_wide(bytes: &[u8; 64]) -> Scalar {
+    let mut x = [0i64; 64];
+    for (x, b) in x.iter_mut().zip(bytes) {
+        *x = i64::from(*b);
+    }
+    let r = Scalar(mod_l(&mut x));
+    x.zeroize();
+    r
+}
+
+/// `(k × a + r) mod ℓ`, for 32-byte little-endian `k`, `a` and `r`.
+#[allow(clippy::indexing_slicing)] // i, j < 32, so i + j < 64
+fn mul_add(k: &[u8; 32], a: &[u8; 32], r: &[u8; 32]) -> [u8; 32] {
+    let mut x = [0i64; 64];
+    for (x, b) in x.iter_mut().zip(r) {
+        *x = i64::from(*b);
+    }
+    for i in 0..32 {
+        for j in 0..32 {
+            x[i + j] += i64::from(k[i]) * i64::from(a[j]);
+        }
+    }
+    let s = mod_l(&mut x);
+    x.zeroize();
+    s
+}
+
 /// `SHA-512(prefix || second || parts...)` reduced mod ℓ.
 fn hash_to_scalar(prefix: &[u8], second: &[u8], parts: &[&[u8]]) -> Scalar {
     let mut h = Sha512::new();
@@ -75,7 +138,7 @@ fn hash_to_scalar(prefix: &[u8], second: &[u8], parts: &[&[u8]]) -> Scalar {
         h.update(p);
     }
     let digest = Zeroizing::new(h.finalize());
-    Scalar::from_u512_le(&digest)
+    reduce_wide(&digest)
 }
 
 /// Strict Ed25519 verification of a message given in parts (the checks
@@ -120,7 +183,7 @@ pub(crate) fn sign_parts(seed: &[u8; 32], public: &[u8; 32], parts: &[&[u8]]) ->
     let r = hash_to_scalar(nonce.as_slice(), &[], parts);
     let big_r = (&r * &EdwardsPoint::basepoint()).compressed().0;
     let k = hash_to_scalar(&big_r, public, parts);
-    let s = &r + &(&k * &a);
+    let s = Scalar(mul_add(&k.0, &a.0, &r.0));
     let mut sig = [0u8; 64];
     let (sig_r, sig_s) = sig.split_at_mut(32);
     sig_r.copy_from_slice(&big_r);
@@ -413,6 +476,45 @@ mod tests {
             let base = x25519_dalek::X25519_BASEPOINT_BYTES;
             prop_assert_eq!(x25519(&secret, &base), x25519_dalek::x25519(secret, base));
         }
+    }
+
+    proptest! {
+        #[test]
+        fn scalar_reduction_and_mul_add_agree_with_dalek(
+            wide in proptest::collection::vec(any::<u8>(), 64),
+            k in any::<[u8; 32]>(),
+            a in any::<[u8; 32]>(),
+            r in any::<[u8; 32]>(),
+        ) {
+            use curve25519_dalek::Scalar as D;
+            let wide: [u8; 64] = wide.try_into().unwrap();
+            prop_assert_eq!(reduce_wide(&wide).0, D::from_bytes_mod_order_wide(&wide).to_bytes());
+            let expected = D::from_bytes_mod_order(k) * D::from_bytes_mod_order(a) + D::from_bytes_mod_order(r);
+            // k and r as they come in signing (reduced), a clamped (up to 2^255)
+            let (kr, rr) = (D::from_bytes_mod_order(k).to_bytes(), D::from_bytes_mod_order(r).to_bytes());
+            let mut ac = a;
+            ac[0] &= 248;
+            ac[31] &= 127;
+            ac[31] |= 64;
+            let expected_c = D::from_bytes_mod_order(kr) * D::from_bytes_mod_order(ac) + D::from_bytes_mod_order(rr);
+            prop_assert_eq!(mul_add(&kr, &ac, &rr), expected_c.to_bytes());
+            // and any 32-byte inputs at all
+            prop_assert_eq!(mul_add(&k, &a, &r), expected.to_bytes());
+        }
+    }
+
+    #[test]
+    fn scalar_reduction_edges() {
+        use curve25519_dalek::Scalar as D;
+        let mut l_wide = [0u8; 64];
+        l_wide[..32].copy_from_slice(&ELL);
+        for wide in [[0u8; 64], [0xff; 64], l_wide] {
+            assert_eq!(reduce_wide(&wide).0, D::from_bytes_mod_order_wide(&wide).to_bytes());
+        }
+        assert_eq!(mul_add(&[0xff; 32], &[0xff; 32], &[0xff; 32]), {
+            let f = D::from_bytes_mod_order([0xff; 32]);
+            (f * f + f).to_bytes()
+        });
     }
 
     #[test]
