@@ -18,6 +18,7 @@
 use crate::wire::Kind;
 
 /// A byte string is not a valid encoding of the expected value.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecodeError {
@@ -123,6 +124,7 @@ impl DecodeError {
 
 /// Which list is out of order ([`DecodeError::Unordered`]); the value is its
 /// stable code (SPEC.md §10.1).
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum List {
@@ -152,6 +154,7 @@ impl core::fmt::Display for List {
 
 /// Which range rule a value breaks ([`DecodeError::OutOfRange`]); the value
 /// is its stable code (SPEC.md §10.1).
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Rule {
@@ -220,6 +223,7 @@ impl core::fmt::Display for Rule {
 }
 
 /// A sealed message was refused while opening it.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
@@ -288,6 +292,7 @@ impl OpenError {
 }
 
 /// Sealing a message failed.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SealError {
@@ -313,7 +318,29 @@ pub enum SealError {
     WrongDirection(Kind),
 }
 
+impl SealError {
+    /// The numeric code (SPEC.md §10.1): a wrapped encoding or counter
+    /// error gives its own; 25 WeakKey, 22 WrongDirection, 100
+    /// BufferTooSmall (local).
+    ///
+    /// ```
+    /// use spime::error::{CounterError, SealError};
+    /// assert_eq!(SealError::WeakKey.code(), 25);
+    /// assert_eq!(SealError::Counter(CounterError::Lost).code(), 103);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            SealError::Encode(e) => e.code(),
+            SealError::BufferTooSmall { .. } => 100,
+            SealError::WeakKey => 25,
+            SealError::Counter(e) => e.code(),
+            SealError::WrongDirection(_) => 22,
+        }
+    }
+}
+
 /// A counter value was refused by a replay window.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReplayError {
@@ -341,6 +368,7 @@ impl ReplayError {
 }
 
 /// The persistent message counter could not hand out a value.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CounterError {
@@ -358,4 +386,21 @@ pub enum CounterError {
     /// past any value used and opens a new key epoch (SPEC.md §8.1).
     #[error("counter lost to storage damage")]
     Lost,
+}
+
+impl CounterError {
+    /// The numeric code (SPEC.md §10.1, local): 101 Storage, 102
+    /// Exhausted, 103 Lost.
+    ///
+    /// ```
+    /// use spime::error::CounterError;
+    /// assert_eq!(CounterError::Exhausted.code(), 102);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            CounterError::Storage => 101,
+            CounterError::Exhausted => 102,
+            CounterError::Lost => 103,
+        }
+    }
 }

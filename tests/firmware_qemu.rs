@@ -29,6 +29,13 @@ use spime::wire::chunk::{Pushed, Reassembler};
 
 const T0: u64 = 1_767_300_000;
 
+/// The firmware's flash budget (.vector_table + .text + .rodata + .data).
+/// Issue 10 asks for 49,152 B (48 KiB); this is not reached yet: measured
+/// 62,400 B (Rust 1.95, salty backend, no core::fmt), and the budget is
+/// that plus a 1,088-byte margin (62 KiB), so a change that adds more than
+/// that fails here. Lower it as the firmware shrinks (docs/firmware.md).
+const FLASH_BUDGET: u32 = 63_488;
+
 type Rx = Reassembler<2, { message::MAX_SEALED_LEN }>;
 
 fn firmware_dir() -> PathBuf {
@@ -218,4 +225,5 @@ fn firmware_runs_under_qemu_and_its_messages_open() {
         size(".bss"),
     );
     assert!(size(".text") > 0 && stack > 0);
+    assert!(flash <= FLASH_BUDGET, "flash {flash} B is over the budget of {FLASH_BUDGET} B (docs/firmware.md)");
 }

@@ -16,6 +16,7 @@ use crate::message::{
 use crate::time::{Period, Utc};
 
 /// Why data may not be collected (or was refused by the vendor).
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Denial {
@@ -184,6 +185,7 @@ impl ContactDenial {
 }
 
 /// A message body could not be built from a [`Permit`].
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
@@ -213,6 +215,28 @@ pub enum BuildError {
     /// A fault was last seen before it was first seen.
     #[error("fault last seen before first seen")]
     SeenReversed,
+}
+
+impl BuildError {
+    /// The numeric code (SPEC.md §10.1, local): 135 TooManyMetrics, 136
+    /// DuplicateMetric, 137 MismatchedMetric, 138 WindowReversed, 139
+    /// NotPermitted, 140 ZeroOccurrences, 141 SeenReversed.
+    ///
+    /// ```
+    /// use spime::consent::BuildError;
+    /// assert_eq!(BuildError::WindowReversed.code(), 138);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            BuildError::TooManyMetrics { .. } => 135,
+            BuildError::DuplicateMetric(_) => 136,
+            BuildError::MismatchedMetric(_) => 137,
+            BuildError::WindowReversed => 138,
+            BuildError::NotPermitted(_) => 139,
+            BuildError::ZeroOccurrences => 140,
+            BuildError::SeenReversed => 141,
+        }
+    }
 }
 
 /// What a piece of data is: its purpose, categories, most precise location

@@ -60,6 +60,7 @@ pub struct MetricDef {
 }
 
 /// A metric could not be defined or recorded.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MetricsError {
@@ -84,6 +85,28 @@ pub enum MetricsError {
     /// A location with precision None.
     #[error("a location needs a precision")]
     NoPrecision,
+}
+
+impl MetricsError {
+    /// The numeric code (SPEC.md §10.1, local to the device): 125 Full,
+    /// 126 Duplicate, 127 BadBounds, 128 LocationCategory, 129 Unknown,
+    /// 130 WrongKind, 131 NoPrecision.
+    ///
+    /// ```
+    /// use spime::device::metrics::MetricsError;
+    /// assert_eq!(MetricsError::Unknown(7).code(), 129);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            MetricsError::Full => 125,
+            MetricsError::Duplicate(_) => 126,
+            MetricsError::BadBounds(_) => 127,
+            MetricsError::LocationCategory(_) => 128,
+            MetricsError::Unknown(_) => 129,
+            MetricsError::WrongKind(_) => 130,
+            MetricsError::NoPrecision => 131,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -40,6 +40,7 @@ pub const fn record_len(envelope: usize) -> usize {
 }
 
 /// A priority class; lower sends first.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Class {
     /// Register, Transfer, Decommission: never dropped for another message.
@@ -143,6 +144,7 @@ impl Dropped {
 }
 
 /// The outbox refused or failed an operation.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum OutboxError {
@@ -165,6 +167,24 @@ pub enum OutboxError {
     /// outbox in RAM no longer holds the slot written.
     #[error("outbox storage: {0}")]
     Storage(#[from] StorageError),
+}
+
+impl OutboxError {
+    /// The numeric code (SPEC.md §10.1, local to the device): 121 Full,
+    /// 122 TooLarge, 123 Empty; a storage failure gives its own.
+    ///
+    /// ```
+    /// use spime::device::outbox::OutboxError;
+    /// assert_eq!(OutboxError::Empty.code(), 123);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            OutboxError::Full(_) => 121,
+            OutboxError::TooLarge { .. } => 122,
+            OutboxError::Empty => 123,
+            OutboxError::Storage(e) => e.code(),
+        }
+    }
 }
 
 /// What [`Outbox::push`] did.
@@ -456,7 +476,17 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
         for (i, _) in self.slots.iter().enumerate().filter(|(_, s)| s.used) {
             let _ = order.push(i);
         }
-        order.sort_unstable_by_key(|&i| self.slots.get(i).map(Slot::key));
+        // Insertion sort: a handful of slots, and core's sort costs about
+        // 1.5 KB of flash on a Cortex-M (docs/firmware.md).
+        let key = |i: usize| self.slots.get(i).map(Slot::key);
+        for j in 1..order.len() {
+            for k in (1..=j).rev() {
+                match (order.get(k - 1), order.get(k)) {
+                    (Some(&a), Some(&b)) if key(a) > key(b) => order.swap(k - 1, k),
+                    _ => break,
+                }
+            }
+        }
         order.into_iter().filter_map(|i| self.slots.get(i)).map(|s| Entry { meta: s.meta(), envelope: s.envelope() })
     }
 

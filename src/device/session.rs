@@ -125,6 +125,7 @@ pub const fn storage_sectors(n: usize, outbox_record: usize, erase: usize) -> us
 }
 
 /// A device session operation failed.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionError {
@@ -223,6 +224,44 @@ pub enum SessionError {
     AlreadyConfirmed,
 }
 
+impl SessionError {
+    /// The numeric code (SPEC.md §10.1): a wrapped error gives its own
+    /// code; the session's own are local to the device: 155 StaleConsent,
+    /// 156 NoSession, 157 EpochExhausted, 158 WrongStage, 159
+    /// RecordsTooSmall, 160 TooFewRecords, 161 OutboxNotEmpty, 162
+    /// AlreadyConfirmed. Firmware without `core::fmt` prints this number
+    /// instead of the message.
+    ///
+    /// ```
+    /// use spime::device::session::SessionError;
+    /// use spime::error::OpenError;
+    /// assert_eq!(SessionError::NoSession.code(), 156);
+    /// assert_eq!(SessionError::Open(OpenError::Unauthentic).code(), 20);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            SessionError::Seal(e) => e.code(),
+            SessionError::Counter(e) => e.code(),
+            SessionError::Outbox(e) => e.code(),
+            SessionError::Storage(e) => e.code(),
+            SessionError::Denied(e) => e.code(),
+            SessionError::Build(e) => e.code(),
+            SessionError::Consent(e) => e.code(),
+            SessionError::Edit(e) => e.code(),
+            SessionError::Open(e) => e.code(),
+            SessionError::Decode(e) => e.code(),
+            SessionError::StaleConsent { .. } => 155,
+            SessionError::NoSession => 156,
+            SessionError::EpochExhausted => 157,
+            SessionError::WrongStage { .. } => 158,
+            SessionError::RecordsTooSmall { .. } => 159,
+            SessionError::TooFewRecords { .. } => 160,
+            SessionError::OutboxNotEmpty(_) => 161,
+            SessionError::AlreadyConfirmed => 162,
+        }
+    }
+}
+
 /// What to do about being in the wrong stage, after the message.
 const fn stage_hint(expected: Stage, actual: Stage) -> &'static str {
     match (expected, actual) {
@@ -254,6 +293,7 @@ pub struct Identity {
 /// Where the device is in its life: plain data, from [`Device::stage`].
 /// To act on the device in a stage, take its handle:
 /// [`Device::registered`] (and the like) or [`Device::handle`].
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
     /// Not registered (new, or after a change of owner).
@@ -824,7 +864,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         let counter = self.counter.next_value()?;
         let mut out = [0u8; message::MAX_SEALED_LEN];
         let seal = Seal { device: self.id.key.device, epoch: keys.epoch, counter, ephemeral };
-        let n = sealing::seal(&mut out, &seal, body, self.id.key.signing(), keys)?;
+        let n = sealing::seal_with(&mut out, &seal, body, &self.id.key, keys)?;
         let meta = ItemMeta {
             kind: B::KIND,
             purpose: scope.purpose,

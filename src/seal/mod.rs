@@ -19,6 +19,8 @@
 pub mod counter;
 pub mod keys;
 pub mod replay;
+#[cfg(feature = "salty")]
+mod salty_backend;
 
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
@@ -82,6 +84,18 @@ pub fn seal<B: Body>(
     signer: &SigningKey,
     keys: &SessionKeys,
 ) -> Result<usize, SealError> {
+    seal_with(out, seal, body, signer, keys)
+}
+
+/// [`seal`] with any signer: the device seals with its [`DeviceKey`]
+/// (on salty with the `salty` feature).
+pub(crate) fn seal_with<B: Body, S: SignParts + ?Sized>(
+    out: &mut [u8],
+    seal: &Seal,
+    body: &B,
+    signer: &S,
+    keys: &SessionKeys,
+) -> Result<usize, SealError> {
     let header = Header {
         kind: B::KIND,
         device: seal.device,
@@ -106,8 +120,7 @@ pub fn seal<B: Body>(
     let rest = rest.get_mut(..b + SIGNATURE_LEN + TAG_LEN).ok_or(SealError::BufferTooSmall { needed, have })?;
     let (plain, tag_out) = rest.split_at_mut(b + SIGNATURE_LEN);
     let (body_bytes, sig_out) = plain.split_at_mut(b);
-    let sig = signer.multipart_sign(&[MESSAGE_DST, head, body_bytes]);
-    sig_out.copy_from_slice(&sig.to_bytes());
+    sig_out.copy_from_slice(&signer.sign_parts(&[MESSAGE_DST, head, body_bytes]));
     let cipher = ChaCha20Poly1305::new(keys.key(header.direction()).as_bytes().into());
     let n = nonce(header.direction(), header.counter);
     let tag = cipher
@@ -315,17 +328,61 @@ pub fn is_canonical_point_encoding(bytes: &[u8; 32]) -> bool {
 /// checks the cofactorless equation, exactly as `VerifyingKey::verify_strict`
 /// does (tests pin the equivalence); and refuses non-canonical encodings of
 /// the public key and of `R` (y ≥ p), as libsodium does (SPEC §2.1).
+///
+/// With the `salty` feature and without `std` (firmware), the same checks
+/// run on salty ([`salty_backend`], cross-tested against this one).
 pub(crate) fn verify_strict_parts(key: &VerifyingKey, parts: &[&[u8]], sig: &Signature) -> Result<(), ()> {
-    use ed25519_dalek::ed25519::signature::MultipartVerifier;
-    if key.is_weak() || !is_canonical_point_encoding(key.as_bytes()) || !is_canonical_point_encoding(sig.r_bytes()) {
-        return Err(());
+    #[cfg(all(feature = "salty", not(feature = "std")))]
+    {
+        salty_backend::verify_strict_parts(key.as_bytes(), parts, &sig.to_bytes())
     }
-    let r = curve25519_dalek::edwards::CompressedEdwardsY(*sig.r_bytes());
-    match r.decompress() {
-        Some(point) if !point.is_small_order() => {}
-        _ => return Err(()),
+    #[cfg(not(all(feature = "salty", not(feature = "std"))))]
+    {
+        use ed25519_dalek::ed25519::signature::MultipartVerifier;
+        if key.is_weak() || !is_canonical_point_encoding(key.as_bytes()) || !is_canonical_point_encoding(sig.r_bytes())
+        {
+            return Err(());
+        }
+        let r = curve25519_dalek::edwards::CompressedEdwardsY(*sig.r_bytes());
+        match r.decompress() {
+            Some(point) if !point.is_small_order() => {}
+            _ => return Err(()),
+        }
+        key.multipart_verify(parts, sig).map_err(|_| ())
     }
-    key.multipart_verify(parts, sig).map_err(|_| ())
+}
+
+/// [`verify_strict_parts`] for a key given as bytes (an owner key): on
+/// salty the key is never decompressed by dalek.
+pub(crate) fn verify_strict_parts_bytes(key: &[u8; 32], parts: &[&[u8]], sig: &[u8; SIGNATURE_LEN]) -> Result<(), ()> {
+    #[cfg(all(feature = "salty", not(feature = "std")))]
+    {
+        salty_backend::verify_strict_parts(key, parts, sig)
+    }
+    #[cfg(not(all(feature = "salty", not(feature = "std"))))]
+    {
+        let key = VerifyingKey::from_bytes(key).map_err(|_| ())?;
+        verify_strict_parts(&key, parts, &Signature::from_bytes(sig))
+    }
+}
+
+/// Signs a message given in parts: the device's key on salty (feature
+/// `salty`), any dalek key with dalek.
+pub(crate) trait SignParts {
+    /// Ed25519 (RFC 8032) over the concatenation of `parts`.
+    fn sign_parts(&self, parts: &[&[u8]]) -> [u8; SIGNATURE_LEN];
+}
+
+impl SignParts for SigningKey {
+    fn sign_parts(&self, parts: &[&[u8]]) -> [u8; SIGNATURE_LEN] {
+        self.multipart_sign(parts).to_bytes()
+    }
+}
+
+impl SignParts for DeviceKey {
+    fn sign_parts(&self, parts: &[&[u8]]) -> [u8; SIGNATURE_LEN] {
+        self.sign_parts_inner(parts)
+    }
 }
 
 /// Signs and seals a body as the vendor, for one device (the vendor's

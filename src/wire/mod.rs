@@ -121,6 +121,7 @@ impl Direction {
 /// wire the code is packed into the low four bits of byte 0 as the direction
 /// bit (`0x08`) and the code's low three bits ([`Kind::nibble`]).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Kind(u8);
 
 impl Kind {
@@ -234,6 +235,7 @@ impl core::fmt::Debug for Kind {
 /// its certificate. It travels in every header, so gateways route and
 /// partition by it without keys.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct DeviceId(pub [u8; DEVICE_ID_LEN]);
 
 impl core::fmt::Debug for DeviceId {
