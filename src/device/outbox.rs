@@ -235,6 +235,19 @@ impl<const RECORD: usize> Slot<RECORD> {
     fn key(&self) -> (Class, u32) {
         (self.meta().class(), self.seq())
     }
+
+    /// Reads the slot back from record `id` after its RAM copy was
+    /// overwritten; it stays free in RAM if that fails.
+    fn restore<S: Storage + ?Sized>(&mut self, storage: &mut S, id: u16) {
+        self.used = false;
+        if let Ok(Some(bytes)) = storage.read(id, &mut self.raw) {
+            let len = bytes.len();
+            if self.raw.get(..len).and_then(parse_record).is_some_and(|(_, _, m)| m.is_some()) {
+                self.used = true;
+                self.len = len;
+            }
+        }
+    }
 }
 
 /// A bounded, persisted, prioritised queue of up to `N` sealed messages,
@@ -369,6 +382,50 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
         if envelope.len() > Self::ENVELOPE_CAPACITY {
             return Err(OutboxError::TooLarge { len: envelope.len(), max: Self::ENVELOPE_CAPACITY });
         }
+        self.push_with(storage, meta, |dst| {
+            let d = dst.get_mut(..envelope.len()).ok_or(OutboxError::TooLarge { len: envelope.len(), max: 0 })?;
+            d.copy_from_slice(envelope);
+            Ok(envelope.len())
+        })
+    }
+
+    /// Queues a message written straight into its slot: `fill` gets the
+    /// slot's envelope area ([`Outbox::ENVELOPE_CAPACITY`] bytes), writes
+    /// the envelope (seals it, typically) and returns its length. No
+    /// envelope-sized buffer is needed besides the slot itself. The slot
+    /// is chosen first, by the same policy as [`Outbox::push`]; when `fill`
+    /// fails, a message it was to replace is read back from storage and
+    /// stays queued, and nothing is counted.
+    ///
+    /// ```
+    /// use spime::consent::{CategorySet, LocationPrecision, Purpose};
+    /// use spime::device::outbox::{ItemMeta, Outbox, OutboxError, record_len};
+    /// use spime::device::storage::{NorStorage, SimFlash};
+    /// use spime::wire::Kind;
+    /// let mut storage = NorStorage::new(SimFlash::<2048, 256>::new(), 0, 8, 12, 128)?;
+    /// let mut outbox: Outbox<2, { record_len(64) }> = Outbox::new();
+    /// let meta = ItemMeta {
+    ///     kind: Kind::USAGE, purpose: Purpose::ESSENTIAL, categories: CategorySet::EMPTY,
+    ///     location: LocationPrecision::None, consent_version: 1, counter: 1,
+    /// };
+    /// outbox.push_with(&mut storage, meta, |slot| {
+    ///     slot[..5].copy_from_slice(b"hello");
+    ///     Ok::<usize, OutboxError>(5)
+    /// })?;
+    /// assert_eq!(outbox.peek().unwrap().envelope, b"hello");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `fill`'s error; [`OutboxError::Full`] when refused (counted, `fill`
+    /// not called), [`OutboxError::Empty`] or [`OutboxError::TooLarge`]
+    /// for a length of 0 or above the slot, [`OutboxError::Storage`].
+    pub fn push_with<S: Storage + ?Sized, E: From<OutboxError>>(
+        &mut self,
+        storage: &mut S,
+        meta: ItemMeta,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<Queued, E> {
         let class = meta.class();
         let (target, replaced) = match self.slots.iter().position(|s| !s.used) {
             Some(i) => (i, None),
@@ -377,7 +434,7 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
                 None => {
                     self.dropped.bump(class);
                     self.persist_counters(storage)?;
-                    return Err(OutboxError::Full(class));
+                    return Err(OutboxError::Full(class).into());
                 }
             },
         };
@@ -386,15 +443,32 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
             dropped.bump(r.class());
         }
         let seq = self.next_seq;
+        let id = slot_record(target)?;
         let slot = self.slots.get_mut(target).ok_or(OutboxError::Full(class))?;
         slot.used = false;
-        let len = OUTBOX_HEADER_LEN + envelope.len();
+        let filled = match slot.raw.get_mut(OUTBOX_HEADER_LEN..) {
+            Some(dst) => fill(dst).and_then(|n| match n {
+                0 => Err(OutboxError::Empty.into()),
+                n if n > Self::ENVELOPE_CAPACITY => {
+                    Err(OutboxError::TooLarge { len: n, max: Self::ENVELOPE_CAPACITY }.into())
+                }
+                n => Ok(n),
+            }),
+            None => Err(OutboxError::TooLarge { len: 0, max: 0 }.into()),
+        };
+        let n = match filled {
+            Ok(n) => n,
+            Err(e) => {
+                if replaced.is_some() {
+                    slot.restore(storage, id);
+                }
+                return Err(e);
+            }
+        };
+        let len = OUTBOX_HEADER_LEN + n;
         let raw = slot.raw.get_mut(..len).ok_or(OutboxError::TooLarge { len, max: RECORD })?;
         write_header(raw, seq, &dropped, Some(&meta));
-        if let Some(dst) = raw.get_mut(OUTBOX_HEADER_LEN..) {
-            dst.copy_from_slice(envelope);
-        }
-        storage.write(slot_record(target)?, raw)?;
+        storage.write(id, raw).map_err(OutboxError::from)?;
         slot.used = true;
         slot.len = len;
         self.dropped = dropped;

@@ -42,8 +42,8 @@ use crate::device::outbox::{Class, Dropped, Entry, ItemMeta, Outbox, OutboxError
 use crate::device::storage::{CounterRecord, RECORD_CONSENT, RECORD_SESSION, Storage, StorageError};
 use crate::error::{CounterError, DecodeError, OpenError, ReplayError, SealError};
 use crate::message::{
-    self, Body, ConsentUpdate, Decommission, DecommissionReason, DeviceCertificate, Fault, FirmwareVersion, Notice,
-    Receipt, Register, Transfer, Usage,
+    Body, ConsentUpdate, Decommission, DecommissionReason, DeviceCertificate, Fault, FirmwareVersion, Notice, Receipt,
+    Register, Transfer, UsageOf,
 };
 use crate::seal::counter::Counter;
 use crate::seal::keys::{self, AeadKey, DeviceKey, SessionKeys, VendorPublicKeys};
@@ -440,8 +440,8 @@ fn array<const M: usize>(r: &[u8], at: usize) -> Option<[u8; M]> {
 ///
 /// The outbox, the one large buffer (`N * RECORD` bytes), is the caller's
 /// (a `static`, typically, as `Outbox::new()` is `const`): the device itself
-/// is about 1.5 KiB and cheap to move. Every method that seals needs about
-/// [`message::MAX_SEALED_LEN`] bytes of stack for the envelope.
+/// is about 1.8 KiB. Messages are sealed straight into their outbox slot,
+/// so sealing needs no envelope-sized buffer on the stack.
 ///
 /// ```
 /// use spime::device::outbox::{Outbox, record_len};
@@ -637,12 +637,20 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         Ok(())
     }
 
+    /// Decodes the stored consent in place, into `self.consent`: a
+    /// `SignedConsent` moved through the decoder's results would take
+    /// several copies of its 728 bytes on the stack.
     #[inline(never)]
     fn load_consent(&mut self) -> Result<(), SessionError> {
         let mut buf = [0u8; SignedConsent::MAX_ENCODED_LEN];
-        if let Some(r) = self.storage().read(RECORD_CONSENT, &mut buf)? {
-            let c = codec::decode::<SignedConsent>(r).map_err(|_| StorageError::Invalid(RECORD_CONSENT))?;
-            self.consent = Some(c);
+        let storage = &mut self.counter.store_mut().0;
+        if let Some(r) = storage.read(RECORD_CONSENT, &mut buf)? {
+            let empty = SignedConsent { state: ConsentState::essential_only(0, 0, [0; 32]), owner: None };
+            let place = self.consent.insert(empty);
+            if codec::decode_in_place(r, place).is_err() {
+                self.consent = None;
+                return Err(StorageError::Invalid(RECORD_CONSENT).into());
+            }
         }
         Ok(())
     }
@@ -822,9 +830,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         let ephemeral = self.state.pending;
         let keys = self.state.keys.as_ref().ok_or(SessionError::NoSession)?;
         let counter = self.counter.next_value()?;
-        let mut out = [0u8; message::MAX_SEALED_LEN];
         let seal = Seal { device: self.id.key.device, epoch: keys.epoch, counter, ephemeral };
-        let n = sealing::seal(&mut out, &seal, body, self.id.key.signing(), keys)?;
         let meta = ItemMeta {
             kind: B::KIND,
             purpose: scope.purpose,
@@ -833,8 +839,11 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
             consent_version: scope.consent_version,
             counter,
         };
-        let env = out.get(..n).ok_or(SealError::BufferTooSmall { needed: n, have: out.len() })?;
-        self.outbox.push(&mut self.counter.store_mut().0, meta, env)?;
+        // Sealed straight into the outbox slot: no envelope-sized buffer on the stack.
+        let signer = self.id.key.signing();
+        self.outbox.push_with(&mut self.counter.store_mut().0, meta, |slot| {
+            sealing::seal(slot, &seal, body, signer, keys).map_err(SessionError::from)
+        })?;
         Ok(counter)
     }
 
@@ -1069,7 +1078,11 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
     /// # Errors
     /// [`SessionError::Denied`] when the consent in force no longer allows
     /// it; sealing, counter, outbox and storage errors.
-    pub fn report_usage(&mut self, usage: Permitted<Usage>, now: u64) -> Result<u64, SessionError> {
+    pub fn report_usage<const M: usize>(
+        &mut self,
+        usage: Permitted<UsageOf<M>>,
+        now: u64,
+    ) -> Result<u64, SessionError> {
         let scope = usage.scope();
         self.state()?.check_scope(&scope, now)?;
         self.dev.seal_queue(usage.as_body(), scope)
@@ -1093,9 +1106,14 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
     /// # Errors
     /// [`SessionError::Denied`] when nothing may be collected for the
     /// purpose; build, sealing, counter, outbox and storage errors.
-    pub fn report_window(&mut self, purpose: Purpose, window: Window, now: u64) -> Result<Option<u64>, SessionError> {
+    pub fn report_window<const M: usize>(
+        &mut self,
+        purpose: Purpose,
+        window: Window<M>,
+        now: u64,
+    ) -> Result<Option<u64>, SessionError> {
         let permit = self.permit(purpose, now)?;
-        let usage = permit.usage(window.start, window.end, window.metrics)?;
+        let usage = permit.usage_of::<M>(window.start, window.end, window.metrics)?;
         if usage.as_body().metrics.is_empty() {
             return Ok(None);
         }

@@ -49,7 +49,13 @@ const RNG_SEED: [u8; 32] = [0x42; 32];
 const T0: u64 = 1_767_300_000;
 
 const SLOTS: usize = 4;
-const RECORD: usize = record_len(message::MAX_SEALED_LEN);
+/// The most metrics in one usage report of this product: its registry,
+/// its reports and its outbox records are sized for four, not the
+/// protocol's sixteen.
+const METRICS: usize = 4;
+/// An outbox record holds the longest envelope this firmware seals (a
+/// Register, with four metrics per report).
+const RECORD: usize = record_len(message::device_sealed_len::<METRICS>());
 /// The default storage layout (docs/firmware.md, "Endurance"): six 4 KiB
 /// sectors of simulated NOR flash hold the log of the counter, session,
 /// consent and outbox records.
@@ -172,19 +178,27 @@ static BREW_SECONDS: [i64; 3] = [60, 180, 300];
 
 // Each step is its own function, kept out of line: inlined into one
 // frame, the temporaries of every step would sit on the stack at once.
+// What lives across the steps is small: the device (about 1.8 KiB), the
+// metrics registry, the fault recorder and the RNG.
+#[inline(never)]
 fn run(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -> Result<(), RunError> {
     let mut rng = ChaCha20Rng::from_seed(RNG_SEED);
     let mut dev = boot(flash, outbox)?;
-    let consent = first_consent().map_err(|_| RunError::Other("consent"))?;
-    register(&mut dev, &mut rng, &consent)?;
+    register(&mut dev, &mut rng)?;
     send_all(&mut dev)?;
-    let mut metrics: Metrics<4> = Metrics::new(T0);
+    let mut metrics: Metrics<METRICS> = Metrics::new(T0);
     let mut faults: FaultRecorder<4> = FaultRecorder::new(FIRMWARE);
     use_the_kettle(&mut metrics, &mut faults)?;
     report(&mut dev, &mut metrics, &mut faults)?;
     send_all(&mut dev)?;
-    withdraw_usage(&mut dev, &mut metrics, &consent)?;
+    withdraw_usage(&mut dev, &mut metrics)?;
     send_all(&mut dev)?;
+    print_dropped(&dev);
+    Ok(())
+}
+
+#[inline(never)]
+fn print_dropped(dev: &Dev) {
     let d = dev.dropped();
     let mut s: heapless::String<96> = heapless::String::new();
     let _ = core::fmt::write(
@@ -192,7 +206,6 @@ fn run(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) ->
         format_args!("DROPPED {} {} {} {} {}", d.usage, d.fault, d.consent, d.lifecycle, d.purged),
     );
     line(&[s.as_bytes()]);
-    Ok(())
 }
 
 #[inline(never)]
@@ -212,16 +225,17 @@ fn boot(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -
 
 /// Step 1: register with the owner's first consent.
 #[inline(never)]
-fn register(dev: &mut Dev, rng: &mut ChaCha20Rng, consent: &SignedConsent) -> Result<(), RunError> {
+fn register(dev: &mut Dev, rng: &mut ChaCha20Rng) -> Result<(), RunError> {
+    let consent = first_consent().map_err(|_| RunError::Other("consent"))?;
     let Ok(u) = dev.unregistered() else { return Err(RunError::Other("not new")) };
-    u.register(rng, consent.clone())?;
+    u.register(rng, consent)?;
     Ok(())
 }
 
 /// Steps 2 and 3: usage aggregated on the device (the Identifiers metric is
 /// not granted), and a fault, twice: counted, not resent.
 #[inline(never)]
-fn use_the_kettle(metrics: &mut Metrics<4>, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
+fn use_the_kettle(metrics: &mut Metrics<METRICS>, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
     metrics.define(MetricDef { id: 1, category: DataCategory::UsageCounters, kind: MetricKind::Counter })?;
     metrics.define(MetricDef { id: 2, category: DataCategory::Environment, kind: MetricKind::Gauge })?;
     metrics.define(MetricDef {
@@ -249,7 +263,7 @@ fn use_the_kettle(metrics: &mut Metrics<4>, faults: &mut FaultRecorder<4>) -> Re
 }
 
 #[inline(never)]
-fn report(dev: &mut Dev, metrics: &mut Metrics<4>, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
+fn report(dev: &mut Dev, metrics: &mut Metrics<METRICS>, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
     let Ok(mut r) = dev.registered() else { return Err(RunError::Other("not registered")) };
     r.report_window(Purpose::USAGE_ANALYTICS, metrics.take_window(T0 + 3_600), T0 + 3_600)?;
     r.report_faults(faults, Purpose::DIAGNOSTICS, T0 + 3_600)?;
@@ -259,11 +273,12 @@ fn report(dev: &mut Dev, metrics: &mut Metrics<4>, faults: &mut FaultRecorder<4>
 /// Step 4: another usage window is queued, then the owner withdraws usage
 /// analytics: the queued report is purged and never leaves the device.
 #[inline(never)]
-fn withdraw_usage(dev: &mut Dev, metrics: &mut Metrics<4>, consent: &SignedConsent) -> Result<(), RunError> {
+fn withdraw_usage(dev: &mut Dev, metrics: &mut Metrics<METRICS>) -> Result<(), RunError> {
     metrics.increment(1, 2)?;
     let Ok(mut r) = dev.registered() else { return Err(RunError::Other("not registered")) };
     r.report_window(Purpose::USAGE_ANALYTICS, metrics.take_window(T0 + 7_200), T0 + 7_200)?;
-    let mut next = consent.state.successor(T0 + 7_300, [7; 32]).map_err(|_| RunError::Other("successor"))?;
+    let held = r.device().consent().ok_or(RunError::Other("no consent"))?;
+    let mut next = held.state.successor(T0 + 7_300, [7; 32]).map_err(|_| RunError::Other("successor"))?;
     next.withdraw(Purpose::USAGE_ANALYTICS).map_err(|_| RunError::Other("withdraw"))?;
     r.change_consent(SignedConsent { state: next, owner: None }, T0 + 7_300)?;
     Ok(())
