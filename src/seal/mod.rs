@@ -82,13 +82,22 @@ pub fn seal<B: Body>(
     signer: &SigningKey,
     keys: &SessionKeys,
 ) -> Result<usize, SealError> {
-    let header = Header {
-        kind: B::KIND,
-        device: seal.device,
-        epoch: seal.epoch,
-        counter: seal.counter,
-        ephemeral: seal.ephemeral,
-    };
+    seal_kind(out, seal, B::KIND, body, signer, keys)
+}
+
+/// [`seal`] for a value that encodes exactly as a body of `kind` (the
+/// device seals a borrowed view of a large body, without copying it into
+/// the body type first).
+pub(crate) fn seal_kind<T: serde::Serialize + ?Sized>(
+    out: &mut [u8],
+    seal: &Seal,
+    kind: Kind,
+    body: &T,
+    signer: &SigningKey,
+    keys: &SessionKeys,
+) -> Result<usize, SealError> {
+    let header =
+        Header { kind, device: seal.device, epoch: seal.epoch, counter: seal.counter, ephemeral: seal.ephemeral };
     let have = out.len();
     let too_small = || -> SealError {
         match codec::encoded_len(body) {

@@ -183,17 +183,18 @@ static BREW_SECONDS: [i64; 3] = [60, 180, 300];
 #[inline(never)]
 fn run(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -> Result<(), RunError> {
     let mut rng = ChaCha20Rng::from_seed(RNG_SEED);
-    let mut dev = boot(flash, outbox)?;
-    register(&mut dev, &mut rng)?;
-    send_all(&mut dev)?;
+    let mut slot = None;
+    let dev = boot(&mut slot, flash, outbox)?;
+    register(dev, &mut rng)?;
+    send_all(dev)?;
     let mut metrics: Metrics<METRICS> = Metrics::new(T0);
     let mut faults: FaultRecorder<4> = FaultRecorder::new(FIRMWARE);
     use_the_kettle(&mut metrics, &mut faults)?;
-    report(&mut dev, &mut metrics, &mut faults)?;
-    send_all(&mut dev)?;
-    withdraw_usage(&mut dev, &mut metrics)?;
-    send_all(&mut dev)?;
-    print_dropped(&dev);
+    report(dev, &mut metrics, &mut faults)?;
+    send_all(dev)?;
+    withdraw_usage(dev, &mut metrics)?;
+    send_all(dev)?;
+    print_dropped(dev);
     Ok(())
 }
 
@@ -208,8 +209,13 @@ fn print_dropped(dev: &Dev) {
     line(&[s.as_bytes()]);
 }
 
+/// Boots the device into `slot` (in place: the device is not copied up the stack).
 #[inline(never)]
-fn boot(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -> Result<Dev, RunError> {
+fn boot<'s>(
+    slot: &'s mut Option<Dev>,
+    flash: &'static mut Flash,
+    outbox: &'static mut Outbox<SLOTS, RECORD>,
+) -> Result<&'s mut Dev, RunError> {
     let id = identity().map_err(|_| RunError::Other("certificate"))?;
     let capacity = storage_capacity(RECORD);
     let records = u16::try_from(storage_records(SLOTS)).map_err(|_| RunError::Other("layout"))?;
@@ -220,7 +226,7 @@ fn boot(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -
         print_error(&e);
         RunError::Other("flash layout")
     })?;
-    Ok(Device::boot(id, storage, outbox)?)
+    Ok(Device::boot_in(slot, id, storage, outbox)?)
 }
 
 /// Step 1: register with the owner's first consent.
@@ -277,11 +283,18 @@ fn withdraw_usage(dev: &mut Dev, metrics: &mut Metrics<METRICS>) -> Result<(), R
     metrics.increment(1, 2)?;
     let Ok(mut r) = dev.registered() else { return Err(RunError::Other("not registered")) };
     r.report_window(Purpose::USAGE_ANALYTICS, metrics.take_window(T0 + 7_200), T0 + 7_200)?;
-    let held = r.device().consent().ok_or(RunError::Other("no consent"))?;
+    let next = without_usage(r.device().consent())?;
+    r.change_consent(next, T0 + 7_300)?;
+    Ok(())
+}
+
+/// The owner's next decision: the state held, without usage analytics.
+#[inline(never)]
+fn without_usage(held: Option<&SignedConsent>) -> Result<SignedConsent, RunError> {
+    let held = held.ok_or(RunError::Other("no consent"))?;
     let mut next = held.state.successor(T0 + 7_300, [7; 32]).map_err(|_| RunError::Other("successor"))?;
     next.withdraw(Purpose::USAGE_ANALYTICS).map_err(|_| RunError::Other("withdraw"))?;
-    r.change_consent(SignedConsent { state: next, owner: None }, T0 + 7_300)?;
-    Ok(())
+    Ok(SignedConsent { state: next, owner: None })
 }
 
 /// Sends everything queued: prints each envelope and its 20-byte chunks, then acks it.
