@@ -218,4 +218,25 @@ fn firmware_runs_under_qemu_and_its_messages_open() {
         size(".bss"),
     );
     assert!(size(".text") > 0 && stack > 0);
+    let static_ram = u64::from(size(".data") + size(".bss") + size(".uninit")) - SIM_FLASH;
+    println!(
+        "FOOTPRINT static RAM {static_ram} + peak stack {stack} = {} (budget {RAM_AND_STACK_BUDGET})",
+        static_ram + stack
+    );
+    assert!(
+        static_ram + stack <= RAM_AND_STACK_BUDGET,
+        "static RAM {static_ram} + peak stack {stack} exceeds the budget of {RAM_AND_STACK_BUDGET} bytes"
+    );
 }
+
+/// The simulated NOR flash array (six 4 KiB sectors), a stand-in for the
+/// product's flash: not counted as RAM.
+const SIM_FLASH: u64 = 24_576;
+
+/// Static RAM (without the simulated flash) plus measured peak stack, in
+/// bytes. Reached: 4,424 + 10,468 = 14,892 (Rust 1.95, ed25519-dalek; was
+/// 5,128 + 18,828 = 23,956). Issue 10 asks for 8,192, which this does NOT
+/// meet yet: the outbox still keeps its four records in RAM (4,352 B) and
+/// Ed25519 signing with dalek takes about 3.4 KB of the deepest path
+/// (docs/firmware.md, "RAM and stack"). The margin covers compiler drift.
+const RAM_AND_STACK_BUDGET: u64 = 15_360;

@@ -440,7 +440,7 @@ fn array<const M: usize>(r: &[u8], at: usize) -> Option<[u8; M]> {
 ///
 /// The outbox, the one large buffer (`N * RECORD` bytes), is the caller's
 /// (a `static`, typically, as `Outbox::new()` is `const`): the device itself
-/// is about 1.8 KiB. Messages are sealed straight into their outbox slot,
+/// is about 2 KiB. Messages are sealed straight into their outbox slot,
 /// so sealing needs no envelope-sized buffer on the stack.
 ///
 /// ```
@@ -549,7 +549,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
 
     /// [`Device::boot`] into `slot`, where the device then lives (a
     /// `static`, or a local of the firmware's main loop): the device (about
-    /// 1.8 KiB) is built in place rather than returned through the stack,
+    /// 2 KiB) is built in place rather than returned through the stack,
     /// which saves a copy of it on the stack of every caller up to `slot`.
     ///
     /// ```
