@@ -119,6 +119,7 @@ fn cats(c: &[DataCategory]) -> CategorySet {
 }
 
 /// The owner's first decision: usage analytics and diagnostics.
+#[inline(never)]
 fn first_consent() -> Result<SignedConsent, spime::consent::EditError> {
     let mut s = ConsentState::essential_only(1, T0, [7; 32]);
     s.set_grant(Grant {
@@ -278,11 +279,24 @@ fn report(dev: &mut Dev, metrics: &mut Metrics<METRICS>, faults: &mut FaultRecor
 
 /// Step 4: another usage window is queued, then the owner withdraws usage
 /// analytics: the queued report is purged and never leaves the device.
-#[inline(never)]
+/// Two steps out of line, so the consent change's temporaries are not on
+/// the stack while the report is sealed.
 fn withdraw_usage(dev: &mut Dev, metrics: &mut Metrics<METRICS>) -> Result<(), RunError> {
+    report_again(dev, metrics)?;
+    withdraw(dev)
+}
+
+#[inline(never)]
+fn report_again(dev: &mut Dev, metrics: &mut Metrics<METRICS>) -> Result<(), RunError> {
     metrics.increment(1, 2)?;
     let Ok(mut r) = dev.registered() else { return Err(RunError::Other("not registered")) };
     r.report_window(Purpose::USAGE_ANALYTICS, metrics.take_window(T0 + 7_200), T0 + 7_200)?;
+    Ok(())
+}
+
+#[inline(never)]
+fn withdraw(dev: &mut Dev) -> Result<(), RunError> {
+    let Ok(mut r) = dev.registered() else { return Err(RunError::Other("not registered")) };
     let next = without_usage(r.device().consent())?;
     r.change_consent(next, T0 + 7_300)?;
     Ok(())
