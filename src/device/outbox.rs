@@ -759,6 +759,59 @@ mod tests {
     }
 
     #[test]
+    fn push_with_fills_the_slot_and_refuses_bad_lengths() {
+        let mut s = storage();
+        let mut ob = Ob::new();
+        ob.push_with(&mut s, meta(Kind::USAGE, 1), |d| {
+            d[..3].copy_from_slice(b"abc");
+            Ok::<_, OutboxError>(3)
+        })
+        .unwrap();
+        assert_eq!(Ob::load(&mut s).unwrap().peek().unwrap().envelope, b"abc");
+        let empty = ob.push_with(&mut s, meta(Kind::USAGE, 2), |_| Ok::<_, OutboxError>(0));
+        assert_eq!(empty, Err(OutboxError::Empty));
+        let long = ob.push_with(&mut s, meta(Kind::USAGE, 2), |d| Ok::<_, OutboxError>(d.len() + 1));
+        assert_eq!(long, Err(OutboxError::TooLarge { len: 33, max: 32 }));
+        // the slot the failures used is free again; nothing was counted
+        assert_eq!(ob.len(), 1);
+        assert_eq!(ob.dropped(), Dropped::default());
+        assert_eq!(Ob::load(&mut s).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn push_with_failure_keeps_the_message_it_would_replace() {
+        let mut s = storage();
+        let mut ob = Ob::new();
+        for c in 0..4 {
+            ob.push(&mut s, meta(Kind::USAGE, c), &c.to_be_bytes()).unwrap();
+        }
+        // full: the oldest usage report would make way, but sealing fails
+        let failed = ob.push_with(&mut s, meta(Kind::USAGE, 9), |d| {
+            d.fill(0xAA);
+            Err::<usize, _>(OutboxError::Empty)
+        });
+        assert_eq!(failed, Err(OutboxError::Empty));
+        assert_eq!(ob.dropped(), Dropped::default(), "nothing dropped");
+        let queued: Vec<(u64, Vec<u8>)> = ob.iter().map(|e| (e.meta.counter, e.envelope.to_vec())).collect();
+        assert_eq!(
+            queued,
+            (0u64..4).map(|c| (c, c.to_be_bytes().to_vec())).collect::<Vec<_>>(),
+            "read back from storage"
+        );
+        // refused outright: `fill` is not called
+        let mut ob = Ob::new();
+        let mut s = storage();
+        for c in 0..4 {
+            ob.push(&mut s, meta(Kind::REGISTER, c), &[1]).unwrap();
+        }
+        let refused = ob.push_with(&mut s, meta(Kind::USAGE, 9), |_| -> Result<usize, OutboxError> {
+            panic!("fill called for a refused message")
+        });
+        assert_eq!(refused, Err(OutboxError::Full(Class::Usage)));
+        assert_eq!(ob.dropped().usage, 1);
+    }
+
+    #[test]
     fn purge_counts_and_persists() {
         let mut s = storage();
         let mut ob = Ob::new();
