@@ -3,8 +3,8 @@
 //! decommissioned (SPEC.md §8).
 //!
 //! [`Device`] holds the identity, counter, keys and consent, and borrows
-//! the outbox (the one large buffer, which the firmware keeps in a
-//! `static`);
+//! the outbox (its record buffer and the slots' headers, which the
+//! firmware keeps in a `static`; the messages themselves stay in storage);
 //! [`Device::registered`], [`Device::unregistered`] and
 //! [`Device::decommissioned`] hand out a small typestate handle for what
 //! the product may do in that [`Stage`] (or say which stage it is in), and
@@ -438,10 +438,11 @@ fn array<const M: usize>(r: &[u8], at: usize) -> Option<[u8; M]> {
 /// over a [`Storage`] `S`, with an outbox of `N` slots of `RECORD` bytes
 /// (see [`crate::device::outbox::record_len`]).
 ///
-/// The outbox, the one large buffer (`N * RECORD` bytes), is the caller's
-/// (a `static`, typically, as `Outbox::new()` is `const`): the device itself
-/// is about 2 KiB. Messages are sealed straight into their outbox slot,
-/// so sealing needs no envelope-sized buffer on the stack.
+/// The outbox (one `RECORD`-byte buffer and `N` record headers; the
+/// messages stay in storage) is the caller's (a `static`, typically, as
+/// `Outbox::new()` is `const`): the device itself is about 2 KiB. Messages
+/// are sealed straight into the outbox's record buffer, so sealing needs
+/// no envelope-sized buffer on the stack.
 ///
 /// ```
 /// use spime::device::outbox::{Outbox, record_len};
@@ -811,34 +812,58 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         self.state.receipted
     }
 
-    /// The next message to send: the oldest of the most important class.
-    /// Cut it with [`crate::wire::chunk::Chunks`] (message id: the low 16
-    /// bits of `meta.counter`), send it, then [`Device::ack`] it.
+    /// The next message to send: the oldest of the most important class,
+    /// read from storage into the outbox's record buffer. Cut it with
+    /// [`crate::wire::chunk::Chunks`] (message id: the low 16 bits of
+    /// `meta.counter`), send it, then [`Device::ack`] it.
     ///
     /// A queued Usage or Fault the consent held denies is never handed
     /// out, even when the purge that should have removed it failed (a
     /// storage write error): it waits for the next purge, which every
     /// boot and consent change runs.
-    pub fn next_message(&self) -> Option<Entry<'_>> {
-        self.outbox.iter().find(|e| self.may_leave(&e.meta))
+    ///
+    /// # Errors
+    /// [`SessionError::Outbox`] when its record cannot be read.
+    pub fn next_message(&mut self) -> Result<Option<Entry<'_>>, SessionError> {
+        let consent = self.consent.as_ref();
+        let Some(counter) = self.outbox.iter().find(|m| may_leave(consent, m)).map(|m| m.counter) else {
+            return Ok(None);
+        };
+        Ok(self.outbox.read(&mut self.counter.store_mut().0, counter)?)
     }
 
-    /// Whether a queued item may be sent under the consent held. Time is
-    /// not known here, so only what does not depend on it is judged
-    /// (purpose, categories, precision, version): lapses are purged by
-    /// [`Registered::change_consent`] with the caller's time.
-    fn may_leave(&self, meta: &ItemMeta) -> bool {
-        match meta.class() {
-            Class::Lifecycle | Class::Consent => true,
-            Class::Usage | Class::Fault => {
-                self.consent.as_ref().is_some_and(|c| c.state.check_scope(&meta.scope(), 0).is_ok())
+    /// What is queued, in send order; the envelopes stay in storage (read
+    /// one with [`Device::message`]).
+    pub fn queued(&self) -> impl Iterator<Item = ItemMeta> + '_ {
+        self.outbox.iter()
+    }
+
+    /// The queued message with envelope counter `counter`, read from
+    /// storage (whether or not the consent held lets it leave: for
+    /// inspection; send what [`Device::next_message`] gives).
+    ///
+    /// # Errors
+    /// [`SessionError::Outbox`] when its record cannot be read.
+    pub fn message(&mut self, counter: u64) -> Result<Option<Entry<'_>>, SessionError> {
+        Ok(self.outbox.read(&mut self.counter.store_mut().0, counter)?)
+    }
+
+    /// Every queued message and its envelope, in send order (for tests
+    /// and tools on a host; a firmware sends one at a time with
+    /// [`Device::next_message`]).
+    ///
+    /// # Errors
+    /// As [`Device::message`].
+    #[cfg(feature = "alloc")]
+    pub fn queued_envelopes(&mut self) -> Result<alloc::vec::Vec<(ItemMeta, alloc::vec::Vec<u8>)>, SessionError> {
+        let metas: alloc::vec::Vec<ItemMeta> = self.outbox.iter().collect();
+        let mut out = alloc::vec::Vec::with_capacity(metas.len());
+        for m in metas {
+            if let Some(e) = self.message(m.counter)? {
+                out.push((m, e.envelope.to_vec()));
             }
         }
-    }
-
-    /// Every queued message in send order.
-    pub fn queued(&self) -> impl Iterator<Item = Entry<'_>> {
-        self.outbox.iter()
+        Ok(out)
     }
 
     /// Removes a delivered message (by envelope counter). Returns whether it was queued.
@@ -1056,6 +1081,17 @@ fn wrong<S: Storage, const N: usize, const RECORD: usize>(
         StageHandle::Decommissioned(_) => Stage::Decommissioned,
     };
     SessionError::WrongStage { expected, actual }
+}
+
+/// Whether a queued item may be sent under the consent held. Time is not
+/// known here, so only what does not depend on it is judged (purpose,
+/// categories, precision, version): lapses are purged by
+/// [`Registered::change_consent`] with the caller's time.
+fn may_leave(consent: Option<&SignedConsent>, meta: &ItemMeta) -> bool {
+    match meta.class() {
+        Class::Lifecycle | Class::Consent => true,
+        Class::Usage | Class::Fault => consent.is_some_and(|c| c.state.check_scope(&meta.scope(), 0).is_ok()),
+    }
 }
 
 /// Checks that `storage` holds every record a device with `N` outbox slots

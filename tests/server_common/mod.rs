@@ -154,7 +154,8 @@ impl Drop for TestServer {
 /// Sends everything queued on `dev` to `/s`; acknowledges what the server
 /// accepted, opens any receipt. Returns every reply in order.
 pub(crate) fn deliver(client: &mut Client, dev: &mut Dev<'_>) -> Vec<Reply> {
-    let queued: Vec<(u64, Vec<u8>)> = dev.queued().map(|e| (e.meta.counter, e.envelope.to_vec())).collect();
+    let queued: Vec<(u64, Vec<u8>)> =
+        dev.queued_envelopes().unwrap().into_iter().map(|(m, e)| (m.counter, e)).collect();
     let mut replies = Vec::new();
     for (counter, envelope) in queued {
         let reply = client.post(MESSAGE_PATH, &envelope).unwrap();

@@ -314,7 +314,7 @@ fn without_usage(held: Option<&SignedConsent>) -> Result<SignedConsent, RunError
 /// Sends everything queued: prints each envelope and its 20-byte chunks, then acks it.
 #[inline(never)]
 fn send_all(dev: &mut Dev) -> Result<(), RunError> {
-    while let Some(e) = dev.next_message() {
+    while let Some(e) = dev.next_message()? {
         let counter = e.meta.counter;
         let mut hexbuf = HexLine::new();
         line(&[b"MSG ", e.meta.kind.name().as_bytes(), b" ", dec(counter).as_bytes(), b" "]);
