@@ -868,6 +868,25 @@ mod tests {
     }
 
     #[test]
+    fn messages_are_read_from_storage_and_checked() {
+        let mut s = storage();
+        let mut ob = Ob::new();
+        ob.push(&mut s, meta(Kind::FAULT, 7), b"fault").unwrap();
+        assert_eq!(ob.read(&mut s, 7).unwrap().unwrap().envelope, b"fault");
+        assert!(ob.read(&mut s, 8).unwrap().is_none(), "not queued");
+        // the record changed behind the outbox's back: refused, not sent
+        let mut other = [0u8; OUTBOX_HEADER_LEN + 5];
+        write_header(&mut other, 0, &Dropped::default(), Some(&meta(Kind::FAULT, 9)));
+        s.write(RECORD_OUTBOX, &other).unwrap();
+        let invalid = Err(OutboxError::Storage(StorageError::Invalid(RECORD_OUTBOX)));
+        assert_eq!(ob.peek(&mut s).map(|e| e.map(|e| e.meta)), invalid);
+        assert_eq!(ob.read(&mut s, 7).map(|e| e.map(|e| e.meta)), invalid);
+        // gone: the same
+        s.write(RECORD_OUTBOX, &[0; OUTBOX_EMPTY_LEN]).unwrap();
+        assert_eq!(ob.peek(&mut s).map(|e| e.map(|e| e.meta)), invalid);
+    }
+
+    #[test]
     fn purge_counts_and_persists() {
         let mut s = storage();
         let mut ob = Ob::new();
