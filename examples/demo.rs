@@ -307,7 +307,8 @@ impl Gadget<'_> {
     /// refusal that retrying cannot fix. 4.04 (registration lost) makes the
     /// device register again (SPEC §3.1).
     fn flush(&mut self, day: &mut Day, at: u64) {
-        let queued: Vec<(u64, Vec<u8>)> = self.dev.queued().map(|e| (e.meta.counter, e.envelope.to_vec())).collect();
+        let queued: Vec<(u64, Vec<u8>)> =
+            self.dev.queued_envelopes().unwrap().into_iter().map(|(m, e)| (m.counter, e)).collect();
         for (counter, envelope) in queued {
             let reply = self.post(&envelope, day, at);
             match reply.refusal_code() {
@@ -363,7 +364,8 @@ impl Gadget<'_> {
                 let StageHandle::Unregistered(u) = self.dev.handle() else { panic!() };
                 u.register(&mut self.rng, initial_consent(self.role, at)).unwrap();
                 if self.role == Role::LostRegister {
-                    let (c, reg) = self.dev.queued().map(|e| (e.meta.counter, e.envelope.to_vec())).next().unwrap();
+                    let (c, reg) =
+                        self.dev.queued_envelopes().unwrap().into_iter().map(|(m, e)| (m.counter, e)).next().unwrap();
                     self.dev.ack(c).unwrap();
                     drop(reg);
                     self.say(d, at, "its Register was lost on the way (the gateway had acknowledged it)");
@@ -373,7 +375,7 @@ impl Gadget<'_> {
             }
             (Role::ReplayVictim, 2) => {
                 self.report(day_no, at);
-                self.captured = self.dev.queued().next().map(|e| e.envelope.to_vec());
+                self.captured = self.dev.queued_envelopes().unwrap().into_iter().next().map(|(_, e)| e);
                 self.say(d, at, "an attacker on the link captures a usage report");
             }
             (Role::ReplayVictim, 3) => {
@@ -390,7 +392,8 @@ impl Gadget<'_> {
             }
             (Role::Tampered, 4) => {
                 self.report(day_no, at);
-                let mut copy = self.dev.queued().find(|e| e.meta.kind == Kind::USAGE).unwrap().envelope.to_vec();
+                let mut copy =
+                    self.dev.queued_envelopes().unwrap().into_iter().find(|(m, _)| m.kind == Kind::USAGE).unwrap().1;
                 let i = copy.len() - 20;
                 copy[i] ^= 0x20;
                 self.say(d, at, "a usage report is altered in transit");
@@ -407,7 +410,7 @@ impl Gadget<'_> {
                 self.report(day_no, at + 60);
                 // The link reorders: the report built under version 2 arrives before the Consent.
                 let late_usage =
-                    self.dev.queued().filter(|e| e.meta.kind == Kind::USAGE).last().unwrap().envelope.to_vec();
+                    self.dev.queued_envelopes().unwrap().into_iter().rfind(|(m, _)| m.kind == Kind::USAGE).unwrap().1;
                 self.say(d, at, "the link delivers the newest report before the consent change");
                 self.post(&late_usage, d, at);
             }
@@ -476,7 +479,8 @@ impl Gadget<'_> {
 
     /// The gateway takes everything queued and acknowledges it to the device.
     fn hold_all(&mut self) {
-        let queued: Vec<(u64, Vec<u8>)> = self.dev.queued().map(|e| (e.meta.counter, e.envelope.to_vec())).collect();
+        let queued: Vec<(u64, Vec<u8>)> =
+            self.dev.queued_envelopes().unwrap().into_iter().map(|(m, e)| (m.counter, e)).collect();
         for (c, e) in queued {
             self.dev.ack(c).unwrap();
             self.gateway.push(e);

@@ -53,7 +53,7 @@ fn world() -> World {
     let u = dev.unregistered().unwrap();
     let consent = SignedConsent { state: ConsentState::essential_only(1, 0, [0; 32]), owner: None };
     u.register(&mut rand_chacha::ChaCha20Rng::from_seed([5; 32]), consent).unwrap();
-    let reg = dev.next_message().unwrap().envelope.to_vec();
+    let reg = dev.next_message().unwrap().unwrap().envelope.to_vec();
     let h = Envelope::parse(&reg).unwrap().header;
     let keys = vendor.accept_epoch(&h.device, h.epoch, &h.ephemeral.unwrap()).unwrap();
     World { dev, vendor, keys, counter: 0 }

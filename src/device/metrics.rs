@@ -156,15 +156,16 @@ impl Slot {
     }
 }
 
-/// A usage window's aggregates, ready for a usage report.
+/// A usage window's aggregates, ready for a usage report, with room for
+/// `M` metrics ([`Metrics::take_window`] of a registry of `M` metrics).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Window {
+pub struct Window<const M: usize = MAX_METRICS> {
     /// Window start, Unix seconds.
     pub start: u64,
     /// Window end (exclusive), Unix seconds.
     pub end: u64,
     /// The metrics with data, strictly ascending by id.
-    pub metrics: heapless::Vec<Metric, MAX_METRICS>,
+    pub metrics: heapless::Vec<Metric, M>,
 }
 
 /// A registry of up to `N` metrics (and never more than a usage report
@@ -286,11 +287,14 @@ impl<const N: usize> Metrics<N> {
 
     /// Ends the window at `now`: returns its aggregates (metrics with data,
     /// ascending by id) and starts the next window at `now`.
-    pub fn take_window(&mut self, now: u64) -> Window {
+    /// The window holds `N` metrics, the registry's capacity: a device
+    /// with a few metrics carries (and reports through
+    /// [`crate::device::session::Registered::report_window`]) a small value.
+    pub fn take_window(&mut self, now: u64) -> Window<N> {
         let mut metrics = heapless::Vec::new();
         for slot in self.slots.iter_mut() {
             if let Some(value) = slot.value() {
-                // At most MAX_METRICS slots exist, so this never fails.
+                // At most N slots exist, so this never fails.
                 let _ = metrics.push(Metric { id: slot.def.id, category: slot.def.category, value });
             }
             *slot = Slot::fresh(slot.def);

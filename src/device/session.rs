@@ -3,8 +3,8 @@
 //! decommissioned (SPEC.md §8).
 //!
 //! [`Device`] holds the identity, counter, keys and consent, and borrows
-//! the outbox (the one large buffer, which the firmware keeps in a
-//! `static`);
+//! the outbox (its record buffer and the slots' headers, which the
+//! firmware keeps in a `static`; the messages themselves stay in storage);
 //! [`Device::registered`], [`Device::unregistered`] and
 //! [`Device::decommissioned`] hand out a small typestate handle for what
 //! the product may do in that [`Stage`] (or say which stage it is in), and
@@ -42,14 +42,14 @@ use crate::device::outbox::{Class, Dropped, Entry, ItemMeta, Outbox, OutboxError
 use crate::device::storage::{CounterRecord, RECORD_CONSENT, RECORD_SESSION, Storage, StorageError};
 use crate::error::{CounterError, DecodeError, OpenError, ReplayError, SealError};
 use crate::message::{
-    self, Body, ConsentUpdate, Decommission, DecommissionReason, DeviceCertificate, Fault, FirmwareVersion, Notice,
-    Receipt, Register, Transfer, Usage,
+    Body, ConsentUpdate, Decommission, DecommissionReason, DeviceCertificate, Fault, FirmwareVersion, Notice, Receipt,
+    Register, Transfer, UsageOf,
 };
 use crate::seal::counter::Counter;
 use crate::seal::keys::{self, AeadKey, DeviceKey, SessionKeys, VendorPublicKeys};
 use crate::seal::replay::ReplayWindow;
 use crate::seal::{self as sealing, Envelope, Seal};
-use crate::wire::{DeviceId, Direction};
+use crate::wire::{DeviceId, Direction, Kind};
 
 /// How many counter values one storage write reserves.
 pub const COUNTER_BLOCK: u64 = 16;
@@ -478,10 +478,11 @@ fn array<const M: usize>(r: &[u8], at: usize) -> Option<[u8; M]> {
 /// over a [`Storage`] `S`, with an outbox of `N` slots of `RECORD` bytes
 /// (see [`crate::device::outbox::record_len`]).
 ///
-/// The outbox, the one large buffer (`N * RECORD` bytes), is the caller's
-/// (a `static`, typically, as `Outbox::new()` is `const`): the device itself
-/// is about 1.5 KiB and cheap to move. Every method that seals needs about
-/// [`message::MAX_SEALED_LEN`] bytes of stack for the envelope.
+/// The outbox (one `RECORD`-byte buffer and `N` record headers; the
+/// messages stay in storage) is the caller's (a `static`, typically, as
+/// `Outbox::new()` is `const`): the device itself is about 2 KiB. Messages
+/// are sealed straight into the outbox's record buffer, so sealing needs
+/// no envelope-sized buffer on the stack.
 ///
 /// ```
 /// use spime::device::outbox::{Outbox, record_len};
@@ -583,6 +584,76 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         check_layout::<S, N, RECORD>(&storage)?;
         let counter = Counter::open(CounterRecord(storage), COUNTER_BLOCK)?;
         let mut dev = Device { id, counter, state: SessionState::new(), consent: None, outbox };
+        dev.start()?;
+        Ok(dev)
+    }
+
+    /// [`Device::boot`] into `slot`, where the device then lives (a
+    /// `static`, or a local of the firmware's main loop): the device (about
+    /// 2 KiB) is built in place rather than returned through the stack,
+    /// which saves a copy of it on the stack of every caller up to `slot`.
+    ///
+    /// ```
+    /// # use spime::device::outbox::{Outbox, record_len};
+    /// # use spime::device::session::{Device, Identity, Stage, storage_capacity, storage_records};
+    /// # use spime::device::storage::{NorStorage, SimFlash};
+    /// # use spime::message::{CertificateBody, DeviceCertificate, FirmwareVersion, MAX_SEALED_LEN};
+    /// # use spime::seal::{DeviceKey, VendorKeys};
+    /// # use spime::wire::DeviceId;
+    /// # const REC: usize = record_len(MAX_SEALED_LEN);
+    /// # let vendor = VendorKeys::from_secrets(&[1; 32], &[2; 32]);
+    /// # let key = DeviceKey::from_seed(DeviceId([3; 8]), &[4; 32]);
+    /// # let body = CertificateBody {
+    /// #     device: key.device, device_key: key.public().to_bytes(), model: "kettle".try_into()?,
+    /// #     hardware_revision: 1, issued_at: 0, not_after: None,
+    /// # };
+    /// # let certificate = DeviceCertificate::issue(body, vendor.signing())?;
+    /// # let firmware = FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 };
+    /// # let id = Identity { key, certificate, firmware, vendor: vendor.public() };
+    /// # let flash: SimFlash<{ 6 * 4096 }, 4096> = SimFlash::new();
+    /// # let storage = NorStorage::new(flash, 0, 6, storage_records(4) as u16, storage_capacity(REC))?;
+    /// let mut outbox: Outbox<4, REC> = Outbox::new();
+    /// let mut slot = None;
+    /// let device = Device::boot_in(&mut slot, id, storage, &mut outbox)?;
+    /// assert_eq!(device.stage(), Stage::Unregistered);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Device::boot`]; `slot` may then hold a device that did not
+    /// finish starting: do not use it.
+    pub fn boot_in<'s>(
+        slot: &'s mut Option<Self>,
+        id: Identity,
+        storage: S,
+        outbox: &'o mut Outbox<N, RECORD>,
+    ) -> Result<&'s mut Self, SessionError> {
+        Self::place(slot, id, storage, outbox)?;
+        let Some(dev) = slot.as_mut() else { return Err(SessionError::NoSession) };
+        dev.start()?;
+        Ok(dev)
+    }
+
+    /// Opens the counter and puts the device, not yet loaded, in `slot`.
+    /// Out of line, so its temporaries are gone before the loading starts.
+    #[inline(never)]
+    fn place(
+        slot: &mut Option<Self>,
+        id: Identity,
+        storage: S,
+        outbox: &'o mut Outbox<N, RECORD>,
+    ) -> Result<(), SessionError> {
+        check_layout::<S, N, RECORD>(&storage)?;
+        let counter = Counter::open(CounterRecord(storage), COUNTER_BLOCK)?;
+        *slot = Some(Device { id, counter, state: SessionState::new(), consent: None, outbox });
+        Ok(())
+    }
+
+    /// Loads the session, consent and outbox, checks the counter and
+    /// finishes an interrupted purge.
+    #[inline(never)]
+    fn start(&mut self) -> Result<(), SessionError> {
+        let dev = self;
         dev.load_session()?;
         dev.load_consent()?;
         let storage = &mut dev.counter.store_mut().0;
@@ -597,7 +668,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
             Class::Lifecycle | Class::Consent => true,
             Class::Usage | Class::Fault => consent.is_some_and(|c| c.check_scope(&m.scope(), 0).is_ok()),
         })?;
-        Ok(dev)
+        Ok(())
     }
 
     /// Cross-checks the counter with what was sealed (SPEC.md §8.1): a
@@ -677,12 +748,20 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         Ok(())
     }
 
+    /// Decodes the stored consent in place, into `self.consent`: a
+    /// `SignedConsent` moved through the decoder's results would take
+    /// several copies of its 728 bytes on the stack.
     #[inline(never)]
     fn load_consent(&mut self) -> Result<(), SessionError> {
         let mut buf = [0u8; SignedConsent::MAX_ENCODED_LEN];
-        if let Some(r) = self.storage().read(RECORD_CONSENT, &mut buf)? {
-            let c = codec::decode::<SignedConsent>(r).map_err(|_| StorageError::Invalid(RECORD_CONSENT))?;
-            self.consent = Some(c);
+        let storage = &mut self.counter.store_mut().0;
+        if let Some(r) = storage.read(RECORD_CONSENT, &mut buf)? {
+            let empty = SignedConsent { state: ConsentState::essential_only(0, 0, [0; 32]), owner: None };
+            let place = self.consent.insert(empty);
+            if codec::decode_in_place(r, place).is_err() {
+                self.consent = None;
+                return Err(StorageError::Invalid(RECORD_CONSENT).into());
+            }
         }
         Ok(())
     }
@@ -773,34 +852,58 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         self.state.receipted
     }
 
-    /// The next message to send: the oldest of the most important class.
-    /// Cut it with [`crate::wire::chunk::Chunks`] (message id: the low 16
-    /// bits of `meta.counter`), send it, then [`Device::ack`] it.
+    /// The next message to send: the oldest of the most important class,
+    /// read from storage into the outbox's record buffer. Cut it with
+    /// [`crate::wire::chunk::Chunks`] (message id: the low 16 bits of
+    /// `meta.counter`), send it, then [`Device::ack`] it.
     ///
     /// A queued Usage or Fault the consent held denies is never handed
     /// out, even when the purge that should have removed it failed (a
     /// storage write error): it waits for the next purge, which every
     /// boot and consent change runs.
-    pub fn next_message(&self) -> Option<Entry<'_>> {
-        self.outbox.iter().find(|e| self.may_leave(&e.meta))
+    ///
+    /// # Errors
+    /// [`SessionError::Outbox`] when its record cannot be read.
+    pub fn next_message(&mut self) -> Result<Option<Entry<'_>>, SessionError> {
+        let consent = self.consent.as_ref();
+        let Some(counter) = self.outbox.iter().find(|m| may_leave(consent, m)).map(|m| m.counter) else {
+            return Ok(None);
+        };
+        Ok(self.outbox.read(&mut self.counter.store_mut().0, counter)?)
     }
 
-    /// Whether a queued item may be sent under the consent held. Time is
-    /// not known here, so only what does not depend on it is judged
-    /// (purpose, categories, precision, version): lapses are purged by
-    /// [`Registered::change_consent`] with the caller's time.
-    fn may_leave(&self, meta: &ItemMeta) -> bool {
-        match meta.class() {
-            Class::Lifecycle | Class::Consent => true,
-            Class::Usage | Class::Fault => {
-                self.consent.as_ref().is_some_and(|c| c.state.check_scope(&meta.scope(), 0).is_ok())
+    /// What is queued, in send order; the envelopes stay in storage (read
+    /// one with [`Device::message`]).
+    pub fn queued(&self) -> impl Iterator<Item = ItemMeta> + '_ {
+        self.outbox.iter()
+    }
+
+    /// The queued message with envelope counter `counter`, read from
+    /// storage (whether or not the consent held lets it leave: for
+    /// inspection; send what [`Device::next_message`] gives).
+    ///
+    /// # Errors
+    /// [`SessionError::Outbox`] when its record cannot be read.
+    pub fn message(&mut self, counter: u64) -> Result<Option<Entry<'_>>, SessionError> {
+        Ok(self.outbox.read(&mut self.counter.store_mut().0, counter)?)
+    }
+
+    /// Every queued message and its envelope, in send order (for tests
+    /// and tools on a host; a firmware sends one at a time with
+    /// [`Device::next_message`]).
+    ///
+    /// # Errors
+    /// As [`Device::message`].
+    #[cfg(feature = "alloc")]
+    pub fn queued_envelopes(&mut self) -> Result<alloc::vec::Vec<(ItemMeta, alloc::vec::Vec<u8>)>, SessionError> {
+        let metas: alloc::vec::Vec<ItemMeta> = self.outbox.iter().collect();
+        let mut out = alloc::vec::Vec::with_capacity(metas.len());
+        for m in metas {
+            if let Some(e) = self.message(m.counter)? {
+                out.push((m, e.envelope.to_vec()));
             }
         }
-    }
-
-    /// Every queued message in send order.
-    pub fn queued(&self) -> impl Iterator<Item = Entry<'_>> {
-        self.outbox.iter()
+        Ok(out)
     }
 
     /// Removes a delivered message (by envelope counter). Returns whether it was queued.
@@ -859,23 +962,18 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     /// queues it. While the epoch is unconfirmed its ephemeral key goes in
     /// the header (SPEC §3.1).
     fn seal_queue<B: Body>(&mut self, body: &B, scope: Scope) -> Result<u64, SessionError> {
-        let ephemeral = self.state.pending;
-        let keys = self.state.keys.as_ref().ok_or(SessionError::NoSession)?;
-        let counter = self.counter.next_value()?;
-        let mut out = [0u8; message::MAX_SEALED_LEN];
-        let seal = Seal { device: self.id.key.device, epoch: keys.epoch, counter, ephemeral };
-        let n = sealing::seal_with(&mut out, &seal, body, &self.id.key, keys)?;
-        let meta = ItemMeta {
-            kind: B::KIND,
-            purpose: scope.purpose,
-            categories: scope.categories,
-            location: scope.location,
-            consent_version: scope.consent_version,
-            counter,
-        };
-        let env = out.get(..n).ok_or(SealError::BufferTooSmall { needed: n, have: out.len() })?;
-        self.outbox.push(&mut self.counter.store_mut().0, meta, env)?;
-        Ok(counter)
+        self.seal_queue_as(B::KIND, body, scope)
+    }
+
+    /// [`Device::seal_queue`] of a value that encodes exactly as a body of
+    /// `kind` (a borrowed view of a large body: no copy of it on the stack).
+    fn seal_queue_as<T: serde::Serialize + ?Sized>(
+        &mut self,
+        kind: Kind,
+        body: &T,
+        scope: Scope,
+    ) -> Result<u64, SessionError> {
+        seal_into(&self.id, &self.state, &mut self.counter, self.outbox, kind, body, scope)
     }
 
     /// The scope of a non-data message (Essential, no categories).
@@ -888,14 +986,28 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         }
     }
 
+    /// Seals the consent held in a Consent message. A `ConsentUpdate`
+    /// encodes as its one field, so the held state is sealed as it is,
+    /// not copied into a body first.
+    fn announce_held(&mut self) -> Result<u64, SessionError> {
+        let scope = self.control_scope();
+        let Some(consent) = self.consent.as_ref() else { return Err(SessionError::NoSession) };
+        let kind = <ConsentUpdate as Body>::KIND;
+        seal_into(&self.id, &self.state, &mut self.counter, self.outbox, kind, consent, scope)
+    }
+
     fn remember_sent(&mut self, consent: &SignedConsent) -> Result<(), SessionError> {
         let sent = SentConsent::of(consent)?;
+        self.remember(sent);
+        Ok(())
+    }
+
+    fn remember(&mut self, sent: SentConsent) {
         self.state.sent.retain(|s| s.version != sent.version);
         if self.state.sent.is_full() {
             self.state.sent.remove(0);
         }
         let _ = self.state.sent.push(sent);
-        Ok(())
     }
 
     /// Opens a vendor message of kind `B`: direction, device, replay
@@ -1011,6 +1123,17 @@ fn wrong<S: Storage, const N: usize, const RECORD: usize>(
     SessionError::WrongStage { expected, actual }
 }
 
+/// Whether a queued item may be sent under the consent held. Time is not
+/// known here, so only what does not depend on it is judged (purpose,
+/// categories, precision, version): lapses are purged by
+/// [`Registered::change_consent`] with the caller's time.
+fn may_leave(consent: Option<&SignedConsent>, meta: &ItemMeta) -> bool {
+    match meta.class() {
+        Class::Lifecycle | Class::Consent => true,
+        Class::Usage | Class::Fault => consent.is_some_and(|c| c.state.check_scope(&meta.scope(), 0).is_ok()),
+    }
+}
+
 /// Checks that `storage` holds every record a device with `N` outbox slots
 /// of `RECORD` bytes writes.
 fn check_layout<S: Storage, const N: usize, const RECORD: usize>(storage: &S) -> Result<(), SessionError> {
@@ -1027,6 +1150,50 @@ fn check_layout<S: Storage, const N: usize, const RECORD: usize>(storage: &S) ->
     Ok(())
 }
 
+/// Seals `body` (encoding exactly as a body of `kind`) under the current
+/// keys with a fresh counter value, straight into an outbox slot. While the
+/// epoch is unconfirmed its ephemeral key goes in the header (SPEC §3.1).
+/// A free function over the device's parts, so a body may borrow from the
+/// identity or the session while the counter and outbox change.
+fn seal_into<S: Storage, const N: usize, const RECORD: usize, T: serde::Serialize + ?Sized>(
+    id: &Identity,
+    state: &SessionState,
+    counters: &mut Counter<CounterRecord<S>>,
+    outbox: &mut Outbox<N, RECORD>,
+    kind: Kind,
+    body: &T,
+    scope: Scope,
+) -> Result<u64, SessionError> {
+    let ephemeral = state.pending;
+    let keys = state.keys.as_ref().ok_or(SessionError::NoSession)?;
+    let counter = counters.next_value()?;
+    let seal = Seal { device: id.key.device, epoch: keys.epoch, counter, ephemeral };
+    let meta = ItemMeta {
+        kind,
+        purpose: scope.purpose,
+        categories: scope.categories,
+        location: scope.location,
+        consent_version: scope.consent_version,
+        counter,
+    };
+    // Sealed straight into the outbox slot: no envelope-sized buffer on the stack.
+    outbox.push_with(&mut counters.store_mut().0, meta, |slot| {
+        sealing::seal_kind(slot, &seal, kind, body, &id.key, keys).map_err(SessionError::from)
+    })?;
+    Ok(counter)
+}
+
+/// A [`Register`] by reference: the same fields in the same order, so the
+/// same encoding (serde encodes a reference as what it points to), sealed
+/// without copying the certificate and the consent into a body first.
+#[derive(serde::Serialize)]
+struct RegisterView<'a> {
+    certificate: &'a DeviceCertificate,
+    firmware: FirmwareVersion,
+    consent: &'a SignedConsent,
+    transfer: &'a Option<Transfer>,
+}
+
 /// Reserves a new epoch, agrees its keys, seals and queues a Register that
 /// opens it, and stores the consent and the registered stage.
 fn register<S: Storage, const N: usize, const RECORD: usize, R: CryptoRng + ?Sized>(
@@ -1040,20 +1207,21 @@ fn register<S: Storage, const N: usize, const RECORD: usize, R: CryptoRng + ?Siz
     //    vendor message under it)
     dev.open_epoch(rng)?;
     // The first Register after a change of owner carries the Transfer (SPEC §9.3).
-    let body = Register {
-        certificate: dev.id.certificate.clone(),
+    let scope = Scope { consent_version: consent.state.version, ..dev.control_scope() };
+    let body = RegisterView {
+        certificate: &dev.id.certificate,
         firmware: dev.id.firmware,
-        consent,
-        transfer: dev.state.pending_transfer,
+        consent: &consent,
+        transfer: &dev.state.pending_transfer,
     };
-    let scope = Scope { consent_version: body.consent.state.version, ..dev.control_scope() };
-    let counter = dev.seal_queue(&body, scope)?;
+    let kind = <Register as Body>::KIND;
+    let counter = seal_into(&dev.id, &dev.state, &mut dev.counter, dev.outbox, kind, &body, scope)?;
     // 3. the consent, then the session: registered
-    dev.save_consent(&body.consent)?;
-    dev.remember_sent(&body.consent)?;
+    dev.save_consent(&consent)?;
+    dev.remember_sent(&consent)?;
     dev.state.stage = Stage::Registered;
     dev.save_state()?;
-    dev.consent = Some(body.consent);
+    dev.consent = Some(consent);
     Ok(counter)
 }
 
@@ -1109,7 +1277,11 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
     /// # Errors
     /// [`SessionError::Denied`] when the consent in force no longer allows
     /// it; sealing, counter, outbox and storage errors.
-    pub fn report_usage(&mut self, usage: Permitted<Usage>, now: u64) -> Result<u64, SessionError> {
+    pub fn report_usage<const M: usize>(
+        &mut self,
+        usage: Permitted<UsageOf<M>>,
+        now: u64,
+    ) -> Result<u64, SessionError> {
         let scope = usage.scope();
         self.state()?.check_scope(&scope, now)?;
         self.dev.seal_queue(usage.as_body(), scope)
@@ -1133,9 +1305,14 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
     /// # Errors
     /// [`SessionError::Denied`] when nothing may be collected for the
     /// purpose; build, sealing, counter, outbox and storage errors.
-    pub fn report_window(&mut self, purpose: Purpose, window: Window, now: u64) -> Result<Option<u64>, SessionError> {
+    pub fn report_window<const M: usize>(
+        &mut self,
+        purpose: Purpose,
+        window: Window<M>,
+        now: u64,
+    ) -> Result<Option<u64>, SessionError> {
         let permit = self.permit(purpose, now)?;
-        let usage = permit.usage(window.start, window.end, window.metrics)?;
+        let usage = permit.usage_of::<M>(window.start, window.end, window.metrics)?;
         if usage.as_body().metrics.is_empty() {
             return Ok(None);
         }
@@ -1195,11 +1372,10 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
         dev.save_consent(&consent)?;
         dev.remember_sent(&consent)?;
         dev.save_state()?;
-        let body = ConsentUpdate { consent };
-        dev.consent = Some(body.consent.clone());
-        let scope = dev.control_scope();
-        let counter = dev.seal_queue(&body, scope)?;
-        let state = &body.consent.state;
+        dev.consent = Some(consent);
+        let counter = dev.announce_held()?;
+        let Some(held) = dev.consent.as_ref() else { return Err(SessionError::NoSession) };
+        let state = &held.state;
         dev.outbox.purge(&mut dev.counter.store_mut().0, |m| match m.class() {
             Class::Usage | Class::Fault => state.check_scope(&m.scope(), now).is_ok(),
             Class::Lifecycle | Class::Consent => true,
@@ -1273,11 +1449,10 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
     /// Sealing, counter, outbox and storage errors.
     pub fn announce_consent(&mut self) -> Result<u64, SessionError> {
         let dev = &mut *self.dev;
-        let consent = dev.consent.clone().ok_or(SessionError::NoSession)?;
-        dev.remember_sent(&consent)?;
+        let sent = SentConsent::of(dev.consent.as_ref().ok_or(SessionError::NoSession)?)?;
+        dev.remember(sent);
         dev.save_state()?;
-        let scope = dev.control_scope();
-        dev.seal_queue(&ConsentUpdate { consent }, scope)
+        dev.announce_held()
     }
 
     /// The owner hands the product on: seals a Transfer, resets consent to

@@ -84,25 +84,23 @@ pub fn seal<B: Body>(
     signer: &SigningKey,
     keys: &SessionKeys,
 ) -> Result<usize, SealError> {
-    seal_with(out, seal, body, signer, keys)
+    seal_kind(out, seal, B::KIND, body, signer, keys)
 }
 
-/// [`seal`] with any signer: the device seals with its [`DeviceKey`]
-/// (on salty with the `salty` feature).
-pub(crate) fn seal_with<B: Body, S: SignParts + ?Sized>(
+/// [`seal`] with any signer, for a value that encodes exactly as a body of
+/// `kind`: the device seals with its [`DeviceKey`] (on salty with the
+/// `salty` feature), and seals a borrowed view of a large body without
+/// copying it into the body type first.
+pub(crate) fn seal_kind<T: serde::Serialize + ?Sized, S: SignParts + ?Sized>(
     out: &mut [u8],
     seal: &Seal,
-    body: &B,
+    kind: Kind,
+    body: &T,
     signer: &S,
     keys: &SessionKeys,
 ) -> Result<usize, SealError> {
-    let header = Header {
-        kind: B::KIND,
-        device: seal.device,
-        epoch: seal.epoch,
-        counter: seal.counter,
-        ephemeral: seal.ephemeral,
-    };
+    let header =
+        Header { kind, device: seal.device, epoch: seal.epoch, counter: seal.counter, ephemeral: seal.ephemeral };
     let have = out.len();
     let too_small = || -> SealError {
         match codec::encoded_len(body) {

@@ -159,7 +159,8 @@ impl Drop for TestServer {
 /// Sends everything queued on `dev` to `/s`; acknowledges what the server
 /// accepted, opens any receipt. Returns every reply in order.
 pub(crate) fn deliver(client: &mut Client, dev: &mut Dev<'_>) -> Vec<Reply> {
-    let queued: Vec<(u64, Vec<u8>)> = dev.queued().map(|e| (e.meta.counter, e.envelope.to_vec())).collect();
+    let queued: Vec<(u64, Vec<u8>)> =
+        dev.queued_envelopes().unwrap().into_iter().map(|(m, e)| (m.counter, e)).collect();
     let mut replies = Vec::new();
     for (counter, envelope) in queued {
         let reply = client.post(MESSAGE_PATH, &envelope).unwrap();
@@ -326,7 +327,7 @@ pub(crate) fn real_time_session(coap: SocketAddr, n: u8) -> Session {
         m.increment(1, count).unwrap();
         let StageHandle::Registered(mut r) = dev.handle() else { panic!("registered") };
         r.report_window(Purpose::USAGE_ANALYTICS, m.take_window(end), end).unwrap().unwrap();
-        usage = dev.queued().next().unwrap().envelope.to_vec();
+        usage = dev.queued_envelopes().unwrap().into_iter().next().unwrap().1;
         let replies = deliver(&mut client, &mut dev);
         assert_eq!(replies.len(), 1);
         assert_eq!(

@@ -72,7 +72,13 @@ const RNG_SEED: [u8; 32] = [0x42; 32];
 const T0: u64 = 1_767_300_000;
 
 const SLOTS: usize = 4;
-const RECORD: usize = record_len(message::MAX_SEALED_LEN);
+/// The most metrics in one usage report of this product: its registry,
+/// its reports and its outbox records are sized for four, not the
+/// protocol's sixteen.
+const METRICS: usize = 4;
+/// An outbox record holds the longest envelope this firmware seals (a
+/// Register, with four metrics per report).
+const RECORD: usize = record_len(message::device_sealed_len::<METRICS>());
 /// The default storage layout (docs/firmware.md, "Endurance"): six 4 KiB
 /// sectors of simulated NOR flash hold the log of the counter, session,
 /// consent and outbox records.
@@ -140,6 +146,7 @@ fn cats(c: &[DataCategory]) -> CategorySet {
 }
 
 /// The owner's first decision: usage analytics and diagnostics.
+#[inline(never)]
 fn first_consent() -> Result<SignedConsent, spime::consent::EditError> {
     let mut s = ConsentState::essential_only(1, T0, [7; 32]);
     s.set_grant(Grant {
@@ -187,19 +194,28 @@ static BREW_SECONDS: [i64; 3] = [60, 180, 300];
 
 // Each step is its own function, kept out of line: inlined into one
 // frame, the temporaries of every step would sit on the stack at once.
+// What lives across the steps is small: the device (about 1.8 KiB), the
+// metrics registry, the fault recorder and the RNG.
+#[inline(never)]
 fn run(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -> Result<(), RunError> {
     let mut rng = ChaCha20Rng::from_seed(RNG_SEED);
-    let mut dev = boot(flash, outbox)?;
-    let consent = first_consent().map_err(|_| RunError::Other("consent"))?;
-    register(&mut dev, &mut rng, &consent)?;
-    send_all(&mut dev)?;
-    let mut metrics: Metrics<4> = Metrics::new(T0);
+    let mut slot = None;
+    let dev = boot(&mut slot, flash, outbox)?;
+    register(dev, &mut rng)?;
+    send_all(dev)?;
+    let mut metrics: Metrics<METRICS> = Metrics::new(T0);
     let mut faults: FaultRecorder<4> = FaultRecorder::new(FIRMWARE);
     use_the_kettle(&mut metrics, &mut faults)?;
-    report(&mut dev, &mut metrics, &mut faults)?;
-    send_all(&mut dev)?;
-    withdraw_usage(&mut dev, &mut metrics, &consent)?;
-    send_all(&mut dev)?;
+    report(dev, &mut metrics, &mut faults)?;
+    send_all(dev)?;
+    withdraw_usage(dev, &mut metrics)?;
+    send_all(dev)?;
+    print_dropped(dev);
+    Ok(())
+}
+
+#[inline(never)]
+fn print_dropped(dev: &Dev) {
     let d = dev.dropped();
     line(&[
         b"DROPPED ",
@@ -213,11 +229,15 @@ fn run(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) ->
         b" ",
         dec(d.purged).as_bytes(),
     ]);
-    Ok(())
 }
 
+/// Boots the device into `slot` (in place: the device is not copied up the stack).
 #[inline(never)]
-fn boot(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -> Result<Dev, RunError> {
+fn boot<'s>(
+    slot: &'s mut Option<Dev>,
+    flash: &'static mut Flash,
+    outbox: &'static mut Outbox<SLOTS, RECORD>,
+) -> Result<&'s mut Dev, RunError> {
     let id = identity()?;
     let capacity = storage_capacity(RECORD);
     let records = u16::try_from(storage_records(SLOTS)).map_err(|_| RunError::Other("layout"))?;
@@ -228,21 +248,22 @@ fn boot(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -
         print_error(b"geometry", e.code());
         RunError::Other("flash layout")
     })?;
-    Ok(Device::boot(id, storage, outbox)?)
+    Ok(Device::boot_in(slot, id, storage, outbox)?)
 }
 
 /// Step 1: register with the owner's first consent.
 #[inline(never)]
-fn register(dev: &mut Dev, rng: &mut ChaCha20Rng, consent: &SignedConsent) -> Result<(), RunError> {
+fn register(dev: &mut Dev, rng: &mut ChaCha20Rng) -> Result<(), RunError> {
+    let consent = first_consent().map_err(|_| RunError::Other("consent"))?;
     let Ok(u) = dev.unregistered() else { return Err(RunError::Other("not new")) };
-    u.register(rng, consent.clone())?;
+    u.register(rng, consent)?;
     Ok(())
 }
 
 /// Steps 2 and 3: usage aggregated on the device (the Identifiers metric is
 /// not granted), and a fault, twice: counted, not resent.
 #[inline(never)]
-fn use_the_kettle(metrics: &mut Metrics<4>, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
+fn use_the_kettle(metrics: &mut Metrics<METRICS>, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
     metrics.define(MetricDef { id: 1, category: DataCategory::UsageCounters, kind: MetricKind::Counter })?;
     metrics.define(MetricDef { id: 2, category: DataCategory::Environment, kind: MetricKind::Gauge })?;
     metrics.define(MetricDef {
@@ -270,7 +291,7 @@ fn use_the_kettle(metrics: &mut Metrics<4>, faults: &mut FaultRecorder<4>) -> Re
 }
 
 #[inline(never)]
-fn report(dev: &mut Dev, metrics: &mut Metrics<4>, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
+fn report(dev: &mut Dev, metrics: &mut Metrics<METRICS>, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
     let Ok(mut r) = dev.registered() else { return Err(RunError::Other("not registered")) };
     r.report_window(Purpose::USAGE_ANALYTICS, metrics.take_window(T0 + 3_600), T0 + 3_600)?;
     r.report_faults(faults, Purpose::DIAGNOSTICS, T0 + 3_600)?;
@@ -279,21 +300,42 @@ fn report(dev: &mut Dev, metrics: &mut Metrics<4>, faults: &mut FaultRecorder<4>
 
 /// Step 4: another usage window is queued, then the owner withdraws usage
 /// analytics: the queued report is purged and never leaves the device.
+/// Two steps out of line, so the consent change's temporaries are not on
+/// the stack while the report is sealed.
+fn withdraw_usage(dev: &mut Dev, metrics: &mut Metrics<METRICS>) -> Result<(), RunError> {
+    report_again(dev, metrics)?;
+    withdraw(dev)
+}
+
 #[inline(never)]
-fn withdraw_usage(dev: &mut Dev, metrics: &mut Metrics<4>, consent: &SignedConsent) -> Result<(), RunError> {
+fn report_again(dev: &mut Dev, metrics: &mut Metrics<METRICS>) -> Result<(), RunError> {
     metrics.increment(1, 2)?;
     let Ok(mut r) = dev.registered() else { return Err(RunError::Other("not registered")) };
     r.report_window(Purpose::USAGE_ANALYTICS, metrics.take_window(T0 + 7_200), T0 + 7_200)?;
-    let mut next = consent.state.successor(T0 + 7_300, [7; 32]).map_err(|_| RunError::Other("successor"))?;
-    next.withdraw(Purpose::USAGE_ANALYTICS).map_err(|_| RunError::Other("withdraw"))?;
-    r.change_consent(SignedConsent { state: next, owner: None }, T0 + 7_300)?;
     Ok(())
+}
+
+#[inline(never)]
+fn withdraw(dev: &mut Dev) -> Result<(), RunError> {
+    let Ok(mut r) = dev.registered() else { return Err(RunError::Other("not registered")) };
+    let next = without_usage(r.device().consent())?;
+    r.change_consent(next, T0 + 7_300)?;
+    Ok(())
+}
+
+/// The owner's next decision: the state held, without usage analytics.
+#[inline(never)]
+fn without_usage(held: Option<&SignedConsent>) -> Result<SignedConsent, RunError> {
+    let held = held.ok_or(RunError::Other("no consent"))?;
+    let mut next = held.state.successor(T0 + 7_300, [7; 32]).map_err(|_| RunError::Other("successor"))?;
+    next.withdraw(Purpose::USAGE_ANALYTICS).map_err(|_| RunError::Other("withdraw"))?;
+    Ok(SignedConsent { state: next, owner: None })
 }
 
 /// Sends everything queued: prints each envelope and its 20-byte chunks, then acks it.
 #[inline(never)]
 fn send_all(dev: &mut Dev) -> Result<(), RunError> {
-    while let Some(e) = dev.next_message() {
+    while let Some(e) = dev.next_message()? {
         let counter = e.meta.counter;
         let mut hexbuf = HexLine::new();
         line(&[
