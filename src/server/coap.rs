@@ -57,9 +57,10 @@ pub const fn response_code(e: &IngestError) -> ResponseType {
         }
         IngestError::Replay(_) => ResponseType::Conflict,
         IngestError::UnknownDevice => ResponseType::NotFound,
-        IngestError::StaleEpoch { .. } | IngestError::UnopenedEpoch { .. } | IngestError::AwaitingRegistration => {
-            ResponseType::PreconditionFailed
-        }
+        IngestError::StaleEpoch { .. }
+        | IngestError::UnopenedEpoch { .. }
+        | IngestError::AwaitingRegistration
+        | IngestError::VendorKeyRetired { .. } => ResponseType::PreconditionFailed,
         IngestError::Unconsented(_)
         | IngestError::Consent(_)
         | IngestError::Decommissioned
