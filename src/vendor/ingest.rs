@@ -587,6 +587,12 @@ impl<S: Store> Ingestor<S> {
         &self.store
     }
 
+    /// The store, given back (to start the pipeline again over the same
+    /// store, for example with another keyring).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
     /// The newest vendor keys (the last added with
     /// [`Ingestor::with_vendor_key`], else those given to [`Ingestor::new`]).
     pub const fn keys(&self) -> &VendorKeys {
