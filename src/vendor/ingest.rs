@@ -1256,6 +1256,7 @@ mod display_tests {
             kind: Kind::REGISTER,
             event: registered,
             opened_epoch: None,
+            key_update_due: false,
         };
         assert_eq!(
             accepted.to_string(),
