@@ -490,3 +490,67 @@ fn power_cut_while_learning_a_key() {
     }
     assert!(cuts > 40, "{cuts}");
 }
+
+/// SPEC §8.6: a format-3 session record (written before vendor keys were
+/// learned) is read as "the provisioned key, nothing learned", and the
+/// device goes on and rotates; the next write is format 4.
+#[test]
+fn a_format_3_session_record_is_read_and_rewritten_as_format_4() {
+    use spime::device::session::SESSION_RECORD_LEN;
+    use spime::device::storage::{RECORD_SESSION, Storage, StorageError};
+    let vendor = vendor_before();
+    let mut o = Ob::new();
+    let mut a = Device::boot(identity_of(A, 0xA1), storage(Flash::new()), &mut o)
+        .unwrap()
+        .with_key_authority(authority().verifying_key());
+    register(&mut a, &vendor, 1, T0);
+    let mut st = a.into_storage();
+    let mut buf = [0u8; 700];
+    let rec = st.read(RECORD_SESSION, &mut buf).unwrap().unwrap().to_vec();
+    assert_eq!((rec.len(), rec[0], SESSION_RECORD_LEN), (606, 4, 606));
+    // What firmware of the previous release wrote: the first 468 bytes, format 3.
+    let mut v3 = rec[..468].to_vec();
+    v3[0] = 3;
+    st.write(RECORD_SESSION, &v3).unwrap();
+    let mut o = Ob::new();
+    let mut a = Device::boot(identity_of(A, 0xA1), st, &mut o).unwrap().with_key_authority(authority().verifying_key());
+    assert_eq!((a.epoch(), a.epoch_confirmed(), a.vendor_key_serial()), (1, true, 0));
+    let vendor = rotated(vendor);
+    report(&mut a, ROTATE_AT);
+    assert_eq!(flush(&mut a, &vendor, ROTATE_AT), vec![Ok((true, None))]);
+    assert_eq!(a.open_key_update(&vendor.seal_key_update(&A, ROTATE_AT).unwrap(), ROTATE_AT).unwrap(), 1);
+    let mut st = a.into_storage();
+    let rec = st.read(RECORD_SESSION, &mut buf).unwrap().unwrap().to_vec();
+    assert_eq!((rec.len(), rec[0], rec[537]), (606, 4, 1));
+    // A learned-key flag that is neither 0 nor 1 is a damaged record.
+    let mut bad = rec.clone();
+    bad[537] = 2;
+    st.write(RECORD_SESSION, &bad).unwrap();
+    let mut o = Ob::new();
+    assert!(matches!(
+        Device::boot(identity_of(A, 0xA1), st, &mut o),
+        Err(SessionError::Storage(StorageError::Invalid(RECORD_SESSION)))
+    ));
+}
+
+/// SPEC §8.7: vendor keys belong to the device, not to its owner: after a
+/// change of owner the next owner's Register opens its epoch with the key
+/// the device learned.
+#[test]
+fn a_change_of_owner_keeps_the_learned_key() {
+    let vendor = vendor_before();
+    let mut f = Flash::new();
+    let mut o = Ob::new();
+    let mut a = boot(A, 0xA1, &mut f, &mut o);
+    register(&mut a, &vendor, 1, T0);
+    let vendor = rotated(vendor);
+    let update = vendor.seal_key_update(&A, ROTATE_AT).unwrap();
+    assert_eq!(a.open_key_update(&update, ROTATE_AT).unwrap(), 1);
+    a.registered().unwrap().transfer(ROTATE_AT).unwrap();
+    assert_eq!(flush(&mut a, &vendor, ROTATE_AT), vec![Ok((false, None))]);
+    assert_eq!(a.vendor_key_serial(), 1);
+    a.unregistered().unwrap().register(&mut rng(6), generous_consent(3, ROTATE_AT)).unwrap();
+    assert_eq!(flush(&mut a, &vendor, ROTATE_AT + 60), vec![Ok((false, Some(2)))]);
+    assert_eq!(epoch_key_serial(&vendor, &A), (2, 1));
+    a.open_receipt(&vendor.seal_receipt(&A).unwrap()).unwrap();
+}
