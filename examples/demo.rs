@@ -73,6 +73,19 @@ struct Args {
     keep: bool,
 }
 
+/// A CoAP response code as RFC 7252 writes it: `4.04 Not Found`.
+fn coap_code(code: coap_lite::ResponseType) -> String {
+    let byte = u8::from(coap_lite::MessageClass::Response(code));
+    let mut name = String::new();
+    for c in format!("{code:?}").chars() {
+        if c.is_uppercase() && !name.is_empty() {
+            name.push(' ');
+        }
+        name.push(c);
+    }
+    format!("{}.{:02} {name}", byte >> 5, byte & 0x1f)
+}
+
 /// A Unix time as `2026-01-03 12:00`.
 fn when(t: u64) -> String {
     let days = t / DAY;
@@ -259,7 +272,11 @@ impl Gadget<'_> {
             let reason = String::from_utf8_lossy(&reply.payload);
             let name = reason.split([' ', ':']).nth(1).unwrap_or("?").to_string();
             *day.refused.entry(name).or_default() += 1;
-            self.say(day, at, format!("    ✗ {kind} refused, CoAP {:?}, code {code}: {}", reply.code, explain(code)));
+            self.say(
+                day,
+                at,
+                format!("    ✗ {kind} refused, CoAP {}, code {code}: {}", coap_code(reply.code), explain(code)),
+            );
         }
         reply
     }
@@ -365,7 +382,11 @@ impl Gadget<'_> {
                 let reply = attacker.post(MESSAGE_PATH, &captured).unwrap();
                 let code = reply.refusal_code().unwrap_or(0);
                 *d.refused.entry("replay".into()).or_default() += 1;
-                self.say(d, at, format!("    ✗ refused, CoAP {:?}, code {code}: {}", reply.code, explain(code)));
+                self.say(
+                    d,
+                    at,
+                    format!("    ✗ refused, CoAP {}, code {code}: {}", coap_code(reply.code), explain(code)),
+                );
             }
             (Role::Tampered, 4) => {
                 self.report(day_no, at);
@@ -726,11 +747,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("notices sealed and queued: {}", notices_sent.values().sum::<u64>());
     for (k, n) in &notices_sent {
-        println!("  {k:<62} {n:>5}");
+        println!("  {n:>5}  {k}");
     }
     println!("notices the vendor held back: {}", notices_held.values().sum::<u64>());
     for (k, n) in &notices_held {
-        println!("  {k:<62} {n:>5}");
+        println!("  {n:>5}  {k}");
     }
     let receipts: u64 = gadgets.iter().map(|g| g.receipts).sum();
     let shown: usize = gadgets.iter().map(|g| g.notices_shown.len()).sum();
@@ -758,7 +779,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             role
         );
     }
-    println!("\nfinished in {:.1} s; the fleet view is http://{http}/", started.elapsed().as_secs_f64());
+    println!("\nfinished in {:.1} s", started.elapsed().as_secs_f64());
 
     // The demo checks its own story, so CI notices if it stops being true.
     for reason in ["replay", "unauthentic", "unconsented", "stale-epoch", "decommissioned", "unknown-device"] {
@@ -772,10 +793,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(gadgets);
     if let Some(r) = running {
         if args.keep {
-            println!("serving until Ctrl-C …");
+            println!("the fleet view stays up at http://{http}/ until Ctrl-C …");
             runtime.block_on(r.wait_for_signal());
         } else {
             runtime.block_on(r.shutdown());
+            println!("the server stopped with the demo (`-- --keep` keeps the fleet view up)");
         }
     }
     if let Some(dir) = dir {

@@ -1,31 +1,41 @@
-//! The vendor key file: the two secrets of [`VendorKeys`] as text.
+//! The vendor key files of a data directory.
+//!
+//! - `vendor.keys` ([`SECRET_FILE`]): the secret keys, exactly the
+//!   [`VENDOR_KEYS_LEN`] bytes of [`VendorKeys::to_bytes`] (the library's
+//!   one documented format: magic `SPVK`, format byte 1, the Ed25519 seed,
+//!   the X25519 secret). Written with mode 0600 on Unix; back it up offline.
+//!   `xxd -p vendor.keys` shows it as hex, `xxd -r -p` turns the hex back.
+//! - `vendor.pub` ([`PUBLIC_FILE`]): the public keys devices are provisioned
+//!   with, as text; not secret.
 //!
 //! ```text
-//! # spime vendor keys: keep secret, back up offline
-//! signing-seed <64 hex digits: the Ed25519 seed>
-//! key-agreement <64 hex digits: the X25519 secret>
+//! # spime vendor public keys: provision these into devices
+//! signing <64 hex digits: the Ed25519 public key>
+//! key-agreement <64 hex digits: the X25519 public key>
 //! ```
 //!
-//! Lines starting with `#` and blank lines are ignored; each key appears
-//! exactly once. [`init`] writes `vendor.keys` (mode 0600 on Unix) and
-//! `vendor.pub` (the public keys devices are provisioned with) into a
-//! directory and refuses to overwrite existing keys.
+//! [`init`] writes both into a directory and refuses to overwrite existing
+//! keys; [`load`] and [`load_file`] read the secret file back.
 //!
 //! ```
 //! use spime::server::keyfile;
-//! use spime::seal::VendorKeys;
-//! let text = keyfile::format(&[1; 32], &[2; 32]);
-//! let keys = keyfile::parse(&text)?;
-//! assert_eq!(keys.public(), VendorKeys::from_secrets(&[1; 32], &[2; 32]).public());
+//! let dir = std::env::temp_dir().join(format!("spime-keyfile-doc-{}", std::process::id()));
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! let made = keyfile::init(&dir)?;
+//! assert_eq!(keyfile::load(&dir)?.public(), made.public());
+//! assert_eq!(std::fs::read(dir.join(keyfile::SECRET_FILE)).unwrap().len(), spime::seal::keys::VENDOR_KEYS_LEN);
+//! # std::fs::remove_dir_all(&dir).unwrap();
 //! # Ok::<(), keyfile::KeyFileError>(())
 //! ```
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use crate::seal::VendorKeys;
+use crate::error::DecodeError;
+use crate::seal::keys::VENDOR_KEYS_LEN;
+use crate::seal::{VendorKeys, VendorPublicKeys};
 
 /// The secret key file's name inside a data directory.
 pub const SECRET_FILE: &str = "vendor.keys";
@@ -44,17 +54,16 @@ pub enum KeyFileError {
         /// What the system said.
         source: std::io::Error,
     },
-    /// A line is not `name hex`, names an unknown key, or repeats one.
-    #[error("line {line}: {what}")]
-    Syntax {
-        /// 1-based line number.
-        line: usize,
-        /// What is wrong.
-        what: &'static str,
+    /// The file is not [`VendorKeys::to_bytes`].
+    #[error(
+        "{path}: not a spime vendor key file ({source}; expected the {VENDOR_KEYS_LEN}-byte format of VendorKeys::to_bytes, starting with \"SPVK\")"
+    )]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with its bytes.
+        source: DecodeError,
     },
-    /// A key is missing.
-    #[error("missing `{0}`")]
-    Missing(&'static str),
     /// Keys exist already; [`init`] never overwrites.
     #[error("{0} exists already; refusing to overwrite vendor keys")]
     Exists(PathBuf),
@@ -63,57 +72,60 @@ pub enum KeyFileError {
     Random(String),
 }
 
-/// The text of a key file for the given secrets.
-pub fn format(signing_seed: &[u8; 32], key_agreement: &[u8; 32]) -> Zeroizing<String> {
-    Zeroizing::new(alloc::format!(
-        "# spime vendor keys: keep secret, back up offline\nsigning-seed {}\nkey-agreement {}\n",
-        hex::encode(signing_seed),
-        hex::encode(key_agreement)
-    ))
-}
-
-/// Parses a key file's text.
+/// The text of `vendor.pub` for `public`.
 ///
-/// # Errors
-/// [`KeyFileError::Syntax`] or [`KeyFileError::Missing`].
-pub fn parse(text: &str) -> Result<VendorKeys, KeyFileError> {
-    let mut seed: Option<Zeroizing<[u8; 32]>> = None;
-    let mut kx: Option<Zeroizing<[u8; 32]>> = None;
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let syntax = |what| KeyFileError::Syntax { line: i + 1, what };
-        let (name, value) = line.split_once(char::is_whitespace).ok_or(syntax("expected `name hex`"))?;
-        let mut bytes = Zeroizing::new([0u8; 32]);
-        hex::decode_to_slice(value.trim(), bytes.as_mut_slice()).map_err(|_| syntax("expected 64 hex digits"))?;
-        let slot = match name {
-            "signing-seed" => &mut seed,
-            "key-agreement" => &mut kx,
-            _ => return Err(syntax("unknown key name")),
-        };
-        if slot.replace(bytes).is_some() {
-            return Err(syntax("key given twice"));
-        }
-    }
-    let seed = seed.ok_or(KeyFileError::Missing("signing-seed"))?;
-    let kx = kx.ok_or(KeyFileError::Missing("key-agreement"))?;
-    Ok(VendorKeys::from_secrets(&seed, &kx))
+/// ```
+/// use spime::seal::VendorKeys;
+/// let text = spime::server::keyfile::public_text(&VendorKeys::from_secrets(&[1; 32], &[2; 32]).public());
+/// assert!(text.lines().any(|l| l.starts_with("key-agreement ")));
+/// ```
+pub fn public_text(public: &VendorPublicKeys) -> String {
+    alloc::format!(
+        "# spime vendor public keys: provision these into devices\nsigning {}\nkey-agreement {}\n",
+        hex::encode(public.signing.to_bytes()),
+        hex::encode(public.key_agreement)
+    )
 }
 
 /// Reads `dir/vendor.keys`.
 ///
 /// # Errors
-/// A [`KeyFileError`].
+/// As [`load_file`].
 pub fn load(dir: &Path) -> Result<VendorKeys, KeyFileError> {
-    let path = dir.join(SECRET_FILE);
-    let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|source| KeyFileError::Io { path, source })?);
-    parse(&text)
+    load_file(&dir.join(SECRET_FILE))
+}
+
+/// Reads a secret key file anywhere (a mounted secret, say). Reads at most
+/// one byte more than [`VENDOR_KEYS_LEN`], so a wrong path costs nothing.
+///
+/// # Errors
+/// [`KeyFileError::Io`] when it cannot be read, [`KeyFileError::Format`]
+/// when its bytes are not [`VendorKeys::to_bytes`].
+pub fn load_file(path: &Path) -> Result<VendorKeys, KeyFileError> {
+    let io = |source| KeyFileError::Io { path: path.to_path_buf(), source };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Zeroizing::new(Vec::with_capacity(VENDOR_KEYS_LEN + 1));
+    file.take(VENDOR_KEYS_LEN as u64 + 1).read_to_end(&mut bytes).map_err(io)?;
+    VendorKeys::from_bytes(&bytes).map_err(|source| KeyFileError::Format { path: path.to_path_buf(), source })
+}
+
+/// Whether group or others may read or write the file at `path` (Unix; always
+/// `false` elsewhere or when it cannot be inspected). The server warns.
+pub fn readable_by_others(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
 }
 
 /// Creates `dir` if needed and writes fresh keys from the system's random
-/// source to `dir/vendor.keys` (mode 0600) and their public halves to
+/// source to `dir/vendor.keys` (mode 0600 on Unix) and their public halves to
 /// `dir/vendor.pub`. Returns the keys.
 ///
 /// # Errors
@@ -126,12 +138,12 @@ pub fn init(dir: &Path) -> Result<VendorKeys, KeyFileError> {
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let path = dir.join(SECRET_FILE);
-    let mut secrets = Zeroizing::new([0u8; 64]);
-    getrandom::fill(secrets.as_mut_slice()).map_err(|e| KeyFileError::Random(e.to_string()))?;
-    let (seed, kx) = secrets.split_at(32);
-    let seed: [u8; 32] = seed.try_into().map_err(|_| KeyFileError::Random("short".into()))?;
-    let kx: [u8; 32] = kx.try_into().map_err(|_| KeyFileError::Random("short".into()))?;
-    let text = format(&seed, &kx);
+    let mut seed = Zeroizing::new([0u8; 32]);
+    let mut kx = Zeroizing::new([0u8; 32]);
+    getrandom::fill(seed.as_mut_slice())
+        .and_then(|()| getrandom::fill(kx.as_mut_slice()))
+        .map_err(|e| KeyFileError::Random(e.to_string()))?;
+    let keys = VendorKeys::from_secrets(&seed, &kx);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -140,16 +152,9 @@ pub fn init(dir: &Path) -> Result<VendorKeys, KeyFileError> {
         std::io::ErrorKind::AlreadyExists => KeyFileError::Exists(path.clone()),
         _ => KeyFileError::Io { path: path.clone(), source: e },
     })?;
-    file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(io(&path))?;
-    let keys = VendorKeys::from_secrets(&seed, &kx);
-    let public = keys.public();
+    file.write_all(keys.to_bytes().as_slice()).and_then(|()| file.sync_all()).map_err(io(&path))?;
     let pub_path = dir.join(PUBLIC_FILE);
-    let pub_text = alloc::format!(
-        "# spime vendor public keys: provision these into devices\nsigning {}\nkey-agreement {}\n",
-        hex::encode(public.signing.to_bytes()),
-        hex::encode(public.key_agreement)
-    );
-    std::fs::write(&pub_path, pub_text).map_err(io(&pub_path))?;
+    std::fs::write(&pub_path, public_text(&keys.public())).map_err(io(&pub_path))?;
     Ok(keys)
 }
 
@@ -158,35 +163,63 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    #[test]
-    fn every_malformed_file_is_refused_with_its_reason() {
-        let ok = format(&[1; 32], &[2; 32]);
-        assert!(parse(&ok).is_ok());
-        assert!(matches!(parse("signing-seed 00\n"), Err(KeyFileError::Syntax { what: "expected 64 hex digits", .. })));
-        assert!(matches!(parse("signing-seed\n"), Err(KeyFileError::Syntax { what: "expected `name hex`", .. })));
-        assert!(matches!(parse(""), Err(KeyFileError::Missing("signing-seed"))));
-        let twice = alloc::format!("{}signing-seed {}\n", &*ok, hex::encode([3; 32]));
-        assert!(matches!(parse(&twice), Err(KeyFileError::Syntax { what: "key given twice", .. })));
-        let unknown = alloc::format!("colour {}\n", hex::encode([3; 32]));
-        assert!(matches!(parse(&unknown), Err(KeyFileError::Syntax { what: "unknown key name", .. })));
-        let only_seed = alloc::format!("signing-seed {}\n", hex::encode([3; 32]));
-        assert!(matches!(parse(&only_seed), Err(KeyFileError::Missing("key-agreement"))));
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(alloc::format!("spime-keyfile-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]
-    fn init_writes_keys_once_and_load_reads_them_back() {
-        let dir = std::env::temp_dir().join(alloc::format!("spime-keyfile-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+    fn init_writes_the_library_format_once_and_load_reads_it_back() {
+        let dir = temp("init");
         let made = init(&dir).unwrap();
+        let bytes = std::fs::read(dir.join(SECRET_FILE)).unwrap();
+        assert_eq!(bytes.as_slice(), made.to_bytes().as_slice(), "vendor.keys is VendorKeys::to_bytes");
         assert_eq!(load(&dir).unwrap().public(), made.public());
         assert!(matches!(init(&dir), Err(KeyFileError::Exists(_))));
+        assert_eq!(std::fs::read(dir.join(SECRET_FILE)).unwrap(), bytes, "not overwritten");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(dir.join(SECRET_FILE)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
+            assert!(!readable_by_others(&dir.join(SECRET_FILE)));
+            std::fs::set_permissions(dir.join(SECRET_FILE), std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert!(readable_by_others(&dir.join(SECRET_FILE)));
         }
-        assert!(std::fs::read_to_string(dir.join(PUBLIC_FILE)).unwrap().contains("key-agreement"));
+        let public = std::fs::read_to_string(dir.join(PUBLIC_FILE)).unwrap();
+        assert_eq!(public, public_text(&made.public()));
+        assert!(public.contains(&hex::encode(made.public().key_agreement)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_malformed_file_is_refused_with_its_reason() {
+        let dir = temp("bad");
+        let path = dir.join(SECRET_FILE);
+        let good = VendorKeys::from_secrets(&[1; 32], &[2; 32]).to_bytes();
+        std::fs::write(&path, good.as_slice()).unwrap();
+        assert!(load_file(&path).is_ok());
+        let refused = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).unwrap();
+            match load_file(&path) {
+                Err(KeyFileError::Format { source, .. }) => source,
+                other => unreachable!("{other:?}"),
+            }
+        };
+        assert!(matches!(refused(&good[..68]), DecodeError::Truncated { needed: 69, have: 68 }));
+        let mut long = good.to_vec();
+        long.push(0);
+        assert!(matches!(refused(&long), DecodeError::Oversized { .. }));
+        // A text file (the pre-release `signing-seed <hex>` format, say) is not the key format.
+        assert!(matches!(refused(&[b'#'; 69]), DecodeError::Malformed));
+        let mut version = good.to_vec();
+        version[4] = 2;
+        assert!(matches!(refused(&version), DecodeError::UnsupportedVersion(2)));
+        let message = load_file(&path).unwrap_err().to_string();
+        assert!(message.contains("VendorKeys::to_bytes") && message.contains(SECRET_FILE), "{message}");
+        assert!(matches!(load_file(&dir.join("absent")), Err(KeyFileError::Io { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
