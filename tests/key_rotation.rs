@@ -312,6 +312,14 @@ fn keyring_rules() {
     assert!(matches!(v.forget_vendor_key(0, RETIRE_AT - 1), Err(KeyringError::NotRetired(0))));
     let v = rotated(vendor_before());
     assert!(matches!(v.retire_vendor_key(7, RETIRE_AT), Err(KeyringError::UnknownSerial(7))));
+    // A key keeps its serial: certifying key 0 as serial 5 is refused, as serial 0 it is taken.
+    let v = vendor_before();
+    assert!(matches!(
+        v.with_vendor_key(key0(), cert(&key0(), 5)),
+        Err(KeyringError::SerialChanged { held: 0, got: 5 })
+    ));
+    let v = vendor_before().with_vendor_key(key0(), cert(&key0(), 0)).unwrap();
+    assert_eq!(v.vendor_key_serials(T0), vec![(0, true)]);
 }
 
 /// K_vd of the device's current epoch, as the vendor holds it.

@@ -254,6 +254,15 @@ pub enum KeyringError {
         /// the serial given
         got: u32,
     },
+    /// The keys are held under another serial: a key keeps its serial (the
+    /// device epochs opened with it are recorded under it).
+    #[error("the keys are held as serial {held}, the certificate says {got}")]
+    SerialChanged {
+        /// the serial held
+        held: u32,
+        /// the certificate's serial
+        got: u32,
+    },
     /// The keyring holds [`super::MAX_VENDOR_KEYS`] keys: forget a retired one first.
     #[error("the keyring is full ({0} keys): forget a retired key first")]
     Full(usize),

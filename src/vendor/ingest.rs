@@ -444,8 +444,9 @@ impl<S: Store> Ingestor<S> {
     /// with it as well as with the older keys that have not retired, and
     /// sends it to devices in KeyUpdates ([`Ingestor::seal_key_update`]).
     /// Set the certificate authority first
-    /// ([`Ingestor::with_certificate_authority`]). A certificate of the
-    /// newest key's own public keys gives it that serial and certificate.
+    /// ([`Ingestor::with_certificate_authority`]). A certificate of a key
+    /// already held (the first key, serial 0, for example) must carry its
+    /// serial, and gives it that certificate.
     ///
     /// ```
     /// use ed25519_dalek::SigningKey;
@@ -468,7 +469,8 @@ impl<S: Store> Ingestor<S> {
     /// # Errors
     /// [`KeyringError::BadCertificate`], [`KeyringError::KeysDiffer`],
     /// [`KeyringError::SerialNotAbove`] (serials only go up),
-    /// [`KeyringError::Full`] beyond [`MAX_VENDOR_KEYS`].
+    /// [`KeyringError::SerialChanged`] for a key already held under another
+    /// serial, [`KeyringError::Full`] beyond [`MAX_VENDOR_KEYS`].
     pub fn with_vendor_key(
         mut self,
         keys: VendorKeys,
@@ -480,10 +482,19 @@ impl<S: Store> Ingestor<S> {
         }
         let serial = certificate.body.serial;
         let newest = self.keyring.newest.serial;
-        let above_older = self.keyring.older.iter().all(|e| e.serial < serial);
-        if self.keyring.newest.keys.public() == public && above_older && serial >= newest {
-            self.keyring.newest.serial = serial;
-            self.keyring.newest.certificate = Some(certificate);
+        // A certificate of a key already held keeps its serial: epochs are
+        // recorded under it (the first key's is 0).
+        let held = self.keyring.iter().find(|e| e.keys.public() == public).map(|e| e.serial);
+        if let Some(held) = held {
+            if held != serial {
+                return Err(KeyringError::SerialChanged { held, got: serial });
+            }
+            if let Some(e) = core::iter::once(&mut self.keyring.newest)
+                .chain(self.keyring.older.iter_mut())
+                .find(|e| e.serial == serial)
+            {
+                e.certificate = Some(certificate);
+            }
             return Ok(self);
         }
         if serial <= newest {
