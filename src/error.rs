@@ -13,7 +13,7 @@
 //! implementations in other languages (SPEC.md §10.1): Rust `Debug` and
 //! `Display` renderings are for people and may change. Codes 1–19 are
 //! decoding, 20–39 opening, 40–59 the vendor pipeline, 60–79 consent
-//! decisions, 80–89 chunks, 90–99 receipts on the device.
+//! decisions, 80–89 chunks, 90–99 receipts and vendor keys on the device.
 
 use crate::wire::Kind;
 
@@ -195,6 +195,8 @@ pub enum Rule {
     ProofWithoutConsent = 17,
     /// Certificate: `not_after` before `issued_at`.
     CertificateValidity = 18,
+    /// Vendor key certificate: `not_after` before `not_before`.
+    VendorKeyValidity = 19,
 }
 
 impl core::fmt::Display for Rule {
@@ -218,6 +220,7 @@ impl core::fmt::Display for Rule {
             Rule::ConsentVersionExhausted => "consent version exhausted",
             Rule::ProofWithoutConsent => "proof does not carry a consent state",
             Rule::CertificateValidity => "certificate not_after before issued_at",
+            Rule::VendorKeyValidity => "vendor key certificate not_after before not_before",
         })
     }
 }
@@ -260,8 +263,10 @@ pub enum OpenError {
     /// public key).
     #[error("small-order public key in key agreement")]
     WeakKey,
-    /// The device certificate is not signed by the vendor, or its key is weak.
-    #[error("device certificate is invalid")]
+    /// The device certificate (or, in a KeyUpdate, the vendor key
+    /// certificate) is not signed by the vendor's certificate authority,
+    /// or its key is weak.
+    #[error("certificate is invalid")]
     BadCertificate,
     /// The counter was already accepted or is below the replay window.
     #[error("replay: {0}")]
@@ -287,6 +292,46 @@ impl OpenError {
             OpenError::WeakKey => 25,
             OpenError::BadCertificate => 26,
             OpenError::Replay(r) => r.code(),
+        }
+    }
+}
+
+/// A device refused an authentic KeyUpdate (SPEC.md §8.7): what it
+/// certifies may not replace the vendor key the device holds.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VendorKeyError {
+    /// The key's serial is below the one held, or equal with other keys
+    /// (no rollback to an older vendor key).
+    #[error("vendor key serial {got} does not follow the serial {held} held")]
+    Rollback {
+        /// the serial held (0: the key the device was provisioned with)
+        held: u32,
+        /// the certificate's serial
+        got: u32,
+    },
+    /// The certificate is not valid at the device's time.
+    #[error("vendor key certificate: {0}")]
+    Invalid(crate::message::Validity),
+    /// The device was not given the certificate authority's key
+    /// (`Device::with_key_authority`), so it cannot learn a new vendor key.
+    #[error("no certificate authority key: this device cannot learn a new vendor key")]
+    NoAuthority,
+}
+
+impl VendorKeyError {
+    /// The stable numeric code (SPEC.md §10.1).
+    ///
+    /// ```
+    /// use spime::error::VendorKeyError;
+    /// assert_eq!(VendorKeyError::Rollback { held: 2, got: 1 }.code(), 92);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            VendorKeyError::Rollback { .. } => 92,
+            VendorKeyError::Invalid(_) => 93,
+            VendorKeyError::NoAuthority => 94,
         }
     }
 }

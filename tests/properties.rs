@@ -412,7 +412,7 @@ proptest! {
     fn notice_round_trips(v in notice(), c in any::<u64>()) { round_trip(&v); seal_round_trip(&v, c); }
 
     #[test]
-    fn header_round_trips(kind in 0usize..8, device in any::<[u8; 8]>(), epoch in any::<u32>(), counter in any::<u64>(), eph in any::<[u8; 32]>()) {
+    fn header_round_trips(kind in 0usize..9, device in any::<[u8; 8]>(), epoch in any::<u32>(), counter in any::<u64>(), eph in any::<[u8; 32]>()) {
         let kind = Kind::ALL[kind];
         let ephemeral = (kind == Kind::REGISTER).then_some(eph);
         let h = Header { kind, device: DeviceId(device), epoch, counter, ephemeral };
@@ -436,6 +436,7 @@ proptest! {
         let _ = codec::decode::<Decommission>(&bytes);
         let _ = codec::decode::<Receipt>(&bytes);
         let _ = codec::decode::<Notice>(&bytes);
+        let _ = codec::decode::<spime::message::KeyUpdate>(&bytes);
         let _ = codec::decode::<ConsentState>(&bytes);
         let _ = codec::decode::<SignedConsent>(&bytes);
         // the device's in-place decoder gives the same verdict and value
@@ -448,7 +449,7 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_bodies_under_a_valid_seal_never_panic(body in pvec(any::<u8>(), 0..600), kind in 0usize..8) {
+    fn arbitrary_bodies_under_a_valid_seal_never_panic(body in pvec(any::<u8>(), 0..600), kind in 0usize..9) {
         // Bytes that pass the AEAD and signature checks reach the body decoders.
         let kind = Kind::ALL[kind];
         let (keys, eph) = session();

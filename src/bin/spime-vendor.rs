@@ -496,6 +496,7 @@ fn decode<S: Store>(bytes: &[u8], open: Option<(&VendorKeys, Option<&S>)>) -> Re
         Kind::DECOMMISSION => serde_json::to_value(verified.decode::<Decommission>()?)?,
         Kind::RECEIPT => serde_json::to_value(verified.decode::<Receipt>()?)?,
         Kind::NOTICE => serde_json::to_value(verified.decode::<Notice>()?)?,
+        Kind::KEY_UPDATE => serde_json::to_value(verified.decode::<spime::message::KeyUpdate>()?)?,
         _ => Value::Null,
     };
     if let Some(o) = out.as_object_mut() {

@@ -40,10 +40,10 @@ use crate::device::fault::FaultRecorder;
 use crate::device::metrics::Window;
 use crate::device::outbox::{Class, Dropped, Entry, ItemMeta, Outbox, OutboxError};
 use crate::device::storage::{CounterRecord, RECORD_CONSENT, RECORD_SESSION, Storage, StorageError};
-use crate::error::{CounterError, DecodeError, OpenError, ReplayError, SealError};
+use crate::error::{CounterError, DecodeError, OpenError, ReplayError, SealError, VendorKeyError};
 use crate::message::{
-    Body, ConsentUpdate, Decommission, DecommissionReason, DeviceCertificate, Fault, FirmwareVersion, Notice, Receipt,
-    Register, Transfer, UsageOf,
+    Body, ConsentUpdate, Decommission, DecommissionReason, DeviceCertificate, Fault, FirmwareVersion, KeyUpdate,
+    Notice, Receipt, Register, Transfer, UsageOf,
 };
 use crate::seal::counter::Counter;
 use crate::seal::keys::{self, AeadKey, DeviceKey, SessionKeys, VendorPublicKeys};
@@ -61,9 +61,12 @@ pub const SENT_CONSENTS: usize = 4;
 /// How many shown notices the device remembers for frequency caps.
 pub const SHOWN_NOTICES: usize = 8;
 /// Length of the session record.
-pub const SESSION_RECORD_LEN: usize = 468;
+pub const SESSION_RECORD_LEN: usize = 606;
 /// The session record's format byte.
-pub const SESSION_FORMAT: u8 = 3;
+pub const SESSION_FORMAT: u8 = 4;
+/// Length of a format-3 session record (before vendor keys were learned),
+/// still read.
+const SESSION_RECORD_V3_LEN: usize = 468;
 /// Length of a format-2 session record (before the pending Transfer was
 /// kept), still read.
 const SESSION_RECORD_V2_LEN: usize = 358;
@@ -222,6 +225,11 @@ pub enum SessionError {
     /// arrived under its epoch): there is nothing to register again.
     #[error("the registration is confirmed; change consent instead of registering again")]
     AlreadyConfirmed,
+    /// An authentic KeyUpdate certifies a key the device may not take
+    /// (an older serial, outside its validity), or the device has no
+    /// certificate authority key to check it with.
+    #[error("vendor key: {0}")]
+    VendorKey(#[from] VendorKeyError),
 }
 
 impl SessionError {
@@ -250,6 +258,7 @@ impl SessionError {
             SessionError::Edit(e) => e.code(),
             SessionError::Open(e) => e.code(),
             SessionError::Decode(e) => e.code(),
+            SessionError::VendorKey(e) => e.code(),
             SessionError::StaleConsent { .. } => 155,
             SessionError::NoSession => 156,
             SessionError::EpochExhausted => 157,
@@ -314,6 +323,38 @@ impl core::fmt::Display for Stage {
     }
 }
 
+/// A vendor key learned from a KeyUpdate (SPEC.md §8.7): its serial and
+/// public keys, as the session record keeps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LearnedKey {
+    serial: u32,
+    signing: [u8; 32],
+    key_agreement: [u8; 32],
+}
+
+impl LearnedKey {
+    fn put(key: Option<&LearnedKey>, r: &mut [u8], at: usize) {
+        if let Some(k) = key {
+            put(r, at, &[1]);
+            put(r, at + 1, &k.serial.to_be_bytes());
+            put(r, at + 5, &k.signing);
+            put(r, at + 37, &k.key_agreement);
+        }
+    }
+
+    fn get(r: &[u8], at: usize) -> Option<Option<LearnedKey>> {
+        match r.get(at)? {
+            0 => Some(None),
+            1 => Some(Some(LearnedKey {
+                serial: u32::from_be_bytes(array(r, at + 1)?),
+                signing: array(r, at + 5)?,
+                key_agreement: array(r, at + 37)?,
+            })),
+            _ => None,
+        }
+    }
+}
+
 /// The persisted session state (record [`RECORD_SESSION`]).
 #[derive(Debug, Clone)]
 struct SessionState {
@@ -331,6 +372,12 @@ struct SessionState {
     /// The Transfer sealed at the last change of owner, carried by the next
     /// Register (SPEC.md §8.5, §9.3).
     pending_transfer: Option<Transfer>,
+    /// The vendor key the current epoch was opened with, when it is not the
+    /// provisioned one: it signs the vendor's messages of the epoch.
+    epoch_vendor: Option<LearnedKey>,
+    /// The newest vendor key learned from a KeyUpdate: the next epoch is
+    /// opened with it (SPEC.md §8.7).
+    latest_vendor: Option<LearnedKey>,
 }
 
 impl SessionState {
@@ -345,6 +392,8 @@ impl SessionState {
             receipted: 0,
             pending: None,
             pending_transfer: None,
+            epoch_vendor: None,
+            latest_vendor: None,
         }
     }
 
@@ -392,6 +441,8 @@ impl SessionState {
                 r[404..468].copy_from_slice(&p.signature.0);
             }
         }
+        LearnedKey::put(self.epoch_vendor.as_ref(), r.as_mut_slice(), 468);
+        LearnedKey::put(self.latest_vendor.as_ref(), r.as_mut_slice(), 537);
         out
     }
 
@@ -399,6 +450,8 @@ impl SessionState {
         let mut full = Zeroizing::new([0u8; SESSION_RECORD_LEN]);
         match (r.first(), r.len()) {
             (Some(&SESSION_FORMAT), SESSION_RECORD_LEN) => full.copy_from_slice(r),
+            // Format 3: the same fields, no learned vendor key.
+            (Some(3), SESSION_RECORD_V3_LEN) => full.get_mut(..SESSION_RECORD_V3_LEN)?.copy_from_slice(r),
             // Format 2: the same fields, no pending Transfer.
             (Some(2), SESSION_RECORD_V2_LEN) => full.get_mut(..SESSION_RECORD_V2_LEN)?.copy_from_slice(r),
             _ => return None,
@@ -458,7 +511,21 @@ impl SessionState {
             }),
             _ => return None,
         };
-        Some(SessionState { stage, epoch, keys, replay, sent, shown, receipted, pending, pending_transfer })
+        let epoch_vendor = LearnedKey::get(r, 468)?;
+        let latest_vendor = LearnedKey::get(r, 537)?;
+        Some(SessionState {
+            stage,
+            epoch,
+            keys,
+            replay,
+            sent,
+            shown,
+            receipted,
+            pending,
+            pending_transfer,
+            epoch_vendor,
+            latest_vendor,
+        })
     }
 }
 
@@ -511,6 +578,9 @@ fn array<const M: usize>(r: &[u8], at: usize) -> Option<[u8; M]> {
 #[derive(Debug)]
 pub struct Device<'o, S: Storage, const N: usize, const RECORD: usize> {
     id: Identity,
+    /// The vendor certificate authority's key, if provisioned: KeyUpdates
+    /// are checked with it (SPEC.md §8.7).
+    authority: Option<[u8; 32]>,
     counter: Counter<CounterRecord<S>>,
     state: SessionState,
     consent: Option<SignedConsent>,
@@ -583,7 +653,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     pub fn boot(id: Identity, storage: S, outbox: &'o mut Outbox<N, RECORD>) -> Result<Self, SessionError> {
         check_layout::<S, N, RECORD>(&storage)?;
         let counter = Counter::open(CounterRecord(storage), COUNTER_BLOCK)?;
-        let mut dev = Device { id, counter, state: SessionState::new(), consent: None, outbox };
+        let mut dev = Device { id, authority: None, counter, state: SessionState::new(), consent: None, outbox };
         dev.start()?;
         Ok(dev)
     }
@@ -645,7 +715,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     ) -> Result<(), SessionError> {
         check_layout::<S, N, RECORD>(&storage)?;
         let counter = Counter::open(CounterRecord(storage), COUNTER_BLOCK)?;
-        *slot = Some(Device { id, counter, state: SessionState::new(), consent: None, outbox });
+        *slot = Some(Device { id, authority: None, counter, state: SessionState::new(), consent: None, outbox });
         Ok(())
     }
 
@@ -852,6 +922,62 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         self.state.receipted
     }
 
+    /// Gives the device the vendor certificate authority's public key
+    /// (`VCA.pub`, provisioned at manufacture like [`Identity`]; pass it at
+    /// every boot). With it the device learns new vendor keys from
+    /// KeyUpdates ([`Device::open_key_update`]) and so keeps working when
+    /// the vendor rotates its keys; without it, it keeps the key it was
+    /// provisioned with (SPEC.md §8.7).
+    ///
+    /// ```
+    /// # fn f<S: spime::device::Storage, const N: usize, const R: usize>(
+    /// #     device: spime::device::Device<'_, S, N, R>, ca: ed25519_dalek::VerifyingKey) {
+    /// let device = device.with_key_authority(ca);
+    /// assert_eq!(device.vendor_key_serial(), 0); // nothing learned yet
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_key_authority(mut self, authority: ed25519_dalek::VerifyingKey) -> Self {
+        self.authority = Some(authority.to_bytes());
+        self
+    }
+
+    /// The serial of the newest vendor key the device holds: 0 for the key
+    /// it was provisioned with, else the serial of the last KeyUpdate it took.
+    pub fn vendor_key_serial(&self) -> u32 {
+        self.state.latest_vendor.map_or(0, |k| k.serial)
+    }
+
+    /// Whether the device learned a vendor key that its current epoch does
+    /// not use yet: open a new epoch ([`Registered::renew_keys`], once the
+    /// outbox is empty) so the vendor can retire the old key.
+    pub fn vendor_key_pending(&self) -> bool {
+        self.state.stage == Stage::Registered
+            && self.state.latest_vendor.is_some()
+            && self.state.latest_vendor != self.state.epoch_vendor
+    }
+
+    /// The public keys the next epoch is opened with: the newest learned, or
+    /// the provisioned ones.
+    fn latest_vendor(&self) -> Result<VendorPublicKeys, SessionError> {
+        match &self.state.latest_vendor {
+            None => Ok(self.id.vendor),
+            Some(k) => Ok(VendorPublicKeys {
+                signing: ed25519_dalek::VerifyingKey::from_bytes(&k.signing).map_err(|_| OpenError::BadCertificate)?,
+                key_agreement: k.key_agreement,
+            }),
+        }
+    }
+
+    /// The key that signs the vendor's messages of the current epoch: the
+    /// one the epoch was opened with.
+    fn epoch_vendor_signing(&self) -> Result<ed25519_dalek::VerifyingKey, SessionError> {
+        match &self.state.epoch_vendor {
+            None => Ok(self.id.vendor.signing),
+            Some(k) => Ok(ed25519_dalek::VerifyingKey::from_bytes(&k.signing).map_err(|_| OpenError::Unauthentic)?),
+        }
+    }
+
     /// The next message to send: the oldest of the most important class,
     /// read from storage into the outbox's record buffer. Cut it with
     /// [`crate::wire::chunk::Chunks`] (message id: the low 16 bits of
@@ -952,9 +1078,13 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         self.state.keys = None;
         self.state.pending = None;
         self.save_state()?;
-        let (keys, eph) = keys::device_start_epoch(rng, &self.id.key.device, epoch, &self.id.vendor)?;
+        // The newest vendor key the device holds opens the epoch and signs
+        // the vendor's messages under it (SPEC §8.7).
+        let vendor = self.latest_vendor()?;
+        let (keys, eph) = keys::device_start_epoch(rng, &self.id.key.device, epoch, &vendor)?;
         self.state.keys = Some(keys);
         self.state.pending = Some(eph);
+        self.state.epoch_vendor = self.state.latest_vendor;
         Ok(epoch)
     }
 
@@ -1029,7 +1159,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         self.state.replay.check(h.counter)?;
         let mut buf = [0u8; Notice::MAX_SEALED_LEN];
         let pt = env.decrypt(keys, &mut buf)?;
-        let v = pt.verify(&self.id.vendor.signing)?;
+        let v = pt.verify(&self.epoch_vendor_signing()?)?;
         Ok((v.decode::<B>()?, h.counter))
     }
 
@@ -1060,6 +1190,68 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         self.state.receipted = self.state.receipted.max(receipt.consent_version);
         self.accept_vendor_counter(counter)?;
         Ok(receipt)
+    }
+
+    /// Opens a vendor KeyUpdate at `now` (SPEC.md §8.7): checks the
+    /// envelope as for any vendor message (direction, device, replay window,
+    /// current epoch's key), then that the certificate is signed by the
+    /// vendor certificate authority (`VCA`, [`Device::with_key_authority`]),
+    /// that the key it certifies signed the envelope, that it is valid at
+    /// `now`, and that its serial is above the one held (the same
+    /// certificate again changes nothing). The new key is stored with the
+    /// message's counter in one record write; the device opens its next
+    /// epoch with it ([`Device::vendor_key_pending`]). Returns the serial
+    /// of the key now held.
+    ///
+    /// # Errors
+    /// [`SessionError::Open`] for anything that is not an authentic, fresh
+    /// KeyUpdate for this device (`BadCertificate` for a certificate the
+    /// authority did not sign, `Unauthentic` for an envelope the certified
+    /// key did not sign); [`SessionError::VendorKey`] for a device without
+    /// the authority's key, an expired or not yet valid certificate, or a
+    /// serial rollback. Nothing is recorded then.
+    pub fn open_key_update(&mut self, bytes: &[u8], now: u64) -> Result<u32, SessionError> {
+        let env = Envelope::parse(bytes)?;
+        let h = env.header;
+        if h.kind.direction() != Direction::VendorToDevice {
+            return Err(OpenError::WrongDirection(h.kind).into());
+        }
+        if h.kind != KeyUpdate::KIND {
+            return Err(OpenError::WrongKind { expected: KeyUpdate::KIND, got: h.kind }.into());
+        }
+        if h.device != self.id.key.device {
+            return Err(OpenError::WrongDevice.into());
+        }
+        let keys = self.state.keys.as_ref().ok_or(SessionError::NoSession)?;
+        self.state.replay.check(h.counter)?;
+        let authority = self.authority.ok_or(VendorKeyError::NoAuthority)?;
+        let authority = ed25519_dalek::VerifyingKey::from_bytes(&authority).map_err(|_| VendorKeyError::NoAuthority)?;
+        let mut buf = [0u8; KeyUpdate::MAX_SEALED_LEN];
+        let pt = env.decrypt(keys, &mut buf)?;
+        // Like a Register (SPEC §4.4 step 8): the body names the signer,
+        // and the certificate authority vouches for it.
+        let update: KeyUpdate = codec::decode(pt.body_bytes()).map_err(OpenError::Decode)?;
+        let public = update.certificate.verify(&authority)?;
+        pt.verify(&public.signing)?;
+        let body = update.certificate.body;
+        body.valid_at(now).map_err(VendorKeyError::Invalid)?;
+        let held = self.vendor_key_serial();
+        let learned = LearnedKey { serial: body.serial, signing: body.signing, key_agreement: body.key_agreement };
+        let same = match &self.state.latest_vendor {
+            Some(k) => *k == learned,
+            None => {
+                self.id.vendor.signing.to_bytes() == learned.signing
+                    && self.id.vendor.key_agreement == learned.key_agreement
+            }
+        };
+        if body.serial < held || (body.serial == held && !same) {
+            return Err(VendorKeyError::Rollback { held, got: body.serial }.into());
+        }
+        if body.serial > held {
+            self.state.latest_vendor = Some(learned);
+        }
+        self.accept_vendor_counter(h.counter)?;
+        Ok(self.vendor_key_serial())
     }
 
     /// Opens a vendor Notice at `now` and decides, by the owner's contact

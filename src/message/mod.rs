@@ -14,9 +14,11 @@
 
 mod certificate;
 mod display;
+mod vendor_key;
 
 pub use certificate::{CERTIFICATE_DST, CLOCK_SKEW, CertificateBody, DeviceCertificate, Validity};
 pub use display::Readable;
+pub use vendor_key::{KeyUpdate, VENDOR_KEY_CERTIFICATE_DST, VendorKeyBody, VendorKeyCertificate};
 
 use serde::{Deserialize, Serialize};
 
@@ -72,7 +74,7 @@ pub const MAX_SEALED_LEN: usize = max(
     ),
     max(
         max(Transfer::MAX_SEALED_LEN, Decommission::MAX_SEALED_LEN),
-        max(Receipt::MAX_SEALED_LEN, Notice::MAX_SEALED_LEN),
+        max(max(Receipt::MAX_SEALED_LEN, Notice::MAX_SEALED_LEN), KeyUpdate::MAX_SEALED_LEN),
     ),
 );
 

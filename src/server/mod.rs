@@ -172,6 +172,7 @@ pub fn kind_name(kind: Kind) -> &'static str {
         Kind::DECOMMISSION => "decommission",
         Kind::RECEIPT => "receipt",
         Kind::NOTICE => "notice",
+        Kind::KEY_UPDATE => "key-update",
         _ => "unknown",
     }
 }

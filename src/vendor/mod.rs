@@ -70,8 +70,10 @@ mod redb_store;
 pub mod sim;
 pub mod store;
 
-pub use error::{IngestError, SendError, StoreError};
-pub use ingest::{Accepted, Event, IngestConfig, Ingestor, OPENER_FAILURES, OPENER_WINDOW, Outcome, partition_of};
+pub use error::{IngestError, KeyringError, SendError, StoreError};
+pub use ingest::{
+    Accepted, Event, IngestConfig, Ingestor, MAX_VENDOR_KEYS, OPENER_FAILURES, OPENER_WINDOW, Outcome, partition_of,
+};
 pub use memory::{MemoryStore, MemoryTxn};
 #[cfg(feature = "postgres")]
 pub use pg_store::{PgStore, PgTxn};

@@ -114,12 +114,18 @@ pub(crate) struct TestServer {
 
 impl TestServer {
     pub(crate) fn start(name: &str) -> TestServer {
+        TestServer::start_with(name, |i| i)
+    }
+
+    /// A server whose pipeline `setup` configures (a keyring, for example).
+    pub(crate) fn start_with(name: &str, setup: impl FnOnce(Ingestor<RedbStore>) -> Ingestor<RedbStore>) -> TestServer {
         let dir = std::env::temp_dir().join(format!("spime-server-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("vendor.redb");
         let store = RedbStore::open(&file).unwrap();
-        let ingestor = Arc::new(Ingestor::new(store, vendor_keys(), IngestConfig { workers: 1, batch_verify: true }));
+        let ingestor =
+            Arc::new(setup(Ingestor::new(store, vendor_keys(), IngestConfig { workers: 1, batch_verify: true })));
         let clock = Arc::new(AtomicU64::new(T0));
         let c = Arc::clone(&clock);
         let config = Config {
