@@ -279,3 +279,85 @@ fn spec_lists_every_code_once_with_its_name() {
     assert_eq!(spec_local, code_local, "SPEC §10.1's local codes against the crate's");
     assert_eq!((spec.len(), spec_local.len()), (65, 47));
 }
+
+/// SPEC.md §11.4: the CoAP response code of every refusal the vendor
+/// pipeline reports is the one the table gives for its §10.1 code.
+#[cfg(feature = "server")]
+#[test]
+fn spec_coap_codes_match_the_server() {
+    use spime::consent::{ConsentError, Denial, Purpose};
+    use spime::error::ReplayError;
+    use spime::message::Validity;
+    use spime::server::coap::response_code;
+    use spime::vendor::{IngestError, StoreError};
+    use spime::wire::chunk::ChunkError;
+    let spec = include_str!("../SPEC.md");
+    let start = spec.find("### 11.4 Response codes for refusals").unwrap();
+    let mut table: BTreeMap<u16, String> = BTreeMap::new();
+    for line in spec[start..].lines().skip(1).take_while(|l| !l.starts_with('#')) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (Some(coap), Some(codes)) = (cells.get(1), cells.get(2)) else { continue };
+        let coap = coap.split_whitespace().next().unwrap_or("").to_string();
+        for part in codes.split(',').map(str::trim) {
+            let mut ends = part.split('–').map(|n| n.trim().parse::<u16>());
+            let (Some(Ok(a)), b) = (ends.next(), ends.next()) else { continue };
+            let b = b.and_then(Result::ok).unwrap_or(a);
+            for c in a..=b {
+                assert!(table.insert(c, coap.clone()).is_none(), "§11.4 lists code {c} twice");
+            }
+        }
+    }
+    let mut errors = vec![
+        IngestError::WrongDirection(Kind::NOTICE),
+        IngestError::Unauthentic,
+        IngestError::WeakKey,
+        IngestError::Replay(ReplayError::Duplicate(1)),
+        IngestError::Replay(ReplayError::TooOld { counter: 1, highest: 200 }),
+        IngestError::UnknownDevice,
+        IngestError::StaleEpoch { current: 2, got: 1 },
+        IngestError::UnopenedEpoch { current: 1, got: 2 },
+        IngestError::CertificateMismatch,
+        IngestError::Consent(ConsentError::TooFarAhead { held: 1, got: 2000, max: 1025 }),
+        IngestError::Consent(ConsentError::Stale { held: 2, got: 1 }),
+        IngestError::Consent(ConsentError::Conflict(1)),
+        IngestError::Consent(ConsentError::OwnerProofMissing),
+        IngestError::Consent(ConsentError::OwnerProofInvalid),
+        IngestError::Consent(ConsentError::OwnerKeyMismatch),
+        IngestError::AwaitingRegistration,
+        IngestError::Decommissioned,
+        IngestError::Throttled,
+        IngestError::Storage(StoreError::Conflict),
+        IngestError::CertificateInvalid(Validity::Expired { not_after: 1 }),
+        IngestError::Revoked,
+        IngestError::VendorKeyRetired { serial: 0 },
+        IngestError::Unconsented(Denial::UnknownVersion { named: 2, held: 1 }),
+        IngestError::Unconsented(Denial::ReconfirmDue { since: 1, version: 1 }),
+        IngestError::Unconsented(Denial::Expired { purpose: Purpose::ESSENTIAL, at: 1, version: 1 }),
+        IngestError::Chunk(ChunkError::Truncated(1)),
+        IngestError::Chunk(ChunkError::ZeroSize),
+        IngestError::Chunk(ChunkError::IndexOutOfRange { index: 2, last: 1 }),
+        IngestError::Chunk(ChunkError::BadLength { len: 1, size: 2 }),
+        IngestError::Chunk(ChunkError::TooLarge { len: 2, max: 1 }),
+    ];
+    errors.extend(
+        [
+            DecodeError::Truncated { needed: 2, have: 1 },
+            DecodeError::Malformed,
+            DecodeError::BufferTooSmall { have: 1 },
+        ]
+        .map(IngestError::Decode),
+    );
+    for e in &errors {
+        let coap = match format!("{:?}", response_code(e)).as_str() {
+            "BadRequest" => "4.00",
+            "Unauthorized" => "4.01",
+            "Forbidden" => "4.03",
+            "NotFound" => "4.04",
+            "Conflict" => "4.09",
+            "PreconditionFailed" => "4.12",
+            "ServiceUnavailable" => "5.03",
+            other => panic!("{e:?}: {other} is not in SPEC §11.4"),
+        };
+        assert_eq!(table.get(&e.code()).map(String::as_str), Some(coap), "{e:?} (code {})", e.code());
+    }
+}
