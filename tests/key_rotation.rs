@@ -531,6 +531,15 @@ fn a_format_3_session_record_is_read_and_rewritten_as_format_4() {
     let mut st = a.into_storage();
     let rec = st.read(RECORD_SESSION, &mut buf).unwrap().unwrap().to_vec();
     assert_eq!((rec.len(), rec[0], rec[537]), (606, 4, 1));
+    // Byte for byte as SPEC §8.6's table: stage, epoch, keys flag; the epoch
+    // key is still the provisioned one (flag 0 at 468, zeros after it); the
+    // learned key's serial, VS.pub and VX.pub at 538, 542 and 574.
+    let k1 = key1().public();
+    assert_eq!((rec[1], &rec[2..6], rec[6]), (1, &1u32.to_be_bytes()[..], 1));
+    assert!(rec[468..537].iter().all(|&b| b == 0));
+    assert_eq!(&rec[538..542], &1u32.to_be_bytes());
+    assert_eq!(&rec[542..574], k1.signing.as_bytes());
+    assert_eq!(&rec[574..606], &k1.key_agreement);
     // A learned-key flag that is neither 0 nor 1 is a damaged record.
     let mut bad = rec.clone();
     bad[537] = 2;
