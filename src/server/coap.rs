@@ -425,18 +425,20 @@ impl<S: Store> App<S> {
                             Err(e) => debug!(error = %e, "no receipt"),
                         }
                     }
-                    // The device's epoch uses an older vendor key: send the new one
-                    // (SPEC §9.6) before any notice.
+                    // Notices first, so a device that cannot learn keys (no VCA.pub, older
+                    // firmware) still gets them while an older vendor key is live; a
+                    // device whose epoch uses an older key gets the new one when no
+                    // notice waits (SPEC §11.2).
+                    if let Some(n) = self.next_notice(&acc.device) {
+                        return (ResponseType::Changed, Some(ContentFormat::ApplicationOctetStream), n);
+                    }
                     if acc.key_update_due {
                         match self.ingestor.seal_key_update(&acc.device, now) {
                             Ok(u) => return (ResponseType::Changed, Some(ContentFormat::ApplicationOctetStream), u),
                             Err(e) => debug!(error = %e, "no key update"),
                         }
                     }
-                    match self.next_notice(&acc.device) {
-                        Some(n) => (ResponseType::Changed, Some(ContentFormat::ApplicationOctetStream), n),
-                        None => (ResponseType::Changed, None, Vec::new()),
-                    }
+                    (ResponseType::Changed, None, Vec::new())
                 }
                 Err(e) => {
                     let device = Header::parse(bytes).ok().map(|(h, _)| h.device);
