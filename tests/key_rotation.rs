@@ -130,7 +130,8 @@ fn flush<F: embedded_storage::nor_flash::NorFlash>(
     now: u64,
 ) -> Vec<Result<(bool, Option<u32>), IngestError>> {
     let mut out = Vec::new();
-    let queued: Vec<(u64, Vec<u8>)> = dev.queued_envelopes().unwrap().into_iter().map(|(m, e)| (m.counter, e)).collect();
+    let queued: Vec<(u64, Vec<u8>)> =
+        dev.queued_envelopes().unwrap().into_iter().map(|(m, e)| (m.counter, e)).collect();
     for (c, env) in queued {
         let r = vendor.ingest(&env, now);
         if r.is_ok() {
