@@ -280,8 +280,8 @@ fn a_wrong_keyring_is_refused_at_startup_with_its_reason() {
     assert!(!ok && err.contains("both have serial 1: each pair needs its own serial"), "{err}");
     let (ok, _, err) = check(&format!("{}{}", pair(1, "k1/vendor.cert"), pair(1, "k1/as3.cert")));
     assert!(!ok && err.contains("the same key pair under serials 1 and 3"), "{err}");
-    let twin = format!("[[vendor_key]]\nkeys = \"k1/vendor.keys\"\n[[vendor_key]]\nkeys = \"k2/vendor.keys\"\n");
-    let (ok, _, err) = check(&twin);
+    let twin = "[[vendor_key]]\nkeys = \"k1/vendor.keys\"\n[[vendor_key]]\nkeys = \"k2/vendor.keys\"\n";
+    let (ok, _, err) = check(twin);
     assert!(
         !ok && err.contains("both have serial 0") && err.contains("only the first pair may be uncertified"),
         "{err}"

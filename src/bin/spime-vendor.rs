@@ -525,15 +525,15 @@ impl LoadedRing {
                 }
             }
         }
-        if let Some(newest) = keys.last() {
-            if newest.spec.retire_at.is_some() {
-                return Err(format!(
-                    "{}: the newest vendor key (serial {}) cannot retire: add its successor first",
-                    newest.spec.keys.display(),
-                    newest.serial
-                )
-                .into());
-            }
+        if let Some(newest) = keys.last()
+            && newest.spec.retire_at.is_some()
+        {
+            return Err(format!(
+                "{}: the newest vendor key (serial {}) cannot retire: add its successor first",
+                newest.spec.keys.display(),
+                newest.serial
+            )
+            .into());
         }
         Ok(LoadedRing { keys, authority })
     }
@@ -795,7 +795,7 @@ fn show(path: &Path) -> Result<(), Failure> {
         println!("key-agreement  {}", hex::encode(cert.body.key_agreement));
         println!("not-before     {} ({})", cert.body.not_before, Utc(cert.body.not_before));
         println!("not-after      {} ({})", cert.body.not_after, Utc(cert.body.not_after));
-    } else if let Ok(text) = std::str::from_utf8(&bytes)
+    } else if let Ok(text) = core::str::from_utf8(&bytes)
         && (text.starts_with("# spime vendor public keys") || text.starts_with("# spime certificate authority"))
     {
         println!("{}: public keys (not secret)", file.display());

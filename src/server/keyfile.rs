@@ -272,10 +272,10 @@ pub fn ca_init(dir: &Path) -> Result<SigningKey, KeyFileError> {
     let mut seed = Zeroizing::new([0u8; 32]);
     getrandom::fill(seed.as_mut_slice()).map_err(|e| KeyFileError::Random(e.to_string()))?;
     let key = SigningKey::from_bytes(&seed);
-    let mut bytes = Zeroizing::new([0u8; CA_KEY_LEN]);
-    bytes[..5].copy_from_slice(CA_MAGIC);
-    bytes[5..].copy_from_slice(seed.as_slice());
-    create_new(&dir.join(CA_SECRET_FILE), bytes.as_slice(), true)?;
+    let mut bytes = Zeroizing::new(Vec::with_capacity(CA_KEY_LEN));
+    bytes.extend_from_slice(CA_MAGIC);
+    bytes.extend_from_slice(seed.as_slice());
+    create_new(&dir.join(CA_SECRET_FILE), &bytes, true)?;
     let pub_path = dir.join(CA_PUBLIC_FILE);
     std::fs::write(&pub_path, ca_public_text(&key.verifying_key()))
         .map_err(|source| KeyFileError::Io { path: pub_path, source })?;
