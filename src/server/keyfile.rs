@@ -389,6 +389,48 @@ mod tests {
     }
 
     #[test]
+    fn the_certificate_authority_and_certificate_files() {
+        let dir = temp("ca");
+        let ca = ca_init(&dir).unwrap();
+        let bytes = std::fs::read(dir.join(CA_SECRET_FILE)).unwrap();
+        assert_eq!(bytes.len(), CA_KEY_LEN);
+        assert_eq!(bytes.get(..5), Some(&CA_MAGIC[..]));
+        assert_eq!(bytes.get(5..), Some(&ca.to_bytes()[..]), "the seed follows the magic");
+        assert_eq!(load_ca(&dir.join(CA_SECRET_FILE)).unwrap().verifying_key(), ca.verifying_key());
+        assert!(matches!(ca_init(&dir), Err(KeyFileError::Exists(_))));
+        #[cfg(unix)]
+        assert!(!readable_by_others(&dir.join(CA_SECRET_FILE)));
+        // VCA.pub from ca.pub, or from its hex.
+        assert_eq!(load_authority(&dir.join(CA_PUBLIC_FILE)).unwrap(), ca.verifying_key());
+        let hex_key = hex::encode(ca.verifying_key().to_bytes());
+        assert_eq!(load_authority(Path::new(&hex_key)).unwrap(), ca.verifying_key());
+        std::fs::write(dir.join("bad.pub"), "authority 00\n").unwrap();
+        assert!(matches!(load_authority(&dir.join("bad.pub")), Err(KeyFileError::Authority(_))));
+        assert!(matches!(load_authority(&dir.join("absent.pub")), Err(KeyFileError::Io { .. })));
+        // A vendor key file serves as the authority too (its signing key).
+        let vendor = init(&dir).unwrap();
+        assert_eq!(load_ca(&dir.join(SECRET_FILE)).unwrap().verifying_key(), vendor.public().signing);
+        std::fs::write(dir.join("junk"), [0u8; CA_KEY_LEN]).unwrap();
+        assert!(matches!(load_ca(&dir.join("junk")), Err(KeyFileError::CaFormat(_))));
+        let mut other = bytes.clone();
+        other.push(0);
+        std::fs::write(dir.join("long"), &other).unwrap();
+        assert!(matches!(load_ca(&dir.join("long")), Err(KeyFileError::CaFormat(_))));
+        // Certificates: written once, read back; anything else refused.
+        let cert = VendorKeyCertificate::certify(&vendor, 1, 10, 20, &ca).unwrap();
+        let path = dir.join("vendor.cert");
+        write_certificate(&path, &cert).unwrap();
+        assert_eq!(load_certificate(&path).unwrap(), cert);
+        assert!(matches!(write_certificate(&path, &cert), Err(KeyFileError::Exists(_))));
+        assert!(matches!(load_certificate(&dir.join(SECRET_FILE)), Err(KeyFileError::Certificate { .. })));
+        let mut long = std::fs::read(&path).unwrap();
+        long.push(0);
+        std::fs::write(&path, &long).unwrap();
+        assert!(matches!(load_certificate(&path), Err(KeyFileError::Certificate { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn every_malformed_file_is_refused_with_its_reason() {
         let dir = temp("bad");
         let path = dir.join(SECRET_FILE);
