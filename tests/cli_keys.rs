@@ -223,6 +223,7 @@ fn an_operator_rotates_the_vendor_key_and_devices_follow() {
 fn a_wrong_keyring_is_refused_at_startup_with_its_reason() {
     let dir = temp_dir("refuse");
     let t = now();
+    let k1_keys = dir.join("k1/vendor.keys");
     assert!(vendor(&["keys", "ca", "init", s(&dir.join("ca"))]).0);
     for (name, serial) in [("k1", 1), ("k2", 2), ("k3", 3), ("k4", 4)] {
         certified_pair(&dir, name, serial, t - 86_400);
@@ -329,8 +330,47 @@ fn a_wrong_keyring_is_refused_at_startup_with_its_reason() {
     assert!(ok && out.contains("serial 1: retired at") && out.contains("serial 2: live, newest"), "{out}{err}");
     let (ok, _, err) = vendor(&["serve", "--data", "d", "--vendor-key", "k,c,soon", "--check"]);
     assert!(!ok && err.contains("Unix seconds"), "{err}");
+    // Without --authority, the serial-0 pair's signing key is the authority
+    // (SPEC.md §2: VCA may be VS): `keys certify --ca` takes its key file.
+    assert!(vendor(&["keys", "init", s(&dir.join("k0"))]).0);
+    let (k0_keys, k3_keys, k3_cert) = (dir.join("k0/vendor.keys"), dir.join("k3/vendor.keys"), dir.join("k3/by0.cert"));
+    let (ok, _, err) =
+        vendor(&["keys", "certify", "--ca", s(&k0_keys), "--keys", s(&k3_keys), "--serial", "1", "--out", s(&k3_cert)]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = vendor(&[
+        "serve",
+        "--data",
+        s(&dir.join("data")),
+        "--vendor-key",
+        s(&k0_keys),
+        "--vendor-key",
+        &format!("{},{}", s(&k3_keys), s(&k3_cert)),
+        "--check",
+    ]);
+    assert!(ok && out.contains("serial 1: live, newest") && out.contains("(the serial-0 signing key)"), "{out}{err}");
+    // ...but not a CA the file does not name.
+    let (ok, _, err) = vendor(&[
+        "serve",
+        "--data",
+        s(&dir.join("data")),
+        "--vendor-key",
+        s(&k0_keys),
+        "--vendor-key",
+        &format!("{},{}", s(&k1_keys), s(&dir.join("k1/vendor.cert"))),
+        "--check",
+    ]);
+    assert!(!ok && err.contains("not signed by the certificate authority"), "{err}");
+    // `keys show` names every kind of file.
+    for (file, says) in [
+        ("ca", "certificate authority key"),
+        ("ca/ca.pub", "authority "),
+        ("k0/vendor.pub", "key-agreement "),
+        ("k0", "vendor key pair"),
+    ] {
+        let (ok, out, err) = vendor(&["keys", "show", s(&dir.join(file))]);
+        assert!(ok && out.contains(says), "{file}: {out}{err}");
+    }
     // certify never overwrites, and refuses times the wrong way round.
-    let k1_keys = dir.join("k1/vendor.keys");
     let certify = |out: &str, extra: &[&str]| {
         let args =
             [&["keys", "certify", "--ca", s(&ca_key), "--keys", s(&k1_keys), "--serial", "1", "--out", out][..], extra]

@@ -458,36 +458,36 @@ impl LoadedRing {
             }
             let certificate = match &spec.certificate {
                 None => None,
-                Some(c) => {
-                    let cert = keyfile::load_certificate(c)?;
-                    let Some(a) = &authority else {
-                        return Err(format!(
-                            "{}: a certified vendor key needs the certificate authority's public key: give --authority (ca.pub, from `spime-vendor keys ca init`)",
-                            c.display()
-                        )
-                        .into());
-                    };
-                    let public = cert.verify(a).map_err(|_| {
-                        format!(
-                            "{}: not signed by the certificate authority {}",
-                            c.display(),
-                            hex::encode(a.to_bytes())
-                        )
-                    })?;
-                    if public != pair.public() {
-                        return Err(format!(
-                            "{}: the certificate does not match the vendor key {} (it certifies signing key {})",
-                            c.display(),
-                            spec.keys.display(),
-                            hex::encode(public.signing.to_bytes())
-                        )
-                        .into());
-                    }
-                    Some(cert)
-                }
+                Some(c) => Some(keyfile::load_certificate(c)?),
             };
             let serial = certificate.map_or(0, |c| c.body.serial);
             keys.push(LoadedKey { spec: spec.clone(), serial, keys: pair, certificate });
+        }
+        // Without --authority, the authority is the uncertified (serial-0)
+        // pair's signing key, as in the library (SPEC.md §2: VCA may be VS).
+        let check =
+            authority.or_else(|| keys.iter().find(|k| k.certificate.is_none()).map(|k| k.keys.public().signing));
+        for k in &keys {
+            let (Some(cert), Some(c)) = (&k.certificate, &k.spec.certificate) else { continue };
+            let Some(a) = &check else {
+                return Err(format!(
+                    "{}: a certified vendor key needs the certificate authority's public key: give --authority (ca.pub, from `spime-vendor keys ca init`)",
+                    c.display()
+                )
+                .into());
+            };
+            let public = cert.verify(a).map_err(|_| {
+                format!("{}: not signed by the certificate authority {}", c.display(), hex::encode(a.to_bytes()))
+            })?;
+            if public != k.keys.public() {
+                return Err(format!(
+                    "{}: the certificate does not match the vendor key {} (it certifies signing key {})",
+                    c.display(),
+                    k.spec.keys.display(),
+                    hex::encode(public.signing.to_bytes())
+                )
+                .into());
+            }
         }
         if keys.len() > MAX_VENDOR_KEYS {
             return Err(format!(

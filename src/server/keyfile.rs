@@ -130,8 +130,9 @@ pub enum KeyFileError {
         "{0}: not a certificate authority public key (64 hex digits, or a ca.pub file with an `authority <hex>` line)"
     )]
     Authority(String),
-    /// Keys exist already; [`init`] never overwrites.
-    #[error("{0} exists already; refusing to overwrite vendor keys")]
+    /// The file exists already; [`init`], [`ca_init`] and
+    /// [`write_certificate`] never overwrite.
+    #[error("{0} exists already; refusing to overwrite it")]
     Exists(PathBuf),
     /// The system's random source failed.
     #[error("random source: {0}")]
