@@ -287,6 +287,17 @@ fn a_wrong_keyring_is_refused_at_startup_with_its_reason() {
         !ok && err.contains("both have serial 0") && err.contains("only the first pair may be uncertified"),
         "{err}"
     );
+    // Two pairs on one key-agreement key (SPEC.md §9.2).
+    for (name, seed) in [("vx1.keys", 1), ("vx2.keys", 2)] {
+        let keys = spime::seal::VendorKeys::from_secrets(&[seed; 32], &[3; 32]);
+        std::fs::write(dir.join(name), keys.to_bytes().as_slice()).unwrap();
+    }
+    recertify("vx1.keys", "1", "vx1.cert");
+    recertify("vx2.keys", "2", "vx2.cert");
+    let shared = "[[vendor_key]]\nkeys = \"vx1.keys\"\ncertificate = \"vx1.cert\"\n\
+                  [[vendor_key]]\nkeys = \"vx2.keys\"\ncertificate = \"vx2.cert\"\n";
+    let (ok, _, err) = check(shared);
+    assert!(!ok && err.contains("share a key-agreement key"), "{err}");
     // More than MAX_VENDOR_KEYS.
     let four: String = (1..=4).map(|n| pair(n, &format!("k{n}/vendor.cert"))).collect();
     let (ok, _, err) = check(&four);

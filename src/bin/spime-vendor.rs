@@ -525,6 +525,20 @@ impl LoadedRing {
                 }
             }
         }
+        // SPEC.md §9.2: an opener names its pair only through VX.
+        for (i, a) in keys.iter().enumerate() {
+            for b in keys.iter().skip(i + 1) {
+                if a.keys.public().key_agreement == b.keys.public().key_agreement {
+                    return Err(format!(
+                        "{} and {} share a key-agreement key: every pair needs its own (SPEC.md §9.2; make the new \
+                         pair with `spime-vendor keys init`)",
+                        a.spec.keys.display(),
+                        b.spec.keys.display()
+                    )
+                    .into());
+                }
+            }
+        }
         if let Some(newest) = keys.last()
             && newest.spec.retire_at.is_some()
         {
