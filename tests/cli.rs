@@ -44,12 +44,20 @@ fn help_explains_every_command() {
         "--workers",
         "--log",
         "--check",
+        "--vendor-key",
+        "--authority",
     ] {
         assert!(out.contains(flag), "serve --help lacks {flag}:\n{out}");
     }
     // The config file's keys, documented at the end of the long help.
     assert!(out.contains("CONFIG FILE") && out.contains("coap = \"0.0.0.0:5683\""), "{out}");
-    for cmd in [&["keys", "init", "--help"][..], &["keys", "show", "--help"], &["decode", "--help"]] {
+    for cmd in [
+        &["keys", "init", "--help"][..],
+        &["keys", "show", "--help"],
+        &["keys", "ca", "init", "--help"],
+        &["keys", "certify", "--help"],
+        &["decode", "--help"],
+    ] {
         let (ok, out, _) = vendor(cmd);
         assert!(ok && out.contains("Usage:"), "{cmd:?}: {out}");
     }

@@ -572,3 +572,49 @@ fn a_change_of_owner_keeps_the_learned_key() {
     assert_eq!(epoch_key_serial(&vendor, &A), (2, 1));
     a.open_receipt(&vendor.seal_receipt(&A).unwrap()).unwrap();
 }
+
+/// Once key 0 is forgotten, the vendor restarts with a keyring whose first
+/// pair is certified (`Ingestor::new_certified`): epochs recorded under
+/// serial 1 still open, and key 2 can follow.
+#[test]
+fn a_vendor_restarts_without_key_0() {
+    let vendor = vendor_before();
+    let mut f = Flash::new();
+    let mut o = Ob::new();
+    let mut a = boot(A, 0xA1, &mut f, &mut o);
+    register(&mut a, &vendor, 1, ROTATE_AT);
+    let vendor = rotated(vendor);
+    report(&mut a, ROTATE_AT + 60);
+    assert_eq!(flush(&mut a, &vendor, ROTATE_AT + 60), vec![Ok((true, None))]);
+    assert_eq!(a.open_key_update(&vendor.seal_key_update(&A, ROTATE_AT + 60).unwrap(), ROTATE_AT + 60).unwrap(), 1);
+    a.registered().unwrap().renew_keys(&mut rng(5)).unwrap();
+    report(&mut a, ROTATE_AT + 120);
+    assert_eq!(flush(&mut a, &vendor, ROTATE_AT + 120), vec![Ok((false, Some(2)))]);
+    a.open_receipt(&vendor.seal_receipt(&A).unwrap()).unwrap();
+    assert_eq!(epoch_key_serial(&vendor, &A), (2, 1));
+
+    // Restart with keys 1 and 2 only.
+    let config = IngestConfig { workers: 1, batch_verify: false };
+    let store = vendor.into_store();
+    let ca = authority().verifying_key();
+    let vendor = Ingestor::new_certified(store, key1(), cert(&key1(), 1), ca, config)
+        .unwrap()
+        .with_vendor_key(key2(), cert(&key2(), 2))
+        .unwrap();
+    assert_eq!(vendor.vendor_key_serials(ROTATE_AT), vec![(1, true), (2, true)]);
+    report(&mut a, ROTATE_AT + 180);
+    assert_eq!(flush(&mut a, &vendor, ROTATE_AT + 180), vec![Ok((true, None))], "epoch under serial 1 still opens");
+    assert_eq!(a.open_key_update(&vendor.seal_key_update(&A, ROTATE_AT + 180).unwrap(), ROTATE_AT + 180).unwrap(), 2);
+
+    // What new_certified refuses: another authority's certificate, a certificate of other keys.
+    let other = SigningKey::from_bytes(&[0xCB; 32]);
+    let foreign = VendorKeyCertificate::certify(&key1(), 1, 0, u64::MAX, &other).unwrap();
+    assert!(matches!(
+        Ingestor::new_certified(MemoryStore::new(), key1(), foreign, ca, config),
+        Err(KeyringError::BadCertificate)
+    ));
+    assert!(matches!(
+        Ingestor::new_certified(MemoryStore::new(), key2(), cert(&key1(), 1), ca, config),
+        Err(KeyringError::KeysDiffer)
+    ));
+}

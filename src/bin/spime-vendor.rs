@@ -9,11 +9,15 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
+use ed25519_dalek::VerifyingKey;
 use spime::codec;
-use spime::message::{ConsentUpdate, Decommission, Fault, Notice, Receipt, Register, Transfer, Usage};
+use spime::message::{
+    ConsentUpdate, Decommission, Fault, Notice, Receipt, Register, Transfer, Usage, VendorKeyCertificate,
+};
 use spime::seal::{Envelope, SessionKeys, VendorKeys};
 use spime::server::{self, Config, keyfile};
-use spime::vendor::{IngestConfig, Ingestor, RedbStore, Store};
+use spime::time::Utc;
+use spime::vendor::{IngestConfig, Ingestor, MAX_VENDOR_KEYS, MemoryStore, RedbStore, Store};
 use spime::wire::{Direction, Kind};
 use tracing::warn;
 
@@ -36,7 +40,20 @@ an error naming it; relative paths are relative to the file's directory. Example
     # workers = 4                                  # default: one per core
     log = \"info\"
 
-`spime-vendor serve --config FILE --check` prints the settings in effect and exits.";
+    # A keyring instead of `keys` (SPEC.md §9.2; at most 3 pairs, the highest
+    # serial is the newest): each pair's secret key file, its certificate from
+    # `spime-vendor keys certify` (optional for the first pair, serial 0) and
+    # an optional retirement time (Unix seconds). The flag is
+    # --vendor-key KEYS[,CERT[,RETIRE_AT]], repeated.
+    # authority = \"ca.pub\"                       # VCA.pub, or its 64 hex digits
+    # [[vendor_key]]
+    # keys = \"vendor.keys\"
+    # retire_at = 1900000000
+    # [[vendor_key]]
+    # keys = \"vendor-1.keys\"
+    # certificate = \"vendor-1.cert\"
+
+`spime-vendor serve --config FILE --check` prints the settings and the keyring in effect and exits.";
 
 #[derive(Parser)]
 #[command(
@@ -62,7 +79,8 @@ enum Command {
     /// commits and answers the batch in flight, and exits).
     #[command(after_long_help = CONFIG_HELP)]
     Serve(ServeArgs),
-    /// Creates or shows the vendor keys.
+    /// Creates, certifies or shows the vendor keys and the certificate
+    /// authority's key.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -104,9 +122,24 @@ struct ServeArgs {
     /// --keys are both given.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// The secret key file [default: DIR/vendor.keys].
+    /// The secret key file [default: DIR/vendor.keys]: a keyring of one
+    /// pair, serial 0. Not with --vendor-key.
     #[arg(long, value_name = "FILE")]
     keys: Option<PathBuf>,
+    /// A pair of the vendor keyring (repeat it; at most 3; SPEC.md §9.2):
+    /// its secret key file, its certificate from `keys certify` (optional
+    /// for the first pair, which is then serial 0) and the Unix time it
+    /// retires at, comma-separated. The highest serial is the newest; the
+    /// newest cannot retire. Given here, it replaces the config file's
+    /// list.
+    #[arg(long, value_name = "KEYS[,CERT[,RETIRE_AT]]", value_parser = parse_vendor_key)]
+    vendor_key: Vec<KeySpec>,
+    /// The certificate authority's public key (`VCA.pub`): the ca.pub file
+    /// of `keys ca init`, or its 64 hex digits. It verifies the vendor key
+    /// certificates and the device certificates [default: the signing key
+    /// of the serial-0 pair].
+    #[arg(long, value_name = "FILE|HEX")]
+    authority: Option<PathBuf>,
     /// Keep the store in PostgreSQL instead of DIR/vendor.redb: a URL
     /// (postgresql://user@host/db) or key=value string. Needs a build with
     /// the `postgres` feature. A password is better kept in the config file
@@ -163,6 +196,44 @@ struct ServeFile {
     workers: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     log: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authority: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    vendor_key: Vec<KeySpec>,
+}
+
+/// One pair of the keyring, as configured.
+#[derive(serde::Deserialize, serde::Serialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct KeySpec {
+    /// The secret key file.
+    keys: PathBuf,
+    /// Its certificate (none: serial 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate: Option<PathBuf>,
+    /// Unix seconds from which it is retired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retire_at: Option<u64>,
+}
+
+/// `--vendor-key KEYS[,CERT[,RETIRE_AT]]`.
+fn parse_vendor_key(text: &str) -> Result<KeySpec, String> {
+    let mut parts = text.split(',');
+    let keys = parts.next().filter(|k| !k.is_empty()).ok_or("the key file is missing")?;
+    let certificate = parts.next().filter(|c| !c.is_empty()).map(PathBuf::from);
+    let retire_at = match parts.next() {
+        Some(t) => Some(t.parse::<u64>().map_err(|e| format!("retirement time {t:?}: {e} (Unix seconds)"))?),
+        None => None,
+    };
+    if parts.next().is_some() {
+        return Err("expected KEYS[,CERT[,RETIRE_AT]]".into());
+    }
+    Ok(KeySpec { keys: PathBuf::from(keys), certificate, retire_at })
+}
+
+/// Whether `p` is 64 hex digits (a key, not a path).
+fn is_hex_key(p: &Path) -> bool {
+    p.to_str().is_some_and(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Where the store lives.
@@ -173,7 +244,11 @@ enum StoreAt {
 
 /// The settings in effect: flags over the config file over defaults.
 struct Settings {
-    keys: PathBuf,
+    /// The keyring, oldest first as configured (sorted by serial on load).
+    vendor_keys: Vec<KeySpec>,
+    /// Whether the keyring came from `keys` (one pair) rather than `vendor_key`.
+    single: bool,
+    authority: Option<PathBuf>,
     store: StoreAt,
     data: Option<PathBuf>,
     coap: SocketAddr,
@@ -195,15 +270,28 @@ impl Settings {
                 let base = path.parent().unwrap_or(Path::new(""));
                 file.data = file.data.map(|p| base.join(p));
                 file.keys = file.keys.map(|p| base.join(p));
+                file.authority = file.authority.map(|p| if is_hex_key(&p) { p } else { base.join(p) });
+                for k in &mut file.vendor_key {
+                    k.keys = base.join(&k.keys);
+                    k.certificate = k.certificate.as_ref().map(|c| base.join(c));
+                }
                 file
             }
         };
         let defaults = server::Config::default();
         let data = args.data.or(file.data);
         let postgres = args.postgres.or(file.postgres);
-        let keys = match (args.keys.or(file.keys), &data) {
-            (Some(k), _) => k,
-            (None, Some(d)) => d.join(keyfile::SECRET_FILE),
+        let ring = if args.vendor_key.is_empty() { file.vendor_key } else { args.vendor_key };
+        let keys = args.keys.or(file.keys);
+        let (vendor_keys, single) = match (keys, &data) {
+            (Some(_), _) if !ring.is_empty() => {
+                return Err("give either keys (one pair) or vendor_key (a keyring), not both".into());
+            }
+            (None, _) if !ring.is_empty() => (ring, false),
+            (Some(k), _) => (vec![KeySpec { keys: k, certificate: None, retire_at: None }], true),
+            (None, Some(d)) => {
+                (vec![KeySpec { keys: d.join(keyfile::SECRET_FILE), certificate: None, retire_at: None }], true)
+            }
             (None, None) => {
                 return Err("give --data DIR (the keys and the store), or --keys FILE with --postgres URL".into());
             }
@@ -215,7 +303,9 @@ impl Settings {
             (None, None) => return Err("give --data DIR for the embedded store, or --postgres URL".into()),
         };
         Ok(Settings {
-            keys,
+            vendor_keys,
+            single,
+            authority: args.authority.or(file.authority),
             store,
             data,
             coap: args.coap.or(file.coap).unwrap_or(defaults.coap),
@@ -229,10 +319,16 @@ impl Settings {
 
     /// The settings as a config file (the PostgreSQL string, which may hold
     /// a password, as a comment that says it is set).
-    fn to_toml(&self) -> Result<String, Failure> {
+    fn to_toml(&self, ring: &LoadedRing) -> Result<String, Failure> {
+        let (keys, vendor_key) = match self.vendor_keys.first() {
+            Some(k) if self.single => (Some(k.keys.clone()), Vec::new()),
+            _ => (None, self.vendor_keys.clone()),
+        };
         let file = ServeFile {
             data: self.data.clone(),
-            keys: Some(self.keys.clone()),
+            keys,
+            authority: ring.authority.map(|a| PathBuf::from(hex::encode(a.to_bytes()))),
+            vendor_key,
             postgres: None,
             coap: Some(self.coap),
             http: Some(self.http),
@@ -246,6 +342,7 @@ impl Settings {
             StoreAt::Redb(p) => text.push_str(&format!("# store: the embedded redb file {}\n", p.display())),
             StoreAt::Postgres(_) => text.push_str("# postgres = (set; not shown, it may hold a password)\n"),
         }
+        text.push_str(&ring.describe(now()));
         Ok(text)
     }
 }
@@ -260,12 +357,279 @@ enum KeysCommand {
         /// The data directory (created if missing).
         dir: PathBuf,
     },
-    /// Prints the public keys (to provision into devices) of a secret key
-    /// file, or of DIR/vendor.keys.
+    /// Prints what a key file is: a vendor key file (its public keys, to
+    /// provision into devices), a certificate authority key (its public
+    /// key), a vendor key certificate (its serial, keys and validity), or a
+    /// vendor.pub / ca.pub text file. A directory: its vendor.keys, else its
+    /// ca.key.
     Show {
-        /// The data directory, or the secret key file itself.
+        /// The file, or a directory.
         path: PathBuf,
     },
+    /// The offline vendor certificate authority (`VCA`, SPEC.md §2): it
+    /// certifies vendor key pairs (`keys certify`) and signs device
+    /// certificates at the factory.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Issues a vendor key certificate (SPEC.md §5.11): the certificate
+    /// authority vouches for a vendor key pair under a serial, so devices
+    /// given VCA.pub learn it from a KeyUpdate. Run it where the authority's
+    /// key is kept (offline); the certificate is not secret. Never
+    /// overwrites.
+    Certify {
+        /// The authority's key: ca.key from `keys ca init` (or a vendor key
+        /// file whose signing key is the authority).
+        #[arg(long, value_name = "CA_FILE")]
+        ca: PathBuf,
+        /// The vendor key pair to certify (a file from `keys init`).
+        #[arg(long, value_name = "KEYS_FILE")]
+        keys: PathBuf,
+        /// The pair's serial: above every serial devices hold; a pair keeps
+        /// its serial (0 only for the pair devices were provisioned with).
+        #[arg(long, value_name = "N")]
+        serial: u32,
+        /// Unix seconds from which the pair is valid [default: now].
+        #[arg(long, value_name = "T")]
+        not_before: Option<u64>,
+        /// Unix seconds after which the pair is no longer valid
+        /// [default: ten years after --not-before].
+        #[arg(long, value_name = "T")]
+        not_after: Option<u64>,
+        /// The certificate file to write.
+        #[arg(long, value_name = "CERT_FILE")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Creates the certificate authority key in DIR: ca.key (secret: `SPCA`,
+    /// format byte 1, the 32-byte Ed25519 seed; mode 0600; keep it offline)
+    /// and ca.pub (VCA.pub as text: provision it into devices, and give it
+    /// to `serve --authority`). Never overwrites.
+    Init {
+        /// The directory (created if missing).
+        dir: PathBuf,
+    },
+}
+
+/// Ten years, the default validity of a vendor key certificate.
+const CERTIFICATE_YEARS: u64 = 10 * 365 * 86_400;
+
+/// The system clock, Unix seconds.
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// One pair of the keyring, read from its files.
+struct LoadedKey {
+    spec: KeySpec,
+    serial: u32,
+    keys: VendorKeys,
+    certificate: Option<VendorKeyCertificate>,
+}
+
+/// The keyring read and checked: ascending serials.
+struct LoadedRing {
+    keys: Vec<LoadedKey>,
+    authority: Option<VerifyingKey>,
+}
+
+impl LoadedRing {
+    /// Reads every file and checks the keyring as the pipeline will
+    /// (SPEC.md §9.2), with errors that name the file.
+    fn load(settings: &Settings) -> Result<LoadedRing, Failure> {
+        let authority = match &settings.authority {
+            Some(a) => Some(keyfile::load_authority(a)?),
+            None => None,
+        };
+        let mut keys = Vec::new();
+        for spec in &settings.vendor_keys {
+            let pair = keyfile::load_file(&spec.keys).map_err(|e| match &settings.data {
+                Some(d) if settings.single && !spec.keys.exists() => {
+                    format!("{e} (run `spime-vendor keys init {}` first)", d.display())
+                }
+                _ => e.to_string(),
+            })?;
+            if keyfile::readable_by_others(&spec.keys) {
+                warn!(file = %spec.keys.display(), "the vendor's secret keys are readable by others: chmod 600 it");
+            }
+            let certificate = match &spec.certificate {
+                None => None,
+                Some(c) => Some(keyfile::load_certificate(c)?),
+            };
+            let serial = certificate.map_or(0, |c| c.body.serial);
+            keys.push(LoadedKey { spec: spec.clone(), serial, keys: pair, certificate });
+        }
+        // Without --authority, the authority is the uncertified (serial-0)
+        // pair's signing key, as in the library (SPEC.md §2: VCA may be VS).
+        let check =
+            authority.or_else(|| keys.iter().find(|k| k.certificate.is_none()).map(|k| k.keys.public().signing));
+        for k in &keys {
+            let (Some(cert), Some(c)) = (&k.certificate, &k.spec.certificate) else { continue };
+            let Some(a) = &check else {
+                return Err(format!(
+                    "{}: a certified vendor key needs the certificate authority's public key: give --authority (ca.pub, from `spime-vendor keys ca init`)",
+                    c.display()
+                )
+                .into());
+            };
+            let public = cert.verify(a).map_err(|_| {
+                format!("{}: not signed by the certificate authority {}", c.display(), hex::encode(a.to_bytes()))
+            })?;
+            if public != k.keys.public() {
+                return Err(format!(
+                    "{}: the certificate does not match the vendor key {} (it certifies signing key {})",
+                    c.display(),
+                    k.spec.keys.display(),
+                    hex::encode(public.signing.to_bytes())
+                )
+                .into());
+            }
+        }
+        if keys.len() > MAX_VENDOR_KEYS {
+            return Err(format!(
+                "{} vendor keys given; the keyring holds at most {MAX_VENDOR_KEYS} (forget a retired one: drop it from the list)",
+                keys.len()
+            )
+            .into());
+        }
+        keys.sort_by_key(|k| k.serial);
+        for w in keys.windows(2) {
+            if let [a, b] = w {
+                if a.serial == b.serial {
+                    let what = if a.certificate.is_none() || b.certificate.is_none() {
+                        " (a pair without a certificate is serial 0; only the first pair may be uncertified)"
+                    } else {
+                        ""
+                    };
+                    return Err(format!(
+                        "{} and {} both have serial {}{what}: each pair needs its own serial",
+                        a.spec.keys.display(),
+                        b.spec.keys.display(),
+                        a.serial
+                    )
+                    .into());
+                }
+                if a.keys.public() == b.keys.public() {
+                    return Err(format!(
+                        "{} and {} are the same key pair under serials {} and {}: a pair keeps its serial",
+                        a.spec.keys.display(),
+                        b.spec.keys.display(),
+                        a.serial,
+                        b.serial
+                    )
+                    .into());
+                }
+            }
+        }
+        // SPEC.md §9.2: an opener names its pair only through VX.
+        for (i, a) in keys.iter().enumerate() {
+            for b in keys.iter().skip(i + 1) {
+                if a.keys.public().key_agreement == b.keys.public().key_agreement {
+                    return Err(format!(
+                        "{} and {} share a key-agreement key: every pair needs its own (SPEC.md §9.2; make the new \
+                         pair with `spime-vendor keys init`)",
+                        a.spec.keys.display(),
+                        b.spec.keys.display()
+                    )
+                    .into());
+                }
+            }
+        }
+        if let Some(newest) = keys.last()
+            && newest.spec.retire_at.is_some()
+        {
+            return Err(format!(
+                "{}: the newest vendor key (serial {}) cannot retire: add its successor first",
+                newest.spec.keys.display(),
+                newest.serial
+            )
+            .into());
+        }
+        Ok(LoadedRing { keys, authority })
+    }
+
+    /// The pipeline over `store` with this keyring.
+    fn build<S: Store>(self, store: S, config: IngestConfig) -> Result<Ingestor<S>, Failure> {
+        let mut pairs = self.keys.into_iter();
+        let first = pairs.next().ok_or("no vendor key given")?;
+        let named = |k: &KeySpec| {
+            let file = k.certificate.as_ref().unwrap_or(&k.keys).display().to_string();
+            move |e: spime::vendor::KeyringError| format!("{file}: {e}")
+        };
+        let mut retire = vec![(first.serial, first.spec.retire_at, named(&first.spec))];
+        let mut ingestor = match (first.certificate, self.authority) {
+            (Some(cert), Some(a)) if first.serial > 0 => {
+                Ingestor::new_certified(store, first.keys, cert, a, config).map_err(named(&first.spec))?
+            }
+            (cert, authority) => {
+                // The first pair, certified as serial 0: given again with its certificate.
+                let again = match cert {
+                    Some(c) => Some((VendorKeys::from_bytes(first.keys.to_bytes().as_slice())?, c)),
+                    None => None,
+                };
+                let mut i = Ingestor::new(store, first.keys, config);
+                if let Some(a) = authority {
+                    i = i.with_certificate_authority(a);
+                }
+                if let Some((k, c)) = again {
+                    i = i.with_vendor_key(k, c).map_err(named(&first.spec))?;
+                }
+                i
+            }
+        };
+        for pair in pairs {
+            let Some(cert) = pair.certificate else {
+                return Err(format!("{}: only the first pair may be uncertified", pair.spec.keys.display()).into());
+            };
+            ingestor = ingestor.with_vendor_key(pair.keys, cert).map_err(named(&pair.spec))?;
+            retire.push((pair.serial, pair.spec.retire_at, named(&pair.spec)));
+        }
+        for (serial, at, named) in retire {
+            if let Some(at) = at {
+                ingestor = ingestor.retire_vendor_key(serial, at).map_err(named)?;
+            }
+        }
+        Ok(ingestor)
+    }
+
+    /// The keyring as comments, newest last.
+    fn describe(&self, now: u64) -> String {
+        let mut text = format!("# keyring at {} (newest last; SPEC.md §9.2):\n", Utc(now));
+        let newest = self.keys.last().map(|k| k.serial);
+        for k in &self.keys {
+            let p = k.keys.public();
+            let validity = match k.certificate {
+                Some(c) => format!("certified, valid {} to {}", Utc(c.body.not_before), Utc(c.body.not_after)),
+                None => "uncertified".into(),
+            };
+            let state = match k.spec.retire_at {
+                Some(t) if now >= t => format!("retired at {}", Utc(t)),
+                Some(t) => format!("live, retires at {}", Utc(t)),
+                None if Some(k.serial) == newest => "live, newest".into(),
+                None => "live".into(),
+            };
+            text.push_str(&format!(
+                "#   serial {}: {state}; {validity}; {}\n#     signing {}\n#     key-agreement {}\n",
+                k.serial,
+                k.spec.keys.display(),
+                hex::encode(p.signing.to_bytes()),
+                hex::encode(p.key_agreement),
+            ));
+        }
+        let authority = match (&self.authority, self.keys.first()) {
+            (Some(a), _) => hex::encode(a.to_bytes()),
+            (None, Some(k)) => {
+                format!("{} (the serial-0 signing key)", hex::encode(k.keys.public().signing.to_bytes()))
+            }
+            (None, None) => "none".into(),
+        };
+        text.push_str(&format!("# certificate authority (device and vendor key certificates): {authority}\n"));
+        text
+    }
 }
 
 fn main() -> ExitCode {
@@ -323,17 +687,12 @@ enum Run {
 fn run(command: Run) -> Result<(), Failure> {
     match command {
         Run::Serve(settings, check) => {
-            let keys = keyfile::load_file(&settings.keys).map_err(|e| match &settings.data {
-                Some(d) if !settings.keys.exists() => {
-                    format!("{e} (run `spime-vendor keys init {}` first)", d.display())
-                }
-                _ => e.to_string(),
-            })?;
-            if keyfile::readable_by_others(&settings.keys) {
-                warn!(file = %settings.keys.display(), "the vendor's secret keys are readable by others: chmod 600 it");
-            }
+            let keys = LoadedRing::load(&settings)?;
             if check {
-                print!("{}", settings.to_toml()?);
+                let text = settings.to_toml(&keys)?;
+                // The whole keyring as the pipeline takes it, over a store that is not kept.
+                keys.build(MemoryStore::new(), IngestConfig::default())?;
+                print!("{text}");
                 return Ok(());
             }
             match &settings.store {
@@ -355,9 +714,34 @@ fn run(command: Run) -> Result<(), Failure> {
             print_public(&keys);
             Ok(())
         }
-        Run::Other(Command::Keys { command: KeysCommand::Show { path } }) => {
-            let file = if path.is_dir() { path.join(keyfile::SECRET_FILE) } else { path };
-            print_public(&keyfile::load_file(&file)?);
+        Run::Other(Command::Keys { command: KeysCommand::Show { path } }) => show(&path),
+        Run::Other(Command::Keys { command: KeysCommand::Ca { command: CaCommand::Init { dir } } }) => {
+            let ca = keyfile::ca_init(&dir)?;
+            println!(
+                "created {} (secret, mode 0600: keep it offline, back it up)",
+                dir.join(keyfile::CA_SECRET_FILE).display()
+            );
+            println!(
+                "created {} (public: provision it into devices, give it to `serve --authority`)",
+                dir.join(keyfile::CA_PUBLIC_FILE).display()
+            );
+            println!("authority      {}", hex::encode(ca.verifying_key().to_bytes()));
+            Ok(())
+        }
+        Run::Other(Command::Keys {
+            command: KeysCommand::Certify { ca, keys, serial, not_before, not_after, out },
+        }) => {
+            let authority = keyfile::load_ca(&ca)?;
+            let pair = keyfile::load_file(&keys)?;
+            let not_before = not_before.unwrap_or_else(now);
+            let not_after = not_after.unwrap_or(not_before.saturating_add(CERTIFICATE_YEARS));
+            if not_after < not_before {
+                return Err(format!("--not-after {not_after} is before --not-before {not_before}").into());
+            }
+            let cert = VendorKeyCertificate::certify(&pair, serial, not_before, not_after, &authority)?;
+            keyfile::write_certificate(&out, &cert)?;
+            println!("created {} (not secret: give it to the server with its key file)", out.display());
+            print_certificate(&cert, &authority.verifying_key());
             Ok(())
         }
         Run::Other(Command::Decode { hex, file, data, keys, postgres }) => {
@@ -402,6 +786,51 @@ const NO_POSTGRES: &str = "this spime-vendor was built without PostgreSQL suppor
     the `postgres` feature (`cargo build --release --features server,postgres --bin spime-vendor`, or \
     `cargo install spime --features postgres`)";
 
+/// `keys show`: says what the file is and prints its public part.
+fn show(path: &Path) -> Result<(), Failure> {
+    let file = if path.is_dir() {
+        let keys = path.join(keyfile::SECRET_FILE);
+        if keys.exists() { keys } else { path.join(keyfile::CA_SECRET_FILE) }
+    } else {
+        path.to_path_buf()
+    };
+    let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    if bytes.starts_with(b"SPVK") {
+        println!("{}: vendor key pair (secret)", file.display());
+        print_public(&keyfile::load_file(&file)?);
+    } else if bytes.starts_with(b"SPCA") {
+        let ca = keyfile::load_ca(&file)?;
+        println!("{}: certificate authority key (secret; keep it offline)", file.display());
+        println!("authority      {}", hex::encode(ca.verifying_key().to_bytes()));
+    } else if let Ok(cert) = keyfile::load_certificate(&file) {
+        println!("{}: vendor key certificate", file.display());
+        println!("serial         {}", cert.body.serial);
+        println!("signing        {}", hex::encode(cert.body.signing));
+        println!("key-agreement  {}", hex::encode(cert.body.key_agreement));
+        println!("not-before     {} ({})", cert.body.not_before, Utc(cert.body.not_before));
+        println!("not-after      {} ({})", cert.body.not_after, Utc(cert.body.not_after));
+    } else if let Ok(text) = core::str::from_utf8(&bytes)
+        && (text.starts_with("# spime vendor public keys") || text.starts_with("# spime certificate authority"))
+    {
+        println!("{}: public keys (not secret)", file.display());
+        print!("{}", text.lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect::<String>());
+    } else {
+        // The vendor key file's own error says what the format is.
+        keyfile::load_file(&file)?;
+    }
+    Ok(())
+}
+
+/// A certificate just issued.
+fn print_certificate(cert: &VendorKeyCertificate, authority: &VerifyingKey) {
+    println!("serial         {}", cert.body.serial);
+    println!("signing        {}", hex::encode(cert.body.signing));
+    println!("key-agreement  {}", hex::encode(cert.body.key_agreement));
+    println!("not-before     {} ({})", cert.body.not_before, Utc(cert.body.not_before));
+    println!("not-after      {} ({})", cert.body.not_after, Utc(cert.body.not_after));
+    println!("authority      {}", hex::encode(authority.to_bytes()));
+}
+
 fn print_public(keys: &VendorKeys) {
     let p = keys.public();
     println!("signing        {}", hex::encode(p.signing.to_bytes()));
@@ -410,7 +839,7 @@ fn print_public(keys: &VendorKeys) {
 
 fn serve<S: Store + 'static>(
     store: S,
-    keys: VendorKeys,
+    keys: LoadedRing,
     settings: &Settings,
     store_file: Option<PathBuf>,
 ) -> Result<(), Failure> {
@@ -418,7 +847,8 @@ fn serve<S: Store + 'static>(
     if let Some(w) = settings.workers {
         ingest.workers = w;
     }
-    let ingestor = Arc::new(Ingestor::new(store, keys, ingest));
+    let serials = keys.keys.iter().map(|k| k.serial.to_string()).collect::<Vec<_>>().join(", ");
+    let ingestor = Arc::new(keys.build(store, ingest)?);
     let config = Config {
         coap: settings.coap,
         http: settings.http,
@@ -434,6 +864,7 @@ fn serve<S: Store + 'static>(
             StoreAt::Redb(file) => eprintln!("store: {}", file.display()),
             StoreAt::Postgres(_) => eprintln!("store: PostgreSQL"),
         }
+        eprintln!("vendor keys: serials {serials} (the last is the newest)");
         eprintln!("CoAP on udp://{}  (POST envelopes to /s, chunks to /c)", running.coap);
         eprintln!("fleet view on http://{}/  (metrics at /metrics)", running.http);
         running.wait_for_signal().await;

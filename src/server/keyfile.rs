@@ -17,6 +17,40 @@
 //! [`init`] writes both into a directory and refuses to overwrite existing
 //! keys; [`load`] and [`load_file`] read the secret file back.
 //!
+//! The vendor certificate authority `VCA` (SPEC.md §2, §5.4, §5.11), kept
+//! offline, has files of its own:
+//!
+//! - `ca.key` ([`CA_SECRET_FILE`]): the secret key, [`CA_KEY_LEN`] bytes:
+//!   magic `SPCA`, format byte 1, the 32-byte Ed25519 seed. Mode 0600.
+//! - `ca.pub` ([`CA_PUBLIC_FILE`]): `VCA.pub` as text, for devices
+//!   (`Device::with_key_authority`) and for the server (`authority`):
+//!
+//! ```text
+//! # spime certificate authority public key (VCA.pub)
+//! authority <64 hex digits: the Ed25519 public key>
+//! ```
+//!
+//! A vendor key certificate file is exactly the canonical encoding of a
+//! [`VendorKeyCertificate`] (SPEC.md §5.11, at most
+//! [`VendorKeyCertificate::MAX_ENCODED_LEN`] bytes); it is not secret.
+//! [`ca_init`], [`load_ca`], [`write_certificate`], [`load_certificate`]
+//! and [`load_authority`] make and read them.
+//!
+//! ```
+//! use spime::server::keyfile;
+//! let dir = std::env::temp_dir().join(format!("spime-keyfile-ca-doc-{}", std::process::id()));
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! let ca = keyfile::ca_init(&dir)?;
+//! assert_eq!(keyfile::load_authority(&dir.join(keyfile::CA_PUBLIC_FILE))?, ca.verifying_key());
+//! let keys = keyfile::init(&dir)?;
+//! let cert = spime::message::VendorKeyCertificate::certify(&keys, 1, 0, u64::MAX, &keyfile::load_ca(&dir.join(keyfile::CA_SECRET_FILE))?)
+//!     .expect("valid times");
+//! keyfile::write_certificate(&dir.join("vendor.cert"), &cert)?;
+//! assert_eq!(keyfile::load_certificate(&dir.join("vendor.cert"))?, cert);
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # Ok::<(), keyfile::KeyFileError>(())
+//! ```
+//!
 //! ```
 //! use spime::server::keyfile;
 //! let dir = std::env::temp_dir().join(format!("spime-keyfile-doc-{}", std::process::id()));
@@ -33,7 +67,10 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
+use ed25519_dalek::{SigningKey, VerifyingKey};
+
 use crate::error::DecodeError;
+use crate::message::VendorKeyCertificate;
 use crate::seal::keys::VENDOR_KEYS_LEN;
 use crate::seal::{VendorKeys, VendorPublicKeys};
 
@@ -41,6 +78,15 @@ use crate::seal::{VendorKeys, VendorPublicKeys};
 pub const SECRET_FILE: &str = "vendor.keys";
 /// The public key file's name inside a data directory.
 pub const PUBLIC_FILE: &str = "vendor.pub";
+
+/// The certificate authority's secret key file's name inside its directory.
+pub const CA_SECRET_FILE: &str = "ca.key";
+/// The certificate authority's public key file's name inside its directory.
+pub const CA_PUBLIC_FILE: &str = "ca.pub";
+/// The length of `ca.key`: `SPCA`, format 1, the Ed25519 seed.
+pub const CA_KEY_LEN: usize = 4 + 1 + 32;
+/// The first bytes of `ca.key`.
+const CA_MAGIC: &[u8; 5] = b"SPCA\x01";
 
 /// The key file could not be read, parsed or written.
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +110,29 @@ pub enum KeyFileError {
         /// What is wrong with its bytes.
         source: DecodeError,
     },
-    /// Keys exist already; [`init`] never overwrites.
-    #[error("{0} exists already; refusing to overwrite vendor keys")]
+    /// The file is not a certificate authority key file ([`CA_SECRET_FILE`]).
+    #[error(
+        "{0}: not a spime certificate authority key file (expected the {CA_KEY_LEN}-byte format starting with \"SPCA\", from `spime-vendor keys ca init`, or a vendor key file)"
+    )]
+    CaFormat(PathBuf),
+    /// The file is not a vendor key certificate.
+    #[error(
+        "{path}: not a spime vendor key certificate ({source}; expected the encoding of a VendorKeyCertificate, from `spime-vendor keys certify`)"
+    )]
+    Certificate {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with its bytes.
+        source: DecodeError,
+    },
+    /// Neither 64 hex digits nor a file holding an `authority` line.
+    #[error(
+        "{0}: not a certificate authority public key (64 hex digits, or a ca.pub file with an `authority <hex>` line)"
+    )]
+    Authority(String),
+    /// The file exists already; [`init`], [`ca_init`] and
+    /// [`write_certificate`] never overwrite.
+    #[error("{0} exists already; refusing to overwrite it")]
     Exists(PathBuf),
     /// The system's random source failed.
     #[error("random source: {0}")]
@@ -158,6 +225,134 @@ pub fn init(dir: &Path) -> Result<VendorKeys, KeyFileError> {
     Ok(keys)
 }
 
+/// Writes `bytes` to a new file `path` (never overwriting), with mode 0600
+/// on Unix when `secret`.
+fn create_new(path: &Path, bytes: &[u8], secret: bool) -> Result<(), KeyFileError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if secret {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut file = options.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => KeyFileError::Exists(path.to_path_buf()),
+        _ => KeyFileError::Io { path: path.to_path_buf(), source: e },
+    })?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|source| KeyFileError::Io { path: path.to_path_buf(), source })
+}
+
+/// The text of `ca.pub` for the authority's public key.
+///
+/// ```
+/// let ca = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+/// let text = spime::server::keyfile::ca_public_text(&ca.verifying_key());
+/// assert!(text.contains(&format!("authority {}", hex::encode(ca.verifying_key().to_bytes()))));
+/// ```
+pub fn ca_public_text(authority: &VerifyingKey) -> String {
+    alloc::format!(
+        "# spime certificate authority public key (VCA.pub): provision it into devices\n\
+         # (Device::with_key_authority) and give it to the server (authority = this file)\n\
+         authority {}\n",
+        hex::encode(authority.to_bytes())
+    )
+}
+
+/// Creates `dir` if needed and writes a fresh certificate authority key
+/// from the system's random source to `dir/ca.key` (mode 0600 on Unix) and
+/// its public key to `dir/ca.pub`. Returns the key.
+///
+/// # Errors
+/// [`KeyFileError::Exists`] when `ca.key` is there already, or an I/O or
+/// random-source failure.
+pub fn ca_init(dir: &Path) -> Result<SigningKey, KeyFileError> {
+    std::fs::create_dir_all(dir).map_err(|source| KeyFileError::Io { path: dir.to_path_buf(), source })?;
+    let mut seed = Zeroizing::new([0u8; 32]);
+    getrandom::fill(seed.as_mut_slice()).map_err(|e| KeyFileError::Random(e.to_string()))?;
+    let key = SigningKey::from_bytes(&seed);
+    let mut bytes = Zeroizing::new(Vec::with_capacity(CA_KEY_LEN));
+    bytes.extend_from_slice(CA_MAGIC);
+    bytes.extend_from_slice(seed.as_slice());
+    create_new(&dir.join(CA_SECRET_FILE), &bytes, true)?;
+    let pub_path = dir.join(CA_PUBLIC_FILE);
+    std::fs::write(&pub_path, ca_public_text(&key.verifying_key()))
+        .map_err(|source| KeyFileError::Io { path: pub_path, source })?;
+    Ok(key)
+}
+
+/// Reads a certificate authority key to sign with: a `ca.key` file, or a
+/// vendor key file (`vendor.keys`, whose signing key `VS` is then the
+/// authority, as SPEC.md §2 allows).
+///
+/// # Errors
+/// [`KeyFileError::Io`], or [`KeyFileError::CaFormat`] for any other file.
+pub fn load_ca(path: &Path) -> Result<SigningKey, KeyFileError> {
+    let io = |source| KeyFileError::Io { path: path.to_path_buf(), source };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Zeroizing::new(Vec::with_capacity(VENDOR_KEYS_LEN + 1));
+    file.take(VENDOR_KEYS_LEN as u64 + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() == CA_KEY_LEN && bytes.starts_with(CA_MAGIC) {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        seed.copy_from_slice(bytes.get(5..).unwrap_or_default());
+        return Ok(SigningKey::from_bytes(&seed));
+    }
+    match VendorKeys::from_bytes(&bytes) {
+        Ok(keys) => Ok(keys.signing().clone()),
+        Err(_) => Err(KeyFileError::CaFormat(path.to_path_buf())),
+    }
+}
+
+/// Reads the certificate authority's public key from `text`: 64 hex
+/// digits, or the path of a file (`ca.pub`) with an `authority <hex>` line.
+///
+/// # Errors
+/// [`KeyFileError::Authority`]; [`KeyFileError::Io`] for a file that
+/// cannot be read.
+pub fn load_authority(text: &Path) -> Result<VerifyingKey, KeyFileError> {
+    let parse = |hex_text: &str| -> Option<VerifyingKey> {
+        let bytes: [u8; 32] = hex::decode(hex_text.trim()).ok()?.try_into().ok()?;
+        VerifyingKey::from_bytes(&bytes).ok().filter(|k| !k.is_weak())
+    };
+    let given = text.to_string_lossy();
+    if let Some(k) = text.to_str().filter(|t| t.len() == 64).and_then(parse) {
+        return Ok(k);
+    }
+    let content =
+        std::fs::read_to_string(text).map_err(|source| KeyFileError::Io { path: text.to_path_buf(), source })?;
+    content
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("authority "))
+        .and_then(parse)
+        .ok_or_else(|| KeyFileError::Authority(given.into_owned()))
+}
+
+/// Writes a vendor key certificate to a new file `path` (never overwrites).
+///
+/// # Errors
+/// [`KeyFileError::Exists`], [`KeyFileError::Io`].
+pub fn write_certificate(path: &Path, certificate: &VendorKeyCertificate) -> Result<(), KeyFileError> {
+    let mut buf = [0u8; VendorKeyCertificate::MAX_ENCODED_LEN];
+    let bytes = crate::codec::encode(certificate, &mut buf)
+        .map_err(|source| KeyFileError::Certificate { path: path.to_path_buf(), source })?;
+    create_new(path, bytes, false)
+}
+
+/// Reads a vendor key certificate file (canonical decoding, SPEC.md §5.1).
+/// It is not verified here: the keyring checks it against the authority.
+///
+/// # Errors
+/// [`KeyFileError::Io`], [`KeyFileError::Certificate`].
+pub fn load_certificate(path: &Path) -> Result<VendorKeyCertificate, KeyFileError> {
+    let io = |source| KeyFileError::Io { path: path.to_path_buf(), source };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::with_capacity(VendorKeyCertificate::MAX_ENCODED_LEN + 1);
+    file.take(VendorKeyCertificate::MAX_ENCODED_LEN as u64 + 1).read_to_end(&mut bytes).map_err(io)?;
+    crate::codec::decode(&bytes).map_err(|source| KeyFileError::Certificate { path: path.to_path_buf(), source })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -191,6 +386,48 @@ mod tests {
         let public = std::fs::read_to_string(dir.join(PUBLIC_FILE)).unwrap();
         assert_eq!(public, public_text(&made.public()));
         assert!(public.contains(&hex::encode(made.public().key_agreement)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_certificate_authority_and_certificate_files() {
+        let dir = temp("ca");
+        let ca = ca_init(&dir).unwrap();
+        let bytes = std::fs::read(dir.join(CA_SECRET_FILE)).unwrap();
+        assert_eq!(bytes.len(), CA_KEY_LEN);
+        assert_eq!(bytes.get(..5), Some(&CA_MAGIC[..]));
+        assert_eq!(bytes.get(5..), Some(&ca.to_bytes()[..]), "the seed follows the magic");
+        assert_eq!(load_ca(&dir.join(CA_SECRET_FILE)).unwrap().verifying_key(), ca.verifying_key());
+        assert!(matches!(ca_init(&dir), Err(KeyFileError::Exists(_))));
+        #[cfg(unix)]
+        assert!(!readable_by_others(&dir.join(CA_SECRET_FILE)));
+        // VCA.pub from ca.pub, or from its hex.
+        assert_eq!(load_authority(&dir.join(CA_PUBLIC_FILE)).unwrap(), ca.verifying_key());
+        let hex_key = hex::encode(ca.verifying_key().to_bytes());
+        assert_eq!(load_authority(Path::new(&hex_key)).unwrap(), ca.verifying_key());
+        std::fs::write(dir.join("bad.pub"), "authority 00\n").unwrap();
+        assert!(matches!(load_authority(&dir.join("bad.pub")), Err(KeyFileError::Authority(_))));
+        assert!(matches!(load_authority(&dir.join("absent.pub")), Err(KeyFileError::Io { .. })));
+        // A vendor key file serves as the authority too (its signing key).
+        let vendor = init(&dir).unwrap();
+        assert_eq!(load_ca(&dir.join(SECRET_FILE)).unwrap().verifying_key(), vendor.public().signing);
+        std::fs::write(dir.join("junk"), [0u8; CA_KEY_LEN]).unwrap();
+        assert!(matches!(load_ca(&dir.join("junk")), Err(KeyFileError::CaFormat(_))));
+        let mut other = bytes.clone();
+        other.push(0);
+        std::fs::write(dir.join("long"), &other).unwrap();
+        assert!(matches!(load_ca(&dir.join("long")), Err(KeyFileError::CaFormat(_))));
+        // Certificates: written once, read back; anything else refused.
+        let cert = VendorKeyCertificate::certify(&vendor, 1, 10, 20, &ca).unwrap();
+        let path = dir.join("vendor.cert");
+        write_certificate(&path, &cert).unwrap();
+        assert_eq!(load_certificate(&path).unwrap(), cert);
+        assert!(matches!(write_certificate(&path, &cert), Err(KeyFileError::Exists(_))));
+        assert!(matches!(load_certificate(&dir.join(SECRET_FILE)), Err(KeyFileError::Certificate { .. })));
+        let mut long = std::fs::read(&path).unwrap();
+        long.push(0);
+        std::fs::write(&path, &long).unwrap();
+        assert!(matches!(load_certificate(&path), Err(KeyFileError::Certificate { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

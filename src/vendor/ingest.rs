@@ -413,6 +413,45 @@ impl<S: Store> Ingestor<S> {
         }
     }
 
+    /// A pipeline whose first (oldest) pair is certified under its own
+    /// serial (SPEC.md §9.2), with `authority` as the certificate authority
+    /// (as [`Ingestor::with_certificate_authority`]): how a vendor starts
+    /// once its serial-0 pair is forgotten, or when its first pair was
+    /// certified from the outset. [`Ingestor::new`] gives the first pair
+    /// serial 0, and a pair keeps its serial.
+    ///
+    /// ```
+    /// use ed25519_dalek::SigningKey;
+    /// use spime::message::VendorKeyCertificate;
+    /// use spime::seal::VendorKeys;
+    /// use spime::vendor::{IngestConfig, Ingestor, MemoryStore};
+    /// let authority = SigningKey::from_bytes(&[9; 32]); // offline
+    /// let first = VendorKeys::from_secrets(&[3; 32], &[4; 32]);
+    /// let cert = VendorKeyCertificate::certify(&first, 1, 0, u64::MAX, &authority)?;
+    /// let vendor = Ingestor::new_certified(MemoryStore::new(), first, cert, authority.verifying_key(), IngestConfig::default())?;
+    /// assert_eq!(vendor.vendor_key_serials(0), vec![(1, true)]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`KeyringError::BadCertificate`], [`KeyringError::KeysDiffer`].
+    pub fn new_certified(
+        store: S,
+        keys: VendorKeys,
+        certificate: VendorKeyCertificate,
+        authority: VerifyingKey,
+        config: IngestConfig,
+    ) -> Result<Ingestor<S>, KeyringError> {
+        let public = certificate.verify(&authority).map_err(|_| KeyringError::BadCertificate)?;
+        if public != keys.public() {
+            return Err(KeyringError::KeysDiffer);
+        }
+        let mut ingestor = Ingestor::new(store, keys, config).with_certificate_authority(authority);
+        ingestor.keyring.newest.serial = certificate.body.serial;
+        ingestor.keyring.newest.certificate = Some(certificate);
+        Ok(ingestor)
+    }
+
     /// Verifies device certificates with `authority` instead of the vendor
     /// signing key (SPEC.md §5.4): the factory then holds the certificate
     /// authority's secret key, and the live servers only its public key and
