@@ -323,6 +323,25 @@ fn keyring_rules() {
     assert_eq!(v.vendor_key_serials(T0), vec![(0, true)]);
 }
 
+/// A new signing key with key 0's key-agreement key: the vendor could not
+/// tell from an opener which pair the device holds, and would sign its
+/// Receipts with a key the device does not know (SPEC §9.2).
+#[test]
+fn a_pair_sharing_a_key_agreement_key_is_refused() {
+    let same_vx = || VendorKeys::from_secrets(&[0x91; 32], &VENDOR_KX_SECRET);
+    assert_eq!(same_vx().public().key_agreement, key0().public().key_agreement);
+    let v = vendor_before();
+    assert!(matches!(
+        v.with_vendor_key(same_vx(), cert(&same_vx(), 1)),
+        Err(KeyringError::SharedKeyAgreement { held: 0 })
+    ));
+    let v = rotated(vendor_before());
+    assert!(matches!(
+        v.with_vendor_key(same_vx(), cert(&same_vx(), 2)),
+        Err(KeyringError::SharedKeyAgreement { held: 0 })
+    ));
+}
+
 /// K_vd of the device's current epoch, as the vendor holds it.
 fn vendor_session(vendor: &Ingestor<MemoryStore>, id: &DeviceId) -> SessionKeys {
     vendor.store().device(id).unwrap().unwrap().session.keys()

@@ -263,6 +263,14 @@ pub enum KeyringError {
         /// the certificate's serial
         got: u32,
     },
+    /// The new pair's key-agreement key `VX` is already held by the pair of
+    /// serial `held`: the vendor learns which pair a device holds only from
+    /// the `VX` that opens its epoch (SPEC §9.2), so two pairs may not share one.
+    #[error("the new pair's key-agreement key is already held by serial {held}: each pair needs its own")]
+    SharedKeyAgreement {
+        /// the serial of the pair that holds the key-agreement key
+        held: u32,
+    },
     /// The keyring holds [`super::MAX_VENDOR_KEYS`] keys: forget a retired one first.
     #[error("the keyring is full ({0} keys): forget a retired key first")]
     Full(usize),

@@ -509,7 +509,8 @@ impl<S: Store> Ingestor<S> {
     /// [`KeyringError::BadCertificate`], [`KeyringError::KeysDiffer`],
     /// [`KeyringError::SerialNotAbove`] (serials only go up),
     /// [`KeyringError::SerialChanged`] for a key already held under another
-    /// serial, [`KeyringError::Full`] beyond [`MAX_VENDOR_KEYS`].
+    /// serial, [`KeyringError::SharedKeyAgreement`] for a new pair whose
+    /// `VX` another pair holds, [`KeyringError::Full`] beyond [`MAX_VENDOR_KEYS`].
     pub fn with_vendor_key(
         mut self,
         keys: VendorKeys,
@@ -538,6 +539,9 @@ impl<S: Store> Ingestor<S> {
         }
         if serial <= newest {
             return Err(KeyringError::SerialNotAbove { newest, got: serial });
+        }
+        if let Some(e) = self.keyring.iter().find(|e| e.keys.public().key_agreement == public.key_agreement) {
+            return Err(KeyringError::SharedKeyAgreement { held: e.serial });
         }
         if self.keyring.older.len() + 1 >= MAX_VENDOR_KEYS {
             return Err(KeyringError::Full(MAX_VENDOR_KEYS));
