@@ -433,10 +433,10 @@ impl SessionState {
         }
     }
 
-    /// The record; it holds the session keys, so it is wiped on drop.
-    fn encode(&self) -> Zeroizing<[u8; SESSION_RECORD_LEN]> {
-        let mut out = Zeroizing::new([0u8; SESSION_RECORD_LEN]);
-        let r: &mut [u8; SESSION_RECORD_LEN] = &mut out;
+    /// Writes the record into `r` (all zero): it holds the session keys,
+    /// so the caller wipes it. Into the caller's buffer, not returned: a
+    /// returned record is copied on the stack.
+    fn encode_into(&self, r: &mut [u8; SESSION_RECORD_LEN]) {
         r[0] = SESSION_FORMAT;
         r[1] = match self.stage {
             Stage::Unregistered => 0,
@@ -479,20 +479,24 @@ impl SessionState {
         }
         LearnedKey::put(self.epoch_vendor.as_ref(), r.as_mut_slice(), 468);
         LearnedKey::put(self.latest_vendor.as_ref(), r.as_mut_slice(), 537);
-        out
     }
 
-    fn decode(r: &[u8]) -> Option<SessionState> {
-        let mut full = Zeroizing::new([0u8; SESSION_RECORD_LEN]);
-        match (r.first(), r.len()) {
-            (Some(&SESSION_FORMAT), SESSION_RECORD_LEN) => full.copy_from_slice(r),
-            // Format 3: the same fields, no learned vendor key.
-            (Some(3), SESSION_RECORD_V3_LEN) => full.get_mut(..SESSION_RECORD_V3_LEN)?.copy_from_slice(r),
-            // Format 2: the same fields, no pending Transfer.
-            (Some(2), SESSION_RECORD_V2_LEN) => full.get_mut(..SESSION_RECORD_V2_LEN)?.copy_from_slice(r),
-            _ => return None,
-        }
-        let r: &[u8; SESSION_RECORD_LEN] = &full;
+    /// Whether a stored record of `len` bytes starting with `format` is one
+    /// this firmware reads: format 4, or an earlier one (format 3: no
+    /// learned vendor key; format 2: no pending Transfer either), whose
+    /// missing fields read as zero once the record is padded with zeros.
+    fn known_format(format: u8, len: usize) -> bool {
+        matches!(
+            (format, len),
+            (SESSION_FORMAT, SESSION_RECORD_LEN) | (3, SESSION_RECORD_V3_LEN) | (2, SESSION_RECORD_V2_LEN)
+        )
+    }
+
+    /// Decodes a record of a [known format](SessionState::known_format),
+    /// padded with zeros to the full length, into `self`, field by field
+    /// (a decoded state returned by value would be copied on the stack).
+    /// On `None`, `self` is partly overwritten: reset it.
+    fn decode_into(&mut self, r: &[u8; SESSION_RECORD_LEN]) -> Option<()> {
         let stage = match r[1] {
             0 => Stage::Unregistered,
             1 => Stage::Registered,
@@ -513,17 +517,21 @@ impl SessionState {
             u64::from_be_bytes(r[71..79].try_into().ok()?),
             u128::from_be_bytes(r[79..95].try_into().ok()?),
         );
-        let mut sent = heapless::Vec::new();
+        self.stage = stage;
+        self.epoch = epoch;
+        self.keys = keys;
+        self.replay = replay;
+        self.sent.clear();
         for i in 0..usize::from(r[95]) {
             let at = 96 + i * 36;
             let s = SentConsent { version: u32::from_be_bytes(array(r, at)?), digest: array(r, at + 4)? };
-            sent.push(s).ok()?;
+            self.sent.push(s).ok()?;
         }
-        let mut shown = heapless::Vec::new();
+        self.shown.clear();
         for i in 0..usize::from(r[240]) {
             let at = 241 + i * 10;
             let purpose = Purpose::from_id(u16::from_be_bytes(array(r, at)?)).ok()?;
-            shown.push(SentNotice { purpose, at: u64::from_be_bytes(array(r, at + 2)?) }).ok()?;
+            self.shown.push(SentNotice { purpose, at: u64::from_be_bytes(array(r, at + 2)?) }).ok()?;
         }
         let receipted = u32::from_be_bytes(r[321..325].try_into().ok()?);
         let pending = match r[325] {
@@ -547,21 +555,12 @@ impl SessionState {
             }),
             _ => return None,
         };
-        let epoch_vendor = LearnedKey::get(r, 468)?;
-        let latest_vendor = LearnedKey::get(r, 537)?;
-        Some(SessionState {
-            stage,
-            epoch,
-            keys,
-            replay,
-            sent,
-            shown,
-            receipted,
-            pending,
-            pending_transfer,
-            epoch_vendor,
-            latest_vendor,
-        })
+        self.receipted = receipted;
+        self.pending = pending;
+        self.pending_transfer = pending_transfer;
+        self.epoch_vendor = LearnedKey::get(r, 468)?;
+        self.latest_vendor = LearnedKey::get(r, 537)?;
+        Some(())
     }
 }
 
@@ -853,8 +852,16 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     #[inline(never)]
     fn load_session(&mut self) -> Result<(), SessionError> {
         let mut buf = Zeroizing::new([0u8; SESSION_RECORD_LEN]);
-        if let Some(r) = self.storage().read(RECORD_SESSION, buf.as_mut_slice())? {
-            self.state = SessionState::decode(r).ok_or(StorageError::Invalid(RECORD_SESSION))?;
+        let Some(len) = self.storage().read(RECORD_SESSION, buf.as_mut_slice())?.map(<[u8]>::len) else {
+            return Ok(());
+        };
+        // An earlier format's record is padded with zeros (its missing fields).
+        if let Some(tail) = buf.get_mut(len..) {
+            tail.fill(0);
+        }
+        if !SessionState::known_format(buf[0], len) || self.state.decode_into(&buf).is_none() {
+            self.state = SessionState::new();
+            return Err(StorageError::Invalid(RECORD_SESSION).into());
         }
         Ok(())
     }
@@ -1116,7 +1123,8 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     }
 
     fn save_state(&mut self) -> Result<(), SessionError> {
-        let rec = self.state.encode();
+        let mut rec = Zeroizing::new([0u8; SESSION_RECORD_LEN]);
+        self.state.encode_into(&mut rec);
         self.storage().write(RECORD_SESSION, rec.as_slice())?;
         Ok(())
     }
@@ -1133,6 +1141,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     /// skip an epoch, never agree one twice), then agrees the epoch's keys
     /// and holds its ephemeral key as unconfirmed (SPEC §3.1). The keys are
     /// in memory only until the caller's next `save_state`.
+    #[inline(never)]
     fn open_epoch<R: CryptoRng + ?Sized>(&mut self, rng: &mut R) -> Result<u32, SessionError> {
         let epoch = self.state.epoch.checked_add(1).ok_or(SessionError::EpochExhausted)?;
         self.state.epoch = epoch;

@@ -254,9 +254,8 @@ fn boot<'s>(
 /// Step 1: register with the owner's first consent.
 #[inline(never)]
 fn register(dev: &mut Dev, rng: &mut ChaCha20Rng) -> Result<(), RunError> {
-    let consent = first_consent().map_err(|_| RunError::Other("consent"))?;
     let Ok(u) = dev.unregistered() else { return Err(RunError::Other("not new")) };
-    u.register(rng, consent)?;
+    u.register(rng, first_consent().map_err(|_| RunError::Other("consent"))?)?;
     Ok(())
 }
 
@@ -290,10 +289,23 @@ fn use_the_kettle(metrics: &mut Metrics<METRICS>, faults: &mut FaultRecorder<4>)
     Ok(())
 }
 
-#[inline(never)]
+/// Step 3: the usage window and the faults, each sealed in its own frame
+/// (in one, the fault's temporaries sat under the usage report's sealing).
 fn report(dev: &mut Dev, metrics: &mut Metrics<METRICS>, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
+    report_usage(dev, metrics)?;
+    report_faults(dev, faults)
+}
+
+#[inline(never)]
+fn report_usage(dev: &mut Dev, metrics: &mut Metrics<METRICS>) -> Result<(), RunError> {
     let Ok(mut r) = dev.registered() else { return Err(RunError::Other("not registered")) };
     r.report_window(Purpose::USAGE_ANALYTICS, metrics.take_window(T0 + 3_600), T0 + 3_600)?;
+    Ok(())
+}
+
+#[inline(never)]
+fn report_faults(dev: &mut Dev, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
+    let Ok(mut r) = dev.registered() else { return Err(RunError::Other("not registered")) };
     r.report_faults(faults, Purpose::DIAGNOSTICS, T0 + 3_600)?;
     Ok(())
 }
