@@ -329,10 +329,25 @@ pub struct Identity<V = VendorPublicKeys> {
 }
 
 impl<V: Into<VendorPublicBytes>> Identity<V> {
-    /// The same identity with the vendor's keys as bytes, as the device holds it.
-    fn into_held(self) -> Identity<VendorPublicBytes> {
-        Identity { key: self.key, certificate: self.certificate, firmware: self.firmware, vendor: self.vendor.into() }
+    /// The identity as the device holds it.
+    fn into_held(self) -> Held {
+        Held {
+            key: keys::HeldKey::from(self.key),
+            certificate: self.certificate,
+            firmware: self.firmware,
+            vendor: self.vendor.into(),
+        }
     }
+}
+
+/// An [`Identity`] as the device holds it: the vendor's keys as bytes,
+/// and the device key without room for a dalek copy (with `salty`).
+#[derive(Debug)]
+struct Held {
+    key: keys::HeldKey,
+    certificate: DeviceCertificate,
+    firmware: FirmwareVersion,
+    vendor: VendorPublicBytes,
 }
 
 /// Where the device is in its life: plain data, from [`Device::stage`].
@@ -612,7 +627,7 @@ fn array<const M: usize>(r: &[u8], at: usize) -> Option<[u8; M]> {
 /// ```
 #[derive(Debug)]
 pub struct Device<'o, S: Storage, const N: usize, const RECORD: usize> {
-    id: Identity<VendorPublicBytes>,
+    id: Held,
     /// The vendor certificate authority's key, if provisioned: KeyUpdates
     /// are checked with it (SPEC.md §8.7).
     authority: Option<[u8; 32]>,
@@ -749,7 +764,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     #[inline(never)]
     fn place(
         slot: &mut Option<Self>,
-        id: Identity<VendorPublicBytes>,
+        id: Held,
         storage: S,
         outbox: &'o mut Outbox<N, RECORD>,
     ) -> Result<(), SessionError> {
@@ -1414,7 +1429,7 @@ fn check_layout<S: Storage, const N: usize, const RECORD: usize>(storage: &S) ->
 /// A free function over the device's parts, so a body may borrow from the
 /// identity or the session while the counter and outbox change.
 fn seal_into<S: Storage, const N: usize, const RECORD: usize, T: serde::Serialize + ?Sized>(
-    id: &Identity<VendorPublicBytes>,
+    id: &Held,
     state: &SessionState,
     counters: &mut Counter<CounterRecord<S>>,
     outbox: &mut Outbox<N, RECORD>,

@@ -442,3 +442,40 @@ impl DeviceKey {
         }
     }
 }
+
+/// The device's key as a [`crate::device::Device`] holds it. With `salty`:
+/// the id, seed and public key only, without room for the dalek
+/// [`SigningKey`] that [`DeviceKey::signing`] would make (228 bytes of the
+/// device's RAM). Without `salty`: the [`DeviceKey`].
+#[cfg(feature = "salty")]
+pub(crate) struct HeldKey {
+    /// The device id.
+    pub(crate) device: DeviceId,
+    seed: Zeroizing<[u8; 32]>,
+    public: [u8; 32],
+}
+
+/// The device's key as a [`crate::device::Device`] holds it.
+#[cfg(not(feature = "salty"))]
+pub(crate) type HeldKey = DeviceKey;
+
+#[cfg(feature = "salty")]
+impl From<DeviceKey> for HeldKey {
+    fn from(k: DeviceKey) -> Self {
+        HeldKey { device: k.device, seed: k.seed, public: k.public }
+    }
+}
+
+#[cfg(feature = "salty")]
+impl core::fmt::Debug for HeldKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("HeldKey").field("device", &self.device).field("public", &self.public).finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "salty")]
+impl super::SignParts for HeldKey {
+    fn sign_parts(&self, parts: &[&[u8]]) -> [u8; 64] {
+        super::salty_backend::sign_parts(&self.seed, &self.public, parts)
+    }
+}
