@@ -106,7 +106,10 @@ fn mod_l(x: &mut [i64; 64]) -> [u8; 32] {
     r
 }
 
-/// A 512-bit little-endian integer reduced modulo ℓ.
+/// A 512-bit little-endian integer reduced modulo ℓ. Out of line, as is
+/// [`mul_add`]: its 512-byte limb array is then not in the frame of the
+/// signer, which holds a SHA-512 state (docs/firmware.md, "RAM and stack").
+#[inline(never)]
 fn reduce_wide(bytes: &[u8; 64]) -> Scalar {
     let mut x = [0i64; 64];
     for (x, b) in x.iter_mut().zip(bytes) {
@@ -119,6 +122,7 @@ fn reduce_wide(bytes: &[u8; 64]) -> Scalar {
 
 /// `(k × a + r) mod ℓ`, for 32-byte little-endian `k`, `a` and `r`.
 #[allow(clippy::indexing_slicing)] // i, j < 32, so i + j < 64
+#[inline(never)]
 fn mul_add(k: &[u8; 32], a: &[u8; 32], r: &[u8; 32]) -> [u8; 32] {
     let mut x = [0i64; 64];
     for (x, b) in x.iter_mut().zip(r) {

@@ -203,15 +203,22 @@ fn run(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) ->
     let dev = boot(&mut slot, flash, outbox)?;
     register(dev, &mut rng)?;
     send_all(dev)?;
+    operate(dev)?;
+    print_dropped(dev);
+    Ok(())
+}
+
+/// The product in use: its metrics registry and fault recorder live in
+/// this frame, not under registering (the deepest step, at first boot).
+#[inline(never)]
+fn operate(dev: &mut Dev) -> Result<(), RunError> {
     let mut metrics: Metrics<METRICS> = Metrics::new(T0);
     let mut faults: FaultRecorder<4> = FaultRecorder::new(FIRMWARE);
     use_the_kettle(&mut metrics, &mut faults)?;
     report(dev, &mut metrics, &mut faults)?;
     send_all(dev)?;
     withdraw_usage(dev, &mut metrics)?;
-    send_all(dev)?;
-    print_dropped(dev);
-    Ok(())
+    send_all(dev)
 }
 
 #[inline(never)]
@@ -339,9 +346,11 @@ fn withdraw(dev: &mut Dev) -> Result<(), RunError> {
 #[inline(never)]
 fn without_usage(held: Option<&SignedConsent>) -> Result<SignedConsent, RunError> {
     let held = held.ok_or(RunError::Other("no consent"))?;
-    let mut next = held.state.successor(T0 + 7_300, [7; 32]).map_err(|_| RunError::Other("successor"))?;
-    next.withdraw(Purpose::USAGE_ANALYTICS).map_err(|_| RunError::Other("withdraw"))?;
-    Ok(SignedConsent { state: next, owner: None })
+    // Edited in place (`advance`, not `successor`): no state copied through a `Result`.
+    let mut next = SignedConsent { state: held.state.clone(), owner: None };
+    next.state.advance(T0 + 7_300, [7; 32]).map_err(|_| RunError::Other("successor"))?;
+    next.state.withdraw(Purpose::USAGE_ANALYTICS).map_err(|_| RunError::Other("withdraw"))?;
+    Ok(next)
 }
 
 /// Sends everything queued: prints each envelope and its 20-byte chunks, then acks it.
