@@ -337,20 +337,22 @@ fn report_again(dev: &mut Dev, metrics: &mut Metrics<METRICS>) -> Result<(), Run
 #[inline(never)]
 fn withdraw(dev: &mut Dev) -> Result<(), RunError> {
     let Ok(mut r) = dev.registered() else { return Err(RunError::Other("not registered")) };
-    let next = without_usage(r.device().consent())?;
+    let mut next = SignedConsent { state: ConsentState::essential_only(0, 0, [0; 32]), owner: None };
+    without_usage(r.device().consent(), &mut next)?;
     r.change_consent(next, T0 + 7_300)?;
     Ok(())
 }
 
-/// The owner's next decision: the state held, without usage analytics.
+/// The owner's next decision, written into `next`: the state held, without
+/// usage analytics. Edited in place (`clone_from`, `advance`): a state
+/// returned through a `Result` would be copied on the stack.
 #[inline(never)]
-fn without_usage(held: Option<&SignedConsent>) -> Result<SignedConsent, RunError> {
+fn without_usage(held: Option<&SignedConsent>, next: &mut SignedConsent) -> Result<(), RunError> {
     let held = held.ok_or(RunError::Other("no consent"))?;
-    // Edited in place (`advance`, not `successor`): no state copied through a `Result`.
-    let mut next = SignedConsent { state: held.state.clone(), owner: None };
+    next.state.clone_from(&held.state);
     next.state.advance(T0 + 7_300, [7; 32]).map_err(|_| RunError::Other("successor"))?;
     next.state.withdraw(Purpose::USAGE_ANALYTICS).map_err(|_| RunError::Other("withdraw"))?;
-    Ok(next)
+    Ok(())
 }
 
 /// Sends everything queued: prints each envelope and its 20-byte chunks, then acks it.
