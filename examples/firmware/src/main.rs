@@ -198,10 +198,9 @@ static BREW_SECONDS: [i64; 3] = [60, 180, 300];
 // metrics registry, the fault recorder and the RNG.
 #[inline(never)]
 fn run(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -> Result<(), RunError> {
-    let mut rng = ChaCha20Rng::from_seed(RNG_SEED);
     let mut slot = None;
     let dev = boot(&mut slot, flash, outbox)?;
-    register(dev, &mut rng)?;
+    register(dev)?;
     send_all(dev)?;
     operate(dev)?;
     print_dropped(dev);
@@ -260,9 +259,12 @@ fn boot<'s>(
 
 /// Step 1: register with the owner's first consent.
 #[inline(never)]
-fn register(dev: &mut Dev, rng: &mut ChaCha20Rng) -> Result<(), RunError> {
+fn register(dev: &mut Dev) -> Result<(), RunError> {
+    // The randomness for the epoch's ephemeral key (a real device seeds
+    // it from its TRNG), only in this step's frame.
+    let mut rng = ChaCha20Rng::from_seed(RNG_SEED);
     let Ok(u) = dev.unregistered() else { return Err(RunError::Other("not new")) };
-    u.register(rng, first_consent().map_err(|_| RunError::Other("consent"))?)?;
+    u.register(&mut rng, first_consent().map_err(|_| RunError::Other("consent"))?)?;
     Ok(())
 }
 
