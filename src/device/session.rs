@@ -874,7 +874,8 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         if let Some(tail) = buf.get_mut(len..) {
             tail.fill(0);
         }
-        if !SessionState::known_format(buf[0], len) || self.state.decode_into(&buf).is_none() {
+        if !SessionState::known_format(buf.first().copied().unwrap_or(0), len) || self.state.decode_into(&buf).is_none()
+        {
             self.state = SessionState::new();
             return Err(StorageError::Invalid(RECORD_SESSION).into());
         }

@@ -188,7 +188,7 @@ pub struct VendorPublicKeys {
 /// curve25519-dalek's field arithmetic: about 4 KB of flash), and it takes
 /// 64 bytes of RAM instead of the 224 of [`VendorPublicKeys`]. A signing
 /// key that is not a point makes every vendor message
-/// [`OpenError::Unauthentic`](crate::error::OpenError::Unauthentic).
+/// [`OpenError::Unauthentic`].
 ///
 /// ```
 /// use spime::seal::{VendorKeys, VendorPublicBytes};
