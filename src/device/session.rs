@@ -1428,7 +1428,11 @@ fn check_layout<S: Storage, const N: usize, const RECORD: usize>(storage: &S) ->
 /// keys with a fresh counter value, straight into an outbox slot. While the
 /// epoch is unconfirmed its ephemeral key goes in the header (SPEC §3.1).
 /// A free function over the device's parts, so a body may borrow from the
-/// identity or the session while the counter and outbox change.
+/// identity or the session while the counter and outbox change. Out of
+/// line: inlined, its temporaries sat in the frame of every caller, under
+/// the caller's own (measured on the QEMU firmware: 224 B less peak stack,
+/// 312 B less flash).
+#[inline(never)]
 fn seal_into<S: Storage, const N: usize, const RECORD: usize, T: serde::Serialize + ?Sized>(
     id: &Held,
     state: &SessionState,
