@@ -637,3 +637,53 @@ fn a_vendor_restarts_without_key_0() {
         Err(KeyringError::KeysDiffer)
     ));
 }
+
+/// A firmware provisioned with the vendor's keys and the authority's key as
+/// bytes (`Identity<VendorPublicBytes>`, `with_key_authority_bytes`: no
+/// curve25519-dalek on salty firmware) registers, takes a KeyUpdate, checks
+/// receipts under both keys and opens its next epoch with the new key,
+/// exactly as a device given dalek keys; an authority key that is not a
+/// point refuses every KeyUpdate.
+#[test]
+fn a_device_holding_keys_as_bytes_rotates_alike() {
+    use spime::seal::VendorPublicBytes;
+    let bytes_identity = |id: DeviceId, seed: u8| {
+        let Identity { key, certificate, firmware, vendor } = identity_of(id, seed);
+        let held: Identity<VendorPublicBytes> =
+            Identity { key, certificate, firmware, vendor: VendorPublicBytes::from(vendor) };
+        assert_eq!(held.vendor.signing, key0().public().signing.to_bytes());
+        held
+    };
+    let vendor = vendor_before();
+    let (mut fa, mut oa) = (Flash::new(), Ob::new());
+    let mut a = Device::boot(bytes_identity(A, 0xA1), storage(&mut fa), &mut oa)
+        .unwrap()
+        .with_key_authority_bytes(authority().verifying_key().to_bytes());
+    register(&mut a, &vendor, 1, T0);
+    let vendor = rotated(vendor);
+    report(&mut a, ROTATE_AT);
+    assert_eq!(flush(&mut a, &vendor, ROTATE_AT), vec![Ok((true, None))]);
+    let update = vendor.seal_key_update(&A, ROTATE_AT).unwrap();
+    assert_eq!(a.open_key_update(&update, ROTATE_AT).unwrap(), 1);
+    a.open_receipt(&vendor.seal_receipt(&A).unwrap()).unwrap();
+    a.registered().unwrap().renew_keys(&mut rng(3)).unwrap();
+    report(&mut a, ROTATE_AT + 60);
+    assert_eq!(flush(&mut a, &vendor, ROTATE_AT + 60), vec![Ok((false, Some(2)))]);
+    assert_eq!(epoch_key_serial(&vendor, &A), (2, 1));
+    a.open_receipt(&vendor.seal_receipt(&A).unwrap()).unwrap();
+
+    // The same KeyUpdate, to a device whose authority key is not a point
+    // (y = p + 1, a non-canonical encoding): refused, nothing learned.
+    let (mut fb, mut ob) = (Flash::new(), Ob::new());
+    let mut not_a_point = [0xff; 32];
+    not_a_point[0] = 0xee;
+    not_a_point[31] = 0x7f;
+    let vendor = vendor_before();
+    let mut b =
+        Device::boot(bytes_identity(B, 0xB1), storage(&mut fb), &mut ob).unwrap().with_key_authority_bytes(not_a_point);
+    register(&mut b, &vendor, 2, T0);
+    let vendor = rotated(vendor);
+    let update = vendor.seal_key_update(&B, ROTATE_AT).unwrap();
+    assert_eq!(b.open_key_update(&update, ROTATE_AT), Err(SessionError::Open(OpenError::BadCertificate)));
+    assert_eq!((b.vendor_key_serial(), b.vendor_key_pending()), (0, false));
+}

@@ -127,11 +127,31 @@ impl ConsentState {
     /// [`EditError::VersionExhausted`] at version `u32::MAX`.
     pub fn successor(&self, issued_at: u64, notice_hash: [u8; 32]) -> Result<ConsentState, EditError> {
         let mut next = self.clone();
-        next.version = self.version.checked_add(1).ok_or(EditError::VersionExhausted)?;
-        next.issued_at = issued_at;
-        next.reconfirm_by = issued_at.saturating_add(MAX_RECONFIRM);
-        next.notice_hash = notice_hash;
+        next.advance(issued_at, notice_hash)?;
         Ok(next)
+    }
+
+    /// [`ConsentState::successor`] in place: this state becomes the start
+    /// of the owner's next decision. For firmware, where a state (about
+    /// 700 bytes) returned through a `Result` is copied on the stack.
+    ///
+    /// ```
+    /// use spime::consent::{ConsentState, SignedConsent};
+    /// let held = SignedConsent { state: ConsentState::essential_only(3, 0, [0; 32]), owner: None };
+    /// let mut next = SignedConsent { state: held.state.clone(), owner: None };
+    /// next.state.advance(100, [7; 32])?;
+    /// assert_eq!(next.state, held.state.successor(100, [7; 32])?);
+    /// # Ok::<(), spime::consent::EditError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`EditError::VersionExhausted`] at version `u32::MAX` (nothing changes).
+    pub fn advance(&mut self, issued_at: u64, notice_hash: [u8; 32]) -> Result<(), EditError> {
+        self.version = self.version.checked_add(1).ok_or(EditError::VersionExhausted)?;
+        self.issued_at = issued_at;
+        self.reconfirm_by = issued_at.saturating_add(MAX_RECONFIRM);
+        self.notice_hash = notice_hash;
+        Ok(())
     }
 
     /// Whether this state replaces `held`: only a strictly higher version

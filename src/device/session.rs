@@ -46,7 +46,7 @@ use crate::message::{
     Notice, Receipt, Register, Transfer, UsageOf,
 };
 use crate::seal::counter::Counter;
-use crate::seal::keys::{self, AeadKey, DeviceKey, SessionKeys, VendorPublicKeys};
+use crate::seal::keys::{self, AeadKey, DeviceKey, SessionKeys, VendorPublicBytes, VendorPublicKeys};
 use crate::seal::replay::ReplayWindow;
 use crate::seal::{self as sealing, Envelope, Seal};
 use crate::wire::{DeviceId, Direction, Kind};
@@ -287,16 +287,67 @@ impl From<ReplayError> for SessionError {
 }
 
 /// What a device is and whom it talks to: provisioned at manufacture.
+///
+/// The vendor's keys are [`VendorPublicKeys`] by default; a firmware short
+/// of flash gives them as [`VendorPublicBytes`] (`Identity<VendorPublicBytes>`),
+/// the bytes it was provisioned with, so the signing key is never
+/// decompressed by curve25519-dalek (with the `salty` feature about 4 KB
+/// less flash). The device holds them as bytes either way.
+///
+/// ```
+/// use spime::device::Identity;
+/// use spime::message::{CertificateBody, DeviceCertificate, FirmwareVersion};
+/// use spime::seal::{DeviceKey, VendorKeys, VendorPublicBytes};
+/// use spime::wire::DeviceId;
+/// let vendor = VendorKeys::from_secrets(&[1; 32], &[2; 32]);
+/// let key = DeviceKey::from_seed(DeviceId([3; 8]), &[4; 32]);
+/// let body = CertificateBody {
+///     device: key.device, device_key: key.public_bytes(), model: "kettle".try_into()?,
+///     hardware_revision: 1, issued_at: 0, not_after: None,
+/// };
+/// let certificate = DeviceCertificate::issue(body, vendor.signing())?;
+/// let firmware = FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 };
+/// // the bytes a firmware holds as constants
+/// let held = VendorPublicBytes {
+///     signing: vendor.public().signing.to_bytes(),
+///     key_agreement: vendor.public().key_agreement,
+/// };
+/// let id: Identity<VendorPublicBytes> = Identity { key, certificate, firmware, vendor: held };
+/// # let _ = id;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
-pub struct Identity {
+pub struct Identity<V = VendorPublicKeys> {
     /// The device's key (and id).
     pub key: DeviceKey,
     /// The vendor's certificate for it.
     pub certificate: DeviceCertificate,
     /// The running firmware.
     pub firmware: FirmwareVersion,
-    /// The vendor's public keys.
-    pub vendor: VendorPublicKeys,
+    /// The vendor's public keys: [`VendorPublicKeys`] or [`VendorPublicBytes`].
+    pub vendor: V,
+}
+
+impl<V: Into<VendorPublicBytes>> Identity<V> {
+    /// The identity as the device holds it.
+    fn into_held(self) -> Held {
+        Held {
+            key: keys::HeldKey::from(self.key),
+            certificate: self.certificate,
+            firmware: self.firmware,
+            vendor: self.vendor.into(),
+        }
+    }
+}
+
+/// An [`Identity`] as the device holds it: the vendor's keys as bytes,
+/// and the device key without room for a dalek copy (with `salty`).
+#[derive(Debug)]
+struct Held {
+    key: keys::HeldKey,
+    certificate: DeviceCertificate,
+    firmware: FirmwareVersion,
+    vendor: VendorPublicBytes,
 }
 
 /// Where the device is in its life: plain data, from [`Device::stage`].
@@ -397,10 +448,10 @@ impl SessionState {
         }
     }
 
-    /// The record; it holds the session keys, so it is wiped on drop.
-    fn encode(&self) -> Zeroizing<[u8; SESSION_RECORD_LEN]> {
-        let mut out = Zeroizing::new([0u8; SESSION_RECORD_LEN]);
-        let r: &mut [u8; SESSION_RECORD_LEN] = &mut out;
+    /// Writes the record into `r` (all zero): it holds the session keys,
+    /// so the caller wipes it. Into the caller's buffer, not returned: a
+    /// returned record is copied on the stack.
+    fn encode_into(&self, r: &mut [u8; SESSION_RECORD_LEN]) {
         r[0] = SESSION_FORMAT;
         r[1] = match self.stage {
             Stage::Unregistered => 0,
@@ -443,20 +494,24 @@ impl SessionState {
         }
         LearnedKey::put(self.epoch_vendor.as_ref(), r.as_mut_slice(), 468);
         LearnedKey::put(self.latest_vendor.as_ref(), r.as_mut_slice(), 537);
-        out
     }
 
-    fn decode(r: &[u8]) -> Option<SessionState> {
-        let mut full = Zeroizing::new([0u8; SESSION_RECORD_LEN]);
-        match (r.first(), r.len()) {
-            (Some(&SESSION_FORMAT), SESSION_RECORD_LEN) => full.copy_from_slice(r),
-            // Format 3: the same fields, no learned vendor key.
-            (Some(3), SESSION_RECORD_V3_LEN) => full.get_mut(..SESSION_RECORD_V3_LEN)?.copy_from_slice(r),
-            // Format 2: the same fields, no pending Transfer.
-            (Some(2), SESSION_RECORD_V2_LEN) => full.get_mut(..SESSION_RECORD_V2_LEN)?.copy_from_slice(r),
-            _ => return None,
-        }
-        let r: &[u8; SESSION_RECORD_LEN] = &full;
+    /// Whether a stored record of `len` bytes starting with `format` is one
+    /// this firmware reads: format 4, or an earlier one (format 3: no
+    /// learned vendor key; format 2: no pending Transfer either), whose
+    /// missing fields read as zero once the record is padded with zeros.
+    fn known_format(format: u8, len: usize) -> bool {
+        matches!(
+            (format, len),
+            (SESSION_FORMAT, SESSION_RECORD_LEN) | (3, SESSION_RECORD_V3_LEN) | (2, SESSION_RECORD_V2_LEN)
+        )
+    }
+
+    /// Decodes a record of a [known format](SessionState::known_format),
+    /// padded with zeros to the full length, into `self`, field by field
+    /// (a decoded state returned by value would be copied on the stack).
+    /// On `None`, `self` is partly overwritten: reset it.
+    fn decode_into(&mut self, r: &[u8; SESSION_RECORD_LEN]) -> Option<()> {
         let stage = match r[1] {
             0 => Stage::Unregistered,
             1 => Stage::Registered,
@@ -477,17 +532,21 @@ impl SessionState {
             u64::from_be_bytes(r[71..79].try_into().ok()?),
             u128::from_be_bytes(r[79..95].try_into().ok()?),
         );
-        let mut sent = heapless::Vec::new();
+        self.stage = stage;
+        self.epoch = epoch;
+        self.keys = keys;
+        self.replay = replay;
+        self.sent.clear();
         for i in 0..usize::from(r[95]) {
             let at = 96 + i * 36;
             let s = SentConsent { version: u32::from_be_bytes(array(r, at)?), digest: array(r, at + 4)? };
-            sent.push(s).ok()?;
+            self.sent.push(s).ok()?;
         }
-        let mut shown = heapless::Vec::new();
+        self.shown.clear();
         for i in 0..usize::from(r[240]) {
             let at = 241 + i * 10;
             let purpose = Purpose::from_id(u16::from_be_bytes(array(r, at)?)).ok()?;
-            shown.push(SentNotice { purpose, at: u64::from_be_bytes(array(r, at + 2)?) }).ok()?;
+            self.shown.push(SentNotice { purpose, at: u64::from_be_bytes(array(r, at + 2)?) }).ok()?;
         }
         let receipted = u32::from_be_bytes(r[321..325].try_into().ok()?);
         let pending = match r[325] {
@@ -511,21 +570,12 @@ impl SessionState {
             }),
             _ => return None,
         };
-        let epoch_vendor = LearnedKey::get(r, 468)?;
-        let latest_vendor = LearnedKey::get(r, 537)?;
-        Some(SessionState {
-            stage,
-            epoch,
-            keys,
-            replay,
-            sent,
-            shown,
-            receipted,
-            pending,
-            pending_transfer,
-            epoch_vendor,
-            latest_vendor,
-        })
+        self.receipted = receipted;
+        self.pending = pending;
+        self.pending_transfer = pending_transfer;
+        self.epoch_vendor = LearnedKey::get(r, 468)?;
+        self.latest_vendor = LearnedKey::get(r, 537)?;
+        Some(())
     }
 }
 
@@ -577,7 +627,7 @@ fn array<const M: usize>(r: &[u8], at: usize) -> Option<[u8; M]> {
 /// ```
 #[derive(Debug)]
 pub struct Device<'o, S: Storage, const N: usize, const RECORD: usize> {
-    id: Identity,
+    id: Held,
     /// The vendor certificate authority's key, if provisioned: KeyUpdates
     /// are checked with it (SPEC.md §8.7).
     authority: Option<[u8; 32]>,
@@ -650,9 +700,14 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     /// [`StorageError::Invalid`] for a session or consent record that does
     /// not decode.
     #[inline(never)]
-    pub fn boot(id: Identity, storage: S, outbox: &'o mut Outbox<N, RECORD>) -> Result<Self, SessionError> {
+    pub fn boot<V: Into<VendorPublicBytes>>(
+        id: Identity<V>,
+        storage: S,
+        outbox: &'o mut Outbox<N, RECORD>,
+    ) -> Result<Self, SessionError> {
         check_layout::<S, N, RECORD>(&storage)?;
         let counter = Counter::open(CounterRecord(storage), COUNTER_BLOCK)?;
+        let id = id.into_held();
         let mut dev = Device { id, authority: None, counter, state: SessionState::new(), consent: None, outbox };
         dev.start()?;
         Ok(dev)
@@ -692,13 +747,13 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     /// # Errors
     /// As [`Device::boot`]; `slot` may then hold a device that did not
     /// finish starting: do not use it.
-    pub fn boot_in<'s>(
+    pub fn boot_in<'s, V: Into<VendorPublicBytes>>(
         slot: &'s mut Option<Self>,
-        id: Identity,
+        id: Identity<V>,
         storage: S,
         outbox: &'o mut Outbox<N, RECORD>,
     ) -> Result<&'s mut Self, SessionError> {
-        Self::place(slot, id, storage, outbox)?;
+        Self::place(slot, id.into_held(), storage, outbox)?;
         let Some(dev) = slot.as_mut() else { return Err(SessionError::NoSession) };
         dev.start()?;
         Ok(dev)
@@ -709,7 +764,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     #[inline(never)]
     fn place(
         slot: &mut Option<Self>,
-        id: Identity,
+        id: Held,
         storage: S,
         outbox: &'o mut Outbox<N, RECORD>,
     ) -> Result<(), SessionError> {
@@ -812,8 +867,17 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     #[inline(never)]
     fn load_session(&mut self) -> Result<(), SessionError> {
         let mut buf = Zeroizing::new([0u8; SESSION_RECORD_LEN]);
-        if let Some(r) = self.storage().read(RECORD_SESSION, buf.as_mut_slice())? {
-            self.state = SessionState::decode(r).ok_or(StorageError::Invalid(RECORD_SESSION))?;
+        let Some(len) = self.storage().read(RECORD_SESSION, buf.as_mut_slice())?.map(<[u8]>::len) else {
+            return Ok(());
+        };
+        // An earlier format's record is padded with zeros (its missing fields).
+        if let Some(tail) = buf.get_mut(len..) {
+            tail.fill(0);
+        }
+        if !SessionState::known_format(buf.first().copied().unwrap_or(0), len) || self.state.decode_into(&buf).is_none()
+        {
+            self.state = SessionState::new();
+            return Err(StorageError::Invalid(RECORD_SESSION).into());
         }
         Ok(())
     }
@@ -942,6 +1006,26 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         self
     }
 
+    /// [`Device::with_key_authority`] with the key as the 32 bytes the
+    /// device was provisioned with: nothing is decompressed until a
+    /// KeyUpdate is checked (with the `salty` feature, without
+    /// curve25519-dalek). A key that is not the canonical encoding of a
+    /// point of large order refuses every KeyUpdate
+    /// (`OpenError::BadCertificate`).
+    ///
+    /// ```
+    /// # fn f<S: spime::device::Storage, const N: usize, const R: usize>(
+    /// #     device: spime::device::Device<'_, S, N, R>, ca: [u8; 32]) {
+    /// let device = device.with_key_authority_bytes(ca);
+    /// assert_eq!(device.vendor_key_serial(), 0);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_key_authority_bytes(mut self, authority: [u8; 32]) -> Self {
+        self.authority = Some(authority);
+        self
+    }
+
     /// The serial of the newest vendor key the device holds: 0 for the key
     /// it was provisioned with, else the serial of the last KeyUpdate it took.
     pub fn vendor_key_serial(&self) -> u32 {
@@ -959,22 +1043,22 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
 
     /// The public keys the next epoch is opened with: the newest learned, or
     /// the provisioned ones.
-    fn latest_vendor(&self) -> Result<VendorPublicKeys, SessionError> {
+    fn latest_vendor(&self) -> Result<VendorPublicBytes, SessionError> {
         match &self.state.latest_vendor {
             None => Ok(self.id.vendor),
-            Some(k) => Ok(VendorPublicKeys {
-                signing: ed25519_dalek::VerifyingKey::from_bytes(&k.signing).map_err(|_| OpenError::BadCertificate)?,
-                key_agreement: k.key_agreement,
-            }),
+            Some(k) if crate::seal::is_strong_key(&k.signing) => {
+                Ok(VendorPublicBytes { signing: k.signing, key_agreement: k.key_agreement })
+            }
+            Some(_) => Err(OpenError::BadCertificate.into()),
         }
     }
 
     /// The key that signs the vendor's messages of the current epoch: the
     /// one the epoch was opened with.
-    fn epoch_vendor_signing(&self) -> Result<ed25519_dalek::VerifyingKey, SessionError> {
+    fn epoch_vendor_signing(&self) -> &[u8; 32] {
         match &self.state.epoch_vendor {
-            None => Ok(self.id.vendor.signing),
-            Some(k) => Ok(ed25519_dalek::VerifyingKey::from_bytes(&k.signing).map_err(|_| OpenError::Unauthentic)?),
+            None => &self.id.vendor.signing,
+            Some(k) => &k.signing,
         }
     }
 
@@ -1055,7 +1139,8 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     }
 
     fn save_state(&mut self) -> Result<(), SessionError> {
-        let rec = self.state.encode();
+        let mut rec = Zeroizing::new([0u8; SESSION_RECORD_LEN]);
+        self.state.encode_into(&mut rec);
         self.storage().write(RECORD_SESSION, rec.as_slice())?;
         Ok(())
     }
@@ -1072,6 +1157,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     /// skip an epoch, never agree one twice), then agrees the epoch's keys
     /// and holds its ephemeral key as unconfirmed (SPEC §3.1). The keys are
     /// in memory only until the caller's next `save_state`.
+    #[inline(never)]
     fn open_epoch<R: CryptoRng + ?Sized>(&mut self, rng: &mut R) -> Result<u32, SessionError> {
         let epoch = self.state.epoch.checked_add(1).ok_or(SessionError::EpochExhausted)?;
         self.state.epoch = epoch;
@@ -1081,7 +1167,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         // The newest vendor key the device holds opens the epoch and signs
         // the vendor's messages under it (SPEC §8.7).
         let vendor = self.latest_vendor()?;
-        let (keys, eph) = keys::device_start_epoch(rng, &self.id.key.device, epoch, &vendor)?;
+        let (keys, eph) = keys::device_start_epoch_kx(rng, &self.id.key.device, epoch, &vendor.key_agreement)?;
         self.state.keys = Some(keys);
         self.state.pending = Some(eph);
         self.state.epoch_vendor = self.state.latest_vendor;
@@ -1159,7 +1245,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         self.state.replay.check(h.counter)?;
         let mut buf = [0u8; Notice::MAX_SEALED_LEN];
         let pt = env.decrypt(keys, &mut buf)?;
-        let v = pt.verify(&self.epoch_vendor_signing()?)?;
+        let v = pt.verify_key_bytes(self.epoch_vendor_signing())?;
         Ok((v.decode::<B>()?, h.counter))
     }
 
@@ -1225,24 +1311,20 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         let keys = self.state.keys.as_ref().ok_or(SessionError::NoSession)?;
         self.state.replay.check(h.counter)?;
         let authority = self.authority.ok_or(VendorKeyError::NoAuthority)?;
-        let authority = ed25519_dalek::VerifyingKey::from_bytes(&authority).map_err(|_| VendorKeyError::NoAuthority)?;
         let mut buf = [0u8; KeyUpdate::MAX_SEALED_LEN];
         let pt = env.decrypt(keys, &mut buf)?;
         // Like a Register (SPEC §4.4 step 8): the body names the signer,
         // and the certificate authority vouches for it.
         let update: KeyUpdate = codec::decode(pt.body_bytes()).map_err(OpenError::Decode)?;
-        let public = update.certificate.verify(&authority)?;
-        pt.verify(&public.signing)?;
+        update.certificate.verify_key_bytes(&authority)?;
+        pt.verify_key_bytes(&update.certificate.body.signing)?;
         let body = update.certificate.body;
         body.valid_at(now).map_err(VendorKeyError::Invalid)?;
         let held = self.vendor_key_serial();
         let learned = LearnedKey { serial: body.serial, signing: body.signing, key_agreement: body.key_agreement };
         let same = match &self.state.latest_vendor {
             Some(k) => *k == learned,
-            None => {
-                self.id.vendor.signing.to_bytes() == learned.signing
-                    && self.id.vendor.key_agreement == learned.key_agreement
-            }
+            None => self.id.vendor.signing == learned.signing && self.id.vendor.key_agreement == learned.key_agreement,
         };
         if body.serial < held || (body.serial == held && !same) {
             return Err(VendorKeyError::Rollback { held, got: body.serial }.into());
@@ -1346,9 +1428,13 @@ fn check_layout<S: Storage, const N: usize, const RECORD: usize>(storage: &S) ->
 /// keys with a fresh counter value, straight into an outbox slot. While the
 /// epoch is unconfirmed its ephemeral key goes in the header (SPEC §3.1).
 /// A free function over the device's parts, so a body may borrow from the
-/// identity or the session while the counter and outbox change.
+/// identity or the session while the counter and outbox change. Out of
+/// line: inlined, its temporaries sat in the frame of every caller, under
+/// the caller's own (measured on the QEMU firmware: 224 B less peak stack,
+/// 312 B less flash).
+#[inline(never)]
 fn seal_into<S: Storage, const N: usize, const RECORD: usize, T: serde::Serialize + ?Sized>(
-    id: &Identity,
+    id: &Held,
     state: &SessionState,
     counters: &mut Counter<CounterRecord<S>>,
     outbox: &mut Outbox<N, RECORD>,

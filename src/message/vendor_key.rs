@@ -153,6 +153,20 @@ impl VendorKeyCertificate {
         }
         Ok(VendorPublicKeys { signing, key_agreement: self.body.key_agreement })
     }
+
+    /// [`VendorKeyCertificate::verify`] with keys as bytes (the device's
+    /// path: on salty firmware nothing is decompressed by
+    /// curve25519-dalek); the certified keys are the body's.
+    pub(crate) fn verify_key_bytes(&self, authority: &[u8; 32]) -> Result<(), OpenError> {
+        let mut buf = [0u8; VendorKeyBody::MAX_ENCODED_LEN];
+        let tbs = codec::encode(&self.body, &mut buf).map_err(|_| OpenError::BadCertificate)?;
+        crate::seal::verify_strict_parts_bytes(authority, &[VENDOR_KEY_CERTIFICATE_DST, tbs], &self.signature.0)
+            .map_err(|_| OpenError::BadCertificate)?;
+        if !crate::seal::is_strong_key(&self.body.signing) {
+            return Err(OpenError::BadCertificate);
+        }
+        Ok(())
+    }
 }
 
 impl Canonical for VendorKeyCertificate {

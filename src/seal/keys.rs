@@ -129,9 +129,20 @@ pub fn device_start_epoch<R: CryptoRng + ?Sized>(
     epoch: u32,
     vendor: &VendorPublicKeys,
 ) -> Result<(SessionKeys, [u8; 32]), crate::error::SealError> {
+    device_start_epoch_kx(rng, device, epoch, &vendor.key_agreement)
+}
+
+/// [`device_start_epoch`] with the vendor's key-agreement key as bytes
+/// (the device holds [`VendorPublicBytes`]).
+pub(crate) fn device_start_epoch_kx<R: CryptoRng + ?Sized>(
+    rng: &mut R,
+    device: &DeviceId,
+    epoch: u32,
+    key_agreement: &[u8; 32],
+) -> Result<(SessionKeys, [u8; 32]), crate::error::SealError> {
     let mut secret = Zeroizing::new([0u8; 32]);
     rng.fill_bytes(secret.as_mut_slice());
-    device_start_epoch_with(&secret, device, epoch, vendor)
+    start_epoch_with(&secret, device, epoch, key_agreement)
 }
 
 /// [`device_start_epoch`] with a given ephemeral secret, for test vectors.
@@ -145,10 +156,19 @@ pub fn device_start_epoch_with(
     epoch: u32,
     vendor: &VendorPublicKeys,
 ) -> Result<(SessionKeys, [u8; 32]), crate::error::SealError> {
+    start_epoch_with(ephemeral_secret, device, epoch, &vendor.key_agreement)
+}
+
+fn start_epoch_with(
+    ephemeral_secret: &[u8; 32],
+    device: &DeviceId,
+    epoch: u32,
+    key_agreement: &[u8; 32],
+) -> Result<(SessionKeys, [u8; 32]), crate::error::SealError> {
     let eph_pub = device_x25519(ephemeral_secret, &x25519_dalek::X25519_BASEPOINT_BYTES);
-    let shared = contributory(Zeroizing::new(device_x25519(ephemeral_secret, &vendor.key_agreement)))
+    let shared = contributory(Zeroizing::new(device_x25519(ephemeral_secret, key_agreement)))
         .ok_or(crate::error::SealError::WeakKey)?;
-    Ok((SessionKeys::from_shared(&shared, device, epoch, &eph_pub, &vendor.key_agreement), eph_pub))
+    Ok((SessionKeys::from_shared(&shared, device, epoch, &eph_pub, key_agreement), eph_pub))
 }
 
 /// The vendor's public keys, which every device holds.
@@ -158,6 +178,37 @@ pub struct VendorPublicKeys {
     pub signing: VerifyingKey,
     /// The static X25519 key that devices agree session keys with.
     pub key_agreement: [u8; 32],
+}
+
+/// The vendor's public keys as the 32-byte encodings a device is
+/// provisioned with: what a device holds in its
+/// [`Identity`](crate::device::Identity) when it should not decompress the
+/// signing key up front. Each check of a vendor signature decompresses it
+/// (with the `salty` feature on firmware, without linking
+/// curve25519-dalek's field arithmetic: about 4 KB of flash), and it takes
+/// 64 bytes of RAM instead of the 224 of [`VendorPublicKeys`]. A signing
+/// key that is not a point makes every vendor message
+/// [`OpenError::Unauthentic`].
+///
+/// ```
+/// use spime::seal::{VendorKeys, VendorPublicBytes};
+/// let vendor = VendorKeys::from_secrets(&[1; 32], &[2; 32]);
+/// let held = VendorPublicBytes::from(vendor.public());
+/// assert_eq!(held.signing, vendor.public().signing.to_bytes());
+/// assert_eq!(held.key_agreement, vendor.public().key_agreement);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VendorPublicBytes {
+    /// The Ed25519 key that signs the vendor's messages (compressed Edwards `y`).
+    pub signing: [u8; 32],
+    /// The static X25519 key that devices agree session keys with.
+    pub key_agreement: [u8; 32],
+}
+
+impl From<VendorPublicKeys> for VendorPublicBytes {
+    fn from(k: VendorPublicKeys) -> Self {
+        VendorPublicBytes { signing: k.signing.to_bytes(), key_agreement: k.key_agreement }
+    }
 }
 
 /// The vendor's secret keys. Wiped on drop; `Debug` shows only public parts.
@@ -389,5 +440,42 @@ impl DeviceKey {
         {
             super::salty_backend::sign_parts(&self.seed, &self.public, parts)
         }
+    }
+}
+
+/// The device's key as a [`crate::device::Device`] holds it. With `salty`:
+/// the id, seed and public key only, without room for the dalek
+/// [`SigningKey`] that [`DeviceKey::signing`] would make (228 bytes of the
+/// device's RAM). Without `salty`: the [`DeviceKey`].
+#[cfg(feature = "salty")]
+pub(crate) struct HeldKey {
+    /// The device id.
+    pub(crate) device: DeviceId,
+    seed: Zeroizing<[u8; 32]>,
+    public: [u8; 32],
+}
+
+/// The device's key as a [`crate::device::Device`] holds it.
+#[cfg(not(feature = "salty"))]
+pub(crate) type HeldKey = DeviceKey;
+
+#[cfg(feature = "salty")]
+impl From<DeviceKey> for HeldKey {
+    fn from(k: DeviceKey) -> Self {
+        HeldKey { device: k.device, seed: k.seed, public: k.public }
+    }
+}
+
+#[cfg(feature = "salty")]
+impl core::fmt::Debug for HeldKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("HeldKey").field("device", &self.device).field("public", &self.public).finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "salty")]
+impl super::SignParts for HeldKey {
+    fn sign_parts(&self, parts: &[&[u8]]) -> [u8; 64] {
+        super::salty_backend::sign_parts(&self.seed, &self.public, parts)
     }
 }

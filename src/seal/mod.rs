@@ -32,7 +32,7 @@ use crate::error::{DecodeError, OpenError, SealError};
 use crate::message::{Body, MAX_SEALED_LEN};
 use crate::wire::{DeviceId, Direction, Header, Kind};
 
-pub use keys::{AeadKey, DeviceKey, SessionKeys, VendorKeys, VendorPublicKeys};
+pub use keys::{AeadKey, DeviceKey, SessionKeys, VendorKeys, VendorPublicBytes, VendorPublicKeys};
 
 /// Domain-separation tag that starts every envelope signature.
 pub const MESSAGE_DST: &[u8] = b"spime/v1 message\0";
@@ -221,6 +221,14 @@ impl<'a, 'b> Plaintext<'a, 'b> {
         Ok(self.into_verified())
     }
 
+    /// [`Plaintext::verify`] with the sender's key as bytes: on salty
+    /// firmware the key is never decompressed by curve25519-dalek.
+    pub(crate) fn verify_key_bytes(self, sender: &[u8; 32]) -> Result<Verified<'a, 'b>, OpenError> {
+        verify_strict_parts_bytes(sender, &[MESSAGE_DST, self.header_bytes, self.body], &self.signature)
+            .map_err(|_| OpenError::Unauthentic)?;
+        Ok(self.into_verified())
+    }
+
     /// The body bytes (not yet verified: only for a batch verifier).
     pub const fn body_bytes(&self) -> &'b [u8] {
         self.body
@@ -361,6 +369,21 @@ pub(crate) fn verify_strict_parts_bytes(key: &[u8; 32], parts: &[&[u8]], sig: &[
     {
         let key = VerifyingKey::from_bytes(key).map_err(|_| ())?;
         verify_strict_parts(&key, parts, &Signature::from_bytes(sig))
+    }
+}
+
+/// Whether 32 bytes are a public key strict verification accepts: the
+/// canonical encoding of a point of large order (as `A` in
+/// [`verify_strict_parts`]). On salty without `std`, curve25519-dalek is
+/// not used.
+pub(crate) fn is_strong_key(key: &[u8; 32]) -> bool {
+    #[cfg(all(feature = "salty", not(feature = "std")))]
+    {
+        salty_backend::is_strong_key(key)
+    }
+    #[cfg(not(all(feature = "salty", not(feature = "std"))))]
+    {
+        is_canonical_point_encoding(key) && VerifyingKey::from_bytes(key).is_ok_and(|k| !k.is_weak())
     }
 }
 

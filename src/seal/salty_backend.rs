@@ -59,6 +59,11 @@ fn large_order_point(bytes: &[u8; 32]) -> Option<EdwardsPoint> {
     (!is_small_order(&point)).then_some(point)
 }
 
+/// Whether a key is the canonical encoding of a point of large order.
+pub(crate) fn is_strong_key(bytes: &[u8; 32]) -> bool {
+    large_order_point(bytes).is_some()
+}
+
 /// Splits a 64-byte signature into `R` and `s`.
 fn split(sig: &[u8; 64]) -> (&[u8; 32], &[u8; 32]) {
     let (r, s) = sig.split_at(32);
@@ -101,7 +106,10 @@ fn mod_l(x: &mut [i64; 64]) -> [u8; 32] {
     r
 }
 
-/// A 512-bit little-endian integer reduced modulo ℓ.
+/// A 512-bit little-endian integer reduced modulo ℓ. Out of line, as is
+/// [`mul_add`]: its 512-byte limb array is then not in the frame of the
+/// signer, which holds a SHA-512 state (docs/firmware.md, "RAM and stack").
+#[inline(never)]
 fn reduce_wide(bytes: &[u8; 64]) -> Scalar {
     let mut x = [0i64; 64];
     for (x, b) in x.iter_mut().zip(bytes) {
@@ -114,6 +122,7 @@ fn reduce_wide(bytes: &[u8; 64]) -> Scalar {
 
 /// `(k × a + r) mod ℓ`, for 32-byte little-endian `k`, `a` and `r`.
 #[allow(clippy::indexing_slicing)] // i, j < 32, so i + j < 64
+#[inline(never)]
 fn mul_add(k: &[u8; 32], a: &[u8; 32], r: &[u8; 32]) -> [u8; 32] {
     let mut x = [0i64; 64];
     for (x, b) in x.iter_mut().zip(r) {
@@ -333,6 +342,8 @@ mod tests {
             assert!(is_small_order(&CompressedY(*p).decompressed().unwrap()));
         }
         for bad in hostile_points() {
+            assert!(!is_strong_key(&bad), "key {}", hex::encode(bad));
+            assert!(!crate::seal::is_strong_key(&bad), "key {}", hex::encode(bad));
             assert_eq!(verify_strict_parts(&bad, parts, &sig), Err(()), "key {}", hex::encode(bad));
             assert_eq!(dalek_verify(&bad, parts, &sig), Err(()), "key {}", hex::encode(bad));
             let mut t = sig;
@@ -382,7 +393,18 @@ mod tests {
             let body = hex::decode(m["body_hex"].as_str().unwrap()).unwrap();
             let sig: [u8; 64] = hex::decode(m["signature_hex"].as_str().unwrap()).unwrap().try_into().unwrap();
             let from_device = m["direction"] == "device_to_vendor";
-            let key = if from_device { device } else { vendor };
+            // A vendor message is signed by the vendor key its epoch uses;
+            // a KeyUpdate by the key its certificate certifies (SPEC §8.7).
+            let key = if from_device {
+                device
+            } else if m["kind"] == 131 {
+                let update: crate::message::KeyUpdate = crate::codec::decode(&body).unwrap();
+                update.certificate.body.signing
+            } else {
+                let serial = m["vendor_key"].as_u64().unwrap();
+                let held = keys["vendor_keys"].as_array().unwrap().iter().find(|k| k["serial"] == serial).unwrap();
+                hex32(&held["signing_public"])
+            };
             let parts: [&[u8]; 3] = [crate::seal::MESSAGE_DST, &header, &body];
             assert_eq!(verify_strict_parts(&key, &parts, &sig), Ok(()), "{name}");
             assert_eq!(dalek_verify(&key, &parts, &sig), Ok(()), "{name}");
@@ -408,6 +430,7 @@ mod tests {
             assert_eq!(dalek_verify(&key, &parts_b, &sig), Err(()), "{name}");
             // the wrong sender's key
             let other = if from_device { vendor } else { device };
+            assert_ne!(other, key, "{name}");
             assert_eq!(verify_strict_parts(&other, &parts, &sig), Err(()), "{name}");
         }
         assert!(messages.len() >= 40 && signed > 10, "{} messages, {signed} device-signed", messages.len());
@@ -468,6 +491,20 @@ mod tests {
             let key = if as_key { bad } else { sig[..32].copy_from_slice(&bad); public };
             prop_assert_eq!(verify_strict_parts(&key, &[&msg], &sig), Err(()));
             prop_assert_eq!(dalek_verify(&key, &[&msg], &sig), Err(()));
+        }
+
+        /// The key check the device makes of a vendor key held as bytes
+        /// agrees with dalek's (decompresses, canonical, not of small order)
+        /// for random bytes and for real keys.
+        #[test]
+        fn strong_key_check_agrees_with_dalek(bytes in any::<[u8; 32]>(), seed in any::<[u8; 32]>()) {
+            let dalek = |k: &[u8; 32]| {
+                is_canonical_point_encoding(k) && VerifyingKey::from_bytes(k).is_ok_and(|k| !k.is_weak())
+            };
+            prop_assert_eq!(is_strong_key(&bytes), dalek(&bytes));
+            let public = public_key(&seed);
+            prop_assert!(is_strong_key(&public));
+            prop_assert!(dalek(&public));
         }
 
         #[test]

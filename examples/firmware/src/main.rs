@@ -38,9 +38,8 @@ use spime::device::metrics::{MetricDef, MetricKind, Metrics};
 use spime::device::outbox::{Outbox, record_len};
 use spime::device::session::{DEFAULT_STORAGE_SECTORS, Device, Identity, storage_capacity, storage_records};
 use spime::device::storage::{NorStorage, SimFlash};
-use spime::ed25519_dalek::VerifyingKey;
 use spime::message::{self, CertificateBody, DeviceCertificate, FirmwareVersion, RebootReason, Severity};
-use spime::seal::{DeviceKey, VendorPublicKeys};
+use spime::seal::{DeviceKey, VendorPublicBytes};
 use spime::wire::DeviceId;
 
 // The fixed test identity; tests/common/mod.rs has the same values (the
@@ -125,9 +124,10 @@ fn main() -> ! {
 }
 
 #[inline(never)]
-fn identity() -> Result<Identity, RunError> {
-    let signing = VerifyingKey::from_bytes(&VENDOR_SIGNING_PUBLIC).map_err(|_| RunError::Other("vendor key"))?;
-    let vendor = VendorPublicKeys { signing, key_agreement: VENDOR_KX_PUBLIC };
+fn identity() -> Result<Identity<VendorPublicBytes>, RunError> {
+    // As bytes: the signing key is decompressed by salty when a vendor
+    // signature is checked, never by curve25519-dalek (about 4 KB of flash).
+    let vendor = VendorPublicBytes { signing: VENDOR_SIGNING_PUBLIC, key_agreement: VENDOR_KX_PUBLIC };
     let key = DeviceKey::from_seed(DEVICE_ID, &DEVICE_SEED);
     let body = CertificateBody {
         device: DEVICE_ID,
@@ -198,20 +198,26 @@ static BREW_SECONDS: [i64; 3] = [60, 180, 300];
 // metrics registry, the fault recorder and the RNG.
 #[inline(never)]
 fn run(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -> Result<(), RunError> {
-    let mut rng = ChaCha20Rng::from_seed(RNG_SEED);
     let mut slot = None;
     let dev = boot(&mut slot, flash, outbox)?;
-    register(dev, &mut rng)?;
+    register(dev)?;
     send_all(dev)?;
+    operate(dev)?;
+    print_dropped(dev);
+    Ok(())
+}
+
+/// The product in use: its metrics registry and fault recorder live in
+/// this frame, not under registering (the deepest step, at first boot).
+#[inline(never)]
+fn operate(dev: &mut Dev) -> Result<(), RunError> {
     let mut metrics: Metrics<METRICS> = Metrics::new(T0);
     let mut faults: FaultRecorder<4> = FaultRecorder::new(FIRMWARE);
     use_the_kettle(&mut metrics, &mut faults)?;
     report(dev, &mut metrics, &mut faults)?;
     send_all(dev)?;
     withdraw_usage(dev, &mut metrics)?;
-    send_all(dev)?;
-    print_dropped(dev);
-    Ok(())
+    send_all(dev)
 }
 
 #[inline(never)]
@@ -253,10 +259,12 @@ fn boot<'s>(
 
 /// Step 1: register with the owner's first consent.
 #[inline(never)]
-fn register(dev: &mut Dev, rng: &mut ChaCha20Rng) -> Result<(), RunError> {
-    let consent = first_consent().map_err(|_| RunError::Other("consent"))?;
+fn register(dev: &mut Dev) -> Result<(), RunError> {
+    // The randomness for the epoch's ephemeral key (a real device seeds
+    // it from its TRNG), only in this step's frame.
+    let mut rng = ChaCha20Rng::from_seed(RNG_SEED);
     let Ok(u) = dev.unregistered() else { return Err(RunError::Other("not new")) };
-    u.register(rng, consent)?;
+    u.register(&mut rng, first_consent().map_err(|_| RunError::Other("consent"))?)?;
     Ok(())
 }
 
@@ -290,10 +298,23 @@ fn use_the_kettle(metrics: &mut Metrics<METRICS>, faults: &mut FaultRecorder<4>)
     Ok(())
 }
 
-#[inline(never)]
+/// Step 3: the usage window and the faults, each sealed in its own frame
+/// (in one, the fault's temporaries sat under the usage report's sealing).
 fn report(dev: &mut Dev, metrics: &mut Metrics<METRICS>, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
+    report_usage(dev, metrics)?;
+    report_faults(dev, faults)
+}
+
+#[inline(never)]
+fn report_usage(dev: &mut Dev, metrics: &mut Metrics<METRICS>) -> Result<(), RunError> {
     let Ok(mut r) = dev.registered() else { return Err(RunError::Other("not registered")) };
     r.report_window(Purpose::USAGE_ANALYTICS, metrics.take_window(T0 + 3_600), T0 + 3_600)?;
+    Ok(())
+}
+
+#[inline(never)]
+fn report_faults(dev: &mut Dev, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
+    let Ok(mut r) = dev.registered() else { return Err(RunError::Other("not registered")) };
     r.report_faults(faults, Purpose::DIAGNOSTICS, T0 + 3_600)?;
     Ok(())
 }
@@ -318,18 +339,22 @@ fn report_again(dev: &mut Dev, metrics: &mut Metrics<METRICS>) -> Result<(), Run
 #[inline(never)]
 fn withdraw(dev: &mut Dev) -> Result<(), RunError> {
     let Ok(mut r) = dev.registered() else { return Err(RunError::Other("not registered")) };
-    let next = without_usage(r.device().consent())?;
+    let mut next = SignedConsent { state: ConsentState::essential_only(0, 0, [0; 32]), owner: None };
+    without_usage(r.device().consent(), &mut next)?;
     r.change_consent(next, T0 + 7_300)?;
     Ok(())
 }
 
-/// The owner's next decision: the state held, without usage analytics.
+/// The owner's next decision, written into `next`: the state held, without
+/// usage analytics. Edited in place (`clone_from`, `advance`): a state
+/// returned through a `Result` would be copied on the stack.
 #[inline(never)]
-fn without_usage(held: Option<&SignedConsent>) -> Result<SignedConsent, RunError> {
+fn without_usage(held: Option<&SignedConsent>, next: &mut SignedConsent) -> Result<(), RunError> {
     let held = held.ok_or(RunError::Other("no consent"))?;
-    let mut next = held.state.successor(T0 + 7_300, [7; 32]).map_err(|_| RunError::Other("successor"))?;
-    next.withdraw(Purpose::USAGE_ANALYTICS).map_err(|_| RunError::Other("withdraw"))?;
-    Ok(SignedConsent { state: next, owner: None })
+    next.state.clone_from(&held.state);
+    next.state.advance(T0 + 7_300, [7; 32]).map_err(|_| RunError::Other("successor"))?;
+    next.state.withdraw(Purpose::USAGE_ANALYTICS).map_err(|_| RunError::Other("withdraw"))?;
+    Ok(())
 }
 
 /// Sends everything queued: prints each envelope and its 20-byte chunks, then acks it.
