@@ -22,6 +22,7 @@ use crate::time::Utc;
 use crate::wire::{DeviceId, Direction, Header, Kind};
 
 use super::batch::{BatchVerifier, batchable_key};
+use super::key_cache::KeyCache;
 use super::lifecycle::RetentionPolicy;
 use super::store::{DeviceRecord, Lifecycle, SessionSecrets, Store, StoredMessage, Transaction};
 use super::{IngestError, StoreError};
@@ -272,7 +273,7 @@ pub struct Ingestor<S> {
     lock: Mutex<()>,
     /// Decompressed device keys by their bytes (decompressing costs a tenth
     /// of a verification). A pure cache: the bytes determine the key.
-    key_cache: RwLock<HashMap<[u8; 32], VerifyingKey>>,
+    key_cache: KeyCache,
     /// Failed epoch openers per device (in memory only).
     opener_failures: Mutex<HashMap<DeviceId, OpenerFailures>>,
     /// The denylist: revoked device ids and device keys.
@@ -285,8 +286,11 @@ struct Denylist {
     keys: HashSet<[u8; 32]>,
 }
 
-/// The most keys [`Ingestor`] keeps decompressed before starting over.
-const KEY_CACHE_MAX: usize = 1 << 16;
+/// How many device keys an [`Ingestor`] keeps decompressed unless
+/// [`Ingestor::with_key_cache`] says otherwise: 131,072, about 30 MB when
+/// full. Past it, the least recently used key makes room (approximately:
+/// CLOCK), one at a time.
+pub const KEY_CACHE_DEFAULT: usize = 1 << 17;
 
 impl<S> core::fmt::Debug for Ingestor<S> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -362,7 +366,7 @@ impl<S: Store> Ingestor<S> {
             config,
             retention: RetentionPolicy::default(),
             lock: Mutex::new(()),
-            key_cache: RwLock::default(),
+            key_cache: KeyCache::new(KEY_CACHE_DEFAULT),
             opener_failures: Mutex::default(),
             revoked: RwLock::default(),
         }
@@ -400,6 +404,30 @@ impl<S: Store> Ingestor<S> {
     pub fn with_retention(mut self, policy: RetentionPolicy) -> Ingestor<S> {
         self.retention = policy;
         self
+    }
+
+    /// The same pipeline keeping at most `keys` device keys decompressed
+    /// ([`KEY_CACHE_DEFAULT`] otherwise). Size it for the fleet that reports
+    /// within a few minutes: each key held costs about 230 bytes, and a
+    /// miss costs a decompression (a tenth of a signature verification).
+    /// A Register warms the cache with its device's key.
+    ///
+    /// ```
+    /// use spime::seal::VendorKeys;
+    /// use spime::vendor::{IngestConfig, Ingestor, MemoryStore};
+    /// let v = Ingestor::new(MemoryStore::new(), VendorKeys::from_secrets(&[1; 32], &[2; 32]), IngestConfig::default())
+    ///     .with_key_cache(1_000_000);
+    /// assert_eq!(v.key_cache_capacity(), 1_000_000);
+    /// ```
+    #[must_use]
+    pub fn with_key_cache(mut self, keys: usize) -> Ingestor<S> {
+        self.key_cache = KeyCache::new(keys);
+        self
+    }
+
+    /// How many device keys the pipeline keeps decompressed at most.
+    pub const fn key_cache_capacity(&self) -> usize {
+        self.key_cache.capacity()
     }
 
     /// The retention policy.
@@ -602,8 +630,8 @@ impl<S: Store> Ingestor<S> {
         if !self.config.batch_verify {
             return self.pass(snapshot, msgs, now, &mut SigMode::Strict);
         }
-        let mut verifier = BatchVerifier::new();
-        let mut index = Vec::new();
+        let mut verifier = BatchVerifier::with_capacity(msgs.len());
+        let mut index = Vec::with_capacity(msgs.len());
         let first = self.pass(snapshot, msgs, now, &mut SigMode::Defer(&mut verifier, &mut index));
         if verifier.is_empty() {
             return first;
@@ -729,6 +757,8 @@ impl<S: Store> Ingestor<S> {
             {
                 return Err(IngestError::CertificateMismatch);
             }
+            // Warm the cache: this device's next messages need the key.
+            self.key_cache.insert(&key);
             Some((reg, key))
         } else {
             None
@@ -934,15 +964,11 @@ impl<S: Store> Ingestor<S> {
     }
 
     fn device_key(&self, bytes: &[u8; 32]) -> Result<VerifyingKey, IngestError> {
-        if let Some(k) = self.key_cache.read().unwrap_or_else(PoisonError::into_inner).get(bytes) {
-            return Ok(*k);
+        if let Some(k) = self.key_cache.get(bytes) {
+            return Ok(k);
         }
         let k = VerifyingKey::from_bytes(bytes).map_err(|_| StoreError::Corrupt("device key"))?;
-        let mut cache = self.key_cache.write().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= KEY_CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(*bytes, k);
+        self.key_cache.insert(&k);
         Ok(k)
     }
 
@@ -1004,7 +1030,7 @@ fn check_signature<'a, 'b>(
     let data = (pt.header.kind == Kind::USAGE || pt.header.kind == Kind::FAULT) && !opens_epoch;
     match sig {
         SigMode::Defer(verifier, idx) if data => {
-            verifier.push(*key, batchable, pt.header_bytes(), pt.body_bytes(), pt.signature());
+            verifier.push(key, batchable, pt.header_bytes(), pt.body_bytes(), pt.signature());
             idx.push((index, key.to_bytes()));
             Ok(pt.into_verified())
         }

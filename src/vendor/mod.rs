@@ -58,6 +58,7 @@
 pub mod batch;
 mod error;
 mod ingest;
+mod key_cache;
 pub mod lifecycle;
 pub mod link;
 mod memory;
@@ -71,7 +72,9 @@ pub mod sim;
 pub mod store;
 
 pub use error::{IngestError, SendError, StoreError};
-pub use ingest::{Accepted, Event, IngestConfig, Ingestor, OPENER_FAILURES, OPENER_WINDOW, Outcome, partition_of};
+pub use ingest::{
+    Accepted, Event, IngestConfig, Ingestor, KEY_CACHE_DEFAULT, OPENER_FAILURES, OPENER_WINDOW, Outcome, partition_of,
+};
 pub use memory::{MemoryStore, MemoryTxn};
 #[cfg(feature = "postgres")]
 pub use pg_store::{PgStore, PgTxn};
