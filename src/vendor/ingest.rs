@@ -245,7 +245,8 @@ struct Done {
     /// Ledger entries, in order (two for a Register that carries the
     /// Transfer it follows: the reset, then the new state).
     ledger: Vec<LedgerEntry>,
-    message: StoredMessage,
+    /// Taken out when committed.
+    message: Option<StoredMessage>,
 }
 
 struct PartResult {
@@ -497,7 +498,7 @@ impl<S: Store> Ingestor<S> {
             Err(e) => return fail_all(e),
         };
         let busy = parts.iter().filter(|p| !p.is_empty()).count();
-        let results: Vec<PartResult> = if busy <= 1 {
+        let mut results: Vec<PartResult> = if busy <= 1 {
             parts.iter().filter(|p| !p.is_empty()).map(|p| self.run_partition(&snapshot, p, now)).collect()
         } else {
             std::thread::scope(|s| {
@@ -523,7 +524,7 @@ impl<S: Store> Ingestor<S> {
             })
         };
         self.record_openers(&results, now);
-        if let Err(e) = commit(tx, &results) {
+        if let Err(e) = commit(tx, &mut results) {
             return fail_all(e);
         }
         // Consent narrowed or the owner changed: erase what the retention
@@ -960,7 +961,7 @@ impl<S: Store> Ingestor<S> {
         };
         let opened_epoch = new_epoch.then_some(h.epoch);
         let accepted = Accepted { device: h.device, counter: h.counter, kind: h.kind, event, opened_epoch };
-        Ok(Done { accepted, ledger, message })
+        Ok(Done { accepted, ledger, message: Some(message) })
     }
 
     fn device_key(&self, bytes: &[u8; 32]) -> Result<VerifyingKey, IngestError> {
@@ -987,28 +988,35 @@ fn snapshot<T: Transaction>(tx: &mut T, devices: &HashSet<DeviceId>) -> Result<S
     Ok(ids.into_iter().zip(loaded).map(|(d, (rec, win))| (d, (rec, win, false))).collect())
 }
 
-fn commit<T: Transaction>(mut tx: T, results: &[PartResult]) -> Result<(), StoreError> {
-    let mut any = false;
-    for r in results {
+/// Writes what the batch accepted and commits. Takes the stored messages
+/// out of the results (nothing reads them afterwards).
+fn commit<T: Transaction>(mut tx: T, results: &mut [PartResult]) -> Result<(), StoreError> {
+    let mut windows = Vec::new();
+    let mut messages = Vec::new();
+    for r in results.iter_mut() {
         for st in r.states.values().filter(|s| s.dirty) {
             if let Some(rec) = &st.record {
                 if st.record_changed {
                     tx.put_device(rec)?;
                 }
-                tx.put_window(&rec.device, &st.window)?;
-                any = true;
+                windows.push((rec.device, st.window));
             }
         }
-        for (_, o) in &r.outcomes {
+        for (_, o) in &mut r.outcomes {
             if let Ok(done) = o {
                 for e in &done.ledger {
-                    tx.append_consent(&done.message.device, e)?;
+                    tx.append_consent(&done.accepted.device, e)?;
                 }
-                tx.put_message(&done.message)?;
+                messages.extend(done.message.take());
             }
         }
     }
-    if any { tx.commit() } else { Ok(()) }
+    if windows.is_empty() {
+        return Ok(());
+    }
+    tx.put_windows(&windows)?;
+    tx.put_messages(messages)?;
+    tx.commit()
 }
 
 /// Whether a ledger event may leave data that the retention policy erases at once.
