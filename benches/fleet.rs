@@ -297,6 +297,9 @@ fn open_vs_verify(len: usize) -> (usize, f64) {
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is understood.
     let n: usize = std::env::var("SPIME_BENCH_FLEET").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    // SPIME_BENCH_ONLY=memory,durable,open (comma-separated) runs a part, for profiling.
+    let only = std::env::var("SPIME_BENCH_ONLY").ok();
+    let run = |part: &str| only.as_deref().is_none_or(|o| o.split(',').any(|p| p == part));
     let start_load = loadavg();
     println!("load_start {start_load}");
     println!("# fleet of {n} devices, groups of {GROUP}, {ROUNDS} rounds per workload");
@@ -329,41 +332,47 @@ fn main() {
     println!("# messages generated in {:.1} s", t.elapsed().as_secs_f64());
 
     // In memory, one worker: the fleet, then one device.
-    let t = Instant::now();
-    let mem1 = ingestor(MemoryStore::new(), &fx, 1);
-    println!("# {n} devices registered in memory in {:.1} s", t.elapsed().as_secs_f64());
-    let (fleet1, fleet1_raw) = timed(&mem1, &fx);
-    show("fleet memory 1 worker", &fleet1, &fleet1_raw);
-    drop(mem1);
-    let v = ingestor(MemoryStore::new(), &one, 1);
-    let (one1, one1_raw) = timed(&v, &one);
-    show("one device memory 1 worker", &one1, &one1_raw);
-    drop(v);
-
+    let (mut fleet1, mut fleet1_raw, mut one1, mut one1_raw) = (vec![], vec![], vec![], vec![]);
+    let (mut fleet2, mut fleet2_raw, mut durable, mut durable_raw) = (vec![], vec![], vec![], vec![]);
+    let (mut durable_small, mut durable_small_raw) = (vec![], vec![]);
+    if run("memory") {
+        let t = Instant::now();
+        let mem1 = ingestor(MemoryStore::new(), &fx, 1);
+        println!("# {n} devices registered in memory in {:.1} s", t.elapsed().as_secs_f64());
+        (fleet1, fleet1_raw) = timed(&mem1, &fx);
+        show("fleet memory 1 worker", &fleet1, &fleet1_raw);
+        drop(mem1);
+        let v = ingestor(MemoryStore::new(), &one, 1);
+        (one1, one1_raw) = timed(&v, &one);
+        show("one device memory 1 worker", &one1, &one1_raw);
+        drop(v);
+    }
     // Two workers, the fleet in memory.
-    let mem2 = ingestor(MemoryStore::new(), &fx, 2);
-    let (fleet2, fleet2_raw) = timed(&mem2, &fx);
-    show("fleet memory 2 workers", &fleet2, &fleet2_raw);
-    drop(mem2);
-
+    if run("two") {
+        let mem2 = ingestor(MemoryStore::new(), &fx, 2);
+        (fleet2, fleet2_raw) = timed(&mem2, &fx);
+        show("fleet memory 2 workers", &fleet2, &fleet2_raw);
+        drop(mem2);
+    }
     // Durable: the fleet, then 100 devices.
-    let dir = TempDir::new("big");
-    let t = Instant::now();
-    let big = ingestor(RedbStore::open(dir.0.join("v.redb")).unwrap(), &fx, 1);
-    println!("# {n} devices registered in redb in {:.1} s", t.elapsed().as_secs_f64());
-    let (durable, durable_raw) = timed(&big, &fx);
-    show("fleet redb 1 worker", &durable, &durable_raw);
-    drop(big);
-    drop(dir);
-    let dir = TempDir::new("small");
-    let v = ingestor(RedbStore::open(dir.0.join("v.redb")).unwrap(), &small, 1);
-    let (durable_small, durable_small_raw) = timed(&v, &small);
-    show(&format!("{SMALL_FLEET} devices redb 1 worker"), &durable_small, &durable_small_raw);
-    drop(v);
-    drop(dir);
-
-    let (len21, open21) = open_vs_verify(21);
-    let (len188, open188) = open_vs_verify(188);
+    if run("durable") {
+        let dir = TempDir::new("big");
+        let t = Instant::now();
+        let big = ingestor(RedbStore::open(dir.0.join("v.redb")).unwrap(), &fx, 1);
+        println!("# {n} devices registered in redb in {:.1} s", t.elapsed().as_secs_f64());
+        (durable, durable_raw) = timed(&big, &fx);
+        show("fleet redb 1 worker", &durable, &durable_raw);
+        drop(big);
+        drop(dir);
+        let dir = TempDir::new("small");
+        let v = ingestor(RedbStore::open(dir.0.join("v.redb")).unwrap(), &small, 1);
+        (durable_small, durable_small_raw) = timed(&v, &small);
+        show(&format!("{SMALL_FLEET} devices redb 1 worker"), &durable_small, &durable_small_raw);
+        drop(v);
+        drop(dir);
+    }
+    let (len21, open21) = if run("open") { open_vs_verify(21) } else { (21, f64::NAN) };
+    let (len188, open188) = if run("open") { open_vs_verify(188) } else { (188, f64::NAN) };
 
     let fleet_vs = median(ratios(&fleet1, &fleet1_raw));
     // Store ratios compare rates normalised by their own raw pass, so a
