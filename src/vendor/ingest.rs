@@ -2,6 +2,7 @@
 //! consent check → a typed [`Event`], with the state changes of a whole
 //! batch committed in one transaction before anything is acknowledged.
 
+use alloc::borrow::Cow;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use std::collections::{HashMap, HashSet};
@@ -191,8 +192,9 @@ pub fn partition_of(device: &DeviceId, n: usize) -> usize {
 
 /// One device's state while a batch is processed.
 #[derive(Clone)]
-struct DevState {
-    record: Option<DeviceRecord>,
+struct DevState<'s> {
+    /// Borrowed from the batch's snapshot until it changes.
+    record: Option<Cow<'s, DeviceRecord>>,
     window: ReplayWindow,
     key: Option<VerifyingKey>,
     /// The window changed (a message was accepted).
@@ -249,9 +251,9 @@ struct Done {
     message: Option<StoredMessage>,
 }
 
-struct PartResult {
+struct PartResult<'s> {
     outcomes: Vec<(usize, Result<Done, IngestError>)>,
-    states: HashMap<DeviceId, DevState>,
+    states: HashMap<DeviceId, DevState<'s>>,
 }
 
 /// The vendor's ingest pipeline over a [`Store`].
@@ -609,7 +611,7 @@ impl<S: Store> Ingestor<S> {
 
     /// Counts the openers that failed after their key agreement, per device
     /// (an accepted opener clears the device's count).
-    fn record_openers(&self, results: &[PartResult], now: u64) {
+    fn record_openers(&self, results: &[PartResult<'_>], now: u64) {
         let mut table = self.opener_failures.lock().unwrap_or_else(PoisonError::into_inner);
         for (device, st) in results.iter().flat_map(|r| r.states.iter()) {
             if st.opener_accepted {
@@ -627,7 +629,7 @@ impl<S: Store> Ingestor<S> {
         }
     }
 
-    fn run_partition(&self, snapshot: &Snapshot, msgs: &[(usize, &[u8])], now: u64) -> PartResult {
+    fn run_partition<'s>(&self, snapshot: &'s Snapshot, msgs: &[(usize, &[u8])], now: u64) -> PartResult<'s> {
         if !self.config.batch_verify {
             return self.pass(snapshot, msgs, now, &mut SigMode::Strict);
         }
@@ -648,8 +650,14 @@ impl<S: Store> Ingestor<S> {
         self.pass(snapshot, msgs, now, &mut SigMode::Known(&known))
     }
 
-    fn pass(&self, snapshot: &Snapshot, msgs: &[(usize, &[u8])], now: u64, sig: &mut SigMode<'_>) -> PartResult {
-        let mut states: HashMap<DeviceId, DevState> = HashMap::new();
+    fn pass<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        msgs: &[(usize, &[u8])],
+        now: u64,
+        sig: &mut SigMode<'_>,
+    ) -> PartResult<'s> {
+        let mut states: HashMap<DeviceId, DevState<'s>> = HashMap::new();
         let mut outcomes = Vec::with_capacity(msgs.len());
         for &(i, bytes) in msgs {
             let mut opener = None;
@@ -670,10 +678,10 @@ impl<S: Store> Ingestor<S> {
     /// Judges one message. `opener` is set to the device when the message
     /// opened a new epoch (a key agreement was made for it).
     #[allow(clippy::too_many_lines, clippy::too_many_arguments)]
-    fn process(
+    fn process<'s>(
         &self,
-        states: &mut HashMap<DeviceId, DevState>,
-        snapshot: &Snapshot,
+        states: &mut HashMap<DeviceId, DevState<'s>>,
+        snapshot: &'s Snapshot,
         index: usize,
         bytes: &[u8],
         now: u64,
@@ -686,8 +694,10 @@ impl<S: Store> Ingestor<S> {
             return Err(IngestError::WrongDirection(h.kind));
         }
         let st = states.entry(h.device).or_insert_with(|| {
-            let (record, window, throttled) =
-                snapshot.get(&h.device).cloned().unwrap_or((None, ReplayWindow::new(), false));
+            let (record, window, throttled) = match snapshot.get(&h.device) {
+                Some((record, window, throttled)) => (record.as_ref().map(Cow::Borrowed), *window, *throttled),
+                None => (None, ReplayWindow::new(), false),
+            };
             DevState {
                 record,
                 window,
@@ -700,11 +710,11 @@ impl<S: Store> Ingestor<S> {
                 opener_accepted: false,
             }
         });
-        if st.record.as_ref().is_some_and(|r| r.lifecycle == Lifecycle::Decommissioned) {
+        if st.record.as_deref().is_some_and(|r| r.lifecycle == Lifecycle::Decommissioned) {
             return Err(IngestError::Decommissioned);
         }
         // The denylist and the certificate's validity, before any cryptography.
-        if self.is_revoked(&h.device, st.record.as_ref().map(|r| &r.certificate.body.device_key)) {
+        if self.is_revoked(&h.device, st.record.as_deref().map(|r| &r.certificate.body.device_key)) {
             return Err(IngestError::Revoked);
         }
         if let Some(r) = &st.record {
@@ -715,7 +725,7 @@ impl<S: Store> Ingestor<S> {
         // Which session keys open it (SPEC §9.2). A key agreement is the one
         // expensive step before anything is authenticated: openers of a
         // device whose openers failed too often lately get one try per batch.
-        let mut open_epoch = |st: &mut DevState, eph: &[u8; 32]| {
+        let mut open_epoch = |st: &mut DevState<'s>, eph: &[u8; 32]| {
             if st.throttled && st.openers_tried >= 1 {
                 return Err(IngestError::Throttled);
             }
@@ -804,7 +814,7 @@ impl<S: Store> Ingestor<S> {
                     }
                     _ => None,
                 };
-                let previous = after_transfer.as_ref().or(st.record.as_ref());
+                let previous = after_transfer.as_ref().or(st.record.as_deref());
                 let (rec, new_relationship) = match previous {
                     Some(r) if r.lifecycle == Lifecycle::Active => {
                         // The same relationship: a new epoch, perhaps new firmware; the
@@ -872,21 +882,21 @@ impl<S: Store> Ingestor<S> {
             }
             (Kind::USAGE, _) => {
                 let usage: Usage = verified.decode().map_err(unauthentic)?;
-                let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
+                let r = st.record.as_deref().ok_or(IngestError::UnknownDevice)?;
                 r.consent.state.check_usage(&usage, now).map_err(IngestError::Unconsented)?;
                 purpose = usage.purpose;
                 Event::Usage(Box::new(usage))
             }
             (Kind::FAULT, _) => {
                 let fault: Fault = verified.decode().map_err(unauthentic)?;
-                let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
+                let r = st.record.as_deref().ok_or(IngestError::UnknownDevice)?;
                 r.consent.state.check_fault(&fault, now).map_err(IngestError::Unconsented)?;
                 purpose = fault.purpose;
                 Event::Fault(Box::new(fault))
             }
             (Kind::CONSENT, _) => {
                 let update: ConsentUpdate = verified.decode().map_err(unauthentic)?;
-                let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
+                let r = st.record.as_deref().ok_or(IngestError::UnknownDevice)?;
                 if r.lifecycle != Lifecycle::Active {
                     return Err(IngestError::AwaitingRegistration);
                 }
@@ -908,7 +918,7 @@ impl<S: Store> Ingestor<S> {
             }
             (Kind::TRANSFER, _) => {
                 let t: Transfer = verified.decode().map_err(unauthentic)?;
-                let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
+                let r = st.record.as_deref().ok_or(IngestError::UnknownDevice)?;
                 if r.lifecycle != Lifecycle::Active {
                     return Err(IngestError::AwaitingRegistration);
                 }
@@ -919,7 +929,7 @@ impl<S: Store> Ingestor<S> {
             }
             (Kind::DECOMMISSION, _) => {
                 let d: Decommission = verified.decode().map_err(unauthentic)?;
-                let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
+                let r = st.record.as_deref().ok_or(IngestError::UnknownDevice)?;
                 let mut rec = r.clone();
                 rec.lifecycle = Lifecycle::Decommissioned;
                 new_record = Some(rec);
@@ -928,7 +938,7 @@ impl<S: Store> Ingestor<S> {
             (kind, _) => return Err(IngestError::WrongDirection(kind)),
         };
         if new_epoch && new_record.is_none() {
-            let mut rec = st.record.clone().ok_or(IngestError::UnknownDevice)?;
+            let mut rec = st.record.as_deref().cloned().ok_or(IngestError::UnknownDevice)?;
             rec.session = SessionSecrets::from_keys(&keys);
             new_record = Some(rec);
         }
@@ -943,11 +953,11 @@ impl<S: Store> Ingestor<S> {
         let ledger = entries;
 
         // Accepted: only now does any state change.
-        let relationship = new_record.as_ref().or(st.record.as_ref()).map_or(1, |r| r.relationship);
+        let relationship = new_record.as_ref().or(st.record.as_deref()).map_or(1, |r| r.relationship);
         st.window.accept(h.counter)?;
         st.dirty = true;
         if let Some(rec) = new_record {
-            st.record = Some(rec);
+            st.record = Some(Cow::Owned(rec));
             st.record_changed = true;
         }
         let message = StoredMessage {
@@ -990,7 +1000,7 @@ fn snapshot<T: Transaction>(tx: &mut T, devices: &HashSet<DeviceId>) -> Result<S
 
 /// Writes what the batch accepted and commits. Takes the stored messages
 /// out of the results (nothing reads them afterwards).
-fn commit<T: Transaction>(mut tx: T, results: &mut [PartResult]) -> Result<(), StoreError> {
+fn commit<T: Transaction>(mut tx: T, results: &mut [PartResult<'_>]) -> Result<(), StoreError> {
     let mut windows = Vec::new();
     let mut messages = Vec::new();
     for r in results.iter_mut() {
