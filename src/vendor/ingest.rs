@@ -544,16 +544,19 @@ impl<S: Store> Ingestor<S> {
         for d in changed {
             let _ = self.enforce_retention(&d, now);
         }
-        let mut out: Vec<Outcome> =
-            messages.iter().map(|_| Err(IngestError::Storage(StoreError::Backend("lost".into())))).collect();
+        // Every message has an outcome from its partition; the fallback
+        // (allocated only if one were missing) keeps this total.
+        let mut out: Vec<Option<Outcome>> = messages.iter().map(|_| None).collect();
         for r in results {
             for (i, o) in r.outcomes {
                 if let Some(slot) = out.get_mut(i) {
-                    *slot = o.map(|d| d.accepted);
+                    *slot = Some(o.map(|d| d.accepted));
                 }
             }
         }
-        out
+        out.into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(IngestError::Storage(StoreError::Backend("lost".into())))))
+            .collect()
     }
 
     /// Puts `device` on the denylist: from the next batch on, every
