@@ -290,7 +290,7 @@ struct Denylist {
 }
 
 /// How many device keys an [`Ingestor`] keeps decompressed unless
-/// [`Ingestor::with_key_cache`] says otherwise: 131,072, about 30 MB when
+/// [`Ingestor::with_key_cache`] says otherwise: 131,072, about 40 MB when
 /// full. Past it, the least recently used key makes room (approximately:
 /// CLOCK), one at a time.
 pub const KEY_CACHE_DEFAULT: usize = 1 << 17;
@@ -411,7 +411,7 @@ impl<S: Store> Ingestor<S> {
 
     /// The same pipeline keeping at most `keys` device keys decompressed
     /// ([`KEY_CACHE_DEFAULT`] otherwise). Size it for the fleet that reports
-    /// within a few minutes: each key held costs about 230 bytes, and a
+    /// within a few minutes: each key held costs about 300 bytes, and a
     /// miss costs a decompression (a tenth of a signature verification).
     /// A Register warms the cache with its device's key.
     ///
