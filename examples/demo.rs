@@ -73,6 +73,19 @@ struct Args {
     keep: bool,
 }
 
+/// A CoAP response code as RFC 7252 writes it: `4.04 Not Found`.
+fn coap_code(code: coap_lite::ResponseType) -> String {
+    let byte = u8::from(coap_lite::MessageClass::Response(code));
+    let mut name = String::new();
+    for c in format!("{code:?}").chars() {
+        if c.is_uppercase() && !name.is_empty() {
+            name.push(' ');
+        }
+        name.push(c);
+    }
+    format!("{}.{:02} {name}", byte >> 5, byte & 0x1f)
+}
+
 /// A Unix time as `2026-01-03 12:00`.
 fn when(t: u64) -> String {
     let days = t / DAY;
@@ -259,7 +272,11 @@ impl Gadget<'_> {
             let reason = String::from_utf8_lossy(&reply.payload);
             let name = reason.split([' ', ':']).nth(1).unwrap_or("?").to_string();
             *day.refused.entry(name).or_default() += 1;
-            self.say(day, at, format!("    ✗ {kind} refused, CoAP {:?}, code {code}: {}", reply.code, explain(code)));
+            self.say(
+                day,
+                at,
+                format!("    ✗ {kind} refused, CoAP {}, code {code}: {}", coap_code(reply.code), explain(code)),
+            );
         }
         reply
     }
@@ -290,7 +307,8 @@ impl Gadget<'_> {
     /// refusal that retrying cannot fix. 4.04 (registration lost) makes the
     /// device register again (SPEC §3.1).
     fn flush(&mut self, day: &mut Day, at: u64) {
-        let queued: Vec<(u64, Vec<u8>)> = self.dev.queued().map(|e| (e.meta.counter, e.envelope.to_vec())).collect();
+        let queued: Vec<(u64, Vec<u8>)> =
+            self.dev.queued_envelopes().unwrap().into_iter().map(|(m, e)| (m.counter, e)).collect();
         for (counter, envelope) in queued {
             let reply = self.post(&envelope, day, at);
             match reply.refusal_code() {
@@ -346,7 +364,8 @@ impl Gadget<'_> {
                 let StageHandle::Unregistered(u) = self.dev.handle() else { panic!() };
                 u.register(&mut self.rng, initial_consent(self.role, at)).unwrap();
                 if self.role == Role::LostRegister {
-                    let (c, reg) = self.dev.queued().map(|e| (e.meta.counter, e.envelope.to_vec())).next().unwrap();
+                    let (c, reg) =
+                        self.dev.queued_envelopes().unwrap().into_iter().map(|(m, e)| (m.counter, e)).next().unwrap();
                     self.dev.ack(c).unwrap();
                     drop(reg);
                     self.say(d, at, "its Register was lost on the way (the gateway had acknowledged it)");
@@ -356,7 +375,7 @@ impl Gadget<'_> {
             }
             (Role::ReplayVictim, 2) => {
                 self.report(day_no, at);
-                self.captured = self.dev.queued().next().map(|e| e.envelope.to_vec());
+                self.captured = self.dev.queued_envelopes().unwrap().into_iter().next().map(|(_, e)| e);
                 self.say(d, at, "an attacker on the link captures a usage report");
             }
             (Role::ReplayVictim, 3) => {
@@ -365,11 +384,16 @@ impl Gadget<'_> {
                 let reply = attacker.post(MESSAGE_PATH, &captured).unwrap();
                 let code = reply.refusal_code().unwrap_or(0);
                 *d.refused.entry("replay".into()).or_default() += 1;
-                self.say(d, at, format!("    ✗ refused, CoAP {:?}, code {code}: {}", reply.code, explain(code)));
+                self.say(
+                    d,
+                    at,
+                    format!("    ✗ refused, CoAP {}, code {code}: {}", coap_code(reply.code), explain(code)),
+                );
             }
             (Role::Tampered, 4) => {
                 self.report(day_no, at);
-                let mut copy = self.dev.queued().find(|e| e.meta.kind == Kind::USAGE).unwrap().envelope.to_vec();
+                let mut copy =
+                    self.dev.queued_envelopes().unwrap().into_iter().find(|(m, _)| m.kind == Kind::USAGE).unwrap().1;
                 let i = copy.len() - 20;
                 copy[i] ^= 0x20;
                 self.say(d, at, "a usage report is altered in transit");
@@ -386,7 +410,7 @@ impl Gadget<'_> {
                 self.report(day_no, at + 60);
                 // The link reorders: the report built under version 2 arrives before the Consent.
                 let late_usage =
-                    self.dev.queued().filter(|e| e.meta.kind == Kind::USAGE).last().unwrap().envelope.to_vec();
+                    self.dev.queued_envelopes().unwrap().into_iter().rfind(|(m, _)| m.kind == Kind::USAGE).unwrap().1;
                 self.say(d, at, "the link delivers the newest report before the consent change");
                 self.post(&late_usage, d, at);
             }
@@ -455,7 +479,8 @@ impl Gadget<'_> {
 
     /// The gateway takes everything queued and acknowledges it to the device.
     fn hold_all(&mut self) {
-        let queued: Vec<(u64, Vec<u8>)> = self.dev.queued().map(|e| (e.meta.counter, e.envelope.to_vec())).collect();
+        let queued: Vec<(u64, Vec<u8>)> =
+            self.dev.queued_envelopes().unwrap().into_iter().map(|(m, e)| (m.counter, e)).collect();
         for (c, e) in queued {
             self.dev.ack(c).unwrap();
             self.gateway.push(e);
@@ -726,11 +751,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("notices sealed and queued: {}", notices_sent.values().sum::<u64>());
     for (k, n) in &notices_sent {
-        println!("  {k:<62} {n:>5}");
+        println!("  {n:>5}  {k}");
     }
     println!("notices the vendor held back: {}", notices_held.values().sum::<u64>());
     for (k, n) in &notices_held {
-        println!("  {k:<62} {n:>5}");
+        println!("  {n:>5}  {k}");
     }
     let receipts: u64 = gadgets.iter().map(|g| g.receipts).sum();
     let shown: usize = gadgets.iter().map(|g| g.notices_shown.len()).sum();
@@ -758,7 +783,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             role
         );
     }
-    println!("\nfinished in {:.1} s; the fleet view is http://{http}/", started.elapsed().as_secs_f64());
+    println!("\nfinished in {:.1} s", started.elapsed().as_secs_f64());
 
     // The demo checks its own story, so CI notices if it stops being true.
     for reason in ["replay", "unauthentic", "unconsented", "stale-epoch", "decommissioned", "unknown-device"] {
@@ -772,10 +797,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(gadgets);
     if let Some(r) = running {
         if args.keep {
-            println!("serving until Ctrl-C …");
+            println!("the fleet view stays up at http://{http}/ until Ctrl-C …");
             runtime.block_on(r.wait_for_signal());
         } else {
             runtime.block_on(r.shutdown());
+            println!("the server stopped with the demo (`-- --keep` keeps the fleet view up)");
         }
     }
     if let Some(dir) = dir {

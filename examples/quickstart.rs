@@ -73,7 +73,7 @@ impl Provisioned {
 /// shown at the end.
 fn deliver(device: &mut Kettle<'_>, vendor: &Ingestor<RedbStore>, now: u64) -> Result<Vec<Vec<u8>>, Box<dyn Error>> {
     let mut sent = Vec::new();
-    while let Some(message) = device.next_message() {
+    while let Some(message) = device.next_message()? {
         let bytes = message.envelope.to_vec();
         let counter = message.meta.counter;
         // A real link cuts the message to its MTU: message.chunks(20)?

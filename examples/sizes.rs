@@ -32,6 +32,7 @@ fn main() {
     row::<Decommission>();
     row::<Receipt>();
     row::<Notice>();
+    row::<KeyUpdate>();
     println!("any kind: at most {MAX_SEALED_LEN} bytes sealed");
     println!(
         "overhead grows by one byte as the counter passes 2^7, 2^14, 2^21, ...: counter 1,000,000 costs {} bytes",

@@ -99,6 +99,44 @@ pub fn decode<T: Canonical>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(value)
 }
 
+/// [`decode`] into `place`, without a `T`-sized value moved through the
+/// stack: postcard fills `place` field by field (serde's in-place
+/// deserialization), then the same length, canonical-form and
+/// [`Canonical::validate`] checks as [`decode`] run. For large values
+/// decoded on a microcontroller (the device's stored consent state).
+///
+/// On an error `place` holds an unspecified mix of old and decoded fields:
+/// discard it.
+///
+/// # Errors
+/// As [`decode`].
+///
+/// ```
+/// use spime::codec;
+/// use spime::message::FirmwareVersion;
+/// let mut fw = FirmwareVersion { major: 0, minor: 0, patch: 0, build: 0 };
+/// codec::decode_in_place(&[1, 2, 3, 0xac, 0x02], &mut fw)?;
+/// assert_eq!(fw.build, 300);
+/// assert!(codec::decode_in_place(&[0x81, 0x00, 2, 3, 4], &mut fw).is_err());
+/// # Ok::<(), spime::error::DecodeError>(())
+/// ```
+pub fn decode_in_place<T: Canonical>(bytes: &[u8], place: &mut T) -> Result<(), DecodeError> {
+    if bytes.len() > T::MAX_ENCODED_LEN {
+        return Err(DecodeError::Oversized { len: bytes.len(), max: T::MAX_ENCODED_LEN });
+    }
+    let mut de = postcard::Deserializer::from_bytes(bytes);
+    T::deserialize_in_place(&mut de, place).map_err(|_| DecodeError::Malformed)?;
+    if !de.finalize().map_err(|_| DecodeError::Malformed)?.is_empty() {
+        return Err(DecodeError::TrailingBytes);
+    }
+    let same = postcard::serialize_with_flavor(place, Compare { expected: bytes, pos: 0 })
+        .map_err(|_| DecodeError::NonCanonical)?;
+    if !same {
+        return Err(DecodeError::NonCanonical);
+    }
+    place.validate()
+}
+
 /// A postcard flavor that only counts bytes.
 struct Counter(usize);
 

@@ -13,11 +13,12 @@
 //! implementations in other languages (SPEC.md §10.1): Rust `Debug` and
 //! `Display` renderings are for people and may change. Codes 1–19 are
 //! decoding, 20–39 opening, 40–59 the vendor pipeline, 60–79 consent
-//! decisions, 80–89 chunks, 90–99 receipts on the device.
+//! decisions, 80–89 chunks, 90–99 receipts and vendor keys on the device.
 
 use crate::wire::Kind;
 
 /// A byte string is not a valid encoding of the expected value.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecodeError {
@@ -123,6 +124,7 @@ impl DecodeError {
 
 /// Which list is out of order ([`DecodeError::Unordered`]); the value is its
 /// stable code (SPEC.md §10.1).
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum List {
@@ -152,6 +154,7 @@ impl core::fmt::Display for List {
 
 /// Which range rule a value breaks ([`DecodeError::OutOfRange`]); the value
 /// is its stable code (SPEC.md §10.1).
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Rule {
@@ -192,6 +195,8 @@ pub enum Rule {
     ProofWithoutConsent = 17,
     /// Certificate: `not_after` before `issued_at`.
     CertificateValidity = 18,
+    /// Vendor key certificate: `not_after` before `not_before`.
+    VendorKeyValidity = 19,
 }
 
 impl core::fmt::Display for Rule {
@@ -215,11 +220,13 @@ impl core::fmt::Display for Rule {
             Rule::ConsentVersionExhausted => "consent version exhausted",
             Rule::ProofWithoutConsent => "proof does not carry a consent state",
             Rule::CertificateValidity => "certificate not_after before issued_at",
+            Rule::VendorKeyValidity => "vendor key certificate not_after before not_before",
         })
     }
 }
 
 /// A sealed message was refused while opening it.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
@@ -256,8 +263,10 @@ pub enum OpenError {
     /// public key).
     #[error("small-order public key in key agreement")]
     WeakKey,
-    /// The device certificate is not signed by the vendor, or its key is weak.
-    #[error("device certificate is invalid")]
+    /// The device certificate (or, in a KeyUpdate, the vendor key
+    /// certificate) is not signed by the vendor's certificate authority,
+    /// or its key is weak.
+    #[error("certificate is invalid")]
     BadCertificate,
     /// The counter was already accepted or is below the replay window.
     #[error("replay: {0}")]
@@ -287,7 +296,48 @@ impl OpenError {
     }
 }
 
+/// A device refused an authentic KeyUpdate (SPEC.md §8.7): what it
+/// certifies may not replace the vendor key the device holds.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VendorKeyError {
+    /// The key's serial is below the one held, or equal with other keys
+    /// (no rollback to an older vendor key).
+    #[error("vendor key serial {got} does not follow the serial {held} held")]
+    Rollback {
+        /// the serial held (0: the key the device was provisioned with)
+        held: u32,
+        /// the certificate's serial
+        got: u32,
+    },
+    /// The certificate is not valid at the device's time.
+    #[error("vendor key certificate: {0}")]
+    Invalid(crate::message::Validity),
+    /// The device was not given the certificate authority's key
+    /// (`Device::with_key_authority`), so it cannot learn a new vendor key.
+    #[error("no certificate authority key: this device cannot learn a new vendor key")]
+    NoAuthority,
+}
+
+impl VendorKeyError {
+    /// The stable numeric code (SPEC.md §10.1).
+    ///
+    /// ```
+    /// use spime::error::VendorKeyError;
+    /// assert_eq!(VendorKeyError::Rollback { held: 2, got: 1 }.code(), 92);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            VendorKeyError::Rollback { .. } => 92,
+            VendorKeyError::Invalid(_) => 93,
+            VendorKeyError::NoAuthority => 94,
+        }
+    }
+}
+
 /// Sealing a message failed.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SealError {
@@ -313,7 +363,29 @@ pub enum SealError {
     WrongDirection(Kind),
 }
 
+impl SealError {
+    /// The numeric code (SPEC.md §10.1): a wrapped encoding or counter
+    /// error gives its own; 25 WeakKey, 22 WrongDirection, 100
+    /// BufferTooSmall (local).
+    ///
+    /// ```
+    /// use spime::error::{CounterError, SealError};
+    /// assert_eq!(SealError::WeakKey.code(), 25);
+    /// assert_eq!(SealError::Counter(CounterError::Lost).code(), 103);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            SealError::Encode(e) => e.code(),
+            SealError::BufferTooSmall { .. } => 100,
+            SealError::WeakKey => 25,
+            SealError::Counter(e) => e.code(),
+            SealError::WrongDirection(_) => 22,
+        }
+    }
+}
+
 /// A counter value was refused by a replay window.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReplayError {
@@ -341,6 +413,7 @@ impl ReplayError {
 }
 
 /// The persistent message counter could not hand out a value.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CounterError {
@@ -358,4 +431,21 @@ pub enum CounterError {
     /// past any value used and opens a new key epoch (SPEC.md §8.1).
     #[error("counter lost to storage damage")]
     Lost,
+}
+
+impl CounterError {
+    /// The numeric code (SPEC.md §10.1, local): 101 Storage, 102
+    /// Exhausted, 103 Lost.
+    ///
+    /// ```
+    /// use spime::error::CounterError;
+    /// assert_eq!(CounterError::Exhausted.code(), 102);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            CounterError::Storage => 101,
+            CounterError::Exhausted => 102,
+            CounterError::Lost => 103,
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! The `spime-vendor` command line: keys, decode, help.
+//! The `spime-vendor` command line: keys, decode, help, the config file,
+//! and `serve` as a process (real devices over CoAP, HTTP, SIGTERM).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -6,6 +7,8 @@
     clippy::indexing_slicing,
     clippy::std_instead_of_core
 )]
+
+mod server_common;
 
 use std::process::Command;
 
@@ -28,7 +31,195 @@ fn help_explains_every_command() {
         assert!(out.contains(cmd), "{out}");
     }
     let (ok, out, _) = vendor(&["serve", "--help"]);
-    assert!(ok && out.contains("--coap") && out.contains("--http") && out.contains("--data"), "{out}");
+    assert!(ok, "{out}");
+    for flag in [
+        "--config",
+        "--data",
+        "--keys",
+        "--postgres",
+        "--coap",
+        "--http",
+        "--batch",
+        "--queue",
+        "--workers",
+        "--log",
+        "--check",
+        "--vendor-key",
+        "--authority",
+    ] {
+        assert!(out.contains(flag), "serve --help lacks {flag}:\n{out}");
+    }
+    // The config file's keys, documented at the end of the long help.
+    assert!(out.contains("CONFIG FILE") && out.contains("coap = \"0.0.0.0:5683\""), "{out}");
+    for cmd in [
+        &["keys", "init", "--help"][..],
+        &["keys", "show", "--help"],
+        &["keys", "ca", "init", "--help"],
+        &["keys", "certify", "--help"],
+        &["decode", "--help"],
+    ] {
+        let (ok, out, _) = vendor(cmd);
+        assert!(ok && out.contains("Usage:"), "{cmd:?}: {out}");
+    }
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("spime-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn keys_init_writes_the_library_format_and_show_prints_the_public_keys() {
+    let dir = temp_dir("keys");
+    let d = dir.join("data");
+    let (ok, out, err) = vendor(&["keys", "init", d.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let bytes = std::fs::read(d.join("vendor.keys")).unwrap();
+    assert_eq!(bytes.len(), 69);
+    assert_eq!(&bytes[..5], b"SPVK\x01");
+    let keys = spime::seal::VendorKeys::from_bytes(&bytes).unwrap();
+    let signing = hex::encode(keys.public().signing.to_bytes());
+    let agreement = hex::encode(keys.public().key_agreement);
+    assert!(out.contains(&signing) && out.contains(&agreement), "{out}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(d.join("vendor.keys")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let public = std::fs::read_to_string(d.join("vendor.pub")).unwrap();
+    assert!(public.contains(&format!("signing {signing}")) && public.contains(&format!("key-agreement {agreement}")));
+    // `keys show` takes the directory or the file itself.
+    for path in [d.clone(), d.join("vendor.keys")] {
+        let (ok, shown, err) = vendor(&["keys", "show", path.to_str().unwrap()]);
+        assert!(ok && shown.contains(&signing) && shown.contains(&agreement), "{shown}{err}");
+    }
+    // Not a key file: refused, saying what the format is.
+    std::fs::write(dir.join("other"), "signing-seed 00\n").unwrap();
+    let (ok, _, err) = vendor(&["keys", "show", dir.join("other").to_str().unwrap()]);
+    assert!(!ok && err.contains("not a spime vendor key file") && err.contains("69-byte"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn config_file_sets_every_setting_and_flags_override_it() {
+    let dir = temp_dir("config");
+    server_common::write_vendor_keys(&dir.join("data"));
+    let config = dir.join("spime-vendor.toml");
+    std::fs::write(
+        &config,
+        "data = \"data\"\ncoap = \"127.0.0.1:15683\"\nhttp = \"127.0.0.1:18080\"\nbatch = 32\nqueue = 100\nworkers = 3\nlog = \"debug\"\n",
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let check = |args: &[&str]| -> toml::Table {
+        let (ok, out, err) = vendor(&[&["serve", "--config", c, "--check"][..], args].concat());
+        assert!(ok, "{err}");
+        toml::from_str(&out).unwrap()
+    };
+    // The file alone; its relative paths are relative to the file.
+    let t = check(&[]);
+    assert_eq!(t["coap"].as_str(), Some("127.0.0.1:15683"));
+    assert_eq!(t["http"].as_str(), Some("127.0.0.1:18080"));
+    assert_eq!(t["batch"].as_integer(), Some(32));
+    assert_eq!(t["queue"].as_integer(), Some(100));
+    assert_eq!(t["workers"].as_integer(), Some(3));
+    assert_eq!(t["log"].as_str(), Some("debug"));
+    assert_eq!(t["data"].as_str(), Some(dir.join("data").to_str().unwrap()));
+    assert_eq!(t["keys"].as_str(), Some(dir.join("data/vendor.keys").to_str().unwrap()));
+    // Flags win over the file, key by key; the rest still comes from the file.
+    let t = check(&["--http", "127.0.0.1:28080", "--batch", "8", "--log", "warn"]);
+    assert_eq!(t["http"].as_str(), Some("127.0.0.1:28080"));
+    assert_eq!(t["batch"].as_integer(), Some(8));
+    assert_eq!(t["log"].as_str(), Some("warn"));
+    assert_eq!(t["coap"].as_str(), Some("127.0.0.1:15683"));
+    assert_eq!(t["queue"].as_integer(), Some(100));
+    // Without a file: the defaults.
+    let (ok, out, err) = vendor(&["serve", "--data", dir.join("data").to_str().unwrap(), "--check"]);
+    assert!(ok, "{err}");
+    let t: toml::Table = toml::from_str(&out).unwrap();
+    assert_eq!(t["coap"].as_str(), Some("127.0.0.1:5683"));
+    assert_eq!(t["http"].as_str(), Some("127.0.0.1:8080"));
+    assert_eq!(t["batch"].as_integer(), Some(256));
+    assert!(t.get("workers").is_none(), "one per core unless set");
+
+    // The documented example (docs/spime-vendor.toml) holds only known keys.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/spime-vendor.toml");
+    let (ok, out, err) =
+        vendor(&["serve", "--config", example, "--data", dir.join("data").to_str().unwrap(), "--check"]);
+    assert!(ok, "{err}");
+    let t: toml::Table = toml::from_str(&out).unwrap();
+    assert_eq!(t["coap"].as_str(), Some("0.0.0.0:5683"));
+
+    // An unknown key is an error that names it (and the file), and nothing starts.
+    std::fs::write(&config, "data = \"data\"\ncolour = \"blue\"\n").unwrap();
+    let (ok, _, err) = vendor(&["serve", "--config", c]);
+    assert!(!ok && err.contains("unknown field `colour`") && err.contains("spime-vendor.toml"), "{err}");
+    // A value of the wrong type names its key too.
+    std::fs::write(&config, "data = \"data\"\nbatch = \"many\"\n").unwrap();
+    let (ok, _, err) = vendor(&["serve", "--config", c]);
+    assert!(!ok && err.contains("batch"), "{err}");
+    // Neither a data directory nor a database: said so.
+    let (ok, _, err) = vendor(&["serve"]);
+    assert!(!ok && err.contains("--data DIR"), "{err}");
+    // Keys missing: the way to make them.
+    let (ok, _, err) = vendor(&["serve", "--data", dir.join("nothing").to_str().unwrap()]);
+    assert!(!ok && err.contains("keys init"), "{err}");
+    // A port in use: the error says which one.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let data = dir.join("data");
+    let (ok, _, err) = vendor(&["serve", "--data", data.to_str().unwrap(), "--coap", &addr, "--http", "127.0.0.1:0"]);
+    assert!(!ok && err.contains(&format!("CoAP on udp://{addr}")) && err.contains("in use"), "{err}");
+    #[cfg(not(feature = "postgres"))]
+    {
+        let (ok, _, err) = vendor(&["serve", "--data", dir.join("data").to_str().unwrap(), "--postgres", "host=db"]);
+        assert!(!ok && err.contains("`postgres` feature"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `serve` as an operator runs it: a config file and flags, real devices
+/// over CoAP, the operator's HTTP, SIGTERM; then `decode` opens a message
+/// with the keys and the store the server left.
+#[cfg(unix)]
+#[test]
+fn serve_runs_until_sigterm_and_keeps_what_it_acknowledged() {
+    let dir = temp_dir("serve");
+    server_common::write_vendor_keys(&dir.join("data"));
+    let config = dir.join("spime-vendor.toml");
+    std::fs::write(&config, "data = \"data\"\ncoap = \"127.0.0.1:5683\"\nbatch = 16\n").unwrap();
+    // Port 0 from the flags overrides the file's fixed port.
+    let served = server_common::Served::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--coap",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+    ]);
+    assert_ne!(served.coap.port(), 5683);
+    let session = server_common::real_time_session(served.coap, 3);
+    let (status, body) = server_common::get(served.http, "/api/devices");
+    assert!(status == 200 && body.contains(&session.id), "{status} {body}");
+    let (status, body) = server_common::get(served.http, &format!("/api/devices/{}/messages", session.id));
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap().as_array().unwrap().len(), 3, "{body}");
+    let (status, body) = server_common::get(served.http, "/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (ok, log) = served.terminate();
+    assert!(ok, "{log}");
+    assert!(log.contains("SIGTERM") && log.contains("server stopped") && !log.contains("panicked"), "{log}");
+
+    // The store is closed: `decode` opens the last usage report with it.
+    let data = dir.join("data");
+    let (ok, out, err) = vendor(&["decode", "--data", data.to_str().unwrap(), &hex::encode(&session.usage)]);
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((j["header"]["kind"].as_str(), j["verified"].as_bool()), (Some("usage"), Some(true)), "{out}");
+    assert_eq!(j["body"]["metrics"][0]["value"]["Counter"], 7, "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -58,7 +58,7 @@ fn flush<S: Storage>(
     vendor: &Ingestor<MemoryStore>,
 ) -> Vec<(u64, u32, Result<Event, IngestError>)> {
     let mut out = Vec::new();
-    while let Some(e) = dev.next_message() {
+    while let Some(e) = dev.next_message().unwrap() {
         let (h, _) = Header::parse(e.envelope).unwrap();
         let outcome = vendor.ingest(e.envelope, T0 + 10).map(|a| a.event);
         out.push((h.counter, h.epoch, outcome));

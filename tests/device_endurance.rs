@@ -102,7 +102,7 @@ fn busiest_sector_erases_per_report_and_ack_within_budget() {
     // the vendor takes the Register and answers with a receipt, which
     // confirms the epoch: reports then leave the ephemeral key out (SPEC §3.1)
     let vendor = Ingestor::new(MemoryStore::new(), device_common::vendor(), IngestConfig::default());
-    while let Some(e) = dev.next_message() {
+    while let Some(e) = dev.next_message().unwrap() {
         vendor.ingest(e.envelope, T0).unwrap();
         let c = e.meta.counter;
         dev.ack(c).unwrap();
@@ -127,7 +127,7 @@ fn busiest_sector_erases_per_report_and_ack_within_budget() {
         }
         let StageHandle::Registered(mut r) = dev.handle() else { panic!("registered") };
         let counter = r.report_window(Purpose::USAGE_ANALYTICS, metrics.take_window(now), now).unwrap().unwrap();
-        let e = dev.next_message().unwrap();
+        let e = dev.next_message().unwrap().unwrap();
         assert_eq!(e.meta.counter, counter);
         envelope_bytes += e.envelope.len() as u64;
         assert!(dev.ack(counter).unwrap());

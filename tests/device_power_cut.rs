@@ -120,7 +120,7 @@ fn power_cut_at_every_operation_never_reuses_a_nonce() {
         }
         if failure.is_none() && dev.needs_key_renewal() {
             // the link sends what was sealed under the old epoch, then a new one opens
-            while let Some(c) = dev.next_message().map(|e| e.meta.counter) {
+            while let Some(c) = dev.next_message().unwrap().map(|e| e.meta.counter) {
                 if let Err(e) = dev.ack(c) {
                     failure = Some(e);
                     break;
@@ -141,7 +141,7 @@ fn power_cut_at_every_operation_never_reuses_a_nonce() {
                 StageHandle::Unregistered(mut u) => {
                     // the link drains the outbox (failed registrations may have queued Registers)
                     let d = u.device();
-                    let front = d.next_message().map(|e| e.meta.counter);
+                    let front = d.next_message().unwrap().map(|e| e.meta.counter);
                     match (d.queued().count() == N, front) {
                         (true, Some(c)) => d.ack(c).map(|_| ()),
                         _ => {
@@ -185,7 +185,7 @@ fn power_cut_at_every_operation_never_reuses_a_nonce() {
                     4 if boot % 50 == 49 => r.transfer(now).map(|_| ()),
                     _ => {
                         let d = r.device();
-                        match d.next_message().map(|e| e.meta.counter) {
+                        match d.next_message().unwrap().map(|e| e.meta.counter) {
                             Some(c) => d.ack(c).map(|_| ()),
                             None => Ok(()),
                         }

@@ -46,7 +46,7 @@ fn rng() -> rand_chacha::ChaCha20Rng {
 /// Sends (opens and acks) everything queued, in send order.
 fn flush(dev: &mut Dev<'_>, vendor: &mut Vendor) -> Vec<(u64, Opened)> {
     let mut got = Vec::new();
-    while let Some(e) = dev.next_message() {
+    while let Some(e) = dev.next_message().unwrap() {
         let counter = e.meta.counter;
         let opened = vendor.open(e.envelope);
         assert_eq!(opened.0, counter);
@@ -208,7 +208,7 @@ fn lifecycle_end_to_end() {
     let mut u = r.transfer(T0 + 9100).unwrap();
     assert_eq!(u.device().stage(), Stage::Unregistered);
     assert_eq!(u.device().consent().unwrap().state, ConsentState::essential_only(3, T0 + 9100, [0; 32]));
-    assert_eq!(u.device().queued().map(|e| e.meta.kind).collect::<Vec<_>>(), [Kind::TRANSFER]);
+    assert_eq!(u.device().queued().map(|m| m.kind).collect::<Vec<_>>(), [Kind::TRANSFER]);
     // the old owner's consent version cannot be used to register again
     let u = dev.unregistered().unwrap();
     assert_eq!(
@@ -382,7 +382,7 @@ fn outbox_purge_survives_failed_flash_write() {
         Device::boot(identity(), Failing { inner: storage(), fail: None }, &mut ob).unwrap();
     let u = dev.unregistered().unwrap();
     u.register(&mut rng(), generous_consent(1, T0)).unwrap();
-    while let Some(e) = dev.next_message() {
+    while let Some(e) = dev.next_message().unwrap() {
         let c = e.meta.counter;
         vendor.open(e.envelope);
         dev.ack(c).unwrap();
@@ -393,7 +393,7 @@ fn outbox_purge_survives_failed_flash_write() {
     m.increment(1, 1).unwrap();
     let mut r = dev.registered().unwrap();
     r.report_window(Purpose::USAGE_ANALYTICS, m.take_window(T0 + 60), T0 + 60).unwrap();
-    assert_eq!(dev.queued().map(|e| e.meta.kind).collect::<Vec<_>>(), [Kind::USAGE]);
+    assert_eq!(dev.queued().map(|m| m.kind).collect::<Vec<_>>(), [Kind::USAGE]);
     let mut narrower = generous_consent(2, T0 + 70);
     narrower.state.withdraw(Purpose::USAGE_ANALYTICS).unwrap();
 
@@ -408,23 +408,23 @@ fn outbox_purge_survives_failed_flash_write() {
         SessionError::Outbox(spime::device::outbox::OutboxError::Storage(StorageError::Io))
     );
     // Memory agrees with flash: the report is still queued, not counted as purged...
-    assert_eq!(dev.queued().map(|e| e.meta.kind).collect::<Vec<_>>(), [Kind::CONSENT, Kind::USAGE]);
+    assert_eq!(dev.queued().map(|m| m.kind).collect::<Vec<_>>(), [Kind::CONSENT, Kind::USAGE]);
     assert_eq!(dev.dropped().purged, 0);
     // ...but it never leaves: only the Consent is handed out.
-    let next = dev.next_message().unwrap();
+    let next = dev.next_message().unwrap().unwrap();
     assert_eq!(next.meta.kind, Kind::CONSENT);
     let c = next.meta.counter;
     dev.ack(c).unwrap();
-    assert!(dev.next_message().is_none());
+    assert!(dev.next_message().unwrap().is_none());
 
     // After a reboot with working storage, the report is purged, not resent.
     let mut store = dev.into_storage();
     store.fail = None;
     let mut ob3 = Ob::new();
-    let dev: Device<'_, Failing, N, REC> = Device::boot(identity(), store, &mut ob3).unwrap();
+    let mut dev: Device<'_, Failing, N, REC> = Device::boot(identity(), store, &mut ob3).unwrap();
     assert_eq!(dev.queued().count(), 0);
     assert_eq!(dev.dropped().purged, 1);
-    assert!(dev.next_message().is_none());
+    assert!(dev.next_message().unwrap().is_none());
 }
 
 #[test]

@@ -53,9 +53,9 @@ fn registered<'d, 'o>(dev: &'d mut Dev<'o>) -> spime::device::session::Registere
 
 /// The queued envelope of `kind` (the test plays the link, so it picks
 /// what arrives first).
-fn queued(dev: &Dev<'_>, kind: Kind) -> (u64, Vec<u8>) {
-    let e = dev.queued().find(|e| e.meta.kind == kind).expect("queued");
-    (e.meta.counter, e.envelope.to_vec())
+fn queued(dev: &mut Dev<'_>, kind: Kind) -> (u64, Vec<u8>) {
+    let c = dev.queued().find(|m| m.kind == kind).expect("queued").counter;
+    (c, dev.message(c).unwrap().unwrap().envelope.to_vec())
 }
 
 fn carries_key(envelope: &[u8]) -> bool {
@@ -76,7 +76,7 @@ fn confirmed<'o>(vendor: &Ingestor<MemoryStore>, ob: &'o mut Ob) -> Dev<'o> {
     let mut dev = Dev::boot(identity(), storage(), ob).unwrap();
     let u = dev.unregistered().unwrap();
     u.register(&mut rng(1), generous_consent(1, T0)).unwrap();
-    let (c, reg) = queued(&dev, Kind::REGISTER);
+    let (c, reg) = queued(&mut dev, Kind::REGISTER);
     let ok = vendor.ingest(&reg, T0).unwrap();
     assert_eq!(ok.opened_epoch, Some(1));
     dev.ack(c).unwrap();
@@ -94,14 +94,14 @@ fn messages_offer_the_key_until_a_vendor_message_confirms_the_epoch() {
     let u = dev.unregistered().unwrap();
     u.register(&mut rng(1), generous_consent(1, T0)).unwrap();
     assert!(!dev.epoch_confirmed());
-    let (c, reg) = queued(&dev, Kind::REGISTER);
+    let (c, reg) = queued(&mut dev, Kind::REGISTER);
     assert_eq!(vendor.ingest(&reg, T0).unwrap().opened_epoch, Some(1));
     dev.ack(c).unwrap();
 
     // No receipt yet: the next report offers the key again, and the vendor,
     // whose epoch is already open, takes it as an ordinary message.
     let c = report_usage(&mut dev, T0 + 3600);
-    let (_, usage) = queued(&dev, Kind::USAGE);
+    let (_, usage) = queued(&mut dev, Kind::USAGE);
     assert!(carries_key(&usage));
     let ok = vendor.ingest(&usage, T0 + 3600).unwrap();
     assert!(matches!(ok.event, Event::Usage(_)));
@@ -120,7 +120,7 @@ fn messages_offer_the_key_until_a_vendor_message_confirms_the_epoch() {
 
     // From now on the key stays out: 91 bytes of overhead.
     report_usage(&mut dev, T0 + 7200);
-    let (_, usage) = queued(&dev, Kind::USAGE);
+    let (_, usage) = queued(&mut dev, Kind::USAGE);
     assert!(!carries_key(&usage));
     let env = Envelope::parse(&usage).unwrap();
     assert_eq!(message::overhead(&env.header), 91);
@@ -140,8 +140,8 @@ fn a_refused_opener_is_followed_by_one_the_vendor_accepts_and_the_data_arrives()
     let now = T0 + 3600;
     registered(&mut dev).change_consent(generous_consent(2, now), now).unwrap();
     report_usage(&mut dev, now + 60);
-    let (consent_counter, consent) = queued(&dev, Kind::CONSENT);
-    let (usage_counter, usage) = queued(&dev, Kind::USAGE);
+    let (consent_counter, consent) = queued(&mut dev, Kind::CONSENT);
+    let (usage_counter, usage) = queued(&mut dev, Kind::USAGE);
     assert!(carries_key(&consent) && carries_key(&usage));
 
     // The link delivers the report first: the vendor cannot judge data
@@ -166,7 +166,7 @@ fn a_refused_opener_is_followed_by_one_the_vendor_accepts_and_the_data_arrives()
     dev.open_receipt(&receipt).unwrap();
     assert!(dev.epoch_confirmed());
     report_usage(&mut dev, now + 3600);
-    let (_, usage) = queued(&dev, Kind::USAGE);
+    let (_, usage) = queued(&mut dev, Kind::USAGE);
     assert!(!carries_key(&usage));
     assert!(matches!(vendor.ingest(&usage, now + 3600).unwrap().event, Event::Usage(_)));
 }
@@ -180,14 +180,14 @@ fn a_refused_registration_is_recovered_by_registering_again() {
     u.register(&mut rng(7), generous_consent(1, T0)).unwrap();
     // The Register reaches the vendor damaged (the link had already
     // acknowledged it): refused, and the vendor holds no relationship.
-    let (c, mut reg) = queued(&dev, Kind::REGISTER);
+    let (c, mut reg) = queued(&mut dev, Kind::REGISTER);
     let last = reg.len() - 1;
     reg[last] ^= 1;
     assert_eq!(vendor.ingest(&reg, T0), Err(IngestError::Unauthentic));
     dev.ack(c).unwrap();
     // What follows offers the key, but the vendor has nothing to open it for.
     report_usage(&mut dev, T0 + 200);
-    let (c, usage) = queued(&dev, Kind::USAGE);
+    let (c, usage) = queued(&mut dev, Kind::USAGE);
     assert!(carries_key(&usage));
     assert_eq!(vendor.ingest(&usage, T0 + 200), Err(IngestError::UnknownDevice));
     dev.ack(c).unwrap();
@@ -197,7 +197,7 @@ fn a_refused_registration_is_recovered_by_registering_again() {
     assert!(!dev.epoch_confirmed());
     registered(&mut dev).register_again(&mut rng(8), generous_consent(2, T0 + 300)).unwrap();
     assert_eq!(dev.epoch(), 2);
-    let (c, reg) = queued(&dev, Kind::REGISTER);
+    let (c, reg) = queued(&mut dev, Kind::REGISTER);
     let ok = vendor.ingest(&reg, T0 + 300).unwrap();
     assert_eq!(ok.opened_epoch, Some(2));
     assert!(matches!(ok.event, Event::Registered { new_relationship: true, consent_version: 2, .. }));
@@ -206,7 +206,7 @@ fn a_refused_registration_is_recovered_by_registering_again() {
     dev.open_receipt(&receipt).unwrap();
     assert!(dev.epoch_confirmed());
     report_usage(&mut dev, T0 + 400);
-    let (_, usage) = queued(&dev, Kind::USAGE);
+    let (_, usage) = queued(&mut dev, Kind::USAGE);
     assert!(!carries_key(&usage));
     assert!(matches!(vendor.ingest(&usage, T0 + 400).unwrap().event, Event::Usage(_)));
 

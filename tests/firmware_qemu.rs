@@ -29,6 +29,13 @@ use spime::wire::chunk::{Pushed, Reassembler};
 
 const T0: u64 = 1_767_300_000;
 
+/// The firmware's flash budget (.vector_table + .text + .rodata + .data).
+/// Issue 10 asks for 49,152 B (48 KiB); this is not reached yet: measured
+/// 62,400 B (Rust 1.95, salty backend, no core::fmt), and the budget is
+/// that plus a 1,088-byte margin (62 KiB), so a change that adds more than
+/// that fails here. Lower it as the firmware shrinks (docs/firmware.md).
+const FLASH_BUDGET: u32 = 63_488;
+
 type Rx = Reassembler<2, { message::MAX_SEALED_LEN }>;
 
 fn firmware_dir() -> PathBuf {
@@ -218,4 +225,26 @@ fn firmware_runs_under_qemu_and_its_messages_open() {
         size(".bss"),
     );
     assert!(size(".text") > 0 && stack > 0);
+    assert!(flash <= FLASH_BUDGET, "flash {flash} B is over the budget of {FLASH_BUDGET} B (docs/firmware.md)");
+    let static_ram = u64::from(size(".data") + size(".bss") + size(".uninit")) - SIM_FLASH;
+    println!(
+        "FOOTPRINT static RAM {static_ram} + peak stack {stack} = {} (budget {RAM_AND_STACK_BUDGET})",
+        static_ram + stack
+    );
+    assert!(
+        static_ram + stack <= RAM_AND_STACK_BUDGET,
+        "static RAM {static_ram} + peak stack {stack} exceeds the budget of {RAM_AND_STACK_BUDGET} bytes"
+    );
 }
+
+/// The simulated NOR flash array (six 4 KiB sectors), a stand-in for the
+/// product's flash: not counted as RAM.
+const SIM_FLASH: u64 = 24_576;
+
+/// Static RAM (without the simulated flash) plus measured peak stack, in
+/// bytes. Reached: 1,320 + 9,500 = 10,820 (Rust 1.95, ed25519-dalek; was
+/// 5,128 + 18,828 = 23,956). Issue 10 asks for 8,192, which this does NOT
+/// meet yet: the device value (2,072 B) lives on the stack, and Ed25519
+/// signing with dalek takes about 3.4 KB of the deepest paths
+/// (docs/firmware.md, "RAM and stack"). The margin (444 B) covers compiler drift.
+const RAM_AND_STACK_BUDGET: u64 = 11_264;

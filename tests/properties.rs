@@ -351,6 +351,48 @@ proptest! {
         round_trip(&v.state);
         seal_round_trip(&ConsentUpdate { consent: v }, c);
     }
+    /// The device decodes its stored consent in place: over any previous
+    /// value, the same value and the same verdict as `decode`, also for
+    /// truncated, altered and extended bytes.
+    #[test]
+    fn consent_decodes_in_place(
+        v in signed_consent(),
+        old in signed_consent(),
+        cut in any::<prop::sample::Index>(),
+        flip in any::<(prop::sample::Index, u8)>(),
+    ) {
+        let mut buf = vec![0u8; SignedConsent::MAX_ENCODED_LEN];
+        let bytes = codec::encode(&v, &mut buf).unwrap().to_vec();
+        let mut place = old.clone();
+        codec::decode_in_place(&bytes, &mut place).unwrap();
+        prop_assert_eq!(&place, &v);
+        let mut altered = bytes.clone();
+        let i = flip.0.index(altered.len());
+        altered[i] ^= flip.1.max(1);
+        let mut longer = bytes.clone();
+        longer.push(0);
+        for b in [bytes[..cut.index(bytes.len())].to_vec(), altered, longer] {
+            let mut place = old.clone();
+            prop_assert_eq!(codec::decode_in_place(&b, &mut place).map(|()| place), codec::decode::<SignedConsent>(&b));
+        }
+    }
+    /// A report of a device's own capacity (`UsageOf<4>`) has the same bytes
+    /// as the protocol's `Usage` with the same metrics, within its own bound.
+    #[test]
+    fn small_usage_encodes_as_usage(v in usage()) {
+        let Ok(metrics) = heapless::Vec::<Metric, 4>::from_slice(&v.metrics) else { return Ok(()) };
+        let small = UsageOf::<4> {
+            purpose: v.purpose,
+            consent_version: v.consent_version,
+            window_start: v.window_start,
+            window_end: v.window_end,
+            metrics,
+        };
+        let (mut a, mut b) = (vec![0u8; Usage::MAX_ENCODED_LEN], vec![0u8; UsageOf::<4>::MAX_ENCODED_LEN]);
+        let full = codec::encode(&v, &mut a).unwrap();
+        prop_assert_eq!(&*codec::encode(&small, &mut b).unwrap(), &*full);
+        prop_assert_eq!(codec::decode::<UsageOf<4>>(full).unwrap(), small);
+    }
     #[test]
     fn transfer_round_trips(at in any::<u64>(), c in any::<u64>()) { let v = Transfer::unsigned(at, (c % 1000) as u32); round_trip(&v); seal_round_trip(&v, c); }
     #[test]
@@ -370,7 +412,7 @@ proptest! {
     fn notice_round_trips(v in notice(), c in any::<u64>()) { round_trip(&v); seal_round_trip(&v, c); }
 
     #[test]
-    fn header_round_trips(kind in 0usize..8, device in any::<[u8; 8]>(), epoch in any::<u32>(), counter in any::<u64>(), eph in any::<[u8; 32]>()) {
+    fn header_round_trips(kind in 0usize..9, device in any::<[u8; 8]>(), epoch in any::<u32>(), counter in any::<u64>(), eph in any::<[u8; 32]>()) {
         let kind = Kind::ALL[kind];
         let ephemeral = (kind == Kind::REGISTER).then_some(eph);
         let h = Header { kind, device: DeviceId(device), epoch, counter, ephemeral };
@@ -394,8 +436,12 @@ proptest! {
         let _ = codec::decode::<Decommission>(&bytes);
         let _ = codec::decode::<Receipt>(&bytes);
         let _ = codec::decode::<Notice>(&bytes);
+        let _ = codec::decode::<spime::message::KeyUpdate>(&bytes);
         let _ = codec::decode::<ConsentState>(&bytes);
         let _ = codec::decode::<SignedConsent>(&bytes);
+        // the device's in-place decoder gives the same verdict and value
+        let mut place = SignedConsent { state: ConsentState::essential_only(9, 9, [9; 32]), owner: None };
+        prop_assert_eq!(codec::decode_in_place(&bytes, &mut place).map(|()| place), codec::decode::<SignedConsent>(&bytes));
         if let Ok(env) = Envelope::parse(&bytes) {
             let mut buf = vec![0u8; env.plaintext_len()];
             let _ = env.decrypt(&session().0, &mut buf);
@@ -403,7 +449,7 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_bodies_under_a_valid_seal_never_panic(body in pvec(any::<u8>(), 0..600), kind in 0usize..8) {
+    fn arbitrary_bodies_under_a_valid_seal_never_panic(body in pvec(any::<u8>(), 0..600), kind in 0usize..9) {
         // Bytes that pass the AEAD and signature checks reach the body decoders.
         let kind = Kind::ALL[kind];
         let (keys, eph) = session();

@@ -30,9 +30,9 @@ fn usage_report(dev: &mut Dev<'_>, now: u64, count: u64) {
     r.report_window(spime::consent::Purpose::USAGE_ANALYTICS, m.take_window(now), now).unwrap().unwrap();
 }
 
-fn one_queued(dev: &Dev<'_>) -> (u64, Vec<u8>) {
-    let e = dev.queued().next().unwrap();
-    (e.meta.counter, e.envelope.to_vec())
+fn one_queued(dev: &mut Dev<'_>) -> (u64, Vec<u8>) {
+    let c = dev.queued().next().unwrap().counter;
+    (c, dev.message(c).unwrap().unwrap().envelope.to_vec())
 }
 
 #[test]
@@ -46,7 +46,7 @@ fn coap_acknowledges_committed_messages_refuses_with_codes_and_operators_see_it(
     // Register: 2.04, with a receipt that confirms the epoch (SPEC §3.1).
     let StageHandle::Unregistered(u) = dev.handle() else { panic!() };
     u.register(&mut rng(1), consent(1, T0)).unwrap();
-    let (reg_counter, register) = one_queued(&dev);
+    let (reg_counter, register) = one_queued(&mut dev);
     let reply = client.post(MESSAGE_PATH, &register).unwrap();
     assert_eq!(reply.code, ResponseType::Changed);
     assert_eq!(reply.format, Some(ContentFormat::ApplicationOctetStream));
@@ -57,7 +57,7 @@ fn coap_acknowledges_committed_messages_refuses_with_codes_and_operators_see_it(
     // A usage report: 2.04 with nothing for the device.
     server.set_time(T0 + 3600);
     usage_report(&mut dev, T0 + 3600, 5);
-    let (c, usage) = one_queued(&dev);
+    let (c, usage) = one_queued(&mut dev);
     let reply = client.post(MESSAGE_PATH, &usage).unwrap();
     assert_eq!((reply.code, reply.payload.len()), (ResponseType::Changed, 0));
     dev.ack(c).unwrap();
@@ -73,7 +73,7 @@ fn coap_acknowledges_committed_messages_refuses_with_codes_and_operators_see_it(
 
     // Tampered: 4.01, code 20.
     usage_report(&mut dev, T0 + 7200, 2);
-    let (c, usage) = one_queued(&dev);
+    let (c, usage) = one_queued(&mut dev);
     let mut tampered = usage.clone();
     *tampered.last_mut().unwrap() ^= 1;
     let reply = client.post(MESSAGE_PATH, &tampered).unwrap();
@@ -192,7 +192,7 @@ fn a_lost_receipt_is_replaced_with_the_next_message_that_offers_the_key() {
     let mut dev = Dev::boot(identity(2), storage(), &mut ob).unwrap();
     let StageHandle::Unregistered(u) = dev.handle() else { panic!() };
     u.register(&mut rng(2), consent(1, T0)).unwrap();
-    let (c, register) = one_queued(&dev);
+    let (c, register) = one_queued(&mut dev);
     let reply = client.post(MESSAGE_PATH, &register).unwrap();
     assert_eq!(reply.code, ResponseType::Changed);
     dev.ack(c).unwrap();
@@ -228,7 +228,7 @@ fn notices_posted_by_operators_travel_in_the_next_acknowledgement_where_consent_
     let (status, body) = post_json(server.http, &path, ok);
     assert_eq!(status, 202, "{body}");
     usage_report(&mut dev, T0 + 3600, 1);
-    let (c, usage) = one_queued(&dev);
+    let (c, usage) = one_queued(&mut dev);
     let reply = client.post(MESSAGE_PATH, &usage).unwrap();
     assert_eq!(reply.code, ResponseType::Changed);
     dev.ack(c).unwrap();

@@ -185,7 +185,7 @@ fn shutdown_commits_and_answers_the_batch_in_flight_before_it_returns() {
     m.increment(1, 1).unwrap();
     let StageHandle::Registered(mut r) = dev.handle() else { panic!() };
     r.report_window(spime::consent::Purpose::USAGE_ANALYTICS, m.take_window(T0 + 3600), T0 + 3600).unwrap();
-    let usage = dev.queued().next().unwrap().envelope.to_vec();
+    let usage = dev.next_message().unwrap().unwrap().envelope.to_vec();
     let device = std::thread::spawn(move || client.post(MESSAGE_PATH, &usage).unwrap());
     started_rx.recv().unwrap();
 

@@ -74,10 +74,15 @@ fn ref_header(kind: u8, epoch: u32, counter: u64, eph: Option<[u8; 32]>) -> Vec<
     ref_header_raw(ref_first(kind, eph.is_some()), epoch, counter, eph)
 }
 
-/// SPEC §3: X25519, HKDF-SHA256.
+/// SPEC §3: X25519, HKDF-SHA256, with the provisioned vendor key (serial 0).
 fn ref_keys(eph_secret: &[u8; 32], epoch: u32) -> ([u8; 32], [u8; 32], [u8; 32]) {
+    ref_keys_with(eph_secret, epoch, &VENDOR_KX_SECRET)
+}
+
+/// SPEC §3 with the vendor key-agreement secret `vx`.
+fn ref_keys_with(eph_secret: &[u8; 32], epoch: u32, vx: &[u8; 32]) -> ([u8; 32], [u8; 32], [u8; 32]) {
     let eph_pub = x25519_dalek::x25519(*eph_secret, x25519_dalek::X25519_BASEPOINT_BYTES);
-    let vendor_kx_pub = x25519_dalek::x25519(VENDOR_KX_SECRET, x25519_dalek::X25519_BASEPOINT_BYTES);
+    let vendor_kx_pub = x25519_dalek::x25519(*vx, x25519_dalek::X25519_BASEPOINT_BYTES);
     let shared = x25519_dalek::x25519(*eph_secret, vendor_kx_pub);
     let mut info = b"spime/v1 keys\0".to_vec();
     info.extend_from_slice(&DEVICE_ID.0);
@@ -113,6 +118,44 @@ fn ref_seal(header: &[u8], counter: u64, body: &[u8], signer: &SigningKey, key: 
     out.extend_from_slice(&buf);
     out.extend_from_slice(&tag);
     (out, sig)
+}
+
+/// The vendor key pairs of the vectors by serial (SPEC §2, §5.11): 0 the
+/// provisioned one, 1 the next (life 4 rotates to it), `u32::MAX` a new
+/// signing key with the same key-agreement key (life 2's longest KeyUpdate).
+const VENDOR_SERIALS: [u32; 3] = [0, 1, u32::MAX];
+fn vendor_pair(serial: u32) -> ([u8; 32], [u8; 32]) {
+    match serial {
+        0 => (VENDOR_SIGNING_SEED, VENDOR_KX_SECRET),
+        1 => ([0x12; 32], [0x23; 32]),
+        u32::MAX => ([0x13; 32], VENDOR_KX_SECRET),
+        s => panic!("no vendor key {s}"),
+    }
+}
+
+/// The crate's keys of a vendor pair.
+fn vendor_of(serial: u32) -> spime::seal::VendorKeys {
+    let (sign, kx) = vendor_pair(serial);
+    spime::seal::VendorKeys::from_secrets(&sign, &kx)
+}
+
+/// SPEC §5.11: the certificate authority (in the vectors `VCA` is the
+/// provisioned `VS`, §2) signs `"spime/v1 vendor key certificate\0" || body`.
+fn ref_vendor_cert(serial: u32, not_before: u64, not_after: u64) -> VendorKeyCertificate {
+    let (sign, kx) = vendor_pair(serial);
+    let body = VendorKeyBody {
+        serial,
+        signing: SigningKey::from_bytes(&sign).verifying_key().to_bytes(),
+        key_agreement: x25519_dalek::x25519(kx, x25519_dalek::X25519_BASEPOINT_BYTES),
+        not_before,
+        not_after,
+    };
+    let mut msg = b"spime/v1 vendor key certificate\0".to_vec();
+    msg.extend_from_slice(&enc(&body));
+    VendorKeyCertificate {
+        body,
+        signature: Bytes64(SigningKey::from_bytes(&VENDOR_SIGNING_SEED).sign(&msg).to_bytes()),
+    }
 }
 
 fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -292,12 +335,16 @@ struct Spec {
     chunks: bool,
     body: Vec<u8>,
     body_json: Value,
+    /// The serial of the vendor pair whose `VX` opened the epoch (SPEC §8.7).
+    vendor_key: u32,
 }
 
 /// Builds the messages of one life, in order.
 struct Life {
     life: u32,
     specs: Vec<Spec>,
+    /// The vendor pair the device opens its epochs with from now on.
+    vendor_key: u32,
 }
 
 impl Life {
@@ -313,6 +360,7 @@ impl Life {
             chunks: false,
             body: enc(body),
             body_json: serde_json::to_value(body).unwrap(),
+            vendor_key: self.vendor_key,
         });
     }
     /// Marks the last message as one whose chunk lists are published.
@@ -341,7 +389,7 @@ fn epoch_secret(life: u32, epoch: u32) -> [u8; 32] {
 fn valid_specs() -> Vec<Spec> {
     let t = |d: u64| T0 + d;
     // Life 1: a kettle's everyday life, counters and epochs growing through every varint width.
-    let mut l = Life { life: 1, specs: Vec::new() };
+    let mut l = Life { life: 1, specs: Vec::new(), vendor_key: 0 };
     let reg = register();
     l.msg("register", 0, 1, true, &reg, "opens epoch 1 (123 B overhead)");
     l.chunked();
@@ -423,7 +471,7 @@ fn valid_specs() -> Vec<Spec> {
     let mut specs = l.specs;
 
     // Life 2: the shortest envelope of every kind, then the longest.
-    let mut l = Life { life: 2, specs: Vec::new() };
+    let mut l = Life { life: 2, specs: Vec::new(), vendor_key: 0 };
     let reg_min = Register {
         certificate: cert("", 0, 0, None),
         firmware: FW_MIN,
@@ -551,6 +599,17 @@ fn valid_specs() -> Vec<Spec> {
     l.msg("notice_max", U64_10 + 1, U32_5, false, &notice_max, "the longest Notice");
     l.chunked();
     l.msg(
+        "key_update_max",
+        U64_10 + 2,
+        U32_5,
+        false,
+        &KeyUpdate { certificate: ref_vendor_cert(u32::MAX, U64_10, u64::MAX) },
+        "the longest KeyUpdate: serial u32::MAX, a new signing key with the same key-agreement key; \
+         signed by the key it certifies",
+    );
+    // The device opens its next epochs with the learned pair (its VX is unchanged).
+    l.vendor_key = u32::MAX;
+    l.msg(
         "transfer_max",
         U64_10 + 4,
         U32_5 + 1,
@@ -588,7 +647,7 @@ fn valid_specs() -> Vec<Spec> {
     specs.append(&mut l.specs);
 
     // Life 3: a short life.
-    let mut l = Life { life: 3, specs: Vec::new() };
+    let mut l = Life { life: 3, specs: Vec::new(), vendor_key: 0 };
     l.msg("register_short_life", 0, 1, true, &register(), "a device registered and recycled at once");
     l.msg("receipt_short_life", 0, 1, false, &receipt(), "confirms epoch 1");
     l.msg(
@@ -599,6 +658,23 @@ fn valid_specs() -> Vec<Spec> {
         &Decommission { at: 0, reason: DecommissionReason::Recycled },
         "the shortest Decommission",
     );
+    specs.append(&mut l.specs);
+
+    // Life 4: the vendor rotates its key (SPEC §8.7, §9.2).
+    let mut l = Life { life: 4, specs: Vec::new(), vendor_key: 0 };
+    l.msg("register_rotation", 0, 1, true, &register(), "registers with the provisioned vendor key (serial 0)");
+    l.msg("receipt_rotation", 0, 1, false, &receipt(), "signed by key 0, which opened epoch 1");
+    l.msg(
+        "key_update",
+        1,
+        1,
+        false,
+        &KeyUpdate { certificate: ref_vendor_cert(1, T0, T0 + 10 * 365 * 86_400) },
+        "key 1, certified by VCA; sealed under epoch 1, signed by key 1",
+    );
+    l.vendor_key = 1;
+    l.msg("usage_new_key", 1, 2, true, &usage(), "opens epoch 2 with key 1's VX");
+    l.msg("receipt_new_key", 2, 2, false, &receipt(), "signed by key 1, which opened epoch 2");
     specs.append(&mut l.specs);
     specs
 }
@@ -619,6 +695,18 @@ fn keys_json() -> Value {
         "device_signing_seed": hexs(&DEVICE_SEED),
         "device_signing_public": hexs(device().public().as_bytes()),
         "owner_signing_seeds": [hexs(&OWNER_SEED_1), hexs(&OWNER_SEED_2)],
+        "certificate_authority_public": hexs(p.signing.as_bytes()),
+        "vendor_keys": VENDOR_SERIALS.iter().map(|&serial| {
+            let (sign, kx) = vendor_pair(serial);
+            let k = vendor_of(serial).public();
+            json!({
+                "serial": serial,
+                "signing_seed": hexs(&sign),
+                "signing_public": hexs(k.signing.as_bytes()),
+                "key_agreement_secret": hexs(&kx),
+                "key_agreement_public": hexs(&k.key_agreement),
+            })
+        }).collect::<Vec<_>>(),
     })
 }
 
@@ -642,13 +730,20 @@ fn build_valid() -> Value {
     let mut out = Vec::new();
     for s in valid_specs() {
         let eph_secret = epoch_secret(s.life, s.epoch);
-        let (d2v, v2d, eph_pub) = ref_keys(&eph_secret, s.epoch);
+        let (d2v, v2d, eph_pub) = ref_keys_with(&eph_secret, s.epoch, &vendor_pair(s.vendor_key).1);
         let dir = s.kind.direction();
         let eph = s.eph_in_header.then_some(eph_pub);
         let header = ref_header(s.kind.to_byte(), s.epoch, s.counter, eph);
+        // A KeyUpdate is signed by the key it certifies; other vendor messages
+        // by the key that opened their epoch (SPEC §4).
+        let vendor_signer = if s.kind == Kind::KEY_UPDATE {
+            vendor_pair(codec::decode::<KeyUpdate>(&s.body).unwrap().certificate.body.serial).0
+        } else {
+            vendor_pair(s.vendor_key).0
+        };
         let (signer, key) = match dir {
             Direction::DeviceToVendor => (SigningKey::from_bytes(&DEVICE_SEED), d2v),
-            Direction::VendorToDevice => (SigningKey::from_bytes(&VENDOR_SIGNING_SEED), v2d),
+            Direction::VendorToDevice => (SigningKey::from_bytes(&vendor_signer), v2d),
         };
         let (sealed, sig) = ref_seal(&header, s.counter, &s.body, &signer, &key);
         let nonce = ref_nonce(dir == Direction::VendorToDevice, s.counter);
@@ -660,6 +755,7 @@ fn build_valid() -> Value {
             "direction": match dir { Direction::DeviceToVendor => "device_to_vendor", Direction::VendorToDevice => "vendor_to_device" },
             "epoch": s.epoch,
             "counter": s.counter,
+            "vendor_key": s.vendor_key,
             "epoch_ephemeral_secret": hexs(&eph_secret),
             "epoch_ephemeral_public": hexs(&eph_pub),
             "ephemeral_in_header": s.eph_in_header,
@@ -682,7 +778,7 @@ fn build_valid() -> Value {
         out.push(m);
     }
     json!({
-        "description": "Valid spime v1 messages in three device lives; each life is opened in order by a fresh vendor and a fresh device. Sealed by the sender named by direction; see SPEC.md section 10.",
+        "description": "Valid spime v1 messages in four device lives; each life is opened in order by a fresh vendor and a fresh device. Sealed by the sender named by direction; see SPEC.md section 10.",
         "keys": keys_json(),
         "messages": out,
     })
@@ -711,7 +807,16 @@ impl VendorView {
         self.window.check(env.header.counter)?;
         let keys = match (env.header.ephemeral, &self.keys) {
             (Some(eph), cur) if cur.as_ref().is_none_or(|k| env.header.epoch > k.epoch) => {
-                vendor().accept_epoch(&env.header.device, env.header.epoch, &eph)?
+                // SPEC §9.2: each vendor key pair, newest first; the one whose keys decrypt it.
+                let mut scratch = vec![0u8; env.plaintext_len()];
+                let mut found = None;
+                for serial in [1, 0] {
+                    let k = vendor_of(serial).accept_epoch(&env.header.device, env.header.epoch, &eph)?;
+                    if found.is_none() && (serial == 0 || env.decrypt(&k, &mut scratch).is_ok()) {
+                        found = Some(k);
+                    }
+                }
+                found.unwrap()
             }
             (_, Some(k)) if k.epoch == env.header.epoch => k.clone(),
             (_, Some(k)) => return Err(OpenError::WrongEpoch { expected: k.epoch, got: env.header.epoch }),
@@ -747,6 +852,7 @@ fn decode_json(v: &seal::Verified<'_, '_>) -> Result<Value, OpenError> {
         Kind::DECOMMISSION => serde_json::to_value(v.decode::<Decommission>()?),
         Kind::RECEIPT => serde_json::to_value(v.decode::<Receipt>()?),
         Kind::NOTICE => serde_json::to_value(v.decode::<Notice>()?),
+        Kind::KEY_UPDATE => serde_json::to_value(v.decode::<KeyUpdate>()?),
         _ => unreachable!(),
     }
     .unwrap())
@@ -758,17 +864,28 @@ struct DeviceView {
     keys: Option<SessionKeys>,
     confirmed: bool,
     window: ReplayWindow,
+    /// The newest vendor pair it holds, and the signing key of its epoch (SPEC §8.7).
+    latest: spime::seal::VendorPublicKeys,
+    epoch_signer: VerifyingKey,
 }
 
 impl DeviceView {
     /// A device that holds epoch 1 of life 1 (the invalid vectors' device).
     fn new() -> Self {
-        DeviceView { keys: Some(session().0), confirmed: true, window: ReplayWindow::new() }
+        let v = vendor().public();
+        DeviceView {
+            keys: Some(session().0),
+            confirmed: true,
+            window: ReplayWindow::new(),
+            latest: v,
+            epoch_signer: v.signing,
+        }
     }
 
     /// A factory-new device (a valid life).
     fn unregistered() -> Self {
-        DeviceView { keys: None, confirmed: false, window: ReplayWindow::new() }
+        let v = vendor().public();
+        DeviceView { keys: None, confirmed: false, window: ReplayWindow::new(), latest: v, epoch_signer: v.signing }
     }
 
     /// The device sealed `m` (a device-to-vendor vector of its life): it
@@ -784,9 +901,10 @@ impl DeviceView {
             let secret: [u8; 32] =
                 hex::decode(m["epoch_ephemeral_secret"].as_str().unwrap()).unwrap().try_into().unwrap();
             let (keys, _) =
-                spime::seal::keys::device_start_epoch_with(&secret, &DEVICE_ID, epoch, &vendor().public()).unwrap();
+                spime::seal::keys::device_start_epoch_with(&secret, &DEVICE_ID, epoch, &self.latest).unwrap();
             self.keys = Some(keys);
             self.confirmed = false;
+            self.epoch_signer = self.latest.signing;
         } else {
             assert_eq!(self.keys.as_ref().unwrap().epoch, epoch, "{name}: sealed under the current epoch");
             let register = m["kind"] == 0x01;
@@ -810,10 +928,22 @@ impl DeviceView {
         self.window.check(env.header.counter)?;
         let keys = self.keys.as_ref().ok_or(OpenError::Unauthentic)?;
         let mut buf = vec![0u8; env.plaintext_len()];
-        let v = env.decrypt(keys, &mut buf)?.verify(&vendor().public().signing)?;
+        let pt = env.decrypt(keys, &mut buf)?;
+        // SPEC §4.4 step 8: a KeyUpdate names its signer, certified by VCA
+        // (here the provisioned VS); other kinds are signed by the epoch's key.
+        let learned = if env.header.kind == Kind::KEY_UPDATE {
+            let update: KeyUpdate = codec::decode(pt.body_bytes())?;
+            Some(update.certificate.verify(&vendor().public().signing)?)
+        } else {
+            None
+        };
+        let v = pt.verify(&learned.map_or(self.epoch_signer, |k| k.signing))?;
         let value = decode_json(&v)?;
         self.window.accept(env.header.counter)?;
         self.confirmed = true;
+        if let Some(k) = learned {
+            self.latest = k;
+        }
         Ok(value)
     }
 }
@@ -848,12 +978,19 @@ fn ven_seal(first: u8, counter: u64, body: &[u8]) -> Vec<u8> {
     .0
 }
 
+/// Seals raw body bytes as the vendor under life 1's epoch 1, signed by `signer`.
+fn ven_seal_by(first: u8, counter: u64, body: &[u8], signer: &[u8; 32]) -> Vec<u8> {
+    let (_, v2d, _) = ref_keys(&epoch_secret(1, 1), 1);
+    ref_seal(&ref_header_raw(first, EPOCH, counter, None), counter, body, &SigningKey::from_bytes(signer), &v2d).0
+}
+
 /// Byte 0 of the kinds without an ephemeral key (SPEC §4.1).
 const USAGE_FIRST: u8 = 0x22;
 const FAULT_FIRST: u8 = 0x23;
 const CONSENT_FIRST: u8 = 0x24;
 const TRANSFER_FIRST: u8 = 0x25;
 const NOTICE_FIRST: u8 = 0x2a;
+const KEY_UPDATE_FIRST: u8 = 0x2b;
 
 /// Header bytes given raw (byte 0, the device id, the epoch and counter varint bytes), padded with zeros
 /// to `len`: refused while the header is parsed, before any key is needed.
@@ -983,7 +1120,7 @@ fn invalid_cases(valid: &Value) -> Vec<Case> {
         ("unknown_kind_0", "kind nibble 0x0 is no kind", 0u8),
         ("unknown_kind_7", "kind nibble 0x7 is no kind (device to vendor)", 7),
         ("unknown_kind_8", "kind nibble 0x8 is no kind (vendor to device)", 8),
-        ("unknown_kind_b", "kind nibble 0xB is no kind (vendor to device)", 0xb),
+        ("unknown_kind_c", "kind nibble 0xC is no kind (vendor to device)", 0xc),
         ("unknown_kind_f", "kind nibble 0xF is no kind", 0xf),
     ] {
         add(name, rule, false, reg(), set(&usage_v, 0, 0x20 | n), D::UnknownKind(n).into());
@@ -1839,6 +1976,87 @@ fn invalid_cases(valid: &Value) -> Vec<Case> {
         ref_seal(&ref_header(0x01, EPOCH, 0, Some(eph_pub)), 0, &enc(&bad_reg), &other_key, &d2v).0,
         D::OutOfRange(Rule::ReconfirmWindow).into(),
     );
+    // SPEC §5.11, §4.4 step 8: KeyUpdate.
+    let key1 = vendor_pair(1).0;
+    let genuine = ref_vendor_cert(1, T0, T0 + 86_400);
+    let update_body = enc(&KeyUpdate { certificate: genuine });
+    let by_ca = |body: VendorKeyBody| {
+        let mut msg = b"spime/v1 vendor key certificate\0".to_vec();
+        msg.extend_from_slice(&enc(&body));
+        let signature = Bytes64(SigningKey::from_bytes(&VENDOR_SIGNING_SEED).sign(&msg).to_bytes());
+        enc(&KeyUpdate { certificate: VendorKeyCertificate { body, signature } })
+    };
+    let mut foreign = genuine;
+    let mut msg = b"spime/v1 vendor key certificate\0".to_vec();
+    msg.extend_from_slice(&enc(&foreign.body));
+    foreign.signature = Bytes64(SigningKey::from_bytes(&key1).sign(&msg).to_bytes());
+    add(
+        "key_update_foreign_authority",
+        "a KeyUpdate's certificate must be signed by VCA (here the provisioned VS)",
+        true,
+        vec![],
+        ven_seal_by(KEY_UPDATE_FIRST, 5, &enc(&KeyUpdate { certificate: foreign }), &key1),
+        OpenError::BadCertificate,
+    );
+    add(
+        "key_update_not_signed_by_its_key",
+        "a KeyUpdate is signed by the key it certifies, not by the key the device holds",
+        true,
+        vec![],
+        ven_seal_by(KEY_UPDATE_FIRST, 5, &update_body, &VENDOR_SIGNING_SEED),
+        OpenError::Unauthentic,
+    );
+    let mut weak = genuine.body;
+    weak.signing = [0; 32];
+    weak.signing[0] = 1;
+    add(
+        "key_update_weak_key",
+        "a certified signing key of small order (the identity) is refused before the signature is checked",
+        true,
+        vec![],
+        ven_seal_by(KEY_UPDATE_FIRST, 5, &by_ca(weak), &key1),
+        OpenError::BadCertificate,
+    );
+    add(
+        "key_update_validity",
+        "a vendor key certificate's not_after is not before its not_before",
+        true,
+        vec![],
+        ven_seal_by(KEY_UPDATE_FIRST, 5, &by_ca(VendorKeyBody { not_after: T0 - 1, ..genuine.body }), &key1),
+        D::OutOfRange(Rule::VendorKeyValidity).into(),
+    );
+    add(
+        "key_update_trailing",
+        "no bytes after a KeyUpdate body",
+        true,
+        vec![],
+        ven_seal_by(KEY_UPDATE_FIRST, 5, &[&update_body[..], &[0]].concat(), &key1),
+        D::TrailingBytes.into(),
+    );
+    add(
+        "key_update_truncated",
+        "a KeyUpdate body cut short",
+        true,
+        vec![],
+        ven_seal_by(KEY_UPDATE_FIRST, 5, &update_body[..update_body.len() - 1], &key1),
+        D::Malformed.into(),
+    );
+    add(
+        "key_update_non_canonical",
+        "the serial varint in its shortest form",
+        true,
+        vec![],
+        ven_seal_by(KEY_UPDATE_FIRST, 5, &splice(&update_body, 0, 1, &[0x81, 0x00]), &key1),
+        D::NonCanonical.into(),
+    );
+    add(
+        "key_update_oversized",
+        "a KeyUpdate body is at most 153 bytes",
+        true,
+        vec![],
+        ven_seal_by(KEY_UPDATE_FIRST, 5, &[0u8; 154], &key1),
+        D::Oversized { len: 154, max: 153 }.into(),
+    );
     // SPEC §10: a vendor knows which devices it registered.
     for c in &mut cases {
         if matches!(c.name, "unregistered_device" | "device_relabelled") {
@@ -2421,6 +2639,7 @@ fn fuzz_seeds(valid: &Value, invalid: &Value) -> std::collections::BTreeMap<Stri
             0x05 => "transfer",
             0x06 => "decommission",
             0x81 => "receipt",
+            0x83 => "key_update",
             _ => "notice",
         };
         put(&format!("body_{kind}"), name.clone(), body.clone());
@@ -2434,6 +2653,10 @@ fn fuzz_seeds(valid: &Value, invalid: &Value) -> std::collections::BTreeMap<Stri
             "notice" => {
                 put("device_open", format!("raw_{name}"), [&[1u8][..], &sealed].concat());
                 put("device_open", format!("body_{name}"), [&[2u8][..], &body].concat());
+            }
+            "key_update" => {
+                put("device_open", format!("raw_{name}"), [&[4u8][..], &sealed].concat());
+                put("device_open", format!("body_{name}"), [&[5u8][..], &body].concat());
             }
             _ => put("ingest", format!("vector_{name}"), [&[0u8][..], &sealed].concat()),
         }
@@ -2483,7 +2706,7 @@ fn fuzz_seeds(valid: &Value, invalid: &Value) -> std::collections::BTreeMap<Stri
 }
 
 /// The seed directories this generator owns (every file in them is derived from the vectors).
-const SEED_TARGETS: [&str; 12] = [
+const SEED_TARGETS: [&str; 13] = [
     "envelope",
     "ingest",
     "device_open",
@@ -2496,6 +2719,7 @@ const SEED_TARGETS: [&str; 12] = [
     "body_decommission",
     "body_receipt",
     "body_notice",
+    "body_key_update",
 ];
 
 // ---------------------------------------------------------------- the tests
@@ -2564,8 +2788,9 @@ fn crate_seals_exactly_the_vector_bytes() {
         let name = m["name"].as_str().unwrap();
         let epoch = u32::try_from(m["epoch"].as_u64().unwrap()).unwrap();
         let secret: [u8; 32] = hex::decode(m["epoch_ephemeral_secret"].as_str().unwrap()).unwrap().try_into().unwrap();
+        let pair = vendor_of(u32::try_from(m["vendor_key"].as_u64().unwrap()).unwrap());
         let (keys, eph) =
-            spime::seal::keys::device_start_epoch_with(&secret, &DEVICE_ID, epoch, &vendor().public()).unwrap();
+            spime::seal::keys::device_start_epoch_with(&secret, &DEVICE_ID, epoch, &pair.public()).unwrap();
         assert_eq!(hexs(keys.device_to_vendor.as_bytes()), m["key_device_to_vendor"], "{name}");
         assert_eq!(hexs(keys.vendor_to_device.as_bytes()), m["key_vendor_to_device"], "{name}");
         assert_eq!(hexs(&eph), m["epoch_ephemeral_public"], "{name}");
@@ -2577,7 +2802,7 @@ fn crate_seals_exactly_the_vector_bytes() {
         };
         let mut out = vec![0u8; MAX_SEALED_LEN];
         let dev = device();
-        let ven = vendor();
+        let ven = pair;
         let body = m["body"].clone();
         let n = match m["kind"].as_u64().unwrap() {
             0x01 => seal::seal(&mut out, &s, &serde_json::from_value::<Register>(body).unwrap(), dev.signing(), &keys),
@@ -2606,6 +2831,11 @@ fn crate_seals_exactly_the_vector_bytes() {
                 &ven,
                 &keys,
             ),
+            0x83 => {
+                let update = serde_json::from_value::<KeyUpdate>(body).unwrap();
+                let signer = vendor_of(update.certificate.body.serial);
+                seal::seal_from_vendor(&mut out, DEVICE_ID, s.counter, &update, &signer, &keys)
+            }
             k => panic!("kind {k}"),
         }
         .unwrap();
@@ -2618,7 +2848,7 @@ fn crate_opens_every_valid_vector_to_its_values() {
     let v = load("valid.json");
     let messages = v["messages"].as_array().unwrap();
     let mut lives = 0;
-    for life in 1..=3u64 {
+    for life in 1..=4u64 {
         // Each life: a fresh vendor and a factory-new device, the messages in order.
         let mut vendor_side = VendorView::new();
         let mut device_side = DeviceView::unregistered();
@@ -2636,14 +2866,20 @@ fn crate_opens_every_valid_vector_to_its_values() {
             let header = hex::decode(m["header_hex"].as_str().unwrap()).unwrap();
             let body = hex::decode(m["body_hex"].as_str().unwrap()).unwrap();
             let sig: [u8; 64] = hex::decode(m["signature_hex"].as_str().unwrap()).unwrap().try_into().unwrap();
-            let signer =
-                if m["direction"] == "device_to_vendor" { device().public() } else { vendor().public().signing };
+            let signer = if m["direction"] == "device_to_vendor" {
+                device().public()
+            } else if m["kind"] == 0x83 {
+                let serial = m["body"]["certificate"]["body"]["serial"].as_u64().unwrap();
+                vendor_of(u32::try_from(serial).unwrap()).public().signing
+            } else {
+                vendor_of(u32::try_from(m["vendor_key"].as_u64().unwrap()).unwrap()).public().signing
+            };
             seal::verify_signature(&signer, &header, &body, &sig).unwrap();
             assert_eq!(sealed.len() - body.len(), m["body_overhead"].as_u64().unwrap() as usize, "{name}");
         }
         lives += 1;
     }
-    assert_eq!(lives, 3);
+    assert_eq!(lives, 4);
 }
 
 /// SPEC §4.3 and issue 8: the overheads measured on the vectors.
@@ -2679,6 +2915,7 @@ fn overheads_on_the_vectors() {
             0x05 => <Transfer as Canonical>::MAX_ENCODED_LEN,
             0x06 => <Decommission as Canonical>::MAX_ENCODED_LEN,
             0x81 => <Receipt as Canonical>::MAX_ENCODED_LEN,
+            0x83 => <KeyUpdate as Canonical>::MAX_ENCODED_LEN,
             _ => <Notice as Canonical>::MAX_ENCODED_LEN,
         };
         let header_max = if kind.direction() == Direction::DeviceToVendor { 56 } else { 24 };
@@ -2785,10 +3022,11 @@ fn invalid_vectors_cover_every_rule() {
         Rule::QuietHoursEmpty,
         Rule::UtcOffset,
         Rule::CapPeriod,
+        Rule::VendorKeyValidity,
     ] {
         assert!(codes.contains(&(12, r as u64)), "no vector for OutOfRange({r:?})");
     }
-    for n in [0, 7, 8, 0xb, 0xf] {
+    for n in [0, 7, 8, 0xc, 0xf] {
         assert!(codes.contains(&(7, n)), "no vector for UnknownKind({n})");
     }
 }

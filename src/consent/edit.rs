@@ -9,6 +9,7 @@ use super::{
 
 /// A consent state could not be changed as asked (a caller mistake; the
 /// state is left as it was).
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EditError {
@@ -33,6 +34,28 @@ pub enum EditError {
     /// The version cannot go forward any more.
     #[error("consent version exhausted")]
     VersionExhausted,
+}
+
+impl EditError {
+    /// The numeric code (SPEC.md §10.1, local): 145 Essential, 146
+    /// EmptyGrant, 147 LocationMismatch, 148 Full, 149 ZeroPeriod, 150
+    /// QuietHoursRange, 151 VersionExhausted.
+    ///
+    /// ```
+    /// use spime::consent::EditError;
+    /// assert_eq!(EditError::Essential.code(), 145);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            EditError::Essential => 145,
+            EditError::EmptyGrant => 146,
+            EditError::LocationMismatch => 147,
+            EditError::Full(_) => 148,
+            EditError::ZeroPeriod => 149,
+            EditError::QuietHoursRange => 150,
+            EditError::VersionExhausted => 151,
+        }
+    }
 }
 
 /// Inserts `item` in a list kept strictly ascending by `key`, replacing an

@@ -11,11 +11,12 @@ use super::{
 };
 use crate::message::{
     Fault, FirmwareVersion, MAX_FAULT_CONTEXT, MAX_METRICS, Metric, MetricValue, Notice, NoticeKind, RebootReason,
-    Severity, Usage,
+    Severity, Usage, UsageOf,
 };
 use crate::time::{Period, Utc};
 
 /// Why data may not be collected (or was refused by the vendor).
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Denial {
@@ -184,6 +185,7 @@ impl ContactDenial {
 }
 
 /// A message body could not be built from a [`Permit`].
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
@@ -215,6 +217,28 @@ pub enum BuildError {
     SeenReversed,
 }
 
+impl BuildError {
+    /// The numeric code (SPEC.md §10.1, local): 135 TooManyMetrics, 136
+    /// DuplicateMetric, 137 MismatchedMetric, 138 WindowReversed, 139
+    /// NotPermitted, 140 ZeroOccurrences, 141 SeenReversed.
+    ///
+    /// ```
+    /// use spime::consent::BuildError;
+    /// assert_eq!(BuildError::WindowReversed.code(), 138);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            BuildError::TooManyMetrics { .. } => 135,
+            BuildError::DuplicateMetric(_) => 136,
+            BuildError::MismatchedMetric(_) => 137,
+            BuildError::WindowReversed => 138,
+            BuildError::NotPermitted(_) => 139,
+            BuildError::ZeroOccurrences => 140,
+            BuildError::SeenReversed => 141,
+        }
+    }
+}
+
 /// What a piece of data is: its purpose, categories, most precise location
 /// and the consent version it was built under. The outbox keeps it beside a
 /// queued message so a later consent state can re-judge it
@@ -233,7 +257,7 @@ pub struct Scope {
 
 impl Scope {
     /// The scope of a usage report.
-    pub fn of_usage(u: &Usage) -> Scope {
+    pub fn of_usage<const M: usize>(u: &UsageOf<M>) -> Scope {
         Scope {
             purpose: u.purpose,
             categories: u.categories(),
@@ -390,10 +414,45 @@ impl Permit {
         window_end: u64,
         metrics: impl IntoIterator<Item = Metric>,
     ) -> Result<Permitted<Usage>, BuildError> {
+        self.usage_of(window_start, window_end, metrics)
+    }
+
+    /// [`Permit::usage`] into a report of at most `M` metrics (a device's
+    /// own capacity, [`UsageOf`]): the same rules, and a kept metric past
+    /// `M` (or past [`MAX_METRICS`]) is [`BuildError::TooManyMetrics`].
+    ///
+    /// ```
+    /// use spime::consent::{BuildError, CategorySet, ConsentState, DataCategory, Grant, LocationPrecision, Purpose};
+    /// use spime::message::{Metric, MetricValue, UsageOf};
+    /// let mut state = ConsentState::essential_only(1, 1_000, [0; 32]);
+    /// state.set_grant(Grant {
+    ///     purpose: Purpose::USAGE_ANALYTICS,
+    ///     categories: CategorySet::EMPTY.with(DataCategory::UsageCounters),
+    ///     location: LocationPrecision::None,
+    ///     expires_at: None,
+    /// })?;
+    /// let permit = state.grant_permit(Purpose::USAGE_ANALYTICS, 2_000)?;
+    /// let m = |id| Metric { id, category: DataCategory::UsageCounters, value: MetricValue::Counter(1) };
+    /// let usage = permit.usage_of::<2>(1_000, 2_000, [m(1), m(2)])?;
+    /// assert_eq!(usage.as_body().metrics.len(), 2);
+    /// let err = permit.usage_of::<2>(1_000, 2_000, [m(1), m(2), m(3)]);
+    /// assert_eq!(err, Err(BuildError::TooManyMetrics { max: 2 }));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Permit::usage`].
+    pub fn usage_of<const M: usize>(
+        &self,
+        window_start: u64,
+        window_end: u64,
+        metrics: impl IntoIterator<Item = Metric>,
+    ) -> Result<Permitted<UsageOf<M>>, BuildError> {
         if window_end < window_start {
             return Err(BuildError::WindowReversed);
         }
-        let mut kept: heapless::Vec<Metric, MAX_METRICS> = heapless::Vec::new();
+        let max = if M < MAX_METRICS { M } else { MAX_METRICS };
+        let mut kept: heapless::Vec<Metric, M> = heapless::Vec::new();
         for mut m in metrics {
             let is_loc_value = matches!(m.value, MetricValue::Location { .. });
             if is_loc_value != (m.category == DataCategory::Location)
@@ -415,9 +474,12 @@ impl Permit {
             if kept.get(pos).is_some_and(|k| k.id == m.id) {
                 return Err(BuildError::DuplicateMetric(m.id));
             }
-            kept.insert(pos, m).map_err(|_| BuildError::TooManyMetrics { max: MAX_METRICS })?;
+            if kept.len() >= max {
+                return Err(BuildError::TooManyMetrics { max });
+            }
+            kept.insert(pos, m).map_err(|_| BuildError::TooManyMetrics { max })?;
         }
-        let body = Usage {
+        let body = UsageOf {
             purpose: self.purpose,
             consent_version: self.consent_version,
             window_start,

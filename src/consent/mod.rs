@@ -80,6 +80,7 @@ pub const MAX_FIRST_VERSION: u32 = 0x7fff_ffff;
 /// Why data is collected or the owner contacted. Ids 0–9 are defined here,
 /// `0x8000..=0xFFFF` are for the vendor to define, everything else is
 /// reserved and refused when decoded.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Purpose(u16);
 
@@ -206,6 +207,7 @@ impl<'de> Deserialize<'de> for Purpose {
 
 /// A kind of data that a message field carries. Each is one bit of a
 /// [`CategorySet`].
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum DataCategory {
@@ -295,6 +297,7 @@ macro_rules! bitset {
     ($(#[$m:meta])* $name:ident, $repr:ty, $item:ty, $all:expr, $ser:ident, $de:ident) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+        #[cfg_attr(feature = "defmt", derive(defmt::Format))]
         pub struct $name($repr);
 
         impl $name {
@@ -510,6 +513,7 @@ impl core::fmt::Display for Channel {
 
 /// How precisely a location may be reported. Ordered: a grant of one level
 /// allows every coarser level.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
 pub enum LocationPrecision {
     /// No location at all.

@@ -6,8 +6,8 @@
 //! own key signs the state too ([`OwnerProof`]); the vendor pins that key
 //! at registration and refuses states signed by anyone else.
 
+use ed25519_dalek::SigningKey;
 use ed25519_dalek::ed25519::signature::MultipartSigner;
-use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use subtle::ConstantTimeEq;
 
 use super::{
@@ -19,6 +19,7 @@ use crate::message::{Receipt, Transfer, consent_digest};
 use crate::wire::DeviceId;
 
 /// A consent state, its proof or its receipt was refused.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConsentError {
@@ -124,12 +125,17 @@ impl OwnerProof {
     /// # Errors
     /// [`ConsentError::OwnerProofInvalid`]; [`ConsentError::Decode`] for a
     /// non-canonical state.
+    // Out of line: the verification's large frame is then only taken when
+    // a state carries a proof (measured: 5.7 KB of the device's peak stack).
+    #[inline(never)]
     pub fn verify(&self, state: &ConsentState, device: &DeviceId) -> Result<(), ConsentError> {
         state.validate()?;
-        let key = VerifyingKey::from_bytes(&self.owner_key).map_err(|_| ConsentError::OwnerProofInvalid)?;
-        let sig = Signature::from_bytes(&self.signature.0);
         with_encoded(state, |bytes| {
-            crate::seal::verify_strict_parts(&key, &[OWNER_CONSENT_DST, &device.0, bytes], &sig)
+            crate::seal::verify_strict_parts_bytes(
+                &self.owner_key,
+                &[OWNER_CONSENT_DST, &device.0, bytes],
+                &self.signature.0,
+            )
         })?
         .map_err(|_| ConsentError::OwnerProofInvalid)
     }
@@ -165,12 +171,10 @@ impl OwnerProof {
     /// # Errors
     /// [`ConsentError::OwnerProofInvalid`].
     pub fn verify_transfer(&self, device: &DeviceId, consent_version: u32, at: u64) -> Result<(), ConsentError> {
-        let key = VerifyingKey::from_bytes(&self.owner_key).map_err(|_| ConsentError::OwnerProofInvalid)?;
-        let sig = Signature::from_bytes(&self.signature.0);
-        crate::seal::verify_strict_parts(
-            &key,
+        crate::seal::verify_strict_parts_bytes(
+            &self.owner_key,
             &[OWNER_TRANSFER_DST, &device.0, &consent_version.to_be_bytes(), &at.to_be_bytes()],
-            &sig,
+            &self.signature.0,
         )
         .map_err(|_| ConsentError::OwnerProofInvalid)
     }

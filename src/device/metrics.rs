@@ -60,6 +60,7 @@ pub struct MetricDef {
 }
 
 /// A metric could not be defined or recorded.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MetricsError {
@@ -84,6 +85,28 @@ pub enum MetricsError {
     /// A location with precision None.
     #[error("a location needs a precision")]
     NoPrecision,
+}
+
+impl MetricsError {
+    /// The numeric code (SPEC.md §10.1, local to the device): 125 Full,
+    /// 126 Duplicate, 127 BadBounds, 128 LocationCategory, 129 Unknown,
+    /// 130 WrongKind, 131 NoPrecision.
+    ///
+    /// ```
+    /// use spime::device::metrics::MetricsError;
+    /// assert_eq!(MetricsError::Unknown(7).code(), 129);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            MetricsError::Full => 125,
+            MetricsError::Duplicate(_) => 126,
+            MetricsError::BadBounds(_) => 127,
+            MetricsError::LocationCategory(_) => 128,
+            MetricsError::Unknown(_) => 129,
+            MetricsError::WrongKind(_) => 130,
+            MetricsError::NoPrecision => 131,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -133,15 +156,16 @@ impl Slot {
     }
 }
 
-/// A usage window's aggregates, ready for a usage report.
+/// A usage window's aggregates, ready for a usage report, with room for
+/// `M` metrics ([`Metrics::take_window`] of a registry of `M` metrics).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Window {
+pub struct Window<const M: usize = MAX_METRICS> {
     /// Window start, Unix seconds.
     pub start: u64,
     /// Window end (exclusive), Unix seconds.
     pub end: u64,
     /// The metrics with data, strictly ascending by id.
-    pub metrics: heapless::Vec<Metric, MAX_METRICS>,
+    pub metrics: heapless::Vec<Metric, M>,
 }
 
 /// A registry of up to `N` metrics (and never more than a usage report
@@ -263,11 +287,14 @@ impl<const N: usize> Metrics<N> {
 
     /// Ends the window at `now`: returns its aggregates (metrics with data,
     /// ascending by id) and starts the next window at `now`.
-    pub fn take_window(&mut self, now: u64) -> Window {
+    /// The window holds `N` metrics, the registry's capacity: a device
+    /// with a few metrics carries (and reports through
+    /// [`crate::device::session::Registered::report_window`]) a small value.
+    pub fn take_window(&mut self, now: u64) -> Window<N> {
         let mut metrics = heapless::Vec::new();
         for slot in self.slots.iter_mut() {
             if let Some(value) = slot.value() {
-                // At most MAX_METRICS slots exist, so this never fails.
+                // At most N slots exist, so this never fails.
                 let _ = metrics.push(Metric { id: slot.def.id, category: slot.def.category, value });
             }
             *slot = Slot::fresh(slot.def);

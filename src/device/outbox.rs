@@ -22,6 +22,11 @@
 //! atomic record write, which also carries the drop counters and a write
 //! sequence number: after a power cut the outbox reloads exactly as it
 //! was before or after the last change.
+//!
+//! The messages stay in storage: RAM holds each slot's 43-byte record
+//! header (what orders and purges the message) and one record buffer, in
+//! which a message is sealed before it is written and into which it is
+//! read back to be sent ([`Outbox::peek`], [`Outbox::read`]).
 
 use crate::consent::{CategorySet, LocationPrecision, Purpose, Scope};
 use crate::device::storage::{RECORD_OUTBOX, Storage, StorageError};
@@ -40,6 +45,7 @@ pub const fn record_len(envelope: usize) -> usize {
 }
 
 /// A priority class; lower sends first.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Class {
     /// Register, Transfer, Decommission: never dropped for another message.
@@ -143,6 +149,7 @@ impl Dropped {
 }
 
 /// The outbox refused or failed an operation.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum OutboxError {
@@ -165,6 +172,24 @@ pub enum OutboxError {
     /// outbox in RAM no longer holds the slot written.
     #[error("outbox storage: {0}")]
     Storage(#[from] StorageError),
+}
+
+impl OutboxError {
+    /// The numeric code (SPEC.md §10.1, local to the device): 121 Full,
+    /// 122 TooLarge, 123 Empty; a storage failure gives its own.
+    ///
+    /// ```
+    /// use spime::device::outbox::OutboxError;
+    /// assert_eq!(OutboxError::Empty.code(), 123);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            OutboxError::Full(_) => 121,
+            OutboxError::TooLarge { .. } => 122,
+            OutboxError::Empty => 123,
+            OutboxError::Storage(e) => e.code(),
+        }
+    }
 }
 
 /// What [`Outbox::push`] did.
@@ -198,11 +223,11 @@ impl<'a> Entry<'a> {
 }
 
 #[derive(Debug, Clone)]
-struct Slot<const RECORD: usize> {
+struct Slot {
     used: bool,
     len: usize,
-    /// The record as stored: header, then envelope.
-    raw: [u8; RECORD],
+    /// The stored record's header; the envelope stays in storage.
+    head: [u8; OUTBOX_HEADER_LEN],
 }
 
 const NO_META: ItemMeta = ItemMeta {
@@ -214,26 +239,38 @@ const NO_META: ItemMeta = ItemMeta {
     counter: 0,
 };
 
-impl<const RECORD: usize> Slot<RECORD> {
+impl Slot {
     // All zero, so an outbox in a `static` lands in `.bss`, not `.data`.
-    const EMPTY: Self = Slot { used: false, len: 0, raw: [0; RECORD] };
+    const EMPTY: Self = Slot { used: false, len: 0, head: [0; OUTBOX_HEADER_LEN] };
 
     /// The write sequence, from the stored header.
     fn seq(&self) -> u32 {
-        be32(&self.raw, 0).unwrap_or(0)
+        be32(&self.head, 0).unwrap_or(0)
     }
 
     /// The metadata, from the stored header (a used slot always parses).
     fn meta(&self) -> ItemMeta {
-        self.raw.get(..self.len).and_then(parse_record).and_then(|(_, _, m)| m).unwrap_or(NO_META)
-    }
-
-    fn envelope(&self) -> &[u8] {
-        self.raw.get(OUTBOX_HEADER_LEN..self.len).unwrap_or(&[])
+        parse_meta(&self.head).unwrap_or(NO_META)
     }
 
     fn key(&self) -> (Class, u32) {
         (self.meta().class(), self.seq())
+    }
+
+    /// Takes the header of a record of `len` bytes: used if it holds a message.
+    fn adopt(&mut self, rec: &[u8]) {
+        self.used = false;
+        if let Some((_, _, meta)) = parse_record(rec) {
+            if let (Some(dst), Some(src)) =
+                (self.head.get_mut(..rec.len().min(OUTBOX_HEADER_LEN)), rec.get(..rec.len().min(OUTBOX_HEADER_LEN)))
+            {
+                dst.copy_from_slice(src);
+            }
+            if meta.is_some() {
+                self.used = true;
+                self.len = rec.len();
+            }
+        }
     }
 }
 
@@ -255,7 +292,7 @@ impl<const RECORD: usize> Slot<RECORD> {
 /// outbox.push(&mut storage, meta(Kind::USAGE, 2), b"usage two")?;
 /// outbox.push(&mut storage, meta(Kind::FAULT, 3), b"a fault")?;   // drops usage one
 /// assert_eq!(outbox.dropped().usage, 1);
-/// assert_eq!(outbox.peek().unwrap().meta.counter, 3);               // faults first
+/// assert_eq!(outbox.peek(&mut storage)?.unwrap().meta.counter, 3);  // faults first
 /// // A reboot: everything is still there.
 /// let outbox2: Outbox<2, { record_len(64) }> = Outbox::load(&mut storage)?;
 /// assert_eq!(outbox2.len(), 2);
@@ -264,9 +301,12 @@ impl<const RECORD: usize> Slot<RECORD> {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Outbox<const N: usize, const RECORD: usize> {
-    slots: [Slot<RECORD>; N],
+    slots: [Slot; N],
     next_seq: u32,
     dropped: Dropped,
+    /// One record: a message is sealed here before it is written, and read
+    /// back here to be sent.
+    buf: [u8; RECORD],
 }
 
 impl<const N: usize, const RECORD: usize> Default for Outbox<N, RECORD> {
@@ -285,6 +325,7 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
             slots: [const { Slot::EMPTY }; N],
             next_seq: 0,
             dropped: Dropped { lifecycle: 0, consent: 0, fault: 0, usage: 0, purged: 0 },
+            buf: [0; RECORD],
         }
     }
 
@@ -311,21 +352,17 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
         for (i, slot) in self.slots.iter_mut().enumerate() {
             slot.used = false;
             let id = slot_record(i)?;
-            let len = match storage.read(id, &mut slot.raw) {
-                Ok(Some(bytes)) => bytes.len(),
+            let rec = match storage.read(id, &mut self.buf) {
+                Ok(Some(bytes)) => bytes,
                 Ok(None) | Err(StorageError::BufferTooSmall { .. }) => continue,
                 Err(e) => return Err(e.into()),
             };
-            let Some(rec) = slot.raw.get(..len) else { continue };
-            let Some((seq, dropped, meta)) = parse_record(rec) else { continue };
+            let Some((seq, dropped, _)) = parse_record(rec) else { continue };
             if newest.is_none_or(|n| seq >= n) {
                 newest = Some(seq);
                 self.dropped = dropped;
             }
-            if meta.is_some() {
-                slot.used = true;
-                slot.len = len;
-            }
+            slot.adopt(rec);
         }
         self.next_seq = newest.map_or(0, |n| n.wrapping_add(1));
         Ok(())
@@ -369,6 +406,50 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
         if envelope.len() > Self::ENVELOPE_CAPACITY {
             return Err(OutboxError::TooLarge { len: envelope.len(), max: Self::ENVELOPE_CAPACITY });
         }
+        self.push_with(storage, meta, |dst| {
+            let d = dst.get_mut(..envelope.len()).ok_or(OutboxError::TooLarge { len: envelope.len(), max: 0 })?;
+            d.copy_from_slice(envelope);
+            Ok(envelope.len())
+        })
+    }
+
+    /// Queues a message written straight into the outbox's record buffer:
+    /// `fill` gets its envelope area ([`Outbox::ENVELOPE_CAPACITY`] bytes), writes
+    /// the envelope (seals it, typically) and returns its length. No
+    /// envelope-sized buffer is needed besides the outbox's own. The slot
+    /// is chosen first, by the same policy as [`Outbox::push`]; when `fill`
+    /// fails, nothing is written: a message it was to replace stays
+    /// queued, and nothing is counted.
+    ///
+    /// ```
+    /// use spime::consent::{CategorySet, LocationPrecision, Purpose};
+    /// use spime::device::outbox::{ItemMeta, Outbox, OutboxError, record_len};
+    /// use spime::device::storage::{NorStorage, SimFlash};
+    /// use spime::wire::Kind;
+    /// let mut storage = NorStorage::new(SimFlash::<2048, 256>::new(), 0, 8, 12, 128)?;
+    /// let mut outbox: Outbox<2, { record_len(64) }> = Outbox::new();
+    /// let meta = ItemMeta {
+    ///     kind: Kind::USAGE, purpose: Purpose::ESSENTIAL, categories: CategorySet::EMPTY,
+    ///     location: LocationPrecision::None, consent_version: 1, counter: 1,
+    /// };
+    /// outbox.push_with(&mut storage, meta, |slot| {
+    ///     slot[..5].copy_from_slice(b"hello");
+    ///     Ok::<usize, OutboxError>(5)
+    /// })?;
+    /// assert_eq!(outbox.peek(&mut storage)?.unwrap().envelope, b"hello");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `fill`'s error; [`OutboxError::Full`] when refused (counted, `fill`
+    /// not called), [`OutboxError::Empty`] or [`OutboxError::TooLarge`]
+    /// for a length of 0 or above the slot, [`OutboxError::Storage`].
+    pub fn push_with<S: Storage + ?Sized, E: From<OutboxError>>(
+        &mut self,
+        storage: &mut S,
+        meta: ItemMeta,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<Queued, E> {
         let class = meta.class();
         let (target, replaced) = match self.slots.iter().position(|s| !s.used) {
             Some(i) => (i, None),
@@ -377,7 +458,7 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
                 None => {
                     self.dropped.bump(class);
                     self.persist_counters(storage)?;
-                    return Err(OutboxError::Full(class));
+                    return Err(OutboxError::Full(class).into());
                 }
             },
         };
@@ -386,17 +467,28 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
             dropped.bump(r.class());
         }
         let seq = self.next_seq;
-        let slot = self.slots.get_mut(target).ok_or(OutboxError::Full(class))?;
-        slot.used = false;
-        let len = OUTBOX_HEADER_LEN + envelope.len();
-        let raw = slot.raw.get_mut(..len).ok_or(OutboxError::TooLarge { len, max: RECORD })?;
-        write_header(raw, seq, &dropped, Some(&meta));
-        if let Some(dst) = raw.get_mut(OUTBOX_HEADER_LEN..) {
-            dst.copy_from_slice(envelope);
+        let id = slot_record(target)?;
+        let n = match self.buf.get_mut(OUTBOX_HEADER_LEN..) {
+            Some(dst) => fill(dst)?,
+            None => return Err(OutboxError::TooLarge { len: 0, max: 0 }.into()),
+        };
+        if n == 0 {
+            return Err(OutboxError::Empty.into());
         }
-        storage.write(slot_record(target)?, raw)?;
-        slot.used = true;
-        slot.len = len;
+        if n > Self::ENVELOPE_CAPACITY {
+            return Err(OutboxError::TooLarge { len: n, max: Self::ENVELOPE_CAPACITY }.into());
+        }
+        let len = OUTBOX_HEADER_LEN + n;
+        let rec = self.buf.get_mut(..len).ok_or(OutboxError::TooLarge { len, max: RECORD })?;
+        write_header(rec, seq, &dropped, Some(&meta));
+        let slot = self.slots.get_mut(target).ok_or(OutboxError::Full(class))?;
+        if let Err(e) = storage.write(id, rec) {
+            // The record may or may not have been replaced: the slot is
+            // given up in RAM until the next reload says which.
+            slot.used = false;
+            return Err(OutboxError::from(e).into());
+        }
+        slot.adopt(rec);
         self.dropped = dropped;
         self.next_seq = seq.wrapping_add(1);
         Ok(replaced.map_or(Queued::Stored, Queued::Replaced))
@@ -419,14 +511,15 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
         let i =
             self.slots.iter().enumerate().filter(|(_, s)| s.used).max_by_key(|(_, s)| s.seq()).map_or(0, |(i, _)| i);
         if let Some(slot) = self.slots.get_mut(i).filter(|s| s.used) {
-            let len = slot.len;
+            let id = slot_record(i)?;
             let meta = slot.meta();
-            let raw = slot.raw.get_mut(..len).ok_or(OutboxError::TooLarge { len, max: RECORD })?;
-            write_header(raw, seq, &dropped, Some(&meta));
-            if let Err(e) = storage.write(slot_record(i)?, raw) {
+            let rec = read_slot(storage, id, slot, &mut self.buf)?;
+            write_header(rec, seq, &dropped, Some(&meta));
+            if let Err(e) = storage.write(id, rec) {
                 slot.used = false;
                 return Err(e.into());
             }
+            slot.adopt(rec);
         } else {
             let mut rec = [0u8; OUTBOX_EMPTY_LEN];
             write_header(&mut rec, seq, &dropped, None);
@@ -436,13 +529,41 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
         Ok(())
     }
 
-    /// The next message to send: the oldest of the most important class.
-    pub fn peek(&self) -> Option<Entry<'_>> {
-        self.slots
-            .iter()
-            .filter(|s| s.used)
-            .min_by_key(|s| s.key())
-            .map(|s| Entry { meta: s.meta(), envelope: s.envelope() })
+    /// The next message to send: the oldest of the most important class,
+    /// read from storage into the outbox's record buffer.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`] when the record cannot be read, or is not
+    /// the one the outbox holds for the slot ([`StorageError::Invalid`]).
+    pub fn peek<S: Storage + ?Sized>(&mut self, storage: &mut S) -> Result<Option<Entry<'_>>, OutboxError> {
+        let head = self.slots.iter().enumerate().filter(|(_, s)| s.used).min_by_key(|(_, s)| s.key()).map(|(i, _)| i);
+        match head {
+            Some(i) => self.entry(storage, i).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The queued message with envelope counter `counter`, read from
+    /// storage into the outbox's record buffer.
+    ///
+    /// # Errors
+    /// As [`Outbox::peek`].
+    pub fn read<S: Storage + ?Sized>(
+        &mut self,
+        storage: &mut S,
+        counter: u64,
+    ) -> Result<Option<Entry<'_>>, OutboxError> {
+        match self.slots.iter().position(|s| s.used && s.meta().counter == counter) {
+            Some(i) => self.entry(storage, i).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn entry<S: Storage + ?Sized>(&mut self, storage: &mut S, i: usize) -> Result<Entry<'_>, OutboxError> {
+        let slot = self.slots.get(i).ok_or(OutboxError::Storage(StorageError::NoSuchRecord(u16::MAX)))?;
+        let meta = slot.meta();
+        let rec = read_slot(storage, slot_record(i)?, slot, &mut self.buf)?;
+        Ok(Entry { meta, envelope: rec.get(OUTBOX_HEADER_LEN..).unwrap_or(&[]) })
     }
 
     /// The highest envelope counter queued (no sorting: cheap at boot).
@@ -450,14 +571,25 @@ impl<const N: usize, const RECORD: usize> Outbox<N, RECORD> {
         self.slots.iter().filter(|s| s.used).map(|s| s.meta().counter).max()
     }
 
-    /// Every queued message in send order.
-    pub fn iter(&self) -> impl Iterator<Item = Entry<'_>> {
+    /// What is queued, in send order (the envelopes stay in storage: read
+    /// one with [`Outbox::read`]).
+    pub fn iter(&self) -> impl Iterator<Item = ItemMeta> + '_ {
         let mut order: heapless::Vec<usize, N> = heapless::Vec::new();
         for (i, _) in self.slots.iter().enumerate().filter(|(_, s)| s.used) {
             let _ = order.push(i);
         }
-        order.sort_unstable_by_key(|&i| self.slots.get(i).map(Slot::key));
-        order.into_iter().filter_map(|i| self.slots.get(i)).map(|s| Entry { meta: s.meta(), envelope: s.envelope() })
+        // Insertion sort: a handful of slots, and core's sort costs about
+        // 1.5 KB of flash on a Cortex-M (docs/firmware.md).
+        let key = |i: usize| self.slots.get(i).map(Slot::key);
+        for j in 1..order.len() {
+            for k in (1..=j).rev() {
+                match (order.get(k - 1), order.get(k)) {
+                    (Some(&a), Some(&b)) if key(a) > key(b) => order.swap(k - 1, k),
+                    _ => break,
+                }
+            }
+        }
+        order.into_iter().filter_map(|i| self.slots.get(i)).map(Slot::meta)
     }
 
     /// Removes the message with envelope counter `counter` (it was
@@ -582,6 +714,36 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
     b.get(at..at + 4).and_then(|s| s.try_into().ok()).map(u32::from_be_bytes)
 }
 
+/// Reads slot `id`'s record into `buf` and checks it is the record the
+/// slot's header says (its length and header): a record that changed
+/// behind the outbox's back is [`StorageError::Invalid`].
+fn read_slot<'b, S: Storage + ?Sized>(
+    storage: &mut S,
+    id: u16,
+    slot: &Slot,
+    buf: &'b mut [u8],
+) -> Result<&'b mut [u8], OutboxError> {
+    let len = match storage.read(id, buf)? {
+        Some(rec) if rec.len() == slot.len && rec.get(..OUTBOX_HEADER_LEN) == Some(&slot.head[..]) => rec.len(),
+        _ => return Err(StorageError::Invalid(id).into()),
+    };
+    buf.get_mut(..len).ok_or(OutboxError::Storage(StorageError::Invalid(id)))
+}
+
+/// The item's metadata from a full record header.
+fn parse_meta(h: &[u8]) -> Option<ItemMeta> {
+    if *h.get(24)? != 1 {
+        return None;
+    }
+    let kind = Kind::from_byte(*h.get(25)?).ok()?;
+    let purpose = Purpose::from_id(u16::from_be_bytes(h.get(26..28)?.try_into().ok()?)).ok()?;
+    let categories = CategorySet::from_bits(u16::from_be_bytes(h.get(28..30)?.try_into().ok()?)).ok()?;
+    let consent_version = be32(h, 30)?;
+    let counter = u64::from_be_bytes(h.get(34..42)?.try_into().ok()?);
+    let location = location_from_byte(*h.get(42)?)?;
+    Some(ItemMeta { kind, purpose, categories, location, consent_version, counter })
+}
+
 /// Parses a record: sequence, counters, and the item's metadata if present.
 fn parse_record(rec: &[u8]) -> Option<(u32, Dropped, Option<ItemMeta>)> {
     let seq = be32(rec, 0)?;
@@ -594,15 +756,7 @@ fn parse_record(rec: &[u8]) -> Option<(u32, Dropped, Option<ItemMeta>)> {
     };
     match *rec.get(24)? {
         0 if rec.len() == OUTBOX_EMPTY_LEN => Some((seq, dropped, None)),
-        1 if rec.len() > OUTBOX_HEADER_LEN => {
-            let kind = Kind::from_byte(*rec.get(25)?).ok()?;
-            let purpose = Purpose::from_id(u16::from_be_bytes(rec.get(26..28)?.try_into().ok()?)).ok()?;
-            let categories = CategorySet::from_bits(u16::from_be_bytes(rec.get(28..30)?.try_into().ok()?)).ok()?;
-            let consent_version = be32(rec, 30)?;
-            let counter = u64::from_be_bytes(rec.get(34..42)?.try_into().ok()?);
-            let location = location_from_byte(*rec.get(42)?)?;
-            Some((seq, dropped, Some(ItemMeta { kind, purpose, categories, location, consent_version, counter })))
-        }
+        1 if rec.len() > OUTBOX_HEADER_LEN => Some((seq, dropped, Some(parse_meta(rec)?))),
         _ => None,
     }
 }
@@ -619,6 +773,12 @@ mod tests {
 
     fn storage() -> NorStorage<Flash> {
         NorStorage::new(Flash::new(), 0, 8, 16, record_len(32)).unwrap()
+    }
+
+    /// Every queued message and its envelope, read from storage, in send order.
+    fn all(ob: &mut Ob, s: &mut NorStorage<Flash>) -> Vec<(u64, Vec<u8>)> {
+        let counters: Vec<u64> = ob.iter().map(|m| m.counter).collect();
+        counters.into_iter().map(|c| (c, ob.read(s, c).unwrap().unwrap().envelope.to_vec())).collect()
     }
 
     fn meta(kind: Kind, counter: u64) -> ItemMeta {
@@ -681,7 +841,79 @@ mod tests {
         }
         assert_eq!(ob.push(&mut s, meta(Kind::USAGE, 4), &[1]), Ok(Queued::Replaced(meta(Kind::USAGE, 0))));
         assert_eq!(ob.push(&mut s, meta(Kind::CONSENT, 5), &[1]), Ok(Queued::Replaced(meta(Kind::USAGE, 1))));
-        assert_eq!(ob.iter().map(|e| e.meta.counter).collect::<Vec<_>>(), [5, 2, 3, 4]);
+        assert_eq!(ob.iter().map(|m| m.counter).collect::<Vec<_>>(), [5, 2, 3, 4]);
+    }
+
+    #[test]
+    fn push_with_fills_the_slot_and_refuses_bad_lengths() {
+        let mut s = storage();
+        let mut ob = Ob::new();
+        ob.push_with(&mut s, meta(Kind::USAGE, 1), |d| {
+            d[..3].copy_from_slice(b"abc");
+            Ok::<_, OutboxError>(3)
+        })
+        .unwrap();
+        assert_eq!(Ob::load(&mut s).unwrap().peek(&mut s).unwrap().unwrap().envelope, b"abc");
+        let empty = ob.push_with(&mut s, meta(Kind::USAGE, 2), |_| Ok::<_, OutboxError>(0));
+        assert_eq!(empty, Err(OutboxError::Empty));
+        let long = ob.push_with(&mut s, meta(Kind::USAGE, 2), |d| Ok::<_, OutboxError>(d.len() + 1));
+        assert_eq!(long, Err(OutboxError::TooLarge { len: 33, max: 32 }));
+        // the slot the failures used is free again; nothing was counted
+        assert_eq!(ob.len(), 1);
+        assert_eq!(ob.dropped(), Dropped::default());
+        assert_eq!(Ob::load(&mut s).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn push_with_failure_keeps_the_message_it_would_replace() {
+        let mut s = storage();
+        let mut ob = Ob::new();
+        for c in 0..4 {
+            ob.push(&mut s, meta(Kind::USAGE, c), &c.to_be_bytes()).unwrap();
+        }
+        // full: the oldest usage report would make way, but sealing fails
+        let failed = ob.push_with(&mut s, meta(Kind::USAGE, 9), |d| {
+            d.fill(0xAA);
+            Err::<usize, _>(OutboxError::Empty)
+        });
+        assert_eq!(failed, Err(OutboxError::Empty));
+        assert_eq!(ob.dropped(), Dropped::default(), "nothing dropped");
+        let queued = all(&mut ob, &mut s);
+        assert_eq!(
+            queued,
+            (0u64..4).map(|c| (c, c.to_be_bytes().to_vec())).collect::<Vec<_>>(),
+            "read back from storage"
+        );
+        // refused outright: `fill` is not called
+        let mut ob = Ob::new();
+        let mut s = storage();
+        for c in 0..4 {
+            ob.push(&mut s, meta(Kind::REGISTER, c), &[1]).unwrap();
+        }
+        let refused = ob.push_with(&mut s, meta(Kind::USAGE, 9), |_| -> Result<usize, OutboxError> {
+            panic!("fill called for a refused message")
+        });
+        assert_eq!(refused, Err(OutboxError::Full(Class::Usage)));
+        assert_eq!(ob.dropped().usage, 1);
+    }
+
+    #[test]
+    fn messages_are_read_from_storage_and_checked() {
+        let mut s = storage();
+        let mut ob = Ob::new();
+        ob.push(&mut s, meta(Kind::FAULT, 7), b"fault").unwrap();
+        assert_eq!(ob.read(&mut s, 7).unwrap().unwrap().envelope, b"fault");
+        assert!(ob.read(&mut s, 8).unwrap().is_none(), "not queued");
+        // the record changed behind the outbox's back: refused, not sent
+        let mut other = [0u8; OUTBOX_HEADER_LEN + 5];
+        write_header(&mut other, 0, &Dropped::default(), Some(&meta(Kind::FAULT, 9)));
+        s.write(RECORD_OUTBOX, &other).unwrap();
+        let invalid = Err(OutboxError::Storage(StorageError::Invalid(RECORD_OUTBOX)));
+        assert_eq!(ob.peek(&mut s).map(|e| e.map(|e| e.meta)), invalid);
+        assert_eq!(ob.read(&mut s, 7).map(|e| e.map(|e| e.meta)), invalid);
+        // gone: the same
+        s.write(RECORD_OUTBOX, &[0; OUTBOX_EMPTY_LEN]).unwrap();
+        assert_eq!(ob.peek(&mut s).map(|e| e.map(|e| e.meta)), invalid);
     }
 
     #[test]
@@ -693,12 +925,9 @@ mod tests {
         ob.push(&mut s, meta(Kind::CONSENT, 3), &[3]).unwrap();
         assert_eq!(ob.purge(&mut s, |m| m.class() != Class::Usage).unwrap(), 1);
         assert_eq!(ob.dropped().purged, 1);
-        let again = Ob::load(&mut s).unwrap();
+        let mut again = Ob::load(&mut s).unwrap();
         assert_eq!(again.dropped().purged, 1);
-        assert_eq!(
-            again.iter().map(|e| (e.meta.counter, e.envelope.to_vec())).collect::<Vec<_>>(),
-            [(3, vec![3]), (2, vec![2])]
-        );
+        assert_eq!(all(&mut again, &mut s), [(3, vec![3]), (2, vec![2])]);
     }
 
     /// A simple model of the policy: Vec of (class, seq, counter).
@@ -775,7 +1004,7 @@ mod tests {
                         model.push(m.class(), counter);
                     }
                     Op::AckFront => {
-                        if let Some(c) = ob.peek().map(|e| e.meta.counter) {
+                        if let Some(c) = ob.peek(&mut s).unwrap().map(|e| e.meta.counter) {
                             prop_assert!(ob.ack(&mut s, c).unwrap());
                             let front = model.order()[0];
                             prop_assert_eq!(front, c);
@@ -794,10 +1023,10 @@ mod tests {
                     Op::Reboot => ob = Ob::load(&mut s).unwrap(),
                 }
                 prop_assert!(ob.len() <= 4);
-                let order: Vec<u64> = ob.iter().map(|e| e.meta.counter).collect();
+                let order: Vec<u64> = ob.iter().map(|m| m.counter).collect();
                 prop_assert_eq!(&order, &model.order());
-                for e in ob.iter() {
-                    prop_assert_eq!(e.envelope, &e.meta.counter.to_be_bytes()[..]);
+                for (c, envelope) in all(&mut ob, &mut s) {
+                    prop_assert_eq!(envelope, c.to_be_bytes().to_vec());
                 }
                 let d = ob.dropped();
                 prop_assert_eq!([d.lifecycle, d.consent, d.fault, d.usage], model.dropped);

@@ -3,8 +3,8 @@
 //! decommissioned (SPEC.md §8).
 //!
 //! [`Device`] holds the identity, counter, keys and consent, and borrows
-//! the outbox (the one large buffer, which the firmware keeps in a
-//! `static`);
+//! the outbox (its record buffer and the slots' headers, which the
+//! firmware keeps in a `static`; the messages themselves stay in storage);
 //! [`Device::registered`], [`Device::unregistered`] and
 //! [`Device::decommissioned`] hand out a small typestate handle for what
 //! the product may do in that [`Stage`] (or say which stage it is in), and
@@ -40,16 +40,16 @@ use crate::device::fault::FaultRecorder;
 use crate::device::metrics::Window;
 use crate::device::outbox::{Class, Dropped, Entry, ItemMeta, Outbox, OutboxError};
 use crate::device::storage::{CounterRecord, RECORD_CONSENT, RECORD_SESSION, Storage, StorageError};
-use crate::error::{CounterError, DecodeError, OpenError, ReplayError, SealError};
+use crate::error::{CounterError, DecodeError, OpenError, ReplayError, SealError, VendorKeyError};
 use crate::message::{
-    self, Body, ConsentUpdate, Decommission, DecommissionReason, DeviceCertificate, Fault, FirmwareVersion, Notice,
-    Receipt, Register, Transfer, Usage,
+    Body, ConsentUpdate, Decommission, DecommissionReason, DeviceCertificate, Fault, FirmwareVersion, KeyUpdate,
+    Notice, Receipt, Register, Transfer, UsageOf,
 };
 use crate::seal::counter::Counter;
 use crate::seal::keys::{self, AeadKey, DeviceKey, SessionKeys, VendorPublicKeys};
 use crate::seal::replay::ReplayWindow;
 use crate::seal::{self as sealing, Envelope, Seal};
-use crate::wire::{DeviceId, Direction};
+use crate::wire::{DeviceId, Direction, Kind};
 
 /// How many counter values one storage write reserves.
 pub const COUNTER_BLOCK: u64 = 16;
@@ -61,9 +61,12 @@ pub const SENT_CONSENTS: usize = 4;
 /// How many shown notices the device remembers for frequency caps.
 pub const SHOWN_NOTICES: usize = 8;
 /// Length of the session record.
-pub const SESSION_RECORD_LEN: usize = 468;
+pub const SESSION_RECORD_LEN: usize = 606;
 /// The session record's format byte.
-pub const SESSION_FORMAT: u8 = 3;
+pub const SESSION_FORMAT: u8 = 4;
+/// Length of a format-3 session record (before vendor keys were learned),
+/// still read.
+const SESSION_RECORD_V3_LEN: usize = 468;
 /// Length of a format-2 session record (before the pending Transfer was
 /// kept), still read.
 const SESSION_RECORD_V2_LEN: usize = 358;
@@ -125,6 +128,7 @@ pub const fn storage_sectors(n: usize, outbox_record: usize, erase: usize) -> us
 }
 
 /// A device session operation failed.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionError {
@@ -221,6 +225,50 @@ pub enum SessionError {
     /// arrived under its epoch): there is nothing to register again.
     #[error("the registration is confirmed; change consent instead of registering again")]
     AlreadyConfirmed,
+    /// An authentic KeyUpdate certifies a key the device may not take
+    /// (an older serial, outside its validity), or the device has no
+    /// certificate authority key to check it with.
+    #[error("vendor key: {0}")]
+    VendorKey(#[from] VendorKeyError),
+}
+
+impl SessionError {
+    /// The numeric code (SPEC.md §10.1): a wrapped error gives its own
+    /// code; the session's own are local to the device: 155 StaleConsent,
+    /// 156 NoSession, 157 EpochExhausted, 158 WrongStage, 159
+    /// RecordsTooSmall, 160 TooFewRecords, 161 OutboxNotEmpty, 162
+    /// AlreadyConfirmed. Firmware without `core::fmt` prints this number
+    /// instead of the message.
+    ///
+    /// ```
+    /// use spime::device::session::SessionError;
+    /// use spime::error::OpenError;
+    /// assert_eq!(SessionError::NoSession.code(), 156);
+    /// assert_eq!(SessionError::Open(OpenError::Unauthentic).code(), 20);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            SessionError::Seal(e) => e.code(),
+            SessionError::Counter(e) => e.code(),
+            SessionError::Outbox(e) => e.code(),
+            SessionError::Storage(e) => e.code(),
+            SessionError::Denied(e) => e.code(),
+            SessionError::Build(e) => e.code(),
+            SessionError::Consent(e) => e.code(),
+            SessionError::Edit(e) => e.code(),
+            SessionError::Open(e) => e.code(),
+            SessionError::Decode(e) => e.code(),
+            SessionError::VendorKey(e) => e.code(),
+            SessionError::StaleConsent { .. } => 155,
+            SessionError::NoSession => 156,
+            SessionError::EpochExhausted => 157,
+            SessionError::WrongStage { .. } => 158,
+            SessionError::RecordsTooSmall { .. } => 159,
+            SessionError::TooFewRecords { .. } => 160,
+            SessionError::OutboxNotEmpty(_) => 161,
+            SessionError::AlreadyConfirmed => 162,
+        }
+    }
 }
 
 /// What to do about being in the wrong stage, after the message.
@@ -254,6 +302,7 @@ pub struct Identity {
 /// Where the device is in its life: plain data, from [`Device::stage`].
 /// To act on the device in a stage, take its handle:
 /// [`Device::registered`] (and the like) or [`Device::handle`].
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
     /// Not registered (new, or after a change of owner).
@@ -274,6 +323,38 @@ impl core::fmt::Display for Stage {
     }
 }
 
+/// A vendor key learned from a KeyUpdate (SPEC.md §8.7): its serial and
+/// public keys, as the session record keeps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LearnedKey {
+    serial: u32,
+    signing: [u8; 32],
+    key_agreement: [u8; 32],
+}
+
+impl LearnedKey {
+    fn put(key: Option<&LearnedKey>, r: &mut [u8], at: usize) {
+        if let Some(k) = key {
+            put(r, at, &[1]);
+            put(r, at + 1, &k.serial.to_be_bytes());
+            put(r, at + 5, &k.signing);
+            put(r, at + 37, &k.key_agreement);
+        }
+    }
+
+    fn get(r: &[u8], at: usize) -> Option<Option<LearnedKey>> {
+        match r.get(at)? {
+            0 => Some(None),
+            1 => Some(Some(LearnedKey {
+                serial: u32::from_be_bytes(array(r, at + 1)?),
+                signing: array(r, at + 5)?,
+                key_agreement: array(r, at + 37)?,
+            })),
+            _ => None,
+        }
+    }
+}
+
 /// The persisted session state (record [`RECORD_SESSION`]).
 #[derive(Debug, Clone)]
 struct SessionState {
@@ -291,6 +372,12 @@ struct SessionState {
     /// The Transfer sealed at the last change of owner, carried by the next
     /// Register (SPEC.md §8.5, §9.3).
     pending_transfer: Option<Transfer>,
+    /// The vendor key the current epoch was opened with, when it is not the
+    /// provisioned one: it signs the vendor's messages of the epoch.
+    epoch_vendor: Option<LearnedKey>,
+    /// The newest vendor key learned from a KeyUpdate: the next epoch is
+    /// opened with it (SPEC.md §8.7).
+    latest_vendor: Option<LearnedKey>,
 }
 
 impl SessionState {
@@ -305,6 +392,8 @@ impl SessionState {
             receipted: 0,
             pending: None,
             pending_transfer: None,
+            epoch_vendor: None,
+            latest_vendor: None,
         }
     }
 
@@ -352,6 +441,8 @@ impl SessionState {
                 r[404..468].copy_from_slice(&p.signature.0);
             }
         }
+        LearnedKey::put(self.epoch_vendor.as_ref(), r.as_mut_slice(), 468);
+        LearnedKey::put(self.latest_vendor.as_ref(), r.as_mut_slice(), 537);
         out
     }
 
@@ -359,6 +450,8 @@ impl SessionState {
         let mut full = Zeroizing::new([0u8; SESSION_RECORD_LEN]);
         match (r.first(), r.len()) {
             (Some(&SESSION_FORMAT), SESSION_RECORD_LEN) => full.copy_from_slice(r),
+            // Format 3: the same fields, no learned vendor key.
+            (Some(3), SESSION_RECORD_V3_LEN) => full.get_mut(..SESSION_RECORD_V3_LEN)?.copy_from_slice(r),
             // Format 2: the same fields, no pending Transfer.
             (Some(2), SESSION_RECORD_V2_LEN) => full.get_mut(..SESSION_RECORD_V2_LEN)?.copy_from_slice(r),
             _ => return None,
@@ -418,7 +511,21 @@ impl SessionState {
             }),
             _ => return None,
         };
-        Some(SessionState { stage, epoch, keys, replay, sent, shown, receipted, pending, pending_transfer })
+        let epoch_vendor = LearnedKey::get(r, 468)?;
+        let latest_vendor = LearnedKey::get(r, 537)?;
+        Some(SessionState {
+            stage,
+            epoch,
+            keys,
+            replay,
+            sent,
+            shown,
+            receipted,
+            pending,
+            pending_transfer,
+            epoch_vendor,
+            latest_vendor,
+        })
     }
 }
 
@@ -438,10 +545,11 @@ fn array<const M: usize>(r: &[u8], at: usize) -> Option<[u8; M]> {
 /// over a [`Storage`] `S`, with an outbox of `N` slots of `RECORD` bytes
 /// (see [`crate::device::outbox::record_len`]).
 ///
-/// The outbox, the one large buffer (`N * RECORD` bytes), is the caller's
-/// (a `static`, typically, as `Outbox::new()` is `const`): the device itself
-/// is about 1.5 KiB and cheap to move. Every method that seals needs about
-/// [`message::MAX_SEALED_LEN`] bytes of stack for the envelope.
+/// The outbox (one `RECORD`-byte buffer and `N` record headers; the
+/// messages stay in storage) is the caller's (a `static`, typically, as
+/// `Outbox::new()` is `const`): the device itself is about 2 KiB. Messages
+/// are sealed straight into the outbox's record buffer, so sealing needs
+/// no envelope-sized buffer on the stack.
 ///
 /// ```
 /// use spime::device::outbox::{Outbox, record_len};
@@ -470,6 +578,9 @@ fn array<const M: usize>(r: &[u8], at: usize) -> Option<[u8; M]> {
 #[derive(Debug)]
 pub struct Device<'o, S: Storage, const N: usize, const RECORD: usize> {
     id: Identity,
+    /// The vendor certificate authority's key, if provisioned: KeyUpdates
+    /// are checked with it (SPEC.md §8.7).
+    authority: Option<[u8; 32]>,
     counter: Counter<CounterRecord<S>>,
     state: SessionState,
     consent: Option<SignedConsent>,
@@ -542,7 +653,77 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     pub fn boot(id: Identity, storage: S, outbox: &'o mut Outbox<N, RECORD>) -> Result<Self, SessionError> {
         check_layout::<S, N, RECORD>(&storage)?;
         let counter = Counter::open(CounterRecord(storage), COUNTER_BLOCK)?;
-        let mut dev = Device { id, counter, state: SessionState::new(), consent: None, outbox };
+        let mut dev = Device { id, authority: None, counter, state: SessionState::new(), consent: None, outbox };
+        dev.start()?;
+        Ok(dev)
+    }
+
+    /// [`Device::boot`] into `slot`, where the device then lives (a
+    /// `static`, or a local of the firmware's main loop): the device (about
+    /// 2 KiB) is built in place rather than returned through the stack,
+    /// which saves a copy of it on the stack of every caller up to `slot`.
+    ///
+    /// ```
+    /// # use spime::device::outbox::{Outbox, record_len};
+    /// # use spime::device::session::{Device, Identity, Stage, storage_capacity, storage_records};
+    /// # use spime::device::storage::{NorStorage, SimFlash};
+    /// # use spime::message::{CertificateBody, DeviceCertificate, FirmwareVersion, MAX_SEALED_LEN};
+    /// # use spime::seal::{DeviceKey, VendorKeys};
+    /// # use spime::wire::DeviceId;
+    /// # const REC: usize = record_len(MAX_SEALED_LEN);
+    /// # let vendor = VendorKeys::from_secrets(&[1; 32], &[2; 32]);
+    /// # let key = DeviceKey::from_seed(DeviceId([3; 8]), &[4; 32]);
+    /// # let body = CertificateBody {
+    /// #     device: key.device, device_key: key.public().to_bytes(), model: "kettle".try_into()?,
+    /// #     hardware_revision: 1, issued_at: 0, not_after: None,
+    /// # };
+    /// # let certificate = DeviceCertificate::issue(body, vendor.signing())?;
+    /// # let firmware = FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 };
+    /// # let id = Identity { key, certificate, firmware, vendor: vendor.public() };
+    /// # let flash: SimFlash<{ 6 * 4096 }, 4096> = SimFlash::new();
+    /// # let storage = NorStorage::new(flash, 0, 6, storage_records(4) as u16, storage_capacity(REC))?;
+    /// let mut outbox: Outbox<4, REC> = Outbox::new();
+    /// let mut slot = None;
+    /// let device = Device::boot_in(&mut slot, id, storage, &mut outbox)?;
+    /// assert_eq!(device.stage(), Stage::Unregistered);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Device::boot`]; `slot` may then hold a device that did not
+    /// finish starting: do not use it.
+    pub fn boot_in<'s>(
+        slot: &'s mut Option<Self>,
+        id: Identity,
+        storage: S,
+        outbox: &'o mut Outbox<N, RECORD>,
+    ) -> Result<&'s mut Self, SessionError> {
+        Self::place(slot, id, storage, outbox)?;
+        let Some(dev) = slot.as_mut() else { return Err(SessionError::NoSession) };
+        dev.start()?;
+        Ok(dev)
+    }
+
+    /// Opens the counter and puts the device, not yet loaded, in `slot`.
+    /// Out of line, so its temporaries are gone before the loading starts.
+    #[inline(never)]
+    fn place(
+        slot: &mut Option<Self>,
+        id: Identity,
+        storage: S,
+        outbox: &'o mut Outbox<N, RECORD>,
+    ) -> Result<(), SessionError> {
+        check_layout::<S, N, RECORD>(&storage)?;
+        let counter = Counter::open(CounterRecord(storage), COUNTER_BLOCK)?;
+        *slot = Some(Device { id, authority: None, counter, state: SessionState::new(), consent: None, outbox });
+        Ok(())
+    }
+
+    /// Loads the session, consent and outbox, checks the counter and
+    /// finishes an interrupted purge.
+    #[inline(never)]
+    fn start(&mut self) -> Result<(), SessionError> {
+        let dev = self;
         dev.load_session()?;
         dev.load_consent()?;
         let storage = &mut dev.counter.store_mut().0;
@@ -557,7 +738,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
             Class::Lifecycle | Class::Consent => true,
             Class::Usage | Class::Fault => consent.is_some_and(|c| c.check_scope(&m.scope(), 0).is_ok()),
         })?;
-        Ok(dev)
+        Ok(())
     }
 
     /// Cross-checks the counter with what was sealed (SPEC.md §8.1): a
@@ -637,12 +818,20 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         Ok(())
     }
 
+    /// Decodes the stored consent in place, into `self.consent`: a
+    /// `SignedConsent` moved through the decoder's results would take
+    /// several copies of its 728 bytes on the stack.
     #[inline(never)]
     fn load_consent(&mut self) -> Result<(), SessionError> {
         let mut buf = [0u8; SignedConsent::MAX_ENCODED_LEN];
-        if let Some(r) = self.storage().read(RECORD_CONSENT, &mut buf)? {
-            let c = codec::decode::<SignedConsent>(r).map_err(|_| StorageError::Invalid(RECORD_CONSENT))?;
-            self.consent = Some(c);
+        let storage = &mut self.counter.store_mut().0;
+        if let Some(r) = storage.read(RECORD_CONSENT, &mut buf)? {
+            let empty = SignedConsent { state: ConsentState::essential_only(0, 0, [0; 32]), owner: None };
+            let place = self.consent.insert(empty);
+            if codec::decode_in_place(r, place).is_err() {
+                self.consent = None;
+                return Err(StorageError::Invalid(RECORD_CONSENT).into());
+            }
         }
         Ok(())
     }
@@ -733,34 +922,114 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         self.state.receipted
     }
 
-    /// The next message to send: the oldest of the most important class.
-    /// Cut it with [`crate::wire::chunk::Chunks`] (message id: the low 16
-    /// bits of `meta.counter`), send it, then [`Device::ack`] it.
+    /// Gives the device the vendor certificate authority's public key
+    /// (`VCA.pub`, provisioned at manufacture like [`Identity`]; pass it at
+    /// every boot). With it the device learns new vendor keys from
+    /// KeyUpdates ([`Device::open_key_update`]) and so keeps working when
+    /// the vendor rotates its keys; without it, it keeps the key it was
+    /// provisioned with (SPEC.md §8.7).
+    ///
+    /// ```
+    /// # fn f<S: spime::device::Storage, const N: usize, const R: usize>(
+    /// #     device: spime::device::Device<'_, S, N, R>, ca: ed25519_dalek::VerifyingKey) {
+    /// let device = device.with_key_authority(ca);
+    /// assert_eq!(device.vendor_key_serial(), 0); // nothing learned yet
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_key_authority(mut self, authority: ed25519_dalek::VerifyingKey) -> Self {
+        self.authority = Some(authority.to_bytes());
+        self
+    }
+
+    /// The serial of the newest vendor key the device holds: 0 for the key
+    /// it was provisioned with, else the serial of the last KeyUpdate it took.
+    pub fn vendor_key_serial(&self) -> u32 {
+        self.state.latest_vendor.map_or(0, |k| k.serial)
+    }
+
+    /// Whether the device learned a vendor key that its current epoch does
+    /// not use yet: open a new epoch ([`Registered::renew_keys`], once the
+    /// outbox is empty) so the vendor can retire the old key.
+    pub fn vendor_key_pending(&self) -> bool {
+        self.state.stage == Stage::Registered
+            && self.state.latest_vendor.is_some()
+            && self.state.latest_vendor != self.state.epoch_vendor
+    }
+
+    /// The public keys the next epoch is opened with: the newest learned, or
+    /// the provisioned ones.
+    fn latest_vendor(&self) -> Result<VendorPublicKeys, SessionError> {
+        match &self.state.latest_vendor {
+            None => Ok(self.id.vendor),
+            Some(k) => Ok(VendorPublicKeys {
+                signing: ed25519_dalek::VerifyingKey::from_bytes(&k.signing).map_err(|_| OpenError::BadCertificate)?,
+                key_agreement: k.key_agreement,
+            }),
+        }
+    }
+
+    /// The key that signs the vendor's messages of the current epoch: the
+    /// one the epoch was opened with.
+    fn epoch_vendor_signing(&self) -> Result<ed25519_dalek::VerifyingKey, SessionError> {
+        match &self.state.epoch_vendor {
+            None => Ok(self.id.vendor.signing),
+            Some(k) => Ok(ed25519_dalek::VerifyingKey::from_bytes(&k.signing).map_err(|_| OpenError::Unauthentic)?),
+        }
+    }
+
+    /// The next message to send: the oldest of the most important class,
+    /// read from storage into the outbox's record buffer. Cut it with
+    /// [`crate::wire::chunk::Chunks`] (message id: the low 16 bits of
+    /// `meta.counter`), send it, then [`Device::ack`] it.
     ///
     /// A queued Usage or Fault the consent held denies is never handed
     /// out, even when the purge that should have removed it failed (a
     /// storage write error): it waits for the next purge, which every
     /// boot and consent change runs.
-    pub fn next_message(&self) -> Option<Entry<'_>> {
-        self.outbox.iter().find(|e| self.may_leave(&e.meta))
+    ///
+    /// # Errors
+    /// [`SessionError::Outbox`] when its record cannot be read.
+    pub fn next_message(&mut self) -> Result<Option<Entry<'_>>, SessionError> {
+        let consent = self.consent.as_ref();
+        let Some(counter) = self.outbox.iter().find(|m| may_leave(consent, m)).map(|m| m.counter) else {
+            return Ok(None);
+        };
+        Ok(self.outbox.read(&mut self.counter.store_mut().0, counter)?)
     }
 
-    /// Whether a queued item may be sent under the consent held. Time is
-    /// not known here, so only what does not depend on it is judged
-    /// (purpose, categories, precision, version): lapses are purged by
-    /// [`Registered::change_consent`] with the caller's time.
-    fn may_leave(&self, meta: &ItemMeta) -> bool {
-        match meta.class() {
-            Class::Lifecycle | Class::Consent => true,
-            Class::Usage | Class::Fault => {
-                self.consent.as_ref().is_some_and(|c| c.state.check_scope(&meta.scope(), 0).is_ok())
+    /// What is queued, in send order; the envelopes stay in storage (read
+    /// one with [`Device::message`]).
+    pub fn queued(&self) -> impl Iterator<Item = ItemMeta> + '_ {
+        self.outbox.iter()
+    }
+
+    /// The queued message with envelope counter `counter`, read from
+    /// storage (whether or not the consent held lets it leave: for
+    /// inspection; send what [`Device::next_message`] gives).
+    ///
+    /// # Errors
+    /// [`SessionError::Outbox`] when its record cannot be read.
+    pub fn message(&mut self, counter: u64) -> Result<Option<Entry<'_>>, SessionError> {
+        Ok(self.outbox.read(&mut self.counter.store_mut().0, counter)?)
+    }
+
+    /// Every queued message and its envelope, in send order (for tests
+    /// and tools on a host; a firmware sends one at a time with
+    /// [`Device::next_message`]).
+    ///
+    /// # Errors
+    /// As [`Device::message`].
+    #[cfg(feature = "alloc")]
+    pub fn queued_envelopes(&mut self) -> Result<alloc::vec::Vec<(ItemMeta, alloc::vec::Vec<u8>)>, SessionError> {
+        let metas: alloc::vec::Vec<ItemMeta> = self.outbox.iter().collect();
+        let mut out = alloc::vec::Vec::with_capacity(metas.len());
+        for m in metas {
+            if let Some(e) = self.message(m.counter)? {
+                out.push((m, e.envelope.to_vec()));
             }
         }
-    }
-
-    /// Every queued message in send order.
-    pub fn queued(&self) -> impl Iterator<Item = Entry<'_>> {
-        self.outbox.iter()
+        Ok(out)
     }
 
     /// Removes a delivered message (by envelope counter). Returns whether it was queued.
@@ -809,9 +1078,13 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         self.state.keys = None;
         self.state.pending = None;
         self.save_state()?;
-        let (keys, eph) = keys::device_start_epoch(rng, &self.id.key.device, epoch, &self.id.vendor)?;
+        // The newest vendor key the device holds opens the epoch and signs
+        // the vendor's messages under it (SPEC §8.7).
+        let vendor = self.latest_vendor()?;
+        let (keys, eph) = keys::device_start_epoch(rng, &self.id.key.device, epoch, &vendor)?;
         self.state.keys = Some(keys);
         self.state.pending = Some(eph);
+        self.state.epoch_vendor = self.state.latest_vendor;
         Ok(epoch)
     }
 
@@ -819,23 +1092,18 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     /// queues it. While the epoch is unconfirmed its ephemeral key goes in
     /// the header (SPEC §3.1).
     fn seal_queue<B: Body>(&mut self, body: &B, scope: Scope) -> Result<u64, SessionError> {
-        let ephemeral = self.state.pending;
-        let keys = self.state.keys.as_ref().ok_or(SessionError::NoSession)?;
-        let counter = self.counter.next_value()?;
-        let mut out = [0u8; message::MAX_SEALED_LEN];
-        let seal = Seal { device: self.id.key.device, epoch: keys.epoch, counter, ephemeral };
-        let n = sealing::seal(&mut out, &seal, body, self.id.key.signing(), keys)?;
-        let meta = ItemMeta {
-            kind: B::KIND,
-            purpose: scope.purpose,
-            categories: scope.categories,
-            location: scope.location,
-            consent_version: scope.consent_version,
-            counter,
-        };
-        let env = out.get(..n).ok_or(SealError::BufferTooSmall { needed: n, have: out.len() })?;
-        self.outbox.push(&mut self.counter.store_mut().0, meta, env)?;
-        Ok(counter)
+        self.seal_queue_as(B::KIND, body, scope)
+    }
+
+    /// [`Device::seal_queue`] of a value that encodes exactly as a body of
+    /// `kind` (a borrowed view of a large body: no copy of it on the stack).
+    fn seal_queue_as<T: serde::Serialize + ?Sized>(
+        &mut self,
+        kind: Kind,
+        body: &T,
+        scope: Scope,
+    ) -> Result<u64, SessionError> {
+        seal_into(&self.id, &self.state, &mut self.counter, self.outbox, kind, body, scope)
     }
 
     /// The scope of a non-data message (Essential, no categories).
@@ -848,14 +1116,28 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         }
     }
 
+    /// Seals the consent held in a Consent message. A `ConsentUpdate`
+    /// encodes as its one field, so the held state is sealed as it is,
+    /// not copied into a body first.
+    fn announce_held(&mut self) -> Result<u64, SessionError> {
+        let scope = self.control_scope();
+        let Some(consent) = self.consent.as_ref() else { return Err(SessionError::NoSession) };
+        let kind = <ConsentUpdate as Body>::KIND;
+        seal_into(&self.id, &self.state, &mut self.counter, self.outbox, kind, consent, scope)
+    }
+
     fn remember_sent(&mut self, consent: &SignedConsent) -> Result<(), SessionError> {
         let sent = SentConsent::of(consent)?;
+        self.remember(sent);
+        Ok(())
+    }
+
+    fn remember(&mut self, sent: SentConsent) {
         self.state.sent.retain(|s| s.version != sent.version);
         if self.state.sent.is_full() {
             self.state.sent.remove(0);
         }
         let _ = self.state.sent.push(sent);
-        Ok(())
     }
 
     /// Opens a vendor message of kind `B`: direction, device, replay
@@ -877,7 +1159,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         self.state.replay.check(h.counter)?;
         let mut buf = [0u8; Notice::MAX_SEALED_LEN];
         let pt = env.decrypt(keys, &mut buf)?;
-        let v = pt.verify(&self.id.vendor.signing)?;
+        let v = pt.verify(&self.epoch_vendor_signing()?)?;
         Ok((v.decode::<B>()?, h.counter))
     }
 
@@ -908,6 +1190,68 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         self.state.receipted = self.state.receipted.max(receipt.consent_version);
         self.accept_vendor_counter(counter)?;
         Ok(receipt)
+    }
+
+    /// Opens a vendor KeyUpdate at `now` (SPEC.md §8.7): checks the
+    /// envelope as for any vendor message (direction, device, replay window,
+    /// current epoch's key), then that the certificate is signed by the
+    /// vendor certificate authority (`VCA`, [`Device::with_key_authority`]),
+    /// that the key it certifies signed the envelope, that it is valid at
+    /// `now`, and that its serial is above the one held (the same
+    /// certificate again changes nothing). The new key is stored with the
+    /// message's counter in one record write; the device opens its next
+    /// epoch with it ([`Device::vendor_key_pending`]). Returns the serial
+    /// of the key now held.
+    ///
+    /// # Errors
+    /// [`SessionError::Open`] for anything that is not an authentic, fresh
+    /// KeyUpdate for this device (`BadCertificate` for a certificate the
+    /// authority did not sign, `Unauthentic` for an envelope the certified
+    /// key did not sign); [`SessionError::VendorKey`] for a device without
+    /// the authority's key, an expired or not yet valid certificate, or a
+    /// serial rollback. Nothing is recorded then.
+    pub fn open_key_update(&mut self, bytes: &[u8], now: u64) -> Result<u32, SessionError> {
+        let env = Envelope::parse(bytes)?;
+        let h = env.header;
+        if h.kind.direction() != Direction::VendorToDevice {
+            return Err(OpenError::WrongDirection(h.kind).into());
+        }
+        if h.kind != KeyUpdate::KIND {
+            return Err(OpenError::WrongKind { expected: KeyUpdate::KIND, got: h.kind }.into());
+        }
+        if h.device != self.id.key.device {
+            return Err(OpenError::WrongDevice.into());
+        }
+        let keys = self.state.keys.as_ref().ok_or(SessionError::NoSession)?;
+        self.state.replay.check(h.counter)?;
+        let authority = self.authority.ok_or(VendorKeyError::NoAuthority)?;
+        let authority = ed25519_dalek::VerifyingKey::from_bytes(&authority).map_err(|_| VendorKeyError::NoAuthority)?;
+        let mut buf = [0u8; KeyUpdate::MAX_SEALED_LEN];
+        let pt = env.decrypt(keys, &mut buf)?;
+        // Like a Register (SPEC §4.4 step 8): the body names the signer,
+        // and the certificate authority vouches for it.
+        let update: KeyUpdate = codec::decode(pt.body_bytes()).map_err(OpenError::Decode)?;
+        let public = update.certificate.verify(&authority)?;
+        pt.verify(&public.signing)?;
+        let body = update.certificate.body;
+        body.valid_at(now).map_err(VendorKeyError::Invalid)?;
+        let held = self.vendor_key_serial();
+        let learned = LearnedKey { serial: body.serial, signing: body.signing, key_agreement: body.key_agreement };
+        let same = match &self.state.latest_vendor {
+            Some(k) => *k == learned,
+            None => {
+                self.id.vendor.signing.to_bytes() == learned.signing
+                    && self.id.vendor.key_agreement == learned.key_agreement
+            }
+        };
+        if body.serial < held || (body.serial == held && !same) {
+            return Err(VendorKeyError::Rollback { held, got: body.serial }.into());
+        }
+        if body.serial > held {
+            self.state.latest_vendor = Some(learned);
+        }
+        self.accept_vendor_counter(h.counter)?;
+        Ok(self.vendor_key_serial())
     }
 
     /// Opens a vendor Notice at `now` and decides, by the owner's contact
@@ -971,6 +1315,17 @@ fn wrong<S: Storage, const N: usize, const RECORD: usize>(
     SessionError::WrongStage { expected, actual }
 }
 
+/// Whether a queued item may be sent under the consent held. Time is not
+/// known here, so only what does not depend on it is judged (purpose,
+/// categories, precision, version): lapses are purged by
+/// [`Registered::change_consent`] with the caller's time.
+fn may_leave(consent: Option<&SignedConsent>, meta: &ItemMeta) -> bool {
+    match meta.class() {
+        Class::Lifecycle | Class::Consent => true,
+        Class::Usage | Class::Fault => consent.is_some_and(|c| c.state.check_scope(&meta.scope(), 0).is_ok()),
+    }
+}
+
 /// Checks that `storage` holds every record a device with `N` outbox slots
 /// of `RECORD` bytes writes.
 fn check_layout<S: Storage, const N: usize, const RECORD: usize>(storage: &S) -> Result<(), SessionError> {
@@ -987,6 +1342,50 @@ fn check_layout<S: Storage, const N: usize, const RECORD: usize>(storage: &S) ->
     Ok(())
 }
 
+/// Seals `body` (encoding exactly as a body of `kind`) under the current
+/// keys with a fresh counter value, straight into an outbox slot. While the
+/// epoch is unconfirmed its ephemeral key goes in the header (SPEC §3.1).
+/// A free function over the device's parts, so a body may borrow from the
+/// identity or the session while the counter and outbox change.
+fn seal_into<S: Storage, const N: usize, const RECORD: usize, T: serde::Serialize + ?Sized>(
+    id: &Identity,
+    state: &SessionState,
+    counters: &mut Counter<CounterRecord<S>>,
+    outbox: &mut Outbox<N, RECORD>,
+    kind: Kind,
+    body: &T,
+    scope: Scope,
+) -> Result<u64, SessionError> {
+    let ephemeral = state.pending;
+    let keys = state.keys.as_ref().ok_or(SessionError::NoSession)?;
+    let counter = counters.next_value()?;
+    let seal = Seal { device: id.key.device, epoch: keys.epoch, counter, ephemeral };
+    let meta = ItemMeta {
+        kind,
+        purpose: scope.purpose,
+        categories: scope.categories,
+        location: scope.location,
+        consent_version: scope.consent_version,
+        counter,
+    };
+    // Sealed straight into the outbox slot: no envelope-sized buffer on the stack.
+    outbox.push_with(&mut counters.store_mut().0, meta, |slot| {
+        sealing::seal_kind(slot, &seal, kind, body, &id.key, keys).map_err(SessionError::from)
+    })?;
+    Ok(counter)
+}
+
+/// A [`Register`] by reference: the same fields in the same order, so the
+/// same encoding (serde encodes a reference as what it points to), sealed
+/// without copying the certificate and the consent into a body first.
+#[derive(serde::Serialize)]
+struct RegisterView<'a> {
+    certificate: &'a DeviceCertificate,
+    firmware: FirmwareVersion,
+    consent: &'a SignedConsent,
+    transfer: &'a Option<Transfer>,
+}
+
 /// Reserves a new epoch, agrees its keys, seals and queues a Register that
 /// opens it, and stores the consent and the registered stage.
 fn register<S: Storage, const N: usize, const RECORD: usize, R: CryptoRng + ?Sized>(
@@ -1000,20 +1399,21 @@ fn register<S: Storage, const N: usize, const RECORD: usize, R: CryptoRng + ?Siz
     //    vendor message under it)
     dev.open_epoch(rng)?;
     // The first Register after a change of owner carries the Transfer (SPEC §9.3).
-    let body = Register {
-        certificate: dev.id.certificate.clone(),
+    let scope = Scope { consent_version: consent.state.version, ..dev.control_scope() };
+    let body = RegisterView {
+        certificate: &dev.id.certificate,
         firmware: dev.id.firmware,
-        consent,
-        transfer: dev.state.pending_transfer,
+        consent: &consent,
+        transfer: &dev.state.pending_transfer,
     };
-    let scope = Scope { consent_version: body.consent.state.version, ..dev.control_scope() };
-    let counter = dev.seal_queue(&body, scope)?;
+    let kind = <Register as Body>::KIND;
+    let counter = seal_into(&dev.id, &dev.state, &mut dev.counter, dev.outbox, kind, &body, scope)?;
     // 3. the consent, then the session: registered
-    dev.save_consent(&body.consent)?;
-    dev.remember_sent(&body.consent)?;
+    dev.save_consent(&consent)?;
+    dev.remember_sent(&consent)?;
     dev.state.stage = Stage::Registered;
     dev.save_state()?;
-    dev.consent = Some(body.consent);
+    dev.consent = Some(consent);
     Ok(counter)
 }
 
@@ -1069,7 +1469,11 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
     /// # Errors
     /// [`SessionError::Denied`] when the consent in force no longer allows
     /// it; sealing, counter, outbox and storage errors.
-    pub fn report_usage(&mut self, usage: Permitted<Usage>, now: u64) -> Result<u64, SessionError> {
+    pub fn report_usage<const M: usize>(
+        &mut self,
+        usage: Permitted<UsageOf<M>>,
+        now: u64,
+    ) -> Result<u64, SessionError> {
         let scope = usage.scope();
         self.state()?.check_scope(&scope, now)?;
         self.dev.seal_queue(usage.as_body(), scope)
@@ -1093,9 +1497,14 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
     /// # Errors
     /// [`SessionError::Denied`] when nothing may be collected for the
     /// purpose; build, sealing, counter, outbox and storage errors.
-    pub fn report_window(&mut self, purpose: Purpose, window: Window, now: u64) -> Result<Option<u64>, SessionError> {
+    pub fn report_window<const M: usize>(
+        &mut self,
+        purpose: Purpose,
+        window: Window<M>,
+        now: u64,
+    ) -> Result<Option<u64>, SessionError> {
         let permit = self.permit(purpose, now)?;
-        let usage = permit.usage(window.start, window.end, window.metrics)?;
+        let usage = permit.usage_of::<M>(window.start, window.end, window.metrics)?;
         if usage.as_body().metrics.is_empty() {
             return Ok(None);
         }
@@ -1155,11 +1564,10 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
         dev.save_consent(&consent)?;
         dev.remember_sent(&consent)?;
         dev.save_state()?;
-        let body = ConsentUpdate { consent };
-        dev.consent = Some(body.consent.clone());
-        let scope = dev.control_scope();
-        let counter = dev.seal_queue(&body, scope)?;
-        let state = &body.consent.state;
+        dev.consent = Some(consent);
+        let counter = dev.announce_held()?;
+        let Some(held) = dev.consent.as_ref() else { return Err(SessionError::NoSession) };
+        let state = &held.state;
         dev.outbox.purge(&mut dev.counter.store_mut().0, |m| match m.class() {
             Class::Usage | Class::Fault => state.check_scope(&m.scope(), now).is_ok(),
             Class::Lifecycle | Class::Consent => true,
@@ -1233,11 +1641,10 @@ impl<'d, 'o, S: Storage, const N: usize, const RECORD: usize> Registered<'d, 'o,
     /// Sealing, counter, outbox and storage errors.
     pub fn announce_consent(&mut self) -> Result<u64, SessionError> {
         let dev = &mut *self.dev;
-        let consent = dev.consent.clone().ok_or(SessionError::NoSession)?;
-        dev.remember_sent(&consent)?;
+        let sent = SentConsent::of(dev.consent.as_ref().ok_or(SessionError::NoSession)?)?;
+        dev.remember(sent);
         dev.save_state()?;
-        let scope = dev.control_scope();
-        dev.seal_queue(&ConsentUpdate { consent }, scope)
+        dev.announce_held()
     }
 
     /// The owner hands the product on: seals a Transfer, resets consent to

@@ -28,6 +28,7 @@ pub const RECORD_CONSENT: u16 = 2;
 pub const RECORD_OUTBOX: u16 = 8;
 
 /// A storage operation failed.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageError {
@@ -63,10 +64,32 @@ pub enum StorageError {
     Full,
 }
 
+impl StorageError {
+    /// The numeric code (SPEC.md §10.1, local to the device): 110 Io,
+    /// 111 NoSuchRecord, 112 TooLarge, 113 BufferTooSmall, 114 Invalid,
+    /// 115 Full. Firmware prints it instead of formatting the error.
+    ///
+    /// ```
+    /// use spime::device::storage::StorageError;
+    /// assert_eq!(StorageError::Io.code(), 110);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            StorageError::Io => 110,
+            StorageError::NoSuchRecord(_) => 111,
+            StorageError::TooLarge { .. } => 112,
+            StorageError::BufferTooSmall { .. } => 113,
+            StorageError::Invalid(_) => 114,
+            StorageError::Full => 115,
+        }
+    }
+}
+
 /// Why a [`NorStorage`] cannot be opened on a flash, with the numbers: the
 /// error of [`NorStorage::new`]. (A type of its own, not a
 /// [`StorageError`] variant, so that every storage result on the device
 /// stays small.)
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum GeometryError {
@@ -136,6 +159,27 @@ pub enum GeometryError {
     /// garbage collection was finished (a power cut: open it again).
     #[error("the flash failed while the store was opened")]
     Io,
+}
+
+impl GeometryError {
+    /// The numeric code (SPEC.md §10.1, local to the device): 116 Sizes,
+    /// 117 Unaligned, 118 RecordTooLarge, 119 Layout, 120 TooSmall, 110 Io
+    /// (as [`StorageError::Io`]).
+    ///
+    /// ```
+    /// use spime::device::storage::GeometryError;
+    /// assert_eq!(GeometryError::Io.code(), 110);
+    /// ```
+    pub const fn code(&self) -> u16 {
+        match self {
+            GeometryError::Sizes { .. } => 116,
+            GeometryError::Unaligned { .. } => 117,
+            GeometryError::RecordTooLarge { .. } => 118,
+            GeometryError::Layout { .. } => 119,
+            GeometryError::TooSmall { .. } => 120,
+            GeometryError::Io => 110,
+        }
+    }
 }
 
 /// A record store whose writes are atomic: after a power cut, a record

@@ -36,6 +36,7 @@ pub struct CertificateBody {
 pub const CLOCK_SKEW: u64 = 86_400;
 
 /// A certificate is outside its validity period (SPEC.md §5.4).
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Validity {

@@ -5,7 +5,7 @@ use core::fmt::{self, Display, Formatter};
 
 use super::{
     DecommissionReason, Fault, FirmwareVersion, Metric, MetricValue, Notice, NoticeKind, RebootReason, Receipt,
-    Severity, Usage,
+    Severity, UsageOf,
 };
 use crate::consent::LocationPrecision;
 use crate::time::Utc;
@@ -150,7 +150,7 @@ impl Display for Metric {
 
 /// `usage for usage-analytics from 2026-11-23 12:00:00 UTC to 2026-11-23
 /// 13:00:00 UTC (consent version 1): #1 usage-counters: 3; #2 …`.
-impl Display for Usage {
+impl<const M: usize> Display for UsageOf<M> {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -232,6 +232,7 @@ impl Display for Notice {
 mod tests {
     use super::*;
     use crate::consent::{DataCategory, Purpose};
+    use crate::message::Usage;
 
     const FW: FirmwareVersion = FirmwareVersion { major: 1, minor: 4, patch: 2, build: 310 };
 

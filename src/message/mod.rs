@@ -14,9 +14,11 @@
 
 mod certificate;
 mod display;
+mod vendor_key;
 
 pub use certificate::{CERTIFICATE_DST, CLOCK_SKEW, CertificateBody, DeviceCertificate, Validity};
 pub use display::Readable;
+pub use vendor_key::{KeyUpdate, VENDOR_KEY_CERTIFICATE_DST, VendorKeyBody, VendorKeyCertificate};
 
 use serde::{Deserialize, Serialize};
 
@@ -72,9 +74,31 @@ pub const MAX_SEALED_LEN: usize = max(
     ),
     max(
         max(Transfer::MAX_SEALED_LEN, Decommission::MAX_SEALED_LEN),
-        max(Receipt::MAX_SEALED_LEN, Notice::MAX_SEALED_LEN),
+        max(max(Receipt::MAX_SEALED_LEN, Notice::MAX_SEALED_LEN), KeyUpdate::MAX_SEALED_LEN),
     ),
 );
+
+/// The longest envelope a device sends when its usage reports carry at
+/// most `M` metrics ([`UsageOf<M>`]): size its outbox records with it,
+/// `record_len(device_sealed_len::<M>())`
+/// ([`crate::device::outbox::record_len`]). With `M` = [`MAX_METRICS`],
+/// the longest of any device-to-vendor message.
+///
+/// ```
+/// use spime::message::{MAX_METRICS, MAX_SEALED_LEN, Register, Body, device_sealed_len};
+/// assert_eq!(device_sealed_len::<MAX_METRICS>(), MAX_SEALED_LEN);
+/// // four metrics: a Register (certificate and consent) is the longest
+/// assert_eq!(device_sealed_len::<4>(), Register::MAX_SEALED_LEN);
+/// ```
+pub const fn device_sealed_len<const M: usize>() -> usize {
+    max(
+        max(
+            max(Register::MAX_SEALED_LEN, UsageOf::<M>::MAX_SEALED_LEN),
+            max(Fault::MAX_SEALED_LEN, ConsentUpdate::MAX_SEALED_LEN),
+        ),
+        max(Transfer::MAX_SEALED_LEN, Decommission::MAX_SEALED_LEN),
+    )
+}
 
 const fn max(a: usize, b: usize) -> usize {
     if a > b { a } else { b }
@@ -194,8 +218,36 @@ impl Metric {
 }
 
 /// Usage: metrics aggregated over a window on the device.
+///
+/// The protocol's usage report, as the vendor decodes it: up to
+/// [`MAX_METRICS`] metrics.
+pub type Usage = UsageOf<MAX_METRICS>;
+
+/// A usage report holding at most `M` metrics: [`Usage`] is `UsageOf<MAX_METRICS>`,
+/// the protocol's limit, which the vendor decodes. A device that reports
+/// fewer metrics builds a `UsageOf` of its own capacity (from
+/// [`crate::device::metrics::Metrics`] of that size) and pays only for
+/// those in RAM, on the stack and in its outbox records; the bytes on the
+/// wire are the same for the same metrics, whatever `M` (`M` above
+/// [`MAX_METRICS`] would build reports the vendor refuses).
+///
+/// ```
+/// use spime::codec;
+/// use spime::consent::{DataCategory, Purpose};
+/// use spime::message::{Body, Metric, MetricValue, Usage, UsageOf};
+/// let m = Metric { id: 1, category: DataCategory::UsageCounters, value: MetricValue::Counter(3) };
+/// let small: UsageOf<2> = UsageOf {
+///     purpose: Purpose::USAGE_ANALYTICS, consent_version: 1, window_start: 0, window_end: 60,
+///     metrics: heapless::Vec::from_slice(&[m])?,
+/// };
+/// let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+/// let full: Usage = codec::decode(codec::encode(&small, &mut a)?)?;
+/// assert_eq!(codec::encode(&full, &mut b)?, codec::encode(&small, &mut a)?);
+/// assert!(UsageOf::<2>::MAX_SEALED_LEN < Usage::MAX_SEALED_LEN);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
+pub struct UsageOf<const M: usize> {
     /// The purpose the report is collected for.
     pub purpose: Purpose,
     /// The consent version the report was built under.
@@ -206,10 +258,10 @@ pub struct Usage {
     pub window_end: u64,
     /// The metrics, strictly ascending by id.
     #[serde(with = "crate::codec::length::vec")]
-    pub metrics: heapless::Vec<Metric, MAX_METRICS>,
+    pub metrics: heapless::Vec<Metric, M>,
 }
 
-impl Usage {
+impl<const M: usize> UsageOf<M> {
     /// The set of data categories the report carries.
     pub fn categories(&self) -> CategorySet {
         self.metrics.iter().fold(CategorySet::EMPTY, |s, m| s.with(m.category))
@@ -228,9 +280,9 @@ impl Usage {
     }
 }
 
-impl Canonical for Usage {
+impl<const M: usize> Canonical for UsageOf<M> {
     const MAX_ENCODED_LEN: usize =
-        varint_max(16) + varint_max(32) + 2 * varint_max(64) + 1 + MAX_METRICS * Metric::MAX_ENCODED_LEN;
+        varint_max(16) + varint_max(32) + 2 * varint_max(64) + 1 + M * Metric::MAX_ENCODED_LEN;
     fn validate(&self) -> Result<(), DecodeError> {
         self.purpose.check()?;
         if self.window_end < self.window_start {
@@ -254,7 +306,7 @@ impl Canonical for Usage {
     }
 }
 
-impl Body for Usage {
+impl<const M: usize> Body for UsageOf<M> {
     const KIND: Kind = Kind::USAGE;
 }
 

@@ -93,10 +93,26 @@ impl SessionKeys {
 }
 
 /// X25519 with the contributory check: an all-zero result (the peer sent
-/// a small-order point) is refused.
+/// a small-order point) is refused. dalek: the vendor's side.
 fn x25519_checked(secret: &[u8; 32], public: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
-    let shared = Zeroizing::new(x25519_dalek::x25519(*secret, *public));
+    contributory(Zeroizing::new(x25519_dalek::x25519(*secret, *public)))
+}
+
+/// Refuses an all-zero X25519 result.
+fn contributory(shared: Zeroizing<[u8; 32]>) -> Option<Zeroizing<[u8; 32]>> {
     if bool::from(shared.ct_eq(&[0u8; 32])) { None } else { Some(shared) }
+}
+
+/// The device's X25519: salty with the `salty` feature, dalek without.
+fn device_x25519(secret: &[u8; 32], public: &[u8; 32]) -> [u8; 32] {
+    #[cfg(feature = "salty")]
+    {
+        super::salty_backend::x25519(secret, public)
+    }
+    #[cfg(not(feature = "salty"))]
+    {
+        x25519_dalek::x25519(*secret, *public)
+    }
 }
 
 /// The device side of starting a key epoch: a fresh ephemeral X25519 key
@@ -129,8 +145,9 @@ pub fn device_start_epoch_with(
     epoch: u32,
     vendor: &VendorPublicKeys,
 ) -> Result<(SessionKeys, [u8; 32]), crate::error::SealError> {
-    let eph_pub = x25519_dalek::x25519(*ephemeral_secret, x25519_dalek::X25519_BASEPOINT_BYTES);
-    let shared = x25519_checked(ephemeral_secret, &vendor.key_agreement).ok_or(crate::error::SealError::WeakKey)?;
+    let eph_pub = device_x25519(ephemeral_secret, &x25519_dalek::X25519_BASEPOINT_BYTES);
+    let shared = contributory(Zeroizing::new(device_x25519(ephemeral_secret, &vendor.key_agreement)))
+        .ok_or(crate::error::SealError::WeakKey)?;
     Ok((SessionKeys::from_shared(&shared, device, epoch, &eph_pub, &vendor.key_agreement), eph_pub))
 }
 
@@ -272,17 +289,29 @@ impl VendorKeys {
 }
 
 /// A device's long-term identity: its id and Ed25519 key. Wiped on drop.
+///
+/// With the `salty` feature the device signs on salty: the key keeps its
+/// seed and public key, and makes dalek's [`SigningKey`] only if
+/// [`DeviceKey::signing`] is called (firmware never does, so dalek's
+/// signing code is not linked).
 pub struct DeviceKey {
     /// The device id.
     pub device: DeviceId,
+    #[cfg(not(feature = "salty"))]
     signing: SigningKey,
+    #[cfg(feature = "salty")]
+    seed: Zeroizing<[u8; 32]>,
+    #[cfg(feature = "salty")]
+    public: [u8; 32],
+    #[cfg(feature = "salty")]
+    dalek: core::cell::OnceCell<SigningKey>,
 }
 
 impl core::fmt::Debug for DeviceKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("DeviceKey")
             .field("device", &self.device)
-            .field("public", &self.signing.verifying_key())
+            .field("public", &self.public_bytes())
             .finish_non_exhaustive()
     }
 }
@@ -290,7 +319,19 @@ impl core::fmt::Debug for DeviceKey {
 impl DeviceKey {
     /// A device key from its 32-byte Ed25519 seed.
     pub fn from_seed(device: DeviceId, seed: &[u8; 32]) -> DeviceKey {
-        DeviceKey { device, signing: SigningKey::from_bytes(seed) }
+        #[cfg(not(feature = "salty"))]
+        {
+            DeviceKey { device, signing: SigningKey::from_bytes(seed) }
+        }
+        #[cfg(feature = "salty")]
+        {
+            DeviceKey {
+                device,
+                seed: Zeroizing::new(*seed),
+                public: super::salty_backend::public_key(seed),
+                dalek: core::cell::OnceCell::new(),
+            }
+        }
     }
 
     /// Generates a fresh device key (at manufacture).
@@ -302,11 +343,51 @@ impl DeviceKey {
 
     /// The device's public key, which its certificate binds.
     pub fn public(&self) -> VerifyingKey {
-        self.signing.verifying_key()
+        self.signing().verifying_key()
     }
 
-    /// The signing key.
+    /// The device's public key as bytes (what [`DeviceKey::public`]
+    /// encodes to), without dalek on salty.
+    ///
+    /// ```
+    /// use spime::seal::DeviceKey;
+    /// use spime::wire::DeviceId;
+    /// let key = DeviceKey::from_seed(DeviceId(*b"device-1"), &[7; 32]);
+    /// assert_eq!(key.public_bytes(), key.public().to_bytes());
+    /// ```
+    pub fn public_bytes(&self) -> [u8; 32] {
+        #[cfg(not(feature = "salty"))]
+        {
+            self.signing.verifying_key().to_bytes()
+        }
+        #[cfg(feature = "salty")]
+        {
+            self.public
+        }
+    }
+
+    /// The signing key (dalek's; made on first use with the `salty` feature).
+    #[cfg(not(feature = "salty"))]
     pub const fn signing(&self) -> &SigningKey {
         &self.signing
+    }
+
+    /// The signing key (dalek's; made on first use with the `salty` feature).
+    #[cfg(feature = "salty")]
+    pub fn signing(&self) -> &SigningKey {
+        self.dalek.get_or_init(|| SigningKey::from_bytes(&self.seed))
+    }
+
+    /// Signs with the device's backend.
+    pub(crate) fn sign_parts_inner(&self, parts: &[&[u8]]) -> [u8; 64] {
+        #[cfg(not(feature = "salty"))]
+        {
+            use ed25519_dalek::ed25519::signature::MultipartSigner;
+            self.signing.multipart_sign(parts).to_bytes()
+        }
+        #[cfg(feature = "salty")]
+        {
+            super::salty_backend::sign_parts(&self.seed, &self.public, parts)
+        }
     }
 }

@@ -19,6 +19,8 @@
 pub mod counter;
 pub mod keys;
 pub mod replay;
+#[cfg(feature = "salty")]
+mod salty_backend;
 
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
@@ -82,13 +84,23 @@ pub fn seal<B: Body>(
     signer: &SigningKey,
     keys: &SessionKeys,
 ) -> Result<usize, SealError> {
-    let header = Header {
-        kind: B::KIND,
-        device: seal.device,
-        epoch: seal.epoch,
-        counter: seal.counter,
-        ephemeral: seal.ephemeral,
-    };
+    seal_kind(out, seal, B::KIND, body, signer, keys)
+}
+
+/// [`seal`] with any signer, for a value that encodes exactly as a body of
+/// `kind`: the device seals with its [`DeviceKey`] (on salty with the
+/// `salty` feature), and seals a borrowed view of a large body without
+/// copying it into the body type first.
+pub(crate) fn seal_kind<T: serde::Serialize + ?Sized, S: SignParts + ?Sized>(
+    out: &mut [u8],
+    seal: &Seal,
+    kind: Kind,
+    body: &T,
+    signer: &S,
+    keys: &SessionKeys,
+) -> Result<usize, SealError> {
+    let header =
+        Header { kind, device: seal.device, epoch: seal.epoch, counter: seal.counter, ephemeral: seal.ephemeral };
     let have = out.len();
     let too_small = || -> SealError {
         match codec::encoded_len(body) {
@@ -106,8 +118,7 @@ pub fn seal<B: Body>(
     let rest = rest.get_mut(..b + SIGNATURE_LEN + TAG_LEN).ok_or(SealError::BufferTooSmall { needed, have })?;
     let (plain, tag_out) = rest.split_at_mut(b + SIGNATURE_LEN);
     let (body_bytes, sig_out) = plain.split_at_mut(b);
-    let sig = signer.multipart_sign(&[MESSAGE_DST, head, body_bytes]);
-    sig_out.copy_from_slice(&sig.to_bytes());
+    sig_out.copy_from_slice(&signer.sign_parts(&[MESSAGE_DST, head, body_bytes]));
     let cipher = ChaCha20Poly1305::new(keys.key(header.direction()).as_bytes().into());
     let n = nonce(header.direction(), header.counter);
     let tag = cipher
@@ -315,34 +326,77 @@ pub fn is_canonical_point_encoding(bytes: &[u8; 32]) -> bool {
 /// checks the cofactorless equation, exactly as `VerifyingKey::verify_strict`
 /// does (tests pin the equivalence); and refuses non-canonical encodings of
 /// the public key and of `R` (y ≥ p), as libsodium does (SPEC §2.1).
+///
+/// With the `salty` feature and without `std` (firmware), the same checks
+/// run on salty ([`salty_backend`], cross-tested against this one).
 pub(crate) fn verify_strict_parts(key: &VerifyingKey, parts: &[&[u8]], sig: &Signature) -> Result<(), ()> {
-    use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
-    use curve25519_dalek::scalar::Scalar;
-    use sha2::{Digest, Sha512};
-    if !is_canonical_point_encoding(key.as_bytes()) || !is_canonical_point_encoding(sig.r_bytes()) {
-        return Err(());
+    #[cfg(all(feature = "salty", not(feature = "std")))]
+    {
+        salty_backend::verify_strict_parts(key.as_bytes(), parts, &sig.to_bytes())
     }
-    let a = key.to_edwards();
-    if a.is_small_order() {
-        return Err(());
+    #[cfg(not(all(feature = "salty", not(feature = "std"))))]
+    {
+        use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+        use curve25519_dalek::scalar::Scalar;
+        use sha2::{Digest, Sha512};
+        if !is_canonical_point_encoding(key.as_bytes()) || !is_canonical_point_encoding(sig.r_bytes()) {
+            return Err(());
+        }
+        let a = key.to_edwards();
+        if a.is_small_order() {
+            return Err(());
+        }
+        // R is decompressed once: for the small-order check and for the
+        // equation, which compares points rather than re-encoding `[s]B - [k]A`
+        // (the same answer: R's encoding is canonical and R is not of small
+        // order, so it is the only encoding of that point).
+        let r = match CompressedEdwardsY(*sig.r_bytes()).decompress() {
+            Some(point) if !point.is_small_order() => point,
+            _ => return Err(()),
+        };
+        let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(*sig.s_bytes())).ok_or(())?;
+        let mut h = Sha512::new();
+        h.update(sig.r_bytes());
+        h.update(key.as_bytes());
+        for p in parts {
+            h.update(p);
+        }
+        let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+        if EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &-a, &s) == r { Ok(()) } else { Err(()) }
     }
-    // R is decompressed once: for the small-order check and for the
-    // equation, which compares points rather than re-encoding `[s]B - [k]A`
-    // (the same answer: R's encoding is canonical and R is not of small
-    // order, so it is the only encoding of that point).
-    let r = match CompressedEdwardsY(*sig.r_bytes()).decompress() {
-        Some(point) if !point.is_small_order() => point,
-        _ => return Err(()),
-    };
-    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(*sig.s_bytes())).ok_or(())?;
-    let mut h = Sha512::new();
-    h.update(sig.r_bytes());
-    h.update(key.as_bytes());
-    for p in parts {
-        h.update(p);
+}
+
+/// [`verify_strict_parts`] for a key given as bytes (an owner key): on
+/// salty the key is never decompressed by dalek.
+pub(crate) fn verify_strict_parts_bytes(key: &[u8; 32], parts: &[&[u8]], sig: &[u8; SIGNATURE_LEN]) -> Result<(), ()> {
+    #[cfg(all(feature = "salty", not(feature = "std")))]
+    {
+        salty_backend::verify_strict_parts(key, parts, sig)
     }
-    let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
-    if EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &-a, &s) == r { Ok(()) } else { Err(()) }
+    #[cfg(not(all(feature = "salty", not(feature = "std"))))]
+    {
+        let key = VerifyingKey::from_bytes(key).map_err(|_| ())?;
+        verify_strict_parts(&key, parts, &Signature::from_bytes(sig))
+    }
+}
+
+/// Signs a message given in parts: the device's key on salty (feature
+/// `salty`), any dalek key with dalek.
+pub(crate) trait SignParts {
+    /// Ed25519 (RFC 8032) over the concatenation of `parts`.
+    fn sign_parts(&self, parts: &[&[u8]]) -> [u8; SIGNATURE_LEN];
+}
+
+impl SignParts for SigningKey {
+    fn sign_parts(&self, parts: &[&[u8]]) -> [u8; SIGNATURE_LEN] {
+        self.multipart_sign(parts).to_bytes()
+    }
+}
+
+impl SignParts for DeviceKey {
+    fn sign_parts(&self, parts: &[&[u8]]) -> [u8; SIGNATURE_LEN] {
+        self.sign_parts_inner(parts)
+    }
 }
 
 /// Signs and seals a body as the vendor, for one device (the vendor's

@@ -57,9 +57,10 @@ pub const fn response_code(e: &IngestError) -> ResponseType {
         }
         IngestError::Replay(_) => ResponseType::Conflict,
         IngestError::UnknownDevice => ResponseType::NotFound,
-        IngestError::StaleEpoch { .. } | IngestError::UnopenedEpoch { .. } | IngestError::AwaitingRegistration => {
-            ResponseType::PreconditionFailed
-        }
+        IngestError::StaleEpoch { .. }
+        | IngestError::UnopenedEpoch { .. }
+        | IngestError::AwaitingRegistration
+        | IngestError::VendorKeyRetired { .. } => ResponseType::PreconditionFailed,
         IngestError::Unconsented(_)
         | IngestError::Consent(_)
         | IngestError::Decommissioned
@@ -424,15 +425,32 @@ impl<S: Store> App<S> {
                             Err(e) => debug!(error = %e, "no receipt"),
                         }
                     }
-                    match self.next_notice(&acc.device) {
-                        Some(n) => (ResponseType::Changed, Some(ContentFormat::ApplicationOctetStream), n),
-                        None => (ResponseType::Changed, None, Vec::new()),
+                    // Notices first, so a device that cannot learn keys (no VCA.pub, older
+                    // firmware) still gets them while an older vendor key is live; a
+                    // device whose epoch uses an older key gets the new one when no
+                    // notice waits (SPEC §11.2).
+                    if let Some(n) = self.next_notice(&acc.device) {
+                        return (ResponseType::Changed, Some(ContentFormat::ApplicationOctetStream), n);
                     }
+                    if acc.key_update_due {
+                        match self.ingestor.seal_key_update(&acc.device, now) {
+                            Ok(u) => return (ResponseType::Changed, Some(ContentFormat::ApplicationOctetStream), u),
+                            Err(e) => debug!(error = %e, "no key update"),
+                        }
+                    }
+                    (ResponseType::Changed, None, Vec::new())
                 }
                 Err(e) => {
                     let device = Header::parse(bytes).ok().map(|(h, _)| h.device);
                     debug!(device = ?device.map(|d| hex::encode(d.0)), reason = e.reason(), "refused");
                     self.stats.refused(device.as_ref(), e.reason(), e.code(), e.to_string(), now);
+                    // A device stranded on a retired vendor key gets the new key with the
+                    // refusal (SPEC §11.2): it can take no other way to it.
+                    if let (IngestError::VendorKeyRetired { .. }, Some(d)) = (&e, &device)
+                        && let Ok(u) = self.ingestor.seal_key_update(d, now)
+                    {
+                        return (response_code(&e), Some(ContentFormat::ApplicationOctetStream), u);
+                    }
                     (response_code(&e), Some(ContentFormat::TextPlain), diagnostic(&e).into_bytes())
                 }
             })

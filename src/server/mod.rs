@@ -172,12 +172,17 @@ pub fn kind_name(kind: Kind) -> &'static str {
         Kind::DECOMMISSION => "decommission",
         Kind::RECEIPT => "receipt",
         Kind::NOTICE => "notice",
+        Kind::KEY_UPDATE => "key-update",
         _ => "unknown",
     }
 }
 
 /// A running server. Dropping it stops the tasks too, without waiting for
-/// them; [`Running::shutdown`] waits for the batch in flight.
+/// them; [`Running::shutdown`] waits for the batch in flight. With a store
+/// whose drop blocks (`PgStore`, feature `postgres`), call
+/// [`Running::shutdown`] (or keep a clone of the ingestor's `Arc` and drop
+/// it outside the runtime): a plain drop may release the store on an async
+/// thread.
 pub struct Running {
     /// Where CoAP listens.
     pub coap: SocketAddr,
@@ -200,6 +205,10 @@ impl Running {
     /// caps), and queues it: it travels as the payload of the device's next
     /// 2.04 that carries no receipt (SPEC §11.2).
     ///
+    /// It reads and writes the store, so it blocks: call it outside the
+    /// runtime or in [`tokio::task::spawn_blocking`] (the sync PostgreSQL
+    /// client panics on an async thread).
+    ///
     /// # Errors
     /// [`NoticeError::Send`] with the reason it is held back, or
     /// [`NoticeError::MailboxFull`].
@@ -211,11 +220,21 @@ impl Running {
     /// committed and answered, queued requests are left unanswered (their
     /// devices retransmit), HTTP finishes open requests. Returns when all
     /// tasks have ended.
+    ///
+    /// The server's last reference to the store is then released on
+    /// tokio's blocking pool, not on an async thread: closing a store may
+    /// block (the sync PostgreSQL client of `PgStore`, feature `postgres`,
+    /// closes its connections on a runtime of its own, which panics on an
+    /// async thread).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
         }
+        // Every task has ended: this is the last reference to the App (and,
+        // unless the caller kept one, to the Ingestor and its store).
+        let notices = self.notices;
+        let _ = tokio::task::spawn_blocking(move || drop(notices)).await;
         info!("server stopped");
     }
 
@@ -246,11 +265,22 @@ impl Running {
 
 /// Binds both sockets and starts the server's tasks on the current tokio runtime.
 ///
+/// Any [`Store`] serves: every store call (the ingest of a batch, receipts,
+/// notices, the operator pages and JSON) runs on tokio's blocking pool,
+/// never on an async thread, so a blocking store such as
+/// `PgStore` (feature `postgres`, the sync `postgres` client) is safe here.
+/// Create the store before entering the runtime.
+///
 /// # Errors
 /// When a socket cannot be bound.
 pub async fn start<S: Store + 'static>(ingestor: Arc<Ingestor<S>>, config: Config) -> std::io::Result<Running> {
-    let udp = UdpSocket::bind(config.coap).await?;
-    let tcp = TcpListener::bind(config.http).await?;
+    // Which socket failed, in the error: "address in use" alone does not say.
+    let at = |what: &str, addr: SocketAddr| {
+        let what = alloc::format!("{what}{addr}");
+        move |e: std::io::Error| std::io::Error::new(e.kind(), alloc::format!("{what}: {e}"))
+    };
+    let udp = UdpSocket::bind(config.coap).await.map_err(at("CoAP on udp://", config.coap))?;
+    let tcp = TcpListener::bind(config.http).await.map_err(at("HTTP on tcp://", config.http))?;
     let (coap_addr, http_addr) = (udp.local_addr()?, tcp.local_addr()?);
     let config_clock_now = (config.clock)();
     let app = Arc::new(App {

@@ -276,7 +276,7 @@ impl Stats {
         );
         let _ = writeln!(
             o,
-            "# HELP spime_store_bytes Size of the store file in bytes (0 for an in-memory store).\n# TYPE spime_store_bytes gauge\nspime_store_bytes {store_bytes}"
+            "# HELP spime_store_bytes Size of the store file in bytes (0 when the store is no file: in memory or PostgreSQL).\n# TYPE spime_store_bytes gauge\nspime_store_bytes {store_bytes}"
         );
         o
     }

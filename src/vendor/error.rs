@@ -71,6 +71,14 @@ pub enum IngestError {
     /// consent.
     #[error("device was transferred and awaits a new registration")]
     AwaitingRegistration,
+    /// The device's current epoch was opened with a vendor key that has
+    /// retired (SPEC.md §9.2): the vendor no longer takes messages under
+    /// it. The device needs the new key (a KeyUpdate) and a new epoch.
+    #[error("the vendor key (serial {serial}) this epoch was opened with has retired")]
+    VendorKeyRetired {
+        /// the retired key's serial
+        serial: u32,
+    },
     /// Too many messages opening a new epoch for this device failed after
     /// their key agreement within [`super::OPENER_WINDOW`]
     /// (forgeries by someone who knows the device id): only one opener per
@@ -125,6 +133,7 @@ impl IngestError {
             IngestError::Storage(_) => 53,
             IngestError::CertificateInvalid(_) => 54,
             IngestError::Revoked => 55,
+            IngestError::VendorKeyRetired { .. } => 56,
         }
     }
 
@@ -151,6 +160,7 @@ impl IngestError {
             IngestError::Throttled => "throttled",
             IngestError::CertificateInvalid(_) => "certificate-invalid",
             IngestError::Revoked => "revoked",
+            IngestError::VendorKeyRetired { .. } => "vendor-key-retired",
             IngestError::Storage(_) => "storage",
         }
     }
@@ -192,6 +202,14 @@ pub enum SendError {
     /// The vendor holds no consent to countersign.
     #[error("no consent to countersign")]
     NoConsent,
+    /// The device's epoch was opened with a vendor key the keyring no
+    /// longer holds: send it a KeyUpdate ([`super::Ingestor::seal_key_update`]).
+    #[error("the vendor key (serial {0}) of the device's epoch is no longer held")]
+    VendorKeyGone(u32),
+    /// The device's epoch already uses the newest vendor key: there is no
+    /// KeyUpdate to send.
+    #[error("the device already uses the newest vendor key")]
+    NoKeyUpdate,
     /// Sealing failed.
     #[error("seal: {0}")]
     Seal(#[from] SealError),
@@ -209,8 +227,60 @@ impl SendError {
             SendError::Refused(_) => "contact-refused",
             SendError::NoConsent => "no-consent",
             SendError::AwaitingRegistration => "awaiting-registration",
+            SendError::VendorKeyGone(_) => "vendor-key-gone",
+            SendError::NoKeyUpdate => "no-key-update",
             SendError::Seal(_) => "seal",
             SendError::Storage(_) => "storage",
         }
     }
+}
+
+/// The vendor's keyring refused a change (`Ingestor::with_vendor_key`,
+/// `Ingestor::retire_vendor_key`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyringError {
+    /// The certificate is not signed by the certificate authority key.
+    #[error("the vendor key certificate is not signed by the certificate authority")]
+    BadCertificate,
+    /// The certificate certifies other public keys than the keys given.
+    #[error("the certificate certifies other keys than the ones given")]
+    KeysDiffer,
+    /// A new key's serial must be above every serial in the keyring.
+    #[error("serial {got} is not above the newest serial {newest}")]
+    SerialNotAbove {
+        /// the newest serial held
+        newest: u32,
+        /// the serial given
+        got: u32,
+    },
+    /// The keys are held under another serial: a key keeps its serial (the
+    /// device epochs opened with it are recorded under it).
+    #[error("the keys are held as serial {held}, the certificate says {got}")]
+    SerialChanged {
+        /// the serial held
+        held: u32,
+        /// the certificate's serial
+        got: u32,
+    },
+    /// The new pair's key-agreement key `VX` is already held by the pair of
+    /// serial `held`: the vendor learns which pair a device holds only from
+    /// the `VX` that opens its epoch (SPEC §9.2), so two pairs may not share one.
+    #[error("the new pair's key-agreement key is already held by serial {held}: each pair needs its own")]
+    SharedKeyAgreement {
+        /// the serial of the pair that holds the key-agreement key
+        held: u32,
+    },
+    /// The keyring holds [`super::MAX_VENDOR_KEYS`] keys: forget a retired one first.
+    #[error("the keyring is full ({0} keys): forget a retired key first")]
+    Full(usize),
+    /// No key of this serial.
+    #[error("no vendor key of serial {0}")]
+    UnknownSerial(u32),
+    /// The newest key cannot retire or be forgotten (it has no successor).
+    #[error("the newest vendor key (serial {0}) cannot retire")]
+    Newest(u32),
+    /// A key may be forgotten only once it has retired.
+    #[error("the vendor key of serial {0} has not retired")]
+    NotRetired(u32),
 }

@@ -71,9 +71,10 @@ mod redb_store;
 pub mod sim;
 pub mod store;
 
-pub use error::{IngestError, SendError, StoreError};
+pub use error::{IngestError, KeyringError, SendError, StoreError};
 pub use ingest::{
-    Accepted, Event, IngestConfig, Ingestor, KEY_CACHE_DEFAULT, OPENER_FAILURES, OPENER_WINDOW, Outcome, partition_of,
+    Accepted, Event, IngestConfig, Ingestor, KEY_CACHE_DEFAULT, MAX_VENDOR_KEYS, OPENER_FAILURES, OPENER_WINDOW,
+    Outcome, partition_of,
 };
 pub use memory::{MemoryStore, MemoryTxn};
 #[cfg(feature = "postgres")]

@@ -1,5 +1,7 @@
-//! Vendor to device: Receipts and Notices, sealed with the device's current
-//! session keys and the vendor's own per-device counter. A notice is sealed
+//! Vendor to device: Receipts, Notices and KeyUpdates, sealed with the
+//! device's current session keys and the vendor's own per-device counter.
+//! Receipts and Notices are signed by the vendor key the device's epoch was
+//! opened with (the device holds it); a KeyUpdate by the key it certifies. A notice is sealed
 //! only where the owner's contact preferences allow it; the counter value
 //! and the notice log entry are committed before the sealed bytes are
 //! returned, so a counter value is never used twice.
@@ -8,7 +10,7 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 
 use crate::consent::{ContactHistory, Purpose};
-use crate::message::{Body, Notice, Receipt};
+use crate::message::{Body, KeyUpdate, Notice, Receipt};
 use crate::seal::seal_from_vendor;
 use crate::wire::DeviceId;
 
@@ -57,7 +59,8 @@ impl<S: Store> Ingestor<S> {
         };
         let counter = tx.next_counter(device)?;
         let mut out = alloc::vec![0u8; Receipt::MAX_SEALED_LEN];
-        let n = seal_from_vendor(&mut out, *device, counter, &receipt, self.keys(), &rec.session.keys())?;
+        let signer = self.epoch_signer(&rec)?;
+        let n = seal_from_vendor(&mut out, *device, counter, &receipt, signer, &rec.session.keys())?;
         out.truncate(n);
         tx.commit()?;
         Ok(out)
@@ -99,13 +102,52 @@ impl<S: Store> Ingestor<S> {
             tx.commit()?;
             return Err(SendError::Refused(denial));
         }
+        let signer = self.epoch_signer(&rec)?;
         let counter = tx.next_counter(device)?;
         let mut out = alloc::vec![0u8; Notice::MAX_SEALED_LEN];
-        let n = seal_from_vendor(&mut out, *device, counter, notice, self.keys(), &rec.session.keys())?;
+        let n = seal_from_vendor(&mut out, *device, counter, notice, signer, &rec.session.keys())?;
         out.truncate(n);
         record.counter = Some(counter);
         tx.record_notice(&record)?;
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Seals a KeyUpdate for `device` (SPEC.md §5.11): the newest certified
+    /// vendor key live at `now`, signed by that key, under the device's
+    /// current epoch. Send it while [`crate::vendor::Accepted::key_update_due`]
+    /// says so; the device takes it, opens its next epoch with the new key,
+    /// and the vendor then signs with the new key for it. Sealing it again
+    /// is harmless (the device treats the same certificate as a duplicate).
+    ///
+    /// # Errors
+    /// [`SendError::NoKeyUpdate`] when the device's epoch already uses the
+    /// newest certified key (or none is certified);
+    /// [`SendError::UnknownDevice`], [`SendError::Decommissioned`],
+    /// [`SendError::AwaitingRegistration`] after a transfer, or a storage or
+    /// sealing failure.
+    pub fn seal_key_update(&self, device: &DeviceId, now: u64) -> Result<Vec<u8>, SendError> {
+        let mut tx = self.store().begin()?;
+        let rec = live(tx.device(device)?)?;
+        if rec.lifecycle != Lifecycle::Active {
+            return Err(SendError::AwaitingRegistration);
+        }
+        let (keys, certificate) = self.newest_certified(now).ok_or(SendError::NoKeyUpdate)?;
+        if certificate.body.serial <= rec.session.vendor_key() {
+            return Err(SendError::NoKeyUpdate);
+        }
+        let update = KeyUpdate { certificate: *certificate };
+        let counter = tx.next_counter(device)?;
+        let mut out = alloc::vec![0u8; KeyUpdate::MAX_SEALED_LEN];
+        let n = seal_from_vendor(&mut out, *device, counter, &update, keys, &rec.session.keys())?;
+        out.truncate(n);
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// The vendor key that signs the device's messages of its epoch.
+    fn epoch_signer(&self, rec: &DeviceRecord) -> Result<&crate::seal::VendorKeys, SendError> {
+        let serial = rec.session.vendor_key();
+        self.vendor_key(serial).ok_or(SendError::VendorKeyGone(serial))
     }
 }

@@ -50,21 +50,38 @@ pub struct SessionSecrets {
     epoch: u32,
     device_to_vendor: [u8; 32],
     vendor_to_device: [u8; 32],
+    /// The serial of the vendor key the epoch was opened with (SPEC §9.2).
+    vendor_key: u32,
 }
 
 impl SessionSecrets {
-    /// Captures session keys for storage.
+    /// Captures session keys for storage, of an epoch opened with the
+    /// vendor key of serial 0 (see [`SessionSecrets::opened_with`]).
     pub fn from_keys(keys: &SessionKeys) -> SessionSecrets {
         SessionSecrets {
             epoch: keys.epoch,
             device_to_vendor: *keys.device_to_vendor.as_bytes(),
             vendor_to_device: *keys.vendor_to_device.as_bytes(),
+            vendor_key: 0,
         }
+    }
+
+    /// The same keys, of an epoch opened with the vendor key of serial `serial`.
+    #[must_use]
+    pub const fn opened_with(mut self, serial: u32) -> SessionSecrets {
+        self.vendor_key = serial;
+        self
     }
 
     /// The epoch these keys belong to.
     pub const fn epoch(&self) -> u32 {
         self.epoch
+    }
+
+    /// The serial of the vendor key the epoch was opened with: the device
+    /// holds that key, and the vendor signs its messages of the epoch with it.
+    pub const fn vendor_key(&self) -> u32 {
+        self.vendor_key
     }
 
     /// The session keys.
@@ -80,6 +97,7 @@ impl SessionSecrets {
 impl PartialEq for SessionSecrets {
     fn eq(&self, other: &Self) -> bool {
         self.epoch == other.epoch
+            && self.vendor_key == other.vendor_key
             && bool::from(self.device_to_vendor.ct_eq(&other.device_to_vendor))
             && bool::from(self.vendor_to_device.ct_eq(&other.vendor_to_device))
     }
@@ -89,7 +107,10 @@ impl Eq for SessionSecrets {}
 
 impl core::fmt::Debug for SessionSecrets {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("SessionSecrets").field("epoch", &self.epoch).finish_non_exhaustive()
+        f.debug_struct("SessionSecrets")
+            .field("epoch", &self.epoch)
+            .field("vendor_key", &self.vendor_key)
+            .finish_non_exhaustive()
     }
 }
 

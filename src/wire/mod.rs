@@ -117,10 +117,11 @@ impl Direction {
 }
 
 /// A message kind, named by its code (`0x01`..`0x06` device to vendor,
-/// `0x81` and `0x82` vendor to device: the high bit is the direction). On the
+/// `0x81`..`0x83` vendor to device: the high bit is the direction). On the
 /// wire the code is packed into the low four bits of byte 0 as the direction
 /// bit (`0x08`) and the code's low three bits ([`Kind::nibble`]).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Kind(u8);
 
 impl Kind {
@@ -140,9 +141,12 @@ impl Kind {
     pub const RECEIPT: Kind = Kind(0x81);
     /// Vendor to device: a notice for the owner.
     pub const NOTICE: Kind = Kind(0x82);
+    /// Vendor to device: a new vendor key, certified by the vendor's
+    /// certificate authority (SPEC.md §5.11).
+    pub const KEY_UPDATE: Kind = Kind(0x83);
 
     /// Every kind defined in version 1.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::REGISTER,
         Kind::USAGE,
         Kind::FAULT,
@@ -151,6 +155,7 @@ impl Kind {
         Kind::DECOMMISSION,
         Kind::RECEIPT,
         Kind::NOTICE,
+        Kind::KEY_UPDATE,
     ];
 
     /// The kind for a wire byte.
@@ -165,12 +170,12 @@ impl Kind {
     /// ```
     pub const fn from_byte(b: u8) -> Result<Kind, DecodeError> {
         match b {
-            0x01..=0x06 | 0x81 | 0x82 => Ok(Kind(b)),
+            0x01..=0x06 | 0x81..=0x83 => Ok(Kind(b)),
             _ => Err(DecodeError::UnknownKind(b)),
         }
     }
 
-    /// The kind's code (`0x01`..`0x06`, `0x81`, `0x82`), as in SPEC.md §4.1
+    /// The kind's code (`0x01`..`0x06`, `0x81`..`0x83`), as in SPEC.md §4.1
     /// and the vectors.
     pub const fn to_byte(self) -> u8 {
         self.0
@@ -197,7 +202,7 @@ impl Kind {
     pub const fn from_nibble(n: u8) -> Result<Kind, DecodeError> {
         match n {
             0x1..=0x6 => Ok(Kind(n)),
-            0x9 | 0xa => Ok(Kind(0x80 | (n & 0x07))),
+            0x9..=0xb => Ok(Kind(0x80 | (n & 0x07))),
             _ => Err(DecodeError::UnknownKind(n)),
         }
     }
@@ -218,6 +223,7 @@ impl Kind {
             0x06 => "decommission",
             0x81 => "receipt",
             0x82 => "notice",
+            0x83 => "key-update",
             _ => "unknown",
         }
     }
@@ -234,6 +240,7 @@ impl core::fmt::Debug for Kind {
 /// its certificate. It travels in every header, so gateways route and
 /// partition by it without keys.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct DeviceId(pub [u8; DEVICE_ID_LEN]);
 
 impl core::fmt::Debug for DeviceId {

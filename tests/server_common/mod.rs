@@ -53,6 +53,11 @@ pub(crate) fn rng(seed: u8) -> rand_chacha::ChaCha20Rng {
 
 /// Device number `n`, with a certificate from the test vendor.
 pub(crate) fn identity(n: u8) -> Identity {
+    identity_issued(n, T0 - 86_400)
+}
+
+/// Device number `n`, its certificate issued at `issued_at`.
+pub(crate) fn identity_issued(n: u8, issued_at: u64) -> Identity {
     let v = vendor_keys();
     let id = DeviceId([0xD0, 0, 0, 0, 0, 0, 0, n]);
     let key = DeviceKey::from_seed(id, &[n; 32]);
@@ -62,7 +67,7 @@ pub(crate) fn identity(n: u8) -> Identity {
             device_key: key.public().to_bytes(),
             model: "kettle-9000".try_into().unwrap(),
             hardware_revision: 3,
-            issued_at: T0 - 86_400,
+            issued_at,
             not_after: None,
         },
         v.signing(),
@@ -109,12 +114,18 @@ pub(crate) struct TestServer {
 
 impl TestServer {
     pub(crate) fn start(name: &str) -> TestServer {
+        TestServer::start_with(name, |i| i)
+    }
+
+    /// A server whose pipeline `setup` configures (a keyring, for example).
+    pub(crate) fn start_with(name: &str, setup: impl FnOnce(Ingestor<RedbStore>) -> Ingestor<RedbStore>) -> TestServer {
         let dir = std::env::temp_dir().join(format!("spime-server-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("vendor.redb");
         let store = RedbStore::open(&file).unwrap();
-        let ingestor = Arc::new(Ingestor::new(store, vendor_keys(), IngestConfig { workers: 1, batch_verify: true }));
+        let ingestor =
+            Arc::new(setup(Ingestor::new(store, vendor_keys(), IngestConfig { workers: 1, batch_verify: true })));
         let clock = Arc::new(AtomicU64::new(T0));
         let c = Arc::clone(&clock);
         let config = Config {
@@ -154,7 +165,8 @@ impl Drop for TestServer {
 /// Sends everything queued on `dev` to `/s`; acknowledges what the server
 /// accepted, opens any receipt. Returns every reply in order.
 pub(crate) fn deliver(client: &mut Client, dev: &mut Dev<'_>) -> Vec<Reply> {
-    let queued: Vec<(u64, Vec<u8>)> = dev.queued().map(|e| (e.meta.counter, e.envelope.to_vec())).collect();
+    let queued: Vec<(u64, Vec<u8>)> =
+        dev.queued_envelopes().unwrap().into_iter().map(|(m, e)| (m.counter, e)).collect();
     let mut replies = Vec::new();
     for (counter, envelope) in queued {
         let reply = client.post(MESSAGE_PATH, &envelope).unwrap();
@@ -209,4 +221,128 @@ fn unchunk(mut body: &str) -> String {
         out.push_str(&rest[..n]);
         body = &rest[n + 2..];
     }
+}
+
+/// The system clock (for a `spime-vendor` process, which keeps real time).
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Writes the test vendor's keys as `dir/vendor.keys` (mode 0600).
+pub(crate) fn write_vendor_keys(dir: &std::path::Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(spime::server::keyfile::SECRET_FILE);
+    std::fs::write(&path, vendor_keys().to_bytes().as_slice()).unwrap();
+    #[cfg(unix)]
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    path
+}
+
+/// A `spime-vendor serve` process: its addresses (read from what it
+/// prints), and its log once it has exited.
+pub(crate) struct Served {
+    pub(crate) child: std::process::Child,
+    pub(crate) coap: SocketAddr,
+    pub(crate) http: SocketAddr,
+    log: Option<std::thread::JoinHandle<String>>,
+    pub(crate) start_log: String,
+}
+
+impl Served {
+    /// Runs `spime-vendor serve ARGS` and waits until it prints where it listens.
+    pub(crate) fn start(args: &[&str]) -> Served {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spime-vendor"))
+            .arg("serve")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let (mut coap, mut http, mut start_log) = (None, None, String::new());
+        while coap.is_none() || http.is_none() {
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.wait();
+                panic!("spime-vendor serve ended before listening:\n{start_log}");
+            };
+            start_log.push_str(&line);
+            start_log.push('\n');
+            let addr = |prefix: &str| -> Option<SocketAddr> {
+                line.strip_prefix(prefix)?.split_whitespace().next()?.trim_end_matches('/').parse().ok()
+            };
+            coap = coap.or_else(|| addr("CoAP on udp://"));
+            http = http.or_else(|| addr("fleet view on http://"));
+        }
+        // Keep draining stderr so the server never blocks on a full pipe.
+        let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+        Served { child, coap: coap.unwrap(), http: http.unwrap(), log: Some(log), start_log }
+    }
+
+    /// Sends SIGTERM and waits: (exited successfully, everything it logged).
+    #[cfg(unix)]
+    pub(crate) fn terminate(mut self) -> (bool, String) {
+        let pid = self.child.id().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let status = self.child.wait().unwrap();
+        let rest = self.log.take().unwrap().join().unwrap();
+        (status.success(), format!("{}{rest}", self.start_log))
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        // A failed test must not leave the server running.
+        if self.log.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What [`real_time_session`] did.
+pub(crate) struct Session {
+    /// The device id as hex.
+    pub(crate) id: String,
+    /// The last usage report it sent (accepted), for replays and decoding.
+    pub(crate) usage: Vec<u8>,
+}
+
+/// Device `n` registers with a server that keeps real time and sends two
+/// usage reports, over CoAP; every message must be acknowledged with 2.04
+/// (the registration with a receipt that confirms the device's epoch).
+pub(crate) fn real_time_session(coap: SocketAddr, n: u8) -> Session {
+    use spime::device::metrics::{MetricDef, MetricKind, Metrics};
+    use spime::device::session::StageHandle;
+    let t = now();
+    let mut ob = Ob::new();
+    let mut dev = Dev::boot(identity_issued(n, t - 86_400), storage(), &mut ob).unwrap();
+    let id = hex::encode(dev.device_id().0);
+    let StageHandle::Unregistered(u) = dev.handle() else { panic!("a fresh device is unregistered") };
+    u.register(&mut rng(n), consent(1, t - 7200)).unwrap();
+    let mut client = Client::new(coap).unwrap();
+    let replies = deliver(&mut client, &mut dev);
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].code, coap_lite::ResponseType::Changed, "{:?}", String::from_utf8_lossy(&replies[0].payload));
+    assert!(dev.epoch_confirmed(), "the registration's 2.04 carried the receipt");
+    let mut usage = Vec::new();
+    for (end, count) in [(t - 3600, 5), (t, 7)] {
+        let mut m: Metrics<1> = Metrics::new(end - 3600);
+        m.define(MetricDef { id: 1, category: DataCategory::UsageCounters, kind: MetricKind::Counter }).unwrap();
+        m.increment(1, count).unwrap();
+        let StageHandle::Registered(mut r) = dev.handle() else { panic!("registered") };
+        r.report_window(Purpose::USAGE_ANALYTICS, m.take_window(end), end).unwrap().unwrap();
+        usage = dev.queued_envelopes().unwrap().into_iter().next().unwrap().1;
+        let replies = deliver(&mut client, &mut dev);
+        assert_eq!(replies.len(), 1);
+        assert_eq!(
+            replies[0].code,
+            coap_lite::ResponseType::Changed,
+            "{:?}",
+            String::from_utf8_lossy(&replies[0].payload)
+        );
+    }
+    assert_eq!(dev.queued().count(), 0, "everything acknowledged");
+    Session { id, usage }
 }

@@ -10,11 +10,15 @@
 //! DROPPED <usage> <fault> <consent> <lifecycle> <purged>
 //! STACK <peak stack bytes>     measured by stack painting
 //! DONE
+//! ERROR <what> <code>          instead, on failure: the SPEC.md §10.1 code
 //! ```
 //!
-//! Everything that is secret here is a published test value: the vendor's
-//! signing seed (used at boot to issue the device certificate, which a real
-//! device gets at manufacture), the device seed, and the RNG seed
+//! Nothing here formats with `core::fmt` (numbers are printed by hand,
+//! errors as codes): `core::fmt` and the error messages would cost about
+//! 13 KB of flash.
+//!
+//! Everything that is secret here is a published test value: the device
+//! seed and the RNG seed
 //! (`ChaCha20Rng` from a fixed seed, so the run is deterministic). A real
 //! device takes its key from provisioning and its randomness from a TRNG.
 #![no_std]
@@ -25,6 +29,7 @@ use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hio};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
+use spime::codec::Bytes64;
 use spime::consent::{
     CategorySet, Channel, ConsentState, DataCategory, Grant, LocationPrecision, Purpose, SignedConsent,
 };
@@ -33,13 +38,31 @@ use spime::device::metrics::{MetricDef, MetricKind, Metrics};
 use spime::device::outbox::{Outbox, record_len};
 use spime::device::session::{DEFAULT_STORAGE_SECTORS, Device, Identity, storage_capacity, storage_records};
 use spime::device::storage::{NorStorage, SimFlash};
+use spime::ed25519_dalek::VerifyingKey;
 use spime::message::{self, CertificateBody, DeviceCertificate, FirmwareVersion, RebootReason, Severity};
-use spime::seal::{DeviceKey, VendorKeys};
+use spime::seal::{DeviceKey, VendorPublicKeys};
 use spime::wire::DeviceId;
 
-// The fixed test identity; tests/common/mod.rs has the same values.
-const VENDOR_SIGNING_SEED: [u8; 32] = [0x51; 32];
-const VENDOR_KX_SECRET: [u8; 32] = [0x52; 32];
+// The fixed test identity; tests/common/mod.rs has the same values (the
+// vendor's secrets there are [0x51; 32] and [0x52; 32], the device's seed
+// [0xD5; 32]). The firmware holds only what a real device holds: its own
+// seed, the vendor's public keys and its certificate, issued at
+// manufacture; tests/firmware_qemu.rs checks the certificate against the
+// one the vendor issues.
+const VENDOR_SIGNING_PUBLIC: [u8; 32] = [
+    192, 80, 197, 99, 122, 68, 250, 134, 41, 255, 243, 204, 204, 226, 48, 12, 179, 98, 166, 61, 153, 217, 95, 197, 65,
+    69, 38, 111, 67, 50, 68, 90,
+];
+const VENDOR_KX_PUBLIC: [u8; 32] = [
+    246, 139, 5, 186, 3, 247, 24, 94, 27, 168, 136, 120, 104, 47, 141, 208, 177, 81, 88, 246, 5, 8, 137, 201, 72, 29,
+    121, 194, 215, 210, 250, 7,
+];
+/// The vendor's signature of the certificate body built in `identity()`.
+const CERTIFICATE_SIGNATURE: [u8; 64] = [
+    73, 16, 184, 246, 15, 99, 83, 69, 241, 116, 117, 60, 144, 174, 76, 0, 254, 95, 155, 55, 145, 79, 67, 156, 248, 216,
+    30, 237, 130, 6, 46, 134, 164, 160, 127, 222, 117, 55, 234, 100, 98, 154, 21, 218, 116, 250, 83, 31, 159, 205, 24,
+    220, 234, 251, 46, 81, 248, 125, 243, 175, 251, 117, 138, 1,
+];
 const DEVICE_SEED: [u8; 32] = [0xD5; 32];
 const DEVICE_ID: DeviceId = DeviceId(*b"spime-01");
 const FIRMWARE: FirmwareVersion = FirmwareVersion { major: 1, minor: 4, patch: 2, build: 77 };
@@ -49,7 +72,13 @@ const RNG_SEED: [u8; 32] = [0x42; 32];
 const T0: u64 = 1_767_300_000;
 
 const SLOTS: usize = 4;
-const RECORD: usize = record_len(message::MAX_SEALED_LEN);
+/// The most metrics in one usage report of this product: its registry,
+/// its reports and its outbox records are sized for four, not the
+/// protocol's sixteen.
+const METRICS: usize = 4;
+/// An outbox record holds the longest envelope this firmware seals (a
+/// Register, with four metrics per report).
+const RECORD: usize = record_len(message::device_sealed_len::<METRICS>());
 /// The default storage layout (docs/firmware.md, "Endurance"): six 4 KiB
 /// sectors of simulated NOR flash hold the log of the counter, session,
 /// consent and outbox records.
@@ -61,14 +90,12 @@ type Dev = Device<'static, Store, SLOTS, RECORD>;
 
 const MTU: usize = 20;
 
-/// Prints `ERROR <e>`. Out of line: formatting an error is deep, and
-/// inlined into `main` its frame would count towards the peak stack of
-/// every successful run.
+/// Prints `ERROR <what> <code>`, the error's numeric code (SPEC.md §10.1):
+/// no `core::fmt` in the firmware, which saves about 13 KB of flash
+/// (docs/firmware.md).
 #[inline(never)]
-fn print_error(e: &dyn core::fmt::Display) {
-    let mut s: heapless::String<128> = heapless::String::new();
-    let _ = core::fmt::write(&mut s, format_args!("ERROR {e}"));
-    line(&[s.as_bytes()]);
+fn print_error(what: &[u8], code: u16) {
+    line(&[b"ERROR ", what, b" ", dec(code.into()).as_bytes()]);
 }
 
 #[entry]
@@ -83,7 +110,12 @@ fn main() -> ! {
             debug::exit(debug::EXIT_SUCCESS);
         }
         Err(e) => {
-            print_error(&e);
+            match e {
+                RunError::Session(e) => print_error(b"session", e.code()),
+                RunError::Storage(e) => print_error(b"storage", e.code()),
+                RunError::Metrics(e) => print_error(b"metrics", e.code()),
+                RunError::Other(what) => print_error(what.as_bytes(), 0),
+            }
             debug::exit(debug::EXIT_FAILURE);
         }
     }
@@ -93,19 +125,20 @@ fn main() -> ! {
 }
 
 #[inline(never)]
-fn identity() -> Result<Identity, spime::error::DecodeError> {
-    let vendor = VendorKeys::from_secrets(&VENDOR_SIGNING_SEED, &VENDOR_KX_SECRET);
+fn identity() -> Result<Identity, RunError> {
+    let signing = VerifyingKey::from_bytes(&VENDOR_SIGNING_PUBLIC).map_err(|_| RunError::Other("vendor key"))?;
+    let vendor = VendorPublicKeys { signing, key_agreement: VENDOR_KX_PUBLIC };
     let key = DeviceKey::from_seed(DEVICE_ID, &DEVICE_SEED);
     let body = CertificateBody {
         device: DEVICE_ID,
-        device_key: key.public().to_bytes(),
+        device_key: key.public_bytes(),
         model: heapless::String::try_from("kettle-9000").unwrap_or_default(),
         hardware_revision: 3,
         issued_at: MADE_AT,
         not_after: None,
     };
-    let certificate = DeviceCertificate::issue(body, vendor.signing())?;
-    Ok(Identity { key, certificate, firmware: FIRMWARE, vendor: vendor.public() })
+    let certificate = DeviceCertificate { body, signature: Bytes64(CERTIFICATE_SIGNATURE) };
+    Ok(Identity { key, certificate, firmware: FIRMWARE, vendor })
 }
 
 fn cats(c: &[DataCategory]) -> CategorySet {
@@ -113,6 +146,7 @@ fn cats(c: &[DataCategory]) -> CategorySet {
 }
 
 /// The owner's first decision: usage analytics and diagnostics.
+#[inline(never)]
 fn first_consent() -> Result<SignedConsent, spime::consent::EditError> {
     let mut s = ConsentState::essential_only(1, T0, [7; 32]);
     s.set_grant(Grant {
@@ -131,24 +165,12 @@ fn first_consent() -> Result<SignedConsent, spime::consent::EditError> {
     Ok(SignedConsent { state: s, owner: None })
 }
 
-/// Errors of the run, printed as text.
-#[derive(Debug)]
+/// Errors of the run, printed as numeric codes.
 enum RunError {
     Session(spime::device::session::SessionError),
     Storage(spime::device::storage::StorageError),
     Metrics(spime::device::metrics::MetricsError),
     Other(&'static str),
-}
-
-impl core::fmt::Display for RunError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            RunError::Session(e) => write!(f, "session: {e}"),
-            RunError::Storage(e) => write!(f, "storage: {e}"),
-            RunError::Metrics(e) => write!(f, "metrics: {e}"),
-            RunError::Other(e) => f.write_str(e),
-        }
-    }
 }
 
 impl From<spime::device::session::SessionError> for RunError {
@@ -172,56 +194,76 @@ static BREW_SECONDS: [i64; 3] = [60, 180, 300];
 
 // Each step is its own function, kept out of line: inlined into one
 // frame, the temporaries of every step would sit on the stack at once.
+// What lives across the steps is small: the device (about 1.8 KiB), the
+// metrics registry, the fault recorder and the RNG.
+#[inline(never)]
 fn run(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -> Result<(), RunError> {
     let mut rng = ChaCha20Rng::from_seed(RNG_SEED);
-    let mut dev = boot(flash, outbox)?;
-    let consent = first_consent().map_err(|_| RunError::Other("consent"))?;
-    register(&mut dev, &mut rng, &consent)?;
-    send_all(&mut dev)?;
-    let mut metrics: Metrics<4> = Metrics::new(T0);
+    let mut slot = None;
+    let dev = boot(&mut slot, flash, outbox)?;
+    register(dev, &mut rng)?;
+    send_all(dev)?;
+    let mut metrics: Metrics<METRICS> = Metrics::new(T0);
     let mut faults: FaultRecorder<4> = FaultRecorder::new(FIRMWARE);
     use_the_kettle(&mut metrics, &mut faults)?;
-    report(&mut dev, &mut metrics, &mut faults)?;
-    send_all(&mut dev)?;
-    withdraw_usage(&mut dev, &mut metrics, &consent)?;
-    send_all(&mut dev)?;
-    let d = dev.dropped();
-    let mut s: heapless::String<96> = heapless::String::new();
-    let _ = core::fmt::write(
-        &mut s,
-        format_args!("DROPPED {} {} {} {} {}", d.usage, d.fault, d.consent, d.lifecycle, d.purged),
-    );
-    line(&[s.as_bytes()]);
+    report(dev, &mut metrics, &mut faults)?;
+    send_all(dev)?;
+    withdraw_usage(dev, &mut metrics)?;
+    send_all(dev)?;
+    print_dropped(dev);
     Ok(())
 }
 
 #[inline(never)]
-fn boot(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -> Result<Dev, RunError> {
-    let id = identity().map_err(|_| RunError::Other("certificate"))?;
+fn print_dropped(dev: &Dev) {
+    let d = dev.dropped();
+    line(&[
+        b"DROPPED ",
+        dec(d.usage).as_bytes(),
+        b" ",
+        dec(d.fault).as_bytes(),
+        b" ",
+        dec(d.consent).as_bytes(),
+        b" ",
+        dec(d.lifecycle).as_bytes(),
+        b" ",
+        dec(d.purged).as_bytes(),
+    ]);
+}
+
+/// Boots the device into `slot` (in place: the device is not copied up the stack).
+#[inline(never)]
+fn boot<'s>(
+    slot: &'s mut Option<Dev>,
+    flash: &'static mut Flash,
+    outbox: &'static mut Outbox<SLOTS, RECORD>,
+) -> Result<&'s mut Dev, RunError> {
+    let id = identity()?;
     let capacity = storage_capacity(RECORD);
     let records = u16::try_from(storage_records(SLOTS)).map_err(|_| RunError::Other("layout"))?;
-    // The layout error is printed here, with its numbers, rather than
+    // The layout error is printed here, with its code, rather than
     // carried in RunError: a larger RunError enlarges every frame that
     // holds a result (measured: 848 more bytes of peak stack).
     let storage = NorStorage::new(flash, 0, DEFAULT_STORAGE_SECTORS, records, capacity).map_err(|e| {
-        print_error(&e);
+        print_error(b"geometry", e.code());
         RunError::Other("flash layout")
     })?;
-    Ok(Device::boot(id, storage, outbox)?)
+    Ok(Device::boot_in(slot, id, storage, outbox)?)
 }
 
 /// Step 1: register with the owner's first consent.
 #[inline(never)]
-fn register(dev: &mut Dev, rng: &mut ChaCha20Rng, consent: &SignedConsent) -> Result<(), RunError> {
+fn register(dev: &mut Dev, rng: &mut ChaCha20Rng) -> Result<(), RunError> {
+    let consent = first_consent().map_err(|_| RunError::Other("consent"))?;
     let Ok(u) = dev.unregistered() else { return Err(RunError::Other("not new")) };
-    u.register(rng, consent.clone())?;
+    u.register(rng, consent)?;
     Ok(())
 }
 
 /// Steps 2 and 3: usage aggregated on the device (the Identifiers metric is
 /// not granted), and a fault, twice: counted, not resent.
 #[inline(never)]
-fn use_the_kettle(metrics: &mut Metrics<4>, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
+fn use_the_kettle(metrics: &mut Metrics<METRICS>, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
     metrics.define(MetricDef { id: 1, category: DataCategory::UsageCounters, kind: MetricKind::Counter })?;
     metrics.define(MetricDef { id: 2, category: DataCategory::Environment, kind: MetricKind::Gauge })?;
     metrics.define(MetricDef {
@@ -249,7 +291,7 @@ fn use_the_kettle(metrics: &mut Metrics<4>, faults: &mut FaultRecorder<4>) -> Re
 }
 
 #[inline(never)]
-fn report(dev: &mut Dev, metrics: &mut Metrics<4>, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
+fn report(dev: &mut Dev, metrics: &mut Metrics<METRICS>, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
     let Ok(mut r) = dev.registered() else { return Err(RunError::Other("not registered")) };
     r.report_window(Purpose::USAGE_ANALYTICS, metrics.take_window(T0 + 3_600), T0 + 3_600)?;
     r.report_faults(faults, Purpose::DIAGNOSTICS, T0 + 3_600)?;
@@ -258,24 +300,51 @@ fn report(dev: &mut Dev, metrics: &mut Metrics<4>, faults: &mut FaultRecorder<4>
 
 /// Step 4: another usage window is queued, then the owner withdraws usage
 /// analytics: the queued report is purged and never leaves the device.
+/// Two steps out of line, so the consent change's temporaries are not on
+/// the stack while the report is sealed.
+fn withdraw_usage(dev: &mut Dev, metrics: &mut Metrics<METRICS>) -> Result<(), RunError> {
+    report_again(dev, metrics)?;
+    withdraw(dev)
+}
+
 #[inline(never)]
-fn withdraw_usage(dev: &mut Dev, metrics: &mut Metrics<4>, consent: &SignedConsent) -> Result<(), RunError> {
+fn report_again(dev: &mut Dev, metrics: &mut Metrics<METRICS>) -> Result<(), RunError> {
     metrics.increment(1, 2)?;
     let Ok(mut r) = dev.registered() else { return Err(RunError::Other("not registered")) };
     r.report_window(Purpose::USAGE_ANALYTICS, metrics.take_window(T0 + 7_200), T0 + 7_200)?;
-    let mut next = consent.state.successor(T0 + 7_300, [7; 32]).map_err(|_| RunError::Other("successor"))?;
-    next.withdraw(Purpose::USAGE_ANALYTICS).map_err(|_| RunError::Other("withdraw"))?;
-    r.change_consent(SignedConsent { state: next, owner: None }, T0 + 7_300)?;
     Ok(())
+}
+
+#[inline(never)]
+fn withdraw(dev: &mut Dev) -> Result<(), RunError> {
+    let Ok(mut r) = dev.registered() else { return Err(RunError::Other("not registered")) };
+    let next = without_usage(r.device().consent())?;
+    r.change_consent(next, T0 + 7_300)?;
+    Ok(())
+}
+
+/// The owner's next decision: the state held, without usage analytics.
+#[inline(never)]
+fn without_usage(held: Option<&SignedConsent>) -> Result<SignedConsent, RunError> {
+    let held = held.ok_or(RunError::Other("no consent"))?;
+    let mut next = held.state.successor(T0 + 7_300, [7; 32]).map_err(|_| RunError::Other("successor"))?;
+    next.withdraw(Purpose::USAGE_ANALYTICS).map_err(|_| RunError::Other("withdraw"))?;
+    Ok(SignedConsent { state: next, owner: None })
 }
 
 /// Sends everything queued: prints each envelope and its 20-byte chunks, then acks it.
 #[inline(never)]
 fn send_all(dev: &mut Dev) -> Result<(), RunError> {
-    while let Some(e) = dev.next_message() {
+    while let Some(e) = dev.next_message()? {
         let counter = e.meta.counter;
         let mut hexbuf = HexLine::new();
-        line(&[b"MSG ", e.meta.kind.name().as_bytes(), b" ", dec(counter).as_bytes(), b" "]);
+        line(&[
+            b"MSG ",
+            e.meta.kind.name().as_bytes(),
+            b" ",
+            dec(u32::try_from(counter).unwrap_or(u32::MAX)).as_bytes(),
+            b" ",
+        ]);
         hexbuf.put(e.envelope);
         hexbuf.end();
         let chunks = e.chunks(MTU).map_err(|_| RunError::Other("chunk"))?;
@@ -341,16 +410,37 @@ impl HexLine {
     }
 }
 
-fn dec(v: u64) -> heapless::String<20> {
-    let mut s = heapless::String::new();
-    let _ = core::fmt::write(&mut s, format_args!("{v}"));
-    s
+/// A number in decimal, without `core::fmt`.
+struct Dec {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Dec {
+    fn as_bytes(&self) -> &[u8] {
+        self.buf.get(self.start..).unwrap_or(&[])
+    }
+}
+
+/// `u32`: a `u64` division would link about 1 KB of compiler-builtins.
+fn dec(mut v: u32) -> Dec {
+    let mut d = Dec { buf: [b'0'; 20], start: 20 };
+    loop {
+        d.start -= 1;
+        if let Some(b) = d.buf.get_mut(d.start) {
+            *b = b'0' + (v % 10) as u8;
+        }
+        v /= 10;
+        if v == 0 || d.start == 0 {
+            return d;
+        }
+    }
 }
 
 /// The deepest the stack went: cortex-m-rt's `paint-stack` filled the
 /// stack with `STACK_PAINT_VALUE` before `main`; the first word from the
 /// bottom that is no longer paint is the high-water mark.
-fn peak_stack() -> u64 {
+fn peak_stack() -> u32 {
     unsafe extern "C" {
         static _stack_start: u32;
         static _stack_end: u32;
@@ -366,7 +456,7 @@ fn peak_stack() -> u64 {
         }
         p += 4;
     }
-    (top - p) as u64
+    (top - p) as u32
 }
 
 #[panic_handler]
