@@ -344,17 +344,33 @@ pub(crate) fn verify_strict_parts(key: &VerifyingKey, parts: &[&[u8]], sig: &Sig
     }
     #[cfg(not(all(feature = "salty", not(feature = "std"))))]
     {
-        use ed25519_dalek::ed25519::signature::MultipartVerifier;
-        if key.is_weak() || !is_canonical_point_encoding(key.as_bytes()) || !is_canonical_point_encoding(sig.r_bytes())
-        {
+        use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+        use curve25519_dalek::scalar::Scalar;
+        use sha2::{Digest, Sha512};
+        if !is_canonical_point_encoding(key.as_bytes()) || !is_canonical_point_encoding(sig.r_bytes()) {
             return Err(());
         }
-        let r = curve25519_dalek::edwards::CompressedEdwardsY(*sig.r_bytes());
-        match r.decompress() {
-            Some(point) if !point.is_small_order() => {}
-            _ => return Err(()),
+        let a = key.to_edwards();
+        if a.is_small_order() {
+            return Err(());
         }
-        key.multipart_verify(parts, sig).map_err(|_| ())
+        // R is decompressed once: for the small-order check and for the
+        // equation, which compares points rather than re-encoding `[s]B - [k]A`
+        // (the same answer: R's encoding is canonical and R is not of small
+        // order, so it is the only encoding of that point).
+        let r = match CompressedEdwardsY(*sig.r_bytes()).decompress() {
+            Some(point) if !point.is_small_order() => point,
+            _ => return Err(()),
+        };
+        let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(*sig.s_bytes())).ok_or(())?;
+        let mut h = Sha512::new();
+        h.update(sig.r_bytes());
+        h.update(key.as_bytes());
+        for p in parts {
+            h.update(p);
+        }
+        let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+        if EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &-a, &s) == r { Ok(()) } else { Err(()) }
     }
 }
 

@@ -2,6 +2,7 @@
 //! consent check → a typed [`Event`], with the state changes of a whole
 //! batch committed in one transaction before anything is acknowledged.
 
+use alloc::borrow::Cow;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use std::collections::{HashMap, HashSet};
@@ -23,6 +24,7 @@ use crate::time::Utc;
 use crate::wire::{DeviceId, Direction, Header, Kind};
 
 use super::batch::{BatchVerifier, batchable_key};
+use super::key_cache::KeyCache;
 use super::lifecycle::RetentionPolicy;
 use super::store::{DeviceRecord, Lifecycle, SessionSecrets, Store, StoredMessage, Transaction};
 use super::{IngestError, KeyringError, StoreError};
@@ -196,8 +198,9 @@ pub fn partition_of(device: &DeviceId, n: usize) -> usize {
 
 /// One device's state while a batch is processed.
 #[derive(Clone)]
-struct DevState {
-    record: Option<DeviceRecord>,
+struct DevState<'s> {
+    /// Borrowed from the batch's snapshot until it changes.
+    record: Option<Cow<'s, DeviceRecord>>,
     window: ReplayWindow,
     key: Option<VerifyingKey>,
     /// The window changed (a message was accepted).
@@ -250,12 +253,13 @@ struct Done {
     /// Ledger entries, in order (two for a Register that carries the
     /// Transfer it follows: the reset, then the new state).
     ledger: Vec<LedgerEntry>,
-    message: StoredMessage,
+    /// Taken out when committed.
+    message: Option<StoredMessage>,
 }
 
-struct PartResult {
+struct PartResult<'s> {
     outcomes: Vec<(usize, Result<Done, IngestError>)>,
-    states: HashMap<DeviceId, DevState>,
+    states: HashMap<DeviceId, DevState<'s>>,
 }
 
 /// The vendor's ingest pipeline over a [`Store`].
@@ -281,7 +285,7 @@ pub struct Ingestor<S> {
     lock: Mutex<()>,
     /// Decompressed device keys by their bytes (decompressing costs a tenth
     /// of a verification). A pure cache: the bytes determine the key.
-    key_cache: RwLock<HashMap<[u8; 32], VerifyingKey>>,
+    key_cache: KeyCache,
     /// Failed epoch openers per device (in memory only).
     opener_failures: Mutex<HashMap<DeviceId, OpenerFailures>>,
     /// The denylist: revoked device ids and device keys.
@@ -327,8 +331,11 @@ struct Denylist {
     keys: HashSet<[u8; 32]>,
 }
 
-/// The most keys [`Ingestor`] keeps decompressed before starting over.
-const KEY_CACHE_MAX: usize = 1 << 16;
+/// How many device keys an [`Ingestor`] keeps decompressed unless
+/// [`Ingestor::with_key_cache`] says otherwise: 131,072, about 40 MB when
+/// full. Past it, the least recently used key makes room (approximately:
+/// CLOCK), one at a time.
+pub const KEY_CACHE_DEFAULT: usize = 1 << 17;
 
 impl<S> core::fmt::Debug for Ingestor<S> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -407,7 +414,7 @@ impl<S: Store> Ingestor<S> {
             config,
             retention: RetentionPolicy::default(),
             lock: Mutex::new(()),
-            key_cache: RwLock::default(),
+            key_cache: KeyCache::new(KEY_CACHE_DEFAULT),
             opener_failures: Mutex::default(),
             revoked: RwLock::default(),
         }
@@ -631,6 +638,30 @@ impl<S: Store> Ingestor<S> {
         self
     }
 
+    /// The same pipeline keeping at most `keys` device keys decompressed
+    /// ([`KEY_CACHE_DEFAULT`] otherwise). Size it for the fleet that reports
+    /// within a few minutes: each key held costs about 300 bytes, and a
+    /// miss costs a decompression (a tenth of a signature verification).
+    /// A Register warms the cache with its device's key.
+    ///
+    /// ```
+    /// use spime::seal::VendorKeys;
+    /// use spime::vendor::{IngestConfig, Ingestor, MemoryStore};
+    /// let v = Ingestor::new(MemoryStore::new(), VendorKeys::from_secrets(&[1; 32], &[2; 32]), IngestConfig::default())
+    ///     .with_key_cache(1_000_000);
+    /// assert_eq!(v.key_cache_capacity(), 1_000_000);
+    /// ```
+    #[must_use]
+    pub fn with_key_cache(mut self, keys: usize) -> Ingestor<S> {
+        self.key_cache = KeyCache::new(keys);
+        self
+    }
+
+    /// How many device keys the pipeline keeps decompressed at most.
+    pub const fn key_cache_capacity(&self) -> usize {
+        self.key_cache.capacity()
+    }
+
     /// The retention policy.
     pub const fn retention(&self) -> &RetentionPolicy {
         &self.retention
@@ -705,7 +736,7 @@ impl<S: Store> Ingestor<S> {
             Err(e) => return fail_all(e),
         };
         let busy = parts.iter().filter(|p| !p.is_empty()).count();
-        let results: Vec<PartResult> = if busy <= 1 {
+        let mut results: Vec<PartResult> = if busy <= 1 {
             parts.iter().filter(|p| !p.is_empty()).map(|p| self.run_partition(&snapshot, p, now)).collect()
         } else {
             std::thread::scope(|s| {
@@ -731,7 +762,7 @@ impl<S: Store> Ingestor<S> {
             })
         };
         self.record_openers(&results, now);
-        if let Err(e) = commit(tx, &results) {
+        if let Err(e) = commit(tx, &mut results) {
             return fail_all(e);
         }
         // Consent narrowed or the owner changed: erase what the retention
@@ -749,16 +780,19 @@ impl<S: Store> Ingestor<S> {
         for d in changed {
             let _ = self.enforce_retention(&d, now);
         }
-        let mut out: Vec<Outcome> =
-            messages.iter().map(|_| Err(IngestError::Storage(StoreError::Backend("lost".into())))).collect();
+        // Every message has an outcome from its partition; the fallback
+        // (allocated only if one were missing) keeps this total.
+        let mut out: Vec<Option<Outcome>> = messages.iter().map(|_| None).collect();
         for r in results {
             for (i, o) in r.outcomes {
                 if let Some(slot) = out.get_mut(i) {
-                    *slot = o.map(|d| d.accepted);
+                    *slot = Some(o.map(|d| d.accepted));
                 }
             }
         }
-        out
+        out.into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(IngestError::Storage(StoreError::Backend("lost".into())))))
+            .collect()
     }
 
     /// Puts `device` on the denylist: from the next batch on, every
@@ -816,7 +850,7 @@ impl<S: Store> Ingestor<S> {
 
     /// Counts the openers that failed after their key agreement, per device
     /// (an accepted opener clears the device's count).
-    fn record_openers(&self, results: &[PartResult], now: u64) {
+    fn record_openers(&self, results: &[PartResult<'_>], now: u64) {
         let mut table = self.opener_failures.lock().unwrap_or_else(PoisonError::into_inner);
         for (device, st) in results.iter().flat_map(|r| r.states.iter()) {
             if st.opener_accepted {
@@ -834,12 +868,12 @@ impl<S: Store> Ingestor<S> {
         }
     }
 
-    fn run_partition(&self, snapshot: &Snapshot, msgs: &[(usize, &[u8])], now: u64) -> PartResult {
+    fn run_partition<'s>(&self, snapshot: &'s Snapshot, msgs: &[(usize, &[u8])], now: u64) -> PartResult<'s> {
         if !self.config.batch_verify {
             return self.pass(snapshot, msgs, now, &mut SigMode::Strict);
         }
-        let mut verifier = BatchVerifier::new();
-        let mut index = Vec::new();
+        let mut verifier = BatchVerifier::with_capacity(msgs.len());
+        let mut index = Vec::with_capacity(msgs.len());
         let first = self.pass(snapshot, msgs, now, &mut SigMode::Defer(&mut verifier, &mut index));
         if verifier.is_empty() {
             return first;
@@ -855,8 +889,14 @@ impl<S: Store> Ingestor<S> {
         self.pass(snapshot, msgs, now, &mut SigMode::Known(&known))
     }
 
-    fn pass(&self, snapshot: &Snapshot, msgs: &[(usize, &[u8])], now: u64, sig: &mut SigMode<'_>) -> PartResult {
-        let mut states: HashMap<DeviceId, DevState> = HashMap::new();
+    fn pass<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        msgs: &[(usize, &[u8])],
+        now: u64,
+        sig: &mut SigMode<'_>,
+    ) -> PartResult<'s> {
+        let mut states: HashMap<DeviceId, DevState<'s>> = HashMap::new();
         let mut outcomes = Vec::with_capacity(msgs.len());
         for &(i, bytes) in msgs {
             let mut opener = None;
@@ -877,10 +917,10 @@ impl<S: Store> Ingestor<S> {
     /// Judges one message. `opener` is set to the device when the message
     /// opened a new epoch (a key agreement was made for it).
     #[allow(clippy::too_many_lines, clippy::too_many_arguments)]
-    fn process(
+    fn process<'s>(
         &self,
-        states: &mut HashMap<DeviceId, DevState>,
-        snapshot: &Snapshot,
+        states: &mut HashMap<DeviceId, DevState<'s>>,
+        snapshot: &'s Snapshot,
         index: usize,
         bytes: &[u8],
         now: u64,
@@ -893,8 +933,10 @@ impl<S: Store> Ingestor<S> {
             return Err(IngestError::WrongDirection(h.kind));
         }
         let st = states.entry(h.device).or_insert_with(|| {
-            let (record, window, throttled) =
-                snapshot.get(&h.device).cloned().unwrap_or((None, ReplayWindow::new(), false));
+            let (record, window, throttled) = match snapshot.get(&h.device) {
+                Some((record, window, throttled)) => (record.as_ref().map(Cow::Borrowed), *window, *throttled),
+                None => (None, ReplayWindow::new(), false),
+            };
             DevState {
                 record,
                 window,
@@ -907,11 +949,11 @@ impl<S: Store> Ingestor<S> {
                 opener_accepted: false,
             }
         });
-        if st.record.as_ref().is_some_and(|r| r.lifecycle == Lifecycle::Decommissioned) {
+        if st.record.as_deref().is_some_and(|r| r.lifecycle == Lifecycle::Decommissioned) {
             return Err(IngestError::Decommissioned);
         }
         // The denylist and the certificate's validity, before any cryptography.
-        if self.is_revoked(&h.device, st.record.as_ref().map(|r| &r.certificate.body.device_key)) {
+        if self.is_revoked(&h.device, st.record.as_deref().map(|r| &r.certificate.body.device_key)) {
             return Err(IngestError::Revoked);
         }
         if let Some(r) = &st.record {
@@ -925,7 +967,7 @@ impl<S: Store> Ingestor<S> {
         // An opener is tried with each vendor key that has not retired,
         // newest first (at most MAX_VENDOR_KEYS key agreements, SPEC §9.2):
         // the key whose session keys open the AEAD is the one the device holds.
-        let mut open_epoch = |st: &mut DevState, eph: &[u8; 32]| {
+        let mut open_epoch = |st: &mut DevState<'s>, eph: &[u8; 32]| {
             if st.throttled && st.openers_tried >= 1 {
                 return Err(IngestError::Throttled);
             }
@@ -978,6 +1020,8 @@ impl<S: Store> Ingestor<S> {
             {
                 return Err(IngestError::CertificateMismatch);
             }
+            // Warm the cache: this device's next messages need the key.
+            self.key_cache.insert(&key);
             Some((reg, key))
         } else {
             None
@@ -1022,7 +1066,7 @@ impl<S: Store> Ingestor<S> {
                     }
                     _ => None,
                 };
-                let previous = after_transfer.as_ref().or(st.record.as_ref());
+                let previous = after_transfer.as_ref().or(st.record.as_deref());
                 let (rec, new_relationship) = match previous {
                     Some(r) if r.lifecycle == Lifecycle::Active => {
                         // The same relationship: a new epoch, perhaps new firmware; the
@@ -1090,21 +1134,21 @@ impl<S: Store> Ingestor<S> {
             }
             (Kind::USAGE, _) => {
                 let usage: Usage = verified.decode().map_err(unauthentic)?;
-                let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
+                let r = st.record.as_deref().ok_or(IngestError::UnknownDevice)?;
                 r.consent.state.check_usage(&usage, now).map_err(IngestError::Unconsented)?;
                 purpose = usage.purpose;
                 Event::Usage(Box::new(usage))
             }
             (Kind::FAULT, _) => {
                 let fault: Fault = verified.decode().map_err(unauthentic)?;
-                let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
+                let r = st.record.as_deref().ok_or(IngestError::UnknownDevice)?;
                 r.consent.state.check_fault(&fault, now).map_err(IngestError::Unconsented)?;
                 purpose = fault.purpose;
                 Event::Fault(Box::new(fault))
             }
             (Kind::CONSENT, _) => {
                 let update: ConsentUpdate = verified.decode().map_err(unauthentic)?;
-                let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
+                let r = st.record.as_deref().ok_or(IngestError::UnknownDevice)?;
                 if r.lifecycle != Lifecycle::Active {
                     return Err(IngestError::AwaitingRegistration);
                 }
@@ -1126,7 +1170,7 @@ impl<S: Store> Ingestor<S> {
             }
             (Kind::TRANSFER, _) => {
                 let t: Transfer = verified.decode().map_err(unauthentic)?;
-                let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
+                let r = st.record.as_deref().ok_or(IngestError::UnknownDevice)?;
                 if r.lifecycle != Lifecycle::Active {
                     return Err(IngestError::AwaitingRegistration);
                 }
@@ -1137,7 +1181,7 @@ impl<S: Store> Ingestor<S> {
             }
             (Kind::DECOMMISSION, _) => {
                 let d: Decommission = verified.decode().map_err(unauthentic)?;
-                let r = st.record.as_ref().ok_or(IngestError::UnknownDevice)?;
+                let r = st.record.as_deref().ok_or(IngestError::UnknownDevice)?;
                 let mut rec = r.clone();
                 rec.lifecycle = Lifecycle::Decommissioned;
                 new_record = Some(rec);
@@ -1146,7 +1190,7 @@ impl<S: Store> Ingestor<S> {
             (kind, _) => return Err(IngestError::WrongDirection(kind)),
         };
         if new_epoch && new_record.is_none() {
-            let mut rec = st.record.clone().ok_or(IngestError::UnknownDevice)?;
+            let mut rec = st.record.as_deref().cloned().ok_or(IngestError::UnknownDevice)?;
             rec.session = SessionSecrets::from_keys(&keys).opened_with(vendor_key);
             new_record = Some(rec);
         }
@@ -1161,11 +1205,11 @@ impl<S: Store> Ingestor<S> {
         let ledger = entries;
 
         // Accepted: only now does any state change.
-        let relationship = new_record.as_ref().or(st.record.as_ref()).map_or(1, |r| r.relationship);
+        let relationship = new_record.as_ref().or(st.record.as_deref()).map_or(1, |r| r.relationship);
         st.window.accept(h.counter)?;
         st.dirty = true;
         if let Some(rec) = new_record {
-            st.record = Some(rec);
+            st.record = Some(Cow::Owned(rec));
             st.record_changed = true;
         }
         let message = StoredMessage {
@@ -1180,23 +1224,19 @@ impl<S: Store> Ingestor<S> {
         let opened_epoch = new_epoch.then_some(h.epoch);
         let key_update_due = st
             .record
-            .as_ref()
+            .as_deref()
             .is_some_and(|r| r.lifecycle == Lifecycle::Active && self.key_update_due(r.session.vendor_key(), now));
         let accepted =
             Accepted { device: h.device, counter: h.counter, kind: h.kind, event, opened_epoch, key_update_due };
-        Ok(Done { accepted, ledger, message })
+        Ok(Done { accepted, ledger, message: Some(message) })
     }
 
     fn device_key(&self, bytes: &[u8; 32]) -> Result<VerifyingKey, IngestError> {
-        if let Some(k) = self.key_cache.read().unwrap_or_else(PoisonError::into_inner).get(bytes) {
-            return Ok(*k);
+        if let Some(k) = self.key_cache.get(bytes) {
+            return Ok(k);
         }
         let k = VerifyingKey::from_bytes(bytes).map_err(|_| StoreError::Corrupt("device key"))?;
-        let mut cache = self.key_cache.write().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= KEY_CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(*bytes, k);
+        self.key_cache.insert(&k);
         Ok(k)
     }
 
@@ -1232,28 +1272,35 @@ fn snapshot<T: Transaction>(tx: &mut T, devices: &HashSet<DeviceId>) -> Result<S
     Ok(ids.into_iter().zip(loaded).map(|(d, (rec, win))| (d, (rec, win, false))).collect())
 }
 
-fn commit<T: Transaction>(mut tx: T, results: &[PartResult]) -> Result<(), StoreError> {
-    let mut any = false;
-    for r in results {
+/// Writes what the batch accepted and commits. Takes the stored messages
+/// out of the results (nothing reads them afterwards).
+fn commit<T: Transaction>(mut tx: T, results: &mut [PartResult<'_>]) -> Result<(), StoreError> {
+    let mut windows = Vec::new();
+    let mut messages = Vec::new();
+    for r in results.iter_mut() {
         for st in r.states.values().filter(|s| s.dirty) {
             if let Some(rec) = &st.record {
                 if st.record_changed {
                     tx.put_device(rec)?;
                 }
-                tx.put_window(&rec.device, &st.window)?;
-                any = true;
+                windows.push((rec.device, st.window));
             }
         }
-        for (_, o) in &r.outcomes {
+        for (_, o) in &mut r.outcomes {
             if let Ok(done) = o {
                 for e in &done.ledger {
-                    tx.append_consent(&done.message.device, e)?;
+                    tx.append_consent(&done.accepted.device, e)?;
                 }
-                tx.put_message(&done.message)?;
+                messages.extend(done.message.take());
             }
         }
     }
-    if any { tx.commit() } else { Ok(()) }
+    if windows.is_empty() {
+        return Ok(());
+    }
+    tx.put_windows(&windows)?;
+    tx.put_messages(messages)?;
+    tx.commit()
 }
 
 /// Whether a ledger event may leave data that the retention policy erases at once.
@@ -1275,7 +1322,7 @@ fn check_signature<'a, 'b>(
     let data = (pt.header.kind == Kind::USAGE || pt.header.kind == Kind::FAULT) && !opens_epoch;
     match sig {
         SigMode::Defer(verifier, idx) if data => {
-            verifier.push(*key, batchable, pt.header_bytes(), pt.body_bytes(), pt.signature());
+            verifier.push(key, batchable, pt.header_bytes(), pt.body_bytes(), pt.signature());
             idx.push((index, key.to_bytes()));
             Ok(pt.into_verified())
         }

@@ -187,6 +187,10 @@ impl DataErasure for MemoryTxn<'_> {
 }
 
 impl Transaction for MemoryTxn<'_> {
+    fn put_messages(&mut self, messages: Vec<StoredMessage>) -> Result<(), StoreError> {
+        self.pending.messages.extend(messages.into_iter().map(|m| ((m.device, m.counter), m)));
+        Ok(())
+    }
     fn commit(mut self) -> Result<(), StoreError> {
         let p = core::mem::take(&mut self.pending);
         let t = &mut *self.tables;

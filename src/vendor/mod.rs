@@ -58,6 +58,7 @@
 pub mod batch;
 mod error;
 mod ingest;
+mod key_cache;
 pub mod lifecycle;
 pub mod link;
 mod memory;
@@ -72,7 +73,8 @@ pub mod store;
 
 pub use error::{IngestError, KeyringError, SendError, StoreError};
 pub use ingest::{
-    Accepted, Event, IngestConfig, Ingestor, MAX_VENDOR_KEYS, OPENER_FAILURES, OPENER_WINDOW, Outcome, partition_of,
+    Accepted, Event, IngestConfig, Ingestor, KEY_CACHE_DEFAULT, MAX_VENDOR_KEYS, OPENER_FAILURES, OPENER_WINDOW,
+    Outcome, partition_of,
 };
 pub use memory::{MemoryStore, MemoryTxn};
 #[cfg(feature = "postgres")]

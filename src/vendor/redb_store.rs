@@ -214,26 +214,44 @@ impl DeviceRegistry for RedbTxn {
     }
 }
 
+/// A stored window: the highest counter, then the bitmap, big-endian.
+fn window_from(bytes: &[u8]) -> Result<ReplayWindow, StoreError> {
+    let b: [u8; 24] = bytes.try_into().map_err(|_| StoreError::Corrupt("replay_windows"))?;
+    let (h, s) = b.split_at(8);
+    let highest = u64::from_be_bytes(h.try_into().map_err(|_| StoreError::Corrupt("replay_windows"))?);
+    let seen = u128::from_be_bytes(s.try_into().map_err(|_| StoreError::Corrupt("replay_windows"))?);
+    Ok(ReplayWindow::from_parts(highest, seen))
+}
+
+fn window_bytes(window: &ReplayWindow) -> [u8; 24] {
+    let (highest, seen) = window.parts();
+    let mut b = [0u8; 24];
+    let (h, s) = b.split_at_mut(8);
+    h.copy_from_slice(&highest.to_be_bytes());
+    s.copy_from_slice(&seen.to_be_bytes());
+    b
+}
+
+/// A message's key: device, then its counter big-endian.
+fn message_key(device: &DeviceId, counter: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    let (d, c) = k.split_at_mut(8);
+    d.copy_from_slice(&device.0);
+    c.copy_from_slice(&counter.to_be_bytes());
+    k
+}
+
 impl ReplayWindows for RedbTxn {
     fn window(&mut self, device: &DeviceId) -> Result<ReplayWindow, StoreError> {
         let t = self.tx.open_table(WINDOWS).map_err(backend)?;
         let Some(v) = t.get(device.0.as_slice()).map_err(backend)? else {
             return Ok(ReplayWindow::new());
         };
-        let b: [u8; 24] = v.value().try_into().map_err(|_| StoreError::Corrupt("replay_windows"))?;
-        let (h, s) = b.split_at(8);
-        let highest = u64::from_be_bytes(h.try_into().map_err(|_| StoreError::Corrupt("replay_windows"))?);
-        let seen = u128::from_be_bytes(s.try_into().map_err(|_| StoreError::Corrupt("replay_windows"))?);
-        Ok(ReplayWindow::from_parts(highest, seen))
+        window_from(v.value())
     }
     fn put_window(&mut self, device: &DeviceId, window: &ReplayWindow) -> Result<(), StoreError> {
-        let (highest, seen) = window.parts();
-        let mut b = [0u8; 24];
-        let (h, s) = b.split_at_mut(8);
-        h.copy_from_slice(&highest.to_be_bytes());
-        s.copy_from_slice(&seen.to_be_bytes());
         let mut t = self.tx.open_table(WINDOWS).map_err(backend)?;
-        t.insert(device.0.as_slice(), b.as_slice()).map_err(backend)?;
+        t.insert(device.0.as_slice(), window_bytes(window).as_slice()).map_err(backend)?;
         Ok(())
     }
 }
@@ -361,13 +379,54 @@ impl Transaction for RedbTxn {
     fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().map_err(backend)
     }
+
+    /// Each table opened once for the whole batch.
+    fn load_devices(&mut self, devices: &[DeviceId]) -> Result<Vec<(Option<DeviceRecord>, ReplayWindow)>, StoreError> {
+        let records = self.tx.open_table(DEVICES).map_err(backend)?;
+        let windows = self.tx.open_table(WINDOWS).map_err(backend)?;
+        devices
+            .iter()
+            .map(|d| {
+                let rec = records.get(d.0.as_slice()).map_err(backend)?;
+                let rec = rec.map(|v| decode(v.value(), "devices")).transpose()?;
+                let win = windows.get(d.0.as_slice()).map_err(backend)?;
+                let win = win.map_or(Ok(ReplayWindow::new()), |v| window_from(v.value()))?;
+                Ok((rec, win))
+            })
+            .collect()
+    }
+
+    fn put_windows(&mut self, windows: &[(DeviceId, ReplayWindow)]) -> Result<(), StoreError> {
+        let mut t = self.tx.open_table(WINDOWS).map_err(backend)?;
+        for (d, w) in windows {
+            t.insert(d.0.as_slice(), window_bytes(w).as_slice()).map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    fn put_messages(&mut self, messages: Vec<StoredMessage>) -> Result<(), StoreError> {
+        let mut t = self.tx.open_table(MESSAGES).map_err(backend)?;
+        let mut buf = Vec::new();
+        for m in &messages {
+            buf.clear();
+            let bytes = postcard::to_extend(m, core::mem::take(&mut buf)).map_err(|_| StoreError::Corrupt("encode"))?;
+            let k = message_key(&m.device, m.counter);
+            t.insert(k.as_slice(), bytes.as_slice()).map_err(backend)?;
+            buf = bytes;
+        }
+        Ok(())
+    }
 }
 
 impl Store for RedbStore {
     type Txn<'a> = RedbTxn;
 
     fn begin(&self) -> Result<RedbTxn, StoreError> {
-        Ok(RedbTxn { tx: self.db.read().unwrap_or_else(PoisonError::into_inner).begin_write().map_err(backend)? })
+        let mut tx = self.db.read().unwrap_or_else(PoisonError::into_inner).begin_write().map_err(backend)?;
+        if std::env::var_os("SPIME_EXP_NODUR").is_some() {
+            tx.set_durability(redb::Durability::Eventual);
+        }
+        Ok(RedbTxn { tx })
     }
 
     fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {

@@ -452,6 +452,27 @@ pub trait Transaction:
     fn load_devices(&mut self, devices: &[DeviceId]) -> Result<Vec<(Option<DeviceRecord>, ReplayWindow)>, StoreError> {
         devices.iter().map(|d| Ok((self.device(d)?, self.window(d)?))).collect()
     }
+
+    /// Replaces the replay windows of several devices: what the pipeline
+    /// writes for a batch. The default calls [`ReplayWindows::put_window`]
+    /// for each; a store may write them together.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the backend fails.
+    fn put_windows(&mut self, windows: &[(DeviceId, ReplayWindow)]) -> Result<(), StoreError> {
+        windows.iter().try_for_each(|(d, w)| self.put_window(d, w))
+    }
+
+    /// Stores several accepted messages, taking them by value: what the
+    /// pipeline writes for a batch. The default calls
+    /// [`MessageLog::put_message`] for each; a store may keep them without
+    /// copying, or write them together.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the backend fails.
+    fn put_messages(&mut self, messages: Vec<StoredMessage>) -> Result<(), StoreError> {
+        messages.iter().try_for_each(|m| self.put_message(m))
+    }
 }
 
 /// A store: a source of transactions, plus reads of the committed state

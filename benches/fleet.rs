@@ -1,0 +1,429 @@
+//! Fleet-shaped ingest against the Ed25519 verification limit (issue 14).
+//!
+//! ```sh
+//! cargo bench --bench fleet                      # the documented figures (100,000 devices)
+//! SPIME_BENCH_FLEET=10000 cargo bench --bench fleet   # a quicker run
+//! ```
+//!
+//! Prints, besides the detail of every timed pass, one line per figure:
+//! `ratio <name> <value>`, and the load average (`/proc/loadavg`) at the
+//! start and at the end. Every ratio is taken within this run: each timed
+//! pass of the pipeline is paired with a pass of raw `verify_strict`
+//! (ed25519-dalek, keys already decompressed, over the exact signed bytes)
+//! timed right before and right after it (their mean), and the figure is the
+//! median over the rounds of (pipeline rate / raw rate). Messages are generated once and reused; each
+//! round ingests reports with counters the vendor has not seen yet.
+//!
+//! Workloads (`N` = `SPIME_BENCH_FLEET`, default 100,000):
+//! - `fleet_memory_vs_verify`: `N` registered devices, one Usage report
+//!   each, in random order, `ingest_batch` of 256, one worker, `MemoryStore`.
+//! - `one_device_memory_vs_verify`: one device, `N` Usage reports in order.
+//! - `fleet_durable_vs_memory`: the fleet workload on `RedbStore` (a file in
+//!   the temp dir, fsync per batch) over the same workload in memory.
+//! - `durable_100k_vs_100`: `RedbStore` rate with `N` devices (one report
+//!   each) over its rate with 100 devices (reports round-robin in random
+//!   order within each round, same message count per pass).
+//! - `open_vs_verify_21` / `open_vs_verify_188`: `Envelope::parse`, decrypt,
+//!   verify, decode of Usage bodies of 21 and 188 bytes, interleaved with raw
+//!   `verify_strict` of the same messages.
+//! - `two_workers_vs_one`: the fleet workload in memory with
+//!   `IngestConfig::workers = 2` over 1 (meaningful only when both cores
+//!   are free: check the load average).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::std_instead_of_core,
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss,
+    missing_docs
+)]
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use spime::consent::*;
+use spime::message::*;
+use spime::seal::{Envelope, MESSAGE_DST, SessionKeys, VendorKeys};
+use spime::vendor::sim::{SimDevice, consent, counter_usage};
+use spime::vendor::*;
+use spime::wire::DeviceId;
+
+/// Messages per `ingest_batch` call (one store commit each).
+const GROUP: usize = 256;
+/// Timed rounds per workload.
+const ROUNDS: usize = 3;
+/// Devices of the small durable fleet.
+const SMALL_FLEET: usize = 100;
+/// Signatures per raw `verify_strict` pass.
+const RAW_SAMPLE: usize = 4096;
+
+fn vendor_keys() -> VendorKeys {
+    VendorKeys::from_secrets(&[1; 32], &[2; 32])
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
+}
+
+/// A deterministic shuffle (xorshift), so every run ingests the same order.
+fn shuffle<T>(v: &mut [T], mut seed: u64) {
+    for i in (1..v.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let j = (seed % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+}
+
+/// One raw signature check: key, DST ‖ header ‖ body, signature.
+struct Raw {
+    key: VerifyingKey,
+    msg: Vec<u8>,
+    sig: Signature,
+}
+
+fn raw_of(message: &[u8], session: &SessionKeys, key: &VerifyingKey) -> Raw {
+    let env = Envelope::parse(message).unwrap();
+    let mut buf = vec![0u8; env.plaintext_len()];
+    let pt = env.decrypt(session, &mut buf).unwrap();
+    let msg = [MESSAGE_DST, pt.header_bytes(), pt.body_bytes()].concat();
+    let raw = Raw { key: *key, msg, sig: Signature::from_bytes(pt.signature()) };
+    raw.key.verify_strict(&raw.msg, &raw.sig).unwrap();
+    raw
+}
+
+/// Raw `verify_strict` rate (signatures per second) over the sample.
+fn raw_rate(sample: &[Raw]) -> f64 {
+    let t = Instant::now();
+    for r in sample {
+        black_box(r.key.verify_strict(black_box(&r.msg), &r.sig)).unwrap();
+    }
+    sample.len() as f64 / t.elapsed().as_secs_f64()
+}
+
+/// A fleet: registrations, then `rounds` rounds of reports (round `r` holds
+/// one report per device, counter `r + 1`, devices in random order).
+struct Fleet {
+    registrations: Vec<Vec<u8>>,
+    rounds: Vec<Vec<Vec<u8>>>,
+    raw: Vec<Raw>,
+}
+
+fn device(i: usize, seed_tag: u8) -> SimDevice {
+    let mut id = [seed_tag; 8];
+    id[..4].copy_from_slice(&(i as u32).to_be_bytes());
+    let mut seed = [seed_tag; 32];
+    seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    SimDevice::new(DeviceId(id), seed, &vendor_keys()).unwrap()
+}
+
+fn register(d: &mut SimDevice) -> Vec<u8> {
+    let grants = [(Purpose::USAGE_ANALYTICS, CategorySet::EMPTY.with(DataCategory::UsageCounters))];
+    let reg = Register {
+        certificate: d.certificate().clone(),
+        firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
+        consent: consent(1, &grants, 0),
+        transfer: None,
+    };
+    d.seal(&reg).unwrap()
+}
+
+fn report(n: u64) -> Usage {
+    counter_usage(1, &[(0, n), (1, n), (2, n), (3, n)])
+}
+
+/// `devices` devices, each with `per_round × rounds` reports; a round is
+/// `per_round` passes over the devices, each pass in a fresh random order.
+fn fleet(devices: usize, per_round: usize, rounds: usize, tag: u8) -> Fleet {
+    let mut fleet: Vec<SimDevice> = (0..devices).map(|i| device(i, tag)).collect();
+    let registrations = fleet.iter_mut().map(register).collect();
+    let mut out = Vec::with_capacity(rounds);
+    let mut raw = Vec::new();
+    for r in 0..rounds {
+        let mut round = Vec::with_capacity(devices * per_round);
+        for p in 0..per_round {
+            let mut order: Vec<usize> = (0..devices).collect();
+            shuffle(&mut order, 0x9e37_79b9_7f4a_7c15 ^ ((r * per_round + p) as u64 + 1));
+            for i in order {
+                let d = &mut fleet[i];
+                let m = d.seal(&report(d.counter)).unwrap();
+                if raw.len() < RAW_SAMPLE {
+                    raw.push(raw_of(&m, d.session().unwrap(), &d.key().public()));
+                }
+                round.push(m);
+            }
+        }
+        out.push(round);
+    }
+    Fleet { registrations, rounds: out, raw }
+}
+
+fn ingestor<S: Store>(store: S, fx: &Fleet, workers: usize) -> Ingestor<S> {
+    let v = Ingestor::new(store, vendor_keys(), IngestConfig { workers, batch_verify: true });
+    let refs: Vec<&[u8]> = fx.registrations.iter().map(Vec::as_slice).collect();
+    for group in refs.chunks(GROUP) {
+        for r in v.ingest_batch(group, 10) {
+            r.unwrap();
+        }
+    }
+    v
+}
+
+/// Ingests one round in groups of 256; messages per second.
+fn ingest_rate<S: Store>(v: &Ingestor<S>, round: &[Vec<u8>]) -> f64 {
+    let refs: Vec<&[u8]> = round.iter().map(Vec::as_slice).collect();
+    let t = Instant::now();
+    for group in refs.chunks(GROUP) {
+        for r in v.ingest_batch(group, 10) {
+            black_box(r.unwrap());
+        }
+    }
+    round.len() as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Pairs each round of the pipeline with raw passes just before and after it.
+/// Returns (pipeline rates, raw rates).
+fn timed<S: Store>(v: &Ingestor<S>, fx: &Fleet) -> (Vec<f64>, Vec<f64>) {
+    let mut rates = Vec::new();
+    let mut raws = Vec::new();
+    for round in &fx.rounds {
+        let before = raw_rate(&fx.raw);
+        rates.push(ingest_rate(v, round));
+        // A round takes seconds; the raw pass a fraction of one: pair the
+        // round with the mean of a raw pass before and one after it.
+        raws.push((before + raw_rate(&fx.raw)) / 2.0);
+    }
+    (rates, raws)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x / y).collect()
+}
+
+fn show(name: &str, rates: &[f64], raws: &[f64]) {
+    let r: Vec<String> = rates.iter().map(|x| format!("{x:.0}")).collect();
+    let w: Vec<String> = raws.iter().map(|x| format!("{x:.0}")).collect();
+    println!("# {name}: msg/s per round [{}], raw verify_strict sig/s around each [{}]", r.join(", "), w.join(", "));
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!("spime-fleet-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A Usage report whose body encodes to about `len` bytes (counters and
+/// gauges of varying size); returns the sealed message and its body length.
+fn sized_report(d: &mut SimDevice, len: usize) -> (Vec<u8>, usize) {
+    let mut best: Option<(usize, Usage, usize)> = None;
+    for n in 0..=MAX_METRICS {
+        for shift in [0u32, 20, 40, 62] {
+            for gauges in 0..=n.min(4) {
+                let mut u = counter_usage(1, &[]);
+                for i in 0..n {
+                    let v = if i < gauges {
+                        let x = 1i64 << shift;
+                        MetricValue::Gauge { min: -x, max: x, sum: x, samples: 3 }
+                    } else {
+                        MetricValue::Counter(1u64 << shift)
+                    };
+                    let m = Metric { id: i as u16, category: DataCategory::UsageCounters, value: v };
+                    u.metrics.push(m).unwrap();
+                }
+                let mut buf = [0u8; 1024];
+                let body = spime::codec::encode(&u, &mut buf).unwrap().len();
+                let dist = body.abs_diff(len);
+                if best.as_ref().is_none_or(|(dd, _, _)| dist < *dd) {
+                    best = Some((dist, u, body));
+                }
+            }
+        }
+    }
+    let (_, u, body) = best.unwrap();
+    (d.seal(&u).unwrap(), body)
+}
+
+/// open vs raw verify_strict, interleaved in short loops; median of ratios.
+fn open_vs_verify(len: usize) -> (usize, f64) {
+    let mut d = device(0, 0xee);
+    let _ = register(&mut d);
+    let msgs: Vec<(Vec<u8>, usize)> = (0..64).map(|_| sized_report(&mut d, len)).collect();
+    let body_len = msgs[0].1;
+    let session = d.session().unwrap().clone();
+    let key = d.key().public();
+    let raws: Vec<Raw> = msgs.iter().map(|(m, _)| raw_of(m, &session, &key)).collect();
+    let mut buf = vec![0u8; MAX_SEALED_LEN];
+    let mut rs = Vec::new();
+    for _ in 0..40 {
+        let t = Instant::now();
+        for r in &raws {
+            black_box(r.key.verify_strict(black_box(&r.msg), &r.sig)).unwrap();
+        }
+        let raw = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for (m, _) in &msgs {
+            let env = Envelope::parse(black_box(m)).unwrap();
+            let v = env.decrypt(&session, &mut buf).unwrap().verify(&key).unwrap();
+            black_box(v.decode::<Usage>().unwrap());
+        }
+        let open = t.elapsed().as_secs_f64();
+        rs.push(raw / open);
+    }
+    (body_len, median(rs))
+}
+
+/// The ceiling: `BatchVerifier` alone (chunks of 256) over `raws` against
+/// raw `verify_strict` of the same signatures, interleaved; median ratio.
+fn batch_vs_verify(raws: &[Raw]) -> f64 {
+    let parts: Vec<(VerifyingKey, Vec<u8>, [u8; 64])> =
+        raws.iter().map(|r| (r.key, r.msg[MESSAGE_DST.len()..].to_vec(), r.sig.to_bytes())).collect();
+    let mut rs = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        for r in raws {
+            black_box(r.key.verify_strict(black_box(&r.msg), &r.sig)).unwrap();
+        }
+        let raw = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for chunk in parts.chunks(256) {
+            let mut b = spime::vendor::batch::BatchVerifier::with_capacity(chunk.len());
+            for (k, m, sig) in chunk {
+                // The header/body split does not matter to the signature.
+                b.push(k, true, &[], m, sig);
+            }
+            assert!(b.verify().iter().all(|&ok| ok));
+        }
+        rs.push(raw / t.elapsed().as_secs_f64());
+    }
+    median(rs)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is understood.
+    let n: usize = std::env::var("SPIME_BENCH_FLEET").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    // SPIME_BENCH_ONLY=memory,durable,open (comma-separated) runs a part, for profiling.
+    let only = std::env::var("SPIME_BENCH_ONLY").ok();
+    let run = |part: &str| only.as_deref().is_none_or(|o| o.split(',').any(|p| p == part));
+    let start_load = loadavg();
+    println!("load_start {start_load}");
+    println!("# fleet of {n} devices, groups of {GROUP}, {ROUNDS} rounds per workload");
+
+    let t = Instant::now();
+    let fx = fleet(n, 1, ROUNDS, 0x5a);
+    let one = {
+        let mut d = device(0, 0x11);
+        let registrations = vec![register(&mut d)];
+        let per = n;
+        let session = d.session().unwrap().clone();
+        let key = d.key().public();
+        let mut rounds = Vec::new();
+        let mut raw = Vec::new();
+        for _ in 0..ROUNDS {
+            let mut round = Vec::with_capacity(per);
+            for _ in 0..per {
+                let m = d.seal(&report(d.counter)).unwrap();
+                if raw.len() < RAW_SAMPLE {
+                    raw.push(raw_of(&m, &session, &key));
+                }
+                round.push(m);
+            }
+            rounds.push(round);
+        }
+        Fleet { registrations, rounds, raw }
+    };
+    let per_small = n.div_ceil(SMALL_FLEET);
+    let small = fleet(SMALL_FLEET, per_small, ROUNDS, 0x77);
+    println!("# messages generated in {:.1} s", t.elapsed().as_secs_f64());
+
+    // In memory, one worker: the fleet, then one device.
+    let (mut fleet1, mut fleet1_raw, mut one1, mut one1_raw) = (vec![], vec![], vec![], vec![]);
+    let (mut fleet2, mut fleet2_raw, mut durable, mut durable_raw) = (vec![], vec![], vec![], vec![]);
+    let (mut durable_small, mut durable_small_raw) = (vec![], vec![]);
+    if run("memory") {
+        let t = Instant::now();
+        let mem1 = ingestor(MemoryStore::new(), &fx, 1);
+        println!("# {n} devices registered in memory in {:.1} s", t.elapsed().as_secs_f64());
+        (fleet1, fleet1_raw) = timed(&mem1, &fx);
+        show("fleet memory 1 worker", &fleet1, &fleet1_raw);
+        drop(mem1);
+        let v = ingestor(MemoryStore::new(), &one, 1);
+        (one1, one1_raw) = timed(&v, &one);
+        show("one device memory 1 worker", &one1, &one1_raw);
+        drop(v);
+    }
+    // Two workers, the fleet in memory.
+    if run("two") {
+        let mem2 = ingestor(MemoryStore::new(), &fx, 2);
+        (fleet2, fleet2_raw) = timed(&mem2, &fx);
+        show("fleet memory 2 workers", &fleet2, &fleet2_raw);
+        drop(mem2);
+    }
+    // Durable: the fleet, then 100 devices.
+    if run("durable") {
+        let dir = TempDir::new("big");
+        let t = Instant::now();
+        let big = ingestor(RedbStore::open(dir.0.join("v.redb")).unwrap(), &fx, 1);
+        println!("# {n} devices registered in redb in {:.1} s", t.elapsed().as_secs_f64());
+        (durable, durable_raw) = timed(&big, &fx);
+        show("fleet redb 1 worker", &durable, &durable_raw);
+        drop(big);
+        drop(dir);
+        let dir = TempDir::new("small");
+        let v = ingestor(RedbStore::open(dir.0.join("v.redb")).unwrap(), &small, 1);
+        (durable_small, durable_small_raw) = timed(&v, &small);
+        show(&format!("{SMALL_FLEET} devices redb 1 worker"), &durable_small, &durable_small_raw);
+        drop(v);
+        drop(dir);
+    }
+    let (len21, open21) = if run("open") { open_vs_verify(21) } else { (21, f64::NAN) };
+    let (len188, open188) = if run("open") { open_vs_verify(188) } else { (188, f64::NAN) };
+
+    if run("memory") {
+        println!(
+            "# BatchVerifier alone / raw verify_strict: fleet keys {:.2}, one key {:.2}",
+            batch_vs_verify(&fx.raw),
+            batch_vs_verify(&one.raw)
+        );
+    }
+    let fleet_vs = median(ratios(&fleet1, &fleet1_raw));
+    // Store ratios compare rates normalised by their own raw pass, so a
+    // change of machine load between the passes cancels out.
+    let norm = |a: &[f64], b: &[f64]| ratios(a, b);
+    let durable_vs_memory = median(ratios(&norm(&durable, &durable_raw), &norm(&fleet1, &fleet1_raw)));
+    let flat = median(ratios(&norm(&durable, &durable_raw), &norm(&durable_small, &durable_small_raw)));
+    let two = median(ratios(&norm(&fleet2, &fleet2_raw), &norm(&fleet1, &fleet1_raw)));
+    println!("ratio fleet_memory_vs_verify {fleet_vs:.2}");
+    println!("ratio one_device_memory_vs_verify {:.2}", median(ratios(&one1, &one1_raw)));
+    println!("ratio fleet_durable_vs_memory {durable_vs_memory:.2}");
+    println!("ratio durable_100k_vs_100 {flat:.2}");
+    println!("ratio open_vs_verify {:.2}", open21.min(open188));
+    println!("ratio open_vs_verify_{len21} {open21:.2}");
+    println!("ratio open_vs_verify_{len188} {open188:.2}");
+    println!("ratio two_workers_vs_one {two:.2}");
+    println!("load_end {}", loadavg());
+}

@@ -1,0 +1,155 @@
+//! Decompressed device keys by their bytes: a bounded cache that evicts one
+//! entry at a time (CLOCK, an approximation of least-recently-used), never
+//! the whole table.
+//!
+//! Decompressing a device key costs a tenth of a signature verification.
+//! The cache is pure: the bytes determine the key, so what it holds never
+//! affects a result, only the time. Its keys are device keys from
+//! vendor-signed certificates (stored records, or a Register whose
+//! certificate verified), not bytes an outsider chooses, so the table uses
+//! the standard keyed hasher only because it costs little here.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock};
+
+use ed25519_dalek::VerifyingKey;
+
+struct Slot {
+    bytes: [u8; 32],
+    key: VerifyingKey,
+    /// Used since the clock hand last passed.
+    used: AtomicBool,
+}
+
+struct Inner {
+    index: HashMap<[u8; 32], usize>,
+    slots: Vec<Slot>,
+    hand: usize,
+}
+
+/// A bounded cache of decompressed keys: a hit takes the read lock and sets
+/// one flag; a miss past capacity evicts the first entry the clock hand
+/// finds unused since its last pass.
+pub(crate) struct KeyCache {
+    capacity: usize,
+    inner: RwLock<Inner>,
+}
+
+impl KeyCache {
+    /// An empty cache for at most `capacity` keys (at least one).
+    pub(crate) fn new(capacity: usize) -> KeyCache {
+        KeyCache {
+            capacity: capacity.max(1),
+            inner: RwLock::new(Inner { index: HashMap::new(), slots: Vec::new(), hand: 0 }),
+        }
+    }
+
+    /// How many keys it may hold.
+    pub(crate) const fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// How many keys it holds.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner).slots.len()
+    }
+
+    /// The key for `bytes`, if cached.
+    pub(crate) fn get(&self, bytes: &[u8; 32]) -> Option<VerifyingKey> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let slot = inner.slots.get(*inner.index.get(bytes)?)?;
+        slot.used.store(true, Ordering::Relaxed);
+        Some(slot.key)
+    }
+
+    /// Caches `key` (under its own bytes).
+    pub(crate) fn insert(&self, key: &VerifyingKey) {
+        let bytes = key.to_bytes();
+        let mut guard = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let inner = &mut *guard;
+        if let Some(slot) = inner.index.get(&bytes).and_then(|&i| inner.slots.get(i)) {
+            slot.used.store(true, Ordering::Relaxed);
+            return;
+        }
+        if inner.slots.len() < self.capacity {
+            inner.index.insert(bytes, inner.slots.len());
+            inner.slots.push(Slot { bytes, key: *key, used: AtomicBool::new(false) });
+            return;
+        }
+        // Full: the hand clears the flags it passes and stops at the first
+        // entry already clear (at most one full turn).
+        let n = inner.slots.len();
+        let mut victim = inner.hand % n;
+        for _ in 0..=n {
+            match inner.slots.get(victim) {
+                Some(s) if s.used.swap(false, Ordering::Relaxed) => victim = (victim + 1) % n,
+                _ => break,
+            }
+        }
+        inner.hand = (victim + 1) % n;
+        if let Some(slot) = inner.slots.get_mut(victim) {
+            inner.index.remove(&slot.bytes);
+            *slot = Slot { bytes, key: *key, used: AtomicBool::new(false) };
+            inner.index.insert(bytes, victim);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeyCache;
+    use ed25519_dalek::SigningKey;
+
+    fn key(i: u8) -> ed25519_dalek::VerifyingKey {
+        SigningKey::from_bytes(&[i; 32]).verifying_key()
+    }
+
+    #[test]
+    fn bounded_and_evicts_one_at_a_time() {
+        let c = KeyCache::new(4);
+        for i in 0..4 {
+            c.insert(&key(i));
+        }
+        assert_eq!(c.len(), 4);
+        // Keys 0 and 1 used since: the next misses evict 2, then 3.
+        assert_eq!(c.get(&key(0).to_bytes()), Some(key(0)));
+        assert_eq!(c.get(&key(1).to_bytes()), Some(key(1)));
+        c.insert(&key(10));
+        assert_eq!(c.len(), 4);
+        assert!(c.get(&key(2).to_bytes()).is_none());
+        for i in [0, 1, 3, 10] {
+            assert_eq!(c.get(&key(i).to_bytes()), Some(key(i)), "{i}");
+        }
+        // Never cleared wholesale: a stream of new keys keeps the table full.
+        for i in 20..60 {
+            c.insert(&key(i));
+            assert_eq!(c.len(), 4);
+            assert_eq!(c.get(&key(i).to_bytes()), Some(key(i)));
+        }
+    }
+
+    #[test]
+    fn a_key_used_between_misses_survives() {
+        let c = KeyCache::new(8);
+        for i in 0..200u8 {
+            c.insert(&key(i));
+            assert_eq!(c.get(&key(255).to_bytes()).is_some(), i >= 1, "{i}");
+            if i == 0 {
+                c.insert(&key(255));
+            }
+        }
+    }
+
+    #[test]
+    fn zero_capacity_holds_one() {
+        let c = KeyCache::new(0);
+        assert_eq!(c.capacity(), 1);
+        c.insert(&key(1));
+        c.insert(&key(2));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.get(&key(2).to_bytes()), Some(key(2)));
+    }
+}
