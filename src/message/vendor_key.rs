@@ -4,7 +4,7 @@
 //! learns a new vendor key from a KeyUpdate and keeps working after the
 //! old key retires.
 
-use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, Bytes64, Canonical, varint_max};
@@ -142,15 +142,8 @@ impl VendorKeyCertificate {
     /// # Errors
     /// [`OpenError::BadCertificate`] for any failure.
     pub fn verify(&self, authority: &VerifyingKey) -> Result<VendorPublicKeys, OpenError> {
-        let mut buf = [0u8; VendorKeyBody::MAX_ENCODED_LEN];
-        let tbs = codec::encode(&self.body, &mut buf).map_err(|_| OpenError::BadCertificate)?;
-        let sig = Signature::from_bytes(&self.signature.0);
-        crate::seal::verify_strict_parts(authority, &[VENDOR_KEY_CERTIFICATE_DST, tbs], &sig)
-            .map_err(|_| OpenError::BadCertificate)?;
+        self.verify_key_bytes(authority.as_bytes())?;
         let signing = VerifyingKey::from_bytes(&self.body.signing).map_err(|_| OpenError::BadCertificate)?;
-        if signing.is_weak() || !crate::seal::is_canonical_point_encoding(&self.body.signing) {
-            return Err(OpenError::BadCertificate);
-        }
         Ok(VendorPublicKeys { signing, key_agreement: self.body.key_agreement })
     }
 
