@@ -48,7 +48,7 @@ use crate::message::{
 use crate::seal::counter::Counter;
 use crate::seal::keys::{self, AeadKey, DeviceKey, SessionKeys, VendorPublicBytes, VendorPublicKeys};
 use crate::seal::replay::ReplayWindow;
-use crate::seal::{self as sealing, Envelope, Seal};
+use crate::seal::{self as sealing, Envelope, Seal, SealBody};
 use crate::wire::{DeviceId, Direction, Kind};
 
 /// How many counter values one storage write reserves.
@@ -1183,12 +1183,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
 
     /// [`Device::seal_queue`] of a value that encodes exactly as a body of
     /// `kind` (a borrowed view of a large body: no copy of it on the stack).
-    fn seal_queue_as<T: serde::Serialize + ?Sized>(
-        &mut self,
-        kind: Kind,
-        body: &T,
-        scope: Scope,
-    ) -> Result<u64, SessionError> {
+    fn seal_queue_as<T: serde::Serialize>(&mut self, kind: Kind, body: &T, scope: Scope) -> Result<u64, SessionError> {
         seal_into(&self.id, &self.state, &mut self.counter, self.outbox, kind, body, scope)
     }
 
@@ -1433,13 +1428,13 @@ fn check_layout<S: Storage, const N: usize, const RECORD: usize>(storage: &S) ->
 /// the caller's own (measured on the QEMU firmware: 224 B less peak stack,
 /// 312 B less flash).
 #[inline(never)]
-fn seal_into<S: Storage, const N: usize, const RECORD: usize, T: serde::Serialize + ?Sized>(
+fn seal_into<S: Storage, const N: usize, const RECORD: usize>(
     id: &Held,
     state: &SessionState,
     counters: &mut Counter<CounterRecord<S>>,
     outbox: &mut Outbox<N, RECORD>,
     kind: Kind,
-    body: &T,
+    body: &dyn SealBody,
     scope: Scope,
 ) -> Result<u64, SessionError> {
     let ephemeral = state.pending;
