@@ -205,32 +205,59 @@ impl core::fmt::Debug for Bytes64 {
 
 impl Serialize for Bytes64 {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeTuple;
-        let mut t = serializer.serialize_tuple(64)?;
-        for b in &self.0 {
-            t.serialize_element(b)?;
-        }
-        t.end()
+        array::serialize(&self.0, serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Bytes64 {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Bytes64;
+        array::deserialize(deserializer).map(Bytes64)
+    }
+}
+
+/// A byte array `[u8; N]` as a fixed-size tuple of `N` bytes, as serde
+/// encodes arrays (postcard: the `N` raw bytes, no length prefix; JSON: a
+/// list of `N` numbers), for `#[serde(with = "crate::codec::array")]`.
+///
+/// The bytes are those of serde's own array encoding. What differs is the
+/// code: serde unrolls one element read per position (for `[u8; 32]`
+/// about 1 KB of flash per use on a Cortex-M4); this reads them in a loop.
+pub mod array {
+    use serde::{Deserializer, Serializer};
+
+    /// Serializes `bytes` as a tuple of `N` elements.
+    ///
+    /// # Errors
+    /// Whatever the serializer reports.
+    pub fn serialize<S: Serializer, const N: usize>(bytes: &[u8; N], serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = serializer.serialize_tuple(N)?;
+        for b in bytes {
+            t.serialize_element(b)?;
+        }
+        t.end()
+    }
+
+    /// Deserializes a tuple of exactly `N` bytes.
+    ///
+    /// # Errors
+    /// Fewer than `N` elements, or elements that are not bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(deserializer: D) -> Result<[u8; N], D::Error> {
+        struct V<const N: usize>;
+        impl<'de, const N: usize> serde::de::Visitor<'de> for V<N> {
+            type Value = [u8; N];
             fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-                f.write_str("64 bytes")
+                write!(f, "{N} bytes")
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes64, A::Error> {
-                let mut out = [0u8; 64];
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; N], A::Error> {
+                let mut out = [0u8; N];
                 for (i, slot) in out.iter_mut().enumerate() {
                     *slot = seq.next_element()?.ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
                 }
-                Ok(Bytes64(out))
+                Ok(out)
             }
         }
-        deserializer.deserialize_tuple(64, V)
+        deserializer.deserialize_tuple(N, V::<N>)
     }
 }
 

@@ -710,6 +710,7 @@ pub struct ConsentState {
     /// Unix time (seconds) after which every grant but Essential lapses until the owner re-confirms.
     pub reconfirm_by: u64,
     /// SHA-256 of the privacy notice the owner was shown.
+    #[serde(with = "crate::codec::array")]
     pub notice_hash: [u8; 32],
     /// What may be collected, per purpose.
     #[serde(with = "crate::codec::length::vec")]
@@ -801,6 +802,7 @@ fn validate_state(s: &ConsentState) -> Result<(), DecodeError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnerProof {
     /// The owner's Ed25519 public key.
+    #[serde(with = "crate::codec::array")]
     pub owner_key: [u8; 32],
     /// Ed25519 over `"spime/v1 owner consent\0" || device id || encoded
     /// ConsentState` (a consent proof), or over `"spime/v1 owner

@@ -17,6 +17,7 @@ pub struct CertificateBody {
     /// The device's id.
     pub device: DeviceId,
     /// The device's Ed25519 public key.
+    #[serde(with = "crate::codec::array")]
     pub device_key: [u8; 32],
     /// The product model (UTF-8).
     #[serde(with = "crate::codec::length::string")]

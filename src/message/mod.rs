@@ -498,6 +498,7 @@ pub struct Receipt {
     /// The consent version received.
     pub consent_version: u32,
     /// SHA-256 of the encoded [`SignedConsent`] as received (see [`consent_digest`]).
+    #[serde(with = "crate::codec::array")]
     pub consent_digest: [u8; 32],
     /// Unix seconds when the vendor recorded it.
     pub received_at: u64,

@@ -26,8 +26,10 @@ pub struct VendorKeyBody {
     /// with, uncertified, counts as serial 0.
     pub serial: u32,
     /// The vendor's Ed25519 signing key `VS` (signs vendor messages).
+    #[serde(with = "crate::codec::array")]
     pub signing: [u8; 32],
     /// The vendor's X25519 key-agreement key `VX` (devices open epochs with it).
+    #[serde(with = "crate::codec::array")]
     pub key_agreement: [u8; 32],
     /// Unix seconds from which the key is valid (a device allows [`CLOCK_SKEW`]).
     pub not_before: u64,
