@@ -42,7 +42,11 @@ fn is_canonical_scalar(s: &[u8; 32]) -> bool {
     }
 }
 
-/// Whether `[8]P` is the neutral element.
+/// Whether `[8]P` is the neutral element. Out of line, as the
+/// decompression in [`decompress`]: inlined into [`large_order_point`],
+/// the temporaries of both sat in one frame under the signature check
+/// (docs/firmware.md, "RAM and stack").
+#[inline(never)]
 fn is_small_order(p: &EdwardsPoint) -> bool {
     let p2 = p + p;
     let p4 = &p2 + &p2;
@@ -55,8 +59,14 @@ fn large_order_point(bytes: &[u8; 32]) -> Option<EdwardsPoint> {
     if !is_canonical_point_encoding(bytes) {
         return None;
     }
-    let point = CompressedY(*bytes).decompressed().ok()?;
+    let point = decompress(bytes)?;
     (!is_small_order(&point)).then_some(point)
+}
+
+/// The point of a 32-byte encoding, if it is on the curve.
+#[inline(never)]
+fn decompress(bytes: &[u8; 32]) -> Option<EdwardsPoint> {
+    CompressedY(*bytes).decompressed().ok()
 }
 
 /// Whether a key is the canonical encoding of a point of large order.
@@ -160,9 +170,15 @@ pub(crate) fn verify_strict_parts(key: &[u8; 32], parts: &[&[u8]], sig: &[u8; 64
     let a = large_order_point(key).ok_or(())?;
     large_order_point(r).ok_or(())?;
     let k = hash_to_scalar(r, key, parts);
-    let minus_a = -&a;
-    let check = &(&Scalar(*s) * &EdwardsPoint::basepoint()) + &(&k * &minus_a);
-    if check.compressed().0 == *r { Ok(()) } else { Err(()) }
+    if equation(s, &k, &a) == *r { Ok(()) } else { Err(()) }
+}
+
+/// The encoding of `[s]B - [k]A` (out of line: its points are not in the
+/// verifier's frame while `A` and `R` are checked).
+#[inline(never)]
+fn equation(s: &[u8; 32], k: &Scalar, a: &EdwardsPoint) -> [u8; 32] {
+    let minus_a = -a;
+    (&(&Scalar(*s) * &EdwardsPoint::basepoint()) + &(k * &minus_a)).compressed().0
 }
 
 /// The secret scalar (clamped) and the nonce prefix of a seed (RFC 8032 §5.1.5).

@@ -1,12 +1,16 @@
 //! A `no_std`, `no_main` firmware for QEMU's `mps2-an386` (Cortex-M4) that
 //! runs the spime device side with a fixed **test** identity:
-//! it registers, aggregates usage, records a fault, changes consent
-//! (which purges a queued usage report), and writes every sealed message
-//! to the host through semihosting, as hex:
+//! it registers, opens the vendor's Receipt, aggregates usage, records a
+//! fault, changes consent (which purges a queued usage report), opens a
+//! vendor Notice, is handed on to a new owner who registers it, and is
+//! decommissioned; it writes every sealed message to the host through
+//! semihosting, as hex:
 //!
 //! ```text
 //! MSG <kind> <counter> <hex envelope>
 //! CHUNK <hex chunk>            the same message cut to a 20-byte MTU (BLE)
+//! RECEIPT <consent version>    the vendor's Receipt opened and checked
+//! NOTICE <show|withhold> <id>  the vendor's Notice opened and judged
 //! DROPPED <usage> <fault> <consent> <lifecycle> <purged>
 //! STACK <peak stack bytes>     measured by stack painting
 //! DONE
@@ -16,6 +20,11 @@
 //! Nothing here formats with `core::fmt` (numbers are printed by hand,
 //! errors as codes): `core::fmt` and the error messages would cost about
 //! 13 KB of flash.
+//!
+//! The vendor's two messages are constants in `vendor.rs`, sealed by the
+//! test vendor for this device's first epoch (the run is deterministic, so
+//! its keys are known in advance); tests/firmware_qemu.rs checks them
+//! against what the vendor seals for the Register this firmware printed.
 //!
 //! Everything that is secret here is a published test value: the device
 //! seed and the RNG seed
@@ -38,7 +47,10 @@ use spime::device::metrics::{MetricDef, MetricKind, Metrics};
 use spime::device::outbox::{Outbox, record_len};
 use spime::device::session::{DEFAULT_STORAGE_SECTORS, Device, Identity, storage_capacity, storage_records};
 use spime::device::storage::{NorStorage, SimFlash};
-use spime::message::{self, CertificateBody, DeviceCertificate, FirmwareVersion, RebootReason, Severity};
+use spime::device::session::NoticeDecision;
+use spime::message::{
+    self, CertificateBody, DecommissionReason, DeviceCertificate, FirmwareVersion, RebootReason, Severity,
+};
 use spime::seal::{DeviceKey, VendorPublicBytes};
 use spime::wire::DeviceId;
 
@@ -67,6 +79,11 @@ const DEVICE_ID: DeviceId = DeviceId(*b"spime-01");
 const FIRMWARE: FirmwareVersion = FirmwareVersion { major: 1, minor: 4, patch: 2, build: 77 };
 const MADE_AT: u64 = 1_767_225_600;
 const RNG_SEED: [u8; 32] = [0x42; 32];
+/// The RNG seed after the product is handed on (each epoch's ephemeral key
+/// is fresh).
+const RNG_SEED_NEW_OWNER: [u8; 32] = [0x43; 32];
+
+mod vendor;
 /// The emulator has no clock: the run pretends to start here.
 const T0: u64 = 1_767_300_000;
 
@@ -145,10 +162,11 @@ fn cats(c: &[DataCategory]) -> CategorySet {
     c.iter().fold(CategorySet::EMPTY, |s, c| s.with(*c))
 }
 
-/// The owner's first decision: usage analytics and diagnostics.
+/// An owner's first decision (`version` goes forward over the device's
+/// life): usage analytics and diagnostics.
 #[inline(never)]
-fn first_consent() -> Result<SignedConsent, spime::consent::EditError> {
-    let mut s = ConsentState::essential_only(1, T0, [7; 32]);
+fn first_consent(version: u32, at: u64) -> Result<SignedConsent, spime::consent::EditError> {
+    let mut s = ConsentState::essential_only(version, at, [7; 32]);
     s.set_grant(Grant {
         purpose: Purpose::DIAGNOSTICS,
         categories: cats(&[DataCategory::DeviceHealth, DataCategory::FaultContext]),
@@ -200,10 +218,53 @@ static BREW_SECONDS: [i64; 3] = [60, 180, 300];
 fn run(flash: &'static mut Flash, outbox: &'static mut Outbox<SLOTS, RECORD>) -> Result<(), RunError> {
     let mut slot = None;
     let dev = boot(&mut slot, flash, outbox)?;
-    register(dev)?;
+    register(dev, RNG_SEED, 1, T0)?;
     send_all(dev)?;
+    receipt(dev)?;
     operate(dev)?;
+    notice(dev)?;
+    // Step 7: handed on; the new owner registers (consent versions go on
+    // from the transfer's), then decommissions the product. Each step in
+    // its own frame, under this one.
+    transfer(dev)?;
+    register(dev, RNG_SEED_NEW_OWNER, 4, T0 + 9_100)?;
+    decommission(dev)?;
+    send_all(dev)?;
     print_dropped(dev);
+    Ok(())
+}
+
+/// Step 2: the vendor's Receipt for the Register's consent, which also
+/// confirms the epoch (SPEC.md §8.3).
+#[inline(never)]
+fn receipt(dev: &mut Dev) -> Result<(), RunError> {
+    let r = dev.open_receipt(&vendor::RECEIPT)?;
+    line(&[b"RECEIPT ", dec(r.consent_version).as_bytes()]);
+    Ok(())
+}
+
+/// Step 6: a vendor Notice, judged by the owner's contact preferences.
+#[inline(never)]
+fn notice(dev: &mut Dev) -> Result<(), RunError> {
+    let (shown, id) = match dev.open_notice(&vendor::NOTICE, T0 + 8_000)? {
+        NoticeDecision::Show(n) => (&b"show "[..], n.id),
+        NoticeDecision::Withhold { notice, .. } => (&b"withhold "[..], notice.id),
+    };
+    line(&[b"NOTICE ", shown, dec(id).as_bytes()]);
+    Ok(())
+}
+
+#[inline(never)]
+fn transfer(dev: &mut Dev) -> Result<(), RunError> {
+    let Ok(r) = dev.registered() else { return Err(RunError::Other("not registered")) };
+    r.transfer(T0 + 9_000)?;
+    Ok(())
+}
+
+#[inline(never)]
+fn decommission(dev: &mut Dev) -> Result<(), RunError> {
+    let Ok(r) = dev.registered() else { return Err(RunError::Other("not registered")) };
+    r.decommission(T0 + 20_000, DecommissionReason::Recycled)?;
     Ok(())
 }
 
@@ -259,16 +320,16 @@ fn boot<'s>(
 
 /// Step 1: register with the owner's first consent.
 #[inline(never)]
-fn register(dev: &mut Dev) -> Result<(), RunError> {
+fn register(dev: &mut Dev, seed: [u8; 32], version: u32, at: u64) -> Result<(), RunError> {
     // The randomness for the epoch's ephemeral key (a real device seeds
     // it from its TRNG), only in this step's frame.
-    let mut rng = ChaCha20Rng::from_seed(RNG_SEED);
+    let mut rng = ChaCha20Rng::from_seed(seed);
     let Ok(u) = dev.unregistered() else { return Err(RunError::Other("not new")) };
-    u.register(&mut rng, first_consent().map_err(|_| RunError::Other("consent"))?)?;
+    u.register(&mut rng, first_consent(version, at).map_err(|_| RunError::Other("consent"))?)?;
     Ok(())
 }
 
-/// Steps 2 and 3: usage aggregated on the device (the Identifiers metric is
+/// Step 3: usage aggregated on the device (the Identifiers metric is
 /// not granted), and a fault, twice: counted, not resent.
 #[inline(never)]
 fn use_the_kettle(metrics: &mut Metrics<METRICS>, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
@@ -298,7 +359,7 @@ fn use_the_kettle(metrics: &mut Metrics<METRICS>, faults: &mut FaultRecorder<4>)
     Ok(())
 }
 
-/// Step 3: the usage window and the faults, each sealed in its own frame
+/// Step 4: the usage window and the faults, each sealed in its own frame
 /// (in one, the fault's temporaries sat under the usage report's sealing).
 fn report(dev: &mut Dev, metrics: &mut Metrics<METRICS>, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
     report_usage(dev, metrics)?;
@@ -319,7 +380,7 @@ fn report_faults(dev: &mut Dev, faults: &mut FaultRecorder<4>) -> Result<(), Run
     Ok(())
 }
 
-/// Step 4: another usage window is queued, then the owner withdraws usage
+/// Step 5: another usage window is queued, then the owner withdraws usage
 /// analytics: the queued report is purged and never leaves the device.
 /// Two steps out of line, so the consent change's temporaries are not on
 /// the stack while the report is sealed.
