@@ -42,7 +42,7 @@ const T0: u64 = 1_767_300_000;
 /// budget is that plus a 512-byte margin for compiler drift, so a change
 /// that adds more fails here. Lower it as the firmware shrinks
 /// (docs/firmware.md, "Footprint").
-const FLASH_BUDGET: u32 = 65_024;
+const FLASH_BUDGET: u32 = 64_196;
 
 type Rx = Reassembler<2, { message::MAX_SEALED_LEN }>;
 

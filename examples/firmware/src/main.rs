@@ -545,6 +545,20 @@ fn peak_stack() -> u32 {
     (top - p) as u32
 }
 
+/// The device's interrupt vectors, as its peripheral access crate would
+/// give them (cortex-m-rt's `device` feature): the mps2-an386 has 32
+/// external interrupts, all on the default handler here (device.x). Without
+/// a device crate cortex-m-rt reserves all 240 that ARMv7-M allows: 832
+/// bytes of flash no product pays for.
+#[unsafe(link_section = ".vector_table.interrupts")]
+#[unsafe(no_mangle)]
+static __INTERRUPTS: [unsafe extern "C" fn(); 32] = [IRQ0; 32];
+
+unsafe extern "C" {
+    /// The default handler (device.x).
+    fn IRQ0();
+}
+
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {
     print(b"PANIC\n");
