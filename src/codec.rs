@@ -8,6 +8,8 @@
 //! rejects every non-canonical encoding postcard would otherwise accept
 //! (over-long varints, for example), so one value has exactly one encoding.
 
+pub mod fixed;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

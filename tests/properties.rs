@@ -16,6 +16,7 @@ mod common;
 use common::*;
 use proptest::collection::vec as pvec;
 use proptest::prelude::*;
+use spime::codec::fixed::{self, Fixed};
 use spime::codec::{self, Bytes64, Canonical};
 use spime::consent::*;
 use spime::message::*;
@@ -610,4 +611,230 @@ fn maximum_lengths_are_exact() {
     exact(&Receipt { consent_version: u32::MAX, consent_digest: [0xff; 32], received_at: u64::MAX }, "Receipt");
     exact(&notice, "Notice");
     exact(&fw, "FirmwareVersion");
+}
+
+// The hand-written device codec (`codec::fixed`) against the serde path:
+// the same bytes for every value, and for any input the same verdict and
+// the same value.
+
+/// Errors of the parse itself, which the two decoders may name differently
+/// (see `codec::fixed`): the first fault met, or postcard's after a full parse.
+fn parse_error(e: &spime::error::DecodeError) -> bool {
+    use spime::error::DecodeError::*;
+    matches!(e, Malformed | TrailingBytes | NonCanonical)
+}
+
+fn same_verdict<T: PartialEq + std::fmt::Debug>(
+    serde: &Result<T, spime::error::DecodeError>,
+    hand: &Result<T, spime::error::DecodeError>,
+    bytes: &[u8],
+) -> Result<(), TestCaseError> {
+    match (serde, hand) {
+        (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+        (Err(a), Err(b)) if parse_error(a) => prop_assert!(parse_error(b), "serde {a:?}, fixed {b:?} for {bytes:02x?}"),
+        (Err(a), Err(b)) => prop_assert_eq!(a, b),
+        _ => prop_assert!(false, "serde {serde:?}, fixed {hand:?} for {bytes:02x?}"),
+    }
+    Ok(())
+}
+
+/// Both decoders on `bytes` agree.
+fn same_decode<T: Canonical + Fixed + PartialEq + std::fmt::Debug>(bytes: &[u8]) -> Result<(), TestCaseError> {
+    same_verdict(&codec::decode::<T>(bytes), &fixed::decode::<T>(bytes), bytes)
+}
+
+/// Every decoder the device may use for a consent (`decode`, in place over
+/// `old`) agrees with serde's.
+fn same_consent_decode(bytes: &[u8], old: &SignedConsent) -> Result<(), TestCaseError> {
+    same_decode::<SignedConsent>(bytes)?;
+    same_decode::<ConsentUpdate>(bytes)?;
+    let mut place = old.clone();
+    let hand = fixed::decode_in_place(bytes, &mut place).map(|()| place);
+    same_verdict(&codec::decode::<SignedConsent>(bytes), &hand, bytes)
+}
+
+/// The same bytes and length from both encoders, and the same refusal of a
+/// buffer one byte short; the bytes.
+fn same_encode<T: Canonical + Fixed>(v: &T) -> Result<Vec<u8>, TestCaseError> {
+    let (mut a, mut b) = (vec![0u8; T::MAX_ENCODED_LEN], vec![0u8; T::MAX_ENCODED_LEN]);
+    let serde = codec::encode(v, &mut a).unwrap().to_vec();
+    prop_assert_eq!(&fixed::encode(v, &mut b).unwrap().to_vec(), &serde);
+    prop_assert_eq!(fixed::encoded_len(v).unwrap(), serde.len());
+    let short = serde.len().saturating_sub(1);
+    prop_assert_eq!(
+        fixed::encode(v, &mut b[..short]).map(|x| x.to_vec()),
+        codec::encode(v, &mut a[..short]).map(|x| x.to_vec())
+    );
+    Ok(serde)
+}
+
+type Mutations = Vec<(prop::sample::Index, u8, u8)>;
+
+/// Up to four edits: replace, insert, delete a byte, truncate, or flip a
+/// varint continuation bit.
+fn mutations() -> impl Strategy<Value = Mutations> {
+    pvec((any::<prop::sample::Index>(), any::<u8>(), 0u8..5), 1..=4)
+}
+
+fn mutate(bytes: &[u8], edits: &Mutations) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    for (i, v, op) in edits {
+        let at = i.index(b.len() + 1);
+        match op {
+            0 if at < b.len() => b[at] = *v,
+            1 => b.insert(at, *v),
+            2 if at < b.len() => {
+                b.remove(at);
+            }
+            3 => b.truncate(at),
+            4 if at < b.len() => b[at] ^= 0x80,
+            _ => {}
+        }
+    }
+    b
+}
+
+/// Encodes alike, decodes back to `v` with both, and agrees on mutations.
+fn fixed_agrees<T: Canonical + Fixed + PartialEq + std::fmt::Debug>(
+    v: &T,
+    edits: &Mutations,
+) -> Result<(), TestCaseError> {
+    let bytes = same_encode(v)?;
+    prop_assert_eq!(&fixed::decode::<T>(&bytes).unwrap(), v);
+    same_decode::<T>(&bytes)?;
+    same_decode::<T>(&mutate(&bytes, edits))
+}
+
+fn owner_proof() -> impl Strategy<Value = Option<OwnerProof>> {
+    any::<Option<([u8; 32], u8)>>()
+        .prop_map(|o| o.map(|(owner_key, b)| OwnerProof { owner_key, signature: Bytes64([b; 64]) }))
+}
+
+fn transfer() -> impl Strategy<Value = Transfer> {
+    (any::<u64>(), any::<u32>(), owner_proof()).prop_map(|(at, consent_version, owner)| Transfer {
+        at,
+        consent_version,
+        owner,
+    })
+}
+
+/// A Register with every optional part: a certificate expiry, a Transfer.
+fn register_full() -> impl Strategy<Value = Register> {
+    (register(), any::<Option<u32>>(), proptest::option::of(transfer())).prop_map(|(mut r, d, transfer)| {
+        r.certificate.body.not_after = d.map(|d| r.certificate.body.issued_at.saturating_add(u64::from(d)));
+        r.transfer = transfer;
+        r
+    })
+}
+
+/// Bytes drawn mostly from the values where the encodings branch (tags,
+/// varint boundaries), so that random input gets past the first field.
+fn tricky_bytes() -> impl Strategy<Value = Vec<u8>> {
+    pvec(
+        prop_oneof![Just(0u8), Just(1), Just(2), Just(3), Just(0x7f), Just(0x80), Just(0x81), Just(0xff), any::<u8>()],
+        0..800,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    #[test]
+    fn fixed_agrees_on_register(v in register_full(), m in mutations()) { fixed_agrees(&v, &m)?; }
+    #[test]
+    fn fixed_agrees_on_usage(v in usage(), m in mutations()) {
+        fixed_agrees(&v, &m)?;
+        // a device's own capacity: the same bytes as `Usage`
+        if let Ok(metrics) = heapless::Vec::<Metric, 4>::from_slice(&v.metrics) {
+            let small = UsageOf::<4> { purpose: v.purpose, consent_version: v.consent_version, window_start: v.window_start, window_end: v.window_end, metrics };
+            fixed_agrees(&small, &m)?;
+        }
+    }
+    #[test]
+    fn fixed_agrees_on_fault(v in fault(), m in mutations()) { fixed_agrees(&v, &m)?; }
+    #[test]
+    fn fixed_agrees_on_consent(v in signed_consent(), old in signed_consent(), m in mutations()) {
+        fixed_agrees(&v, &m)?;
+        fixed_agrees(&v.state, &m)?;
+        fixed_agrees(&ConsentUpdate { consent: v.clone() }, &m)?;
+        let bytes = same_encode(&v)?;
+        same_consent_decode(&bytes, &old)?;
+        same_consent_decode(&mutate(&bytes, &m), &old)?;
+    }
+    #[test]
+    fn fixed_agrees_on_transfer(v in transfer(), m in mutations()) { fixed_agrees(&v, &m)?; }
+    #[test]
+    fn fixed_agrees_on_decommission(at in any::<u64>(), r in 0usize..4, m in mutations()) {
+        let reason = [DecommissionReason::Recycled, DecommissionReason::Returned, DecommissionReason::Broken, DecommissionReason::Retired][r];
+        fixed_agrees(&Decommission { at, reason }, &m)?;
+    }
+    #[test]
+    fn fixed_agrees_on_receipt(consent_version in any::<u32>(), consent_digest in any::<[u8; 32]>(), received_at in any::<u64>(), m in mutations()) {
+        fixed_agrees(&Receipt { consent_version, consent_digest, received_at }, &m)?;
+    }
+    #[test]
+    fn fixed_agrees_on_notice(v in notice(), m in mutations()) { fixed_agrees(&v, &m)?; }
+    #[test]
+    fn fixed_agrees_on_firmware_version(v in firmware(), m in mutations()) { fixed_agrees(&v, &m)?; }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, .. ProptestConfig::default() })]
+
+    /// Any bytes: the same verdict from both decoders, for every type.
+    #[test]
+    fn fixed_agrees_on_any_bytes(bytes in prop_oneof![pvec(any::<u8>(), 0..1400), tricky_bytes()], old in signed_consent()) {
+        same_decode::<Register>(&bytes)?;
+        same_decode::<Usage>(&bytes)?;
+        same_decode::<UsageOf<4>>(&bytes)?;
+        same_decode::<Fault>(&bytes)?;
+        same_consent_decode(&bytes, &old)?;
+        same_decode::<ConsentState>(&bytes)?;
+        same_decode::<Transfer>(&bytes)?;
+        same_decode::<Decommission>(&bytes)?;
+        same_decode::<Receipt>(&bytes)?;
+        same_decode::<Notice>(&bytes)?;
+        same_decode::<FirmwareVersion>(&bytes)?;
+        same_decode::<CertificateBody>(&bytes)?;
+    }
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
+
+/// Every body of the published vectors, and every consent state, decodes
+/// alike (and the valid ones re-encode to their bytes).
+#[test]
+fn fixed_agrees_on_the_vectors() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let valid: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("valid.json")).unwrap()).unwrap();
+    let mut seen = 0;
+    for m in valid["messages"].as_array().unwrap() {
+        let body = unhex(m["body_hex"].as_str().unwrap());
+        let check = match m["kind"].as_u64().unwrap() {
+            0x01 => same_decode::<Register>(&body),
+            0x02 => same_decode::<Usage>(&body),
+            0x03 => same_decode::<Fault>(&body),
+            0x04 => same_decode::<ConsentUpdate>(&body),
+            0x05 => same_decode::<Transfer>(&body),
+            0x06 => same_decode::<Decommission>(&body),
+            0x81 => same_decode::<Receipt>(&body),
+            0x82 => same_decode::<Notice>(&body),
+            0x83 => continue, // KeyUpdate: not a device codec type
+            other => panic!("unknown kind {other}"),
+        };
+        check.unwrap();
+        seen += 1;
+    }
+    assert!(seen > 20, "only {seen} vectors");
+    let consent: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("consent.json")).unwrap()).unwrap();
+    for s in consent["states"].as_array().unwrap() {
+        let bytes = unhex(s["hex"].as_str().unwrap());
+        same_decode::<ConsentState>(&bytes).unwrap();
+        let state: ConsentState = fixed::decode(&bytes).unwrap();
+        assert_eq!(same_encode(&state).unwrap(), bytes);
+    }
 }

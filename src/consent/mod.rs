@@ -137,6 +137,12 @@ impl Purpose {
         if id <= 9 || id >= Self::VENDOR_MIN { Ok(Purpose(id)) } else { Err(DecodeError::UnknownPurpose(id)) }
     }
 
+    /// The purpose with this id, reserved or not (for decoders: the
+    /// enclosing type's `validate` refuses a reserved one).
+    pub(crate) const fn raw(id: u16) -> Purpose {
+        Purpose(id)
+    }
+
     /// A vendor-defined purpose, `n` in `0..=0x7FFF`.
     pub const fn vendor(n: u16) -> Purpose {
         Purpose(Self::VENDOR_MIN | (n & 0x7FFF))

@@ -1,0 +1,1059 @@
+//! The same canonical encoding as [`crate::codec`], written out by hand for
+//! the types a device encodes and decodes, without serde.
+//!
+//! On a microcontroller serde's generic machinery is most of the codec's
+//! flash: every field of every type becomes a visitor, and a decode runs
+//! postcard, then a re-encode to compare with the input (measured on the
+//! QEMU firmware: see docs/firmware.md). This module reads and writes the
+//! SPEC.md §5 encoding directly: varints (`u16`, `u32`, `u64`; zigzag for
+//! signed integers), one raw byte for a `u8`, an option as a `0`/`1` tag
+//! byte then the value, an enum as its variant index as a varint, bounded
+//! lists and strings as a `u32` length varint then the elements, and byte
+//! arrays as their raw bytes.
+//!
+//! The reader accepts exactly the canonical encodings: a varint must be the
+//! shortest for its value and in range, so a parsed value re-encodes to the
+//! bytes it came from and no comparison is needed. For every input, and
+//! every value, it agrees with the serde path (the property tests in
+//! `tests/properties.rs` check it on random values and on random and
+//! mutated bytes):
+//!
+//! - [`encode`] gives the same bytes as [`crate::codec::encode`];
+//! - [`decode`] is `Ok` with the same value exactly when
+//!   [`crate::codec::decode`] is. Its errors are the same for a length
+//!   over the bound ([`DecodeError::Oversized`]) and for a value
+//!   [`Canonical::validate`] rejects; among the parse errors the variant
+//!   may differ, because this reader stops at the first fault it meets
+//!   while postcard parses everything before the checks: an over-long
+//!   varint is [`DecodeError::NonCanonical`] here even when bytes after it
+//!   are missing (postcard: `Malformed`) or left over (`TrailingBytes`).
+//!
+//! ```
+//! use spime::codec::{self, fixed};
+//! use spime::message::Receipt;
+//! let r = Receipt { consent_version: 3, consent_digest: [7; 32], received_at: 1_700_000_000 };
+//! let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+//! let bytes = fixed::encode(&r, &mut a)?;
+//! assert_eq!(bytes, codec::encode(&r, &mut b)?);
+//! assert_eq!(fixed::decode::<Receipt>(bytes)?, r);
+//! # Ok::<(), spime::error::DecodeError>(())
+//! ```
+
+use super::{Bytes64, Canonical};
+use crate::consent::{
+    CategorySet, Channel, ChannelSet, ConsentState, ContactGrant, ContactPrefs, DataCategory, FrequencyCap, Grant,
+    LocationPrecision, OwnerProof, Purpose, QuietHours, SignedConsent,
+};
+use crate::error::DecodeError;
+use crate::message::{
+    CertificateBody, ConsentUpdate, Decommission, DecommissionReason, DeviceCertificate, Fault, FirmwareVersion,
+    Metric, MetricValue, Notice, NoticeKind, RebootReason, Receipt, Register, Severity, Transfer, UsageOf,
+};
+use crate::wire::DeviceId;
+
+/// A type with a hand-written reader and writer for its canonical encoding.
+pub trait Fixed: Sized {
+    /// Appends the encoding of `self`.
+    ///
+    /// # Errors
+    /// [`DecodeError::BufferTooSmall`] when the writer's buffer is full.
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError>;
+
+    /// Reads one value.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] for bytes that are not the canonical encoding of
+    /// a value (before [`Canonical::validate`]).
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError>;
+
+    /// Reads one value into `self`, field by field, for large values that
+    /// should not be moved through the stack. On an error `self` holds an
+    /// unspecified mix of old and read fields.
+    ///
+    /// # Errors
+    /// As [`Fixed::read`].
+    fn read_into(&mut self, r: &mut Reader<'_>) -> Result<(), DecodeError> {
+        *self = Self::read(r)?;
+        Ok(())
+    }
+}
+
+/// Encodes `value` into the front of `out` and returns the used prefix:
+/// the bytes of [`crate::codec::encode`].
+///
+/// # Errors
+/// [`DecodeError::BufferTooSmall`] when `out` cannot hold the encoding.
+pub fn encode<'a, T: Fixed>(value: &T, out: &'a mut [u8]) -> Result<&'a mut [u8], DecodeError> {
+    encode_with(out, |w| value.write(w))
+}
+
+/// What `write` writes, into the front of `out`; the used prefix.
+pub(crate) fn encode_with(
+    out: &mut [u8],
+    write: impl FnOnce(&mut Writer<'_>) -> Result<(), DecodeError>,
+) -> Result<&mut [u8], DecodeError> {
+    let mut w = Writer { have: out.len(), out: Some(out), len: 0 };
+    write(&mut w)?;
+    let len = w.len;
+    match w.out {
+        Some(out) => out.get_mut(..len).ok_or(DecodeError::BufferTooSmall { have: w.have }),
+        None => Err(DecodeError::BufferTooSmall { have: w.have }),
+    }
+}
+
+/// The exact length of `value`'s encoding, computed without a buffer.
+///
+/// # Errors
+/// None in practice: the [`Fixed::write`] of a counting writer cannot fail.
+pub fn encoded_len<T: Fixed>(value: &T) -> Result<usize, DecodeError> {
+    encoded_len_with(|w| value.write(w))
+}
+
+/// The length of what `write` writes.
+pub(crate) fn encoded_len_with(
+    write: impl FnOnce(&mut Writer<'_>) -> Result<(), DecodeError>,
+) -> Result<usize, DecodeError> {
+    let mut w = Writer { out: None, len: 0, have: 0 };
+    write(&mut w)?;
+    Ok(w.len)
+}
+
+/// Decodes exactly one canonical `T` from all of `bytes`, like
+/// [`crate::codec::decode`] (see the module documentation for the errors).
+///
+/// # Errors
+/// [`DecodeError::Oversized`] above `T::MAX_ENCODED_LEN`;
+/// [`DecodeError::Malformed`] or [`DecodeError::NonCanonical`] for bytes
+/// that are not a canonical encoding; [`DecodeError::TrailingBytes`];
+/// whatever [`Canonical::validate`] rejects.
+pub fn decode<T: Fixed + Canonical>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let mut r = reader_for::<T>(bytes)?;
+    let value = T::read(&mut r)?;
+    r.finish()?;
+    value.validate()?;
+    Ok(value)
+}
+
+/// [`decode`] into `place`, field by field (see [`Fixed::read_into`]); on
+/// an error `place` holds an unspecified mix of old and decoded fields.
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_in_place<T: Fixed + Canonical>(bytes: &[u8], place: &mut T) -> Result<(), DecodeError> {
+    let mut r = reader_for::<T>(bytes)?;
+    place.read_into(&mut r)?;
+    r.finish()?;
+    place.validate()
+}
+
+fn reader_for<T: Canonical>(bytes: &[u8]) -> Result<Reader<'_>, DecodeError> {
+    if bytes.len() > T::MAX_ENCODED_LEN {
+        return Err(DecodeError::Oversized { len: bytes.len(), max: T::MAX_ENCODED_LEN });
+    }
+    Ok(Reader { rest: bytes })
+}
+
+/// Reads canonical encodings from the front of a byte slice.
+#[derive(Debug)]
+pub struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    /// A reader of `bytes`.
+    pub const fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { rest: bytes }
+    }
+
+    /// Checks that every byte was read.
+    ///
+    /// # Errors
+    /// [`DecodeError::TrailingBytes`].
+    pub const fn finish(&self) -> Result<(), DecodeError> {
+        if self.rest.is_empty() { Ok(()) } else { Err(DecodeError::TrailingBytes) }
+    }
+
+    /// One raw byte (a `u8`).
+    ///
+    /// # Errors
+    /// [`DecodeError::Malformed`] at the end of the input.
+    pub fn byte(&mut self) -> Result<u8, DecodeError> {
+        let (&b, rest) = self.rest.split_first().ok_or(DecodeError::Malformed)?;
+        self.rest = rest;
+        Ok(b)
+    }
+
+    /// `n` raw bytes.
+    ///
+    /// # Errors
+    /// [`DecodeError::Malformed`] when fewer are left.
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let (head, rest) = self.rest.split_at_checked(n).ok_or(DecodeError::Malformed)?;
+        self.rest = rest;
+        Ok(head)
+    }
+
+    /// A fixed-size byte array, its raw bytes.
+    ///
+    /// # Errors
+    /// [`DecodeError::Malformed`] when fewer than `N` bytes are left.
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        self.take(N)?.try_into().map_err(|_| DecodeError::Malformed)
+    }
+
+    /// A varint of an unsigned integer of `bits` bits (16, 32 or 64): the
+    /// shortest encoding of a value below `2^bits`.
+    ///
+    /// # Errors
+    /// [`DecodeError::NonCanonical`] for a longer encoding than needed;
+    /// [`DecodeError::Malformed`] when truncated, too long or out of range.
+    fn varint(&mut self, bits: u32) -> Result<u64, DecodeError> {
+        let mut value = 0u64;
+        let mut shift = 0u32;
+        while shift < bits {
+            let b = self.byte()?;
+            let part = u64::from(b & 0x7f);
+            if (part << shift) >> shift != part {
+                return Err(DecodeError::Malformed);
+            }
+            value |= part << shift;
+            if b & 0x80 == 0 {
+                if b == 0 && shift > 0 {
+                    return Err(DecodeError::NonCanonical);
+                }
+                if bits < 64 && value >> bits != 0 {
+                    return Err(DecodeError::Malformed);
+                }
+                return Ok(value);
+            }
+            shift += 7;
+        }
+        Err(DecodeError::Malformed)
+    }
+
+    /// A `u16` varint.
+    ///
+    /// # Errors
+    /// As for every varint (see [`Reader::u64`]).
+    pub fn u16(&mut self) -> Result<u16, DecodeError> {
+        u16::try_from(self.varint(16)?).map_err(|_| DecodeError::Malformed)
+    }
+
+    /// A `u32` varint.
+    ///
+    /// # Errors
+    /// As for every varint (see [`Reader::u64`]).
+    pub fn u32(&mut self) -> Result<u32, DecodeError> {
+        u32::try_from(self.varint(32)?).map_err(|_| DecodeError::Malformed)
+    }
+
+    /// A `u64` varint.
+    ///
+    /// # Errors
+    /// [`DecodeError::NonCanonical`] for a longer encoding than needed;
+    /// [`DecodeError::Malformed`] when truncated, too long or out of range.
+    pub fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.varint(64)
+    }
+
+    /// An `i16` (zigzag varint).
+    ///
+    /// # Errors
+    /// As for every varint (see [`Reader::u64`]).
+    pub fn i16(&mut self) -> Result<i16, DecodeError> {
+        let u = self.u16()?;
+        Ok(((u >> 1) as i16) ^ -((u & 1) as i16))
+    }
+
+    /// An `i32` (zigzag varint).
+    ///
+    /// # Errors
+    /// As for every varint (see [`Reader::u64`]).
+    pub fn i32(&mut self) -> Result<i32, DecodeError> {
+        let u = self.u32()?;
+        Ok(((u >> 1) as i32) ^ -((u & 1) as i32))
+    }
+
+    /// An `i64` (zigzag varint).
+    ///
+    /// # Errors
+    /// As for every varint (see [`Reader::u64`]).
+    pub fn i64(&mut self) -> Result<i64, DecodeError> {
+        let u = self.u64()?;
+        Ok(((u >> 1) as i64) ^ -((u & 1) as i64))
+    }
+
+    /// An option's tag byte: `0` for none, `1` for some.
+    ///
+    /// # Errors
+    /// [`DecodeError::Malformed`] for any other byte.
+    pub fn option(&mut self) -> Result<bool, DecodeError> {
+        match self.byte()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::Malformed),
+        }
+    }
+
+    /// An enum's variant index (a `u32` varint) below `variants`.
+    ///
+    /// # Errors
+    /// [`DecodeError::Malformed`] for an index out of range.
+    pub fn variant(&mut self, variants: usize) -> Result<usize, DecodeError> {
+        let i = usize::try_from(self.u32()?).map_err(|_| DecodeError::Malformed)?;
+        if i < variants { Ok(i) } else { Err(DecodeError::Malformed) }
+    }
+
+    /// A list or string length (a `u32` varint) of at most `cap`.
+    ///
+    /// # Errors
+    /// [`DecodeError::Malformed`] above `cap`.
+    pub fn len(&mut self, cap: usize) -> Result<usize, DecodeError> {
+        let n = usize::try_from(self.u32()?).map_err(|_| DecodeError::Malformed)?;
+        if n <= cap { Ok(n) } else { Err(DecodeError::Malformed) }
+    }
+
+    /// A bounded list into `out` (cleared first).
+    ///
+    /// # Errors
+    /// The length's or an element's.
+    pub fn vec_into<T: Fixed, const N: usize>(&mut self, out: &mut heapless::Vec<T, N>) -> Result<(), DecodeError> {
+        out.clear();
+        let n = self.len(N)?;
+        for _ in 0..n {
+            out.push(T::read(self)?).map_err(|_| DecodeError::Malformed)?;
+        }
+        Ok(())
+    }
+
+    /// A bounded list.
+    ///
+    /// # Errors
+    /// The length's or an element's.
+    pub fn vec<T: Fixed, const N: usize>(&mut self) -> Result<heapless::Vec<T, N>, DecodeError> {
+        let mut out = heapless::Vec::new();
+        self.vec_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// A bounded UTF-8 string.
+    ///
+    /// # Errors
+    /// The length's, truncation, or invalid UTF-8 ([`DecodeError::Malformed`]).
+    pub fn string<const N: usize>(&mut self) -> Result<heapless::String<N>, DecodeError> {
+        let n = self.len(N)?;
+        let s = core::str::from_utf8(self.take(n)?).map_err(|_| DecodeError::Malformed)?;
+        let mut out = heapless::String::new();
+        out.push_str(s).map_err(|_| DecodeError::Malformed)?;
+        Ok(out)
+    }
+
+    /// An optional value.
+    ///
+    /// # Errors
+    /// The tag's or the value's.
+    pub fn opt<T: Fixed>(&mut self) -> Result<Option<T>, DecodeError> {
+        if self.option()? { T::read(self).map(Some) } else { Ok(None) }
+    }
+}
+
+/// Writes canonical encodings into a buffer, or only counts their length.
+#[derive(Debug)]
+pub struct Writer<'a> {
+    out: Option<&'a mut [u8]>,
+    len: usize,
+    have: usize,
+}
+
+impl Writer<'_> {
+    /// One raw byte.
+    ///
+    /// # Errors
+    /// [`DecodeError::BufferTooSmall`] when the buffer is full.
+    pub fn byte(&mut self, b: u8) -> Result<(), DecodeError> {
+        if let Some(out) = self.out.as_deref_mut() {
+            *out.get_mut(self.len).ok_or(DecodeError::BufferTooSmall { have: self.have })? = b;
+        }
+        self.len = self.len.saturating_add(1);
+        Ok(())
+    }
+
+    /// Raw bytes.
+    ///
+    /// # Errors
+    /// [`DecodeError::BufferTooSmall`] when the buffer is full.
+    pub fn bytes(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
+        let end = self.len.saturating_add(bytes.len());
+        if let Some(out) = self.out.as_deref_mut() {
+            out.get_mut(self.len..end).ok_or(DecodeError::BufferTooSmall { have: self.have })?.copy_from_slice(bytes);
+        }
+        self.len = end;
+        Ok(())
+    }
+
+    /// A varint.
+    ///
+    /// # Errors
+    /// [`DecodeError::BufferTooSmall`] when the buffer is full.
+    pub fn u64(&mut self, mut v: u64) -> Result<(), DecodeError> {
+        loop {
+            let [low, ..] = v.to_le_bytes();
+            v >>= 7;
+            if v == 0 {
+                return self.byte(low & 0x7f);
+            }
+            self.byte(low | 0x80)?;
+        }
+    }
+
+    /// A zigzag varint.
+    ///
+    /// # Errors
+    /// [`DecodeError::BufferTooSmall`] when the buffer is full.
+    pub fn i64(&mut self, v: i64) -> Result<(), DecodeError> {
+        self.u64(((v << 1) ^ (v >> 63)) as u64)
+    }
+
+    /// An option's tag, then the value if there is one.
+    ///
+    /// # Errors
+    /// [`DecodeError::BufferTooSmall`] when the buffer is full.
+    pub fn opt<T: Fixed>(&mut self, v: &Option<T>) -> Result<(), DecodeError> {
+        match v {
+            None => self.byte(0),
+            Some(v) => {
+                self.byte(1)?;
+                v.write(self)
+            }
+        }
+    }
+
+    /// A list: its length, then its elements.
+    ///
+    /// # Errors
+    /// [`DecodeError::BufferTooSmall`] when the buffer is full.
+    pub fn list<T: Fixed>(&mut self, items: &[T]) -> Result<(), DecodeError> {
+        self.u64(items.len() as u64)?;
+        items.iter().try_for_each(|i| i.write(self))
+    }
+
+    /// A string or byte list: its length, then its bytes.
+    ///
+    /// # Errors
+    /// [`DecodeError::BufferTooSmall`] when the buffer is full.
+    pub fn byte_list(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
+        self.u64(bytes.len() as u64)?;
+        self.bytes(bytes)
+    }
+}
+
+impl Fixed for u8 {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.byte(*self)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.byte()
+    }
+}
+
+impl Fixed for u16 {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.u64(u64::from(*self))
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.u16()
+    }
+}
+
+impl Fixed for u32 {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.u64(u64::from(*self))
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.u32()
+    }
+}
+
+impl Fixed for u64 {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.u64(*self)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.u64()
+    }
+}
+
+impl Fixed for Bytes64 {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.bytes(&self.0)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.array().map(Bytes64)
+    }
+}
+
+impl Fixed for Purpose {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.u64(u64::from(self.id()))
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        // Any id parses, as with serde; `validate` refuses the reserved ones.
+        Ok(Purpose::raw(r.u16()?))
+    }
+}
+
+impl Fixed for CategorySet {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.u64(u64::from(self.bits()))
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        CategorySet::from_bits(r.u16()?).map_err(|_| DecodeError::Malformed)
+    }
+}
+
+impl Fixed for ChannelSet {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.byte(self.bits())
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        ChannelSet::from_bits(r.byte()?).map_err(|_| DecodeError::Malformed)
+    }
+}
+
+impl Fixed for DataCategory {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.byte(*self as u8)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let i = r.variant(DataCategory::ALL.len())?;
+        DataCategory::ALL.get(i).copied().ok_or(DecodeError::Malformed)
+    }
+}
+
+impl Fixed for Channel {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.byte(*self as u8)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let i = r.variant(Channel::ALL.len())?;
+        Channel::ALL.get(i).copied().ok_or(DecodeError::Malformed)
+    }
+}
+
+/// Fieldless enums: the variant index, one byte below 128.
+macro_rules! unit_enum {
+    ($t:ty, [$($v:expr),+ $(,)?]) => {
+        impl Fixed for $t {
+            fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+                w.byte(*self as u8)
+            }
+            fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+                const ALL: &[$t] = &[$($v),+];
+                let i = r.variant(ALL.len())?;
+                ALL.get(i).copied().ok_or(DecodeError::Malformed)
+            }
+        }
+    };
+}
+
+unit_enum!(
+    LocationPrecision,
+    [
+        LocationPrecision::None,
+        LocationPrecision::Country,
+        LocationPrecision::Region,
+        LocationPrecision::City,
+        LocationPrecision::Neighbourhood,
+        LocationPrecision::Exact,
+    ]
+);
+unit_enum!(Severity, [Severity::Info, Severity::Warning, Severity::Error, Severity::Critical]);
+unit_enum!(
+    RebootReason,
+    [
+        RebootReason::None,
+        RebootReason::PowerOn,
+        RebootReason::Watchdog,
+        RebootReason::Brownout,
+        RebootReason::Crash,
+        RebootReason::Requested,
+        RebootReason::Unknown,
+    ]
+);
+unit_enum!(
+    DecommissionReason,
+    [
+        DecommissionReason::Recycled,
+        DecommissionReason::Returned,
+        DecommissionReason::Broken,
+        DecommissionReason::Retired,
+    ]
+);
+unit_enum!(
+    NoticeKind,
+    [
+        NoticeKind::MaintenanceDue,
+        NoticeKind::SuppliesOffer,
+        NoticeKind::Recall,
+        NoticeKind::Instructions,
+        NoticeKind::UpdateAvailable,
+    ]
+);
+
+impl Fixed for Grant {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        self.purpose.write(w)?;
+        self.categories.write(w)?;
+        self.location.write(w)?;
+        w.opt(&self.expires_at)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Grant {
+            purpose: Purpose::read(r)?,
+            categories: CategorySet::read(r)?,
+            location: Fixed::read(r)?,
+            expires_at: r.opt()?,
+        })
+    }
+}
+
+impl Fixed for ContactGrant {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        self.purpose.write(w)?;
+        self.channels.write(w)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(ContactGrant { purpose: Purpose::read(r)?, channels: ChannelSet::read(r)? })
+    }
+}
+
+impl Fixed for QuietHours {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.u64(u64::from(self.start_minute))?;
+        w.u64(u64::from(self.end_minute))?;
+        w.i64(i64::from(self.utc_offset_minutes))
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(QuietHours { start_minute: r.u16()?, end_minute: r.u16()?, utc_offset_minutes: r.i16()? })
+    }
+}
+
+impl Fixed for FrequencyCap {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        self.purpose.write(w)?;
+        w.u64(u64::from(self.max_notices))?;
+        w.u64(u64::from(self.period_seconds))
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(FrequencyCap { purpose: Purpose::read(r)?, max_notices: r.u16()?, period_seconds: r.u32()? })
+    }
+}
+
+impl Fixed for ContactPrefs {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.list(&self.grants)?;
+        w.opt(&self.quiet_hours)?;
+        w.list(&self.caps)?;
+        w.list(&self.muted_topics)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let mut out = ContactPrefs::default();
+        out.read_into(r)?;
+        Ok(out)
+    }
+    fn read_into(&mut self, r: &mut Reader<'_>) -> Result<(), DecodeError> {
+        r.vec_into(&mut self.grants)?;
+        self.quiet_hours = r.opt()?;
+        r.vec_into(&mut self.caps)?;
+        r.vec_into(&mut self.muted_topics)
+    }
+}
+
+impl Fixed for ConsentState {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.u64(u64::from(self.version))?;
+        w.u64(self.issued_at)?;
+        w.u64(self.reconfirm_by)?;
+        w.bytes(&self.notice_hash)?;
+        w.list(&self.grants)?;
+        self.contact.write(w)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let mut out = ConsentState::essential_only(0, 0, [0; 32]);
+        out.read_into(r)?;
+        Ok(out)
+    }
+    fn read_into(&mut self, r: &mut Reader<'_>) -> Result<(), DecodeError> {
+        self.version = r.u32()?;
+        self.issued_at = r.u64()?;
+        self.reconfirm_by = r.u64()?;
+        self.notice_hash = r.array()?;
+        r.vec_into(&mut self.grants)?;
+        self.contact.read_into(r)
+    }
+}
+
+impl Fixed for OwnerProof {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.bytes(&self.owner_key)?;
+        self.signature.write(w)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(OwnerProof { owner_key: r.array()?, signature: Bytes64::read(r)? })
+    }
+}
+
+impl Fixed for SignedConsent {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        self.state.write(w)?;
+        w.opt(&self.owner)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let mut out = SignedConsent { state: ConsentState::essential_only(0, 0, [0; 32]), owner: None };
+        out.read_into(r)?;
+        Ok(out)
+    }
+    fn read_into(&mut self, r: &mut Reader<'_>) -> Result<(), DecodeError> {
+        self.state.read_into(r)?;
+        self.owner = r.opt()?;
+        Ok(())
+    }
+}
+
+impl Fixed for Receipt {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.u64(u64::from(self.consent_version))?;
+        w.bytes(&self.consent_digest)?;
+        w.u64(self.received_at)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Receipt { consent_version: r.u32()?, consent_digest: r.array()?, received_at: r.u64()? })
+    }
+}
+
+impl Fixed for Notice {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.u64(u64::from(self.id))?;
+        self.purpose.write(w)?;
+        self.channel.write(w)?;
+        w.u64(u64::from(self.topic))?;
+        self.kind.write(w)?;
+        w.u64(self.issued_at)?;
+        w.u64(self.expires_at)?;
+        w.byte_list(self.title.as_bytes())?;
+        w.byte_list(self.text.as_bytes())
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Notice {
+            id: r.u32()?,
+            purpose: Purpose::read(r)?,
+            channel: Channel::read(r)?,
+            topic: r.u16()?,
+            kind: NoticeKind::read(r)?,
+            issued_at: r.u64()?,
+            expires_at: r.u64()?,
+            title: r.string()?,
+            text: r.string()?,
+        })
+    }
+}
+
+impl Fixed for FirmwareVersion {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.u64(u64::from(self.major))?;
+        w.u64(u64::from(self.minor))?;
+        w.u64(u64::from(self.patch))?;
+        w.u64(u64::from(self.build))
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(FirmwareVersion { major: r.u16()?, minor: r.u16()?, patch: r.u16()?, build: r.u32()? })
+    }
+}
+
+impl Fixed for CertificateBody {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.bytes(&self.device.0)?;
+        w.bytes(&self.device_key)?;
+        w.byte_list(self.model.as_bytes())?;
+        w.u64(u64::from(self.hardware_revision))?;
+        w.u64(self.issued_at)?;
+        w.opt(&self.not_after)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(CertificateBody {
+            device: DeviceId(r.array()?),
+            device_key: r.array()?,
+            model: r.string()?,
+            hardware_revision: r.u16()?,
+            issued_at: r.u64()?,
+            not_after: r.opt()?,
+        })
+    }
+}
+
+impl Fixed for DeviceCertificate {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        self.body.write(w)?;
+        self.signature.write(w)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(DeviceCertificate { body: CertificateBody::read(r)?, signature: Bytes64::read(r)? })
+    }
+}
+
+impl Fixed for Transfer {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.u64(self.at)?;
+        w.u64(u64::from(self.consent_version))?;
+        w.opt(&self.owner)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Transfer { at: r.u64()?, consent_version: r.u32()?, owner: r.opt()? })
+    }
+}
+
+impl Fixed for Register {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        write_register(w, &self.certificate, &self.firmware, &self.consent, &self.transfer)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Register {
+            certificate: DeviceCertificate::read(r)?,
+            firmware: FirmwareVersion::read(r)?,
+            consent: SignedConsent::read(r)?,
+            transfer: r.opt()?,
+        })
+    }
+}
+
+/// A Register's fields, from wherever they are held (the device seals one
+/// from its identity and session without copying them into a body).
+pub(crate) fn write_register(
+    w: &mut Writer<'_>,
+    certificate: &DeviceCertificate,
+    firmware: &FirmwareVersion,
+    consent: &SignedConsent,
+    transfer: &Option<Transfer>,
+) -> Result<(), DecodeError> {
+    certificate.write(w)?;
+    firmware.write(w)?;
+    consent.write(w)?;
+    w.opt(transfer)
+}
+
+impl Fixed for ConsentUpdate {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        self.consent.write(w)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(ConsentUpdate { consent: SignedConsent::read(r)? })
+    }
+}
+
+impl Fixed for Decommission {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.u64(self.at)?;
+        self.reason.write(w)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Decommission { at: r.u64()?, reason: DecommissionReason::read(r)? })
+    }
+}
+
+impl Fixed for MetricValue {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        match self {
+            MetricValue::Counter(c) => {
+                w.byte(0)?;
+                w.u64(*c)
+            }
+            MetricValue::Gauge { min, max, sum, samples } => {
+                w.byte(1)?;
+                w.i64(*min)?;
+                w.i64(*max)?;
+                w.i64(*sum)?;
+                w.u64(u64::from(*samples))
+            }
+            MetricValue::Histogram(h) => {
+                w.byte(2)?;
+                w.list(h)
+            }
+            MetricValue::Location { lat_e7, lon_e7, precision } => {
+                w.byte(3)?;
+                w.i64(i64::from(*lat_e7))?;
+                w.i64(i64::from(*lon_e7))?;
+                precision.write(w)
+            }
+        }
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(match r.variant(4)? {
+            0 => MetricValue::Counter(r.u64()?),
+            1 => MetricValue::Gauge { min: r.i64()?, max: r.i64()?, sum: r.i64()?, samples: r.u32()? },
+            2 => MetricValue::Histogram(r.vec()?),
+            _ => MetricValue::Location { lat_e7: r.i32()?, lon_e7: r.i32()?, precision: LocationPrecision::read(r)? },
+        })
+    }
+}
+
+impl Fixed for Metric {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        w.u64(u64::from(self.id))?;
+        self.category.write(w)?;
+        self.value.write(w)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Metric { id: r.u16()?, category: DataCategory::read(r)?, value: MetricValue::read(r)? })
+    }
+}
+
+impl<const M: usize> Fixed for UsageOf<M> {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        self.purpose.write(w)?;
+        w.u64(u64::from(self.consent_version))?;
+        w.u64(self.window_start)?;
+        w.u64(self.window_end)?;
+        w.list(&self.metrics)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(UsageOf {
+            purpose: Purpose::read(r)?,
+            consent_version: r.u32()?,
+            window_start: r.u64()?,
+            window_end: r.u64()?,
+            metrics: r.vec()?,
+        })
+    }
+}
+
+impl Fixed for Fault {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+        self.purpose.write(w)?;
+        w.u64(u64::from(self.consent_version))?;
+        w.u64(u64::from(self.code))?;
+        self.severity.write(w)?;
+        w.u64(u64::from(self.component))?;
+        self.firmware.write(w)?;
+        w.u64(u64::from(self.uptime_s))?;
+        self.reboot_reason.write(w)?;
+        w.u64(u64::from(self.occurrences))?;
+        w.u64(self.first_seen)?;
+        w.u64(self.last_seen)?;
+        w.byte_list(&self.context)
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Fault {
+            purpose: Purpose::read(r)?,
+            consent_version: r.u32()?,
+            code: r.u32()?,
+            severity: Severity::read(r)?,
+            component: r.u16()?,
+            firmware: FirmwareVersion::read(r)?,
+            uptime_s: r.u32()?,
+            reboot_reason: RebootReason::read(r)?,
+            occurrences: r.u32()?,
+            first_seen: r.u64()?,
+            last_seen: r.u64()?,
+            context: r.vec()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    fn receipt() -> Receipt {
+        Receipt { consent_version: 300, consent_digest: [7; 32], received_at: 1_700_000_000 }
+    }
+
+    #[test]
+    fn varints_are_canonical_and_in_range() {
+        let u16_of = |b: &[u8]| Reader::new(b).u16();
+        assert_eq!(u16_of(&[0x00]), Ok(0));
+        assert_eq!(u16_of(&[0xac, 0x02]), Ok(300));
+        assert_eq!(u16_of(&[0xff, 0xff, 0x03]), Ok(u16::MAX));
+        // over-long: 1 in two bytes, 0 in two bytes
+        assert_eq!(u16_of(&[0x81, 0x00]), Err(DecodeError::NonCanonical));
+        assert_eq!(u16_of(&[0x80, 0x00]), Err(DecodeError::NonCanonical));
+        // over the range, and a continuation bit on the last possible byte
+        assert_eq!(u16_of(&[0xff, 0xff, 0x04]), Err(DecodeError::Malformed));
+        assert_eq!(u16_of(&[0xff, 0xff, 0x83, 0x00]), Err(DecodeError::Malformed));
+        // truncated
+        assert_eq!(u16_of(&[0x80]), Err(DecodeError::Malformed));
+        assert_eq!(u16_of(&[]), Err(DecodeError::Malformed));
+        let u64_of = |b: &[u8]| Reader::new(b).u64();
+        let max = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert_eq!(u64_of(&max), Ok(u64::MAX));
+        let mut over = max;
+        over[9] = 0x02;
+        assert_eq!(u64_of(&over), Err(DecodeError::Malformed));
+        assert_eq!(Reader::new(&[0xff, 0xff, 0xff, 0xff, 0x0f]).u32(), Ok(u32::MAX));
+        assert_eq!(Reader::new(&[0xff, 0xff, 0xff, 0xff, 0x10]).u32(), Err(DecodeError::Malformed));
+    }
+
+    #[test]
+    fn zigzag_matches_postcard() {
+        for v in [0i64, -1, 1, -2, i64::MIN, i64::MAX, -840, 840] {
+            let (mut a, mut b) = ([0u8; 10], [0u8; 10]);
+            let ours = encode_with(&mut a, |w| w.i64(v)).map(|x| x.to_vec());
+            assert_eq!(ours, codec::encode(&v, &mut b).map(|x| x.to_vec()));
+            let bytes = ours.unwrap_or_default();
+            assert_eq!(Reader::new(&bytes).i64(), Ok(v));
+        }
+        let mut buf = [0u8; 4];
+        let bytes = codec::encode(&-840i16, &mut buf).map(|x| x.to_vec()).unwrap_or_default();
+        assert_eq!(Reader::new(&bytes).i16(), Ok(-840));
+    }
+
+    #[test]
+    fn tags_lengths_and_strings_are_checked() {
+        assert_eq!(Reader::new(&[2]).option(), Err(DecodeError::Malformed));
+        assert_eq!(Reader::new(&[4]).variant(4), Err(DecodeError::Malformed));
+        assert_eq!(Reader::new(&[3]).variant(4), Ok(3));
+        assert_eq!(Reader::new(&[3]).len(2), Err(DecodeError::Malformed));
+        assert_eq!(Reader::new(&[2, b'h', b'i']).string::<2>().map(|s| s.len()), Ok(2));
+        assert_eq!(Reader::new(&[2, 0xc3, 0x28]).string::<4>(), Err(DecodeError::Malformed));
+        assert_eq!(Reader::new(&[3, b'h', b'i']).string::<4>(), Err(DecodeError::Malformed));
+        assert_eq!(Reader::new(&[0x80]).variant(4), Err(DecodeError::Malformed));
+        // a category bit or channel bit that is not defined
+        assert_eq!(CategorySet::read(&mut Reader::new(&[0x80, 0x01])), Err(DecodeError::Malformed));
+        assert_eq!(ChannelSet::read(&mut Reader::new(&[0x10])), Err(DecodeError::Malformed));
+        assert_eq!(DataCategory::read(&mut Reader::new(&[7])), Err(DecodeError::Malformed));
+        assert_eq!(Channel::read(&mut Reader::new(&[4])), Err(DecodeError::Malformed));
+    }
+
+    #[test]
+    fn decode_checks_length_trailing_bytes_and_rules() {
+        let mut buf = [0u8; 64];
+        let bytes = encode(&receipt(), &mut buf).map(|b| b.to_vec()).unwrap_or_default();
+        assert_eq!(decode::<Receipt>(&bytes), Ok(receipt()));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(decode::<Receipt>(&longer), Err(DecodeError::TrailingBytes));
+        assert_eq!(decode::<Receipt>(bytes.get(..bytes.len() - 1).unwrap_or_default()), Err(DecodeError::Malformed));
+        let huge = [0u8; Receipt::MAX_ENCODED_LEN + 1];
+        assert_eq!(
+            decode::<Receipt>(&huge),
+            Err(DecodeError::Oversized { len: huge.len(), max: Receipt::MAX_ENCODED_LEN })
+        );
+        // a value that parses but breaks a rule: `validate`'s error, as with serde
+        let mut state = ConsentState::essential_only(1, 100, [0; 32]);
+        state.reconfirm_by = state.issued_at;
+        let mut sb = [0u8; 128];
+        let sbytes = encode(&state, &mut sb).map(|b| b.to_vec()).unwrap_or_default();
+        let broken = Err(DecodeError::OutOfRange(crate::error::Rule::ReconfirmWindow));
+        assert_eq!(decode::<ConsentState>(&sbytes), broken);
+        assert_eq!(codec::decode::<ConsentState>(&sbytes), broken);
+    }
+
+    #[test]
+    fn encode_refuses_a_short_buffer_and_counts_exactly() {
+        let mut buf = [0u8; 64];
+        let n = encoded_len(&receipt()).unwrap_or(0);
+        assert_eq!(encode(&receipt(), &mut buf).map(|b| b.len()), Ok(n));
+        let short = buf.get_mut(..n - 1).unwrap_or_default();
+        assert_eq!(encode(&receipt(), short), Err(DecodeError::BufferTooSmall { have: n - 1 }));
+    }
+}
