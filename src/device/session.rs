@@ -31,6 +31,7 @@
 use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
+use crate::codec::fixed::Fixed;
 use crate::codec::{self, Canonical};
 use crate::consent::{
     BuildError, ConsentError, ConsentState, ContactDenial, Denial, EditError, FaultDraft, OwnerRequirement, Permit,
@@ -892,7 +893,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         if let Some(r) = storage.read(RECORD_CONSENT, &mut buf)? {
             let empty = SignedConsent { state: ConsentState::essential_only(0, 0, [0; 32]), owner: None };
             let place = self.consent.insert(empty);
-            if codec::decode_in_place(r, place).is_err() {
+            if codec::fixed::decode_in_place(r, place).is_err() {
                 self.consent = None;
                 return Err(StorageError::Invalid(RECORD_CONSENT).into());
             }
@@ -1224,7 +1225,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     /// Opens a vendor message of kind `B`: direction, device, replay
     /// window, decryption, the vendor's signature, then the body. The
     /// counter is not yet accepted.
-    fn open_vendor<B: Body>(&self, bytes: &[u8]) -> Result<(B, u64), SessionError> {
+    fn open_vendor<B: Body + Fixed>(&self, bytes: &[u8]) -> Result<(B, u64), SessionError> {
         let env = Envelope::parse(bytes)?;
         let h = env.header;
         if h.kind.direction() != Direction::VendorToDevice {
@@ -1241,7 +1242,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         let mut buf = [0u8; Notice::MAX_SEALED_LEN];
         let pt = env.decrypt(keys, &mut buf)?;
         let v = pt.verify_key_bytes(self.epoch_vendor_signing())?;
-        Ok((v.decode::<B>()?, h.counter))
+        Ok((v.decode_fixed::<B>()?, h.counter))
     }
 
     /// Records an authentic vendor message's counter. It was sealed under
