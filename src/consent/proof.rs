@@ -104,7 +104,7 @@ pub enum OwnerRequirement<'a> {
 /// Encodes a state into a stack buffer and runs `f` on the bytes.
 fn with_encoded<T>(state: &ConsentState, f: impl FnOnce(&[u8]) -> T) -> Result<T, DecodeError> {
     let mut buf = [0u8; ConsentState::MAX_ENCODED_LEN];
-    let bytes = codec::encode(state, &mut buf)?;
+    let bytes = codec::fixed::encode(state, &mut buf)?;
     Ok(f(bytes))
 }
 
@@ -324,7 +324,7 @@ impl SentConsent {
     /// [`DecodeError`] if it cannot be encoded (it is larger than its bound).
     pub fn of(signed: &SignedConsent) -> Result<SentConsent, DecodeError> {
         let mut buf = [0u8; SignedConsent::MAX_ENCODED_LEN];
-        let bytes = codec::encode(signed, &mut buf)?;
+        let bytes = codec::fixed::encode(signed, &mut buf)?;
         Ok(SentConsent { version: signed.state.version, digest: consent_digest(bytes) })
     }
 }

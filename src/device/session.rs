@@ -1148,7 +1148,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
 
     fn save_consent(&mut self, consent: &SignedConsent) -> Result<(), SessionError> {
         let mut buf = [0u8; SignedConsent::MAX_ENCODED_LEN];
-        let bytes = codec::encode(consent, &mut buf)?;
+        let bytes = codec::fixed::encode(consent, &mut buf)?;
         self.storage().write(RECORD_CONSENT, bytes)?;
         Ok(())
     }
@@ -1178,13 +1178,13 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     /// Seals `body` under the current keys with a fresh counter value and
     /// queues it. While the epoch is unconfirmed its ephemeral key goes in
     /// the header (SPEC §3.1).
-    fn seal_queue<B: Body>(&mut self, body: &B, scope: Scope) -> Result<u64, SessionError> {
+    fn seal_queue<B: Body + Fixed>(&mut self, body: &B, scope: Scope) -> Result<u64, SessionError> {
         self.seal_queue_as(B::KIND, body, scope)
     }
 
     /// [`Device::seal_queue`] of a value that encodes exactly as a body of
     /// `kind` (a borrowed view of a large body: no copy of it on the stack).
-    fn seal_queue_as<T: serde::Serialize>(&mut self, kind: Kind, body: &T, scope: Scope) -> Result<u64, SessionError> {
+    fn seal_queue_as<T: Fixed>(&mut self, kind: Kind, body: &T, scope: Scope) -> Result<u64, SessionError> {
         seal_into(&self.id, &self.state, &mut self.counter, self.outbox, kind, body, scope)
     }
 
@@ -1458,14 +1458,29 @@ fn seal_into<S: Storage, const N: usize, const RECORD: usize>(
 }
 
 /// A [`Register`] by reference: the same fields in the same order, so the
-/// same encoding (serde encodes a reference as what it points to), sealed
-/// without copying the certificate and the consent into a body first.
-#[derive(serde::Serialize)]
+/// same encoding, sealed without copying the certificate and the consent
+/// into a body first.
 struct RegisterView<'a> {
     certificate: &'a DeviceCertificate,
     firmware: FirmwareVersion,
     consent: &'a SignedConsent,
     transfer: &'a Option<Transfer>,
+}
+
+impl SealBody for RegisterView<'_> {
+    fn encode_into(&self, out: &mut [u8]) -> Result<usize, DecodeError> {
+        codec::fixed::encode_with(out, |w| self.write(w)).map(|b| b.len())
+    }
+
+    fn encoded_len(&self) -> Result<usize, DecodeError> {
+        codec::fixed::encoded_len_with(|w| self.write(w))
+    }
+}
+
+impl RegisterView<'_> {
+    fn write(&self, w: &mut codec::fixed::Writer<'_>) -> Result<(), DecodeError> {
+        codec::fixed::write_register(w, self.certificate, &self.firmware, self.consent, self.transfer)
+    }
 }
 
 /// Reserves a new epoch, agrees its keys, seals and queues a Register that

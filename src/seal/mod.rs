@@ -84,7 +84,7 @@ pub fn seal<B: Body>(
     signer: &SigningKey,
     keys: &SessionKeys,
 ) -> Result<usize, SealError> {
-    seal_kind(out, seal, B::KIND, body, signer, keys)
+    seal_kind(out, seal, B::KIND, &Serde(body), signer, keys)
 }
 
 /// [`seal`] with any signer, for a value that encodes exactly as a body of
@@ -139,13 +139,29 @@ pub(crate) trait SealBody {
     fn encoded_len(&self) -> Result<usize, DecodeError>;
 }
 
-impl<T: serde::Serialize> SealBody for T {
+/// The device's bodies encode with the hand-written codec
+/// ([`codec::fixed`]): the same bytes as serde's, without serde's code.
+impl<T: codec::fixed::Fixed> SealBody for T {
     fn encode_into(&self, out: &mut [u8]) -> Result<usize, DecodeError> {
-        codec::encode(self, out).map(|b| b.len())
+        codec::fixed::encode(self, out).map(|b| b.len())
     }
 
     fn encoded_len(&self) -> Result<usize, DecodeError> {
-        codec::encoded_len(self)
+        codec::fixed::encoded_len(self)
+    }
+}
+
+/// Any body, encoded through serde ([`seal`] and [`seal_from_vendor`]: the
+/// vendor's side, which links serde anyway).
+struct Serde<'a, T: ?Sized>(&'a T);
+
+impl<T: serde::Serialize + ?Sized> SealBody for Serde<'_, T> {
+    fn encode_into(&self, out: &mut [u8]) -> Result<usize, DecodeError> {
+        codec::encode(self.0, out).map(|b| b.len())
+    }
+
+    fn encoded_len(&self) -> Result<usize, DecodeError> {
+        codec::encoded_len(self.0)
     }
 }
 
