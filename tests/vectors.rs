@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use spime::codec::{self, Bytes64, Canonical};
 use spime::consent::*;
-use spime::error::OpenError;
+use spime::error::{DecodeError, OpenError};
 use spime::message::*;
 use spime::seal::replay::ReplayWindow;
 use spime::seal::{self, Envelope, Seal, SessionKeys};
@@ -842,7 +842,33 @@ impl VendorView {
     }
 }
 
+/// The device's hand-written codec (`codec::fixed`) decodes every body the
+/// vectors carry, valid or not, as serde's does: the same verdict, the
+/// same value, and for a rule broken after parsing the same error.
+fn fixed_agrees<B: Body + spime::codec::fixed::Fixed + PartialEq + std::fmt::Debug>(v: &seal::Verified<'_, '_>) {
+    let (serde, hand) = (codec::decode::<B>(v.body_bytes()), spime::codec::fixed::decode::<B>(v.body_bytes()));
+    match (&serde, &hand) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b),
+        (Err(DecodeError::Malformed | DecodeError::TrailingBytes | DecodeError::NonCanonical), Err(b)) => assert!(
+            matches!(b, DecodeError::Malformed | DecodeError::TrailingBytes | DecodeError::NonCanonical),
+            "{b:?}"
+        ),
+        _ => assert_eq!(serde, hand),
+    }
+}
+
 fn decode_json(v: &seal::Verified<'_, '_>) -> Result<Value, OpenError> {
+    match v.kind() {
+        Kind::REGISTER => fixed_agrees::<Register>(v),
+        Kind::USAGE => fixed_agrees::<Usage>(v),
+        Kind::FAULT => fixed_agrees::<Fault>(v),
+        Kind::CONSENT => fixed_agrees::<ConsentUpdate>(v),
+        Kind::TRANSFER => fixed_agrees::<Transfer>(v),
+        Kind::DECOMMISSION => fixed_agrees::<Decommission>(v),
+        Kind::RECEIPT => fixed_agrees::<Receipt>(v),
+        Kind::NOTICE => fixed_agrees::<Notice>(v),
+        _ => {}
+    }
     Ok(match v.kind() {
         Kind::REGISTER => serde_json::to_value(v.decode::<Register>()?),
         Kind::USAGE => serde_json::to_value(v.decode::<Usage>()?),
