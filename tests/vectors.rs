@@ -2669,6 +2669,21 @@ fn fuzz_seeds(valid: &Value, invalid: &Value) -> std::collections::BTreeMap<Stri
             _ => "notice",
         };
         put(&format!("body_{kind}"), name.clone(), body.clone());
+        // fuzz/fuzz_targets/fixed_codec.rs: the body behind its type selector.
+        let selector = match kind {
+            "register" => Some(0u8),
+            "usage" => Some(1),
+            "fault" => Some(3),
+            "consent" => Some(5),
+            "transfer" => Some(7),
+            "decommission" => Some(8),
+            "receipt" => Some(9),
+            "notice" => Some(10),
+            _ => None,
+        };
+        if let Some(s) = selector {
+            put("fixed_codec", name.clone(), [&[s][..], &body].concat());
+        }
         // fuzz/fuzz_targets/device_open.rs: mode 0 a raw Receipt envelope, 1 a raw Notice envelope,
         // 2 a Notice body and 3 a Receipt body (the target seals them).
         match kind {
@@ -2732,7 +2747,7 @@ fn fuzz_seeds(valid: &Value, invalid: &Value) -> std::collections::BTreeMap<Stri
 }
 
 /// The seed directories this generator owns (every file in them is derived from the vectors).
-const SEED_TARGETS: [&str; 13] = [
+const SEED_TARGETS: [&str; 14] = [
     "envelope",
     "ingest",
     "device_open",
@@ -2746,6 +2761,7 @@ const SEED_TARGETS: [&str; 13] = [
     "body_receipt",
     "body_notice",
     "body_key_update",
+    "fixed_codec",
 ];
 
 // ---------------------------------------------------------------- the tests
