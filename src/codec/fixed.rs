@@ -16,7 +16,8 @@
 //! bytes it came from and no comparison is needed. For every input, and
 //! every value, it agrees with the serde path (the property tests in
 //! `tests/properties.rs` check it on random values and on random and
-//! mutated bytes):
+//! mutated bytes, `tests/vectors.rs` on every body of the vectors, and the
+//! `fixed_codec` fuzz target on any bytes):
 //!
 //! - [`encode`] gives the same bytes as [`crate::codec::encode`];
 //! - [`decode`] is `Ok` with the same value exactly when
@@ -52,6 +53,16 @@ use crate::message::{
 use crate::wire::DeviceId;
 
 /// A type with a hand-written reader and writer for its canonical encoding.
+///
+/// ```
+/// use spime::codec::fixed::{Fixed, Reader};
+/// use spime::message::FirmwareVersion;
+/// let mut r = Reader::new(&[1, 2, 3, 0xac, 0x02]);
+/// let fw = FirmwareVersion::read(&mut r)?;
+/// r.finish()?;
+/// assert_eq!(fw.build, 300);
+/// # Ok::<(), spime::error::DecodeError>(())
+/// ```
 pub trait Fixed: Sized {
     /// Appends the encoding of `self`.
     ///
@@ -83,6 +94,16 @@ pub trait Fixed: Sized {
 ///
 /// # Errors
 /// [`DecodeError::BufferTooSmall`] when `out` cannot hold the encoding.
+///
+/// ```
+/// use spime::codec::fixed;
+/// use spime::message::{Decommission, DecommissionReason};
+/// let mut buf = [0u8; 16];
+/// let d = Decommission { at: 300, reason: DecommissionReason::Broken };
+/// assert_eq!(fixed::encode(&d, &mut buf)?, [0xac, 0x02, 2]);
+/// assert!(fixed::encode(&d, &mut [0u8; 2]).is_err());
+/// # Ok::<(), spime::error::DecodeError>(())
+/// ```
 pub fn encode<'a, T: Fixed>(value: &T, out: &'a mut [u8]) -> Result<&'a mut [u8], DecodeError> {
     encode_with(out, |w| value.write(w))
 }
@@ -105,6 +126,13 @@ pub(crate) fn encode_with(
 ///
 /// # Errors
 /// None in practice: the [`Fixed::write`] of a counting writer cannot fail.
+///
+/// ```
+/// use spime::codec::fixed;
+/// use spime::message::Transfer;
+/// assert_eq!(fixed::encoded_len(&Transfer::unsigned(300, 1))?, 4);
+/// # Ok::<(), spime::error::DecodeError>(())
+/// ```
 pub fn encoded_len<T: Fixed>(value: &T) -> Result<usize, DecodeError> {
     encoded_len_with(|w| value.write(w))
 }
@@ -126,6 +154,17 @@ pub(crate) fn encoded_len_with(
 /// [`DecodeError::Malformed`] or [`DecodeError::NonCanonical`] for bytes
 /// that are not a canonical encoding; [`DecodeError::TrailingBytes`];
 /// whatever [`Canonical::validate`] rejects.
+///
+/// ```
+/// use spime::codec::fixed;
+/// use spime::error::DecodeError;
+/// use spime::message::FirmwareVersion;
+/// assert_eq!(fixed::decode::<FirmwareVersion>(&[1, 2, 3, 0xac, 0x02])?.build, 300);
+/// // 1 as a two-byte varint, and a trailing byte, are refused:
+/// assert_eq!(fixed::decode::<FirmwareVersion>(&[0x81, 0x00, 2, 3, 4]), Err(DecodeError::NonCanonical));
+/// assert_eq!(fixed::decode::<FirmwareVersion>(&[1, 2, 3, 4, 0]), Err(DecodeError::TrailingBytes));
+/// # Ok::<(), DecodeError>(())
+/// ```
 pub fn decode<T: Fixed + Canonical>(bytes: &[u8]) -> Result<T, DecodeError> {
     let mut r = reader_for::<T>(bytes)?;
     let value = T::read(&mut r)?;
@@ -139,6 +178,18 @@ pub fn decode<T: Fixed + Canonical>(bytes: &[u8]) -> Result<T, DecodeError> {
 ///
 /// # Errors
 /// As [`decode`].
+///
+/// ```
+/// use spime::codec::{self, fixed};
+/// use spime::consent::{ConsentState, SignedConsent};
+/// let stored = SignedConsent { state: ConsentState::essential_only(7, 1_700_000_000, [1; 32]), owner: None };
+/// let mut buf = [0u8; 128];
+/// let bytes = codec::encode(&stored, &mut buf)?;
+/// let mut place = SignedConsent { state: ConsentState::essential_only(0, 0, [0; 32]), owner: None };
+/// fixed::decode_in_place(bytes, &mut place)?;
+/// assert_eq!(place, stored);
+/// # Ok::<(), spime::error::DecodeError>(())
+/// ```
 pub fn decode_in_place<T: Fixed + Canonical>(bytes: &[u8], place: &mut T) -> Result<(), DecodeError> {
     let mut r = reader_for::<T>(bytes)?;
     place.read_into(&mut r)?;
@@ -154,6 +205,16 @@ fn reader_for<T: Canonical>(bytes: &[u8]) -> Result<Reader<'_>, DecodeError> {
 }
 
 /// Reads canonical encodings from the front of a byte slice.
+///
+/// ```
+/// use spime::codec::fixed::Reader;
+/// let mut r = Reader::new(&[0xac, 0x02, 1, 3]);
+/// assert_eq!(r.u32()?, 300);
+/// assert!(r.option()?);
+/// assert_eq!(r.i16()?, -2);
+/// r.finish()?;
+/// # Ok::<(), spime::error::DecodeError>(())
+/// ```
 #[derive(Debug)]
 pub struct Reader<'a> {
     rest: &'a [u8],
@@ -357,7 +418,26 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Writes canonical encodings into a buffer, or only counts their length.
+/// Writes canonical encodings into a buffer, or only counts their length
+/// (made by [`encode`] and [`encoded_len`] for a [`Fixed::write`]).
+///
+/// ```
+/// use spime::codec::fixed::{self, Fixed, Reader, Writer};
+/// use spime::error::DecodeError;
+/// struct Pair(u16, Option<u64>);
+/// impl Fixed for Pair {
+///     fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+///         w.u64(u64::from(self.0))?;
+///         w.opt(&self.1)
+///     }
+///     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+///         Ok(Pair(r.u16()?, r.opt()?))
+///     }
+/// }
+/// let mut buf = [0u8; 16];
+/// assert_eq!(fixed::encode(&Pair(300, Some(1)), &mut buf)?, [0xac, 0x02, 1, 1]);
+/// # Ok::<(), DecodeError>(())
+/// ```
 #[derive(Debug)]
 pub struct Writer<'a> {
     out: Option<&'a mut [u8]>,
