@@ -64,11 +64,9 @@ use crate::wire::DeviceId;
 /// # Ok::<(), spime::error::DecodeError>(())
 /// ```
 pub trait Fixed: Sized {
-    /// Appends the encoding of `self`.
-    ///
-    /// # Errors
-    /// [`DecodeError::BufferTooSmall`] when the writer's buffer is full.
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError>;
+    /// Appends the encoding of `self` (a writer whose buffer is full only
+    /// counts: [`encode`] then reports the buffer as too small).
+    fn write(&self, w: &mut Writer<'_>);
 
     /// Reads one value.
     ///
@@ -109,23 +107,19 @@ pub fn encode<'a, T: Fixed>(value: &T, out: &'a mut [u8]) -> Result<&'a mut [u8]
 }
 
 /// What `write` writes, into the front of `out`; the used prefix.
-pub(crate) fn encode_with(
-    out: &mut [u8],
-    write: impl FnOnce(&mut Writer<'_>) -> Result<(), DecodeError>,
-) -> Result<&mut [u8], DecodeError> {
-    let mut w = Writer { have: out.len(), out: Some(out), len: 0 };
-    write(&mut w)?;
+pub(crate) fn encode_with(out: &mut [u8], write: impl FnOnce(&mut Writer<'_>)) -> Result<&mut [u8], DecodeError> {
+    let have = out.len();
+    let mut w = Writer { out, len: 0 };
+    write(&mut w);
     let len = w.len;
-    match w.out {
-        Some(out) => out.get_mut(..len).ok_or(DecodeError::BufferTooSmall { have: w.have }),
-        None => Err(DecodeError::BufferTooSmall { have: w.have }),
-    }
+    w.out.get_mut(..len).ok_or(DecodeError::BufferTooSmall { have })
 }
 
 /// The exact length of `value`'s encoding, computed without a buffer.
 ///
 /// # Errors
-/// None in practice: the [`Fixed::write`] of a counting writer cannot fail.
+/// None: the result is a `Result` for symmetry with
+/// [`crate::codec::encoded_len`].
 ///
 /// ```
 /// use spime::codec::fixed;
@@ -134,16 +128,14 @@ pub(crate) fn encode_with(
 /// # Ok::<(), spime::error::DecodeError>(())
 /// ```
 pub fn encoded_len<T: Fixed>(value: &T) -> Result<usize, DecodeError> {
-    encoded_len_with(|w| value.write(w))
+    Ok(encoded_len_with(|w| value.write(w)))
 }
 
 /// The length of what `write` writes.
-pub(crate) fn encoded_len_with(
-    write: impl FnOnce(&mut Writer<'_>) -> Result<(), DecodeError>,
-) -> Result<usize, DecodeError> {
-    let mut w = Writer { out: None, len: 0, have: 0 };
-    write(&mut w)?;
-    Ok(w.len)
+pub(crate) fn encoded_len_with(write: impl FnOnce(&mut Writer<'_>)) -> usize {
+    let mut w = Writer { out: &mut [], len: 0 };
+    write(&mut w);
+    w.len
 }
 
 /// Decodes exactly one canonical `T` from all of `bytes`, like
@@ -426,9 +418,9 @@ impl<'a> Reader<'a> {
 /// use spime::error::DecodeError;
 /// struct Pair(u16, Option<u64>);
 /// impl Fixed for Pair {
-///     fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
-///         w.u64(u64::from(self.0))?;
-///         w.opt(&self.1)
+///     fn write(&self, w: &mut Writer<'_>) {
+///         w.u64(u64::from(self.0));
+///         w.opt(&self.1);
 ///     }
 ///     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
 ///         Ok(Pair(r.u16()?, r.opt()?))
@@ -440,95 +432,75 @@ impl<'a> Reader<'a> {
 /// ```
 #[derive(Debug)]
 pub struct Writer<'a> {
-    out: Option<&'a mut [u8]>,
+    /// Where the bytes go; those past its end are only counted.
+    out: &'a mut [u8],
+    /// Bytes written (or counted) so far.
     len: usize,
-    have: usize,
 }
 
 impl Writer<'_> {
     /// One raw byte.
-    ///
-    /// # Errors
-    /// [`DecodeError::BufferTooSmall`] when the buffer is full.
-    pub fn byte(&mut self, b: u8) -> Result<(), DecodeError> {
-        if let Some(out) = self.out.as_deref_mut() {
-            *out.get_mut(self.len).ok_or(DecodeError::BufferTooSmall { have: self.have })? = b;
+    pub fn byte(&mut self, b: u8) {
+        if let Some(slot) = self.out.get_mut(self.len) {
+            *slot = b;
         }
         self.len = self.len.saturating_add(1);
-        Ok(())
     }
 
     /// Raw bytes.
-    ///
-    /// # Errors
-    /// [`DecodeError::BufferTooSmall`] when the buffer is full.
-    pub fn bytes(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
+    pub fn bytes(&mut self, bytes: &[u8]) {
         let end = self.len.saturating_add(bytes.len());
-        if let Some(out) = self.out.as_deref_mut() {
-            out.get_mut(self.len..end).ok_or(DecodeError::BufferTooSmall { have: self.have })?.copy_from_slice(bytes);
+        if let Some(dst) = self.out.get_mut(self.len..end) {
+            dst.copy_from_slice(bytes);
         }
         self.len = end;
-        Ok(())
     }
 
     /// A varint.
-    ///
-    /// # Errors
-    /// [`DecodeError::BufferTooSmall`] when the buffer is full.
-    pub fn u64(&mut self, mut v: u64) -> Result<(), DecodeError> {
+    pub fn u64(&mut self, mut v: u64) {
         loop {
             let [low, ..] = v.to_le_bytes();
             v >>= 7;
             if v == 0 {
                 return self.byte(low & 0x7f);
             }
-            self.byte(low | 0x80)?;
+            self.byte(low | 0x80);
         }
     }
 
     /// A zigzag varint.
-    ///
-    /// # Errors
-    /// [`DecodeError::BufferTooSmall`] when the buffer is full.
-    pub fn i64(&mut self, v: i64) -> Result<(), DecodeError> {
-        self.u64(((v << 1) ^ (v >> 63)) as u64)
+    pub fn i64(&mut self, v: i64) {
+        self.u64(((v << 1) ^ (v >> 63)) as u64);
     }
 
     /// An option's tag, then the value if there is one.
-    ///
-    /// # Errors
-    /// [`DecodeError::BufferTooSmall`] when the buffer is full.
-    pub fn opt<T: Fixed>(&mut self, v: &Option<T>) -> Result<(), DecodeError> {
+    pub fn opt<T: Fixed>(&mut self, v: &Option<T>) {
         match v {
             None => self.byte(0),
             Some(v) => {
-                self.byte(1)?;
-                v.write(self)
+                self.byte(1);
+                v.write(self);
             }
         }
     }
 
     /// A list: its length, then its elements.
-    ///
-    /// # Errors
-    /// [`DecodeError::BufferTooSmall`] when the buffer is full.
-    pub fn list<T: Fixed>(&mut self, items: &[T]) -> Result<(), DecodeError> {
-        self.u64(items.len() as u64)?;
-        items.iter().try_for_each(|i| i.write(self))
+    pub fn list<T: Fixed>(&mut self, items: &[T]) {
+        self.u64(items.len() as u64);
+        for i in items {
+            i.write(self);
+        }
     }
 
     /// A string or byte list: its length, then its bytes.
-    ///
-    /// # Errors
-    /// [`DecodeError::BufferTooSmall`] when the buffer is full.
-    pub fn byte_list(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
-        self.u64(bytes.len() as u64)?;
-        self.bytes(bytes)
+    pub fn byte_list(&mut self, bytes: &[u8]) {
+        self.u64(bytes.len() as u64);
+        self.bytes(bytes);
     }
 }
 
 impl Fixed for u8 {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+    fn write(&self, w: &mut Writer<'_>) {
         w.byte(*self)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -537,7 +509,7 @@ impl Fixed for u8 {
 }
 
 impl Fixed for u16 {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+    fn write(&self, w: &mut Writer<'_>) {
         w.u64(u64::from(*self))
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -546,7 +518,7 @@ impl Fixed for u16 {
 }
 
 impl Fixed for u32 {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+    fn write(&self, w: &mut Writer<'_>) {
         w.u64(u64::from(*self))
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -555,7 +527,7 @@ impl Fixed for u32 {
 }
 
 impl Fixed for u64 {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+    fn write(&self, w: &mut Writer<'_>) {
         w.u64(*self)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -564,7 +536,7 @@ impl Fixed for u64 {
 }
 
 impl Fixed for Bytes64 {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+    fn write(&self, w: &mut Writer<'_>) {
         w.bytes(&self.0)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -573,7 +545,7 @@ impl Fixed for Bytes64 {
 }
 
 impl Fixed for Purpose {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+    fn write(&self, w: &mut Writer<'_>) {
         w.u64(u64::from(self.id()))
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -583,7 +555,7 @@ impl Fixed for Purpose {
 }
 
 impl Fixed for CategorySet {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+    fn write(&self, w: &mut Writer<'_>) {
         w.u64(u64::from(self.bits()))
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -592,7 +564,7 @@ impl Fixed for CategorySet {
 }
 
 impl Fixed for ChannelSet {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+    fn write(&self, w: &mut Writer<'_>) {
         w.byte(self.bits())
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -601,7 +573,7 @@ impl Fixed for ChannelSet {
 }
 
 impl Fixed for DataCategory {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+    fn write(&self, w: &mut Writer<'_>) {
         w.byte(*self as u8)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -611,7 +583,7 @@ impl Fixed for DataCategory {
 }
 
 impl Fixed for Channel {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+    fn write(&self, w: &mut Writer<'_>) {
         w.byte(*self as u8)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -624,7 +596,7 @@ impl Fixed for Channel {
 macro_rules! unit_enum {
     ($t:ty, [$($v:expr),+ $(,)?]) => {
         impl Fixed for $t {
-            fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+            fn write(&self, w: &mut Writer<'_>) {
                 w.byte(*self as u8)
             }
             fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -681,10 +653,10 @@ unit_enum!(
 );
 
 impl Fixed for Grant {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
-        self.purpose.write(w)?;
-        self.categories.write(w)?;
-        self.location.write(w)?;
+    fn write(&self, w: &mut Writer<'_>) {
+        self.purpose.write(w);
+        self.categories.write(w);
+        self.location.write(w);
         w.opt(&self.expires_at)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -698,8 +670,8 @@ impl Fixed for Grant {
 }
 
 impl Fixed for ContactGrant {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
-        self.purpose.write(w)?;
+    fn write(&self, w: &mut Writer<'_>) {
+        self.purpose.write(w);
         self.channels.write(w)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -708,9 +680,9 @@ impl Fixed for ContactGrant {
 }
 
 impl Fixed for QuietHours {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
-        w.u64(u64::from(self.start_minute))?;
-        w.u64(u64::from(self.end_minute))?;
+    fn write(&self, w: &mut Writer<'_>) {
+        w.u64(u64::from(self.start_minute));
+        w.u64(u64::from(self.end_minute));
         w.i64(i64::from(self.utc_offset_minutes))
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -719,9 +691,9 @@ impl Fixed for QuietHours {
 }
 
 impl Fixed for FrequencyCap {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
-        self.purpose.write(w)?;
-        w.u64(u64::from(self.max_notices))?;
+    fn write(&self, w: &mut Writer<'_>) {
+        self.purpose.write(w);
+        w.u64(u64::from(self.max_notices));
         w.u64(u64::from(self.period_seconds))
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -730,10 +702,10 @@ impl Fixed for FrequencyCap {
 }
 
 impl Fixed for ContactPrefs {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
-        w.list(&self.grants)?;
-        w.opt(&self.quiet_hours)?;
-        w.list(&self.caps)?;
+    fn write(&self, w: &mut Writer<'_>) {
+        w.list(&self.grants);
+        w.opt(&self.quiet_hours);
+        w.list(&self.caps);
         w.list(&self.muted_topics)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -750,12 +722,12 @@ impl Fixed for ContactPrefs {
 }
 
 impl Fixed for ConsentState {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
-        w.u64(u64::from(self.version))?;
-        w.u64(self.issued_at)?;
-        w.u64(self.reconfirm_by)?;
-        w.bytes(&self.notice_hash)?;
-        w.list(&self.grants)?;
+    fn write(&self, w: &mut Writer<'_>) {
+        w.u64(u64::from(self.version));
+        w.u64(self.issued_at);
+        w.u64(self.reconfirm_by);
+        w.bytes(&self.notice_hash);
+        w.list(&self.grants);
         self.contact.write(w)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -774,8 +746,8 @@ impl Fixed for ConsentState {
 }
 
 impl Fixed for OwnerProof {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
-        w.bytes(&self.owner_key)?;
+    fn write(&self, w: &mut Writer<'_>) {
+        w.bytes(&self.owner_key);
         self.signature.write(w)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -784,8 +756,8 @@ impl Fixed for OwnerProof {
 }
 
 impl Fixed for SignedConsent {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
-        self.state.write(w)?;
+    fn write(&self, w: &mut Writer<'_>) {
+        self.state.write(w);
         w.opt(&self.owner)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -801,9 +773,9 @@ impl Fixed for SignedConsent {
 }
 
 impl Fixed for Receipt {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
-        w.u64(u64::from(self.consent_version))?;
-        w.bytes(&self.consent_digest)?;
+    fn write(&self, w: &mut Writer<'_>) {
+        w.u64(u64::from(self.consent_version));
+        w.bytes(&self.consent_digest);
         w.u64(self.received_at)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -812,15 +784,15 @@ impl Fixed for Receipt {
 }
 
 impl Fixed for Notice {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
-        w.u64(u64::from(self.id))?;
-        self.purpose.write(w)?;
-        self.channel.write(w)?;
-        w.u64(u64::from(self.topic))?;
-        self.kind.write(w)?;
-        w.u64(self.issued_at)?;
-        w.u64(self.expires_at)?;
-        w.byte_list(self.title.as_bytes())?;
+    fn write(&self, w: &mut Writer<'_>) {
+        w.u64(u64::from(self.id));
+        self.purpose.write(w);
+        self.channel.write(w);
+        w.u64(u64::from(self.topic));
+        self.kind.write(w);
+        w.u64(self.issued_at);
+        w.u64(self.expires_at);
+        w.byte_list(self.title.as_bytes());
         w.byte_list(self.text.as_bytes())
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -839,10 +811,10 @@ impl Fixed for Notice {
 }
 
 impl Fixed for FirmwareVersion {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
-        w.u64(u64::from(self.major))?;
-        w.u64(u64::from(self.minor))?;
-        w.u64(u64::from(self.patch))?;
+    fn write(&self, w: &mut Writer<'_>) {
+        w.u64(u64::from(self.major));
+        w.u64(u64::from(self.minor));
+        w.u64(u64::from(self.patch));
         w.u64(u64::from(self.build))
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -851,12 +823,12 @@ impl Fixed for FirmwareVersion {
 }
 
 impl Fixed for CertificateBody {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
-        w.bytes(&self.device.0)?;
-        w.bytes(&self.device_key)?;
-        w.byte_list(self.model.as_bytes())?;
-        w.u64(u64::from(self.hardware_revision))?;
-        w.u64(self.issued_at)?;
+    fn write(&self, w: &mut Writer<'_>) {
+        w.bytes(&self.device.0);
+        w.bytes(&self.device_key);
+        w.byte_list(self.model.as_bytes());
+        w.u64(u64::from(self.hardware_revision));
+        w.u64(self.issued_at);
         w.opt(&self.not_after)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -872,8 +844,8 @@ impl Fixed for CertificateBody {
 }
 
 impl Fixed for DeviceCertificate {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
-        self.body.write(w)?;
+    fn write(&self, w: &mut Writer<'_>) {
+        self.body.write(w);
         self.signature.write(w)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -882,9 +854,9 @@ impl Fixed for DeviceCertificate {
 }
 
 impl Fixed for Transfer {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
-        w.u64(self.at)?;
-        w.u64(u64::from(self.consent_version))?;
+    fn write(&self, w: &mut Writer<'_>) {
+        w.u64(self.at);
+        w.u64(u64::from(self.consent_version));
         w.opt(&self.owner)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -893,7 +865,7 @@ impl Fixed for Transfer {
 }
 
 impl Fixed for Register {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+    fn write(&self, w: &mut Writer<'_>) {
         write_register(w, &self.certificate, &self.firmware, &self.consent, &self.transfer)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -914,15 +886,15 @@ pub(crate) fn write_register(
     firmware: &FirmwareVersion,
     consent: &SignedConsent,
     transfer: &Option<Transfer>,
-) -> Result<(), DecodeError> {
-    certificate.write(w)?;
-    firmware.write(w)?;
-    consent.write(w)?;
-    w.opt(transfer)
+) {
+    certificate.write(w);
+    firmware.write(w);
+    consent.write(w);
+    w.opt(transfer);
 }
 
 impl Fixed for ConsentUpdate {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+    fn write(&self, w: &mut Writer<'_>) {
         self.consent.write(w)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -931,8 +903,8 @@ impl Fixed for ConsentUpdate {
 }
 
 impl Fixed for Decommission {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
-        w.u64(self.at)?;
+    fn write(&self, w: &mut Writer<'_>) {
+        w.u64(self.at);
         self.reason.write(w)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -941,27 +913,27 @@ impl Fixed for Decommission {
 }
 
 impl Fixed for MetricValue {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
+    fn write(&self, w: &mut Writer<'_>) {
         match self {
             MetricValue::Counter(c) => {
-                w.byte(0)?;
+                w.byte(0);
                 w.u64(*c)
             }
             MetricValue::Gauge { min, max, sum, samples } => {
-                w.byte(1)?;
-                w.i64(*min)?;
-                w.i64(*max)?;
-                w.i64(*sum)?;
+                w.byte(1);
+                w.i64(*min);
+                w.i64(*max);
+                w.i64(*sum);
                 w.u64(u64::from(*samples))
             }
             MetricValue::Histogram(h) => {
-                w.byte(2)?;
+                w.byte(2);
                 w.list(h)
             }
             MetricValue::Location { lat_e7, lon_e7, precision } => {
-                w.byte(3)?;
-                w.i64(i64::from(*lat_e7))?;
-                w.i64(i64::from(*lon_e7))?;
+                w.byte(3);
+                w.i64(i64::from(*lat_e7));
+                w.i64(i64::from(*lon_e7));
                 precision.write(w)
             }
         }
@@ -977,9 +949,9 @@ impl Fixed for MetricValue {
 }
 
 impl Fixed for Metric {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
-        w.u64(u64::from(self.id))?;
-        self.category.write(w)?;
+    fn write(&self, w: &mut Writer<'_>) {
+        w.u64(u64::from(self.id));
+        self.category.write(w);
         self.value.write(w)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -988,11 +960,11 @@ impl Fixed for Metric {
 }
 
 impl<const M: usize> Fixed for UsageOf<M> {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
-        self.purpose.write(w)?;
-        w.u64(u64::from(self.consent_version))?;
-        w.u64(self.window_start)?;
-        w.u64(self.window_end)?;
+    fn write(&self, w: &mut Writer<'_>) {
+        self.purpose.write(w);
+        w.u64(u64::from(self.consent_version));
+        w.u64(self.window_start);
+        w.u64(self.window_end);
         w.list(&self.metrics)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -1007,18 +979,18 @@ impl<const M: usize> Fixed for UsageOf<M> {
 }
 
 impl Fixed for Fault {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), DecodeError> {
-        self.purpose.write(w)?;
-        w.u64(u64::from(self.consent_version))?;
-        w.u64(u64::from(self.code))?;
-        self.severity.write(w)?;
-        w.u64(u64::from(self.component))?;
-        self.firmware.write(w)?;
-        w.u64(u64::from(self.uptime_s))?;
-        self.reboot_reason.write(w)?;
-        w.u64(u64::from(self.occurrences))?;
-        w.u64(self.first_seen)?;
-        w.u64(self.last_seen)?;
+    fn write(&self, w: &mut Writer<'_>) {
+        self.purpose.write(w);
+        w.u64(u64::from(self.consent_version));
+        w.u64(u64::from(self.code));
+        self.severity.write(w);
+        w.u64(u64::from(self.component));
+        self.firmware.write(w);
+        w.u64(u64::from(self.uptime_s));
+        self.reboot_reason.write(w);
+        w.u64(u64::from(self.occurrences));
+        w.u64(self.first_seen);
+        w.u64(self.last_seen);
         w.byte_list(&self.context)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {

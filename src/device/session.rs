@@ -1473,12 +1473,12 @@ impl SealBody for RegisterView<'_> {
     }
 
     fn encoded_len(&self) -> Result<usize, DecodeError> {
-        codec::fixed::encoded_len_with(|w| self.write(w))
+        Ok(codec::fixed::encoded_len_with(|w| self.write(w)))
     }
 }
 
 impl RegisterView<'_> {
-    fn write(&self, w: &mut codec::fixed::Writer<'_>) -> Result<(), DecodeError> {
+    fn write(&self, w: &mut codec::fixed::Writer<'_>) {
         codec::fixed::write_register(w, self.certificate, &self.firmware, self.consent, self.transfer)
     }
 }
