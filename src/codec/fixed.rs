@@ -58,7 +58,7 @@ use crate::wire::DeviceId;
 /// use spime::codec::fixed::{Fixed, Reader};
 /// use spime::message::FirmwareVersion;
 /// let mut r = Reader::new(&[1, 2, 3, 0xac, 0x02]);
-/// let fw = FirmwareVersion::read(&mut r)?;
+/// let fw = FirmwareVersion::read(&mut r);
 /// r.finish()?;
 /// assert_eq!(fw.build, 300);
 /// # Ok::<(), spime::error::DecodeError>(())
@@ -68,22 +68,17 @@ pub trait Fixed: Sized {
     /// counts: [`encode`] then reports the buffer as too small).
     fn write(&self, w: &mut Writer<'_>);
 
-    /// Reads one value.
-    ///
-    /// # Errors
-    /// A [`DecodeError`] for bytes that are not the canonical encoding of
-    /// a value (before [`Canonical::validate`]).
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError>;
+    /// Reads one value. Bytes that are not the canonical encoding of a
+    /// value are recorded in the reader ([`Reader::fail`]; checked by
+    /// [`Reader::finish`]) and the value read is then meaningless.
+    fn read(r: &mut Reader<'_>) -> Self;
 
     /// Reads one value into `self`, field by field, for large values that
-    /// should not be moved through the stack. On an error `self` holds an
-    /// unspecified mix of old and read fields.
-    ///
-    /// # Errors
-    /// As [`Fixed::read`].
-    fn read_into(&mut self, r: &mut Reader<'_>) -> Result<(), DecodeError> {
-        *self = Self::read(r)?;
-        Ok(())
+    /// should not be moved through the stack. After an error (see
+    /// [`Fixed::read`]) `self` holds an unspecified mix of old and read
+    /// fields.
+    fn read_into(&mut self, r: &mut Reader<'_>) {
+        *self = Self::read(r);
     }
 }
 
@@ -159,7 +154,7 @@ pub(crate) fn encoded_len_with(write: impl FnOnce(&mut Writer<'_>)) -> usize {
 /// ```
 pub fn decode<T: Fixed + Canonical>(bytes: &[u8]) -> Result<T, DecodeError> {
     let mut r = reader_for::<T>(bytes)?;
-    let value = T::read(&mut r)?;
+    let value = T::read(&mut r);
     r.finish()?;
     value.validate()?;
     Ok(value)
@@ -184,7 +179,7 @@ pub fn decode<T: Fixed + Canonical>(bytes: &[u8]) -> Result<T, DecodeError> {
 /// ```
 pub fn decode_in_place<T: Fixed + Canonical>(bytes: &[u8], place: &mut T) -> Result<(), DecodeError> {
     let mut r = reader_for::<T>(bytes)?;
-    place.read_into(&mut r)?;
+    place.read_into(&mut r);
     r.finish()?;
     place.validate()
 }
@@ -193,220 +188,234 @@ fn reader_for<T: Canonical>(bytes: &[u8]) -> Result<Reader<'_>, DecodeError> {
     if bytes.len() > T::MAX_ENCODED_LEN {
         return Err(DecodeError::Oversized { len: bytes.len(), max: T::MAX_ENCODED_LEN });
     }
-    Ok(Reader { rest: bytes })
+    Ok(Reader::new(bytes))
 }
 
 /// Reads canonical encodings from the front of a byte slice.
 ///
+/// A read returns its value directly; the first fault (truncation, a
+/// longer varint than needed, a bad tag, a length over the capacity) is
+/// recorded and ends the reading: later reads return zeros and empty
+/// values, and [`Reader::finish`] reports the fault.
+///
 /// ```
 /// use spime::codec::fixed::Reader;
+/// use spime::error::DecodeError;
 /// let mut r = Reader::new(&[0xac, 0x02, 1, 3]);
-/// assert_eq!(r.u32()?, 300);
-/// assert!(r.option()?);
-/// assert_eq!(r.i16()?, -2);
+/// assert_eq!(r.u32(), 300);
+/// assert!(r.option());
+/// assert_eq!(r.i16(), -2);
 /// r.finish()?;
-/// # Ok::<(), spime::error::DecodeError>(())
+/// let mut r = Reader::new(&[0x81, 0x00, 7]);
+/// assert_eq!(r.u16(), 0);
+/// assert_eq!(r.finish(), Err(DecodeError::NonCanonical));
+/// # Ok::<(), DecodeError>(())
 /// ```
 #[derive(Debug)]
 pub struct Reader<'a> {
     rest: &'a [u8],
+    error: Option<DecodeError>,
 }
 
 impl<'a> Reader<'a> {
     /// A reader of `bytes`.
     pub const fn new(bytes: &'a [u8]) -> Reader<'a> {
-        Reader { rest: bytes }
+        Reader { rest: bytes, error: None }
     }
 
-    /// Checks that every byte was read.
+    /// Records `error` (unless an earlier one is recorded) and ends the
+    /// reading: nothing more is read.
+    pub fn fail(&mut self, error: DecodeError) {
+        if self.error.is_none() {
+            self.error = Some(error);
+        }
+        self.rest = &[];
+    }
+
+    /// The first fault met, or [`DecodeError::TrailingBytes`] when bytes
+    /// are left over.
     ///
     /// # Errors
-    /// [`DecodeError::TrailingBytes`].
+    /// As said.
     pub const fn finish(&self) -> Result<(), DecodeError> {
-        if self.rest.is_empty() { Ok(()) } else { Err(DecodeError::TrailingBytes) }
+        match self.error {
+            Some(e) => Err(e),
+            None if !self.rest.is_empty() => Err(DecodeError::TrailingBytes),
+            None => Ok(()),
+        }
     }
 
-    /// One raw byte (a `u8`).
-    ///
-    /// # Errors
-    /// [`DecodeError::Malformed`] at the end of the input.
-    pub fn byte(&mut self) -> Result<u8, DecodeError> {
-        let (&b, rest) = self.rest.split_first().ok_or(DecodeError::Malformed)?;
-        self.rest = rest;
-        Ok(b)
+    /// One raw byte (a `u8`); at the end of the input
+    /// [`DecodeError::Malformed`].
+    pub fn byte(&mut self) -> u8 {
+        match self.rest.split_first() {
+            Some((&b, rest)) => {
+                self.rest = rest;
+                b
+            }
+            None => {
+                self.fail(DecodeError::Malformed);
+                0
+            }
+        }
     }
 
-    /// `n` raw bytes.
-    ///
-    /// # Errors
-    /// [`DecodeError::Malformed`] when fewer are left.
-    pub fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let (head, rest) = self.rest.split_at_checked(n).ok_or(DecodeError::Malformed)?;
-        self.rest = rest;
-        Ok(head)
+    /// `n` raw bytes; [`DecodeError::Malformed`] (and none) when fewer are
+    /// left.
+    pub fn take(&mut self, n: usize) -> &'a [u8] {
+        match self.rest.split_at_checked(n) {
+            Some((head, rest)) => {
+                self.rest = rest;
+                head
+            }
+            None => {
+                self.fail(DecodeError::Malformed);
+                &[]
+            }
+        }
     }
 
-    /// A fixed-size byte array, its raw bytes.
-    ///
-    /// # Errors
-    /// [`DecodeError::Malformed`] when fewer than `N` bytes are left.
-    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        self.take(N)?.try_into().map_err(|_| DecodeError::Malformed)
+    /// A fixed-size byte array, its raw bytes; [`DecodeError::Malformed`]
+    /// (and zeros) when fewer than `N` bytes are left.
+    pub fn array<const N: usize>(&mut self) -> [u8; N] {
+        self.take(N).try_into().unwrap_or([0; N])
     }
 
     /// A varint of an unsigned integer of `bits` bits (16, 32 or 64): the
     /// shortest encoding of a value below `2^bits`.
-    ///
-    /// # Errors
     /// [`DecodeError::NonCanonical`] for a longer encoding than needed;
     /// [`DecodeError::Malformed`] when truncated, too long or out of range.
-    fn varint(&mut self, bits: u32) -> Result<u64, DecodeError> {
+    fn varint(&mut self, bits: u32) -> u64 {
         let mut value = 0u64;
         let mut shift = 0u32;
         while shift < bits {
-            let b = self.byte()?;
+            let Some((&b, rest)) = self.rest.split_first() else { break };
+            self.rest = rest;
             let part = u64::from(b & 0x7f);
             if (part << shift) >> shift != part {
-                return Err(DecodeError::Malformed);
+                break;
             }
             value |= part << shift;
             if b & 0x80 == 0 {
                 if b == 0 && shift > 0 {
-                    return Err(DecodeError::NonCanonical);
+                    self.fail(DecodeError::NonCanonical);
+                    return 0;
                 }
                 if bits < 64 && value >> bits != 0 {
-                    return Err(DecodeError::Malformed);
+                    break;
                 }
-                return Ok(value);
+                return value;
             }
             shift += 7;
         }
-        Err(DecodeError::Malformed)
+        self.fail(DecodeError::Malformed);
+        0
     }
 
-    /// A `u16` varint.
-    ///
-    /// # Errors
-    /// As for every varint (see [`Reader::u64`]).
-    pub fn u16(&mut self) -> Result<u16, DecodeError> {
-        u16::try_from(self.varint(16)?).map_err(|_| DecodeError::Malformed)
+    /// A `u16` varint (see [`Reader::u64`] for its faults).
+    pub fn u16(&mut self) -> u16 {
+        u16::try_from(self.varint(16)).unwrap_or(0)
     }
 
-    /// A `u32` varint.
-    ///
-    /// # Errors
-    /// As for every varint (see [`Reader::u64`]).
-    pub fn u32(&mut self) -> Result<u32, DecodeError> {
-        u32::try_from(self.varint(32)?).map_err(|_| DecodeError::Malformed)
+    /// A `u32` varint (see [`Reader::u64`] for its faults).
+    pub fn u32(&mut self) -> u32 {
+        u32::try_from(self.varint(32)).unwrap_or(0)
     }
 
-    /// A `u64` varint.
-    ///
-    /// # Errors
-    /// [`DecodeError::NonCanonical`] for a longer encoding than needed;
-    /// [`DecodeError::Malformed`] when truncated, too long or out of range.
-    pub fn u64(&mut self) -> Result<u64, DecodeError> {
+    /// A `u64` varint: [`DecodeError::NonCanonical`] for a longer encoding
+    /// than needed, [`DecodeError::Malformed`] when truncated, too long or
+    /// out of range.
+    pub fn u64(&mut self) -> u64 {
         self.varint(64)
     }
 
     /// An `i16` (zigzag varint).
-    ///
-    /// # Errors
-    /// As for every varint (see [`Reader::u64`]).
-    pub fn i16(&mut self) -> Result<i16, DecodeError> {
-        let u = self.u16()?;
-        Ok(((u >> 1) as i16) ^ -((u & 1) as i16))
+    pub fn i16(&mut self) -> i16 {
+        let u = self.u16();
+        ((u >> 1) as i16) ^ -((u & 1) as i16)
     }
 
     /// An `i32` (zigzag varint).
-    ///
-    /// # Errors
-    /// As for every varint (see [`Reader::u64`]).
-    pub fn i32(&mut self) -> Result<i32, DecodeError> {
-        let u = self.u32()?;
-        Ok(((u >> 1) as i32) ^ -((u & 1) as i32))
+    pub fn i32(&mut self) -> i32 {
+        let u = self.u32();
+        ((u >> 1) as i32) ^ -((u & 1) as i32)
     }
 
     /// An `i64` (zigzag varint).
-    ///
-    /// # Errors
-    /// As for every varint (see [`Reader::u64`]).
-    pub fn i64(&mut self) -> Result<i64, DecodeError> {
-        let u = self.u64()?;
-        Ok(((u >> 1) as i64) ^ -((u & 1) as i64))
+    pub fn i64(&mut self) -> i64 {
+        let u = self.u64();
+        ((u >> 1) as i64) ^ -((u & 1) as i64)
     }
 
-    /// An option's tag byte: `0` for none, `1` for some.
-    ///
-    /// # Errors
+    /// An option's tag byte: `0` for none, `1` for some;
     /// [`DecodeError::Malformed`] for any other byte.
-    pub fn option(&mut self) -> Result<bool, DecodeError> {
-        match self.byte()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err(DecodeError::Malformed),
+    pub fn option(&mut self) -> bool {
+        match self.byte() {
+            0 => false,
+            1 => true,
+            _ => {
+                self.fail(DecodeError::Malformed);
+                false
+            }
         }
     }
 
-    /// An enum's variant index (a `u32` varint) below `variants`.
-    ///
-    /// # Errors
-    /// [`DecodeError::Malformed`] for an index out of range.
-    pub fn variant(&mut self, variants: usize) -> Result<usize, DecodeError> {
-        let i = usize::try_from(self.u32()?).map_err(|_| DecodeError::Malformed)?;
-        if i < variants { Ok(i) } else { Err(DecodeError::Malformed) }
+    /// An enum's variant index (a `u32` varint) below `variants`;
+    /// [`DecodeError::Malformed`] (and 0) for an index out of range.
+    pub fn variant(&mut self, variants: usize) -> usize {
+        let i = usize::try_from(self.u32()).unwrap_or(usize::MAX);
+        if i < variants {
+            i
+        } else {
+            self.fail(DecodeError::Malformed);
+            0
+        }
     }
 
-    /// A list or string length (a `u32` varint) of at most `cap`.
-    ///
-    /// # Errors
-    /// [`DecodeError::Malformed`] above `cap`.
-    pub fn len(&mut self, cap: usize) -> Result<usize, DecodeError> {
-        let n = usize::try_from(self.u32()?).map_err(|_| DecodeError::Malformed)?;
-        if n <= cap { Ok(n) } else { Err(DecodeError::Malformed) }
+    /// A list or string length (a `u32` varint) of at most `cap`;
+    /// [`DecodeError::Malformed`] (and 0) above it.
+    pub fn len(&mut self, cap: usize) -> usize {
+        let n = usize::try_from(self.u32()).unwrap_or(usize::MAX);
+        if n <= cap {
+            n
+        } else {
+            self.fail(DecodeError::Malformed);
+            0
+        }
     }
 
     /// A bounded list into `out` (cleared first).
-    ///
-    /// # Errors
-    /// The length's or an element's.
-    pub fn vec_into<T: Fixed, const N: usize>(&mut self, out: &mut heapless::Vec<T, N>) -> Result<(), DecodeError> {
+    pub fn vec_into<T: Fixed, const N: usize>(&mut self, out: &mut heapless::Vec<T, N>) {
         out.clear();
-        let n = self.len(N)?;
-        for _ in 0..n {
-            out.push(T::read(self)?).map_err(|_| DecodeError::Malformed)?;
+        for _ in 0..self.len(N) {
+            if out.push(T::read(self)).is_err() {
+                self.fail(DecodeError::Malformed);
+            }
         }
-        Ok(())
     }
 
     /// A bounded list.
-    ///
-    /// # Errors
-    /// The length's or an element's.
-    pub fn vec<T: Fixed, const N: usize>(&mut self) -> Result<heapless::Vec<T, N>, DecodeError> {
+    pub fn vec<T: Fixed, const N: usize>(&mut self) -> heapless::Vec<T, N> {
         let mut out = heapless::Vec::new();
-        self.vec_into(&mut out)?;
-        Ok(out)
+        self.vec_into(&mut out);
+        out
     }
 
-    /// A bounded UTF-8 string.
-    ///
-    /// # Errors
-    /// The length's, truncation, or invalid UTF-8 ([`DecodeError::Malformed`]).
-    pub fn string<const N: usize>(&mut self) -> Result<heapless::String<N>, DecodeError> {
-        let n = self.len(N)?;
-        let s = core::str::from_utf8(self.take(n)?).map_err(|_| DecodeError::Malformed)?;
+    /// A bounded UTF-8 string; [`DecodeError::Malformed`] (and an empty
+    /// string) for invalid UTF-8.
+    pub fn string<const N: usize>(&mut self) -> heapless::String<N> {
+        let n = self.len(N);
         let mut out = heapless::String::new();
-        out.push_str(s).map_err(|_| DecodeError::Malformed)?;
-        Ok(out)
+        match core::str::from_utf8(self.take(n)) {
+            Ok(s) if out.push_str(s).is_ok() => {}
+            _ => self.fail(DecodeError::Malformed),
+        }
+        out
     }
 
     /// An optional value.
-    ///
-    /// # Errors
-    /// The tag's or the value's.
-    pub fn opt<T: Fixed>(&mut self) -> Result<Option<T>, DecodeError> {
-        if self.option()? { T::read(self).map(Some) } else { Ok(None) }
+    pub fn opt<T: Fixed>(&mut self) -> Option<T> {
+        if self.option() { Some(T::read(self)) } else { None }
     }
 }
 
@@ -422,8 +431,8 @@ impl<'a> Reader<'a> {
 ///         w.u64(u64::from(self.0));
 ///         w.opt(&self.1);
 ///     }
-///     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-///         Ok(Pair(r.u16()?, r.opt()?))
+///     fn read(r: &mut Reader<'_>) -> Self {
+///         Pair(r.u16(), r.opt())
 ///     }
 /// }
 /// let mut buf = [0u8; 16];
@@ -503,7 +512,7 @@ impl Fixed for u8 {
     fn write(&self, w: &mut Writer<'_>) {
         w.byte(*self)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    fn read(r: &mut Reader<'_>) -> Self {
         r.byte()
     }
 }
@@ -512,7 +521,7 @@ impl Fixed for u16 {
     fn write(&self, w: &mut Writer<'_>) {
         w.u64(u64::from(*self))
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    fn read(r: &mut Reader<'_>) -> Self {
         r.u16()
     }
 }
@@ -521,7 +530,7 @@ impl Fixed for u32 {
     fn write(&self, w: &mut Writer<'_>) {
         w.u64(u64::from(*self))
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    fn read(r: &mut Reader<'_>) -> Self {
         r.u32()
     }
 }
@@ -530,7 +539,7 @@ impl Fixed for u64 {
     fn write(&self, w: &mut Writer<'_>) {
         w.u64(*self)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    fn read(r: &mut Reader<'_>) -> Self {
         r.u64()
     }
 }
@@ -539,8 +548,8 @@ impl Fixed for Bytes64 {
     fn write(&self, w: &mut Writer<'_>) {
         w.bytes(&self.0)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        r.array().map(Bytes64)
+    fn read(r: &mut Reader<'_>) -> Self {
+        Bytes64(r.array())
     }
 }
 
@@ -548,9 +557,9 @@ impl Fixed for Purpose {
     fn write(&self, w: &mut Writer<'_>) {
         w.u64(u64::from(self.id()))
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    fn read(r: &mut Reader<'_>) -> Self {
         // Any id parses, as with serde; `validate` refuses the reserved ones.
-        Ok(Purpose::raw(r.u16()?))
+        Purpose::raw(r.u16())
     }
 }
 
@@ -558,8 +567,12 @@ impl Fixed for CategorySet {
     fn write(&self, w: &mut Writer<'_>) {
         w.u64(u64::from(self.bits()))
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        CategorySet::from_bits(r.u16()?).map_err(|_| DecodeError::Malformed)
+    fn read(r: &mut Reader<'_>) -> Self {
+        let bits = r.u16();
+        CategorySet::from_bits(bits).unwrap_or_else(|_| {
+            r.fail(DecodeError::Malformed);
+            CategorySet::EMPTY
+        })
     }
 }
 
@@ -567,8 +580,12 @@ impl Fixed for ChannelSet {
     fn write(&self, w: &mut Writer<'_>) {
         w.byte(self.bits())
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        ChannelSet::from_bits(r.byte()?).map_err(|_| DecodeError::Malformed)
+    fn read(r: &mut Reader<'_>) -> Self {
+        let bits = r.byte();
+        ChannelSet::from_bits(bits).unwrap_or_else(|_| {
+            r.fail(DecodeError::Malformed);
+            ChannelSet::EMPTY
+        })
     }
 }
 
@@ -576,9 +593,9 @@ impl Fixed for DataCategory {
     fn write(&self, w: &mut Writer<'_>) {
         w.byte(*self as u8)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let i = r.variant(DataCategory::ALL.len())?;
-        DataCategory::ALL.get(i).copied().ok_or(DecodeError::Malformed)
+    fn read(r: &mut Reader<'_>) -> Self {
+        let i = r.variant(DataCategory::ALL.len());
+        DataCategory::ALL.get(i).copied().unwrap_or(DataCategory::DeviceHealth)
     }
 }
 
@@ -586,23 +603,23 @@ impl Fixed for Channel {
     fn write(&self, w: &mut Writer<'_>) {
         w.byte(*self as u8)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let i = r.variant(Channel::ALL.len())?;
-        Channel::ALL.get(i).copied().ok_or(DecodeError::Malformed)
+    fn read(r: &mut Reader<'_>) -> Self {
+        let i = r.variant(Channel::ALL.len());
+        Channel::ALL.get(i).copied().unwrap_or(Channel::OnDevice)
     }
 }
 
 /// Fieldless enums: the variant index, one byte below 128.
 macro_rules! unit_enum {
-    ($t:ty, [$($v:expr),+ $(,)?]) => {
+    ($t:ty, [$first:expr $(, $v:expr)* $(,)?]) => {
         impl Fixed for $t {
             fn write(&self, w: &mut Writer<'_>) {
                 w.byte(*self as u8)
             }
-            fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-                const ALL: &[$t] = &[$($v),+];
-                let i = r.variant(ALL.len())?;
-                ALL.get(i).copied().ok_or(DecodeError::Malformed)
+            fn read(r: &mut Reader<'_>) -> Self {
+                const ALL: &[$t] = &[$first $(, $v)*];
+                let i = r.variant(ALL.len());
+                ALL.get(i).copied().unwrap_or($first)
             }
         }
     };
@@ -659,13 +676,13 @@ impl Fixed for Grant {
         self.location.write(w);
         w.opt(&self.expires_at)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Grant {
-            purpose: Purpose::read(r)?,
-            categories: CategorySet::read(r)?,
-            location: Fixed::read(r)?,
-            expires_at: r.opt()?,
-        })
+    fn read(r: &mut Reader<'_>) -> Self {
+        Grant {
+            purpose: Purpose::read(r),
+            categories: CategorySet::read(r),
+            location: Fixed::read(r),
+            expires_at: r.opt(),
+        }
     }
 }
 
@@ -674,8 +691,8 @@ impl Fixed for ContactGrant {
         self.purpose.write(w);
         self.channels.write(w)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(ContactGrant { purpose: Purpose::read(r)?, channels: ChannelSet::read(r)? })
+    fn read(r: &mut Reader<'_>) -> Self {
+        ContactGrant { purpose: Purpose::read(r), channels: ChannelSet::read(r) }
     }
 }
 
@@ -685,8 +702,8 @@ impl Fixed for QuietHours {
         w.u64(u64::from(self.end_minute));
         w.i64(i64::from(self.utc_offset_minutes))
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(QuietHours { start_minute: r.u16()?, end_minute: r.u16()?, utc_offset_minutes: r.i16()? })
+    fn read(r: &mut Reader<'_>) -> Self {
+        QuietHours { start_minute: r.u16(), end_minute: r.u16(), utc_offset_minutes: r.i16() }
     }
 }
 
@@ -696,8 +713,8 @@ impl Fixed for FrequencyCap {
         w.u64(u64::from(self.max_notices));
         w.u64(u64::from(self.period_seconds))
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(FrequencyCap { purpose: Purpose::read(r)?, max_notices: r.u16()?, period_seconds: r.u32()? })
+    fn read(r: &mut Reader<'_>) -> Self {
+        FrequencyCap { purpose: Purpose::read(r), max_notices: r.u16(), period_seconds: r.u32() }
     }
 }
 
@@ -708,15 +725,15 @@ impl Fixed for ContactPrefs {
         w.list(&self.caps);
         w.list(&self.muted_topics)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    fn read(r: &mut Reader<'_>) -> Self {
         let mut out = ContactPrefs::default();
-        out.read_into(r)?;
-        Ok(out)
+        out.read_into(r);
+        out
     }
-    fn read_into(&mut self, r: &mut Reader<'_>) -> Result<(), DecodeError> {
-        r.vec_into(&mut self.grants)?;
-        self.quiet_hours = r.opt()?;
-        r.vec_into(&mut self.caps)?;
+    fn read_into(&mut self, r: &mut Reader<'_>) {
+        r.vec_into(&mut self.grants);
+        self.quiet_hours = r.opt();
+        r.vec_into(&mut self.caps);
         r.vec_into(&mut self.muted_topics)
     }
 }
@@ -730,17 +747,17 @@ impl Fixed for ConsentState {
         w.list(&self.grants);
         self.contact.write(w)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    fn read(r: &mut Reader<'_>) -> Self {
         let mut out = ConsentState::essential_only(0, 0, [0; 32]);
-        out.read_into(r)?;
-        Ok(out)
+        out.read_into(r);
+        out
     }
-    fn read_into(&mut self, r: &mut Reader<'_>) -> Result<(), DecodeError> {
-        self.version = r.u32()?;
-        self.issued_at = r.u64()?;
-        self.reconfirm_by = r.u64()?;
-        self.notice_hash = r.array()?;
-        r.vec_into(&mut self.grants)?;
+    fn read_into(&mut self, r: &mut Reader<'_>) {
+        self.version = r.u32();
+        self.issued_at = r.u64();
+        self.reconfirm_by = r.u64();
+        self.notice_hash = r.array();
+        r.vec_into(&mut self.grants);
         self.contact.read_into(r)
     }
 }
@@ -750,8 +767,8 @@ impl Fixed for OwnerProof {
         w.bytes(&self.owner_key);
         self.signature.write(w)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(OwnerProof { owner_key: r.array()?, signature: Bytes64::read(r)? })
+    fn read(r: &mut Reader<'_>) -> Self {
+        OwnerProof { owner_key: r.array(), signature: Bytes64::read(r) }
     }
 }
 
@@ -760,15 +777,14 @@ impl Fixed for SignedConsent {
         self.state.write(w);
         w.opt(&self.owner)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    fn read(r: &mut Reader<'_>) -> Self {
         let mut out = SignedConsent { state: ConsentState::essential_only(0, 0, [0; 32]), owner: None };
-        out.read_into(r)?;
-        Ok(out)
+        out.read_into(r);
+        out
     }
-    fn read_into(&mut self, r: &mut Reader<'_>) -> Result<(), DecodeError> {
-        self.state.read_into(r)?;
-        self.owner = r.opt()?;
-        Ok(())
+    fn read_into(&mut self, r: &mut Reader<'_>) {
+        self.state.read_into(r);
+        self.owner = r.opt();
     }
 }
 
@@ -778,8 +794,8 @@ impl Fixed for Receipt {
         w.bytes(&self.consent_digest);
         w.u64(self.received_at)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Receipt { consent_version: r.u32()?, consent_digest: r.array()?, received_at: r.u64()? })
+    fn read(r: &mut Reader<'_>) -> Self {
+        Receipt { consent_version: r.u32(), consent_digest: r.array(), received_at: r.u64() }
     }
 }
 
@@ -795,18 +811,18 @@ impl Fixed for Notice {
         w.byte_list(self.title.as_bytes());
         w.byte_list(self.text.as_bytes())
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Notice {
-            id: r.u32()?,
-            purpose: Purpose::read(r)?,
-            channel: Channel::read(r)?,
-            topic: r.u16()?,
-            kind: NoticeKind::read(r)?,
-            issued_at: r.u64()?,
-            expires_at: r.u64()?,
-            title: r.string()?,
-            text: r.string()?,
-        })
+    fn read(r: &mut Reader<'_>) -> Self {
+        Notice {
+            id: r.u32(),
+            purpose: Purpose::read(r),
+            channel: Channel::read(r),
+            topic: r.u16(),
+            kind: NoticeKind::read(r),
+            issued_at: r.u64(),
+            expires_at: r.u64(),
+            title: r.string(),
+            text: r.string(),
+        }
     }
 }
 
@@ -817,8 +833,8 @@ impl Fixed for FirmwareVersion {
         w.u64(u64::from(self.patch));
         w.u64(u64::from(self.build))
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(FirmwareVersion { major: r.u16()?, minor: r.u16()?, patch: r.u16()?, build: r.u32()? })
+    fn read(r: &mut Reader<'_>) -> Self {
+        FirmwareVersion { major: r.u16(), minor: r.u16(), patch: r.u16(), build: r.u32() }
     }
 }
 
@@ -831,15 +847,15 @@ impl Fixed for CertificateBody {
         w.u64(self.issued_at);
         w.opt(&self.not_after)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(CertificateBody {
-            device: DeviceId(r.array()?),
-            device_key: r.array()?,
-            model: r.string()?,
-            hardware_revision: r.u16()?,
-            issued_at: r.u64()?,
-            not_after: r.opt()?,
-        })
+    fn read(r: &mut Reader<'_>) -> Self {
+        CertificateBody {
+            device: DeviceId(r.array()),
+            device_key: r.array(),
+            model: r.string(),
+            hardware_revision: r.u16(),
+            issued_at: r.u64(),
+            not_after: r.opt(),
+        }
     }
 }
 
@@ -848,8 +864,8 @@ impl Fixed for DeviceCertificate {
         self.body.write(w);
         self.signature.write(w)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(DeviceCertificate { body: CertificateBody::read(r)?, signature: Bytes64::read(r)? })
+    fn read(r: &mut Reader<'_>) -> Self {
+        DeviceCertificate { body: CertificateBody::read(r), signature: Bytes64::read(r) }
     }
 }
 
@@ -859,8 +875,8 @@ impl Fixed for Transfer {
         w.u64(u64::from(self.consent_version));
         w.opt(&self.owner)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Transfer { at: r.u64()?, consent_version: r.u32()?, owner: r.opt()? })
+    fn read(r: &mut Reader<'_>) -> Self {
+        Transfer { at: r.u64(), consent_version: r.u32(), owner: r.opt() }
     }
 }
 
@@ -868,13 +884,13 @@ impl Fixed for Register {
     fn write(&self, w: &mut Writer<'_>) {
         write_register(w, &self.certificate, &self.firmware, &self.consent, &self.transfer)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Register {
-            certificate: DeviceCertificate::read(r)?,
-            firmware: FirmwareVersion::read(r)?,
-            consent: SignedConsent::read(r)?,
-            transfer: r.opt()?,
-        })
+    fn read(r: &mut Reader<'_>) -> Self {
+        Register {
+            certificate: DeviceCertificate::read(r),
+            firmware: FirmwareVersion::read(r),
+            consent: SignedConsent::read(r),
+            transfer: r.opt(),
+        }
     }
 }
 
@@ -897,8 +913,8 @@ impl Fixed for ConsentUpdate {
     fn write(&self, w: &mut Writer<'_>) {
         self.consent.write(w)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(ConsentUpdate { consent: SignedConsent::read(r)? })
+    fn read(r: &mut Reader<'_>) -> Self {
+        ConsentUpdate { consent: SignedConsent::read(r) }
     }
 }
 
@@ -907,8 +923,8 @@ impl Fixed for Decommission {
         w.u64(self.at);
         self.reason.write(w)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Decommission { at: r.u64()?, reason: DecommissionReason::read(r)? })
+    fn read(r: &mut Reader<'_>) -> Self {
+        Decommission { at: r.u64(), reason: DecommissionReason::read(r) }
     }
 }
 
@@ -938,13 +954,13 @@ impl Fixed for MetricValue {
             }
         }
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(match r.variant(4)? {
-            0 => MetricValue::Counter(r.u64()?),
-            1 => MetricValue::Gauge { min: r.i64()?, max: r.i64()?, sum: r.i64()?, samples: r.u32()? },
-            2 => MetricValue::Histogram(r.vec()?),
-            _ => MetricValue::Location { lat_e7: r.i32()?, lon_e7: r.i32()?, precision: LocationPrecision::read(r)? },
-        })
+    fn read(r: &mut Reader<'_>) -> Self {
+        match r.variant(4) {
+            0 => MetricValue::Counter(r.u64()),
+            1 => MetricValue::Gauge { min: r.i64(), max: r.i64(), sum: r.i64(), samples: r.u32() },
+            2 => MetricValue::Histogram(r.vec()),
+            _ => MetricValue::Location { lat_e7: r.i32(), lon_e7: r.i32(), precision: LocationPrecision::read(r) },
+        }
     }
 }
 
@@ -954,8 +970,8 @@ impl Fixed for Metric {
         self.category.write(w);
         self.value.write(w)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Metric { id: r.u16()?, category: DataCategory::read(r)?, value: MetricValue::read(r)? })
+    fn read(r: &mut Reader<'_>) -> Self {
+        Metric { id: r.u16(), category: DataCategory::read(r), value: MetricValue::read(r) }
     }
 }
 
@@ -967,14 +983,14 @@ impl<const M: usize> Fixed for UsageOf<M> {
         w.u64(self.window_end);
         w.list(&self.metrics)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(UsageOf {
-            purpose: Purpose::read(r)?,
-            consent_version: r.u32()?,
-            window_start: r.u64()?,
-            window_end: r.u64()?,
-            metrics: r.vec()?,
-        })
+    fn read(r: &mut Reader<'_>) -> Self {
+        UsageOf {
+            purpose: Purpose::read(r),
+            consent_version: r.u32(),
+            window_start: r.u64(),
+            window_end: r.u64(),
+            metrics: r.vec(),
+        }
     }
 }
 
@@ -993,21 +1009,21 @@ impl Fixed for Fault {
         w.u64(self.last_seen);
         w.byte_list(&self.context)
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Fault {
-            purpose: Purpose::read(r)?,
-            consent_version: r.u32()?,
-            code: r.u32()?,
-            severity: Severity::read(r)?,
-            component: r.u16()?,
-            firmware: FirmwareVersion::read(r)?,
-            uptime_s: r.u32()?,
-            reboot_reason: RebootReason::read(r)?,
-            occurrences: r.u32()?,
-            first_seen: r.u64()?,
-            last_seen: r.u64()?,
-            context: r.vec()?,
-        })
+    fn read(r: &mut Reader<'_>) -> Self {
+        Fault {
+            purpose: Purpose::read(r),
+            consent_version: r.u32(),
+            code: r.u32(),
+            severity: Severity::read(r),
+            component: r.u16(),
+            firmware: FirmwareVersion::read(r),
+            uptime_s: r.u32(),
+            reboot_reason: RebootReason::read(r),
+            occurrences: r.u32(),
+            first_seen: r.u64(),
+            last_seen: r.u64(),
+            context: r.vec(),
+        }
     }
 }
 
@@ -1016,13 +1032,20 @@ mod tests {
     use super::*;
     use crate::codec;
 
+    /// Runs one read over all of `bytes`: its value, or the first fault.
+    fn one<T>(bytes: &[u8], read: impl FnOnce(&mut Reader<'_>) -> T) -> Result<T, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let v = read(&mut r);
+        r.finish().map(|()| v)
+    }
+
     fn receipt() -> Receipt {
         Receipt { consent_version: 300, consent_digest: [7; 32], received_at: 1_700_000_000 }
     }
 
     #[test]
     fn varints_are_canonical_and_in_range() {
-        let u16_of = |b: &[u8]| Reader::new(b).u16();
+        let u16_of = |b: &[u8]| one(b, |r| r.u16());
         assert_eq!(u16_of(&[0x00]), Ok(0));
         assert_eq!(u16_of(&[0xac, 0x02]), Ok(300));
         assert_eq!(u16_of(&[0xff, 0xff, 0x03]), Ok(u16::MAX));
@@ -1035,14 +1058,14 @@ mod tests {
         // truncated
         assert_eq!(u16_of(&[0x80]), Err(DecodeError::Malformed));
         assert_eq!(u16_of(&[]), Err(DecodeError::Malformed));
-        let u64_of = |b: &[u8]| Reader::new(b).u64();
+        let u64_of = |b: &[u8]| one(b, |r| r.u64());
         let max = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
         assert_eq!(u64_of(&max), Ok(u64::MAX));
         let mut over = max;
         over[9] = 0x02;
         assert_eq!(u64_of(&over), Err(DecodeError::Malformed));
-        assert_eq!(Reader::new(&[0xff, 0xff, 0xff, 0xff, 0x0f]).u32(), Ok(u32::MAX));
-        assert_eq!(Reader::new(&[0xff, 0xff, 0xff, 0xff, 0x10]).u32(), Err(DecodeError::Malformed));
+        assert_eq!(one(&[0xff, 0xff, 0xff, 0xff, 0x0f], |r| r.u32()), Ok(u32::MAX));
+        assert_eq!(one(&[0xff, 0xff, 0xff, 0xff, 0x10], |r| r.u32()), Err(DecodeError::Malformed));
     }
 
     #[test]
@@ -1052,28 +1075,28 @@ mod tests {
             let ours = encode_with(&mut a, |w| w.i64(v)).map(|x| x.to_vec());
             assert_eq!(ours, codec::encode(&v, &mut b).map(|x| x.to_vec()));
             let bytes = ours.unwrap_or_default();
-            assert_eq!(Reader::new(&bytes).i64(), Ok(v));
+            assert_eq!(one(&bytes, |r| r.i64()), Ok(v));
         }
         let mut buf = [0u8; 4];
         let bytes = codec::encode(&-840i16, &mut buf).map(|x| x.to_vec()).unwrap_or_default();
-        assert_eq!(Reader::new(&bytes).i16(), Ok(-840));
+        assert_eq!(one(&bytes, |r| r.i16()), Ok(-840));
     }
 
     #[test]
     fn tags_lengths_and_strings_are_checked() {
-        assert_eq!(Reader::new(&[2]).option(), Err(DecodeError::Malformed));
-        assert_eq!(Reader::new(&[4]).variant(4), Err(DecodeError::Malformed));
-        assert_eq!(Reader::new(&[3]).variant(4), Ok(3));
-        assert_eq!(Reader::new(&[3]).len(2), Err(DecodeError::Malformed));
-        assert_eq!(Reader::new(&[2, b'h', b'i']).string::<2>().map(|s| s.len()), Ok(2));
-        assert_eq!(Reader::new(&[2, 0xc3, 0x28]).string::<4>(), Err(DecodeError::Malformed));
-        assert_eq!(Reader::new(&[3, b'h', b'i']).string::<4>(), Err(DecodeError::Malformed));
-        assert_eq!(Reader::new(&[0x80]).variant(4), Err(DecodeError::Malformed));
+        assert_eq!(one(&[2], |r| r.option()), Err(DecodeError::Malformed));
+        assert_eq!(one(&[4], |r| r.variant(4)), Err(DecodeError::Malformed));
+        assert_eq!(one(&[3], |r| r.variant(4)), Ok(3));
+        assert_eq!(one(&[3], |r| r.len(2)), Err(DecodeError::Malformed));
+        assert_eq!(one(&[2, b'h', b'i'], |r| r.string::<2>()).map(|s| s.len()), Ok(2));
+        assert_eq!(one(&[2, 0xc3, 0x28], |r| r.string::<4>()), Err(DecodeError::Malformed));
+        assert_eq!(one(&[3, b'h', b'i'], |r| r.string::<4>()), Err(DecodeError::Malformed));
+        assert_eq!(one(&[0x80], |r| r.variant(4)), Err(DecodeError::Malformed));
         // a category bit or channel bit that is not defined
-        assert_eq!(CategorySet::read(&mut Reader::new(&[0x80, 0x01])), Err(DecodeError::Malformed));
-        assert_eq!(ChannelSet::read(&mut Reader::new(&[0x10])), Err(DecodeError::Malformed));
-        assert_eq!(DataCategory::read(&mut Reader::new(&[7])), Err(DecodeError::Malformed));
-        assert_eq!(Channel::read(&mut Reader::new(&[4])), Err(DecodeError::Malformed));
+        assert_eq!(one(&[0x80, 0x01], CategorySet::read), Err(DecodeError::Malformed));
+        assert_eq!(one(&[0x10], ChannelSet::read), Err(DecodeError::Malformed));
+        assert_eq!(one(&[7], DataCategory::read), Err(DecodeError::Malformed));
+        assert_eq!(one(&[4], Channel::read), Err(DecodeError::Malformed));
     }
 
     #[test]
