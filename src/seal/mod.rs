@@ -310,15 +310,6 @@ impl<'a, 'b> Verified<'a, 'b> {
         Ok(codec::decode::<B>(self.body)?)
     }
 
-    /// [`Verified::decode`] with the hand-written codec
-    /// ([`codec::fixed`]), on the device: the same results.
-    pub(crate) fn decode_fixed<B: Body + codec::fixed::Fixed>(&self) -> Result<B, OpenError> {
-        if self.header.kind != B::KIND {
-            return Err(OpenError::WrongKind { expected: B::KIND, got: self.header.kind });
-        }
-        Ok(codec::fixed::decode::<B>(self.body)?)
-    }
-
     /// The kind.
     pub const fn kind(&self) -> Kind {
         self.header.kind
