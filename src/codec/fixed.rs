@@ -292,7 +292,8 @@ impl<'a> Reader<'a> {
             let Some((&b, rest)) = self.rest.split_first() else { break };
             self.rest = rest;
             let part = u64::from(b & 0x7f);
-            if (part << shift) >> shift != part {
+            // Only the tenth byte of a `u64` can carry bits past bit 63.
+            if shift == 63 && part > 1 {
                 break;
             }
             value |= part << shift;
