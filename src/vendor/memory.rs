@@ -16,14 +16,60 @@ use super::store::{
     NoticeRecord, ReplayWindows, Store, StoredMessage, Transaction, VendorCounters, tally,
 };
 
+// Keyed by hash, not ordered: a lookup in a fleet-sized table costs one
+// or two cache misses rather than one per B-tree level (the fleet bench,
+// docs/benchmarks.md). Messages are ordered within each device.
 #[derive(Default)]
 struct Tables {
-    devices: BTreeMap<DeviceId, DeviceRecord>,
+    devices: HashMap<DeviceId, DeviceRecord>,
     windows: HashMap<DeviceId, ReplayWindow>,
     ledger: HashMap<DeviceId, Vec<LedgerEntry>>,
-    messages: BTreeMap<(DeviceId, u64), StoredMessage>,
+    messages: Messages,
     counters: HashMap<DeviceId, u64>,
     notices: HashMap<DeviceId, Vec<NoticeRecord>>,
+}
+
+/// Accepted messages by device, each device's by counter.
+#[derive(Default)]
+struct Messages {
+    by_device: HashMap<DeviceId, BTreeMap<u64, StoredMessage>>,
+    len: usize,
+}
+
+impl Messages {
+    fn insert(&mut self, m: StoredMessage) {
+        if self.by_device.entry(m.device).or_default().insert(m.counter, m).is_none() {
+            self.len = self.len.saturating_add(1);
+        }
+    }
+
+    fn get(&self, device: &DeviceId, counter: u64) -> Option<&StoredMessage> {
+        self.by_device.get(device)?.get(&counter)
+    }
+
+    fn of(&self, device: &DeviceId) -> impl Iterator<Item = &StoredMessage> {
+        self.by_device.get(device).into_iter().flat_map(BTreeMap::values)
+    }
+
+    fn remove(&mut self, device: &DeviceId, counter: u64) -> Option<StoredMessage> {
+        let m = self.by_device.get_mut(device)?.remove(&counter)?;
+        self.len = self.len.saturating_sub(1);
+        Some(m)
+    }
+
+    fn retain(&mut self, device: &DeviceId, mut keep: impl FnMut(&StoredMessage) -> bool) {
+        if let Some(map) = self.by_device.get_mut(device) {
+            let before = map.len();
+            map.retain(|_, m| keep(m));
+            self.len = self.len.saturating_sub(before.saturating_sub(map.len()));
+        }
+    }
+
+    fn extend(&mut self, other: Messages) {
+        for m in other.by_device.into_values().flat_map(BTreeMap::into_values) {
+            self.insert(m);
+        }
+    }
 }
 
 /// A store in memory: nothing survives the process.
@@ -108,13 +154,17 @@ impl ConsentLedgerStore for MemoryTxn<'_> {
 
 impl MessageLog for MemoryTxn<'_> {
     fn put_message(&mut self, message: &StoredMessage) -> Result<(), StoreError> {
-        self.pending.messages.insert((message.device, message.counter), message.clone());
+        self.pending.messages.insert(message.clone());
         Ok(())
     }
     fn message(&mut self, device: &DeviceId, counter: u64) -> Result<Option<StoredMessage>, StoreError> {
-        let key = (*device, counter);
         let erased = |m: &StoredMessage| self.erased_messages.iter().any(|(d, s)| d == device && s.covers_message(m));
-        Ok(self.pending.messages.get(&key).or_else(|| self.tables.messages.get(&key).filter(|m| !erased(m))).cloned())
+        Ok(self
+            .pending
+            .messages
+            .get(device, counter)
+            .or_else(|| self.tables.messages.get(device, counter).filter(|m| !erased(m)))
+            .cloned())
     }
 }
 
@@ -147,17 +197,16 @@ impl NoticeLog for MemoryTxn<'_> {
 impl DataErasure for MemoryTxn<'_> {
     fn erase_messages(&mut self, device: &DeviceId, scope: &ErasureScope) -> Result<Vec<(Purpose, u64)>, StoreError> {
         let mut counts = Vec::new();
-        let range = (*device, 0)..=(*device, u64::MAX);
-        for m in self.tables.messages.range(range.clone()).map(|(_, m)| m).filter(|m| scope.covers_message(m)) {
+        for m in self.tables.messages.of(device).filter(|m| scope.covers_message(m)) {
             if !self.erased_messages.iter().any(|(d, s)| d == device && s.covers_message(m)) {
                 tally(&mut counts, m.purpose, 1);
             }
         }
-        let pending: Vec<(DeviceId, u64)> =
-            self.pending.messages.range(range).filter(|(_, m)| scope.covers_message(m)).map(|(k, _)| *k).collect();
-        for k in pending {
-            if let Some(m) = self.pending.messages.remove(&k)
-                && !self.tables.messages.contains_key(&k)
+        let pending: Vec<u64> =
+            self.pending.messages.of(device).filter(|m| scope.covers_message(m)).map(|m| m.counter).collect();
+        for c in pending {
+            if let Some(m) = self.pending.messages.remove(device, c)
+                && self.tables.messages.get(device, c).is_none()
             {
                 tally(&mut counts, m.purpose, 1);
             }
@@ -188,14 +237,16 @@ impl DataErasure for MemoryTxn<'_> {
 
 impl Transaction for MemoryTxn<'_> {
     fn put_messages(&mut self, messages: Vec<StoredMessage>) -> Result<(), StoreError> {
-        self.pending.messages.extend(messages.into_iter().map(|m| ((m.device, m.counter), m)));
+        for m in messages {
+            self.pending.messages.insert(m);
+        }
         Ok(())
     }
     fn commit(mut self) -> Result<(), StoreError> {
         let p = core::mem::take(&mut self.pending);
         let t = &mut *self.tables;
         for (d, scope) in core::mem::take(&mut self.erased_messages) {
-            t.messages.retain(|(md, _), m| *md != d || !scope.covers_message(m));
+            t.messages.retain(&d, |m| !scope.covers_message(m));
         }
         for (d, scope) in core::mem::take(&mut self.erased_notices) {
             if let Some(v) = t.notices.get_mut(&d) {
@@ -229,11 +280,13 @@ impl Store for MemoryStore {
     }
 
     fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        Ok(self.lock().devices.values().cloned().collect())
+        let mut all: Vec<DeviceRecord> = self.lock().devices.values().cloned().collect();
+        all.sort_unstable_by_key(|r| r.device);
+        Ok(all)
     }
 
     fn message_count(&self) -> Result<u64, StoreError> {
-        Ok(u64::try_from(self.lock().messages.len()).unwrap_or(u64::MAX))
+        Ok(u64::try_from(self.lock().messages.len).unwrap_or(u64::MAX))
     }
 
     fn device(&self, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
@@ -242,12 +295,7 @@ impl Store for MemoryStore {
 
     fn messages(&self, device: &DeviceId, query: &MessageQuery) -> Result<Vec<StoredMessage>, StoreError> {
         let t = self.lock();
-        Ok(t.messages
-            .range((*device, 0)..=(*device, u64::MAX))
-            .map(|(_, m)| m)
-            .filter(|m| query.matches(m))
-            .cloned()
-            .collect())
+        Ok(t.messages.of(device).filter(|m| query.matches(m)).cloned().collect())
     }
 
     fn consent_ledger(&self, device: &DeviceId) -> Result<Vec<LedgerEntry>, StoreError> {
