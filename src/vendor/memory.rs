@@ -2,7 +2,7 @@
 //! serialised by a mutex; writes are buffered and applied on commit.
 
 use alloc::vec::Vec;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::consent::Purpose;
@@ -29,44 +29,62 @@ struct Tables {
     notices: HashMap<DeviceId, Vec<NoticeRecord>>,
 }
 
-/// Accepted messages by device, each device's by counter.
+/// Accepted messages by device, each device's sorted by counter (counters
+/// mostly arrive in order, so an insert is usually a push).
 #[derive(Default)]
 struct Messages {
-    by_device: HashMap<DeviceId, BTreeMap<u64, StoredMessage>>,
+    by_device: HashMap<DeviceId, Vec<StoredMessage>>,
     len: usize,
 }
 
 impl Messages {
     fn insert(&mut self, m: StoredMessage) {
-        if self.by_device.entry(m.device).or_default().insert(m.counter, m).is_none() {
-            self.len = self.len.saturating_add(1);
+        let list = self.by_device.entry(m.device).or_default();
+        match list.last() {
+            Some(last) if last.counter >= m.counter => match list.binary_search_by_key(&m.counter, |x| x.counter) {
+                Ok(i) => {
+                    if let Some(slot) = list.get_mut(i) {
+                        *slot = m;
+                    }
+                }
+                Err(i) => {
+                    list.insert(i, m);
+                    self.len = self.len.saturating_add(1);
+                }
+            },
+            _ => {
+                list.push(m);
+                self.len = self.len.saturating_add(1);
+            }
         }
     }
 
     fn get(&self, device: &DeviceId, counter: u64) -> Option<&StoredMessage> {
-        self.by_device.get(device)?.get(&counter)
+        let list = self.by_device.get(device)?;
+        list.get(list.binary_search_by_key(&counter, |x| x.counter).ok()?)
     }
 
     fn of(&self, device: &DeviceId) -> impl Iterator<Item = &StoredMessage> {
-        self.by_device.get(device).into_iter().flat_map(BTreeMap::values)
+        self.by_device.get(device).into_iter().flatten()
     }
 
     fn remove(&mut self, device: &DeviceId, counter: u64) -> Option<StoredMessage> {
-        let m = self.by_device.get_mut(device)?.remove(&counter)?;
+        let list = self.by_device.get_mut(device)?;
+        let i = list.binary_search_by_key(&counter, |x| x.counter).ok()?;
         self.len = self.len.saturating_sub(1);
-        Some(m)
+        Some(list.remove(i))
     }
 
-    fn retain(&mut self, device: &DeviceId, mut keep: impl FnMut(&StoredMessage) -> bool) {
-        if let Some(map) = self.by_device.get_mut(device) {
-            let before = map.len();
-            map.retain(|_, m| keep(m));
-            self.len = self.len.saturating_sub(before.saturating_sub(map.len()));
+    fn retain(&mut self, device: &DeviceId, keep: impl FnMut(&StoredMessage) -> bool) {
+        if let Some(list) = self.by_device.get_mut(device) {
+            let before = list.len();
+            list.retain(keep);
+            self.len = self.len.saturating_sub(before.saturating_sub(list.len()));
         }
     }
 
     fn extend(&mut self, other: Messages) {
-        for m in other.by_device.into_values().flat_map(BTreeMap::into_values) {
+        for m in other.by_device.into_values().flatten() {
             self.insert(m);
         }
     }
@@ -309,5 +327,59 @@ impl Store for MemoryStore {
     fn scrub(&self) -> Result<(), StoreError> {
         // Erased entries were dropped from the maps at commit.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::Messages;
+    use crate::codec::Bytes64;
+    use crate::consent::Purpose;
+    use crate::consent::ledger::Proof;
+    use crate::vendor::store::StoredMessage;
+    use crate::wire::DeviceId;
+
+    fn msg(device: u8, counter: u64, at: u64) -> StoredMessage {
+        StoredMessage {
+            device: DeviceId([device; 8]),
+            counter,
+            kind: 0x02,
+            received_at: at,
+            relationship: 0,
+            purpose: Purpose::USAGE_ANALYTICS,
+            proof: Proof { header: vec![], body: vec![], signature: Bytes64([0; 64]) },
+        }
+    }
+
+    fn counters(m: &Messages, device: u8) -> Vec<(u64, u64)> {
+        m.of(&DeviceId([device; 8])).map(|x| (x.counter, x.received_at)).collect()
+    }
+
+    #[test]
+    fn messages_stay_sorted_per_device_and_counted_once() {
+        let mut m = Messages::default();
+        for (d, c) in [(1, 5), (1, 2), (2, 1), (1, 9), (1, 7), (1, 2)] {
+            m.insert(msg(d, c, c * 10 + u64::from(d)));
+        }
+        // the second (1, 2) replaced the first: five messages
+        assert_eq!(m.len, 5);
+        assert_eq!(counters(&m, 1), [(2, 21), (5, 51), (7, 71), (9, 91)]);
+        assert_eq!(counters(&m, 2), [(1, 12)]);
+        assert_eq!(m.get(&DeviceId([1; 8]), 7).unwrap().received_at, 71);
+        assert!(m.get(&DeviceId([1; 8]), 6).is_none());
+        assert_eq!(m.remove(&DeviceId([1; 8]), 5).unwrap().counter, 5);
+        assert!(m.remove(&DeviceId([1; 8]), 5).is_none());
+        assert_eq!(m.len, 4);
+        m.retain(&DeviceId([1; 8]), |x| x.counter > 2);
+        assert_eq!(counters(&m, 1), [(7, 71), (9, 91)]);
+        assert_eq!(m.len, 3);
+        let mut other = Messages::default();
+        other.insert(msg(1, 8, 0));
+        other.insert(msg(3, 1, 0));
+        m.extend(other);
+        assert_eq!(counters(&m, 1), [(7, 71), (8, 0), (9, 91)]);
+        assert_eq!(m.len, 5);
     }
 }
