@@ -28,7 +28,9 @@
 //!   `verify_strict` of the same messages.
 //! - `two_workers_vs_one`: the fleet workload in memory with
 //!   `IngestConfig::workers = 2` over 1 (meaningful only when both cores
-//!   are free: check the load average).
+//!   are free: check the load average). Printed after it, as a comment:
+//!   raw `verify_strict` on two threads over one, the ceiling this machine
+//!   allows at that moment.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -297,6 +299,33 @@ fn open_vs_verify(len: usize) -> (usize, f64) {
     (body_len, median(rs))
 }
 
+/// What two threads can do on this machine: raw `verify_strict` of `raws`
+/// on two threads at once (each verifying all of them) over one thread, as
+/// a rate ratio; median of five. Pure computation with no shared state, so
+/// it is the ceiling for `two_workers_vs_one` (below 2 when the cores are
+/// busy with other work, or are hardware threads of one core).
+fn two_threads_vs_one(raws: &[Raw]) -> f64 {
+    let pass = || {
+        for r in raws {
+            black_box(r.key.verify_strict(black_box(&r.msg), &r.sig)).unwrap();
+        }
+    };
+    let mut rs = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        pass();
+        let one = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            let a = s.spawn(pass);
+            pass();
+            a.join().unwrap();
+        });
+        rs.push(2.0 * one / t.elapsed().as_secs_f64());
+    }
+    median(rs)
+}
+
 /// The ceiling: `BatchVerifier` alone (chunks of 256) over `raws` against
 /// raw `verify_strict` of the same signatures, interleaved; median ratio.
 fn batch_vs_verify(raws: &[Raw]) -> f64 {
@@ -425,5 +454,8 @@ fn main() {
     println!("ratio open_vs_verify_{len21} {open21:.2}");
     println!("ratio open_vs_verify_{len188} {open188:.2}");
     println!("ratio two_workers_vs_one {two:.2}");
+    if run("two") {
+        println!("# the same ceiling: raw verify_strict on 2 threads / 1 thread {:.2}", two_threads_vs_one(&fx.raw));
+    }
     println!("load_end {}", loadavg());
 }

@@ -739,15 +739,15 @@ impl<S: Store> Ingestor<S> {
         let mut results: Vec<PartResult> = if busy <= 1 {
             parts.iter().filter(|p| !p.is_empty()).map(|p| self.run_partition(&snapshot, p, now)).collect()
         } else {
+            // The calling thread takes the first partition itself.
+            let mut busy_parts = parts.iter().filter(|p| !p.is_empty());
+            let first = busy_parts.next();
             std::thread::scope(|s| {
-                let handles: Vec<_> = parts
-                    .iter()
-                    .filter(|p| !p.is_empty())
-                    .map(|p| (p, s.spawn(|| self.run_partition(&snapshot, p, now))))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|(p, h)| {
+                let handles: Vec<_> =
+                    busy_parts.map(|p| (p, s.spawn(|| self.run_partition(&snapshot, p, now)))).collect();
+                let mine = first.map(|p| self.run_partition(&snapshot, p, now));
+                mine.into_iter()
+                    .chain(handles.into_iter().map(|(p, h)| {
                         h.join().unwrap_or_else(|_| PartResult {
                             outcomes: p
                                 .iter()
@@ -757,7 +757,7 @@ impl<S: Store> Ingestor<S> {
                                 .collect(),
                             states: HashMap::new(),
                         })
-                    })
+                    }))
                     .collect()
             })
         };
