@@ -6,7 +6,7 @@ use alloc::borrow::Cow;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use ed25519_dalek::VerifyingKey;
 
@@ -219,7 +219,7 @@ struct DevState<'s> {
 }
 
 /// Per device: its record, its window, and whether its openers are throttled.
-type Snapshot = HashMap<DeviceId, (Option<DeviceRecord>, ReplayWindow, bool)>;
+type Snapshot = HashMap<DeviceId, (Option<Arc<DeviceRecord>>, ReplayWindow, bool)>;
 
 /// Epoch openers for one device that failed after the key agreement, in
 /// the current window.
@@ -934,7 +934,7 @@ impl<S: Store> Ingestor<S> {
         }
         let st = states.entry(h.device).or_insert_with(|| {
             let (record, window, throttled) = match snapshot.get(&h.device) {
-                Some((record, window, throttled)) => (record.as_ref().map(Cow::Borrowed), *window, *throttled),
+                Some((record, window, throttled)) => (record.as_deref().map(Cow::Borrowed), *window, *throttled),
                 None => (None, ReplayWindow::new(), false),
             };
             DevState {
@@ -1264,7 +1264,7 @@ impl<S: Store> Ingestor<S> {
 
 fn snapshot<T: Transaction>(tx: &mut T, devices: &HashSet<DeviceId>) -> Result<Snapshot, StoreError> {
     let ids: Vec<DeviceId> = devices.iter().copied().collect();
-    let loaded = tx.load_devices(&ids)?;
+    let loaded = tx.load_shared(&ids)?;
     if loaded.len() != ids.len() {
         return Err(StoreError::Corrupt("load_devices"));
     }

@@ -1,6 +1,7 @@
 //! The in-memory store, for tests and benchmarks. Transactions are
 //! serialised by a mutex; writes are buffered and applied on commit.
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -13,7 +14,7 @@ use crate::wire::DeviceId;
 use super::StoreError;
 use super::store::{
     ConsentLedgerStore, DataErasure, DeviceRecord, DeviceRegistry, ErasureScope, MessageLog, MessageQuery, NoticeLog,
-    NoticeRecord, ReplayWindows, Store, StoredMessage, Transaction, VendorCounters, tally,
+    NoticeRecord, ReplayWindows, SharedDevices, Store, StoredMessage, Transaction, VendorCounters, tally,
 };
 
 // Keyed by hash, not ordered: a lookup in a fleet-sized table costs one
@@ -21,7 +22,7 @@ use super::store::{
 // docs/benchmarks.md). Messages are ordered within each device.
 #[derive(Default)]
 struct Tables {
-    devices: HashMap<DeviceId, DeviceRecord>,
+    devices: HashMap<DeviceId, Arc<DeviceRecord>>,
     windows: HashMap<DeviceId, ReplayWindow>,
     ledger: HashMap<DeviceId, Vec<LedgerEntry>>,
     messages: Messages,
@@ -140,10 +141,10 @@ impl core::fmt::Debug for MemoryTxn<'_> {
 
 impl DeviceRegistry for MemoryTxn<'_> {
     fn device(&mut self, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
-        Ok(self.pending.devices.get(device).or_else(|| self.tables.devices.get(device)).cloned())
+        Ok(self.pending.devices.get(device).or_else(|| self.tables.devices.get(device)).map(|r| (**r).clone()))
     }
     fn put_device(&mut self, record: &DeviceRecord) -> Result<(), StoreError> {
-        self.pending.devices.insert(record.device, record.clone());
+        self.pending.devices.insert(record.device, Arc::new(record.clone()));
         Ok(())
     }
 }
@@ -254,6 +255,15 @@ impl DataErasure for MemoryTxn<'_> {
 }
 
 impl Transaction for MemoryTxn<'_> {
+    fn load_shared(&mut self, devices: &[DeviceId]) -> Result<SharedDevices, StoreError> {
+        devices
+            .iter()
+            .map(|d| {
+                let record = self.pending.devices.get(d).or_else(|| self.tables.devices.get(d)).cloned();
+                Ok((record, self.window(d)?))
+            })
+            .collect()
+    }
     fn put_messages(&mut self, messages: Vec<StoredMessage>) -> Result<(), StoreError> {
         for m in messages {
             self.pending.messages.insert(m);
@@ -298,7 +308,7 @@ impl Store for MemoryStore {
     }
 
     fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        let mut all: Vec<DeviceRecord> = self.lock().devices.values().cloned().collect();
+        let mut all: Vec<DeviceRecord> = self.lock().devices.values().map(|r| (**r).clone()).collect();
         all.sort_unstable_by_key(|r| r.device);
         Ok(all)
     }
@@ -308,7 +318,7 @@ impl Store for MemoryStore {
     }
 
     fn device(&self, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
-        Ok(self.lock().devices.get(device).cloned())
+        Ok(self.lock().devices.get(device).map(|r| (**r).clone()))
     }
 
     fn messages(&self, device: &DeviceId, query: &MessageQuery) -> Result<Vec<StoredMessage>, StoreError> {

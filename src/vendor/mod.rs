@@ -83,6 +83,6 @@ pub use pg_store::{PgStore, PgTxn};
 pub use redb_store::{RedbStore, RedbTxn};
 pub use store::{
     ConsentLedgerStore, DataErasure, DeviceRecord, DeviceRegistry, ErasureScope, Lifecycle, MessageLog, MessageQuery,
-    NoticeLog, NoticeRecord, PurposeFilter, ReplayWindows, SessionSecrets, Store, StoredMessage, Transaction,
-    VendorCounters,
+    NoticeLog, NoticeRecord, PurposeFilter, ReplayWindows, SessionSecrets, SharedDevices, Store, StoredMessage,
+    Transaction, VendorCounters,
 };

@@ -16,6 +16,7 @@
 //! ([`super::lifecycle`]).
 
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ops::RangeInclusive;
 
@@ -113,6 +114,10 @@ impl core::fmt::Debug for SessionSecrets {
             .finish_non_exhaustive()
     }
 }
+
+/// What [`Transaction::load_shared`] returns: per device asked for, in
+/// order, its record (shared, not copied) if it is known, and its replay window.
+pub type SharedDevices = Vec<(Option<Arc<DeviceRecord>>, ReplayWindow)>;
 
 /// What the vendor knows about one device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -451,6 +456,17 @@ pub trait Transaction:
     /// A [`StoreError`] when the backend fails.
     fn load_devices(&mut self, devices: &[DeviceId]) -> Result<Vec<(Option<DeviceRecord>, ReplayWindow)>, StoreError> {
         devices.iter().map(|d| Ok((self.device(d)?, self.window(d)?))).collect()
+    }
+
+    /// [`Transaction::load_devices`], each record behind an [`Arc`]: what the
+    /// pipeline actually calls. The default wraps what `load_devices`
+    /// returns; a store that keeps its records in memory hands out shared
+    /// references instead of copying each record (about 1.1 KB) per batch.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the backend fails.
+    fn load_shared(&mut self, devices: &[DeviceId]) -> Result<SharedDevices, StoreError> {
+        Ok(self.load_devices(devices)?.into_iter().map(|(r, w)| (r.map(Arc::new), w)).collect())
     }
 
     /// Replaces the replay windows of several devices: what the pipeline
