@@ -422,10 +422,7 @@ impl Store for RedbStore {
     type Txn<'a> = RedbTxn;
 
     fn begin(&self) -> Result<RedbTxn, StoreError> {
-        let mut tx = self.db.read().unwrap_or_else(PoisonError::into_inner).begin_write().map_err(backend)?;
-        if std::env::var_os("SPIME_EXP_NODUR").is_some() {
-            tx.set_durability(redb::Durability::Eventual);
-        }
+        let tx = self.db.read().unwrap_or_else(PoisonError::into_inner).begin_write().map_err(backend)?;
         Ok(RedbTxn { tx })
     }
 
