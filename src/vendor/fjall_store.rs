@@ -62,6 +62,12 @@ const NOTICES: usize = 5;
 /// The file naming the live database directory.
 const CURRENT: &str = "CURRENT";
 
+/// fjall's block cache. Every batch reads the record and the replay window
+/// of each of its devices, spread over the whole fleet: the cache should
+/// hold the fleet's records (a few hundred bytes each; fjall's default,
+/// 32 MiB, holds about 50,000), as redb's (1 GiB by default) does.
+const CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
 /// Entries per batch when the scrub copies a keyspace.
 const COPY_BATCH: usize = 4096;
 
@@ -76,7 +82,7 @@ struct Db {
 
 impl Db {
     fn open(dir: &Path, name: String) -> Result<Db, StoreError> {
-        let db = Database::builder(dir.join(&name)).open().map_err(backend)?;
+        let db = Database::builder(dir.join(&name)).cache_size(CACHE_BYTES).open().map_err(backend)?;
         let mut spaces = Vec::with_capacity(SPACES.len());
         for s in SPACES {
             spaces.push(
