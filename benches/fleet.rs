@@ -24,7 +24,7 @@
 //!   memory. `fleet_durable_vs_memory_fjall` is the same figure, and
 //!   `fleet_durable_vs_memory_redb` the same on `RedbStore` (a redb file):
 //!   the documented names are fjall's because it is the store that stays
-//!   flat (docs/benchmarks.md); redb's figures stay as `_redb` lines.
+//!   closer to flat (docs/benchmarks.md); redb's figures stay as `_redb` lines.
 //! - `durable_100k_vs_100`: the durable store's rate with `N` devices (one
 //!   report each) over its rate with 100 devices (reports round-robin in
 //!   random order within each round, same message count per pass); also as
@@ -455,7 +455,7 @@ fn main() {
     println!("ratio fleet_memory_vs_verify {fleet_vs:.2}");
     println!("ratio one_device_memory_vs_verify {:.2}", median(ratios(&one1, &one1_raw)));
     let (redb_vs_memory, redb_flat) = store_ratios(&redb);
-    // The documented names are fjall's, the store that stays flat.
+    // The documented names are fjall's, the store closer to flat.
     let (fjall_vs_memory, fjall_flat) = store_ratios(&fjall);
     println!("ratio fleet_durable_vs_memory {fjall_vs_memory:.2}");
     println!("ratio durable_100k_vs_100 {fjall_flat:.2}");

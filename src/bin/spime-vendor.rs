@@ -144,7 +144,7 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE|HEX")]
     authority: Option<PathBuf>,
     /// The embedded store in DIR: `redb` (DIR/vendor.redb) or `fjall`
-    /// (DIR/vendor.fjall, an LSM tree whose ingest cost stays flat with
+    /// (DIR/vendor.fjall, an LSM tree whose ingest cost grows far less with
     /// fleet size; needs a build with the `fjall` feature) [default: redb].
     #[arg(long, value_name = "redb|fjall")]
     store: Option<StoreKind>,

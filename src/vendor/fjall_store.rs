@@ -6,8 +6,9 @@
 //! fleet. A copy-on-write B-tree (redb) rewrites a page per device per
 //! commit, so its cost grows with the fleet; an LSM tree appends the whole
 //! batch to its journal (one fsync) and sorts it into its tables in the
-//! background, so the cost of a commit stays flat with fleet size
-//! (docs/benchmarks.md has the figures).
+//! background, so the cost of a commit grows far less with fleet size
+//! (docs/benchmarks.md has the figures: not fully flat, the batch's point
+//! reads still spread over the fleet).
 //!
 //! The keyspaces, keys and record encodings are redb's
 //! (`super::kv`): device id, then big-endian numbers; postcard records.
