@@ -165,7 +165,8 @@ fn corrupt_store_is_a_storage_error<S: Durable>() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A `CURRENT` that names no database directory is refused.
+/// A `CURRENT` that names no database directory, or a missing one beside
+/// database directories, is refused.
 #[cfg(feature = "fjall")]
 #[test]
 fn fjall_current_naming_nothing_is_corrupt() {
@@ -174,5 +175,17 @@ fn fjall_current_naming_nothing_is_corrupt() {
     std::fs::create_dir_all(&store).unwrap();
     std::fs::write(store.join("CURRENT"), b"../elsewhere").unwrap();
     assert_eq!(FjallStore::open(&store).unwrap_err(), StoreError::Corrupt("CURRENT"));
+    // A generation that is not there (only db-0 may be, before it is created).
+    std::fs::write(store.join("CURRENT"), b"db-3").unwrap();
+    assert_eq!(FjallStore::open(&store).unwrap_err(), StoreError::Corrupt("CURRENT"));
+    // A store whose CURRENT is lost is refused, not started over (which
+    // would remove its data).
+    std::fs::remove_file(store.join("CURRENT")).unwrap();
+    drop(FjallStore::open(dir.join("other")).unwrap());
+    std::fs::rename(dir.join("other").join("db-0"), store.join("db-0")).unwrap();
+    assert_eq!(FjallStore::open(&store).unwrap_err(), StoreError::Corrupt("CURRENT"));
+    assert!(store.join("db-0").is_dir(), "its data is kept");
+    std::fs::write(store.join("CURRENT"), b"db-0").unwrap();
+    drop(FjallStore::open(&store).unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -161,28 +161,38 @@ impl FjallStore {
     /// # Errors
     /// [`StoreError::Backend`] when the directory or the database cannot be
     /// opened or created (also when another process has it open);
-    /// [`StoreError::Corrupt`] when `CURRENT` names no database directory.
+    /// [`StoreError::Corrupt`] when `CURRENT` names no database directory,
+    /// or is missing beside database directories.
     pub fn open(dir: impl AsRef<Path>) -> Result<FjallStore, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(backend)?;
+        let mut generations = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(backend)? {
+            let name = entry.map_err(backend)?.file_name().to_string_lossy().into_owned();
+            if generation(&name).is_some() {
+                generations.push(name);
+            }
+        }
         let name = match std::fs::read_to_string(dir.join(CURRENT)) {
             Ok(s) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A new store. Database directories without CURRENT are not
+            // ours to start over on: refuse rather than lose them.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && generations.is_empty() => {
                 let name = String::from("db-0");
                 write_current(&dir, &name)?;
                 name
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::Corrupt("CURRENT")),
             Err(e) => return Err(backend(e)),
         };
-        if generation(&name).is_none() {
+        // CURRENT names a directory the scrub synced before it switched; only
+        // the first (`db-0`, named before it is created) may be missing.
+        let named = generation(&name).ok_or(StoreError::Corrupt("CURRENT"))?;
+        if named != 0 && !generations.contains(&name) {
             return Err(StoreError::Corrupt("CURRENT"));
         }
-        for entry in std::fs::read_dir(&dir).map_err(backend)? {
-            let entry = entry.map_err(backend)?;
-            let other = entry.file_name().to_string_lossy().into_owned();
-            if generation(&other).is_some() && other != name {
-                std::fs::remove_dir_all(entry.path()).map_err(backend)?;
-            }
+        for other in generations.iter().filter(|g| **g != name) {
+            std::fs::remove_dir_all(dir.join(other)).map_err(backend)?;
         }
         let db = Db::open(&dir, name)?;
         Ok(FjallStore { dir, writer: Mutex::new(()), db: RwLock::new(db) })
