@@ -5,10 +5,12 @@
 //! A [`Store`] hands out [`Transaction`]s; a transaction implements every
 //! storage trait and reads its own writes. Nothing is visible to others, or
 //! survives a crash, until [`Transaction::commit`] returns `Ok`, and the
-//! pipeline acknowledges a message only after that. Three implementations
+//! pipeline acknowledges a message only after that. Four implementations
 //! ship: [`super::MemoryStore`] for tests, [`super::RedbStore`] (feature
-//! `redb`) for a single machine and `PgStore` (feature `postgres`) for
-//! several ingest workers over one PostgreSQL database (docs/scaling.md).
+//! `redb`) and `FjallStore` (feature `fjall`, an LSM tree whose commit cost
+//! grows far less with fleet size) for a single machine, and `PgStore` (feature
+//! `postgres`) for several ingest workers over one PostgreSQL database
+//! (docs/scaling.md).
 //!
 //! Reading needs no transaction: [`Store::device`], [`Store::messages`],
 //! [`Store::consent_ledger`] and [`Store::notices`] see the last committed
@@ -536,7 +538,10 @@ pub trait Store: Send + Sync {
     /// Makes sure the bytes of erased data are gone from the backing
     /// storage, not merely unreachable: [`super::RedbStore`] rewrites its
     /// file with the live data only (copy-on-write B-trees leave freed pages
-    /// as they were); `PgStore` vacuums the tables erasures delete from;
+    /// as they were); `FjallStore` copies the live data into a fresh
+    /// database directory (an LSM tree keeps deleted values in older tables
+    /// and its journal until compaction); `PgStore` vacuums the tables
+    /// erasures delete from;
     /// [`super::MemoryStore`] has nothing to do. Cost: proportional to the
     /// store (redb) or to the tables (PostgreSQL): run it after a batch of
     /// erasures, as [`super::Ingestor::apply_retention`] does.
