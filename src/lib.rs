@@ -61,6 +61,7 @@
 //! | `alloc` | via `std` | the consent ledger and other heap-backed helpers |
 //! | `fast` | yes | precomputed Ed25519/X25519 tables: faster signing and key agreement, ~38 KB more flash |
 //! | `redb` | yes | the persistent embedded vendor store (`vendor::RedbStore`); implies `std` |
+//! | `fjall` | no | the embedded vendor store on an LSM tree (`vendor::FjallStore`): commit cost that grows far less with fleet size than redb's; implies `std`; Rust 1.90 |
 //! | `server` | yes | the vendor server: the `spime-vendor` binary and `server` (CoAP, HTTP, the fleet view; tokio, axum); implies `redb` |
 //!
 //! With `--no-default-features` the crate is `no_std`, heap-free, and builds

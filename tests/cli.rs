@@ -46,6 +46,7 @@ fn help_explains_every_command() {
         "--check",
         "--vendor-key",
         "--authority",
+        "--store",
     ] {
         assert!(out.contains(flag), "serve --help lacks {flag}:\n{out}");
     }
@@ -219,6 +220,60 @@ fn serve_runs_until_sigterm_and_keeps_what_it_acknowledged() {
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!((j["header"]["kind"].as_str(), j["verified"].as_bool()), (Some("usage"), Some(true)), "{out}");
     assert_eq!(j["body"]["metrics"][0]["value"]["Counter"], 7, "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `serve --store fjall` keeps the store in DATA/vendor.fjall: what it
+/// acknowledged is there after a restart, and `decode` finds the session
+/// keys in it.
+#[cfg(all(unix, feature = "fjall"))]
+#[test]
+fn serve_on_the_fjall_store_keeps_what_it_acknowledged_across_a_restart() {
+    let dir = temp_dir("serve-fjall");
+    let data = dir.join("data");
+    server_common::write_vendor_keys(&data);
+    let args = ["--data", data.to_str().unwrap(), "--store", "fjall", "--coap", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+    let (ok, out, err) = vendor(&[&["serve", "--check"][..], &args].concat());
+    assert!(ok && out.contains("store = \"fjall\"") && out.contains("fjall directory"), "{out}{err}");
+    let served = server_common::Served::start(&args);
+    let session = server_common::real_time_session(served.coap, 3);
+    let (ok, log) = served.terminate();
+    assert!(ok && log.contains("(fjall)"), "{log}");
+    assert!(data.join("vendor.fjall").join("CURRENT").is_file());
+    assert!(!data.join("vendor.redb").exists(), "the redb store was not used");
+    // Restarted on the same directory, the server still has the messages.
+    let served = server_common::Served::start(&args);
+    let (status, body) = server_common::get(served.http, &format!("/api/devices/{}/messages", session.id));
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap().as_array().unwrap().len(), 3, "{body}");
+    let (ok, log) = served.terminate();
+    assert!(ok, "{log}");
+    let (ok, out, err) = vendor(&["decode", "--data", data.to_str().unwrap(), &hex::encode(&session.usage)]);
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((j["header"]["kind"].as_str(), j["verified"].as_bool()), (Some("usage"), Some(true)), "{out}");
+    // Both stores at once is not a thing.
+    let (ok, _, err) =
+        vendor(&["serve", "--data", data.to_str().unwrap(), "--store", "fjall", "--postgres", "host=db"]);
+    assert!(!ok && err.contains("not both"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A build without the feature says so for `--store fjall`; an unknown
+/// store is refused by name either way.
+#[test]
+fn store_choice_is_checked() {
+    let dir = temp_dir("store-choice");
+    let data = dir.join("data");
+    server_common::write_vendor_keys(&data);
+    let (ok, _, err) = vendor(&["serve", "--data", data.to_str().unwrap(), "--store", "sqlite", "--check"]);
+    assert!(!ok && err.contains("sqlite"), "{err}");
+    let (ok, out, err) = vendor(&["serve", "--data", data.to_str().unwrap(), "--store", "fjall", "--check"]);
+    if cfg!(feature = "fjall") {
+        assert!(ok && out.contains("vendor.fjall"), "{out}{err}");
+    } else {
+        assert!(!ok && err.contains("without the fjall store"), "{err}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

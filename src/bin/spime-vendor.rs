@@ -23,6 +23,8 @@ use tracing::warn;
 
 /// The store file's name inside the data directory.
 const STORE_FILE: &str = "vendor.redb";
+/// The fjall store's directory inside the data directory (`--store fjall`).
+const FJALL_DIR: &str = "vendor.fjall";
 
 const CONFIG_HELP: &str = "\
 CONFIG FILE (--config FILE, TOML): every flag of `serve` except --config and --check, under the \
@@ -32,6 +34,7 @@ an error naming it; relative paths are relative to the file's directory. Example
 
     data = \"/var/lib/spime\"                      # vendor.keys and vendor.redb
     # keys = \"/run/secrets/vendor.keys\"          # default: <data>/vendor.keys
+    # store = \"fjall\"                            # vendor.fjall instead of vendor.redb (feature fjall)
     # postgres = \"postgresql://spime@db/spime\"   # instead of vendor.redb (feature postgres)
     coap = \"0.0.0.0:5683\"
     http = \"127.0.0.1:8080\"
@@ -140,6 +143,11 @@ struct ServeArgs {
     /// of the serial-0 pair].
     #[arg(long, value_name = "FILE|HEX")]
     authority: Option<PathBuf>,
+    /// The embedded store in DIR: `redb` (DIR/vendor.redb) or `fjall`
+    /// (DIR/vendor.fjall, an LSM tree whose ingest cost grows far less with
+    /// fleet size; needs a build with the `fjall` feature) [default: redb].
+    #[arg(long, value_name = "redb|fjall")]
+    store: Option<StoreKind>,
     /// Keep the store in PostgreSQL instead of DIR/vendor.redb: a URL
     /// (postgresql://user@host/db) or key=value string. Needs a build with
     /// the `postgres` feature. A password is better kept in the config file
@@ -182,6 +190,8 @@ struct ServeFile {
     data: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     keys: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<StoreKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     postgres: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -236,9 +246,21 @@ fn is_hex_key(p: &Path) -> bool {
     p.to_str().is_some_and(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// Which embedded store `serve` keeps in the data directory.
+#[derive(clap::ValueEnum, serde::Deserialize, serde::Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum StoreKind {
+    /// `RedbStore`, DIR/vendor.redb.
+    #[default]
+    Redb,
+    /// `FjallStore`, DIR/vendor.fjall (feature `fjall`).
+    Fjall,
+}
+
 /// Where the store lives.
 enum StoreAt {
     Redb(PathBuf),
+    Fjall(PathBuf),
     Postgres(String),
 }
 
@@ -281,6 +303,7 @@ impl Settings {
         let defaults = server::Config::default();
         let data = args.data.or(file.data);
         let postgres = args.postgres.or(file.postgres);
+        let kind = args.store.or(file.store);
         let ring = if args.vendor_key.is_empty() { file.vendor_key } else { args.vendor_key };
         let keys = args.keys.or(file.keys);
         let (vendor_keys, single) = match (keys, &data) {
@@ -297,8 +320,13 @@ impl Settings {
             }
         };
         let store = match (postgres, &data) {
+            (Some(_), _) if kind.is_some() => return Err("give either store (embedded) or postgres, not both".into()),
             (Some(_), _) if cfg!(not(feature = "postgres")) => return Err(NO_POSTGRES.into()),
             (Some(url), _) => StoreAt::Postgres(url),
+            (None, Some(_)) if kind == Some(StoreKind::Fjall) && cfg!(not(feature = "fjall")) => {
+                return Err(NO_FJALL.into());
+            }
+            (None, Some(d)) if kind == Some(StoreKind::Fjall) => StoreAt::Fjall(d.join(FJALL_DIR)),
             (None, Some(d)) => StoreAt::Redb(d.join(STORE_FILE)),
             (None, None) => return Err("give --data DIR for the embedded store, or --postgres URL".into()),
         };
@@ -329,6 +357,11 @@ impl Settings {
             keys,
             authority: ring.authority.map(|a| PathBuf::from(hex::encode(a.to_bytes()))),
             vendor_key,
+            store: match self.store {
+                StoreAt::Redb(_) => Some(StoreKind::Redb),
+                StoreAt::Fjall(_) => Some(StoreKind::Fjall),
+                StoreAt::Postgres(_) => None,
+            },
             postgres: None,
             coap: Some(self.coap),
             http: Some(self.http),
@@ -340,6 +373,7 @@ impl Settings {
         let mut text = toml::to_string(&file)?;
         match &self.store {
             StoreAt::Redb(p) => text.push_str(&format!("# store: the embedded redb file {}\n", p.display())),
+            StoreAt::Fjall(p) => text.push_str(&format!("# store: the embedded fjall directory {}\n", p.display())),
             StoreAt::Postgres(_) => text.push_str("# postgres = (set; not shown, it may hold a password)\n"),
         }
         text.push_str(&ring.describe(now()));
@@ -703,6 +737,7 @@ fn run(command: Run) -> Result<(), Failure> {
                     let store = RedbStore::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
                     serve(store, keys, &settings, Some(file.clone()))
                 }
+                StoreAt::Fjall(dir) => serve(open_fjall(dir)?, keys, &settings, None),
                 StoreAt::Postgres(url) => serve(connect_postgres(url)?, keys, &settings, None),
             }
         }
@@ -758,6 +793,10 @@ fn run(command: Run) -> Result<(), Failure> {
             let out = match (keys, postgres, data) {
                 (None, _, _) => decode::<RedbStore>(&bytes, None)?,
                 (Some(k), Some(url), _) => decode(&bytes, Some((&k, Some(&connect_postgres(&url)?))))?,
+                (Some(k), None, Some(d)) if d.join(FJALL_DIR).exists() => {
+                    let store = open_fjall(&d.join(FJALL_DIR))?;
+                    decode(&bytes, Some((&k, Some(&store))))?
+                }
                 (Some(k), None, Some(d)) => {
                     let file = d.join(STORE_FILE);
                     let store = if file.exists() { Some(RedbStore::open(&file)?) } else { None };
@@ -780,6 +819,21 @@ fn connect_postgres(url: &str) -> Result<spime::vendor::PgStore, Failure> {
 fn connect_postgres(_url: &str) -> Result<RedbStore, Failure> {
     Err(NO_POSTGRES.into())
 }
+
+#[cfg(feature = "fjall")]
+fn open_fjall(dir: &Path) -> Result<spime::vendor::FjallStore, Failure> {
+    spime::vendor::FjallStore::open(dir).map_err(|e| format!("{}: {e}", dir.display()).into())
+}
+
+#[cfg(not(feature = "fjall"))]
+fn open_fjall(_dir: &Path) -> Result<RedbStore, Failure> {
+    Err(NO_FJALL.into())
+}
+
+/// Why `--store fjall` cannot work in this build.
+const NO_FJALL: &str = "this spime-vendor was built without the fjall store (--store fjall): rebuild it with \
+    the `fjall` feature (`cargo build --release --features server,fjall --bin spime-vendor`, or \
+    `cargo install spime --features fjall`)";
 
 /// Why `--postgres` cannot work in this build.
 const NO_POSTGRES: &str = "this spime-vendor was built without PostgreSQL support (--postgres): rebuild it with \
@@ -862,6 +916,7 @@ fn serve<S: Store + 'static>(
         let running = server::start(Arc::clone(&ingestor), config).await?;
         match &settings.store {
             StoreAt::Redb(file) => eprintln!("store: {}", file.display()),
+            StoreAt::Fjall(dir) => eprintln!("store: {} (fjall)", dir.display()),
             StoreAt::Postgres(_) => eprintln!("store: PostgreSQL"),
         }
         eprintln!("vendor keys: serials {serials} (the last is the newest)");

@@ -10,8 +10,9 @@
 //! `z_i` from the operating system's generator for every chunk), written
 //! directly over curve25519-dalek. Each item is prepared once, when it is
 //! pushed: `k_i` hashed, `R_i` decompressed (once: the same point serves the
-//! small-order check, the batch and, if needed, the strict check), `s_i`
-//! checked canonical. The message bytes are not kept. A chunk's keys are
+//! batch and, if needed, the strict check; small order of `R_i` and `A_i` is
+//! decided on their canonical encodings, against the ten that decompress to
+//! a point of small order), `s_i` checked canonical. The message bytes are not kept. A chunk's keys are
 //! merged: one term per distinct key, so a chunk from one device costs
 //! about half the points of a chunk from 256 devices.
 //!
@@ -85,11 +86,40 @@ pub fn batchable_r(signature: &[u8; SIGNATURE_LEN]) -> bool {
 }
 
 /// `R` as a point when its encoding is canonical and it is not of small order.
+///
+/// Small order is decided on the encoding: with `y` canonical, an
+/// encoding decompresses to one of the eight points of small order exactly
+/// when it is one of [`small_order_encodings`], so the three doublings of
+/// `is_small_order` (about a tenth of the pipeline's time per message in
+/// the fleet bench) are not needed. A test checks the two agree.
 fn decompress_r(r: &[u8; 32]) -> Option<EdwardsPoint> {
-    if !is_canonical_point_encoding(r) {
+    if !is_canonical_point_encoding(r) || small_order_encodings().contains(r) {
         return None;
     }
-    CompressedEdwardsY(*r).decompress().filter(|p| !p.is_small_order())
+    CompressedEdwardsY(*r).decompress()
+}
+
+/// The encodings, with `y` canonical, of the eight points of small order.
+/// Decompression reads `y` and the sign of `x`, so a point has one such
+/// encoding, or two when `x = 0` (either sign bit gives the same point):
+/// ten encodings, computed from curve25519-dalek's `EIGHT_TORSION`.
+pub(crate) fn small_order_encodings() -> &'static [[u8; 32]] {
+    static TABLE: std::sync::OnceLock<Vec<[u8; 32]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table = Vec::new();
+        for p in curve25519_dalek::constants::EIGHT_TORSION {
+            let e = p.compress().to_bytes();
+            table.push(e);
+            let mut flipped = e;
+            if let Some(top) = flipped.last_mut() {
+                *top ^= 0x80;
+            }
+            if CompressedEdwardsY(flipped).decompress() == Some(p) {
+                table.push(flipped);
+            }
+        }
+        table
+    })
 }
 
 /// One signature, prepared: everything the strict check and the batch
@@ -114,7 +144,8 @@ impl Item {
         let r_bytes: [u8; 32] = r_bytes.try_into().unwrap_or([0; 32]);
         let s_bytes: [u8; 32] = s_bytes.try_into().unwrap_or([0xff; 32]);
         let a = key.to_edwards();
-        let key_ok = is_canonical_point_encoding(key.as_bytes()) && !a.is_small_order();
+        // On the encoding, as for `R` (decompress_r): no doublings.
+        let key_ok = is_canonical_point_encoding(key.as_bytes()) && !small_order_encodings().contains(key.as_bytes());
         let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes));
         let checked = match (key_ok, s) {
             (true, Some(s)) => decompress_r(&r_bytes).map(|r| (r, s)),
@@ -295,5 +326,67 @@ impl Scratch {
             *first = -b;
         }
         EdwardsPoint::vartime_multiscalar_mul(self.scalars.iter(), self.points.iter()).is_identity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use curve25519_dalek::edwards::CompressedEdwardsY;
+    use proptest::prelude::*;
+
+    use super::{decompress_r, small_order_encodings};
+    use crate::seal::is_canonical_point_encoding;
+
+    /// What `decompress_r` computed before the table: decompress, then three doublings.
+    fn by_doubling(r: &[u8; 32]) -> Option<curve25519_dalek::edwards::EdwardsPoint> {
+        if !is_canonical_point_encoding(r) {
+            return None;
+        }
+        CompressedEdwardsY(*r).decompress().filter(|p| !p.is_small_order())
+    }
+
+    #[test]
+    fn the_table_holds_the_ten_encodings_of_small_order_points() {
+        let t = small_order_encodings();
+        assert_eq!(t.len(), 10, "eight points, two of them (x = 0) with both sign bits");
+        for (i, e) in t.iter().enumerate() {
+            assert!(is_canonical_point_encoding(e));
+            assert!(CompressedEdwardsY(*e).decompress().unwrap().is_small_order());
+            assert!(!t.iter().skip(i + 1).any(|o| o == e), "distinct");
+            assert_eq!(decompress_r(e), None);
+        }
+        // every point a table entry is, with its other sign bit and the
+        // non-canonical y + p encodings: the same answer as by doubling
+        for e in t {
+            for flip in [0u8, 0x80] {
+                let mut v = *e;
+                v[31] ^= flip;
+                assert_eq!(decompress_r(&v), by_doubling(&v));
+            }
+        }
+        for low in 0xed..=0xffu8 {
+            for top in [0x7f, 0xff] {
+                let mut v = [0xff; 32];
+                v[0] = low;
+                v[31] = top;
+                assert_eq!(decompress_r(&v), by_doubling(&v));
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decompress_r_agrees_with_doubling(r in any::<[u8; 32]>(), scalar in any::<[u8; 32]>()) {
+            prop_assert_eq!(decompress_r(&r), by_doubling(&r));
+            // points on the curve, of large and of mixed order
+            let p = curve25519_dalek::constants::ED25519_BASEPOINT_POINT
+                * curve25519_dalek::scalar::Scalar::from_bytes_mod_order(scalar);
+            for t in curve25519_dalek::constants::EIGHT_TORSION {
+                let e = (p + t).compress().to_bytes();
+                prop_assert_eq!(decompress_r(&e), by_doubling(&e));
+            }
+        }
     }
 }

@@ -6,7 +6,7 @@ use alloc::borrow::Cow;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use ed25519_dalek::VerifyingKey;
 
@@ -219,7 +219,7 @@ struct DevState<'s> {
 }
 
 /// Per device: its record, its window, and whether its openers are throttled.
-type Snapshot = HashMap<DeviceId, (Option<DeviceRecord>, ReplayWindow, bool)>;
+type Snapshot = HashMap<DeviceId, (Option<Arc<DeviceRecord>>, ReplayWindow, bool)>;
 
 /// Epoch openers for one device that failed after the key agreement, in
 /// the current window.
@@ -739,15 +739,15 @@ impl<S: Store> Ingestor<S> {
         let mut results: Vec<PartResult> = if busy <= 1 {
             parts.iter().filter(|p| !p.is_empty()).map(|p| self.run_partition(&snapshot, p, now)).collect()
         } else {
+            // The calling thread takes the first partition itself.
+            let mut busy_parts = parts.iter().filter(|p| !p.is_empty());
+            let first = busy_parts.next();
             std::thread::scope(|s| {
-                let handles: Vec<_> = parts
-                    .iter()
-                    .filter(|p| !p.is_empty())
-                    .map(|p| (p, s.spawn(|| self.run_partition(&snapshot, p, now))))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|(p, h)| {
+                let handles: Vec<_> =
+                    busy_parts.map(|p| (p, s.spawn(|| self.run_partition(&snapshot, p, now)))).collect();
+                let mine = first.map(|p| self.run_partition(&snapshot, p, now));
+                mine.into_iter()
+                    .chain(handles.into_iter().map(|(p, h)| {
                         h.join().unwrap_or_else(|_| PartResult {
                             outcomes: p
                                 .iter()
@@ -757,7 +757,7 @@ impl<S: Store> Ingestor<S> {
                                 .collect(),
                             states: HashMap::new(),
                         })
-                    })
+                    }))
                     .collect()
             })
         };
@@ -934,7 +934,7 @@ impl<S: Store> Ingestor<S> {
         }
         let st = states.entry(h.device).or_insert_with(|| {
             let (record, window, throttled) = match snapshot.get(&h.device) {
-                Some((record, window, throttled)) => (record.as_ref().map(Cow::Borrowed), *window, *throttled),
+                Some((record, window, throttled)) => (record.as_deref().map(Cow::Borrowed), *window, *throttled),
                 None => (None, ReplayWindow::new(), false),
             };
             DevState {
@@ -1264,7 +1264,7 @@ impl<S: Store> Ingestor<S> {
 
 fn snapshot<T: Transaction>(tx: &mut T, devices: &HashSet<DeviceId>) -> Result<Snapshot, StoreError> {
     let ids: Vec<DeviceId> = devices.iter().copied().collect();
-    let loaded = tx.load_devices(&ids)?;
+    let loaded = tx.load_shared(&ids)?;
     if loaded.len() != ids.len() {
         return Err(StoreError::Corrupt("load_devices"));
     }

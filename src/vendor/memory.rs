@@ -1,8 +1,9 @@
 //! The in-memory store, for tests and benchmarks. Transactions are
 //! serialised by a mutex; writes are buffered and applied on commit.
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::consent::Purpose;
@@ -13,17 +14,81 @@ use crate::wire::DeviceId;
 use super::StoreError;
 use super::store::{
     ConsentLedgerStore, DataErasure, DeviceRecord, DeviceRegistry, ErasureScope, MessageLog, MessageQuery, NoticeLog,
-    NoticeRecord, ReplayWindows, Store, StoredMessage, Transaction, VendorCounters, tally,
+    NoticeRecord, ReplayWindows, SharedDevices, Store, StoredMessage, Transaction, VendorCounters, tally,
 };
 
+// Keyed by hash, not ordered: a lookup in a fleet-sized table costs one
+// or two cache misses rather than one per B-tree level (the fleet bench,
+// docs/benchmarks.md). Messages are ordered within each device.
 #[derive(Default)]
 struct Tables {
-    devices: BTreeMap<DeviceId, DeviceRecord>,
+    devices: HashMap<DeviceId, Arc<DeviceRecord>>,
     windows: HashMap<DeviceId, ReplayWindow>,
     ledger: HashMap<DeviceId, Vec<LedgerEntry>>,
-    messages: BTreeMap<(DeviceId, u64), StoredMessage>,
+    messages: Messages,
     counters: HashMap<DeviceId, u64>,
     notices: HashMap<DeviceId, Vec<NoticeRecord>>,
+}
+
+/// Accepted messages by device, each device's sorted by counter (counters
+/// mostly arrive in order, so an insert is usually a push).
+#[derive(Default)]
+struct Messages {
+    by_device: HashMap<DeviceId, Vec<StoredMessage>>,
+    len: usize,
+}
+
+impl Messages {
+    fn insert(&mut self, m: StoredMessage) {
+        let list = self.by_device.entry(m.device).or_default();
+        match list.last() {
+            Some(last) if last.counter >= m.counter => match list.binary_search_by_key(&m.counter, |x| x.counter) {
+                Ok(i) => {
+                    if let Some(slot) = list.get_mut(i) {
+                        *slot = m;
+                    }
+                }
+                Err(i) => {
+                    list.insert(i, m);
+                    self.len = self.len.saturating_add(1);
+                }
+            },
+            _ => {
+                list.push(m);
+                self.len = self.len.saturating_add(1);
+            }
+        }
+    }
+
+    fn get(&self, device: &DeviceId, counter: u64) -> Option<&StoredMessage> {
+        let list = self.by_device.get(device)?;
+        list.get(list.binary_search_by_key(&counter, |x| x.counter).ok()?)
+    }
+
+    fn of(&self, device: &DeviceId) -> impl Iterator<Item = &StoredMessage> {
+        self.by_device.get(device).into_iter().flatten()
+    }
+
+    fn remove(&mut self, device: &DeviceId, counter: u64) -> Option<StoredMessage> {
+        let list = self.by_device.get_mut(device)?;
+        let i = list.binary_search_by_key(&counter, |x| x.counter).ok()?;
+        self.len = self.len.saturating_sub(1);
+        Some(list.remove(i))
+    }
+
+    fn retain(&mut self, device: &DeviceId, keep: impl FnMut(&StoredMessage) -> bool) {
+        if let Some(list) = self.by_device.get_mut(device) {
+            let before = list.len();
+            list.retain(keep);
+            self.len = self.len.saturating_sub(before.saturating_sub(list.len()));
+        }
+    }
+
+    fn extend(&mut self, other: Messages) {
+        for m in other.by_device.into_values().flatten() {
+            self.insert(m);
+        }
+    }
 }
 
 /// A store in memory: nothing survives the process.
@@ -76,10 +141,10 @@ impl core::fmt::Debug for MemoryTxn<'_> {
 
 impl DeviceRegistry for MemoryTxn<'_> {
     fn device(&mut self, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
-        Ok(self.pending.devices.get(device).or_else(|| self.tables.devices.get(device)).cloned())
+        Ok(self.pending.devices.get(device).or_else(|| self.tables.devices.get(device)).map(|r| (**r).clone()))
     }
     fn put_device(&mut self, record: &DeviceRecord) -> Result<(), StoreError> {
-        self.pending.devices.insert(record.device, record.clone());
+        self.pending.devices.insert(record.device, Arc::new(record.clone()));
         Ok(())
     }
 }
@@ -108,13 +173,17 @@ impl ConsentLedgerStore for MemoryTxn<'_> {
 
 impl MessageLog for MemoryTxn<'_> {
     fn put_message(&mut self, message: &StoredMessage) -> Result<(), StoreError> {
-        self.pending.messages.insert((message.device, message.counter), message.clone());
+        self.pending.messages.insert(message.clone());
         Ok(())
     }
     fn message(&mut self, device: &DeviceId, counter: u64) -> Result<Option<StoredMessage>, StoreError> {
-        let key = (*device, counter);
         let erased = |m: &StoredMessage| self.erased_messages.iter().any(|(d, s)| d == device && s.covers_message(m));
-        Ok(self.pending.messages.get(&key).or_else(|| self.tables.messages.get(&key).filter(|m| !erased(m))).cloned())
+        Ok(self
+            .pending
+            .messages
+            .get(device, counter)
+            .or_else(|| self.tables.messages.get(device, counter).filter(|m| !erased(m)))
+            .cloned())
     }
 }
 
@@ -147,17 +216,16 @@ impl NoticeLog for MemoryTxn<'_> {
 impl DataErasure for MemoryTxn<'_> {
     fn erase_messages(&mut self, device: &DeviceId, scope: &ErasureScope) -> Result<Vec<(Purpose, u64)>, StoreError> {
         let mut counts = Vec::new();
-        let range = (*device, 0)..=(*device, u64::MAX);
-        for m in self.tables.messages.range(range.clone()).map(|(_, m)| m).filter(|m| scope.covers_message(m)) {
+        for m in self.tables.messages.of(device).filter(|m| scope.covers_message(m)) {
             if !self.erased_messages.iter().any(|(d, s)| d == device && s.covers_message(m)) {
                 tally(&mut counts, m.purpose, 1);
             }
         }
-        let pending: Vec<(DeviceId, u64)> =
-            self.pending.messages.range(range).filter(|(_, m)| scope.covers_message(m)).map(|(k, _)| *k).collect();
-        for k in pending {
-            if let Some(m) = self.pending.messages.remove(&k)
-                && !self.tables.messages.contains_key(&k)
+        let pending: Vec<u64> =
+            self.pending.messages.of(device).filter(|m| scope.covers_message(m)).map(|m| m.counter).collect();
+        for c in pending {
+            if let Some(m) = self.pending.messages.remove(device, c)
+                && self.tables.messages.get(device, c).is_none()
             {
                 tally(&mut counts, m.purpose, 1);
             }
@@ -187,15 +255,26 @@ impl DataErasure for MemoryTxn<'_> {
 }
 
 impl Transaction for MemoryTxn<'_> {
+    fn load_shared(&mut self, devices: &[DeviceId]) -> Result<SharedDevices, StoreError> {
+        devices
+            .iter()
+            .map(|d| {
+                let record = self.pending.devices.get(d).or_else(|| self.tables.devices.get(d)).cloned();
+                Ok((record, self.window(d)?))
+            })
+            .collect()
+    }
     fn put_messages(&mut self, messages: Vec<StoredMessage>) -> Result<(), StoreError> {
-        self.pending.messages.extend(messages.into_iter().map(|m| ((m.device, m.counter), m)));
+        for m in messages {
+            self.pending.messages.insert(m);
+        }
         Ok(())
     }
     fn commit(mut self) -> Result<(), StoreError> {
         let p = core::mem::take(&mut self.pending);
         let t = &mut *self.tables;
         for (d, scope) in core::mem::take(&mut self.erased_messages) {
-            t.messages.retain(|(md, _), m| *md != d || !scope.covers_message(m));
+            t.messages.retain(&d, |m| !scope.covers_message(m));
         }
         for (d, scope) in core::mem::take(&mut self.erased_notices) {
             if let Some(v) = t.notices.get_mut(&d) {
@@ -229,25 +308,22 @@ impl Store for MemoryStore {
     }
 
     fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        Ok(self.lock().devices.values().cloned().collect())
+        let mut all: Vec<DeviceRecord> = self.lock().devices.values().map(|r| (**r).clone()).collect();
+        all.sort_unstable_by_key(|r| r.device);
+        Ok(all)
     }
 
     fn message_count(&self) -> Result<u64, StoreError> {
-        Ok(u64::try_from(self.lock().messages.len()).unwrap_or(u64::MAX))
+        Ok(u64::try_from(self.lock().messages.len).unwrap_or(u64::MAX))
     }
 
     fn device(&self, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
-        Ok(self.lock().devices.get(device).cloned())
+        Ok(self.lock().devices.get(device).map(|r| (**r).clone()))
     }
 
     fn messages(&self, device: &DeviceId, query: &MessageQuery) -> Result<Vec<StoredMessage>, StoreError> {
         let t = self.lock();
-        Ok(t.messages
-            .range((*device, 0)..=(*device, u64::MAX))
-            .map(|(_, m)| m)
-            .filter(|m| query.matches(m))
-            .cloned()
-            .collect())
+        Ok(t.messages.of(device).filter(|m| query.matches(m)).cloned().collect())
     }
 
     fn consent_ledger(&self, device: &DeviceId) -> Result<Vec<LedgerEntry>, StoreError> {
@@ -261,5 +337,59 @@ impl Store for MemoryStore {
     fn scrub(&self) -> Result<(), StoreError> {
         // Erased entries were dropped from the maps at commit.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::Messages;
+    use crate::codec::Bytes64;
+    use crate::consent::Purpose;
+    use crate::consent::ledger::Proof;
+    use crate::vendor::store::StoredMessage;
+    use crate::wire::DeviceId;
+
+    fn msg(device: u8, counter: u64, at: u64) -> StoredMessage {
+        StoredMessage {
+            device: DeviceId([device; 8]),
+            counter,
+            kind: 0x02,
+            received_at: at,
+            relationship: 0,
+            purpose: Purpose::USAGE_ANALYTICS,
+            proof: Proof { header: vec![], body: vec![], signature: Bytes64([0; 64]) },
+        }
+    }
+
+    fn counters(m: &Messages, device: u8) -> Vec<(u64, u64)> {
+        m.of(&DeviceId([device; 8])).map(|x| (x.counter, x.received_at)).collect()
+    }
+
+    #[test]
+    fn messages_stay_sorted_per_device_and_counted_once() {
+        let mut m = Messages::default();
+        for (d, c) in [(1, 5), (1, 2), (2, 1), (1, 9), (1, 7), (1, 2)] {
+            m.insert(msg(d, c, c * 10 + u64::from(d)));
+        }
+        // the second (1, 2) replaced the first: five messages
+        assert_eq!(m.len, 5);
+        assert_eq!(counters(&m, 1), [(2, 21), (5, 51), (7, 71), (9, 91)]);
+        assert_eq!(counters(&m, 2), [(1, 12)]);
+        assert_eq!(m.get(&DeviceId([1; 8]), 7).unwrap().received_at, 71);
+        assert!(m.get(&DeviceId([1; 8]), 6).is_none());
+        assert_eq!(m.remove(&DeviceId([1; 8]), 5).unwrap().counter, 5);
+        assert!(m.remove(&DeviceId([1; 8]), 5).is_none());
+        assert_eq!(m.len, 4);
+        m.retain(&DeviceId([1; 8]), |x| x.counter > 2);
+        assert_eq!(counters(&m, 1), [(7, 71), (9, 91)]);
+        assert_eq!(m.len, 3);
+        let mut other = Messages::default();
+        other.insert(msg(1, 8, 0));
+        other.insert(msg(3, 1, 0));
+        m.extend(other);
+        assert_eq!(counters(&m, 1), [(7, 71), (8, 0), (9, 91)]);
+        assert_eq!(m.len, 5);
     }
 }

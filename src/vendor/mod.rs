@@ -57,8 +57,12 @@
 
 pub mod batch;
 mod error;
+#[cfg(feature = "fjall")]
+mod fjall_store;
 mod ingest;
 mod key_cache;
+#[cfg(any(feature = "redb", feature = "fjall"))]
+mod kv;
 pub mod lifecycle;
 pub mod link;
 mod memory;
@@ -72,6 +76,8 @@ pub mod sim;
 pub mod store;
 
 pub use error::{IngestError, KeyringError, SendError, StoreError};
+#[cfg(feature = "fjall")]
+pub use fjall_store::{FjallStore, FjallTxn};
 pub use ingest::{
     Accepted, Event, IngestConfig, Ingestor, KEY_CACHE_DEFAULT, MAX_VENDOR_KEYS, OPENER_FAILURES, OPENER_WINDOW,
     Outcome, partition_of,
@@ -83,6 +89,6 @@ pub use pg_store::{PgStore, PgTxn};
 pub use redb_store::{RedbStore, RedbTxn};
 pub use store::{
     ConsentLedgerStore, DataErasure, DeviceRecord, DeviceRegistry, ErasureScope, Lifecycle, MessageLog, MessageQuery,
-    NoticeLog, NoticeRecord, PurposeFilter, ReplayWindows, SessionSecrets, Store, StoredMessage, Transaction,
-    VendorCounters,
+    NoticeLog, NoticeRecord, PurposeFilter, ReplayWindows, SessionSecrets, SharedDevices, Store, StoredMessage,
+    Transaction, VendorCounters,
 };

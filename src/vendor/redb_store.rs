@@ -9,14 +9,14 @@
 //! queries, which the shared-database path (docs/scaling.md) covers.
 //!
 //! Records are encoded with postcard. Keys: device id, followed by
-//! big-endian numbers so that ranges iterate in order.
+//! big-endian numbers so that ranges iterate in order (the layout is shared
+//! with `FjallStore`).
 //!
 //! Erasure: a delete frees the pages that held the data, but redb's
 //! copy-on-write B-trees leave freed pages as they were until reused, so the
 //! bytes would stay in the file. [`Store::scrub`] therefore rewrites the
 //! file with the live data only and swaps it in (see [`RedbStore::scrub`]).
 
-use alloc::string::ToString;
 use alloc::vec::Vec;
 use std::path::{Path, PathBuf};
 use std::sync::{PoisonError, RwLock};
@@ -31,41 +31,22 @@ use crate::seal::replay::ReplayWindow;
 use crate::wire::DeviceId;
 
 use super::StoreError;
+use super::kv::{
+    self, Doomed, backend, counter_range, decode, device_notices_range, encode, encode_into, notice_key,
+    notice_key_sent, notice_slot_range, notices_since_range, seq_key, window_bytes, window_from,
+};
 use super::store::{
     ConsentLedgerStore, DataErasure, DeviceRecord, DeviceRegistry, ErasureScope, MessageLog, MessageQuery, NoticeLog,
-    NoticeRecord, ReplayWindows, Store, StoredMessage, Transaction, VendorCounters, tally,
+    NoticeRecord, ReplayWindows, Store, StoredMessage, Transaction, VendorCounters,
 };
 
-const DEVICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("devices");
-const WINDOWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("replay_windows");
-const LEDGER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("consent_ledger");
-const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
-const COUNTERS: TableDefinition<&[u8], u64> = TableDefinition::new("vendor_counters");
-/// Key: device, purpose (u16 BE), at (u64 BE), sent (1) or held back (0),
-/// then the vendor counter (sent) or a sequence number (held back).
-const NOTICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("notice_log");
+const DEVICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new(kv::DEVICES);
+const WINDOWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new(kv::WINDOWS);
+const LEDGER: TableDefinition<&[u8], &[u8]> = TableDefinition::new(kv::LEDGER);
+const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new(kv::MESSAGES);
+const COUNTERS: TableDefinition<&[u8], u64> = TableDefinition::new(kv::COUNTERS);
+const NOTICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new(kv::NOTICES);
 const BYTE_TABLES: [TableDefinition<&[u8], &[u8]>; 5] = [DEVICES, WINDOWS, LEDGER, MESSAGES, NOTICES];
-
-fn backend(e: impl ToString) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
-fn key(device: &DeviceId, tail: &[&[u8]]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(16 + 18);
-    k.extend_from_slice(&device.0);
-    for t in tail {
-        k.extend_from_slice(t);
-    }
-    k
-}
-
-fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_allocvec(v).map_err(|_| StoreError::Corrupt("encode"))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], table: &'static str) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt(table))
-}
 
 /// A store in one redb file. Write transactions are serialised by redb;
 /// every commit is durable (fsync) when it returns.
@@ -181,14 +162,6 @@ fn create(path: &Path) -> Result<Database, StoreError> {
     Ok(db)
 }
 
-fn notice_key(n: &NoticeRecord, seq: u64) -> Vec<u8> {
-    let sent = [u8::from(n.sent())];
-    key(
-        &n.device,
-        &[&n.purpose.id().to_be_bytes(), &n.at.to_be_bytes(), &sent, &n.counter.unwrap_or(seq).to_be_bytes()],
-    )
-}
-
 /// A write transaction of [`RedbStore`].
 pub struct RedbTxn {
     tx: WriteTransaction,
@@ -214,33 +187,6 @@ impl DeviceRegistry for RedbTxn {
     }
 }
 
-/// A stored window: the highest counter, then the bitmap, big-endian.
-fn window_from(bytes: &[u8]) -> Result<ReplayWindow, StoreError> {
-    let b: [u8; 24] = bytes.try_into().map_err(|_| StoreError::Corrupt("replay_windows"))?;
-    let (h, s) = b.split_at(8);
-    let highest = u64::from_be_bytes(h.try_into().map_err(|_| StoreError::Corrupt("replay_windows"))?);
-    let seen = u128::from_be_bytes(s.try_into().map_err(|_| StoreError::Corrupt("replay_windows"))?);
-    Ok(ReplayWindow::from_parts(highest, seen))
-}
-
-fn window_bytes(window: &ReplayWindow) -> [u8; 24] {
-    let (highest, seen) = window.parts();
-    let mut b = [0u8; 24];
-    let (h, s) = b.split_at_mut(8);
-    h.copy_from_slice(&highest.to_be_bytes());
-    s.copy_from_slice(&seen.to_be_bytes());
-    b
-}
-
-/// A message's key: device, then its counter big-endian.
-fn message_key(device: &DeviceId, counter: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    let (d, c) = k.split_at_mut(8);
-    d.copy_from_slice(&device.0);
-    c.copy_from_slice(&counter.to_be_bytes());
-    k
-}
-
 impl ReplayWindows for RedbTxn {
     fn window(&mut self, device: &DeviceId) -> Result<ReplayWindow, StoreError> {
         let t = self.tx.open_table(WINDOWS).map_err(backend)?;
@@ -260,14 +206,12 @@ impl ConsentLedgerStore for RedbTxn {
     fn append_consent(&mut self, device: &DeviceId, entry: &LedgerEntry) -> Result<(), StoreError> {
         let bytes = encode(entry)?;
         let mut t = self.tx.open_table(LEDGER).map_err(backend)?;
-        let k = key(device, &[&entry.seq.to_be_bytes()]);
-        t.insert(k.as_slice(), bytes.as_slice()).map_err(backend)?;
+        t.insert(seq_key(device, entry.seq).as_slice(), bytes.as_slice()).map_err(backend)?;
         Ok(())
     }
     fn consent_entries(&mut self, device: &DeviceId) -> Result<Vec<LedgerEntry>, StoreError> {
         let t = self.tx.open_table(LEDGER).map_err(backend)?;
-        let lo = key(device, &[&0u64.to_be_bytes()]);
-        let hi = key(device, &[&u64::MAX.to_be_bytes()]);
+        let (lo, hi) = counter_range(device);
         let mut out = Vec::new();
         for item in t.range::<&[u8]>(lo.as_slice()..=hi.as_slice()).map_err(backend)? {
             let (_, v) = item.map_err(backend)?;
@@ -280,13 +224,13 @@ impl ConsentLedgerStore for RedbTxn {
 impl MessageLog for RedbTxn {
     fn put_message(&mut self, message: &StoredMessage) -> Result<(), StoreError> {
         let bytes = encode(message)?;
-        let k = key(&message.device, &[&message.counter.to_be_bytes()]);
+        let k = seq_key(&message.device, message.counter);
         let mut t = self.tx.open_table(MESSAGES).map_err(backend)?;
         t.insert(k.as_slice(), bytes.as_slice()).map_err(backend)?;
         Ok(())
     }
     fn message(&mut self, device: &DeviceId, counter: u64) -> Result<Option<StoredMessage>, StoreError> {
-        let k = key(device, &[&counter.to_be_bytes()]);
+        let k = seq_key(device, counter);
         let t = self.tx.open_table(MESSAGES).map_err(backend)?;
         let got = t.get(k.as_slice()).map_err(backend)?;
         got.map(|v| decode(v.value(), "messages")).transpose()
@@ -311,8 +255,7 @@ impl NoticeLog for RedbTxn {
         let seq = if notice.sent() {
             0
         } else {
-            let lo = notice_key(notice, 0);
-            let hi = notice_key(notice, u64::MAX);
+            let (lo, hi) = notice_slot_range(notice);
             u64::try_from(t.range::<&[u8]>(lo.as_slice()..=hi.as_slice()).map_err(backend)?.count()).unwrap_or(u64::MAX)
         };
         let k = notice_key(notice, seq);
@@ -321,14 +264,11 @@ impl NoticeLog for RedbTxn {
     }
     fn notices_since(&mut self, device: &DeviceId, purpose: Purpose, since: u64) -> Result<u32, StoreError> {
         let t = self.tx.open_table(NOTICES).map_err(backend)?;
-        let p = purpose.id().to_be_bytes();
-        let lo = key(device, &[&p, &since.to_be_bytes()]);
-        let hi = key(device, &[&p, &[0xff; 17]]);
+        let (lo, hi) = notices_since_range(device, purpose, since);
         let mut n: u32 = 0;
         for item in t.range::<&[u8]>(lo.as_slice()..=hi.as_slice()).map_err(backend)? {
             let (k, _) = item.map_err(backend)?;
-            // The sent flag follows device, purpose and time.
-            if k.value().len() >= 11 && k.value().get(k.value().len() - 9) == Some(&1) {
+            if notice_key_sent(k.value()) {
                 n = n.saturating_add(1);
             }
         }
@@ -339,39 +279,29 @@ impl NoticeLog for RedbTxn {
 impl DataErasure for RedbTxn {
     fn erase_messages(&mut self, device: &DeviceId, scope: &ErasureScope) -> Result<Vec<(Purpose, u64)>, StoreError> {
         let mut t = self.tx.open_table(MESSAGES).map_err(backend)?;
-        let lo = key(device, &[&0u64.to_be_bytes()]);
-        let hi = key(device, &[&u64::MAX.to_be_bytes()]);
-        let mut doomed = Vec::new();
-        let mut counts = Vec::new();
+        let (lo, hi) = counter_range(device);
+        let mut doomed = Doomed::default();
         for item in t.range::<&[u8]>(lo.as_slice()..=hi.as_slice()).map_err(backend)? {
             let (k, v) = item.map_err(backend)?;
-            let m: StoredMessage = decode(v.value(), "messages")?;
-            if scope.covers_message(&m) {
-                tally(&mut counts, m.purpose, 1);
-                doomed.push(k.value().to_vec());
-            }
+            doomed.message(scope, k.value(), v.value())?;
         }
-        for k in doomed {
+        for k in &doomed.keys {
             t.remove(k.as_slice()).map_err(backend)?;
         }
-        Ok(counts)
+        Ok(doomed.counts)
     }
     fn erase_notices(&mut self, device: &DeviceId, scope: &ErasureScope) -> Result<u64, StoreError> {
         let mut t = self.tx.open_table(NOTICES).map_err(backend)?;
-        let lo = key(device, &[]);
-        let hi = key(device, &[&[0xff; 19]]);
-        let mut doomed = Vec::new();
+        let (lo, hi) = device_notices_range(device);
+        let mut doomed = Doomed::default();
         for item in t.range::<&[u8]>(lo.as_slice()..=hi.as_slice()).map_err(backend)? {
             let (k, v) = item.map_err(backend)?;
-            let n: NoticeRecord = decode(v.value(), "notice_log")?;
-            if n.device == *device && scope.covers_notice(&n) {
-                doomed.push(k.value().to_vec());
-            }
+            doomed.notice(device, scope, k.value(), v.value())?;
         }
-        for k in &doomed {
+        for k in &doomed.keys {
             t.remove(k.as_slice()).map_err(backend)?;
         }
-        Ok(u64::try_from(doomed.len()).unwrap_or(u64::MAX))
+        Ok(doomed.count())
     }
 }
 
@@ -408,11 +338,8 @@ impl Transaction for RedbTxn {
         let mut t = self.tx.open_table(MESSAGES).map_err(backend)?;
         let mut buf = Vec::new();
         for m in &messages {
-            buf.clear();
-            let bytes = postcard::to_extend(m, core::mem::take(&mut buf)).map_err(|_| StoreError::Corrupt("encode"))?;
-            let k = message_key(&m.device, m.counter);
-            t.insert(k.as_slice(), bytes.as_slice()).map_err(backend)?;
-            buf = bytes;
+            encode_into(m, &mut buf)?;
+            t.insert(seq_key(&m.device, m.counter).as_slice(), buf.as_slice()).map_err(backend)?;
         }
         Ok(())
     }
@@ -422,10 +349,7 @@ impl Store for RedbStore {
     type Txn<'a> = RedbTxn;
 
     fn begin(&self) -> Result<RedbTxn, StoreError> {
-        let mut tx = self.db.read().unwrap_or_else(PoisonError::into_inner).begin_write().map_err(backend)?;
-        if std::env::var_os("SPIME_EXP_NODUR").is_some() {
-            tx.set_durability(redb::Durability::Eventual);
-        }
+        let tx = self.db.read().unwrap_or_else(PoisonError::into_inner).begin_write().map_err(backend)?;
         Ok(RedbTxn { tx })
     }
 
@@ -456,15 +380,11 @@ impl Store for RedbStore {
     fn messages(&self, device: &DeviceId, query: &MessageQuery) -> Result<Vec<StoredMessage>, StoreError> {
         let tx = self.read()?;
         let t = tx.open_table(MESSAGES).map_err(backend)?;
-        let lo = key(device, &[&0u64.to_be_bytes()]);
-        let hi = key(device, &[&u64::MAX.to_be_bytes()]);
+        let (lo, hi) = counter_range(device);
         let mut out = Vec::new();
         for item in t.range::<&[u8]>(lo.as_slice()..=hi.as_slice()).map_err(backend)? {
             let (_, v) = item.map_err(backend)?;
-            let m: StoredMessage = decode(v.value(), "messages")?;
-            if query.matches(&m) {
-                out.push(m);
-            }
+            kv::push_message(&mut out, query, v.value())?;
         }
         Ok(out)
     }
@@ -472,8 +392,7 @@ impl Store for RedbStore {
     fn consent_ledger(&self, device: &DeviceId) -> Result<Vec<LedgerEntry>, StoreError> {
         let tx = self.read()?;
         let t = tx.open_table(LEDGER).map_err(backend)?;
-        let lo = key(device, &[&0u64.to_be_bytes()]);
-        let hi = key(device, &[&u64::MAX.to_be_bytes()]);
+        let (lo, hi) = counter_range(device);
         let mut out = Vec::new();
         for item in t.range::<&[u8]>(lo.as_slice()..=hi.as_slice()).map_err(backend)? {
             let (_, v) = item.map_err(backend)?;
@@ -485,17 +404,13 @@ impl Store for RedbStore {
     fn notices(&self, device: &DeviceId) -> Result<Vec<NoticeRecord>, StoreError> {
         let tx = self.read()?;
         let t = tx.open_table(NOTICES).map_err(backend)?;
-        let lo = key(device, &[]);
-        let hi = key(device, &[&[0xff; 19]]);
+        let (lo, hi) = device_notices_range(device);
         let mut out: Vec<NoticeRecord> = Vec::new();
         for item in t.range::<&[u8]>(lo.as_slice()..=hi.as_slice()).map_err(backend)? {
             let (_, v) = item.map_err(backend)?;
-            let n: NoticeRecord = decode(v.value(), "notice_log")?;
-            if n.device == *device {
-                out.push(n);
-            }
+            kv::push_notice(&mut out, device, v.value())?;
         }
-        out.sort_by_key(|n| (n.at, n.counter));
+        kv::sort_notices(&mut out);
         Ok(out)
     }
 

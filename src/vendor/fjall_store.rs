@@ -1,0 +1,525 @@
+//! The persistent embedded store on [fjall](https://docs.rs/fjall), an
+//! LSM tree: one directory, pure Rust, nothing to install or run.
+//!
+//! Why an LSM tree beside redb: the pipeline's group commit writes one
+//! replay window and one message per device, at keys spread over the whole
+//! fleet. A copy-on-write B-tree (redb) rewrites a page per device per
+//! commit, so its cost grows with the fleet; an LSM tree appends the whole
+//! batch to its journal (one fsync) and sorts it into its tables in the
+//! background, so the cost of a commit grows far less with fleet size
+//! (docs/benchmarks.md has the figures: not fully flat, the batch's point
+//! reads still spread over the fleet).
+//!
+//! The keyspaces, keys and record encodings are redb's
+//! (`super::kv`): device id, then big-endian numbers; postcard records.
+//!
+//! Transactions: one writer at a time (a lock the transaction holds). A
+//! transaction reads a snapshot of the committed state taken when it
+//! began, under its own writes, which it keeps in memory; `commit` writes
+//! them as one atomic batch to fjall's journal and syncs it
+//! (`PersistMode::SyncAll`) before it returns. Nothing is visible, or
+//! survives a crash, before that; a process killed at any point reopens to
+//! the last committed transaction (fjall's journal recovery).
+//!
+//! Layout on disk: `<dir>/CURRENT` names the live database directory
+//! (`db-N`) beside it. Erasure: a delete writes a tombstone, and the old
+//! value stays in older tables and in the journal until compaction, so
+//! [`Store::scrub`] copies the live data into `db-N+1`, syncs it, switches
+//! `CURRENT` to it (an atomic rename) and removes `db-N`.
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
+
+use crate::consent::Purpose;
+use crate::consent::ledger::LedgerEntry;
+use crate::seal::replay::ReplayWindow;
+use crate::wire::DeviceId;
+
+use super::StoreError;
+use super::kv::{
+    self, Doomed, backend, counter_range, decode, device_notices_range, encode, encode_into, notice_key,
+    notice_key_sent, notice_slot_range, notices_since_range, seq_key, window_bytes, window_from,
+};
+use super::store::{
+    ConsentLedgerStore, DataErasure, DeviceRecord, DeviceRegistry, ErasureScope, MessageLog, MessageQuery, NoticeLog,
+    NoticeRecord, ReplayWindows, Store, StoredMessage, Transaction, VendorCounters,
+};
+
+/// The keyspaces, in the order of [`Db::spaces`].
+const SPACES: [&str; 6] = [kv::DEVICES, kv::WINDOWS, kv::LEDGER, kv::MESSAGES, kv::COUNTERS, kv::NOTICES];
+const DEVICES: usize = 0;
+const WINDOWS: usize = 1;
+const LEDGER: usize = 2;
+const MESSAGES: usize = 3;
+const COUNTERS: usize = 4;
+const NOTICES: usize = 5;
+
+/// The file naming the live database directory.
+const CURRENT: &str = "CURRENT";
+
+/// fjall's block cache. Every batch reads the record and the replay window
+/// of each of its devices, spread over the whole fleet: the cache should
+/// hold the fleet's records (a few hundred bytes each; fjall's default,
+/// 32 MiB, holds about 50,000), as redb's (1 GiB by default) does.
+const CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Entries per batch when the scrub copies a keyspace.
+const COPY_BATCH: usize = 4096;
+
+/// An open database and its keyspaces (cheap to clone: handles).
+#[derive(Clone)]
+struct Db {
+    db: Database,
+    spaces: [Keyspace; 6],
+    /// The directory's name under the store's directory (`db-N`).
+    name: String,
+}
+
+impl Db {
+    fn open(dir: &Path, name: String) -> Result<Db, StoreError> {
+        let db = Database::builder(dir.join(&name)).cache_size(CACHE_BYTES).open().map_err(backend)?;
+        let mut spaces = Vec::with_capacity(SPACES.len());
+        for s in SPACES {
+            spaces.push(
+                db.keyspace(s, KeyspaceCreateOptions::default).map_err(|e| backend(format!("keyspace {s}: {e}")))?,
+            );
+        }
+        let spaces = spaces.try_into().map_err(|_| StoreError::Corrupt("keyspaces"))?;
+        Ok(Db { db, spaces, name })
+    }
+
+    fn space(&self, i: usize) -> Result<&Keyspace, StoreError> {
+        self.spaces.get(i).ok_or(StoreError::Corrupt("keyspaces"))
+    }
+
+    /// A durable batch: synced to disk before `commit` returns.
+    fn batch(&self) -> fjall::OwnedWriteBatch {
+        self.db.batch().durability(Some(PersistMode::SyncAll))
+    }
+}
+
+/// The `N` of a `db-N` directory name.
+fn generation(name: &str) -> Option<u64> {
+    name.strip_prefix("db-").and_then(|n| n.parse().ok())
+}
+
+/// Writes `CURRENT` atomically (a synced temporary file renamed over it,
+/// then the directory synced).
+fn write_current(dir: &Path, name: &str) -> Result<(), StoreError> {
+    use std::io::Write;
+    let tmp = dir.join("CURRENT.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(backend)?;
+    f.write_all(name.as_bytes()).and_then(|()| f.sync_all()).map_err(backend)?;
+    std::fs::rename(&tmp, dir.join(CURRENT)).map_err(backend)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(backend)
+}
+
+/// A store in one directory, on fjall. Write transactions are serialised;
+/// every commit is durable (fsync) when it returns.
+///
+/// ```
+/// use spime::vendor::{FjallStore, Store, Transaction, VendorCounters};
+/// use spime::wire::DeviceId;
+/// let dir = std::env::temp_dir().join(format!("spime-doc-fjall-{}", std::process::id()));
+/// {
+///     let store = FjallStore::open(&dir)?;
+///     let mut tx = store.begin()?;
+///     assert_eq!(tx.next_counter(&DeviceId([1; 8]))?, 0);
+///     tx.commit()?;
+/// }
+/// let store = FjallStore::open(&dir)?;        // reopened: the commit survived
+/// let mut tx = store.begin()?;
+/// assert_eq!(tx.next_counter(&DeviceId([1; 8]))?, 1);
+/// # drop(tx); drop(store); std::fs::remove_dir_all(&dir).unwrap();
+/// # Ok::<(), spime::vendor::StoreError>(())
+/// ```
+pub struct FjallStore {
+    dir: PathBuf,
+    /// Held by every write transaction, and by the scrub: one writer.
+    writer: Mutex<()>,
+    /// The live database; the scrub replaces it.
+    db: RwLock<Db>,
+}
+
+impl core::fmt::Debug for FjallStore {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("FjallStore").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl FjallStore {
+    /// Opens the store in directory `dir`, creating it and its keyspaces
+    /// if needed. A database directory left by a scrub that did not finish
+    /// is removed.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the directory or the database cannot be
+    /// opened or created (also when another process has it open);
+    /// [`StoreError::Corrupt`] when `CURRENT` names no database directory,
+    /// or is missing beside database directories.
+    pub fn open(dir: impl AsRef<Path>) -> Result<FjallStore, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(backend)?;
+        let mut generations = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(backend)? {
+            let name = entry.map_err(backend)?.file_name().to_string_lossy().into_owned();
+            if generation(&name).is_some() {
+                generations.push(name);
+            }
+        }
+        let name = match std::fs::read_to_string(dir.join(CURRENT)) {
+            Ok(s) => s,
+            // A new store. Database directories without CURRENT are not
+            // ours to start over on: refuse rather than lose them.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && generations.is_empty() => {
+                let name = String::from("db-0");
+                write_current(&dir, &name)?;
+                name
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::Corrupt("CURRENT")),
+            Err(e) => return Err(backend(e)),
+        };
+        // CURRENT names a directory the scrub synced before it switched; only
+        // the first (`db-0`, named before it is created) may be missing.
+        let named = generation(&name).ok_or(StoreError::Corrupt("CURRENT"))?;
+        if named != 0 && !generations.contains(&name) {
+            return Err(StoreError::Corrupt("CURRENT"));
+        }
+        for other in generations.iter().filter(|g| **g != name) {
+            std::fs::remove_dir_all(dir.join(other)).map_err(backend)?;
+        }
+        let db = Db::open(&dir, name)?;
+        Ok(FjallStore { dir, writer: Mutex::new(()), db: RwLock::new(db) })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs `f` on a snapshot of the committed state.
+    fn read<T>(&self, f: impl FnOnce(&Db, &Snapshot) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let snap = db.db.snapshot();
+        f(&db, &snap)
+    }
+
+    /// Rewrites the store with the live data only, so that erased bytes are
+    /// gone from its directory ([`Store::scrub`]): waits for the running
+    /// write transaction, copies every keyspace into a new database
+    /// directory, syncs it, switches `CURRENT` to it and removes the old
+    /// one. Transactions and reads begun meanwhile wait. Costs a copy of
+    /// the whole store; a crash part way leaves the old database in use
+    /// (the rename of `CURRENT` is the switch; the next open removes the
+    /// unused directory).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when copying, syncing or renaming fails; the
+    /// store then still works on the old database.
+    pub fn scrub_dir(&self) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        let next = generation(&db.name).and_then(|g| g.checked_add(1)).ok_or(StoreError::Corrupt("CURRENT"))?;
+        let name = format!("db-{next}");
+        let _ = std::fs::remove_dir_all(self.dir.join(&name));
+        let fresh = Db::open(&self.dir, name)?;
+        let snap = db.db.snapshot();
+        for (from, to) in db.spaces.iter().zip(&fresh.spaces) {
+            let mut batch = fresh.batch();
+            for item in snap.iter(from) {
+                let (k, v) = item.into_inner().map_err(backend)?;
+                batch.insert(to, k, v);
+                if batch.len() >= COPY_BATCH {
+                    core::mem::replace(&mut batch, fresh.batch()).commit().map_err(backend)?;
+                }
+            }
+            batch.commit().map_err(backend)?;
+        }
+        fresh.db.persist(PersistMode::SyncAll).map_err(backend)?;
+        write_current(&self.dir, &fresh.name)?;
+        let old = core::mem::replace(&mut *db, fresh);
+        let old_dir = self.dir.join(&old.name);
+        drop(snap);
+        drop(old);
+        std::fs::remove_dir_all(old_dir).map_err(backend)
+    }
+}
+
+/// A vendor counter as stored (u64 big-endian; redb stores the number itself).
+fn counter_from(bytes: &[u8]) -> Result<u64, StoreError> {
+    let b: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt("vendor_counters"))?;
+    Ok(u64::from_be_bytes(b))
+}
+
+/// Reads of a keyspace's range, collected: `(key, value)` in key order.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn range(snap: &Snapshot, space: &Keyspace, lo: &[u8], hi: &[u8]) -> Result<Entries, StoreError> {
+    snap.range(space, lo..=hi)
+        .map(|item| item.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend))
+        .collect()
+}
+
+/// A write transaction of [`FjallStore`]: a snapshot of the committed
+/// state under the transaction's own writes, held in memory until commit.
+pub struct FjallTxn<'a> {
+    _writer: MutexGuard<'a, ()>,
+    db: Db,
+    snap: Snapshot,
+    /// Per keyspace: key → new value, or `None` for a delete.
+    writes: [BTreeMap<Vec<u8>, Option<Vec<u8>>>; 6],
+}
+
+impl core::fmt::Debug for FjallTxn<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("FjallTxn").finish_non_exhaustive()
+    }
+}
+
+impl FjallTxn<'_> {
+    fn writes(&mut self, space: usize) -> Result<&mut BTreeMap<Vec<u8>, Option<Vec<u8>>>, StoreError> {
+        self.writes.get_mut(space).ok_or(StoreError::Corrupt("keyspaces"))
+    }
+
+    fn get(&self, space: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(w) = self.writes.get(space).and_then(|w| w.get(key)) {
+            return Ok(w.clone());
+        }
+        Ok(self.snap.get(self.db.space(space)?, key).map_err(backend)?.map(|v| v.to_vec()))
+    }
+
+    fn put(&mut self, space: usize, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        self.writes(space)?.insert(key.to_vec(), Some(value));
+        Ok(())
+    }
+
+    fn remove(&mut self, space: usize, key: Vec<u8>) -> Result<(), StoreError> {
+        self.writes(space)?.insert(key, None);
+        Ok(())
+    }
+
+    /// The committed entries in `lo..=hi` under this transaction's writes.
+    fn range(&self, space: usize, lo: &[u8], hi: &[u8]) -> Result<Entries, StoreError> {
+        let committed = range(&self.snap, self.db.space(space)?, lo, hi)?;
+        let Some(writes) = self.writes.get(space).filter(|w| !w.is_empty()) else {
+            return Ok(committed);
+        };
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = committed.into_iter().collect();
+        for (k, v) in writes.range::<[u8], _>((core::ops::Bound::Included(lo), core::ops::Bound::Included(hi))) {
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        Ok(merged.into_iter().collect())
+    }
+}
+
+impl DeviceRegistry for FjallTxn<'_> {
+    fn device(&mut self, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        self.get(DEVICES, &device.0)?.map(|v| decode(&v, "devices")).transpose()
+    }
+    fn put_device(&mut self, record: &DeviceRecord) -> Result<(), StoreError> {
+        let bytes = encode(record)?;
+        self.put(DEVICES, &record.device.0, bytes)
+    }
+}
+
+impl ReplayWindows for FjallTxn<'_> {
+    fn window(&mut self, device: &DeviceId) -> Result<ReplayWindow, StoreError> {
+        self.get(WINDOWS, &device.0)?.map_or(Ok(ReplayWindow::new()), |v| window_from(&v))
+    }
+    fn put_window(&mut self, device: &DeviceId, window: &ReplayWindow) -> Result<(), StoreError> {
+        self.put(WINDOWS, &device.0, window_bytes(window).to_vec())
+    }
+}
+
+impl ConsentLedgerStore for FjallTxn<'_> {
+    fn append_consent(&mut self, device: &DeviceId, entry: &LedgerEntry) -> Result<(), StoreError> {
+        let bytes = encode(entry)?;
+        self.put(LEDGER, &seq_key(device, entry.seq), bytes)
+    }
+    fn consent_entries(&mut self, device: &DeviceId) -> Result<Vec<LedgerEntry>, StoreError> {
+        let (lo, hi) = counter_range(device);
+        self.range(LEDGER, &lo, &hi)?.iter().map(|(_, v)| decode(v, "consent_ledger")).collect()
+    }
+}
+
+impl MessageLog for FjallTxn<'_> {
+    fn put_message(&mut self, message: &StoredMessage) -> Result<(), StoreError> {
+        let bytes = encode(message)?;
+        self.put(MESSAGES, &seq_key(&message.device, message.counter), bytes)
+    }
+    fn message(&mut self, device: &DeviceId, counter: u64) -> Result<Option<StoredMessage>, StoreError> {
+        self.get(MESSAGES, &seq_key(device, counter))?.map(|v| decode(&v, "messages")).transpose()
+    }
+}
+
+impl VendorCounters for FjallTxn<'_> {
+    fn next_counter(&mut self, device: &DeviceId) -> Result<u64, StoreError> {
+        let current = self.get(COUNTERS, &device.0)?.map_or(Ok(0), |v| counter_from(&v))?;
+        let next = current.checked_add(1).ok_or(StoreError::Corrupt("vendor counter exhausted"))?;
+        self.put(COUNTERS, &device.0, next.to_be_bytes().to_vec())?;
+        Ok(current)
+    }
+}
+
+impl NoticeLog for FjallTxn<'_> {
+    fn record_notice(&mut self, notice: &NoticeRecord) -> Result<(), StoreError> {
+        let bytes = encode(notice)?;
+        // Held-back records are numbered after those already at the same time.
+        let seq = if notice.sent() {
+            0
+        } else {
+            let (lo, hi) = notice_slot_range(notice);
+            u64::try_from(self.range(NOTICES, &lo, &hi)?.len()).unwrap_or(u64::MAX)
+        };
+        self.put(NOTICES, &notice_key(notice, seq), bytes)
+    }
+    fn notices_since(&mut self, device: &DeviceId, purpose: Purpose, since: u64) -> Result<u32, StoreError> {
+        let (lo, hi) = notices_since_range(device, purpose, since);
+        let sent = self.range(NOTICES, &lo, &hi)?.iter().filter(|(k, _)| notice_key_sent(k)).count();
+        Ok(u32::try_from(sent).unwrap_or(u32::MAX))
+    }
+}
+
+impl DataErasure for FjallTxn<'_> {
+    fn erase_messages(&mut self, device: &DeviceId, scope: &ErasureScope) -> Result<Vec<(Purpose, u64)>, StoreError> {
+        let (lo, hi) = counter_range(device);
+        let mut doomed = Doomed::default();
+        for (k, v) in self.range(MESSAGES, &lo, &hi)? {
+            doomed.message(scope, &k, &v)?;
+        }
+        for k in doomed.keys {
+            self.remove(MESSAGES, k)?;
+        }
+        Ok(doomed.counts)
+    }
+    fn erase_notices(&mut self, device: &DeviceId, scope: &ErasureScope) -> Result<u64, StoreError> {
+        let (lo, hi) = device_notices_range(device);
+        let mut doomed = Doomed::default();
+        for (k, v) in self.range(NOTICES, &lo, &hi)? {
+            doomed.notice(device, scope, &k, &v)?;
+        }
+        let n = doomed.count();
+        for k in doomed.keys {
+            self.remove(NOTICES, k)?;
+        }
+        Ok(n)
+    }
+}
+
+impl Transaction for FjallTxn<'_> {
+    /// One atomic batch of every write, synced to disk before it returns.
+    fn commit(self) -> Result<(), StoreError> {
+        if self.writes.iter().all(BTreeMap::is_empty) {
+            return Ok(());
+        }
+        let mut batch = self.db.batch();
+        for (space, writes) in self.db.spaces.iter().zip(self.writes) {
+            for (k, v) in writes {
+                match v {
+                    Some(v) => batch.insert(space, k, v),
+                    None => batch.remove(space, k),
+                }
+            }
+        }
+        batch.commit().map_err(backend)
+    }
+
+    /// Point reads on the transaction's snapshot, two per device.
+    fn load_devices(&mut self, devices: &[DeviceId]) -> Result<Vec<(Option<DeviceRecord>, ReplayWindow)>, StoreError> {
+        devices.iter().map(|d| Ok((self.device(d)?, self.window(d)?))).collect()
+    }
+
+    fn put_windows(&mut self, windows: &[(DeviceId, ReplayWindow)]) -> Result<(), StoreError> {
+        let w = self.writes(WINDOWS)?;
+        for (d, window) in windows {
+            w.insert(d.0.to_vec(), Some(window_bytes(window).to_vec()));
+        }
+        Ok(())
+    }
+
+    fn put_messages(&mut self, messages: Vec<StoredMessage>) -> Result<(), StoreError> {
+        let w = self.writes(MESSAGES)?;
+        let mut buf = Vec::new();
+        for m in &messages {
+            encode_into(m, &mut buf)?;
+            w.insert(seq_key(&m.device, m.counter).to_vec(), Some(buf.clone()));
+        }
+        Ok(())
+    }
+}
+
+impl Store for FjallStore {
+    type Txn<'a> = FjallTxn<'a>;
+
+    fn begin(&self) -> Result<FjallTxn<'_>, StoreError> {
+        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let db = self.db.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let snap = db.db.snapshot();
+        Ok(FjallTxn { _writer: writer, db, snap, writes: Default::default() })
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.read(|db, snap| {
+            snap.iter(db.space(DEVICES)?).map(|item| decode(&item.value().map_err(backend)?, "devices")).collect()
+        })
+    }
+
+    /// Counts the messages (a scan of the keys: proportional to the log).
+    fn message_count(&self) -> Result<u64, StoreError> {
+        self.read(|db, snap| {
+            let n = snap.len(db.space(MESSAGES)?).map_err(backend)?;
+            Ok(u64::try_from(n).unwrap_or(u64::MAX))
+        })
+    }
+
+    fn device(&self, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        self.read(|db, snap| {
+            let got = snap.get(db.space(DEVICES)?, device.0).map_err(backend)?;
+            got.map(|v| decode(&v, "devices")).transpose()
+        })
+    }
+
+    fn messages(&self, device: &DeviceId, query: &MessageQuery) -> Result<Vec<StoredMessage>, StoreError> {
+        let (lo, hi) = counter_range(device);
+        self.read(|db, snap| {
+            let mut out = Vec::new();
+            for (_, v) in range(snap, db.space(MESSAGES)?, &lo, &hi)? {
+                kv::push_message(&mut out, query, &v)?;
+            }
+            Ok(out)
+        })
+    }
+
+    fn consent_ledger(&self, device: &DeviceId) -> Result<Vec<LedgerEntry>, StoreError> {
+        let (lo, hi) = counter_range(device);
+        self.read(|db, snap| {
+            range(snap, db.space(LEDGER)?, &lo, &hi)?.iter().map(|(_, v)| decode(v, "consent_ledger")).collect()
+        })
+    }
+
+    fn notices(&self, device: &DeviceId) -> Result<Vec<NoticeRecord>, StoreError> {
+        let (lo, hi) = device_notices_range(device);
+        let mut out = self.read(|db, snap| {
+            let mut out = Vec::new();
+            for (_, v) in range(snap, db.space(NOTICES)?, &lo, &hi)? {
+                kv::push_notice(&mut out, device, &v)?;
+            }
+            Ok(out)
+        })?;
+        kv::sort_notices(&mut out);
+        Ok(out)
+    }
+
+    fn scrub(&self) -> Result<(), StoreError> {
+        self.scrub_dir()
+    }
+}
