@@ -45,9 +45,9 @@ use spime::consent::{
 use spime::device::fault::{FaultEvent, FaultRecorder};
 use spime::device::metrics::{MetricDef, MetricKind, Metrics};
 use spime::device::outbox::{Outbox, record_len};
+use spime::device::session::NoticeDecision;
 use spime::device::session::{DEFAULT_STORAGE_SECTORS, Device, Identity, storage_capacity, storage_records};
 use spime::device::storage::{NorStorage, SimFlash};
-use spime::device::session::NoticeDecision;
 use spime::message::{
     self, CertificateBody, DecommissionReason, DeviceCertificate, FirmwareVersion, RebootReason, Severity,
 };
@@ -83,6 +83,8 @@ const RNG_SEED: [u8; 32] = [0x42; 32];
 /// is fresh).
 const RNG_SEED_NEW_OWNER: [u8; 32] = [0x43; 32];
 
+// Generated (tests/firmware_qemu.rs writes it); rustfmt leaves its layout alone.
+#[rustfmt::skip]
 mod vendor;
 /// The emulator has no clock: the run pretends to start here.
 const T0: u64 = 1_767_300_000;
