@@ -94,6 +94,7 @@ pub mod codec;
 pub mod consent;
 pub mod device;
 pub mod error;
+mod list;
 pub mod message;
 pub mod seal;
 #[cfg(feature = "server")]

@@ -74,7 +74,7 @@ fn upsert<T, K: Ord, const N: usize>(
             }
             Ok(())
         }
-        Err(i) => list.insert(i, item).map_err(|_| EditError::Full(what)),
+        Err(i) => crate::list::insert(list, i, item).map_err(|_| EditError::Full(what)),
     }
 }
 

@@ -477,7 +477,7 @@ impl Permit {
             if kept.len() >= max {
                 return Err(BuildError::TooManyMetrics { max });
             }
-            kept.insert(pos, m).map_err(|_| BuildError::TooManyMetrics { max })?;
+            crate::list::insert(&mut kept, pos, m).map_err(|_| BuildError::TooManyMetrics { max })?;
         }
         let body = UsageOf {
             purpose: self.purpose,

@@ -142,7 +142,7 @@ impl<const N: usize> FaultRecorder<N> {
             .enumerate()
             .max_by(|(_, a), (_, b)| a.severity.cmp(&b.severity).then(b.first_seen.cmp(&a.first_seen)))
             .map(|(i, _)| i)?;
-        Some(self.records.swap_remove(i))
+        crate::list::swap_remove(&mut self.records, i)
     }
 
     /// Puts a taken record back (its report could not be queued), adding

@@ -208,7 +208,7 @@ impl<const N: usize> Metrics<N> {
             Ok(_) => return Err(MetricsError::Duplicate(def.id)),
             Err(at) => at,
         };
-        self.slots.insert(at, Slot::fresh(def)).map_err(|_| MetricsError::Full)
+        crate::list::insert(&mut self.slots, at, Slot::fresh(def)).map_err(|_| MetricsError::Full)
     }
 
     fn slot(&mut self, id: u16) -> Result<&mut Slot, MetricsError> {

@@ -1217,7 +1217,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
     fn remember(&mut self, sent: SentConsent) {
         self.state.sent.retain(|s| s.version != sent.version);
         if self.state.sent.is_full() {
-            self.state.sent.remove(0);
+            let _ = crate::list::remove(&mut self.state.sent, 0);
         }
         let _ = self.state.sent.push(sent);
     }
@@ -1362,7 +1362,7 @@ impl<'o, S: Storage, const N: usize, const RECORD: usize> Device<'o, S, N, RECOR
         let decision = match verdict {
             Ok(()) => {
                 if self.state.shown.is_full() {
-                    self.state.shown.remove(0);
+                    let _ = crate::list::remove(&mut self.state.shown, 0);
                 }
                 let _ = self.state.shown.push(SentNotice { purpose: notice.purpose, at: now });
                 NoticeDecision::Show(notice)

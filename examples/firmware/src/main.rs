@@ -28,16 +28,16 @@
 //!
 //! Everything that is secret here is a published test value: the device
 //! seed and the RNG seed
-//! (`ChaCha20Rng` from a fixed seed, so the run is deterministic). A real
+//! (chacha20's `ChaCha20Rng` from a fixed seed, so the run is deterministic). A real
 //! device takes its key from provisioning and its randomness from a TRNG.
 #![no_std]
 #![no_main]
 
+use chacha20::ChaCha20Rng;
+use chacha20::rand_core::SeedableRng;
 use cortex_m as _;
 use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hio};
-use rand_chacha::ChaCha20Rng;
-use rand_chacha::rand_core::SeedableRng;
 use spime::codec::Bytes64;
 use spime::consent::{
     CategorySet, Channel, ConsentState, DataCategory, Grant, LocationPrecision, Purpose, SignedConsent,
