@@ -515,7 +515,8 @@ impl Body for Receipt {
 /// The SHA-256 digest a [`Receipt`] names: of the encoded [`SignedConsent`]
 /// bytes exactly as they were carried in the Register or Consent body.
 pub fn consent_digest(encoded_signed_consent: &[u8]) -> [u8; 32] {
-    crate::seal::keys::sha256(encoded_signed_consent, &[])
+    use sha2::Digest;
+    sha2::Sha256::digest(encoded_signed_consent).into()
 }
 
 /// What a notice is about.

@@ -98,22 +98,18 @@ fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     for (p, k) in pad.iter_mut().zip(key) {
         *p ^= k;
     }
-    let inner = sha256(pad.as_slice(), parts);
+    let mut h = Sha256::new();
+    h.update(pad.as_slice());
+    for part in parts {
+        h.update(part);
+    }
+    let inner = h.finalize();
     for p in pad.iter_mut() {
         *p ^= 0x36 ^ 0x5c;
     }
-    sha256(pad.as_slice(), &[&inner])
-}
-
-/// SHA-256 of `first` followed by `rest`, out of line: the one copy of
-/// `sha2`'s buffering that the device's HMAC and consent digests share.
-#[inline(never)]
-pub(crate) fn sha256(first: &[u8], rest: &[&[u8]]) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(first);
-    for part in rest {
-        h.update(part);
-    }
+    h.update(pad.as_slice());
+    h.update(inner);
     h.finalize().into()
 }
 
@@ -511,7 +507,6 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    #[inline(never)]
     fn hmac_sha256_rfc4231_case_2() {
         let mac = hmac_sha256(b"Jefe", &[b"what do ya ", b"want for nothing?"]);
         assert_eq!(hex::encode(mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
