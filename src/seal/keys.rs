@@ -2,8 +2,9 @@
 //! epoch, the device identity and the vendor's key pairs.
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use hkdf::Hkdf;
 use rand_core::CryptoRng;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
@@ -76,41 +77,19 @@ impl SessionKeys {
         ephemeral_pub: &[u8; 32],
         vendor_kx_pub: &[u8; 32],
     ) -> SessionKeys {
-        let prk = Zeroizing::new(hmac_sha256(SESSION_SALT, &[shared]));
+        let hk = Hkdf::<Sha256>::new(Some(SESSION_SALT), shared);
+        let mut okm = Zeroizing::new([0u8; 64]);
         let epoch_be = epoch.to_be_bytes();
-        let info: &[u8] = b"spime/v1 keys\0";
-        let id: &[u8] = &device.0;
-        // HKDF-Expand (RFC 5869) to 64 bytes: T(1) || T(2).
-        let d2v = hmac_sha256(prk.as_slice(), &[info, id, &epoch_be, ephemeral_pub, vendor_kx_pub, &[1]]);
-        let v2d = hmac_sha256(prk.as_slice(), &[&d2v, info, id, &epoch_be, ephemeral_pub, vendor_kx_pub, &[2]]);
+        let info: [&[u8]; 5] = [b"spime/v1 keys\0", &device.0, &epoch_be, ephemeral_pub, vendor_kx_pub];
+        // 64 bytes is far below HKDF-SHA256's 8160-byte limit, so expand cannot fail.
+        let _ = hk.expand_multi_info(&info, okm.as_mut_slice());
+        let mut d2v = [0u8; 32];
+        let mut v2d = [0u8; 32];
+        let (a, b) = okm.split_at(32);
+        d2v.copy_from_slice(a);
+        v2d.copy_from_slice(b);
         SessionKeys { epoch, device_to_vendor: AeadKey(d2v), vendor_to_device: AeadKey(v2d) }
     }
-}
-
-/// HMAC-SHA256 (RFC 2104) of the concatenation of `parts` under `key`
-/// (at most one 64-byte block: the keys here are the 16-byte salt and a
-/// 32-byte PRK). Written on `sha2` rather than with the `hkdf` and `hmac`
-/// crates, whose generic code was about 1 KB of the QEMU firmware's flash;
-/// `tests/vectors.rs` derives the same keys with `hkdf`.
-#[inline(never)]
-fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut pad = Zeroizing::new([0x36u8; 64]);
-    for (p, k) in pad.iter_mut().zip(key) {
-        *p ^= k;
-    }
-    let mut h = Sha256::new();
-    h.update(pad.as_slice());
-    for part in parts {
-        h.update(part);
-    }
-    let inner = h.finalize();
-    for p in pad.iter_mut() {
-        *p ^= 0x36 ^ 0x5c;
-    }
-    let mut h = Sha256::new();
-    h.update(pad.as_slice());
-    h.update(inner);
-    h.finalize().into()
 }
 
 /// X25519 with the contributory check: an all-zero result (the peer sent
@@ -498,39 +477,5 @@ impl core::fmt::Debug for HeldKey {
 impl super::SignParts for HeldKey {
     fn sign_parts(&self, parts: &[&[u8]]) -> [u8; 64] {
         super::salty_backend::sign_parts(&self.seed, &self.public, parts)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn hmac_sha256_rfc4231_case_2() {
-        let mac = hmac_sha256(b"Jefe", &[b"what do ya ", b"want for nothing?"]);
-        assert_eq!(hex::encode(mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
-    }
-
-    proptest! {
-        #[test]
-        fn session_keys_match_the_hkdf_crate(
-            shared in any::<[u8; 32]>(),
-            id in any::<[u8; 8]>(),
-            epoch in any::<u32>(),
-            eph in any::<[u8; 32]>(),
-            kx in any::<[u8; 32]>(),
-        ) {
-            let keys = SessionKeys::from_shared(&shared, &DeviceId(id), epoch, &eph, &kx);
-            let mut info = b"spime/v1 keys\0".to_vec();
-            info.extend_from_slice(&id);
-            info.extend_from_slice(&epoch.to_be_bytes());
-            info.extend_from_slice(&eph);
-            info.extend_from_slice(&kx);
-            let mut okm = [0u8; 64];
-            hkdf::Hkdf::<Sha256>::new(Some(SESSION_SALT), &shared).expand(&info, &mut okm).unwrap();
-            prop_assert_eq!(&okm[..32], keys.device_to_vendor.as_bytes());
-            prop_assert_eq!(&okm[32..], keys.vendor_to_device.as_bytes());
-        }
     }
 }
