@@ -203,6 +203,30 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "fjall")]
+    #[test]
+    fn values_are_replaced_updated_and_removed() {
+        let c = super::Clock::new(3);
+        for i in 0..3u8 {
+            c.insert(i, u32::from(i));
+        }
+        c.insert(1, 10);
+        assert_eq!(c.get(&1), Some(10), "an insert replaces");
+        assert!(c.update(&2, |v| *v += 5));
+        assert!(!c.update(&7, |v| *v += 5), "nothing to update");
+        assert_eq!(c.get(&2), Some(7));
+        c.remove(&0);
+        c.remove(&9);
+        assert_eq!((c.len(), c.get(&0)), (2, None));
+        // The entry moved into the freed slot is still found, and the table
+        // fills and evicts as before.
+        assert_eq!((c.get(&1), c.get(&2)), (Some(10), Some(7)));
+        c.insert(3, 3);
+        c.insert(4, 4);
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.get(&4), Some(4));
+    }
+
     #[test]
     fn zero_capacity_holds_one() {
         let c = KeyCache::new(0);

@@ -127,7 +127,7 @@ macro_rules! durable_tests {
             $(
                 #[test]
                 fn $test() {
-                    super::$test::<crate::durable_support::TinyFjall>();
+                    super::$test::<$crate::durable_support::TinyFjall>();
                 }
             )*
         }
