@@ -5,8 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "fjall")]
 use spime::consent::ledger::LedgerEntry;
-use spime::vendor::{DeviceRecord, MessageQuery, NoticeRecord, Store, StoreError, StoredMessage};
+#[cfg(feature = "fjall")]
+use spime::vendor::{DeviceRecord, MessageQuery, NoticeRecord, StoredMessage};
+use spime::vendor::{Store, StoreError};
+#[cfg(feature = "fjall")]
 use spime::wire::DeviceId;
 
 /// A persistent store opened inside a test directory.
