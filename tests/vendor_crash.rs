@@ -81,6 +81,10 @@ fn crash_child_entry() {
     if kind == <FjallStore as Durable>::NAME {
         child::<FjallStore>(dir.as_ref());
     }
+    #[cfg(feature = "fjall")]
+    if kind == <durable_support::TinyFjall as Durable>::NAME {
+        child::<durable_support::TinyFjall>(dir.as_ref());
+    }
     panic!("no store {kind}");
 }
 

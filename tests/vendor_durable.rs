@@ -189,3 +189,141 @@ fn fjall_current_naming_nothing_is_corrupt() {
     drop(FjallStore::open(&store).unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A fleet of `n` simulated devices (ids 1..=n) and their Register messages.
+#[cfg(feature = "fjall")]
+fn fleet(n: u8) -> (Vec<SimDevice>, Vec<Vec<u8>>) {
+    let grants = [(Purpose::USAGE_ANALYTICS, CategorySet::EMPTY.with(DataCategory::UsageCounters))];
+    let mut fleet: Vec<SimDevice> =
+        (1..=n).map(|i| SimDevice::new(DeviceId([i; 8]), [i; 32], &keys()).unwrap()).collect();
+    let regs = fleet
+        .iter_mut()
+        .map(|d| {
+            let reg = Register {
+                certificate: d.certificate().clone(),
+                firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
+                consent: consent(1, &grants, 0),
+                transfer: None,
+            };
+            d.seal(&reg).unwrap()
+        })
+        .collect();
+    (fleet, regs)
+}
+
+/// The record cache is write-through: a commit updates it, a dropped
+/// transaction leaves it as it was, and a reopened store starts cold and
+/// reads the same values from disk.
+#[cfg(feature = "fjall")]
+#[test]
+fn fjall_record_cache_follows_commits_only() {
+    let dir = temp_dir("fjall-cache-commit");
+    let (_, regs) = fleet(1);
+    let d = DeviceId([1; 8]);
+    let mut window = spime::seal::replay::ReplayWindow::new();
+    window.accept(40).unwrap();
+    let (registered, changed) = {
+        let v = Ingestor::new(FjallStore::open_in(&dir).unwrap(), keys(), IngestConfig::default());
+        v.ingest(&regs[0], 100).unwrap();
+        let store = v.store();
+        assert_eq!(store.record_cache_len(), 1, "the registration's commit filled the cache");
+        let registered = store.device(&d).unwrap().unwrap();
+        let registered_window = store.begin().unwrap().window(&d).unwrap();
+        let mut changed = registered.clone();
+        changed.relationship = 9;
+        // Dropped: neither the cache nor fjall keep it.
+        let mut tx = store.begin().unwrap();
+        tx.put_device(&changed).unwrap();
+        tx.put_windows(&[(d, window)]).unwrap();
+        assert_eq!(tx.device(&d).unwrap().as_ref(), Some(&changed), "a transaction reads its own writes");
+        assert_eq!(tx.load_shared(&[d]).unwrap()[0].1, window);
+        drop(tx);
+        assert_eq!(store.device(&d).unwrap().as_ref(), Some(&registered));
+        let mut tx = store.begin().unwrap();
+        assert_eq!(tx.load_devices(&[d]).unwrap(), [(Some(registered.clone()), registered_window)]);
+        drop(tx);
+        // Committed: the cache has it at once.
+        let mut tx = store.begin().unwrap();
+        tx.put_device(&changed).unwrap();
+        tx.put_window(&d, &window).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(store.device(&d).unwrap().as_ref(), Some(&changed));
+        let mut tx = store.begin().unwrap();
+        let shared = tx.load_shared(&[d]).unwrap();
+        assert_eq!((shared[0].0.as_deref(), shared[0].1), (Some(&changed), window));
+        (registered, changed)
+    };
+    assert_ne!(registered, changed);
+    // Reopened: cold, and the same values from disk.
+    let store = FjallStore::open_in(&dir).unwrap();
+    assert_eq!(store.record_cache_len(), 0);
+    assert_eq!(store.device(&d).unwrap().as_ref(), Some(&changed));
+    assert_eq!(store.record_cache_len(), 0, "a read outside a transaction does not fill the cache");
+    let mut tx = store.begin().unwrap();
+    assert_eq!(tx.load_devices(&[d, DeviceId([2; 8])]).unwrap(), [(Some(changed), window), (None, Default::default())]);
+    drop(tx);
+    assert_eq!(store.record_cache_len(), 2, "a transaction's reads fill it (unknown devices too)");
+    drop(store);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With a cache of two over ten devices, evicting all the time, every
+/// answer is the one a cold store reads from disk.
+#[cfg(feature = "fjall")]
+#[test]
+fn fjall_tiny_record_cache_evicts_and_stays_right() {
+    let dir = temp_dir("fjall-cache-tiny");
+    let (mut devices, regs) = fleet(10);
+    let mut usages = Vec::new();
+    for round in 0..3 {
+        for d in &mut devices {
+            usages.push(d.seal(&spime::vendor::sim::counter_usage(1, &[(1, round)])).unwrap());
+        }
+    }
+    let ids: Vec<DeviceId> = devices.iter().map(SimDevice::id).collect();
+    let seen = {
+        let store = FjallStore::open_in(&dir).unwrap().with_record_cache(2);
+        assert_eq!(store.record_cache_capacity(), 2);
+        let v = Ingestor::new(store, keys(), IngestConfig::default());
+        for r in &regs {
+            v.ingest(r, 100).unwrap();
+        }
+        // Batches over the whole fleet, then each again: all replays.
+        for chunk in usages.chunks(7) {
+            let chunk: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+            for outcome in v.ingest_batch(&chunk, 101) {
+                outcome.unwrap();
+            }
+        }
+        for m in regs.iter().chain(&usages) {
+            assert_eq!(v.ingest(m, 102).unwrap_err().reason(), "replay");
+        }
+        let store = v.store();
+        assert!(store.record_cache_len() <= 2);
+        let mut tx = store.begin().unwrap();
+        let seen = tx.load_devices(&ids).unwrap();
+        drop(tx);
+        assert_eq!(store.message_count().unwrap(), 40);
+        seen
+    };
+    let cold = FjallStore::open_in(&dir).unwrap();
+    let mut tx = cold.begin().unwrap();
+    assert_eq!(tx.load_devices(&ids).unwrap(), seen);
+    assert!(seen.iter().all(|(r, w)| r.is_some() && *w != Default::default()));
+    drop(tx);
+    drop(cold);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Only one `FjallStore` has a directory open: the cache must see every write.
+#[cfg(feature = "fjall")]
+#[test]
+fn fjall_second_open_is_refused() {
+    let dir = temp_dir("fjall-lock");
+    let first = FjallStore::open_in(&dir).unwrap();
+    let err = FjallStore::open_in(&dir).unwrap_err();
+    assert!(matches!(&err, StoreError::Backend(m) if m.contains("open elsewhere")), "{err}");
+    drop(first);
+    drop(FjallStore::open_in(&dir).unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

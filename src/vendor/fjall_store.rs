@@ -21,6 +21,20 @@
 //! survives a crash, before that; a process killed at any point reopens to
 //! the last committed transaction (fjall's journal recovery).
 //!
+//! The record cache: the store keeps the latest committed record and
+//! replay window of recently used devices in memory
+//! ([`FjallStore::with_record_cache`]), so the pipeline's reads of a batch
+//! (a record of about 1.1 KB to decode and a window per device, spread over
+//! the fleet) cost a table lookup on a hit. A transaction reads its own
+//! writes first, then the cache, then fjall (filling the cache: under the
+//! writer lock, the snapshot is the committed state). A commit updates the
+//! cache after fjall has it; a dropped transaction leaves the cache alone; a
+//! failed one removes the devices it wrote from it (fjall may or may not
+//! hold the writes: the next read asks fjall). The cache assumes it sees
+//! every write, so only one `FjallStore` may have the directory open: `open`
+//! takes an exclusive lock on `<dir>/LOCK` (and fjall locks its own
+//! database directory too).
+//!
 //! Layout on disk: `<dir>/CURRENT` names the live database directory
 //! (`db-N`) beside it. Erasure: a delete writes a tombstone, and the old
 //! value stays in older tables and in the journal until compaction, so
@@ -30,7 +44,9 @@
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
@@ -42,13 +58,14 @@ use crate::seal::replay::ReplayWindow;
 use crate::wire::DeviceId;
 
 use super::StoreError;
+use super::key_cache::Clock;
 use super::kv::{
     self, Doomed, backend, counter_range, decode, device_notices_range, encode, encode_into, notice_key,
     notice_key_sent, notice_slot_range, notices_since_range, seq_key, window_bytes, window_from,
 };
 use super::store::{
     ConsentLedgerStore, DataErasure, DeviceRecord, DeviceRegistry, ErasureScope, MessageLog, MessageQuery, NoticeLog,
-    NoticeRecord, ReplayWindows, Store, StoredMessage, Transaction, VendorCounters,
+    NoticeRecord, ReplayWindows, SharedDevices, Store, StoredMessage, Transaction, VendorCounters,
 };
 
 /// The keyspaces, in the order of [`Db::spaces`].
@@ -68,6 +85,10 @@ const CURRENT: &str = "CURRENT";
 /// hold the fleet's records (a few hundred bytes each; fjall's default,
 /// 32 MiB, holds about 50,000), as redb's (1 GiB by default) does.
 const CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The lock file that keeps a second `FjallStore` (in this process or
+/// another) from opening the directory.
+const LOCK: &str = "LOCK";
 
 /// Entries per batch when the scrub copies a keyspace.
 const COPY_BATCH: usize = 4096;
@@ -101,6 +122,22 @@ impl Db {
     /// A durable batch: synced to disk before `commit` returns.
     fn batch(&self) -> fjall::OwnedWriteBatch {
         self.db.batch().durability(Some(PersistMode::SyncAll))
+    }
+}
+
+/// Opens `<dir>/LOCK` and locks it exclusively, without waiting: the lock
+/// lasts as long as the file stays open (the operating system releases it
+/// when the process ends, however it ends).
+#[allow(clippy::incompatible_msrv, reason = "the fjall feature needs Rust 1.90; File::try_lock is 1.89")]
+fn lock(dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = dir.join(LOCK);
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(backend)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(backend(format!("{}: the store is open elsewhere (another FjallStore holds its lock)", path.display())))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(backend(e)),
     }
 }
 
@@ -141,11 +178,19 @@ fn write_current(dir: &Path, name: &str) -> Result<(), StoreError> {
 /// ```
 pub struct FjallStore {
     dir: PathBuf,
+    /// Held open, exclusively locked, while the store is open.
+    _lock: std::fs::File,
+    /// The latest committed record (`None`: not registered) and replay
+    /// window of recently used devices.
+    cache: Clock<[u8; 8], Cached>,
     /// Held by every write transaction, and by the scrub: one writer.
     writer: Mutex<()>,
     /// The live database; the scrub replaces it.
     db: RwLock<Db>,
 }
+
+/// A device's committed state as cached.
+type Cached = (Option<Arc<DeviceRecord>>, ReplayWindow);
 
 impl core::fmt::Debug for FjallStore {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -154,18 +199,31 @@ impl core::fmt::Debug for FjallStore {
 }
 
 impl FjallStore {
+    /// Devices whose record and window the store keeps in memory by
+    /// default ([`FjallStore::with_record_cache`]): a fleet of 131,072. An
+    /// entry costs about 1.25 KB (the record, 1,144 bytes, behind its `Arc`;
+    /// a 64-byte slot with the window; the index), so a full cache holds
+    /// about 160 MB.
+    pub const RECORD_CACHE_DEFAULT: usize = 1 << 17;
+
     /// Opens the store in directory `dir`, creating it and its keyspaces
     /// if needed. A database directory left by a scrub that did not finish
     /// is removed.
     ///
+    /// The store keeps the records and windows of up to
+    /// [`FjallStore::RECORD_CACHE_DEFAULT`] devices in memory; see
+    /// [`FjallStore::with_record_cache`].
+    ///
     /// # Errors
     /// [`StoreError::Backend`] when the directory or the database cannot be
-    /// opened or created (also when another process has it open);
+    /// opened or created, or another `FjallStore` (in this process or
+    /// another) has it open;
     /// [`StoreError::Corrupt`] when `CURRENT` names no database directory,
     /// or is missing beside database directories.
     pub fn open(dir: impl AsRef<Path>) -> Result<FjallStore, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(backend)?;
+        let lock = lock(&dir)?;
         let mut generations = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(backend)? {
             let name = entry.map_err(backend)?.file_name().to_string_lossy().into_owned();
@@ -195,7 +253,44 @@ impl FjallStore {
             std::fs::remove_dir_all(dir.join(other)).map_err(backend)?;
         }
         let db = Db::open(&dir, name)?;
-        Ok(FjallStore { dir, writer: Mutex::new(()), db: RwLock::new(db) })
+        Ok(FjallStore {
+            dir,
+            _lock: lock,
+            cache: Clock::new(FjallStore::RECORD_CACHE_DEFAULT),
+            writer: Mutex::new(()),
+            db: RwLock::new(db),
+        })
+    }
+
+    /// The same store, keeping the committed record and replay window of
+    /// at most `devices` devices in memory (at least one; about 1.2 KB
+    /// each, see [`FjallStore::RECORD_CACHE_DEFAULT`]). When the fleet is larger, an
+    /// entry not used for the longest while is evicted, one at a time
+    /// (CLOCK), and its device is read from fjall when it next reports.
+    /// What the cache holds never changes a result, only the time.
+    ///
+    /// ```
+    /// use spime::vendor::{FjallStore, Store};
+    /// let dir = std::env::temp_dir().join(format!("spime-doc-fjall-cache-{}", std::process::id()));
+    /// let store = FjallStore::open(&dir)?.with_record_cache(10_000);
+    /// assert_eq!(store.record_cache_capacity(), 10_000);
+    /// # drop(store); std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), spime::vendor::StoreError>(())
+    /// ```
+    #[must_use]
+    pub fn with_record_cache(mut self, devices: usize) -> FjallStore {
+        self.cache = Clock::new(devices);
+        self
+    }
+
+    /// How many devices the record cache may hold.
+    pub fn record_cache_capacity(&self) -> usize {
+        self.cache.capacity()
+    }
+
+    /// How many devices the record cache holds now.
+    pub fn record_cache_len(&self) -> usize {
+        self.cache.len()
     }
 
     /// The directory.
@@ -270,6 +365,11 @@ fn range(snap: &Snapshot, space: &Keyspace, lo: &[u8], hi: &[u8]) -> Result<Entr
 /// state under the transaction's own writes, held in memory until commit.
 pub struct FjallTxn<'a> {
     _writer: MutexGuard<'a, ()>,
+    cache: &'a Clock<[u8; 8], Cached>,
+    /// The records and windows this transaction wrote, as values: what
+    /// its commit puts in the cache.
+    records: HashMap<[u8; 8], Arc<DeviceRecord>>,
+    windows: HashMap<[u8; 8], ReplayWindow>,
     db: Db,
     snap: Snapshot,
     /// Per keyspace: key → new value, or `None` for a delete.
@@ -321,22 +421,52 @@ impl FjallTxn<'_> {
     }
 }
 
+impl FjallTxn<'_> {
+    /// The state of `device` as this transaction sees it: its own writes,
+    /// then the cache, then the snapshot (which then fills the cache).
+    fn shared(&mut self, device: &DeviceId) -> Result<Cached, StoreError> {
+        let (record, window) = (self.records.get(&device.0).cloned(), self.windows.get(&device.0).copied());
+        if let (Some(r), Some(w)) = (&record, window) {
+            return Ok((Some(Arc::clone(r)), w));
+        }
+        let committed = match self.cache.get(&device.0) {
+            Some(c) => c,
+            None => {
+                // The writer lock is held: nothing commits meanwhile, the
+                // snapshot is the latest committed state.
+                let space = self.db.space(DEVICES)?;
+                let r = self.snap.get(space, device.0).map_err(backend)?;
+                let r = r.map(|v| decode(&v, "devices").map(Arc::new)).transpose()?;
+                let w = self.snap.get(self.db.space(WINDOWS)?, device.0).map_err(backend)?;
+                let w = w.map_or(Ok(ReplayWindow::new()), |v| window_from(&v))?;
+                self.cache.insert(device.0, (r.clone(), w));
+                (r, w)
+            }
+        };
+        Ok((record.or(committed.0), window.unwrap_or(committed.1)))
+    }
+}
+
 impl DeviceRegistry for FjallTxn<'_> {
     fn device(&mut self, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
-        self.get(DEVICES, &device.0)?.map(|v| decode(&v, "devices")).transpose()
+        Ok(self.shared(device)?.0.map(Arc::unwrap_or_clone))
     }
     fn put_device(&mut self, record: &DeviceRecord) -> Result<(), StoreError> {
         let bytes = encode(record)?;
-        self.put(DEVICES, &record.device.0, bytes)
+        self.put(DEVICES, &record.device.0, bytes)?;
+        self.records.insert(record.device.0, Arc::new(record.clone()));
+        Ok(())
     }
 }
 
 impl ReplayWindows for FjallTxn<'_> {
     fn window(&mut self, device: &DeviceId) -> Result<ReplayWindow, StoreError> {
-        self.get(WINDOWS, &device.0)?.map_or(Ok(ReplayWindow::new()), |v| window_from(&v))
+        Ok(self.shared(device)?.1)
     }
     fn put_window(&mut self, device: &DeviceId, window: &ReplayWindow) -> Result<(), StoreError> {
-        self.put(WINDOWS, &device.0, window_bytes(window).to_vec())
+        self.put(WINDOWS, &device.0, window_bytes(window).to_vec())?;
+        self.windows.insert(device.0, *window);
+        Ok(())
     }
 }
 
@@ -417,6 +547,10 @@ impl DataErasure for FjallTxn<'_> {
 
 impl Transaction for FjallTxn<'_> {
     /// One atomic batch of every write, synced to disk before it returns.
+    /// Then, and only if it succeeded, the record cache takes the records
+    /// and windows written (a device's entry is updated if cached, or added
+    /// when both its record and window were written); if it failed, the
+    /// devices written leave the cache.
     fn commit(self) -> Result<(), StoreError> {
         if self.writes.iter().all(BTreeMap::is_empty) {
             return Ok(());
@@ -430,18 +564,44 @@ impl Transaction for FjallTxn<'_> {
                 }
             }
         }
-        batch.commit().map_err(backend)
+        let (cache, mut records, windows) = (self.cache, self.records, self.windows);
+        if let Err(e) = batch.commit() {
+            records.keys().chain(windows.keys()).for_each(|d| cache.remove(d));
+            return Err(backend(e));
+        }
+        for (d, w) in windows {
+            let record = records.remove(&d);
+            let updated = cache.update(&d, |c| {
+                c.0 = record.clone().or_else(|| c.0.take());
+                c.1 = w;
+            });
+            if !updated && let Some(r) = record {
+                cache.insert(d, (Some(r), w));
+            }
+        }
+        for (d, r) in records {
+            // A record without a window written: only a cached entry knows the window.
+            cache.update(&d, |c| c.0 = Some(r));
+        }
+        Ok(())
     }
 
-    /// Point reads on the transaction's snapshot, two per device.
+    /// Each device from the transaction's writes, the record cache, or two
+    /// point reads on the snapshot.
     fn load_devices(&mut self, devices: &[DeviceId]) -> Result<Vec<(Option<DeviceRecord>, ReplayWindow)>, StoreError> {
-        devices.iter().map(|d| Ok((self.device(d)?, self.window(d)?))).collect()
+        devices.iter().map(|d| self.shared(d).map(|(r, w)| (r.map(Arc::unwrap_or_clone), w))).collect()
+    }
+
+    /// As `load_devices`, the records shared with the cache (not copied).
+    fn load_shared(&mut self, devices: &[DeviceId]) -> Result<SharedDevices, StoreError> {
+        devices.iter().map(|d| self.shared(d)).collect()
     }
 
     fn put_windows(&mut self, windows: &[(DeviceId, ReplayWindow)]) -> Result<(), StoreError> {
-        let w = self.writes(WINDOWS)?;
+        let w = self.writes.get_mut(WINDOWS).ok_or(StoreError::Corrupt("keyspaces"))?;
         for (d, window) in windows {
             w.insert(d.0.to_vec(), Some(window_bytes(window).to_vec()));
+            self.windows.insert(d.0, *window);
         }
         Ok(())
     }
@@ -464,7 +624,15 @@ impl Store for FjallStore {
         let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let db = self.db.read().unwrap_or_else(PoisonError::into_inner).clone();
         let snap = db.db.snapshot();
-        Ok(FjallTxn { _writer: writer, db, snap, writes: Default::default() })
+        Ok(FjallTxn {
+            _writer: writer,
+            cache: &self.cache,
+            records: HashMap::new(),
+            windows: HashMap::new(),
+            db,
+            snap,
+            writes: Default::default(),
+        })
     }
 
     fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
@@ -481,7 +649,12 @@ impl Store for FjallStore {
         })
     }
 
+    /// From the record cache on a hit (which it does not fill on a miss:
+    /// only a writer knows nothing commits between its read and its fill).
     fn device(&self, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        if let Some((record, _)) = self.cache.get(&device.0) {
+            return Ok(record.map(Arc::unwrap_or_clone));
+        }
         self.read(|db, snap| {
             let got = snap.get(db.space(DEVICES)?, device.0).map_err(backend)?;
             got.map(|v| decode(&v, "devices")).transpose()

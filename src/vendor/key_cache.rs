@@ -1,6 +1,7 @@
 //! Decompressed device keys by their bytes: a bounded cache that evicts one
 //! entry at a time (CLOCK, an approximation of least-recently-used), never
-//! the whole table.
+//! the whole table. The same structure ([`Clock`]) holds `FjallStore`'s
+//! device records.
 //!
 //! Decompressing a device key costs a tenth of a signature verification.
 //! The cache is pure: the bytes determine the key, so what it holds never
@@ -10,73 +11,75 @@
 //! the standard keyed hasher only because it costs little here.
 
 use alloc::vec::Vec;
+use core::hash::Hash;
 use core::sync::atomic::{AtomicBool, Ordering};
 use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock};
 
 use ed25519_dalek::VerifyingKey;
 
-struct Slot {
-    bytes: [u8; 32],
-    key: VerifyingKey,
+struct Slot<K, V> {
+    key: K,
+    value: V,
     /// Used since the clock hand last passed.
     used: AtomicBool,
 }
 
-struct Inner {
-    index: HashMap<[u8; 32], usize>,
-    slots: Vec<Slot>,
+struct Inner<K, V> {
+    index: HashMap<K, usize>,
+    slots: Vec<Slot<K, V>>,
     hand: usize,
 }
 
-/// A bounded cache of decompressed keys: a hit takes the read lock and sets
-/// one flag; a miss past capacity evicts the first entry the clock hand
-/// finds unused since its last pass.
-pub(crate) struct KeyCache {
+/// A bounded map that evicts one entry at a time (CLOCK): a hit takes the
+/// read lock and sets one flag; an insert past capacity evicts the first
+/// entry the clock hand finds unused since its last pass. The device key
+/// cache below and `FjallStore`'s record cache are both one.
+pub(crate) struct Clock<K, V> {
     capacity: usize,
-    inner: RwLock<Inner>,
+    inner: RwLock<Inner<K, V>>,
 }
 
-impl KeyCache {
-    /// An empty cache for at most `capacity` keys (at least one).
-    pub(crate) fn new(capacity: usize) -> KeyCache {
-        KeyCache {
+impl<K: Hash + Eq + Copy, V: Clone> Clock<K, V> {
+    /// An empty cache for at most `capacity` entries (at least one).
+    pub(crate) fn new(capacity: usize) -> Clock<K, V> {
+        Clock {
             capacity: capacity.max(1),
             inner: RwLock::new(Inner { index: HashMap::new(), slots: Vec::new(), hand: 0 }),
         }
     }
 
-    /// How many keys it may hold.
+    /// How many entries it may hold.
     pub(crate) const fn capacity(&self) -> usize {
         self.capacity
     }
 
-    /// How many keys it holds.
-    #[cfg(test)]
+    /// How many entries it holds.
+    #[cfg(any(test, feature = "fjall"))]
     pub(crate) fn len(&self) -> usize {
         self.inner.read().unwrap_or_else(PoisonError::into_inner).slots.len()
     }
 
-    /// The key for `bytes`, if cached.
-    pub(crate) fn get(&self, bytes: &[u8; 32]) -> Option<VerifyingKey> {
+    /// The value under `key`, if cached.
+    pub(crate) fn get(&self, key: &K) -> Option<V> {
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        let slot = inner.slots.get(*inner.index.get(bytes)?)?;
+        let slot = inner.slots.get(*inner.index.get(key)?)?;
         slot.used.store(true, Ordering::Relaxed);
-        Some(slot.key)
+        Some(slot.value.clone())
     }
 
-    /// Caches `key` (under its own bytes).
-    pub(crate) fn insert(&self, key: &VerifyingKey) {
-        let bytes = key.to_bytes();
+    /// Caches `value` under `key`, replacing what was there.
+    pub(crate) fn insert(&self, key: K, value: V) {
         let mut guard = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         let inner = &mut *guard;
-        if let Some(slot) = inner.index.get(&bytes).and_then(|&i| inner.slots.get(i)) {
+        if let Some(slot) = inner.index.get(&key).and_then(|&i| inner.slots.get_mut(i)) {
+            slot.value = value;
             slot.used.store(true, Ordering::Relaxed);
             return;
         }
         if inner.slots.len() < self.capacity {
-            inner.index.insert(bytes, inner.slots.len());
-            inner.slots.push(Slot { bytes, key: *key, used: AtomicBool::new(false) });
+            inner.index.insert(key, inner.slots.len());
+            inner.slots.push(Slot { key, value, used: AtomicBool::new(false) });
             return;
         }
         // Full: the hand clears the flags it passes and stops at the first
@@ -91,10 +94,67 @@ impl KeyCache {
         }
         inner.hand = (victim + 1) % n;
         if let Some(slot) = inner.slots.get_mut(victim) {
-            inner.index.remove(&slot.bytes);
-            *slot = Slot { bytes, key: *key, used: AtomicBool::new(false) };
-            inner.index.insert(bytes, victim);
+            inner.index.remove(&slot.key);
+            *slot = Slot { key, value, used: AtomicBool::new(false) };
+            inner.index.insert(key, victim);
         }
+    }
+
+    /// Changes the value under `key` in place, if cached; returns whether it was.
+    #[cfg(feature = "fjall")]
+    pub(crate) fn update(&self, key: &K, f: impl FnOnce(&mut V)) -> bool {
+        let mut guard = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let inner = &mut *guard;
+        match inner.index.get(key).and_then(|&i| inner.slots.get_mut(i)) {
+            Some(slot) => {
+                f(&mut slot.value);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets `key` (the last entry takes its slot).
+    #[cfg(feature = "fjall")]
+    pub(crate) fn remove(&self, key: &K) {
+        let mut guard = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let inner = &mut *guard;
+        let Some(i) = inner.index.remove(key) else { return };
+        inner.slots.swap_remove(i);
+        if let Some(moved) = inner.slots.get(i) {
+            inner.index.insert(moved.key, i);
+        }
+    }
+}
+
+/// Decompressed device keys by their bytes.
+pub(crate) struct KeyCache(Clock<[u8; 32], VerifyingKey>);
+
+impl KeyCache {
+    /// An empty cache for at most `capacity` keys (at least one).
+    pub(crate) fn new(capacity: usize) -> KeyCache {
+        KeyCache(Clock::new(capacity))
+    }
+
+    /// How many keys it may hold.
+    pub(crate) const fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+
+    /// How many keys it holds.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The key for `bytes`, if cached.
+    pub(crate) fn get(&self, bytes: &[u8; 32]) -> Option<VerifyingKey> {
+        self.0.get(bytes)
+    }
+
+    /// Caches `key` (under its own bytes).
+    pub(crate) fn insert(&self, key: &VerifyingKey) {
+        self.0.insert(key.to_bytes(), *key);
     }
 }
 
@@ -141,6 +201,30 @@ mod tests {
                 c.insert(&key(255));
             }
         }
+    }
+
+    #[cfg(feature = "fjall")]
+    #[test]
+    fn values_are_replaced_updated_and_removed() {
+        let c = super::Clock::new(3);
+        for i in 0..3u8 {
+            c.insert(i, u32::from(i));
+        }
+        c.insert(1, 10);
+        assert_eq!(c.get(&1), Some(10), "an insert replaces");
+        assert!(c.update(&2, |v| *v += 5));
+        assert!(!c.update(&7, |v| *v += 5), "nothing to update");
+        assert_eq!(c.get(&2), Some(7));
+        c.remove(&0);
+        c.remove(&9);
+        assert_eq!((c.len(), c.get(&0)), (2, None));
+        // The entry moved into the freed slot is still found, and the table
+        // fills and evicts as before.
+        assert_eq!((c.get(&1), c.get(&2)), (Some(10), Some(7)));
+        c.insert(3, 3);
+        c.insert(4, 4);
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.get(&4), Some(4));
     }
 
     #[test]

@@ -5,7 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "fjall")]
+use spime::consent::ledger::LedgerEntry;
+#[cfg(feature = "fjall")]
+use spime::vendor::{DeviceRecord, MessageQuery, NoticeRecord, StoredMessage};
 use spime::vendor::{Store, StoreError};
+#[cfg(feature = "fjall")]
+use spime::wire::DeviceId;
 
 /// A persistent store opened inside a test directory.
 pub trait Durable: Store + Sized {
@@ -32,6 +38,49 @@ impl Durable for spime::vendor::FjallStore {
     }
 }
 
+/// `FjallStore` with a record cache of two devices: the same tests, with
+/// the cache evicting all the time.
+#[cfg(feature = "fjall")]
+#[derive(Debug)]
+pub struct TinyFjall(pub spime::vendor::FjallStore);
+
+#[cfg(feature = "fjall")]
+impl Durable for TinyFjall {
+    const NAME: &'static str = "fjall-tiny";
+    fn open_in(dir: &Path) -> Result<Self, StoreError> {
+        Ok(TinyFjall(spime::vendor::FjallStore::open(dir.join("vendor.fjall"))?.with_record_cache(2)))
+    }
+}
+
+#[cfg(feature = "fjall")]
+impl Store for TinyFjall {
+    type Txn<'a> = spime::vendor::FjallTxn<'a>;
+    fn begin(&self) -> Result<Self::Txn<'_>, StoreError> {
+        self.0.begin()
+    }
+    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.0.devices()
+    }
+    fn message_count(&self) -> Result<u64, StoreError> {
+        self.0.message_count()
+    }
+    fn device(&self, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        self.0.device(device)
+    }
+    fn messages(&self, device: &DeviceId, query: &MessageQuery) -> Result<Vec<StoredMessage>, StoreError> {
+        self.0.messages(device, query)
+    }
+    fn consent_ledger(&self, device: &DeviceId) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.0.consent_ledger(device)
+    }
+    fn notices(&self, device: &DeviceId) -> Result<Vec<NoticeRecord>, StoreError> {
+        self.0.notices(device)
+    }
+    fn scrub(&self) -> Result<(), StoreError> {
+        self.0.scrub()
+    }
+}
+
 /// A fresh, empty directory for one test.
 pub fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("spime-{tag}-{}", std::process::id()));
@@ -53,7 +102,8 @@ pub fn bytes_under(dir: &Path, needle: &[u8]) -> bool {
 }
 
 /// A module of tests per store: `durable_tests!(name_of_test, ...)` makes
-/// `redb::name_of_test` and `fjall::name_of_test`, each calling the generic
+/// `redb::name_of_test`, `fjall::name_of_test` and `fjall_tiny::name_of_test`
+/// (a record cache of two devices), each calling the generic
 /// `name_of_test::<Store>()` of the including file.
 #[macro_export]
 macro_rules! durable_tests {
@@ -73,6 +123,15 @@ macro_rules! durable_tests {
                 #[test]
                 fn $test() {
                     super::$test::<spime::vendor::FjallStore>();
+                }
+            )*
+        }
+        #[cfg(feature = "fjall")]
+        mod fjall_tiny {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test::<$crate::durable_support::TinyFjall>();
                 }
             )*
         }
