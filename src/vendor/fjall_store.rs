@@ -60,8 +60,8 @@ use crate::wire::DeviceId;
 use super::StoreError;
 use super::key_cache::Clock;
 use super::kv::{
-    self, Doomed, backend, counter_range, decode, device_notices_range, encode, encode_into, notice_key,
-    notice_key_sent, notice_slot_range, notices_since_range, seq_key, window_bytes, window_from,
+    self, Doomed, backend, counter_range, decode, device_notices_range, encode, notice_key, notice_key_sent,
+    notice_slot_range, notices_since_range, seq_key, window_bytes, window_from,
 };
 use super::store::{
     ConsentLedgerStore, DataErasure, DeviceRecord, DeviceRegistry, ErasureScope, MessageLog, MessageQuery, NoticeLog,
@@ -608,10 +608,9 @@ impl Transaction for FjallTxn<'_> {
 
     fn put_messages(&mut self, messages: Vec<StoredMessage>) -> Result<(), StoreError> {
         let w = self.writes(MESSAGES)?;
-        let mut buf = Vec::new();
         for m in &messages {
-            encode_into(m, &mut buf)?;
-            w.insert(seq_key(&m.device, m.counter).to_vec(), Some(buf.clone()));
+            // The write set owns each value: encode straight into it, no copy.
+            w.insert(seq_key(&m.device, m.counter).to_vec(), Some(encode(m)?));
         }
         Ok(())
     }
