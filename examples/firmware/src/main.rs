@@ -33,8 +33,8 @@
 #![no_std]
 #![no_main]
 
-use chacha20::ChaCha20Rng;
-use chacha20::rand_core::SeedableRng;
+use chacha20::ChaCha20;
+use chacha20::cipher::{KeyIvInit, StreamCipher};
 use cortex_m as _;
 use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hio};
@@ -325,11 +325,45 @@ fn boot<'s>(
 fn register(dev: &mut Dev, seed: [u8; 32], version: u32, at: u64) -> Result<(), RunError> {
     // The randomness for the epoch's ephemeral key (a real device seeds
     // it from its TRNG), only in this step's frame.
-    let mut rng = ChaCha20Rng::from_seed(seed);
+    let mut rng = KeystreamRng::new(seed);
     let Ok(u) = dev.unregistered() else { return Err(RunError::Other("not new")) };
     u.register(&mut rng, first_consent(version, at).map_err(|_| RunError::Other("consent"))?)?;
     Ok(())
 }
+
+/// The demo's deterministic RNG: the ChaCha20 keystream under the seed,
+/// nonce zero (the stream `ChaCha20Rng::from_seed(seed)` gives to
+/// `fill_bytes`). It runs on the AEAD's own ChaCha20 code: a second ChaCha
+/// block function (`ChaCha20Rng`'s) cost 1,000 more bytes of flash. A real
+/// device reads its hardware TRNG instead.
+struct KeystreamRng(ChaCha20);
+
+impl KeystreamRng {
+    fn new(seed: [u8; 32]) -> Self {
+        KeystreamRng(ChaCha20::new(&seed.into(), &[0; 12].into()))
+    }
+}
+
+impl rand_core::TryRng for KeystreamRng {
+    type Error = core::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        let mut b = [0; 4];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        let mut b = [0; 8];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        dst.fill(0);
+        self.0.apply_keystream(dst);
+        Ok(())
+    }
+}
+
+impl rand_core::TryCryptoRng for KeystreamRng {}
 
 /// Step 3: usage aggregated on the device (the Identifiers metric is
 /// not granted), and a fault, twice: counted, not resent.
