@@ -603,3 +603,113 @@ fn panic(_: &core::panic::PanicInfo) -> ! {
         cortex_m::asm::wfi();
     }
 }
+
+/// Small `memcpy` and `memset`: byte loops. compiler-builtins' versions
+/// (linked when a firmware defines none) copy and fill by words, unrolled,
+/// in nine entry points: 2,258 bytes of flash. A byte at a time is slower
+/// (five instructions a byte, where compiler-builtins moves a word in about
+/// as many) and 2,116 bytes smaller (docs/firmware.md). Every entry point calls the
+/// private loops below, never `memcpy` by name (LLVM would read that call
+/// as its own copy intrinsic and lower it back to `__aeabi_memcpy`), and
+/// the loops access memory volatilely so LLVM cannot turn them into such a
+/// call either.
+mod mem {
+    /// Copies `n` bytes.
+    ///
+    /// # Safety
+    /// As C's `memcpy`: both ranges valid for `n` bytes, not overlapping.
+    #[inline(never)]
+    unsafe fn copy(dest: *mut u8, src: *const u8, n: usize) {
+        let mut i = 0;
+        while i < n {
+            // SAFETY: the caller gives ranges valid for `n` bytes.
+            unsafe { dest.add(i).write_volatile(src.add(i).read_volatile()) };
+            i += 1;
+        }
+    }
+
+    /// Fills `n` bytes with `c`.
+    ///
+    /// # Safety
+    /// As C's `memset`: the range valid for `n` bytes.
+    #[inline(never)]
+    unsafe fn fill(dest: *mut u8, c: u8, n: usize) {
+        let mut i = 0;
+        while i < n {
+            // SAFETY: the caller gives a range valid for `n` bytes.
+            unsafe { dest.add(i).write_volatile(c) };
+            i += 1;
+        }
+    }
+
+    /// C's `memcpy`.
+    ///
+    /// # Safety
+    /// Both ranges valid for `n` bytes, not overlapping.
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+        // SAFETY: the caller's contract is `copy`'s.
+        unsafe { copy(dest, src, n) };
+        dest
+    }
+
+    /// C's `memset`.
+    ///
+    /// # Safety
+    /// The range valid for `n` bytes.
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn memset(dest: *mut u8, c: i32, n: usize) -> *mut u8 {
+        // SAFETY: the caller's contract is `fill`'s.
+        unsafe { fill(dest, c as u8, n) };
+        dest
+    }
+
+    // The ARM EABI entry points LLVM calls (the 4 and 8 variants promise
+    // an alignment a byte loop does not need). `memset`'s arguments come
+    // in another order than C's.
+    #[unsafe(no_mangle)]
+    unsafe extern "aapcs" fn __aeabi_memcpy(dest: *mut u8, src: *const u8, n: usize) {
+        // SAFETY: the caller's contract is `copy`'s.
+        unsafe { copy(dest, src, n) };
+    }
+    #[unsafe(no_mangle)]
+    unsafe extern "aapcs" fn __aeabi_memcpy4(dest: *mut u8, src: *const u8, n: usize) {
+        // SAFETY: as above.
+        unsafe { copy(dest, src, n) };
+    }
+    #[unsafe(no_mangle)]
+    unsafe extern "aapcs" fn __aeabi_memcpy8(dest: *mut u8, src: *const u8, n: usize) {
+        // SAFETY: as above.
+        unsafe { copy(dest, src, n) };
+    }
+    #[unsafe(no_mangle)]
+    unsafe extern "aapcs" fn __aeabi_memset(dest: *mut u8, n: usize, c: i32) {
+        // SAFETY: the caller's contract is `fill`'s.
+        unsafe { fill(dest, c as u8, n) };
+    }
+    #[unsafe(no_mangle)]
+    unsafe extern "aapcs" fn __aeabi_memset4(dest: *mut u8, n: usize, c: i32) {
+        // SAFETY: as above.
+        unsafe { fill(dest, c as u8, n) };
+    }
+    #[unsafe(no_mangle)]
+    unsafe extern "aapcs" fn __aeabi_memset8(dest: *mut u8, n: usize, c: i32) {
+        // SAFETY: as above.
+        unsafe { fill(dest, c as u8, n) };
+    }
+    #[unsafe(no_mangle)]
+    unsafe extern "aapcs" fn __aeabi_memclr(dest: *mut u8, n: usize) {
+        // SAFETY: as above.
+        unsafe { fill(dest, 0, n) };
+    }
+    #[unsafe(no_mangle)]
+    unsafe extern "aapcs" fn __aeabi_memclr4(dest: *mut u8, n: usize) {
+        // SAFETY: as above.
+        unsafe { fill(dest, 0, n) };
+    }
+    #[unsafe(no_mangle)]
+    unsafe extern "aapcs" fn __aeabi_memclr8(dest: *mut u8, n: usize) {
+        // SAFETY: as above.
+        unsafe { fill(dest, 0, n) };
+    }
+}
