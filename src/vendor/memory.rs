@@ -69,24 +69,11 @@ impl Messages {
         self.by_device.get(device).into_iter().flatten()
     }
 
-    fn remove(&mut self, device: &DeviceId, counter: u64) -> Option<StoredMessage> {
-        let list = self.by_device.get_mut(device)?;
-        let i = list.binary_search_by_key(&counter, |x| x.counter).ok()?;
-        self.len = self.len.saturating_sub(1);
-        Some(list.remove(i))
-    }
-
     fn retain(&mut self, device: &DeviceId, keep: impl FnMut(&StoredMessage) -> bool) {
         if let Some(list) = self.by_device.get_mut(device) {
             let before = list.len();
             list.retain(keep);
             self.len = self.len.saturating_sub(before.saturating_sub(list.len()));
-        }
-    }
-
-    fn extend(&mut self, other: Messages) {
-        for m in other.by_device.into_values().flatten() {
-            self.insert(m);
         }
     }
 }
@@ -128,6 +115,11 @@ impl MemoryStore {
 pub struct MemoryTxn<'a> {
     tables: MutexGuard<'a, Tables>,
     pending: Tables,
+    /// The messages written, in order (a later write of the same device
+    /// and counter replaces an earlier one at commit). A list, not an
+    /// index: a batch's messages are moved in and out again without
+    /// hashing them twice; [`MessageLog::message`] scans it.
+    written: Vec<StoredMessage>,
     /// Erasures, applied to the committed tables on commit.
     erased_messages: Vec<(DeviceId, ErasureScope)>,
     erased_notices: Vec<(DeviceId, ErasureScope)>,
@@ -173,15 +165,16 @@ impl ConsentLedgerStore for MemoryTxn<'_> {
 
 impl MessageLog for MemoryTxn<'_> {
     fn put_message(&mut self, message: &StoredMessage) -> Result<(), StoreError> {
-        self.pending.messages.insert(message.clone());
+        self.written.push(message.clone());
         Ok(())
     }
     fn message(&mut self, device: &DeviceId, counter: u64) -> Result<Option<StoredMessage>, StoreError> {
         let erased = |m: &StoredMessage| self.erased_messages.iter().any(|(d, s)| d == device && s.covers_message(m));
         Ok(self
-            .pending
-            .messages
-            .get(device, counter)
+            .written
+            .iter()
+            .rev()
+            .find(|m| m.device == *device && m.counter == counter)
             .or_else(|| self.tables.messages.get(device, counter).filter(|m| !erased(m)))
             .cloned())
     }
@@ -221,15 +214,23 @@ impl DataErasure for MemoryTxn<'_> {
                 tally(&mut counts, m.purpose, 1);
             }
         }
-        let pending: Vec<u64> =
-            self.pending.messages.of(device).filter(|m| scope.covers_message(m)).map(|m| m.counter).collect();
-        for c in pending {
-            if let Some(m) = self.pending.messages.remove(device, c)
-                && self.tables.messages.get(device, c).is_none()
-            {
-                tally(&mut counts, m.purpose, 1);
+        // Of the messages written, the last write of each counter is the
+        // one that counts; a covered counter goes with all its writes.
+        let mut seen = Vec::new();
+        let mut doomed = Vec::new();
+        for m in self.written.iter().rev().filter(|m| m.device == *device) {
+            if seen.contains(&m.counter) {
+                continue;
+            }
+            seen.push(m.counter);
+            if scope.covers_message(m) {
+                doomed.push(m.counter);
+                if self.tables.messages.get(device, m.counter).is_none() {
+                    tally(&mut counts, m.purpose, 1);
+                }
             }
         }
+        self.written.retain(|m| m.device != *device || !doomed.contains(&m.counter));
         self.erased_messages.push((*device, scope.clone()));
         Ok(counts)
     }
@@ -265,9 +266,16 @@ impl Transaction for MemoryTxn<'_> {
             .collect()
     }
     fn put_messages(&mut self, messages: Vec<StoredMessage>) -> Result<(), StoreError> {
-        for m in messages {
-            self.pending.messages.insert(m);
+        if self.written.is_empty() {
+            self.written = messages;
+        } else {
+            self.written.extend(messages);
         }
+        Ok(())
+    }
+    fn put_windows(&mut self, windows: &[(DeviceId, ReplayWindow)]) -> Result<(), StoreError> {
+        self.pending.windows.reserve(windows.len());
+        self.pending.windows.extend(windows.iter().copied());
         Ok(())
     }
     fn commit(mut self) -> Result<(), StoreError> {
@@ -286,7 +294,9 @@ impl Transaction for MemoryTxn<'_> {
         for (d, entries) in p.ledger {
             t.ledger.entry(d).or_default().extend(entries);
         }
-        t.messages.extend(p.messages);
+        for m in core::mem::take(&mut self.written) {
+            t.messages.insert(m);
+        }
         t.counters.extend(p.counters);
         for (d, records) in p.notices {
             t.notices.entry(d).or_default().extend(records);
@@ -302,6 +312,7 @@ impl Store for MemoryStore {
         Ok(MemoryTxn {
             tables: self.lock(),
             pending: Tables::default(),
+            written: Vec::new(),
             erased_messages: Vec::new(),
             erased_notices: Vec::new(),
         })
@@ -379,17 +390,37 @@ mod tests {
         assert_eq!(counters(&m, 2), [(1, 12)]);
         assert_eq!(m.get(&DeviceId([1; 8]), 7).unwrap().received_at, 71);
         assert!(m.get(&DeviceId([1; 8]), 6).is_none());
-        assert_eq!(m.remove(&DeviceId([1; 8]), 5).unwrap().counter, 5);
-        assert!(m.remove(&DeviceId([1; 8]), 5).is_none());
-        assert_eq!(m.len, 4);
         m.retain(&DeviceId([1; 8]), |x| x.counter > 2);
-        assert_eq!(counters(&m, 1), [(7, 71), (9, 91)]);
-        assert_eq!(m.len, 3);
-        let mut other = Messages::default();
-        other.insert(msg(1, 8, 0));
-        other.insert(msg(3, 1, 0));
-        m.extend(other);
-        assert_eq!(counters(&m, 1), [(7, 71), (8, 0), (9, 91)]);
-        assert_eq!(m.len, 5);
+        assert_eq!(counters(&m, 1), [(5, 51), (7, 71), (9, 91)]);
+        assert_eq!(m.len, 4);
+    }
+
+    #[test]
+    fn a_transactions_messages_last_write_wins_and_erasure_sees_them() {
+        use crate::vendor::store::{DataErasure, ErasureScope, MessageLog, PurposeFilter, Store, Transaction};
+        let all =
+            ErasureScope { relationships: 0..=u32::MAX, purposes: PurposeFilter::Except(vec![]), before: u64::MAX };
+        let store = super::MemoryStore::new();
+        let mut tx = store.begin().unwrap();
+        tx.put_message(&msg(1, 5, 10)).unwrap();
+        tx.put_messages(vec![msg(1, 5, 11), msg(1, 6, 12), msg(2, 1, 13)]).unwrap();
+        tx.put_message(&msg(1, 6, 14)).unwrap();
+        // the last write of each (device, counter) is the one read and kept
+        assert_eq!(tx.message(&DeviceId([1; 8]), 5).unwrap().unwrap().received_at, 11);
+        assert_eq!(tx.message(&DeviceId([1; 8]), 6).unwrap().unwrap().received_at, 14);
+        tx.commit().unwrap();
+        assert_eq!(store.message_count().unwrap(), 3);
+        let mut tx = store.begin().unwrap();
+        assert_eq!(tx.message(&DeviceId([1; 8]), 6).unwrap().unwrap().received_at, 14);
+        // erasing device 1 in a transaction that also wrote for it: the
+        // new message counts once however often it was written
+        tx.put_message(&msg(1, 7, 15)).unwrap();
+        tx.put_messages(vec![msg(1, 7, 16), msg(2, 2, 17)]).unwrap();
+        let counts = tx.erase_messages(&DeviceId([1; 8]), &all).unwrap();
+        assert_eq!(counts, [(Purpose::USAGE_ANALYTICS, 3)]);
+        assert!(tx.message(&DeviceId([1; 8]), 7).unwrap().is_none());
+        assert_eq!(tx.message(&DeviceId([2; 8]), 2).unwrap().unwrap().received_at, 17);
+        tx.commit().unwrap();
+        assert_eq!(store.message_count().unwrap(), 2);
     }
 }
