@@ -232,13 +232,26 @@ fn serve_on_the_fjall_store_keeps_what_it_acknowledged_across_a_restart() {
     let dir = temp_dir("serve-fjall");
     let data = dir.join("data");
     server_common::write_vendor_keys(&data);
-    let args = ["--data", data.to_str().unwrap(), "--store", "fjall", "--coap", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+    // A record cache of two devices: every batch also reads through to disk.
+    let args = [
+        "--data",
+        data.to_str().unwrap(),
+        "--store",
+        "fjall",
+        "--record-cache",
+        "2",
+        "--coap",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+    ];
     let (ok, out, err) = vendor(&[&["serve", "--check"][..], &args].concat());
     assert!(ok && out.contains("store = \"fjall\"") && out.contains("fjall directory"), "{out}{err}");
+    assert!(out.contains("record_cache = 2"), "{out}");
     let served = server_common::Served::start(&args);
     let session = server_common::real_time_session(served.coap, 3);
     let (ok, log) = served.terminate();
-    assert!(ok && log.contains("(fjall)"), "{log}");
+    assert!(ok && log.contains("(fjall, a record cache of 2 devices)"), "{log}");
     assert!(data.join("vendor.fjall").join("CURRENT").is_file());
     assert!(!data.join("vendor.redb").exists(), "the redb store was not used");
     // Restarted on the same directory, the server still has the messages.
@@ -268,6 +281,9 @@ fn store_choice_is_checked() {
     server_common::write_vendor_keys(&data);
     let (ok, _, err) = vendor(&["serve", "--data", data.to_str().unwrap(), "--store", "sqlite", "--check"]);
     assert!(!ok && err.contains("sqlite"), "{err}");
+    // The record cache sizes the fjall store only.
+    let (ok, _, err) = vendor(&["serve", "--data", data.to_str().unwrap(), "--record-cache", "10", "--check"]);
+    assert!(!ok && err.contains("record_cache") && err.contains("fjall"), "{err}");
     let (ok, out, err) = vendor(&["serve", "--data", data.to_str().unwrap(), "--store", "fjall", "--check"]);
     if cfg!(feature = "fjall") {
         assert!(ok && out.contains("vendor.fjall"), "{out}{err}");

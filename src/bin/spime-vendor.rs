@@ -148,6 +148,12 @@ struct ServeArgs {
     /// fleet size; needs a build with the `fjall` feature) [default: redb].
     #[arg(long, value_name = "redb|fjall")]
     store: Option<StoreKind>,
+    /// With `--store fjall`: the devices whose record and replay window
+    /// the store keeps in memory (about 1.25 KB each), so a batch's reads
+    /// do not go to disk [default: 131072, about 160 MB]. Size it for the
+    /// fleet, or lower it where memory is short.
+    #[arg(long, value_name = "DEVICES")]
+    record_cache: Option<usize>,
     /// Keep the store in PostgreSQL instead of DIR/vendor.redb: a URL
     /// (postgresql://user@host/db) or key=value string. Needs a build with
     /// the `postgres` feature. A password is better kept in the config file
@@ -192,6 +198,8 @@ struct ServeFile {
     keys: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     store: Option<StoreKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record_cache: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     postgres: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -272,6 +280,8 @@ struct Settings {
     single: bool,
     authority: Option<PathBuf>,
     store: StoreAt,
+    /// The fjall store's record cache, in devices (None: its default).
+    record_cache: Option<usize>,
     data: Option<PathBuf>,
     coap: SocketAddr,
     http: SocketAddr,
@@ -304,6 +314,10 @@ impl Settings {
         let data = args.data.or(file.data);
         let postgres = args.postgres.or(file.postgres);
         let kind = args.store.or(file.store);
+        let record_cache = args.record_cache.or(file.record_cache);
+        if record_cache.is_some() && kind != Some(StoreKind::Fjall) {
+            return Err("record_cache sizes the fjall store's cache: give it with store = fjall only".into());
+        }
         let ring = if args.vendor_key.is_empty() { file.vendor_key } else { args.vendor_key };
         let keys = args.keys.or(file.keys);
         let (vendor_keys, single) = match (keys, &data) {
@@ -335,6 +349,7 @@ impl Settings {
             single,
             authority: args.authority.or(file.authority),
             store,
+            record_cache,
             data,
             coap: args.coap.or(file.coap).unwrap_or(defaults.coap),
             http: args.http.or(file.http).unwrap_or(defaults.http),
@@ -362,6 +377,7 @@ impl Settings {
                 StoreAt::Fjall(_) => Some(StoreKind::Fjall),
                 StoreAt::Postgres(_) => None,
             },
+            record_cache: self.record_cache,
             postgres: None,
             coap: Some(self.coap),
             http: Some(self.http),
@@ -737,7 +753,7 @@ fn run(command: Run) -> Result<(), Failure> {
                     let store = RedbStore::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
                     serve(store, keys, &settings, Some(file.clone()))
                 }
-                StoreAt::Fjall(dir) => serve(open_fjall(dir)?, keys, &settings, None),
+                StoreAt::Fjall(dir) => serve(open_fjall(dir, settings.record_cache)?, keys, &settings, None),
                 StoreAt::Postgres(url) => serve(connect_postgres(url)?, keys, &settings, None),
             }
         }
@@ -794,7 +810,7 @@ fn run(command: Run) -> Result<(), Failure> {
                 (None, _, _) => decode::<RedbStore>(&bytes, None)?,
                 (Some(k), Some(url), _) => decode(&bytes, Some((&k, Some(&connect_postgres(&url)?))))?,
                 (Some(k), None, Some(d)) if d.join(FJALL_DIR).exists() => {
-                    let store = open_fjall(&d.join(FJALL_DIR))?;
+                    let store = open_fjall(&d.join(FJALL_DIR), None)?;
                     decode(&bytes, Some((&k, Some(&store))))?
                 }
                 (Some(k), None, Some(d)) => {
@@ -820,13 +836,18 @@ fn connect_postgres(_url: &str) -> Result<RedbStore, Failure> {
     Err(NO_POSTGRES.into())
 }
 
+/// Opens the fjall store, its record cache sized to `record_cache` devices if given.
 #[cfg(feature = "fjall")]
-fn open_fjall(dir: &Path) -> Result<spime::vendor::FjallStore, Failure> {
-    spime::vendor::FjallStore::open(dir).map_err(|e| format!("{}: {e}", dir.display()).into())
+fn open_fjall(dir: &Path, record_cache: Option<usize>) -> Result<spime::vendor::FjallStore, Failure> {
+    let store = spime::vendor::FjallStore::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(match record_cache {
+        Some(devices) => store.with_record_cache(devices),
+        None => store,
+    })
 }
 
 #[cfg(not(feature = "fjall"))]
-fn open_fjall(_dir: &Path) -> Result<RedbStore, Failure> {
+fn open_fjall(_dir: &Path, _record_cache: Option<usize>) -> Result<RedbStore, Failure> {
     Err(NO_FJALL.into())
 }
 
@@ -916,7 +937,10 @@ fn serve<S: Store + 'static>(
         let running = server::start(Arc::clone(&ingestor), config).await?;
         match &settings.store {
             StoreAt::Redb(file) => eprintln!("store: {}", file.display()),
-            StoreAt::Fjall(dir) => eprintln!("store: {} (fjall)", dir.display()),
+            StoreAt::Fjall(dir) => match settings.record_cache {
+                Some(n) => eprintln!("store: {} (fjall, a record cache of {n} devices)", dir.display()),
+                None => eprintln!("store: {} (fjall)", dir.display()),
+            },
             StoreAt::Postgres(_) => eprintln!("store: PostgreSQL"),
         }
         eprintln!("vendor keys: serials {serials} (the last is the newest)");
