@@ -11,7 +11,17 @@
 //! reads still spread over the fleet).
 //!
 //! The keyspaces, keys and record encodings are redb's
-//! (`super::kv`): device id, then big-endian numbers; postcard records.
+//! (`super::kv`): device id, then big-endian numbers; postcard records;
+//! with one exception: there is no `replay_windows` keyspace. A device's
+//! replay window (24 bytes, [`kv::window_bytes`]) is stored in `messages`
+//! under the bare device id (8 bytes), which sorts just before the
+//! device's messages (device ‖ counter, 16 bytes) and outside their
+//! ranges. The pipeline's group commit writes, per device, its window and
+//! its new message: side by side, the second insert into fjall's memtable
+//! (a skip list) finds the first one's path in the CPU cache, where two
+//! keyspaces cost two searches through memory spread over the fleet
+//! (docs/benchmarks.md has the figures). A database that has a
+//! `replay_windows` keyspace (the layout before) is refused at open.
 //!
 //! Transactions: one writer at a time (a lock the transaction holds). A
 //! transaction reads a snapshot of the committed state taken when it
@@ -69,13 +79,27 @@ use super::store::{
 };
 
 /// The keyspaces, in the order of [`Db::spaces`].
-const SPACES: [&str; 6] = [kv::DEVICES, kv::WINDOWS, kv::LEDGER, kv::MESSAGES, kv::COUNTERS, kv::NOTICES];
+const SPACES: [&str; 5] = [kv::DEVICES, kv::LEDGER, kv::MESSAGES, kv::COUNTERS, kv::NOTICES];
 const DEVICES: usize = 0;
-const WINDOWS: usize = 1;
-const LEDGER: usize = 2;
-const MESSAGES: usize = 3;
-const COUNTERS: usize = 4;
-const NOTICES: usize = 5;
+const LEDGER: usize = 1;
+const MESSAGES: usize = 2;
+const COUNTERS: usize = 3;
+const NOTICES: usize = 4;
+/// The keyspace of the replay windows: the messages' (module docs), each
+/// under [`window_key`].
+const WINDOWS: usize = MESSAGES;
+
+/// Where a device's replay window is stored in [`WINDOWS`]: the device id
+/// alone, just before the device's messages (device ‖ counter).
+fn window_key(device: &DeviceId) -> Vec<u8> {
+    device.0.to_vec()
+}
+
+/// Whether a key of the `messages` keyspace is a message's (device ‖
+/// counter), not a replay window's (device).
+fn is_message_key(key: &[u8]) -> bool {
+    key.len() == 16
+}
 
 /// The file naming the live database directory.
 const CURRENT: &str = "CURRENT";
@@ -97,7 +121,7 @@ const COPY_BATCH: usize = 4096;
 #[derive(Clone)]
 struct Db {
     db: Database,
-    spaces: [Keyspace; 6],
+    spaces: [Keyspace; 5],
     /// The directory's name under the store's directory (`db-N`).
     name: String,
 }
@@ -105,6 +129,12 @@ struct Db {
 impl Db {
     fn open(dir: &Path, name: String) -> Result<Db, StoreError> {
         let db = Database::builder(dir.join(&name)).cache_size(CACHE_BYTES).open().map_err(backend)?;
+        // The layout before kept the windows in a keyspace of their own: a
+        // store of it opened here would lose them (and with them the
+        // devices' replay protection), so refuse it.
+        if db.keyspace_exists(kv::WINDOWS) {
+            return Err(StoreError::Corrupt("replay_windows: a FjallStore of an earlier layout"));
+        }
         let mut spaces = Vec::with_capacity(SPACES.len());
         for s in SPACES {
             spaces.push(
@@ -373,7 +403,7 @@ pub struct FjallTxn<'a> {
     db: Db,
     snap: Snapshot,
     /// Per keyspace: key → new value, or `None` for a delete.
-    writes: [BTreeMap<Vec<u8>, Option<Vec<u8>>>; 6],
+    writes: [BTreeMap<Vec<u8>, Option<Vec<u8>>>; 5],
 }
 
 impl core::fmt::Debug for FjallTxn<'_> {
@@ -437,7 +467,7 @@ impl FjallTxn<'_> {
                 let space = self.db.space(DEVICES)?;
                 let r = self.snap.get(space, device.0).map_err(backend)?;
                 let r = r.map(|v| decode(&v, "devices").map(Arc::new)).transpose()?;
-                let w = self.snap.get(self.db.space(WINDOWS)?, device.0).map_err(backend)?;
+                let w = self.snap.get(self.db.space(WINDOWS)?, window_key(device)).map_err(backend)?;
                 let w = w.map_or(Ok(ReplayWindow::new()), |v| window_from(&v))?;
                 self.cache.insert(device.0, (r.clone(), w));
                 (r, w)
@@ -464,7 +494,7 @@ impl ReplayWindows for FjallTxn<'_> {
         Ok(self.shared(device)?.1)
     }
     fn put_window(&mut self, device: &DeviceId, window: &ReplayWindow) -> Result<(), StoreError> {
-        self.put(WINDOWS, &device.0, window_bytes(window).to_vec())?;
+        self.put(WINDOWS, &window_key(device), window_bytes(window).to_vec())?;
         self.windows.insert(device.0, *window);
         Ok(())
     }
@@ -600,7 +630,7 @@ impl Transaction for FjallTxn<'_> {
     fn put_windows(&mut self, windows: &[(DeviceId, ReplayWindow)]) -> Result<(), StoreError> {
         let w = self.writes.get_mut(WINDOWS).ok_or(StoreError::Corrupt("keyspaces"))?;
         for (d, window) in windows {
-            w.insert(d.0.to_vec(), Some(window_bytes(window).to_vec()));
+            w.insert(window_key(d), Some(window_bytes(window).to_vec()));
             self.windows.insert(d.0, *window);
         }
         Ok(())
@@ -640,11 +670,15 @@ impl Store for FjallStore {
         })
     }
 
-    /// Counts the messages (a scan of the keys: proportional to the log).
+    /// Counts the messages (a scan of the keys, the windows' among them:
+    /// proportional to the log).
     fn message_count(&self) -> Result<u64, StoreError> {
         self.read(|db, snap| {
-            let n = snap.len(db.space(MESSAGES)?).map_err(backend)?;
-            Ok(u64::try_from(n).unwrap_or(u64::MAX))
+            let mut n = 0u64;
+            for item in snap.iter(db.space(MESSAGES)?) {
+                n += u64::from(is_message_key(&item.key().map_err(backend)?));
+            }
+            Ok(n)
         })
     }
 
@@ -693,5 +727,100 @@ impl Store for FjallStore {
 
     fn scrub(&self) -> Result<(), StoreError> {
         self.scrub_dir()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consent::ledger::Proof;
+    use crate::vendor::store::PurposeFilter;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("spime-fjall-unit-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn message(device: DeviceId, counter: u64) -> StoredMessage {
+        StoredMessage {
+            device,
+            counter,
+            kind: crate::wire::Kind::USAGE.to_byte(),
+            received_at: 7,
+            relationship: 1,
+            purpose: Purpose::USAGE_ANALYTICS,
+            proof: Proof { header: vec![1], body: vec![2; 40], signature: crate::codec::Bytes64([3; 64]) },
+        }
+    }
+
+    /// The windows share the `messages` keyspace (under the bare device id)
+    /// without ever showing as messages: not in a device's messages (its
+    /// own window sorts just before them, its neighbours' outside them), not
+    /// counted, not erased with them; and they survive a reopen.
+    #[test]
+    fn windows_beside_messages_stay_out_of_them() {
+        let dir = temp_dir("windows");
+        let ids = [
+            DeviceId([4, 0, 0, 0, 0, 0, 0, 0xff]),
+            DeviceId([5, 0, 0, 0, 0, 0, 0, 0]),
+            DeviceId([5, 0, 0, 0, 0, 0, 0, 1]),
+        ];
+        let d = ids[1];
+        let windows: Vec<(DeviceId, ReplayWindow)> = ids
+            .iter()
+            .zip([3u64, u64::MAX, 0])
+            .map(|(id, c)| {
+                let mut w = ReplayWindow::new();
+                w.accept(c).unwrap();
+                (*id, w)
+            })
+            .collect();
+        {
+            let store = FjallStore::open(&dir).unwrap();
+            let mut tx = store.begin().unwrap();
+            tx.put_windows(&windows).unwrap();
+            tx.put_messages(vec![message(d, 0), message(d, u64::MAX)]).unwrap();
+            tx.commit().unwrap();
+            assert_eq!(store.message_count().unwrap(), 2);
+            assert_eq!(store.messages(&d, &MessageQuery::all()).unwrap(), [message(d, 0), message(d, u64::MAX)]);
+            for id in [ids[0], ids[2]] {
+                assert!(store.messages(&id, &MessageQuery::all()).unwrap().is_empty());
+            }
+        }
+        // Reopened with an empty record cache: the windows come from fjall.
+        let store = FjallStore::open(&dir).unwrap();
+        let mut tx = store.begin().unwrap();
+        let all =
+            ErasureScope { relationships: 0..=u32::MAX, purposes: PurposeFilter::Except(vec![]), before: u64::MAX };
+        assert_eq!(tx.erase_messages(&d, &all).unwrap(), [(Purpose::USAGE_ANALYTICS, 2)]);
+        tx.commit().unwrap();
+        assert_eq!(store.message_count().unwrap(), 0);
+        let store = store.with_record_cache(1);
+        let mut tx = store.begin().unwrap();
+        for (id, w) in &windows {
+            assert_eq!(tx.window(id).unwrap(), *w);
+        }
+        drop(tx);
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A database of the layout before (windows in a `replay_windows`
+    /// keyspace) is refused, not opened without its windows.
+    #[test]
+    fn earlier_layout_is_refused() {
+        let dir = temp_dir("layout");
+        std::fs::create_dir_all(&dir).unwrap();
+        write_current(&dir, "db-0").unwrap();
+        {
+            let db = Database::builder(dir.join("db-0")).open().unwrap();
+            let windows = db.keyspace(kv::WINDOWS, KeyspaceCreateOptions::default).unwrap();
+            windows.insert([1u8; 8], [0u8; 24]).unwrap();
+            db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let err = FjallStore::open(&dir).unwrap_err();
+        assert_eq!(err, StoreError::Corrupt("replay_windows: a FjallStore of an earlier layout"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

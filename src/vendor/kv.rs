@@ -1,6 +1,8 @@
 //! The key and value encodings the embedded key-value stores share
 //! ([`super::RedbStore`], `FjallStore`): the same tables, keys and bytes,
-//! so that the two stay one layout.
+//! so that the two stay one layout. One exception: `FjallStore` keeps the
+//! replay windows in its `messages` keyspace, each under the bare device
+//! id (its module docs say why), and has no `replay_windows` keyspace.
 //!
 //! Records are encoded with postcard. Keys: device id, followed by
 //! big-endian numbers so that ranges iterate in order.
