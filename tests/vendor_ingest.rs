@@ -683,6 +683,33 @@ fn batch_with_a_bad_signature_falls_back_per_message() {
     assert_eq!(v.store().message_count().unwrap(), 21);
 }
 
+/// A batch of several devices' messages, interleaved, with a replay of
+/// one at the end: one worker or several, each device's messages are taken
+/// in order on one worker, so every worker count gives the same outcomes.
+#[test]
+fn workers_agree_on_interleaved_devices_and_a_replay_in_one_batch() {
+    for workers in [1, 2, 3] {
+        for batch_verify in [true, false] {
+            let v = vendor(IngestConfig { workers, batch_verify });
+            let mut devices: Vec<SimDevice> = (1..=5).map(|n| registered(&v, n)).collect();
+            let mut sealed = Vec::new();
+            for _ in 0..3 {
+                for d in &mut devices {
+                    sealed.push(d.seal(&ok_usage()).unwrap());
+                }
+            }
+            sealed.push(sealed[7].clone());
+            let batch: Vec<&[u8]> = sealed.iter().map(Vec::as_slice).collect();
+            let r = v.ingest_batch(&batch, NOW);
+            for (i, o) in r.iter().take(15).enumerate() {
+                assert!(o.is_ok(), "workers {workers}, message {i}: {o:?}");
+            }
+            assert_eq!(r[15].clone().unwrap_err().reason(), "replay", "workers {workers}");
+            assert_eq!(v.store().message_count().unwrap(), 15 + 5, "workers {workers}");
+        }
+    }
+}
+
 mod arbitrary {
     use super::*;
     use proptest::prelude::*;

@@ -32,9 +32,10 @@ use super::{IngestError, KeyringError, StoreError};
 /// How the pipeline runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IngestConfig {
-    /// Worker threads per batch; messages are partitioned among them by
-    /// device id ([`partition_of`]), so one device's messages stay in order
-    /// on one worker. 1 runs on the calling thread.
+    /// Worker threads per batch; a batch's messages are partitioned among
+    /// them by device, so one device's messages stay in order on one
+    /// worker, each device going to the partition with the fewest messages
+    /// so far. 1 runs on the calling thread.
     pub workers: usize,
     /// Batch-verify the signatures of Usage and Fault messages (see
     /// [`super::batch`] for how this relates to `verify_strict`).
@@ -710,14 +711,17 @@ impl<S: Store> Ingestor<S> {
         let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         let workers = self.config.workers.max(1);
         let mut parts: Vec<Vec<(usize, &[u8])>> = (0..workers).map(|_| Vec::new()).collect();
-        let mut devices = HashSet::new();
+        // Each device goes, at its first message, to the partition with the
+        // fewest messages so far, and its later messages follow it (in
+        // order, on one worker): the partitions stay within a message of
+        // each other for a fleet, where a hash of the id left one worker
+        // waiting for the other.
+        let mut devices: HashMap<DeviceId, usize> = HashMap::with_capacity(messages.len());
         for (i, m) in messages.iter().enumerate() {
+            let smallest = || (0..parts.len()).min_by_key(|&w| parts.get(w).map_or(usize::MAX, Vec::len)).unwrap_or(0);
             let w = match Header::parse(m) {
-                Ok((h, _)) => {
-                    devices.insert(h.device);
-                    partition_of(&h.device, workers)
-                }
-                Err(_) => i % workers,
+                Ok((h, _)) => *devices.entry(h.device).or_insert_with(smallest),
+                Err(_) => smallest(),
             };
             if let Some(p) = parts.get_mut(w) {
                 p.push((i, m));
@@ -1262,8 +1266,8 @@ impl<S: Store> Ingestor<S> {
     }
 }
 
-fn snapshot<T: Transaction>(tx: &mut T, devices: &HashSet<DeviceId>) -> Result<Snapshot, StoreError> {
-    let ids: Vec<DeviceId> = devices.iter().copied().collect();
+fn snapshot<T: Transaction>(tx: &mut T, devices: &HashMap<DeviceId, usize>) -> Result<Snapshot, StoreError> {
+    let ids: Vec<DeviceId> = devices.keys().copied().collect();
     let loaded = tx.load_shared(&ids)?;
     if loaded.len() != ids.len() {
         return Err(StoreError::Corrupt("load_devices"));
