@@ -128,7 +128,7 @@ fn main() -> ! {
             debug::exit(debug::EXIT_SUCCESS);
         }
         Err(e) => {
-            print_error(e.what, e.code);
+            print_error(e.what.name(), e.code);
             debug::exit(debug::EXIT_FAILURE);
         }
     }
@@ -181,36 +181,76 @@ fn first_consent(version: u32, at: u64) -> Result<SignedConsent, spime::consent:
 }
 
 /// An error of the run, as it is printed: what failed and its numeric
-/// code (SPEC.md §10.1; 0 for the firmware's own). Two words, so every
-/// step's `Result` comes back in registers: carrying the library's error
-/// values up through the steps cost 380 B more flash.
+/// code (SPEC.md §10.1; 0 for the firmware's own). Four bytes, so every
+/// step's `Result` comes back in a register: carrying the library's error
+/// values (24 bytes for a `SessionError`) up through the steps cost 380 B
+/// more flash, and a name as a slice (12 bytes in all) 168 B more than
+/// this.
+#[derive(Clone, Copy)]
 struct RunError {
-    what: &'static [u8],
+    what: Failed,
     code: u16,
 }
 
+/// What failed: a library call (with its error's code) or a step of the
+/// firmware's own.
+#[derive(Clone, Copy)]
+enum Failed {
+    Session,
+    Storage,
+    Metrics,
+    Geometry,
+    Layout,
+    NotRegistered,
+    NotNew,
+    Consent,
+    NoConsent,
+    Successor,
+    Withdraw,
+    Chunk,
+}
+
+impl Failed {
+    fn name(self) -> &'static [u8] {
+        match self {
+            Failed::Session => b"session",
+            Failed::Storage => b"storage",
+            Failed::Metrics => b"metrics",
+            Failed::Geometry => b"geometry",
+            Failed::Layout => b"layout",
+            Failed::NotRegistered => b"not registered",
+            Failed::NotNew => b"not new",
+            Failed::Consent => b"consent",
+            Failed::NoConsent => b"no consent",
+            Failed::Successor => b"successor",
+            Failed::Withdraw => b"withdraw",
+            Failed::Chunk => b"chunk",
+        }
+    }
+}
+
 /// A failure of the firmware's own, without a code.
-const fn other(what: &'static str) -> RunError {
-    RunError { what: what.as_bytes(), code: 0 }
+const fn other(what: Failed) -> RunError {
+    RunError { what, code: 0 }
 }
 
 impl From<spime::device::session::SessionError> for RunError {
     #[inline(never)]
     fn from(e: spime::device::session::SessionError) -> Self {
-        RunError { what: b"session", code: e.code() }
+        RunError { what: Failed::Session, code: e.code() }
     }
 }
 
 impl From<spime::device::storage::StorageError> for RunError {
     #[inline(never)]
     fn from(e: spime::device::storage::StorageError) -> Self {
-        RunError { what: b"storage", code: e.code() }
+        RunError { what: Failed::Storage, code: e.code() }
     }
 }
 impl From<spime::device::metrics::MetricsError> for RunError {
     #[inline(never)]
     fn from(e: spime::device::metrics::MetricsError) -> Self {
-        RunError { what: b"metrics", code: e.code() }
+        RunError { what: Failed::Metrics, code: e.code() }
     }
 }
 
@@ -262,14 +302,14 @@ fn notice(dev: &mut Dev) -> Result<(), RunError> {
 
 #[inline(never)]
 fn transfer(dev: &mut Dev) -> Result<(), RunError> {
-    let Ok(r) = dev.registered() else { return Err(other("not registered")) };
+    let Ok(r) = dev.registered() else { return Err(other(Failed::NotRegistered)) };
     r.transfer(T0 + 9_000)?;
     Ok(())
 }
 
 #[inline(never)]
 fn decommission(dev: &mut Dev) -> Result<(), RunError> {
-    let Ok(r) = dev.registered() else { return Err(other("not registered")) };
+    let Ok(r) = dev.registered() else { return Err(other(Failed::NotRegistered)) };
     r.decommission(T0 + 20_000, DecommissionReason::Recycled)?;
     Ok(())
 }
@@ -307,9 +347,9 @@ fn boot<'s>(
 ) -> Result<&'s mut Dev, RunError> {
     let id = identity()?;
     let capacity = storage_capacity(RECORD);
-    let records = u16::try_from(storage_records(SLOTS)).map_err(|_| other("layout"))?;
+    let records = u16::try_from(storage_records(SLOTS)).map_err(|_| other(Failed::Layout))?;
     let storage = NorStorage::new(flash, 0, DEFAULT_STORAGE_SECTORS, records, capacity)
-        .map_err(|e| RunError { what: b"geometry", code: e.code() })?;
+        .map_err(|e| RunError { what: Failed::Geometry, code: e.code() })?;
     Ok(Device::boot_in(slot, id, storage, outbox)?)
 }
 
@@ -319,8 +359,8 @@ fn register(dev: &mut Dev, seed: [u8; 32], version: u32, at: u64) -> Result<(), 
     // The randomness for the epoch's ephemeral key (a real device seeds
     // it from its TRNG), only in this step's frame.
     let mut rng = KeystreamRng::new(seed);
-    let Ok(u) = dev.unregistered() else { return Err(other("not new")) };
-    u.register(&mut rng, first_consent(version, at).map_err(|_| other("consent"))?)?;
+    let Ok(u) = dev.unregistered() else { return Err(other(Failed::NotNew)) };
+    u.register(&mut rng, first_consent(version, at).map_err(|_| other(Failed::Consent))?)?;
     Ok(())
 }
 
@@ -397,14 +437,14 @@ fn report(dev: &mut Dev, metrics: &mut Metrics<METRICS>, faults: &mut FaultRecor
 
 #[inline(never)]
 fn report_usage(dev: &mut Dev, metrics: &mut Metrics<METRICS>) -> Result<(), RunError> {
-    let Ok(mut r) = dev.registered() else { return Err(other("not registered")) };
+    let Ok(mut r) = dev.registered() else { return Err(other(Failed::NotRegistered)) };
     r.report_window(Purpose::USAGE_ANALYTICS, metrics.take_window(T0 + 3_600), T0 + 3_600)?;
     Ok(())
 }
 
 #[inline(never)]
 fn report_faults(dev: &mut Dev, faults: &mut FaultRecorder<4>) -> Result<(), RunError> {
-    let Ok(mut r) = dev.registered() else { return Err(other("not registered")) };
+    let Ok(mut r) = dev.registered() else { return Err(other(Failed::NotRegistered)) };
     r.report_faults(faults, Purpose::DIAGNOSTICS, T0 + 3_600)?;
     Ok(())
 }
@@ -421,14 +461,14 @@ fn withdraw_usage(dev: &mut Dev, metrics: &mut Metrics<METRICS>) -> Result<(), R
 #[inline(never)]
 fn report_again(dev: &mut Dev, metrics: &mut Metrics<METRICS>) -> Result<(), RunError> {
     metrics.increment(1, 2)?;
-    let Ok(mut r) = dev.registered() else { return Err(other("not registered")) };
+    let Ok(mut r) = dev.registered() else { return Err(other(Failed::NotRegistered)) };
     r.report_window(Purpose::USAGE_ANALYTICS, metrics.take_window(T0 + 7_200), T0 + 7_200)?;
     Ok(())
 }
 
 #[inline(never)]
 fn withdraw(dev: &mut Dev) -> Result<(), RunError> {
-    let Ok(mut r) = dev.registered() else { return Err(other("not registered")) };
+    let Ok(mut r) = dev.registered() else { return Err(other(Failed::NotRegistered)) };
     let mut next = SignedConsent { state: ConsentState::essential_only(0, 0, [0; 32]), owner: None };
     without_usage(r.device().consent(), &mut next)?;
     r.change_consent(next, T0 + 7_300)?;
@@ -440,10 +480,10 @@ fn withdraw(dev: &mut Dev) -> Result<(), RunError> {
 /// returned through a `Result` would be copied on the stack.
 #[inline(never)]
 fn without_usage(held: Option<&SignedConsent>, next: &mut SignedConsent) -> Result<(), RunError> {
-    let held = held.ok_or(other("no consent"))?;
+    let held = held.ok_or(other(Failed::NoConsent))?;
     next.state.clone_from(&held.state);
-    next.state.advance(T0 + 7_300, [7; 32]).map_err(|_| other("successor"))?;
-    next.state.withdraw(Purpose::USAGE_ANALYTICS).map_err(|_| other("withdraw"))?;
+    next.state.advance(T0 + 7_300, [7; 32]).map_err(|_| other(Failed::Successor))?;
+    next.state.withdraw(Purpose::USAGE_ANALYTICS).map_err(|_| other(Failed::Withdraw))?;
     Ok(())
 }
 
@@ -462,10 +502,10 @@ fn send_all(dev: &mut Dev) -> Result<(), RunError> {
         ]);
         hexbuf.put(e.envelope);
         hexbuf.end();
-        let chunks = e.chunks(MTU).map_err(|_| other("chunk"))?;
+        let chunks = e.chunks(MTU).map_err(|_| other(Failed::Chunk))?;
         for c in chunks {
             let mut frame = [0u8; MTU];
-            let n = c.write_to(&mut frame).map_err(|_| other("chunk"))?;
+            let n = c.write_to(&mut frame).map_err(|_| other(Failed::Chunk))?;
             print(b"CHUNK ");
             let mut h = HexLine::new();
             h.put(frame.get(..n).unwrap_or(&[]));
@@ -607,12 +647,19 @@ fn panic(_: &core::panic::PanicInfo) -> ! {
 /// the loops access memory volatilely so LLVM cannot turn them into such a
 /// call either.
 mod mem {
+    use core::mem::MaybeUninit;
+
     /// Copies `n` bytes.
     ///
     /// # Safety
     /// As C's `memcpy`: both ranges valid for `n` bytes, not overlapping.
+    ///
+    /// Byte by byte as `MaybeUninit<u8>`: the compiler copies values with
+    /// padding and uninitialised buffers through here, and reading those
+    /// bytes as `u8` would be undefined behaviour.
     #[inline(never)]
     unsafe fn copy(dest: *mut u8, src: *const u8, n: usize) {
+        let (dest, src) = (dest.cast::<MaybeUninit<u8>>(), src.cast::<MaybeUninit<u8>>());
         let mut i = 0;
         while i < n {
             // SAFETY: the caller gives ranges valid for `n` bytes.
