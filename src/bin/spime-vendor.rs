@@ -314,7 +314,8 @@ impl Settings {
         let data = args.data.or(file.data);
         let postgres = args.postgres.or(file.postgres);
         let kind = args.store.or(file.store);
-        let record_cache = args.record_cache.or(file.record_cache);
+        // The cache holds at least one device (FjallStore::with_record_cache).
+        let record_cache = args.record_cache.or(file.record_cache).map(|n| n.max(1));
         if record_cache.is_some() && kind != Some(StoreKind::Fjall) {
             return Err("record_cache sizes the fjall store's cache: give it with store = fjall only".into());
         }

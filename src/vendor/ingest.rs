@@ -161,8 +161,10 @@ impl core::fmt::Display for Accepted {
 /// The result for one message of a batch.
 pub type Outcome = Result<Accepted, IngestError>;
 
-/// The worker (or, across machines, the shard) that owns `device` among
-/// `n`: FNV-1a of the id, mixed with MurmurHash3's 64-bit finalizer, modulo
+/// The shard (across processes or machines) that owns `device` among `n`,
+/// for routing a device's messages to one ingest service (docs/scaling.md);
+/// [`Ingestor::ingest_batch`] balances its own workers by message count
+/// instead. FNV-1a of the id, mixed with MurmurHash3's 64-bit finalizer, modulo
 /// `n` (0 when `n` is 0). The finalizer matters: the low bits of FNV-1a
 /// depend only on the low bits of each byte, so ids that differ in their
 /// high bits alone would land on a few shards of a power-of-two count.
