@@ -710,6 +710,92 @@ fn workers_agree_on_interleaved_devices_and_a_replay_in_one_batch() {
     }
 }
 
+/// A `MemoryStore` that runs a hook on itself just before the `n`th
+/// `begin` from when it was armed: another writer committing while a batch
+/// is verified, at a chosen moment.
+struct Meddling {
+    inner: MemoryStore,
+    countdown: core::sync::atomic::AtomicUsize,
+    hook: std::sync::Mutex<Option<Hook>>,
+}
+
+/// What [`Meddling`] runs.
+type Hook = Box<dyn FnOnce(&MemoryStore) + Send>;
+
+impl Meddling {
+    fn arm(&self, n: usize, hook: impl FnOnce(&MemoryStore) + Send + 'static) {
+        *self.hook.lock().unwrap() = Some(Box::new(hook));
+        self.countdown.store(n, core::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Store for Meddling {
+    type Txn<'a> = MemoryTxn<'a>;
+    fn begin(&self) -> Result<MemoryTxn<'_>, StoreError> {
+        use core::sync::atomic::Ordering;
+        if self.countdown.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1)) == Ok(1) {
+            let hook = self.hook.lock().unwrap().take();
+            if let Some(h) = hook {
+                h(&self.inner);
+            }
+        }
+        self.inner.begin()
+    }
+    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.inner.devices()
+    }
+    fn message_count(&self) -> Result<u64, StoreError> {
+        self.inner.message_count()
+    }
+    fn device(&self, d: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        self.inner.device(d)
+    }
+    fn messages(&self, d: &DeviceId, q: &MessageQuery) -> Result<Vec<StoredMessage>, StoreError> {
+        self.inner.messages(d, q)
+    }
+    fn consent_ledger(&self, d: &DeviceId) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.inner.consent_ledger(d)
+    }
+    fn notices(&self, d: &DeviceId) -> Result<Vec<NoticeRecord>, StoreError> {
+        self.inner.notices(d)
+    }
+    fn scrub(&self) -> Result<(), StoreError> {
+        self.inner.scrub()
+    }
+}
+
+/// The store counts commits, so a batch is verified with no transaction
+/// open. A commit made meanwhile (here: another writer takes the first
+/// message's counter) is seen at the batch's write: that device's message
+/// is judged again and refused as a replay; the other device's message,
+/// untouched, is accepted as verified.
+#[test]
+fn a_commit_while_a_batch_verifies_is_seen_at_its_write() {
+    let store = Meddling { inner: MemoryStore::new(), countdown: 0.into(), hook: std::sync::Mutex::new(None) };
+    let v = Ingestor::new(store, vendor_keys(), IngestConfig { workers: 1, batch_verify: true });
+    let (mut a, mut b) = (dev(1), dev(2));
+    for d in [&mut a, &mut b] {
+        v.ingest(&register(d, analytics()), NOW).unwrap();
+    }
+    let (ma, mb) = (a.seal(&ok_usage()).unwrap(), b.seal(&ok_usage()).unwrap());
+    let counter = spime::wire::Header::parse(&ma).unwrap().0.counter;
+    // The batch's first `begin` reads; the second, after verifying, writes.
+    v.store().arm(2, move |s| {
+        let mut tx = s.begin().unwrap();
+        let mut w = tx.window(&DeviceId([1; 8])).unwrap();
+        w.accept(counter).unwrap();
+        tx.put_window(&DeviceId([1; 8]), &w).unwrap();
+        tx.commit().unwrap();
+    });
+    let r = v.ingest_batch(&[&ma, &mb], NOW);
+    assert_eq!(r[0].clone().unwrap_err().reason(), "replay");
+    assert!(r[1].is_ok());
+    assert_eq!(v.store().message_count().unwrap(), 2 + 1);
+    // Without a commit in between, nothing is judged twice.
+    let (ma, mb) = (a.seal(&ok_usage()).unwrap(), b.seal(&ok_usage()).unwrap());
+    assert!(v.ingest_batch(&[&ma, &mb], NOW).iter().all(Result::is_ok));
+}
+
 mod arbitrary {
     use super::*;
     use proptest::prelude::*;

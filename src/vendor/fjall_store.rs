@@ -56,6 +56,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
@@ -217,6 +218,9 @@ pub struct FjallStore {
     writer: Mutex<()>,
     /// The live database; the scrub replaces it.
     db: RwLock<Db>,
+    /// Transactions committed since open ([`Transaction::commit_seq`]),
+    /// changed under the writer lock.
+    commits: AtomicU64,
 }
 
 /// A device's committed state as cached.
@@ -289,6 +293,7 @@ impl FjallStore {
             cache: Clock::new(FjallStore::RECORD_CACHE_DEFAULT),
             writer: Mutex::new(()),
             db: RwLock::new(db),
+            commits: AtomicU64::new(0),
         })
     }
 
@@ -395,6 +400,9 @@ fn range(snap: &Snapshot, space: &Keyspace, lo: &[u8], hi: &[u8]) -> Result<Entr
 /// state under the transaction's own writes, held in memory until commit.
 pub struct FjallTxn<'a> {
     _writer: MutexGuard<'a, ()>,
+    /// The store's commit count, and its value when this began.
+    commits: &'a AtomicU64,
+    seq: u64,
     cache: &'a Clock<[u8; 8], Cached>,
     /// The records and windows this transaction wrote, as values: what
     /// its commit puts in the cache.
@@ -599,6 +607,7 @@ impl Transaction for FjallTxn<'_> {
             records.keys().chain(windows.keys()).for_each(|d| cache.remove(d));
             return Err(backend(e));
         }
+        self.commits.fetch_add(1, Ordering::Relaxed);
         for (d, w) in windows {
             let record = records.remove(&d);
             let updated = cache.update(&d, |c| {
@@ -620,6 +629,10 @@ impl Transaction for FjallTxn<'_> {
     /// point reads on the snapshot.
     fn load_devices(&mut self, devices: &[DeviceId]) -> Result<Vec<(Option<DeviceRecord>, ReplayWindow)>, StoreError> {
         devices.iter().map(|d| self.shared(d).map(|(r, w)| (r.map(Arc::unwrap_or_clone), w))).collect()
+    }
+
+    fn commit_seq(&self) -> Option<u64> {
+        Some(self.seq)
     }
 
     /// As `load_devices`, the records shared with the cache (not copied).
@@ -655,6 +668,8 @@ impl Store for FjallStore {
         let snap = db.db.snapshot();
         Ok(FjallTxn {
             _writer: writer,
+            commits: &self.commits,
+            seq: self.commits.load(Ordering::Relaxed),
             cache: &self.cache,
             records: HashMap::new(),
             windows: HashMap::new(),

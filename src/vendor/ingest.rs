@@ -222,7 +222,9 @@ struct DevState<'s> {
 }
 
 /// Per device: its record, its window, and whether its openers are throttled.
-type Snapshot = HashMap<DeviceId, (Option<Arc<DeviceRecord>>, ReplayWindow, bool)>;
+type Snapshot = HashMap<DeviceId, SnapEntry>;
+/// A device's record, replay window, and whether its openers are throttled.
+type SnapEntry = (Option<Arc<DeviceRecord>>, ReplayWindow, bool);
 
 /// Epoch openers for one device that failed after the key agreement, in
 /// the current window.
@@ -707,10 +709,17 @@ impl<S: Store> Ingestor<S> {
     /// refused with [`IngestError::Storage`] and nothing is kept.
     ///
     /// Messages of one device are processed in their order in the batch.
-    /// Batches are serialised per `Ingestor`; run one `Ingestor` per
-    /// partition of device ids to scale out (docs/scaling.md).
+    /// Over a store that counts its commits ([`Transaction::commit_seq`]:
+    /// [`MemoryStore`](super::MemoryStore), `FjallStore`) batches from
+    /// several threads are verified at once: each holds a transaction only
+    /// to read its devices and to write its results, and if another
+    /// transaction committed in between, the messages of every device whose
+    /// record, window or throttling changed are judged again, against the
+    /// state at the write. The outcomes are those of the batches run one
+    /// after another in the order they commit. Over other stores batches
+    /// are serialised per `Ingestor`. Run one `Ingestor` per partition of
+    /// device ids to scale out across processes (docs/scaling.md).
     pub fn ingest_batch(&self, messages: &[&[u8]], now: u64) -> Vec<Outcome> {
-        let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         let workers = self.config.workers.max(1);
         let mut parts: Vec<Vec<(usize, &[u8])>> = (0..workers).map(|_| Vec::new()).collect();
         // Each device goes, at its first message, to the partition with the
@@ -719,12 +728,14 @@ impl<S: Store> Ingestor<S> {
         // each other for a fleet, where a hash of the id left one worker
         // waiting for the other.
         let mut devices: HashMap<DeviceId, usize> = HashMap::with_capacity(messages.len());
+        let mut device_of: Vec<Option<DeviceId>> = Vec::with_capacity(messages.len());
         for (i, m) in messages.iter().enumerate() {
             let smallest = || (0..parts.len()).min_by_key(|&w| parts.get(w).map_or(usize::MAX, Vec::len)).unwrap_or(0);
-            let w = match Header::parse(m) {
-                Ok((h, _)) => *devices.entry(h.device).or_insert_with(smallest),
-                Err(_) => smallest(),
+            let (w, device) = match Header::parse(m) {
+                Ok((h, _)) => (*devices.entry(h.device).or_insert_with(smallest), Some(h.device)),
+                Err(_) => (smallest(), None),
             };
+            device_of.push(device);
             if let Some(p) = parts.get_mut(w) {
                 p.push((i, m));
             }
@@ -733,14 +744,26 @@ impl<S: Store> Ingestor<S> {
         // One transaction reads the batch's devices and writes the result:
         // a store that fences writers (PgStore) checks the writes against
         // exactly what was read.
+        let serial = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         let mut tx = match self.store.begin() {
             Ok(tx) => tx,
             Err(e) => return fail_all(e),
         };
+        let seq = tx.commit_seq();
         let snapshot = match snapshot(&mut tx, &devices).map(|s| self.mark_throttled(s, now)) {
             Ok(s) => s,
             Err(e) => return fail_all(e),
         };
+        // A store that counts commits: no transaction (and no lock) while
+        // the batch is verified.
+        let (mut held, _serial) = if seq.is_some() {
+            drop(tx);
+            drop(serial);
+            (None, None)
+        } else {
+            (Some(tx), Some(serial))
+        };
+        let mut fresh = Snapshot::new();
         let busy = parts.iter().filter(|p| !p.is_empty()).count();
         let mut results: Vec<PartResult> = if busy <= 1 {
             parts.iter().filter(|p| !p.is_empty()).map(|p| self.run_partition(&snapshot, p, now)).collect()
@@ -767,6 +790,17 @@ impl<S: Store> Ingestor<S> {
                     .collect()
             })
         };
+        let mut tx = match held.take().map_or_else(|| self.store.begin(), Ok) {
+            Ok(tx) => tx,
+            Err(e) => return fail_all(e),
+        };
+        if seq.is_some() && tx.commit_seq() != seq {
+            let batch: Vec<(usize, &[u8], Option<DeviceId>)> =
+                messages.iter().zip(&device_of).enumerate().map(|(i, (m, d))| (i, *m, *d)).collect();
+            if let Err(e) = self.rejudge(&mut tx, &snapshot, &mut fresh, &batch, &mut results, now) {
+                return fail_all(e);
+            }
+        }
         self.record_openers(&results, now);
         if let Err(e) = commit(tx, &mut results) {
             return fail_all(e);
@@ -872,6 +906,46 @@ impl<S: Store> Ingestor<S> {
                 f.count = f.count.saturating_add(st.opener_failures);
             }
         }
+    }
+
+    /// Another transaction committed while the batch was verified: reads
+    /// the batch's devices again in `tx`, and judges again (on this thread,
+    /// signatures verified one by one) the messages of every device whose
+    /// record, replay window or throttling is not what `snapshot` held,
+    /// replacing their outcomes and states in `results`.
+    fn rejudge<'s>(
+        &self,
+        tx: &mut S::Txn<'_>,
+        snapshot: &Snapshot,
+        fresh: &'s mut Snapshot,
+        batch: &[(usize, &[u8], Option<DeviceId>)],
+        results: &mut Vec<PartResult<'s>>,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let ids: HashMap<DeviceId, usize> = snapshot.keys().map(|d| (*d, 0)).collect();
+        let now_state = self.mark_throttled(self::snapshot(tx, &ids)?, now);
+        let same = |a: &SnapEntry, b: &SnapEntry| {
+            let records = match (&a.0, &b.0) {
+                (Some(x), Some(y)) => Arc::ptr_eq(x, y) || x == y,
+                (None, None) => true,
+                _ => false,
+            };
+            records && a.1 == b.1 && a.2 == b.2
+        };
+        *fresh = now_state.into_iter().filter(|(d, e)| snapshot.get(d).is_none_or(|old| !same(old, e))).collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let changed = |d: &Option<DeviceId>| d.as_ref().is_some_and(|d| fresh.contains_key(d));
+        let again: Vec<(usize, &[u8])> = batch.iter().filter(|(_, _, d)| changed(d)).map(|&(i, m, _)| (i, m)).collect();
+        let redo: &[usize] = &again.iter().map(|&(i, _)| i).collect::<Vec<_>>();
+        for r in results.iter_mut() {
+            r.outcomes.retain(|(i, _)| redo.binary_search(i).is_err());
+            r.states.retain(|d, _| !fresh.contains_key(d));
+        }
+        let fresh: &'s Snapshot = fresh;
+        results.push(self.pass(fresh, &again, now, &mut SigMode::Strict));
+        Ok(())
     }
 
     fn run_partition<'s>(&self, snapshot: &'s Snapshot, msgs: &[(usize, &[u8])], now: u64) -> PartResult<'s> {

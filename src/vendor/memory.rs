@@ -28,6 +28,8 @@ struct Tables {
     messages: Messages,
     counters: HashMap<DeviceId, u64>,
     notices: HashMap<DeviceId, Vec<NoticeRecord>>,
+    /// Transactions committed ([`Transaction::commit_seq`]).
+    commits: u64,
 }
 
 /// Accepted messages by device, each device's sorted by counter (counters
@@ -301,7 +303,11 @@ impl Transaction for MemoryTxn<'_> {
         for (d, records) in p.notices {
             t.notices.entry(d).or_default().extend(records);
         }
+        t.commits = t.commits.wrapping_add(1);
         Ok(())
+    }
+    fn commit_seq(&self) -> Option<u64> {
+        Some(self.tables.commits)
     }
 }
 

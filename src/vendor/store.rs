@@ -491,6 +491,18 @@ pub trait Transaction:
     fn put_messages(&mut self, messages: Vec<StoredMessage>) -> Result<(), StoreError> {
         messages.iter().try_for_each(|m| self.put_message(m))
     }
+
+    /// How many transactions had committed in the store when this one
+    /// began, if the store counts them (every commit, from any
+    /// transaction, counts). With a count the pipeline holds a transaction
+    /// only to read a batch's devices and to write its results, and
+    /// verifies the batch with none open, so that several batches verify at
+    /// once; it reads the devices again at the write only if the count
+    /// moved. `None`, the default, keeps one transaction open for the
+    /// whole batch.
+    fn commit_seq(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A store: a source of transactions, plus reads of the committed state
