@@ -144,6 +144,7 @@ fn config_file_sets_every_setting_and_flags_override_it() {
     assert_eq!(t["http"].as_str(), Some("127.0.0.1:8080"));
     assert_eq!(t["batch"].as_integer(), Some(256));
     assert!(t.get("workers").is_none(), "one per core unless set");
+    assert_eq!(t["in_flight"].as_integer(), Some(1), "one batch at a time unless set");
 
     // The documented example (docs/spime-vendor.toml) holds only known keys.
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/spime-vendor.toml");
@@ -240,6 +241,10 @@ fn serve_on_the_fjall_store_keeps_what_it_acknowledged_across_a_restart() {
         "fjall",
         "--record-cache",
         "2",
+        "--in-flight",
+        "2",
+        "--workers",
+        "1",
         "--coap",
         "127.0.0.1:0",
         "--http",
@@ -247,7 +252,7 @@ fn serve_on_the_fjall_store_keeps_what_it_acknowledged_across_a_restart() {
     ];
     let (ok, out, err) = vendor(&[&["serve", "--check"][..], &args].concat());
     assert!(ok && out.contains("store = \"fjall\"") && out.contains("fjall directory"), "{out}{err}");
-    assert!(out.contains("record_cache = 2"), "{out}");
+    assert!(out.contains("record_cache = 2") && out.contains("in_flight = 2"), "{out}");
     let served = server_common::Served::start(&args);
     let session = server_common::real_time_session(served.coap, 3);
     let (ok, log) = served.terminate();

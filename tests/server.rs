@@ -17,6 +17,7 @@ use coap_lite::{CoapOption, ContentFormat, MessageClass, MessageType, Packet, Re
 use server_common::*;
 use spime::device::metrics::{MetricDef, MetricKind, Metrics};
 use spime::device::session::StageHandle;
+use spime::server::Config;
 use spime::server::coap::{CHUNK_PATH, MESSAGE_PATH, post};
 use spime::vendor::{RedbStore, Store};
 use spime::wire::chunk::Chunks;
@@ -280,6 +281,44 @@ fn many_devices_in_one_batch_each_get_their_own_answer() {
     let (_, devices) = get(server.http, "/api/devices");
     let devices: serde_json::Value = serde_json::from_str(&devices).unwrap();
     assert_eq!(devices.as_array().unwrap().len(), 6);
+}
+
+/// Batches of two, three in flight at once: every device gets its own
+/// answer for each message, and everything answered 2.04 is in the store
+/// when the server stops (the batches in flight finish first).
+#[test]
+fn batches_in_flight_each_answer_their_own_devices() {
+    let mut server =
+        TestServer::start_configured("in-flight", |i| i, |c| Config { batch_max: 2, batches_in_flight: 3, ..c });
+    server.set_time(T0 + 3600);
+    let mut obs: Vec<Ob> = (0..6).map(|_| Ob::new()).collect();
+    let mut devs: Vec<Dev<'_>> =
+        obs.iter_mut().enumerate().map(|(i, ob)| Dev::boot(identity(30 + i as u8), storage(), ob).unwrap()).collect();
+    for (i, d) in devs.iter_mut().enumerate() {
+        let StageHandle::Unregistered(u) = d.handle() else { panic!() };
+        u.register(&mut rng(i as u8), consent(1, T0)).unwrap();
+    }
+    std::thread::scope(|s| {
+        for (i, d) in devs.iter_mut().enumerate() {
+            let coap = server.coap;
+            s.spawn(move || {
+                let mut client = spime::server::coap::Client::new(coap).unwrap();
+                assert_eq!(deliver(&mut client, d)[0].code, ResponseType::Changed);
+                for n in 1..=3 {
+                    usage_report(d, T0 + 3600, n + i as u64);
+                    let replies = deliver(&mut client, d);
+                    assert_eq!(replies.len(), 1);
+                    assert_eq!(replies[0].code, ResponseType::Changed, "device {i}, report {n}");
+                }
+            });
+        }
+    });
+    let id = hex::encode(devs[5].device_id().0);
+    let (_, body) = get(server.http, &format!("/api/devices/{id}/messages"));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap().as_array().unwrap().len(), 1 + 3, "{body}");
+    server.stop();
+    let store = RedbStore::open(server.dir.join("vendor.redb")).unwrap();
+    assert_eq!(store.message_count().unwrap(), 6 * (1 + 3));
 }
 
 #[test]

@@ -41,6 +41,7 @@ an error naming it; relative paths are relative to the file's directory. Example
     batch = 256
     queue = 4096
     # workers = 4                                  # default: one per core
+    # in_flight = 2                                # batches at once; default 1 (fjall: one per core, workers = 1)
     log = \"info\"
 
     # A keyring instead of `keys` (SPEC.md §9.2; at most 3 pairs, the highest
@@ -178,6 +179,11 @@ struct ServeArgs {
     /// Ingest worker threads per batch [default: one per core].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// Batches ingested at once [default: 1]. More than one pays with
+    /// store = fjall, whose batches verify side by side: one per core, with
+    /// --workers 1.
+    #[arg(long, value_name = "N")]
+    in_flight: Option<usize>,
     /// What to log, as a tracing filter ("info", "debug",
     /// "spime=debug,info") [default: $RUST_LOG, else info].
     #[arg(long, value_name = "FILTER")]
@@ -212,6 +218,8 @@ struct ServeFile {
     queue: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     workers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    in_flight: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     log: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -288,6 +296,7 @@ struct Settings {
     batch: usize,
     queue: usize,
     workers: Option<usize>,
+    in_flight: usize,
     log: Option<String>,
 }
 
@@ -357,6 +366,7 @@ impl Settings {
             batch: args.batch.or(file.batch).unwrap_or(defaults.batch_max).max(1),
             queue: args.queue.or(file.queue).unwrap_or(defaults.queue).max(1),
             workers: args.workers.or(file.workers).map(|w| w.max(1)),
+            in_flight: args.in_flight.or(file.in_flight).unwrap_or(defaults.batches_in_flight).max(1),
             log: args.log.or(file.log),
         })
     }
@@ -385,6 +395,7 @@ impl Settings {
             batch: Some(self.batch),
             queue: Some(self.queue),
             workers: self.workers,
+            in_flight: Some(self.in_flight),
             log: self.log.clone(),
         };
         let mut text = toml::to_string(&file)?;
@@ -930,6 +941,7 @@ fn serve<S: Store + 'static>(
         http: settings.http,
         batch_max: settings.batch,
         queue: settings.queue,
+        batches_in_flight: settings.in_flight,
         store_file,
         ..Config::default()
     };

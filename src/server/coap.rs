@@ -7,7 +7,9 @@
 //! (a bounded queue: when full, 5.03 with Max-Age 1). A second task takes
 //! whatever is queued as one batch, runs [`crate::vendor::Ingestor::ingest_batch`] (which
 //! commits before returning), seals receipts, and only then answers: a
-//! 2.04 is never sent for anything uncommitted.
+//! 2.04 is never sent for anything uncommitted. With
+//! [`super::Config::batches_in_flight`] above one, it starts the next batch
+//! while earlier ones are still being ingested.
 
 use core::net::SocketAddr;
 use core::sync::atomic::{AtomicU16, Ordering};
@@ -18,7 +20,8 @@ use std::time::Instant;
 
 use coap_lite::{CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::vendor::link::Reassembly;
@@ -336,16 +339,26 @@ impl<S: Store + 'static> Coap<S> {
         }
     }
 
-    /// Takes queued requests as batches, ingests and commits each, then answers.
+    /// Takes queued requests as batches, ingests and commits each, then
+    /// answers; up to [`super::Config::batches_in_flight`] batches at once.
     /// Returns when the queue closes (the receiver stopped) and is drained,
-    /// or at `shutdown` after the batch in flight.
+    /// or at `shutdown` after the batches in flight.
     pub(super) async fn ingest_loop(
         self: Arc<Self>,
         mut queue: mpsc::Receiver<Job>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let max = self.app.config.batch_max.max(1);
+        let slots = Arc::new(Semaphore::new(self.app.config.batches_in_flight.max(1)));
+        let mut running = JoinSet::new();
         loop {
+            // A free slot first: a batch is gathered only when it can start,
+            // so that it takes whatever queued meanwhile.
+            let slot = tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                s = Arc::clone(&slots).acquire_owned() => match s { Ok(s) => s, Err(_) => break },
+            };
             let first = tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
@@ -358,34 +371,46 @@ impl<S: Store + 'static> Coap<S> {
                     Err(_) => break,
                 }
             }
-            let now = (self.app.clock)();
-            let app = Arc::clone(&self.app);
-            let started = Instant::now();
-            let (jobs, answers) = match tokio::task::spawn_blocking(move || {
-                let answers = app.ingest(jobs.iter().map(|j| j.envelope.as_slice()), now);
-                (jobs, answers)
-            })
-            .await
-            {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "ingest task failed; batch not acknowledged");
-                    continue;
-                }
-            };
-            self.app.stats.batch(jobs.len(), started.elapsed().as_secs_f64());
-            for (job, (code, format, payload)) in jobs.into_iter().zip(answers) {
-                let bytes = respond(job.confirmable, job.message_id, &job.token, code, format, payload, &self.next_id);
-                self.dedup().insert((job.peer, job.message_id), Cached::Answered(bytes.clone()), Instant::now());
-                self.send(job.peer, &bytes).await;
-            }
+            let this = Arc::clone(&self);
+            running.spawn(async move {
+                this.run_batch(jobs).await;
+                drop(slot);
+            });
+            while running.try_join_next().is_some() {}
         }
+        // The batches in flight commit and answer before this returns.
+        while running.join_next().await.is_some() {}
         // Whatever is still queued was never ingested: no answer, the device retransmits.
         let mut dropped = 0usize;
         while queue.try_recv().is_ok() {
             dropped += 1;
         }
         info!(unanswered = dropped, "coap: ingest stopped");
+    }
+
+    /// Ingests one batch on a blocking thread, then answers each job.
+    async fn run_batch(&self, jobs: Vec<Job>) {
+        let now = (self.app.clock)();
+        let app = Arc::clone(&self.app);
+        let started = Instant::now();
+        let (jobs, answers) = match tokio::task::spawn_blocking(move || {
+            let answers = app.ingest(jobs.iter().map(|j| j.envelope.as_slice()), now);
+            (jobs, answers)
+        })
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "ingest task failed; batch not acknowledged");
+                return;
+            }
+        };
+        self.app.stats.batch(jobs.len(), started.elapsed().as_secs_f64());
+        for (job, (code, format, payload)) in jobs.into_iter().zip(answers) {
+            let bytes = respond(job.confirmable, job.message_id, &job.token, code, format, payload, &self.next_id);
+            self.dedup().insert((job.peer, job.message_id), Cached::Answered(bytes.clone()), Instant::now());
+            self.send(job.peer, &bytes).await;
+        }
     }
 }
 

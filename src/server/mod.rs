@@ -61,6 +61,13 @@ pub struct Config {
     pub batch_max: usize,
     /// Requests that may wait for a batch; beyond, devices are told 5.03.
     pub queue: usize,
+    /// Batches ingested at once, each on its own blocking thread (at least
+    /// one). More than one pays over a store that counts its commits
+    /// ([`crate::vendor::Transaction::commit_seq`]: `MemoryStore`,
+    /// `FjallStore`), whose batches verify side by side; with one core per
+    /// batch, set [`crate::vendor::IngestConfig::workers`] to 1
+    /// (docs/benchmarks.md). Over other stores batches wait for each other.
+    pub batches_in_flight: usize,
     /// The time the pipeline judges consent and records arrivals by.
     pub clock: Clock,
     /// The store file, for the store-size gauge (none for a memory store).
@@ -74,6 +81,7 @@ impl core::fmt::Debug for Config {
             .field("http", &self.http)
             .field("batch_max", &self.batch_max)
             .field("queue", &self.queue)
+            .field("batches_in_flight", &self.batches_in_flight)
             .field("store_file", &self.store_file)
             .finish_non_exhaustive()
     }
@@ -81,13 +89,14 @@ impl core::fmt::Debug for Config {
 
 impl Default for Config {
     /// CoAP on 127.0.0.1:5683, HTTP on 127.0.0.1:8080, batches of up to
-    /// 256, a queue of 4096, the system clock.
+    /// 256, one at a time, a queue of 4096, the system clock.
     fn default() -> Config {
         Config {
             coap: SocketAddr::from(([127, 0, 0, 1], 5683)),
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             batch_max: 256,
             queue: 4096,
+            batches_in_flight: 1,
             clock: system_clock(),
             store_file: None,
         }

@@ -119,6 +119,16 @@ impl TestServer {
 
     /// A server whose pipeline `setup` configures (a keyring, for example).
     pub(crate) fn start_with(name: &str, setup: impl FnOnce(Ingestor<RedbStore>) -> Ingestor<RedbStore>) -> TestServer {
+        TestServer::start_configured(name, setup, |c| c)
+    }
+
+    /// A server whose pipeline `setup` and whose `config` are changed from
+    /// the defaults here.
+    pub(crate) fn start_configured(
+        name: &str,
+        setup: impl FnOnce(Ingestor<RedbStore>) -> Ingestor<RedbStore>,
+        config: impl FnOnce(Config) -> Config,
+    ) -> TestServer {
         let dir = std::env::temp_dir().join(format!("spime-server-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -128,13 +138,13 @@ impl TestServer {
             Arc::new(setup(Ingestor::new(store, vendor_keys(), IngestConfig { workers: 1, batch_verify: true })));
         let clock = Arc::new(AtomicU64::new(T0));
         let c = Arc::clone(&clock);
-        let config = Config {
+        let config = config(Config {
             coap: "127.0.0.1:0".parse().unwrap(),
             http: "127.0.0.1:0".parse().unwrap(),
             clock: Arc::new(move || c.load(Ordering::SeqCst)),
             store_file: Some(file),
             ..Config::default()
-        };
+        });
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let running = runtime.block_on(server::start(ingestor, config)).unwrap();
         TestServer { coap: running.coap, http: running.http, running: Some(running), dir, clock, runtime }
