@@ -791,9 +791,87 @@ fn a_commit_while_a_batch_verifies_is_seen_at_its_write() {
     assert_eq!(r[0].clone().unwrap_err().reason(), "replay");
     assert!(r[1].is_ok());
     assert_eq!(v.store().message_count().unwrap(), 2 + 1);
-    // Without a commit in between, nothing is judged twice.
+    // Without a commit in between, both are accepted.
     let (ma, mb) = (a.seal(&ok_usage()).unwrap(), b.seal(&ok_usage()).unwrap());
     assert!(v.ingest_batch(&[&ma, &mb], NOW).iter().all(Result::is_ok));
+}
+
+/// A `Meddling` pipeline, shared so that a hook can ingest through it.
+fn meddled() -> std::sync::Arc<Ingestor<Meddling>> {
+    let store = Meddling { inner: MemoryStore::new(), countdown: 0.into(), hook: std::sync::Mutex::new(None) };
+    std::sync::Arc::new(Ingestor::new(store, vendor_keys(), IngestConfig { workers: 1, batch_verify: true }))
+}
+
+/// Openers that fail in another batch while this one verifies (that batch
+/// commits nothing: the store's count does not move) still count at this
+/// batch's write: the device's eighth failure throttles it, so of this
+/// batch's two openers only the first is tried, as if the batches had run
+/// one after the other.
+#[test]
+fn openers_failed_while_a_batch_verifies_throttle_it() {
+    let v = meddled();
+    let mut d = dev(1);
+    v.ingest(&register(&mut d, analytics()), NOW).unwrap();
+    // The outsider: the same device id, its own key; its openers fail.
+    let mut outsider = SimDevice::new(d.id(), [99; 32], &vendor_keys()).unwrap();
+    let mut forged = move || {
+        outsider.counter += 1_000;
+        outsider.seal_new_epoch(&ok_usage()).unwrap()
+    };
+    let _ = forged(); // epoch 1: not an opener for the vendor
+    for _ in 1..OPENER_FAILURES {
+        assert_eq!(v.ingest(&forged(), NOW), Err(IngestError::Unauthentic));
+    }
+    let (a, b, c) = (forged(), forged(), forged());
+    let weak = std::sync::Arc::downgrade(&v);
+    v.store().arm(2, move |_| {
+        let v = weak.upgrade().unwrap();
+        assert_eq!(v.ingest(&c, NOW), Err(IngestError::Unauthentic));
+    });
+    assert_eq!(v.ingest_batch(&[&a, &b], NOW), [Err(IngestError::Unauthentic), Err(IngestError::Throttled)]);
+}
+
+/// A device revoked while a batch verifies, and refused by a batch that
+/// began after the revocation, is refused by the first batch too at its
+/// write: no acceptance commits after a refusal that saw the denylist.
+#[test]
+fn a_revocation_while_a_batch_verifies_is_seen_at_its_write() {
+    let v = meddled();
+    let (mut a, mut b) = (dev(1), dev(2));
+    for d in [&mut a, &mut b] {
+        v.ingest(&register(d, analytics()), NOW).unwrap();
+    }
+    let (ma, mb, later) = (a.seal(&ok_usage()).unwrap(), b.seal(&ok_usage()).unwrap(), a.seal(&ok_usage()).unwrap());
+    let weak = std::sync::Arc::downgrade(&v);
+    v.store().arm(2, move |_| {
+        let v = weak.upgrade().unwrap();
+        v.revoke_device(DeviceId([1; 8]));
+        assert_eq!(v.ingest(&later, NOW), Err(IngestError::Revoked));
+    });
+    let r = v.ingest_batch(&[&ma, &mb], NOW);
+    assert_eq!(r[0], Err(IngestError::Revoked));
+    assert!(r[1].is_ok(), "{:?}", r[1]);
+    assert_eq!(v.store().message_count().unwrap(), 2 + 1);
+}
+
+/// Another writer narrows a device's record (here: decommissions it) while
+/// a batch verifies: the batch's message from it is judged against the
+/// record at the write.
+#[test]
+fn a_record_changed_while_a_batch_verifies_is_judged_at_its_write() {
+    let v = meddled();
+    let mut d = dev(1);
+    v.ingest(&register(&mut d, analytics()), NOW).unwrap();
+    let m = d.seal(&ok_usage()).unwrap();
+    v.store().arm(2, |s| {
+        let mut tx = s.begin().unwrap();
+        let mut r = tx.device(&DeviceId([1; 8])).unwrap().unwrap();
+        r.lifecycle = Lifecycle::Decommissioned;
+        tx.put_device(&r).unwrap();
+        tx.commit().unwrap();
+    });
+    assert_eq!(v.ingest(&m, NOW).unwrap_err().reason(), "decommissioned");
+    assert_eq!(v.store().device(&DeviceId([1; 8])).unwrap().unwrap().lifecycle, Lifecycle::Decommissioned);
 }
 
 mod arbitrary {

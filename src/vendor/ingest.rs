@@ -334,6 +334,9 @@ pub const MAX_VENDOR_KEYS: usize = 3;
 struct Denylist {
     devices: HashSet<DeviceId>,
     keys: HashSet<[u8; 32]>,
+    /// Changes at every revocation and reinstatement: a batch verified
+    /// meanwhile is judged again at its write.
+    generation: u64,
 }
 
 /// How many device keys an [`Ingestor`] keeps decompressed unless
@@ -741,15 +744,17 @@ impl<S: Store> Ingestor<S> {
             }
         }
         let fail_all = |e: StoreError| messages.iter().map(|_| Err(IngestError::Storage(e.clone()))).collect();
-        // One transaction reads the batch's devices and writes the result:
-        // a store that fences writers (PgStore) checks the writes against
-        // exactly what was read.
+        // A store without a commit count: one transaction reads the batch's
+        // devices and writes the result (a store that fences writers,
+        // PgStore, checks the writes against exactly what was read), and
+        // batches take turns. With a count: see `rejudge`.
         let serial = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         let mut tx = match self.store.begin() {
             Ok(tx) => tx,
             Err(e) => return fail_all(e),
         };
         let seq = tx.commit_seq();
+        let denylist = self.denylist_generation();
         let snapshot = match snapshot(&mut tx, &devices).map(|s| self.mark_throttled(s, now)) {
             Ok(s) => s,
             Err(e) => return fail_all(e),
@@ -794,10 +799,11 @@ impl<S: Store> Ingestor<S> {
             Ok(tx) => tx,
             Err(e) => return fail_all(e),
         };
-        if seq.is_some() && tx.commit_seq() != seq {
+        if seq.is_some() {
+            let moved = Moved { commits: tx.commit_seq() != seq, denylist: self.denylist_generation() != denylist };
             let batch: Vec<(usize, &[u8], Option<DeviceId>)> =
                 messages.iter().zip(&device_of).enumerate().map(|(i, (m, d))| (i, *m, *d)).collect();
-            if let Err(e) = self.rejudge(&mut tx, &snapshot, &mut fresh, &batch, &mut results, now) {
+            if let Err(e) = self.rejudge(&mut tx, moved, &snapshot, &mut fresh, &batch, &mut results, now) {
                 return fail_all(e);
             }
         }
@@ -851,24 +857,32 @@ impl<S: Store> Ingestor<S> {
     /// assert!(!v.is_revoked(&DeviceId([3; 8]), None));
     /// ```
     pub fn revoke_device(&self, device: DeviceId) {
-        self.revoked.write().unwrap_or_else(PoisonError::into_inner).devices.insert(device);
+        let mut list = self.revoked.write().unwrap_or_else(PoisonError::into_inner);
+        list.devices.insert(device);
+        list.generation = list.generation.wrapping_add(1);
     }
 
     /// Puts a device key (the certificate's `device_key`) on the denylist:
     /// every message signed by it, and every Register whose certificate
     /// binds it, is refused (`Revoked`), whatever device id it names.
     pub fn revoke_key(&self, device_key: [u8; 32]) {
-        self.revoked.write().unwrap_or_else(PoisonError::into_inner).keys.insert(device_key);
+        let mut list = self.revoked.write().unwrap_or_else(PoisonError::into_inner);
+        list.keys.insert(device_key);
+        list.generation = list.generation.wrapping_add(1);
     }
 
     /// Takes `device` off the denylist.
     pub fn reinstate_device(&self, device: &DeviceId) {
-        self.revoked.write().unwrap_or_else(PoisonError::into_inner).devices.remove(device);
+        let mut list = self.revoked.write().unwrap_or_else(PoisonError::into_inner);
+        list.devices.remove(device);
+        list.generation = list.generation.wrapping_add(1);
     }
 
     /// Takes a device key off the denylist.
     pub fn reinstate_key(&self, device_key: &[u8; 32]) {
-        self.revoked.write().unwrap_or_else(PoisonError::into_inner).keys.remove(device_key);
+        let mut list = self.revoked.write().unwrap_or_else(PoisonError::into_inner);
+        list.keys.remove(device_key);
+        list.generation = list.generation.wrapping_add(1);
     }
 
     /// Whether `device`, or `device_key` if given, is on the denylist.
@@ -880,10 +894,8 @@ impl<S: Store> Ingestor<S> {
     /// Marks the devices whose openers failed too often lately (SPEC §9.2).
     fn mark_throttled(&self, mut snapshot: Snapshot, now: u64) -> Snapshot {
         let failures = self.opener_failures.lock().unwrap_or_else(PoisonError::into_inner);
-        for (d, (_, _, throttled)) in &mut snapshot {
-            *throttled = failures
-                .get(d)
-                .is_some_and(|f| now.saturating_sub(f.since) < OPENER_WINDOW && f.count >= OPENER_FAILURES);
+        for (d, (_, _, t)) in &mut snapshot {
+            *t = throttled(&failures, d, now);
         }
         snapshot
     }
@@ -908,22 +920,30 @@ impl<S: Store> Ingestor<S> {
         }
     }
 
-    /// Another transaction committed while the batch was verified: reads
-    /// the batch's devices again in `tx`, and judges again (on this thread,
-    /// signatures verified one by one) the messages of every device whose
-    /// record, replay window or throttling is not what `snapshot` held,
-    /// replacing their outcomes and states in `results`.
+    /// The batch was verified with no transaction open; `tx` is the one it
+    /// writes in, and nothing commits while it is open. Whatever changed
+    /// since the batch read `snapshot` is judged again here, so that the
+    /// outcomes are those of the batch run alone at this point:
+    /// - another transaction committed (`moved.commits`): the batch's
+    ///   devices are read again, and every device whose record or replay
+    ///   window differs is judged again;
+    /// - openers failed in batches recorded meanwhile: every device whose
+    ///   throttling differs is judged again;
+    /// - the denylist changed (`moved.denylist`): every device is.
+    ///
+    /// Judging again is on this thread, signatures verified one by one; it
+    /// replaces those devices' outcomes and states in `results`.
+    #[allow(clippy::too_many_arguments)]
     fn rejudge<'s>(
         &self,
         tx: &mut S::Txn<'_>,
+        moved: Moved,
         snapshot: &Snapshot,
         fresh: &'s mut Snapshot,
         batch: &[(usize, &[u8], Option<DeviceId>)],
         results: &mut Vec<PartResult<'s>>,
         now: u64,
     ) -> Result<(), StoreError> {
-        let ids: HashMap<DeviceId, usize> = snapshot.keys().map(|d| (*d, 0)).collect();
-        let now_state = self.mark_throttled(self::snapshot(tx, &ids)?, now);
         let same = |a: &SnapEntry, b: &SnapEntry| {
             let records = match (&a.0, &b.0) {
                 (Some(x), Some(y)) => Arc::ptr_eq(x, y) || x == y,
@@ -932,7 +952,23 @@ impl<S: Store> Ingestor<S> {
             };
             records && a.1 == b.1 && a.2 == b.2
         };
-        *fresh = now_state.into_iter().filter(|(d, e)| snapshot.get(d).is_none_or(|old| !same(old, e))).collect();
+        let differs = |d: &DeviceId, e: &SnapEntry| moved.denylist || snapshot.get(d).is_none_or(|old| !same(old, e));
+        *fresh = if moved.commits {
+            let ids: HashMap<DeviceId, usize> = snapshot.keys().map(|d| (*d, 0)).collect();
+            self.mark_throttled(self::snapshot(tx, &ids)?, now).into_iter().filter(|(d, e)| differs(d, e)).collect()
+        } else {
+            // Nothing committed: the records and windows read still hold;
+            // only the throttling (or the denylist) may have moved.
+            let failures = self.opener_failures.lock().unwrap_or_else(PoisonError::into_inner);
+            if !moved.denylist && failures.is_empty() && snapshot.values().all(|e| !e.2) {
+                return Ok(());
+            }
+            snapshot
+                .iter()
+                .filter(|(d, e)| moved.denylist || throttled(&failures, d, now) != e.2)
+                .map(|(d, e)| (*d, (e.0.clone(), e.1, throttled(&failures, d, now))))
+                .collect()
+        };
         if fresh.is_empty() {
             return Ok(());
         }
@@ -946,6 +982,11 @@ impl<S: Store> Ingestor<S> {
         let fresh: &'s Snapshot = fresh;
         results.push(self.pass(fresh, &again, now, &mut SigMode::Strict));
         Ok(())
+    }
+
+    /// The denylist's generation ([`Denylist::generation`]).
+    fn denylist_generation(&self) -> u64 {
+        self.revoked.read().unwrap_or_else(PoisonError::into_inner).generation
     }
 
     fn run_partition<'s>(&self, snapshot: &'s Snapshot, msgs: &[(usize, &[u8])], now: u64) -> PartResult<'s> {
@@ -1350,6 +1391,20 @@ fn snapshot<T: Transaction>(tx: &mut T, devices: &HashMap<DeviceId, usize>) -> R
     }
     // Throttling is marked afterwards, from the in-memory opener counts.
     Ok(ids.into_iter().zip(loaded).map(|(d, (rec, win))| (d, (rec, win, false))).collect())
+}
+
+/// Whether `device`'s openers are throttled now (SPEC §9.2).
+fn throttled(failures: &HashMap<DeviceId, OpenerFailures>, device: &DeviceId, now: u64) -> bool {
+    failures.get(device).is_some_and(|f| now.saturating_sub(f.since) < OPENER_WINDOW && f.count >= OPENER_FAILURES)
+}
+
+/// What moved while a batch was verified with no transaction open.
+#[derive(Debug, Clone, Copy)]
+struct Moved {
+    /// The store's commit count.
+    commits: bool,
+    /// The denylist's generation.
+    denylist: bool,
 }
 
 /// Writes what the batch accepted and commits. Takes the stored messages

@@ -493,13 +493,20 @@ pub trait Transaction:
     }
 
     /// How many transactions had committed in the store when this one
-    /// began, if the store counts them (every commit, from any
-    /// transaction, counts). With a count the pipeline holds a transaction
-    /// only to read a batch's devices and to write its results, and
-    /// verifies the batch with none open, so that several batches verify at
-    /// once; it reads the devices again at the write only if the count
-    /// moved. `None`, the default, keeps one transaction open for the
-    /// whole batch.
+    /// began, if the store counts them. With a count the pipeline holds a
+    /// transaction only to read a batch's devices and to write its
+    /// results, and verifies the batch with none open, so that several
+    /// batches verify at once; it reads the devices again at the write only
+    /// if the count moved. `None`, the default, keeps one transaction open
+    /// for the whole batch.
+    ///
+    /// # Correctness
+    /// Return a count only if both hold, or a replay may be accepted
+    /// twice: (a) while a transaction is open no other transaction commits
+    /// (one writer, as [`MemoryStore`](super::MemoryStore) and `FjallStore`
+    /// hold a lock from `begin` to the end), and (b) every commit that
+    /// changes anything moves the count. A store shared by several writers
+    /// (such as `PgStore`) returns `None`.
     fn commit_seq(&self) -> Option<u64> {
         None
     }
