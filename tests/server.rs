@@ -283,9 +283,11 @@ fn many_devices_in_one_batch_each_get_their_own_answer() {
     assert_eq!(devices.as_array().unwrap().len(), 6);
 }
 
-/// Batches of two, three in flight at once: every device gets its own
-/// answer for each message, and everything answered 2.04 is in the store
-/// when the server stops (the batches in flight finish first).
+/// Batches of two, three in flight at once over redb (which takes one
+/// batch at a time: the batches wait at the store, they do not overlap;
+/// tests/server_shutdown.rs shows them overlap over a store that counts
+/// commits): every device gets its own answer for each message, and
+/// everything answered 2.04 is in the store when the server stops.
 #[test]
 fn batches_in_flight_each_answer_their_own_devices() {
     let mut server =

@@ -210,3 +210,110 @@ fn shutdown_commits_and_answers_the_batch_in_flight_before_it_returns() {
     runtime.block_on(stopping).unwrap();
     assert_eq!(ingestor.store().message_count().unwrap(), 2);
 }
+
+/// A `MemoryStore` (it counts commits, so batches verify with no
+/// transaction open) that, once armed, holds the second `begin` after
+/// arming (a batch's write) until one more `begin` (another batch's read)
+/// has started, or 30 s have passed; `overlapped` says which.
+#[derive(Default)]
+struct Overlap {
+    inner: MemoryStore,
+    /// Begins counted since arming (`None`: not armed).
+    begins: Mutex<Option<usize>>,
+    more: std::sync::Condvar,
+    overlapped: std::sync::atomic::AtomicBool,
+}
+
+impl spime::vendor::Store for Overlap {
+    type Txn<'a> = MemoryTxn<'a>;
+    fn begin(&self) -> Result<MemoryTxn<'_>, StoreError> {
+        let mut begins = self.begins.lock().unwrap();
+        if let Some(n) = begins.as_mut() {
+            *n += 1;
+            let me = *n;
+            self.more.notify_all();
+            if me == 2 {
+                let (after, _) = self
+                    .more
+                    .wait_timeout_while(begins, std::time::Duration::from_secs(30), |b| b.is_some_and(|n| n <= me))
+                    .unwrap();
+                self.overlapped.store(after.is_some_and(|n| n > me), std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        self.inner.begin()
+    }
+    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.inner.devices()
+    }
+    fn message_count(&self) -> Result<u64, StoreError> {
+        self.inner.message_count()
+    }
+    fn device(&self, d: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        self.inner.device(d)
+    }
+    fn messages(&self, d: &DeviceId, q: &MessageQuery) -> Result<Vec<StoredMessage>, StoreError> {
+        self.inner.messages(d, q)
+    }
+    fn consent_ledger(&self, d: &DeviceId) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.inner.consent_ledger(d)
+    }
+    fn notices(&self, d: &DeviceId) -> Result<Vec<NoticeRecord>, StoreError> {
+        self.inner.notices(d)
+    }
+    fn scrub(&self) -> Result<(), StoreError> {
+        self.inner.scrub()
+    }
+}
+
+/// With two batches in flight over a store that counts commits, a second
+/// batch is read while the first has verified and not yet written: the
+/// batches overlap (with one in flight, the first would wait for the second
+/// forever, here 30 s, and the test fails). Both devices get their 2.04 and
+/// both reports are kept.
+#[test]
+fn two_batches_in_flight_verify_at_once() {
+    let ingestor =
+        Arc::new(Ingestor::new(Overlap::default(), vendor_keys(), IngestConfig { workers: 1, batch_verify: true }));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let config = Config {
+        coap: "127.0.0.1:0".parse().unwrap(),
+        http: "127.0.0.1:0".parse().unwrap(),
+        clock: Arc::new(|| T0 + 3600),
+        batch_max: 1,
+        batches_in_flight: 2,
+        ..Config::default()
+    };
+    let running = runtime.block_on(server::start(Arc::clone(&ingestor), config)).unwrap();
+    let mut obs: Vec<Ob> = (0..2).map(|_| Ob::new()).collect();
+    let mut devs: Vec<Dev<'_>> =
+        obs.iter_mut().zip(40u8..).map(|(ob, n)| Dev::boot(identity(n), storage(), ob).unwrap()).collect();
+    let mut usages = Vec::new();
+    for (dev, n) in devs.iter_mut().zip(40u8..) {
+        let StageHandle::Unregistered(u) = dev.handle() else { panic!() };
+        u.register(&mut rng(n), consent(1, T0)).unwrap();
+        deliver(&mut Client::new(running.coap).unwrap(), dev);
+        let mut m = spime::device::metrics::Metrics::<1>::new(T0);
+        m.define(spime::device::metrics::MetricDef {
+            id: 1,
+            category: spime::consent::DataCategory::UsageCounters,
+            kind: spime::device::metrics::MetricKind::Counter,
+        })
+        .unwrap();
+        m.increment(1, 1).unwrap();
+        let StageHandle::Registered(mut r) = dev.handle() else { panic!() };
+        r.report_window(spime::consent::Purpose::USAGE_ANALYTICS, m.take_window(T0 + 3600), T0 + 3600).unwrap();
+        usages.push(dev.next_message().unwrap().unwrap().envelope.to_vec());
+    }
+    assert_eq!(ingestor.store().message_count().unwrap(), 2);
+    *ingestor.store().begins.lock().unwrap() = Some(0);
+    let coap = running.coap;
+    let replies: Vec<_> = std::thread::scope(|s| {
+        let posts: Vec<_> =
+            usages.iter().map(|u| s.spawn(move || Client::new(coap).unwrap().post(MESSAGE_PATH, u).unwrap())).collect();
+        posts.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    assert!(replies.iter().all(|r| r.code == ResponseType::Changed));
+    assert!(ingestor.store().overlapped.load(std::sync::atomic::Ordering::SeqCst), "the batches did not overlap");
+    assert_eq!(ingestor.store().message_count().unwrap(), 4);
+    runtime.block_on(running.shutdown());
+}

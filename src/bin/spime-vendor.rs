@@ -179,9 +179,9 @@ struct ServeArgs {
     /// Ingest worker threads per batch [default: one per core].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
-    /// Batches ingested at once [default: 1]. More than one pays with
-    /// store = fjall, whose batches verify side by side: one per core, with
-    /// --workers 1.
+    /// Batches ingested at once, at most 1024 [default: 1]. More than one
+    /// pays with store = fjall, whose batches verify side by side: one per
+    /// core, with --workers 1.
     #[arg(long, value_name = "N")]
     in_flight: Option<usize>,
     /// What to log, as a tracing filter ("info", "debug",
@@ -366,7 +366,11 @@ impl Settings {
             batch: args.batch.or(file.batch).unwrap_or(defaults.batch_max).max(1),
             queue: args.queue.or(file.queue).unwrap_or(defaults.queue).max(1),
             workers: args.workers.or(file.workers).map(|w| w.max(1)),
-            in_flight: args.in_flight.or(file.in_flight).unwrap_or(defaults.batches_in_flight).max(1),
+            in_flight: args
+                .in_flight
+                .or(file.in_flight)
+                .unwrap_or(defaults.batches_in_flight)
+                .clamp(1, server::MAX_IN_FLIGHT),
             log: args.log.or(file.log),
         })
     }

@@ -349,7 +349,7 @@ impl<S: Store + 'static> Coap<S> {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let max = self.app.config.batch_max.max(1);
-        let slots = Arc::new(Semaphore::new(self.app.config.batches_in_flight.max(1)));
+        let slots = Arc::new(Semaphore::new(self.app.config.batches_in_flight.clamp(1, super::MAX_IN_FLIGHT)));
         let mut running = JoinSet::new();
         loop {
             // A free slot first: a batch is gathered only when it can start,
@@ -376,10 +376,14 @@ impl<S: Store + 'static> Coap<S> {
                 this.run_batch(jobs).await;
                 drop(slot);
             });
-            while running.try_join_next().is_some() {}
+            while let Some(done) = running.try_join_next() {
+                failed(done);
+            }
         }
         // The batches in flight commit and answer before this returns.
-        while running.join_next().await.is_some() {}
+        while let Some(done) = running.join_next().await {
+            failed(done);
+        }
         // Whatever is still queued was never ingested: no answer, the device retransmits.
         let mut dropped = 0usize;
         while queue.try_recv().is_ok() {
@@ -388,7 +392,9 @@ impl<S: Store + 'static> Coap<S> {
         info!(unanswered = dropped, "coap: ingest stopped");
     }
 
-    /// Ingests one batch on a blocking thread, then answers each job.
+    /// Ingests one batch on a blocking thread, then answers each job. Its
+    /// jobs stay pending in the dedup cache if it fails: a retransmission
+    /// is dropped until the entry expires, and the device tries again.
     async fn run_batch(&self, jobs: Vec<Job>) {
         let now = (self.app.clock)();
         let app = Arc::clone(&self.app);
@@ -411,6 +417,13 @@ impl<S: Store + 'static> Coap<S> {
             self.dedup().insert((job.peer, job.message_id), Cached::Answered(bytes.clone()), Instant::now());
             self.send(job.peer, &bytes).await;
         }
+    }
+}
+
+/// Logs a batch task that panicked or was cancelled.
+fn failed(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        warn!(error = %e, "batch task failed; its requests were not answered");
     }
 }
 

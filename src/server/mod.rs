@@ -67,6 +67,7 @@ pub struct Config {
     /// `FjallStore`), whose batches verify side by side; with one core per
     /// batch, set [`crate::vendor::IngestConfig::workers`] to 1
     /// (docs/benchmarks.md). Over other stores batches wait for each other.
+    /// At most [`MAX_IN_FLIGHT`] are used.
     pub batches_in_flight: usize,
     /// The time the pipeline judges consent and records arrivals by.
     pub clock: Clock,
@@ -102,6 +103,9 @@ impl Default for Config {
         }
     }
 }
+
+/// The most batches in flight ([`Config::batches_in_flight`] is clamped to it).
+pub const MAX_IN_FLIGHT: usize = 1024;
 
 /// Sealed notices waiting per device, at most this many each (older ones
 /// are delivered first; beyond it [`Running::send_notice`] refuses).
@@ -187,7 +191,7 @@ pub fn kind_name(kind: Kind) -> &'static str {
 }
 
 /// A running server. Dropping it stops the tasks too, without waiting for
-/// them; [`Running::shutdown`] waits for the batch in flight. With a store
+/// them; [`Running::shutdown`] waits for the batches in flight. With a store
 /// whose drop blocks (`PgStore`, feature `postgres`), call
 /// [`Running::shutdown`] (or keep a clone of the ingestor's `Arc` and drop
 /// it outside the runtime): a plain drop may release the store on an async
@@ -225,7 +229,7 @@ impl Running {
         self.notices.send(device, notice)
     }
 
-    /// Stops: no more datagrams are received, the batch in flight is
+    /// Stops: no more datagrams are received, the batches in flight are
     /// committed and answered, queued requests are left unanswered (their
     /// devices retransmit), HTTP finishes open requests. Returns when all
     /// tasks have ended.
