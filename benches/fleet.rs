@@ -32,11 +32,19 @@
 //! - `open_vs_verify_21` / `open_vs_verify_188`: `Envelope::parse`, decrypt,
 //!   verify, decode of Usage bodies of 21 and 188 bytes, interleaved with raw
 //!   `verify_strict` of the same messages.
-//! - `two_workers_vs_one`: the fleet workload in memory with
-//!   `IngestConfig::workers = 2` over 1 (meaningful only when both cores
-//!   are free: check the load average). Printed after it, as a comment:
-//!   raw `verify_strict` on two threads over one, the ceiling this machine
-//!   allows at that moment.
+//! - `memory_100k_vs_100`: the in-memory pipeline with `N` devices over 100
+//!   devices (the workloads of `durable_100k_vs_100`): what grows with the
+//!   fleet before any store; `durable_100k_vs_100_over_memory` divides it
+//!   out of fjall's figure, leaving the store's own growth.
+//! - `two_workers_vs_one`: the fleet workload in memory on two threads,
+//!   each calling `ingest_batch` with whole groups (every other group) on
+//!   one `Ingestor`, over one thread (meaningful only when both cores are
+//!   free: check the load average). `two_split_workers_vs_one`: one thread
+//!   with `IngestConfig::workers = 2`, which splits each group. Printed
+//!   after them, as comments: raw `verify_strict` on two threads over one,
+//!   the ceiling this machine allows at that moment, and the ceiling of a
+//!   split group (two batch equations of 128 on two threads over one of
+//!   256).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -561,6 +569,9 @@ fn main() {
     println!("ratio fleet_durable_vs_memory {fjall_vs_memory:.2}");
     println!("ratio durable_100k_vs_100 {fjall_flat:.2}");
     println!("ratio memory_100k_vs_100 {memory_flat:.2}");
+    // The store's own growth: the durable ratio with the in-memory
+    // pipeline's growth divided out.
+    println!("ratio durable_100k_vs_100_over_memory {:.2}", fjall_flat / memory_flat);
     println!("ratio fleet_durable_vs_memory_fjall {fjall_vs_memory:.2}");
     println!("ratio durable_100k_vs_100_fjall {fjall_flat:.2}");
     println!("ratio fleet_durable_vs_memory_redb {redb_vs_memory:.2}");
