@@ -44,7 +44,8 @@
 //!   after them, as comments: raw `verify_strict` on two threads over one,
 //!   the ceiling this machine allows at that moment, and the ceiling of a
 //!   split group (two batch equations of 128 on two threads over one of
-//!   256).
+//!   256). `two_workers_vs_one_fjall`: the same two threads over one on
+//!   `FjallStore`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -424,10 +425,20 @@ struct Durable {
     big_raw: Vec<f64>,
     small: Vec<f64>,
     small_raw: Vec<f64>,
+    /// The fleet on two threads (whole groups), if run.
+    two: Vec<f64>,
+    two_raw: Vec<f64>,
 }
 
-/// The durable workloads on one store, opened by `open` in a fresh directory.
-fn durable<S: Store>(fx: &Fleet, small: &Fleet, name: &str, open: impl Fn(&std::path::Path) -> S) -> Durable {
+/// The durable workloads on one store, opened by `open` in a fresh
+/// directory; with `two`, the fleet again on two threads, in another.
+fn durable<S: Store>(
+    fx: &Fleet,
+    small: &Fleet,
+    name: &str,
+    two: bool,
+    open: impl Fn(&std::path::Path) -> S,
+) -> Durable {
     let dir = TempDir::new(&format!("{name}-big"));
     let t = Instant::now();
     let v = ingestor(open(&dir.0), fx, 1);
@@ -442,7 +453,14 @@ fn durable<S: Store>(fx: &Fleet, small: &Fleet, name: &str, open: impl Fn(&std::
     show(&format!("{SMALL_FLEET} devices {name} 1 worker"), &small_rates, &small_raw);
     drop(v);
     drop(dir);
-    Durable { big, big_raw, small: small_rates, small_raw }
+    let (mut two_rates, mut two_raw) = (vec![], vec![]);
+    if two {
+        let dir = TempDir::new(&format!("{name}-two"));
+        let v = ingestor(open(&dir.0), fx, 1);
+        (two_rates, two_raw) = timed_on(&v, fx, 2);
+        show(&format!("fleet {name} 2 threads (whole groups)"), &two_rates, &two_raw);
+    }
+    Durable { big, big_raw, small: small_rates, small_raw, two: two_rates, two_raw }
 }
 
 fn main() {
@@ -524,12 +542,12 @@ fn main() {
     }
     // Durable: the fleet, then 100 devices, on each store.
     let redb = if run("durable") || run("redb") {
-        durable(&fx, &small, "redb", |dir| RedbStore::open(dir.join("v.redb")).unwrap())
+        durable(&fx, &small, "redb", false, |dir| RedbStore::open(dir.join("v.redb")).unwrap())
     } else {
         Durable::default()
     };
     let fjall = if run("durable") || run("fjall") {
-        durable(&fx, &small, "fjall", |dir| FjallStore::open(dir.join("v.fjall")).unwrap())
+        durable(&fx, &small, "fjall", true, |dir| FjallStore::open(dir.join("v.fjall")).unwrap())
     } else {
         Durable::default()
     };
@@ -581,6 +599,10 @@ fn main() {
     println!("ratio open_vs_verify_{len188} {open188:.2}");
     println!("ratio two_workers_vs_one {two:.2}");
     println!("ratio two_split_workers_vs_one {split:.2}");
+    println!(
+        "ratio two_workers_vs_one_fjall {:.2}",
+        median(ratios(&norm(&fjall.two, &fjall.two_raw), &norm(&fjall.big, &fjall.big_raw)))
+    );
     if run("two") {
         println!("# the same ceiling: raw verify_strict on 2 threads / 1 thread {:.2}", two_threads_vs_one(&fx.raw));
         println!(

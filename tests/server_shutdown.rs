@@ -213,8 +213,9 @@ fn shutdown_commits_and_answers_the_batch_in_flight_before_it_returns() {
 
 /// A `MemoryStore` (it counts commits, so batches verify with no
 /// transaction open) that, once armed, holds the second `begin` after
-/// arming (a batch's write) until one more `begin` (another batch's read)
-/// has started, or 30 s have passed; `overlapped` says which.
+/// arming (a batch's write, or a second batch's read) until one more
+/// `begin` has started, or 30 s have passed; `overlapped` says which. Taken
+/// one at a time, two batches could not get past the first one's write.
 #[derive(Default)]
 struct Overlap {
     inner: MemoryStore,
