@@ -41,7 +41,7 @@ an error naming it; relative paths are relative to the file's directory. Example
     batch = 256
     queue = 4096
     # workers = 4                                  # default: one per core
-    # in_flight = 2                                # batches at once; default 1 (fjall: one per core, workers = 1)
+    # in_flight = 2                                # batches at once; default 1 (pays with store = fjall)
     log = \"info\"
 
     # A keyring instead of `keys` (SPEC.md §9.2; at most 3 pairs, the highest
@@ -180,8 +180,8 @@ struct ServeArgs {
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
     /// Batches ingested at once, at most 1024 [default: 1]. More than one
-    /// pays with store = fjall, whose batches verify side by side: one per
-    /// core, with --workers 1.
+    /// pays with store = fjall, whose batches verify side by side (use
+    /// --workers 1 with it).
     #[arg(long, value_name = "N")]
     in_flight: Option<usize>,
     /// What to log, as a tracing filter ("info", "debug",
