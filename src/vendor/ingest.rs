@@ -802,9 +802,8 @@ impl<S: Store> Ingestor<S> {
         };
         if seq.is_some() {
             let moved = Moved { commits: tx.commit_seq() != seq, denylist: self.denylist_generation() != denylist };
-            let batch: Vec<(usize, &[u8], Option<DeviceId>)> =
-                messages.iter().zip(&device_of).enumerate().map(|(i, (m, d))| (i, *m, *d)).collect();
-            if let Err(e) = self.rejudge(&mut tx, moved, &snapshot, &mut fresh, &batch, &mut results, now) {
+            let batch = (messages, device_of.as_slice());
+            if let Err(e) = self.rejudge(&mut tx, moved, &snapshot, &mut fresh, batch, &mut results, now) {
                 return fail_all(e);
             }
         }
@@ -937,7 +936,8 @@ impl<S: Store> Ingestor<S> {
     /// - the denylist changed (`moved.denylist`): every device is.
     ///
     /// Judging again is on this thread, signatures verified one by one; it
-    /// replaces those devices' outcomes and states in `results`.
+    /// replaces those devices' outcomes and states in `results`. `batch`
+    /// is the messages and the device each names (`None`: no header).
     #[allow(clippy::too_many_arguments)]
     fn rejudge<'s>(
         &self,
@@ -945,7 +945,7 @@ impl<S: Store> Ingestor<S> {
         moved: Moved,
         snapshot: &Snapshot,
         fresh: &'s mut Snapshot,
-        batch: &[(usize, &[u8], Option<DeviceId>)],
+        batch: (&[&[u8]], &[Option<DeviceId>]),
         results: &mut Vec<PartResult<'s>>,
         now: u64,
     ) -> Result<(), StoreError> {
@@ -978,7 +978,14 @@ impl<S: Store> Ingestor<S> {
             return Ok(());
         }
         let changed = |d: &Option<DeviceId>| d.as_ref().is_some_and(|d| fresh.contains_key(d));
-        let again: Vec<(usize, &[u8])> = batch.iter().filter(|(_, _, d)| changed(d)).map(|&(i, m, _)| (i, m)).collect();
+        let (messages, device_of) = batch;
+        let again: Vec<(usize, &[u8])> = messages
+            .iter()
+            .zip(device_of)
+            .enumerate()
+            .filter(|(_, (_, d))| changed(d))
+            .map(|(i, (m, _))| (i, *m))
+            .collect();
         let redo: &[usize] = &again.iter().map(|&(i, _)| i).collect::<Vec<_>>();
         for r in results.iter_mut() {
             r.outcomes.retain(|(i, _)| redo.binary_search(i).is_err());
