@@ -10,11 +10,13 @@
     clippy::std_instead_of_core
 )]
 
+mod before_begin;
 mod server_common;
 
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 
+use before_begin::{Before, BeforeBegin};
 use coap_lite::ResponseType;
 use server_common::*;
 use spime::consent::ledger::LedgerEntry;
@@ -211,23 +213,21 @@ fn shutdown_commits_and_answers_the_batch_in_flight_before_it_returns() {
     assert_eq!(ingestor.store().message_count().unwrap(), 2);
 }
 
-/// A `MemoryStore` (it counts commits, so batches verify with no
-/// transaction open) that, once armed, holds the second `begin` after
+/// Before a `MemoryStore`'s `begin` (it counts commits, so batches verify
+/// with no transaction open): once armed, holds the second `begin` after
 /// arming (a batch's write, or a second batch's read) until one more
 /// `begin` has started, or 30 s have passed; `overlapped` says which. Taken
 /// one at a time, two batches could not get past the first one's write.
 #[derive(Default)]
 struct Overlap {
-    inner: MemoryStore,
     /// Begins counted since arming (`None`: not armed).
     begins: Mutex<Option<usize>>,
     more: std::sync::Condvar,
     overlapped: std::sync::atomic::AtomicBool,
 }
 
-impl spime::vendor::Store for Overlap {
-    type Txn<'a> = MemoryTxn<'a>;
-    fn begin(&self) -> Result<MemoryTxn<'_>, StoreError> {
+impl Before for Overlap {
+    fn before(&self, _: &MemoryStore) {
         let mut begins = self.begins.lock().unwrap();
         if let Some(n) = begins.as_mut() {
             *n += 1;
@@ -241,28 +241,6 @@ impl spime::vendor::Store for Overlap {
                 self.overlapped.store(after.is_some_and(|n| n > me), std::sync::atomic::Ordering::SeqCst);
             }
         }
-        self.inner.begin()
-    }
-    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        self.inner.devices()
-    }
-    fn message_count(&self) -> Result<u64, StoreError> {
-        self.inner.message_count()
-    }
-    fn device(&self, d: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
-        self.inner.device(d)
-    }
-    fn messages(&self, d: &DeviceId, q: &MessageQuery) -> Result<Vec<StoredMessage>, StoreError> {
-        self.inner.messages(d, q)
-    }
-    fn consent_ledger(&self, d: &DeviceId) -> Result<Vec<LedgerEntry>, StoreError> {
-        self.inner.consent_ledger(d)
-    }
-    fn notices(&self, d: &DeviceId) -> Result<Vec<NoticeRecord>, StoreError> {
-        self.inner.notices(d)
-    }
-    fn scrub(&self) -> Result<(), StoreError> {
-        self.inner.scrub()
     }
 }
 
@@ -273,8 +251,11 @@ impl spime::vendor::Store for Overlap {
 /// both reports are kept.
 #[test]
 fn two_batches_in_flight_verify_at_once() {
-    let ingestor =
-        Arc::new(Ingestor::new(Overlap::default(), vendor_keys(), IngestConfig { workers: 1, batch_verify: true }));
+    let ingestor = Arc::new(Ingestor::new(
+        BeforeBegin::new(Overlap::default()),
+        vendor_keys(),
+        IngestConfig { workers: 1, batch_verify: true },
+    ));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let config = Config {
         coap: "127.0.0.1:0".parse().unwrap(),
@@ -306,7 +287,7 @@ fn two_batches_in_flight_verify_at_once() {
         usages.push(dev.next_message().unwrap().unwrap().envelope.to_vec());
     }
     assert_eq!(ingestor.store().message_count().unwrap(), 2);
-    *ingestor.store().begins.lock().unwrap() = Some(0);
+    *ingestor.store().before.begins.lock().unwrap() = Some(0);
     let coap = running.coap;
     let replies: Vec<_> = std::thread::scope(|s| {
         let posts: Vec<_> =
@@ -314,7 +295,10 @@ fn two_batches_in_flight_verify_at_once() {
         posts.into_iter().map(|p| p.join().unwrap()).collect()
     });
     assert!(replies.iter().all(|r| r.code == ResponseType::Changed));
-    assert!(ingestor.store().overlapped.load(std::sync::atomic::Ordering::SeqCst), "the batches did not overlap");
+    assert!(
+        ingestor.store().before.overlapped.load(std::sync::atomic::Ordering::SeqCst),
+        "the batches did not overlap"
+    );
     assert_eq!(ingestor.store().message_count().unwrap(), 4);
     runtime.block_on(running.shutdown());
 }

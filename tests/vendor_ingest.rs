@@ -10,6 +10,9 @@ use spime::vendor::sim::{SimDevice, consent};
 use spime::vendor::*;
 use spime::wire::DeviceId;
 
+mod before_begin;
+use before_begin::{Before, BeforeBegin};
+
 const NOW: u64 = 1_000_000;
 const LATER: u64 = 40_000_000;
 
@@ -710,11 +713,11 @@ fn workers_agree_on_interleaved_devices_and_a_replay_in_one_batch() {
     }
 }
 
-/// A `MemoryStore` that runs a hook on itself just before the `n`th
-/// `begin` from when it was armed: another writer committing while a batch
-/// is verified, at a chosen moment.
+/// Runs a hook on the store just before the `n`th `begin` from when it
+/// was armed: another writer committing while a batch is verified, at a
+/// chosen moment.
+#[derive(Default)]
 struct Meddling {
-    inner: MemoryStore,
     countdown: core::sync::atomic::AtomicUsize,
     hook: std::sync::Mutex<Option<Hook>>,
 }
@@ -729,38 +732,15 @@ impl Meddling {
     }
 }
 
-impl Store for Meddling {
-    type Txn<'a> = MemoryTxn<'a>;
-    fn begin(&self) -> Result<MemoryTxn<'_>, StoreError> {
+impl Before for Meddling {
+    fn before(&self, store: &MemoryStore) {
         use core::sync::atomic::Ordering;
         if self.countdown.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1)) == Ok(1) {
             let hook = self.hook.lock().unwrap().take();
             if let Some(h) = hook {
-                h(&self.inner);
+                h(store);
             }
         }
-        self.inner.begin()
-    }
-    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        self.inner.devices()
-    }
-    fn message_count(&self) -> Result<u64, StoreError> {
-        self.inner.message_count()
-    }
-    fn device(&self, d: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
-        self.inner.device(d)
-    }
-    fn messages(&self, d: &DeviceId, q: &MessageQuery) -> Result<Vec<StoredMessage>, StoreError> {
-        self.inner.messages(d, q)
-    }
-    fn consent_ledger(&self, d: &DeviceId) -> Result<Vec<LedgerEntry>, StoreError> {
-        self.inner.consent_ledger(d)
-    }
-    fn notices(&self, d: &DeviceId) -> Result<Vec<NoticeRecord>, StoreError> {
-        self.inner.notices(d)
-    }
-    fn scrub(&self) -> Result<(), StoreError> {
-        self.inner.scrub()
     }
 }
 
@@ -771,8 +751,11 @@ impl Store for Meddling {
 /// untouched, is accepted as verified.
 #[test]
 fn a_commit_while_a_batch_verifies_is_seen_at_its_write() {
-    let store = Meddling { inner: MemoryStore::new(), countdown: 0.into(), hook: std::sync::Mutex::new(None) };
-    let v = Ingestor::new(store, vendor_keys(), IngestConfig { workers: 1, batch_verify: true });
+    let v = Ingestor::new(
+        BeforeBegin::new(Meddling::default()),
+        vendor_keys(),
+        IngestConfig { workers: 1, batch_verify: true },
+    );
     let (mut a, mut b) = (dev(1), dev(2));
     for d in [&mut a, &mut b] {
         v.ingest(&register(d, analytics()), NOW).unwrap();
@@ -780,7 +763,7 @@ fn a_commit_while_a_batch_verifies_is_seen_at_its_write() {
     let (ma, mb) = (a.seal(&ok_usage()).unwrap(), b.seal(&ok_usage()).unwrap());
     let counter = spime::wire::Header::parse(&ma).unwrap().0.counter;
     // The batch's first `begin` reads; the second, after verifying, writes.
-    v.store().arm(2, move |s| {
+    v.store().before.arm(2, move |s| {
         let mut tx = s.begin().unwrap();
         let mut w = tx.window(&DeviceId([1; 8])).unwrap();
         w.accept(counter).unwrap();
@@ -797,8 +780,8 @@ fn a_commit_while_a_batch_verifies_is_seen_at_its_write() {
 }
 
 /// A `Meddling` pipeline, shared so that a hook can ingest through it.
-fn meddled() -> std::sync::Arc<Ingestor<Meddling>> {
-    let store = Meddling { inner: MemoryStore::new(), countdown: 0.into(), hook: std::sync::Mutex::new(None) };
+fn meddled() -> std::sync::Arc<Ingestor<BeforeBegin<Meddling>>> {
+    let store = BeforeBegin::new(Meddling::default());
     std::sync::Arc::new(Ingestor::new(store, vendor_keys(), IngestConfig { workers: 1, batch_verify: true }))
 }
 
@@ -824,7 +807,7 @@ fn openers_failed_while_a_batch_verifies_throttle_it() {
     }
     let (a, b, c) = (forged(), forged(), forged());
     let weak = std::sync::Arc::downgrade(&v);
-    v.store().arm(2, move |_| {
+    v.store().before.arm(2, move |_| {
         let v = weak.upgrade().unwrap();
         assert_eq!(v.ingest(&c, NOW), Err(IngestError::Unauthentic));
     });
@@ -843,7 +826,7 @@ fn a_revocation_while_a_batch_verifies_is_seen_at_its_write() {
     }
     let (ma, mb, later) = (a.seal(&ok_usage()).unwrap(), b.seal(&ok_usage()).unwrap(), a.seal(&ok_usage()).unwrap());
     let weak = std::sync::Arc::downgrade(&v);
-    v.store().arm(2, move |_| {
+    v.store().before.arm(2, move |_| {
         let v = weak.upgrade().unwrap();
         v.revoke_device(DeviceId([1; 8]));
         assert_eq!(v.ingest(&later, NOW), Err(IngestError::Revoked));
@@ -863,7 +846,7 @@ fn a_record_changed_while_a_batch_verifies_is_judged_at_its_write() {
     let mut d = dev(1);
     v.ingest(&register(&mut d, analytics()), NOW).unwrap();
     let m = d.seal(&ok_usage()).unwrap();
-    v.store().arm(2, |s| {
+    v.store().before.arm(2, |s| {
         let mut tx = s.begin().unwrap();
         let mut r = tx.device(&DeviceId([1; 8])).unwrap().unwrap();
         r.lifecycle = Lifecycle::Decommissioned;
