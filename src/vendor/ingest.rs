@@ -26,7 +26,7 @@ use crate::wire::{DeviceId, Direction, Header, Kind};
 use super::batch::{BatchVerifier, batchable_key};
 use super::key_cache::KeyCache;
 use super::lifecycle::RetentionPolicy;
-use super::store::{DeviceRecord, Lifecycle, SessionSecrets, Store, StoredMessage, Transaction};
+use super::store::{DeviceRecord, KeyMemo, Lifecycle, SessionSecrets, Store, StoredMessage, Transaction};
 use super::{IngestError, KeyringError, StoreError};
 
 /// How the pipeline runs.
@@ -1163,9 +1163,13 @@ impl<S: Store> Ingestor<S> {
             (Some((_, k)), Some(r)) => (*k, r.batchable_key),
             (Some((_, k)), None) => (*k, batchable_key(k)),
             (None, Some(r)) => {
-                let k = match st.key {
+                let k = match st.key.or_else(|| r.remembered_key()) {
                     Some(k) => k,
-                    None => self.device_key(&r.certificate.body.device_key)?,
+                    None => {
+                        let k = self.device_key(&r.certificate.body.device_key)?;
+                        r.remember_key(&k);
+                        k
+                    }
                 };
                 st.key = Some(k);
                 (k, r.batchable_key)
@@ -1252,6 +1256,7 @@ impl<S: Store> Ingestor<S> {
                             owner_key,
                             ledger_next: previous.as_ref().map_or((0, [0; 32]), |r| r.ledger_next),
                             batchable_key: previous.as_ref().map_or_else(|| batchable_key(&key), |r| r.batchable_key),
+                            key: KeyMemo::default(),
                         };
                         (rec, true)
                     }
@@ -1545,6 +1550,53 @@ mod display_tests {
         v.reinstate_key(&[4; 32]);
         seen.push(v.denylist_generation());
         assert!(seen.windows(2).all(|w| w[0] != w[1]), "{seen:?}");
+    }
+
+    /// A record keeps its device key once a message needed it, shares it
+    /// with its clones, never stores or compares it, and never offers it
+    /// for a certificate other than the one it was taken from.
+    #[test]
+    #[cfg(any(feature = "redb", feature = "fjall"))]
+    fn a_record_keeps_its_device_key_for_its_own_certificate_only() {
+        use crate::consent::{CategorySet, DataCategory, Purpose};
+        use crate::message::Register;
+        use crate::vendor::sim::{SimDevice, consent, counter_usage};
+        use crate::vendor::{MemoryStore, Store, Transaction};
+
+        let vendor = VendorKeys::from_secrets(&[1; 32], &[2; 32]);
+        let v =
+            Ingestor::new(MemoryStore::new(), VendorKeys::from_secrets(&[1; 32], &[2; 32]), IngestConfig::default());
+        let mut d = SimDevice::new(DeviceId([5; 8]), [6; 32], &vendor).unwrap();
+        let grants = [(Purpose::USAGE_ANALYTICS, CategorySet::EMPTY.with(DataCategory::UsageCounters))];
+        let firmware = FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 };
+        let reg = Register {
+            certificate: d.certificate().clone(),
+            firmware,
+            consent: consent(1, &grants, 0),
+            transfer: None,
+        };
+        v.ingest(&d.seal(&reg).unwrap(), 10).unwrap();
+        let shared = |v: &Ingestor<MemoryStore>| {
+            let mut tx = v.store().begin().unwrap();
+            tx.load_shared(&[DeviceId([5; 8])]).unwrap().remove(0).0.unwrap()
+        };
+        assert_eq!(shared(&v).remembered_key(), None, "a Register verifies with its certificate's key");
+        v.ingest(&d.seal(&counter_usage(1, &[(0, 1)])).unwrap(), 10).unwrap();
+        let record = shared(&v);
+        let key = record.remembered_key().expect("kept after the first message that needed it");
+        assert_eq!(key.to_bytes(), d.certificate().body.device_key);
+        // Not stored, not compared.
+        let decoded: super::DeviceRecord =
+            crate::vendor::kv::decode(&crate::vendor::kv::encode(&*record).unwrap(), "devices").unwrap();
+        assert_eq!(decoded.remembered_key(), None);
+        assert_eq!(decoded, *record);
+        // A copy keeps it; a copy whose certificate changed does not offer it.
+        let mut other = (*record).clone();
+        assert_eq!(other.remembered_key(), Some(key));
+        other.certificate.body.device_key = [9; 32];
+        assert_eq!(other.remembered_key(), None);
+        other.remember_key(&key);
+        assert_eq!(other.remembered_key(), None, "a key for another certificate is not kept");
     }
 
     #[test]

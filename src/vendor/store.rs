@@ -22,6 +22,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ops::RangeInclusive;
 
+use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -155,12 +156,59 @@ pub struct DeviceRecord {
     /// Whether the device key lies in the prime-order subgroup, so its
     /// signatures may be batch-verified (see [`super::batch`]).
     pub batchable_key: bool,
+    /// The certificate's device key, decompressed at its first use and
+    /// kept with the record ([`KeyMemo`]): not stored, not compared.
+    #[serde(skip)]
+    pub(crate) key: KeyMemo,
 }
 
 impl DeviceRecord {
     /// The current key epoch.
     pub const fn epoch(&self) -> u32 {
         self.session.epoch
+    }
+
+    /// The device key, if this record (or the record it was cloned from)
+    /// already decompressed it for the certificate it holds now.
+    pub(crate) fn remembered_key(&self) -> Option<VerifyingKey> {
+        self.key.0.get().filter(|k| k.as_bytes() == &self.certificate.body.device_key).copied()
+    }
+
+    /// Keeps `key` with the record, if it is the certificate's device key
+    /// and none is kept yet.
+    pub(crate) fn remember_key(&self, key: &VerifyingKey) {
+        if key.as_bytes() == &self.certificate.body.device_key {
+            let _ = self.key.0.set(*key);
+        }
+    }
+}
+
+/// A record's device key, decompressed once. A fleet's records are read
+/// from all over memory; verifying a device's message needs its record
+/// and its decompressed key (a tenth of a verification to decompress):
+/// kept in the record, both come from one place, where a separate cache
+/// of keys would cost a lookup in another fleet-sized table. A store
+/// that keeps records in memory (`MemoryStore`, `FjallStore`'s cache) keeps
+/// the key with them; one that decodes records afresh starts it empty.
+///
+/// It is never stored and never compared (two records that differ only in
+/// it are equal), and a key is used only while it matches the record's
+/// certificate, so a record whose certificate is replaced in a copy never
+/// verifies with the old key.
+#[derive(Clone, Default)]
+pub(crate) struct KeyMemo(std::sync::OnceLock<VerifyingKey>);
+
+impl PartialEq for KeyMemo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for KeyMemo {}
+
+impl core::fmt::Debug for KeyMemo {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("KeyMemo")
     }
 }
 
