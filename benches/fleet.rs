@@ -222,16 +222,16 @@ fn timed<S: Store>(v: &Ingestor<S>, fx: &Fleet) -> (Vec<f64>, Vec<f64>) {
 
 /// [`timed`], the rounds ingested on `threads` threads.
 fn timed_on<S: Store>(v: &Ingestor<S>, fx: &Fleet, threads: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut rates = Vec::new();
-    let mut raws = Vec::new();
-    for round in &fx.rounds {
-        let before = raw_rate(&fx.raw);
-        rates.push(ingest_rate(v, round, threads));
-        // A round takes seconds; the raw pass a fraction of one: pair the
-        // round with the mean of a raw pass before and one after it.
-        raws.push((before + raw_rate(&fx.raw)) / 2.0);
-    }
-    (rates, raws)
+    fx.rounds.iter().map(|round| timed_round(v, round, &fx.raw, threads)).unzip()
+}
+
+/// One round with raw passes just before and after it: (pipeline rate,
+/// raw rate). A round takes seconds; the raw pass a fraction of one: the
+/// round is paired with the mean of the two.
+fn timed_round<S: Store>(v: &Ingestor<S>, round: &[Vec<u8>], raw: &[Raw], threads: usize) -> (f64, f64) {
+    let before = raw_rate(raw);
+    let rate = ingest_rate(v, round, threads);
+    (rate, (before + raw_rate(raw)) / 2.0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -430,8 +430,43 @@ struct Durable {
     two_raw: Vec<f64>,
 }
 
+/// The rounds of `fx` on `a` and of `small` on `b`, interleaved (which
+/// goes first alternates): (a's rates, a's raw rates, b's, b's raw).
+fn side_by_side<A: Store, B: Store>(
+    a: &Ingestor<A>,
+    fx: &Fleet,
+    b: &Ingestor<B>,
+    small: &Fleet,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut big, mut big_raw, mut small_rates, mut small_raw) = (vec![], vec![], vec![], vec![]);
+    for (r, (rb, rs)) in fx.rounds.iter().zip(&small.rounds).enumerate() {
+        let mut run_big = || {
+            let (rate, raw) = timed_round(a, rb, &fx.raw, 1);
+            big.push(rate);
+            big_raw.push(raw);
+        };
+        let mut run_small = || {
+            let (rate, raw) = timed_round(b, rs, &small.raw, 1);
+            small_rates.push(rate);
+            small_raw.push(raw);
+        };
+        if r % 2 == 0 {
+            run_big();
+            run_small();
+        } else {
+            run_small();
+            run_big();
+        }
+    }
+    (big, big_raw, small_rates, small_raw)
+}
+
 /// The durable workloads on one store, opened by `open` in a fresh
-/// directory; with `two`, the fleet again on two threads, in another.
+/// directory each: the fleet and the 100 devices side by side, their
+/// rounds interleaved (the first of a pair alternating), so a change of
+/// machine speed or the store's background work (flushes, compactions)
+/// falls on both alike; with `two`, the fleet again on two threads, in a
+/// third directory.
 fn durable<S: Store>(
     fx: &Fleet,
     small: &Fleet,
@@ -439,20 +474,16 @@ fn durable<S: Store>(
     two: bool,
     open: impl Fn(&std::path::Path) -> S,
 ) -> Durable {
-    let dir = TempDir::new(&format!("{name}-big"));
+    let big_dir = TempDir::new(&format!("{name}-big"));
     let t = Instant::now();
-    let v = ingestor(open(&dir.0), fx, 1);
+    let big_v = ingestor(open(&big_dir.0), fx, 1);
     println!("# {} devices registered in {name} in {:.1} s", fx.registrations.len(), t.elapsed().as_secs_f64());
-    let (big, big_raw) = timed(&v, fx);
+    let small_dir = TempDir::new(&format!("{name}-small"));
+    let small_v = ingestor(open(&small_dir.0), small, 1);
+    let (big, big_raw, small_rates, small_raw) = side_by_side(&big_v, fx, &small_v, small);
     show(&format!("fleet {name} 1 worker"), &big, &big_raw);
-    drop(v);
-    drop(dir);
-    let dir = TempDir::new(&format!("{name}-small"));
-    let v = ingestor(open(&dir.0), small, 1);
-    let (small_rates, small_raw) = timed(&v, small);
     show(&format!("{SMALL_FLEET} devices {name} 1 worker"), &small_rates, &small_raw);
-    drop(v);
-    drop(dir);
+    drop((big_v, small_v, big_dir, small_dir));
     let (mut two_rates, mut two_raw) = (vec![], vec![]);
     if two {
         let dir = TempDir::new(&format!("{name}-two"));
@@ -511,17 +542,17 @@ fn main() {
         let t = Instant::now();
         let mem1 = ingestor(MemoryStore::new(), &fx, 1);
         println!("# {n} devices registered in memory in {:.1} s", t.elapsed().as_secs_f64());
-        (fleet1, fleet1_raw) = timed(&mem1, &fx);
+        // What grows with the fleet before any store is durable: the fleet
+        // and the 100 devices side by side.
+        let mem_small = ingestor(MemoryStore::new(), &small, 1);
+        let (small1, small1_raw);
+        (fleet1, fleet1_raw, small1, small1_raw) = side_by_side(&mem1, &fx, &mem_small, &small);
         show("fleet memory 1 worker", &fleet1, &fleet1_raw);
-        drop(mem1);
+        show(&format!("{SMALL_FLEET} devices memory 1 worker"), &small1, &small1_raw);
+        drop((mem1, mem_small));
         let v = ingestor(MemoryStore::new(), &one, 1);
         (one1, one1_raw) = timed(&v, &one);
         show("one device memory 1 worker", &one1, &one1_raw);
-        drop(v);
-        // What grows with the fleet before any store is durable.
-        let v = ingestor(MemoryStore::new(), &small, 1);
-        let (small1, small1_raw) = timed(&v, &small);
-        show(&format!("{SMALL_FLEET} devices memory 1 worker"), &small1, &small1_raw);
         drop(v);
         memory_flat = median(ratios(&norm(&fleet1, &fleet1_raw), &norm(&small1, &small1_raw)));
     }
