@@ -12,8 +12,12 @@
 //! pass of the pipeline is paired with a pass of raw `verify_strict`
 //! (ed25519-dalek, keys already decompressed, over the exact signed bytes)
 //! timed right before and right after it (their mean), and the figure is the
-//! median over the rounds of (pipeline rate / raw rate). Messages are generated once and reused; each
-//! round ingests reports with counters the vendor has not seen yet.
+//! median over the rounds of (pipeline rate / raw rate). The exceptions are
+//! `durable_100k_vs_100` and `memory_100k_vs_100`: their two workloads run
+//! side by side, rounds interleaved, and the figure is the median over the
+//! rounds of (rate at `N` / rate at 100); `_normalised` prints it the other
+//! way. Messages are generated once and reused; each round ingests reports
+//! with counters the vendor has not seen yet.
 //!
 //! Workloads (`N` = `SPIME_BENCH_FLEET`, default 100,000):
 //! - `fleet_memory_vs_verify`: `N` registered devices, one Usage report
@@ -438,6 +442,7 @@ fn side_by_side<A: Store, B: Store>(
     b: &Ingestor<B>,
     small: &Fleet,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+    assert_eq!(fx.rounds.len(), small.rounds.len(), "both sides run every round");
     let (mut big, mut big_raw, mut small_rates, mut small_raw) = (vec![], vec![], vec![], vec![]);
     for (r, (rb, rs)) in fx.rounds.iter().zip(&small.rounds).enumerate() {
         let mut run_big = || {
@@ -463,10 +468,10 @@ fn side_by_side<A: Store, B: Store>(
 
 /// The durable workloads on one store, opened by `open` in a fresh
 /// directory each: the fleet and the 100 devices side by side, their
-/// rounds interleaved (the first of a pair alternating), so a change of
-/// machine speed or the store's background work (flushes, compactions)
-/// falls on both alike; with `two`, the fleet again on two threads, in a
-/// third directory.
+/// rounds interleaved (the first of a pair alternating), so a drift of
+/// machine speed falls on both, and the store's background work (mostly
+/// the fleet's flushes and compactions) on whichever side runs next; with
+/// `two`, the fleet again on two threads, alone, in a third directory.
 fn durable<S: Store>(
     fx: &Fleet,
     small: &Fleet,
@@ -573,7 +578,7 @@ fn main() {
         show("fleet memory 2 workers (each group split)", &split2, &split2_raw);
         drop(mem2);
     }
-    // Durable: the fleet, then 100 devices, on each store.
+    // Durable: the fleet and 100 devices side by side, on each store.
     let redb = if run("durable") || run("redb") {
         durable(&fx, &small, "redb", false, |dir| RedbStore::open(dir.join("v.redb")).unwrap())
     } else {

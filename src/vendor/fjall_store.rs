@@ -235,9 +235,9 @@ impl core::fmt::Debug for FjallStore {
 impl FjallStore {
     /// Devices whose record and window the store keeps in memory by
     /// default ([`FjallStore::with_record_cache`]): a fleet of 131,072. An
-    /// entry costs about 1.25 KB (the record, 1,144 bytes, behind its `Arc`;
-    /// a 64-byte slot with the window; the index), so a full cache holds
-    /// about 160 MB.
+    /// entry costs about 1.45 KB (the record, about 1,344 bytes with its
+    /// decompressed device key, behind its `Arc`; a 64-byte slot with the
+    /// window; the index), so a full cache holds about 190 MB.
     pub const RECORD_CACHE_DEFAULT: usize = 1 << 17;
 
     /// Opens the store in directory `dir`, creating it and its keyspaces

@@ -1597,6 +1597,12 @@ mod display_tests {
         assert_eq!(other.remembered_key(), None);
         other.remember_key(&key);
         assert_eq!(other.remembered_key(), None, "a key for another certificate is not kept");
+        // An empty memo refuses a key for another certificate, and still
+        // takes its own afterwards.
+        let wrong = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+        decoded.remember_key(&wrong);
+        decoded.remember_key(&key);
+        assert_eq!(decoded.remembered_key(), Some(key));
     }
 
     #[test]
