@@ -21,6 +21,14 @@
 //! same evaluation the device runs, and recorded in the hash-chained
 //! [`crate::consent::ledger`]. Scaling beyond one machine: docs/scaling.md.
 //!
+//! Building a server on x86-64: without `-C target-cpu`, the ChaCha20 and
+//! Poly1305 crates pick AVX2 code at run time that is, for messages of
+//! spime's size, about three times slower than their portable code. This
+//! repository's `.cargo/config.toml` selects the portable code
+//! (`--cfg chacha20_backend="soft" --cfg poly1305_backend="soft"`); a
+//! crate that depends on spime sets the same in its own, or builds with
+//! `-C target-cpu=x86-64-v3` (docs/benchmarks.md, "Vendor build profile").
+//!
 //! ```
 //! use spime::vendor::{Event, IngestConfig, Ingestor, MemoryStore};
 //! use spime::seal::{self, DeviceKey, Seal, VendorKeys, keys};
