@@ -14,9 +14,9 @@
 //! timed right before and right after it (their mean), and the figure is the
 //! median over the rounds of (pipeline rate / raw rate). The exceptions are
 //! `durable_100k_vs_100` and `memory_100k_vs_100`: their two workloads run
-//! side by side, rounds interleaved, and the figure is the median over the
-//! rounds of (rate at `N` / rate at 100); `_normalised` prints it the other
-//! way. Messages are generated once and reused; each round ingests reports
+//! side by side, taking turns group by group, and the figure is the median
+//! over the rounds of (rate at `N` / rate at 100); `_normalised` prints it
+//! the other way. Messages are generated once and reused; each round ingests reports
 //! with counters the vendor has not seen yet.
 //!
 //! Workloads (`N` = `SPIME_BENCH_FLEET`, default 100,000):
@@ -35,7 +35,10 @@
 //!   `durable_100k_vs_100_fjall` and `durable_100k_vs_100_redb`.
 //! - `open_vs_verify_21` / `open_vs_verify_188`: `Envelope::parse`, decrypt,
 //!   verify, decode of Usage bodies of 21 and 188 bytes, interleaved with raw
-//!   `verify_strict` of the same messages.
+//!   `verify_strict` of the same messages. A comment line before each gives
+//!   the decryption alone as a share of raw verification, and one at the
+//!   start says which ChaCha20 and Poly1305 code the build runs
+//!   (`.cargo/config.toml` picks the portable code; docs/benchmarks.md).
 //! - `memory_100k_vs_100`: the in-memory pipeline with `N` devices over 100
 //!   devices (the workloads of `durable_100k_vs_100`): what grows with the
 //!   fleet before any store; `durable_100k_vs_100_over_memory` divides it
@@ -315,7 +318,7 @@ fn open_vs_verify(len: usize) -> (usize, f64) {
     let key = d.key().public();
     let raws: Vec<Raw> = msgs.iter().map(|(m, _)| raw_of(m, &session, &key)).collect();
     let mut buf = vec![0u8; MAX_SEALED_LEN];
-    let mut rs = Vec::new();
+    let (mut rs, mut aead) = (Vec::new(), Vec::new());
     for _ in 0..40 {
         let t = Instant::now();
         for r in &raws {
@@ -330,9 +333,30 @@ fn open_vs_verify(len: usize) -> (usize, f64) {
         }
         let open = t.elapsed().as_secs_f64();
         rs.push(raw / open);
+        // The decryption alone (ChaCha20-Poly1305 of the whole envelope), as
+        // a share of raw verification.
+        let t = Instant::now();
+        for (m, _) in &msgs {
+            let env = Envelope::parse(black_box(m)).unwrap();
+            black_box(env.decrypt(&session, &mut buf).unwrap());
+        }
+        aead.push(t.elapsed().as_secs_f64() / raw);
     }
+    let sealed = msgs[0].0.len();
+    println!(
+        "# open, {body_len}-byte body ({sealed} B sealed): decryption alone {:.1} % of raw verify_strict (median of 40)",
+        100.0 * median(aead)
+    );
     (body_len, median(rs))
 }
+
+/// Which ChaCha20 and Poly1305 code this build runs (`.cargo/config.toml`,
+/// docs/benchmarks.md "The AEAD's backends").
+const AEAD_BUILD: &str = if cfg!(all(chacha20_backend = "soft", poly1305_backend = "soft")) {
+    "portable ChaCha20 and Poly1305 (the cfgs of .cargo/config.toml)"
+} else {
+    "ChaCha20 and Poly1305 as their crates choose (on x86-64 without target-cpu: AVX2 detected at run time)"
+};
 
 /// What two threads can do on this machine: raw `verify_strict` of `raws`
 /// on two threads at once (each verifying all of them) over one thread, as
@@ -434,8 +458,12 @@ struct Durable {
     two_raw: Vec<f64>,
 }
 
-/// The rounds of `fx` on `a` and of `small` on `b`, interleaved (which
-/// goes first alternates): (a's rates, a's raw rates, b's, b's raw).
+/// The rounds of `fx` on `a` and of `small` on `b`, side by side: within
+/// each round the two take turns group by group (which goes first
+/// alternates from group to group), and each side's batches are timed and
+/// summed, so a change of machine speed, even one of a few milliseconds,
+/// falls on both sides alike. A raw pass of each side's sample runs before
+/// and after the round. Returns (a's rates, a's raw rates, b's, b's raw).
 fn side_by_side<A: Store, B: Store>(
     a: &Ingestor<A>,
     fx: &Fleet,
@@ -444,33 +472,48 @@ fn side_by_side<A: Store, B: Store>(
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
     assert_eq!(fx.rounds.len(), small.rounds.len(), "both sides run every round");
     let (mut big, mut big_raw, mut small_rates, mut small_raw) = (vec![], vec![], vec![], vec![]);
-    for (r, (rb, rs)) in fx.rounds.iter().zip(&small.rounds).enumerate() {
-        let mut run_big = || {
-            let (rate, raw) = timed_round(a, rb, &fx.raw, 1);
-            big.push(rate);
-            big_raw.push(raw);
-        };
-        let mut run_small = || {
-            let (rate, raw) = timed_round(b, rs, &small.raw, 1);
-            small_rates.push(rate);
-            small_raw.push(raw);
-        };
-        if r % 2 == 0 {
-            run_big();
-            run_small();
-        } else {
-            run_small();
-            run_big();
+    for (rb, rs) in fx.rounds.iter().zip(&small.rounds) {
+        let raw_before = (raw_rate(&fx.raw), raw_rate(&small.raw));
+        let (gb, gs) = (groups(rb), groups(rs));
+        let (mut tb, mut ts) = (0.0, 0.0);
+        for i in 0..gb.len().max(gs.len()) {
+            let mut run_big = || tb += gb.get(i).map_or(0.0, |g| batch_time(a, g));
+            let mut run_small = || ts += gs.get(i).map_or(0.0, |g| batch_time(b, g));
+            if i % 2 == 0 {
+                run_big();
+                run_small();
+            } else {
+                run_small();
+                run_big();
+            }
         }
+        big.push(rb.len() as f64 / tb);
+        small_rates.push(rs.len() as f64 / ts);
+        big_raw.push((raw_before.0 + raw_rate(&fx.raw)) / 2.0);
+        small_raw.push((raw_before.1 + raw_rate(&small.raw)) / 2.0);
     }
     (big, big_raw, small_rates, small_raw)
 }
 
+/// A round's messages in groups of `GROUP` (one `ingest_batch` each).
+fn groups(round: &[Vec<u8>]) -> Vec<Vec<&[u8]>> {
+    round.chunks(GROUP).map(|g| g.iter().map(Vec::as_slice).collect()).collect()
+}
+
+/// Seconds `v` takes to ingest one group (every message accepted).
+fn batch_time<S: Store>(v: &Ingestor<S>, group: &[&[u8]]) -> f64 {
+    let t = Instant::now();
+    for r in v.ingest_batch(group, 10) {
+        black_box(r.unwrap());
+    }
+    t.elapsed().as_secs_f64()
+}
+
 /// The durable workloads on one store, opened by `open` in a fresh
-/// directory each: the fleet and the 100 devices side by side, their
-/// rounds interleaved (the first of a pair alternating), so a drift of
-/// machine speed falls on both, and the store's background work (mostly
-/// the fleet's flushes and compactions) on whichever side runs next; with
+/// directory each: the fleet and the 100 devices side by side, taking
+/// turns group by group ([`side_by_side`]), so a drift of machine speed
+/// falls on both, and so does the stores' background work (mostly the
+/// fleet's flushes and compactions, on the other core); with
 /// `two`, the fleet again on two threads, alone, in a third directory.
 fn durable<S: Store>(
     fx: &Fleet,
@@ -510,6 +553,7 @@ fn main() {
     let start_load = loadavg();
     println!("load_start {start_load}");
     println!("# fleet of {n} devices, groups of {GROUP}, {ROUNDS} rounds per workload");
+    println!("# AEAD: {AEAD_BUILD}");
 
     let t = Instant::now();
     let fx = fleet(n, 1, ROUNDS, 0x5a);
@@ -609,10 +653,10 @@ fn main() {
     // Store ÷ memory compares rates normalised by their own raw pass
     // (`norm`): the two ran minutes apart, and a change of machine speed
     // between them cancels out. Store at N ÷ store at 100 ran side by side,
-    // round by round, under the same conditions: it compares the rates
-    // themselves, pair by pair (a raw pass lasts a fifth of a second, right
-    // after a round while the store's background work runs, and dividing
-    // by it adds its noise); the normalised figure is printed too.
+    // group by group, under the same conditions: it compares the rates
+    // themselves, round by round (a raw pass lasts a fifth of a second,
+    // before or after a round while the store's background work runs, and
+    // dividing by it adds its noise); the normalised figure is printed too.
     let store_ratios = |d: &Durable| {
         (
             median(ratios(&norm(&d.big, &d.big_raw), &norm(&fleet1, &fleet1_raw))),
