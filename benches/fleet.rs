@@ -36,7 +36,7 @@
 //! - `open_vs_verify_21` / `open_vs_verify_188`: `Envelope::parse`, decrypt,
 //!   verify, decode of Usage bodies of 21 and 188 bytes, interleaved with raw
 //!   `verify_strict` of the same messages. A comment line before each gives
-//!   the decryption alone as a share of raw verification, and one at the
+//!   parse and decryption alone as a share of raw verification, and one at the
 //!   start says which ChaCha20 and Poly1305 code the build runs
 //!   (`.cargo/config.toml` picks the portable code; docs/benchmarks.md).
 //! - `memory_100k_vs_100`: the in-memory pipeline with `N` devices over 100
@@ -333,8 +333,8 @@ fn open_vs_verify(len: usize) -> (usize, f64) {
         }
         let open = t.elapsed().as_secs_f64();
         rs.push(raw / open);
-        // The decryption alone (ChaCha20-Poly1305 of the whole envelope), as
-        // a share of raw verification.
+        // Parse and decryption alone (ChaCha20-Poly1305 of the whole
+        // envelope), as a share of raw verification.
         let t = Instant::now();
         for (m, _) in &msgs {
             let env = Envelope::parse(black_box(m)).unwrap();
@@ -344,7 +344,7 @@ fn open_vs_verify(len: usize) -> (usize, f64) {
     }
     let sealed = msgs[0].0.len();
     println!(
-        "# open, {body_len}-byte body ({sealed} B sealed): decryption alone {:.1} % of raw verify_strict (median of 40)",
+        "# open, {body_len}-byte body ({sealed} B sealed): parse and decryption alone {:.1} % of raw verify_strict (median of 40)",
         100.0 * median(aead)
     );
     (body_len, median(rs))
