@@ -221,10 +221,35 @@ struct DevState<'s> {
     opener_accepted: bool,
 }
 
-/// Per device: its record, its window, and whether its openers are throttled.
+/// Per device: what the store holds for it when the batch began.
 type Snapshot = HashMap<DeviceId, SnapEntry>;
-/// A device's record, replay window, and whether its openers are throttled.
-type SnapEntry = (Option<Arc<DeviceRecord>>, ReplayWindow, bool);
+
+/// One device in a batch's snapshot.
+#[derive(Clone)]
+struct SnapEntry {
+    /// Its record (`None`: not registered).
+    record: Option<Arc<DeviceRecord>>,
+    /// Its replay window.
+    window: ReplayWindow,
+    /// Its openers are throttled (SPEC §9.2).
+    throttled: bool,
+    /// The record's device key, if the record already holds it
+    /// decompressed ([`DeviceRecord::remembered_key`]), read once by
+    /// [`snapshot`] so the pass does not read it again.
+    key: Option<VerifyingKey>,
+}
+
+impl SnapEntry {
+    /// The same record, window and throttling (`key` follows the record).
+    fn same(&self, other: &SnapEntry) -> bool {
+        let records = match (&self.record, &other.record) {
+            (Some(x), Some(y)) => Arc::ptr_eq(x, y) || x == y,
+            (None, None) => true,
+            _ => false,
+        };
+        records && self.window == other.window && self.throttled == other.throttled
+    }
+}
 
 /// Epoch openers for one device that failed after the key agreement, in
 /// the current window.
@@ -898,8 +923,8 @@ impl<S: Store> Ingestor<S> {
     /// Marks the devices whose openers failed too often lately (SPEC §9.2).
     fn mark_throttled(&self, mut snapshot: Snapshot, now: u64) -> Snapshot {
         let failures = self.opener_failures.lock().unwrap_or_else(PoisonError::into_inner);
-        for (d, (_, _, t)) in &mut snapshot {
-            *t = throttled(&failures, d, now);
+        for (d, e) in &mut snapshot {
+            e.throttled = throttled(&failures, d, now);
         }
         snapshot
     }
@@ -949,15 +974,7 @@ impl<S: Store> Ingestor<S> {
         results: &mut Vec<PartResult<'s>>,
         now: u64,
     ) -> Result<(), StoreError> {
-        let same = |a: &SnapEntry, b: &SnapEntry| {
-            let records = match (&a.0, &b.0) {
-                (Some(x), Some(y)) => Arc::ptr_eq(x, y) || x == y,
-                (None, None) => true,
-                _ => false,
-            };
-            records && a.1 == b.1 && a.2 == b.2
-        };
-        let differs = |d: &DeviceId, e: &SnapEntry| moved.denylist || snapshot.get(d).is_none_or(|old| !same(old, e));
+        let differs = |d: &DeviceId, e: &SnapEntry| moved.denylist || snapshot.get(d).is_none_or(|old| !old.same(e));
         *fresh = if moved.commits {
             let ids: HashMap<DeviceId, usize> = snapshot.keys().map(|d| (*d, 0)).collect();
             self.mark_throttled(self::snapshot(tx, &ids)?, now).into_iter().filter(|(d, e)| differs(d, e)).collect()
@@ -965,13 +982,13 @@ impl<S: Store> Ingestor<S> {
             // Nothing committed: the records and windows read still hold;
             // only the throttling (or the denylist) may have moved.
             let failures = self.opener_failures.lock().unwrap_or_else(PoisonError::into_inner);
-            if !moved.denylist && failures.is_empty() && snapshot.values().all(|e| !e.2) {
+            if !moved.denylist && failures.is_empty() && snapshot.values().all(|e| !e.throttled) {
                 return Ok(());
             }
             snapshot
                 .iter()
-                .filter(|(d, e)| moved.denylist || throttled(&failures, d, now) != e.2)
-                .map(|(d, e)| (*d, (e.0.clone(), e.1, throttled(&failures, d, now))))
+                .filter(|(d, e)| moved.denylist || throttled(&failures, d, now) != e.throttled)
+                .map(|(d, e)| (*d, SnapEntry { throttled: throttled(&failures, d, now), ..e.clone() }))
                 .collect()
         };
         if fresh.is_empty() {
@@ -1066,14 +1083,14 @@ impl<S: Store> Ingestor<S> {
             return Err(IngestError::WrongDirection(h.kind));
         }
         let st = states.entry(h.device).or_insert_with(|| {
-            let (record, window, throttled) = match snapshot.get(&h.device) {
-                Some((record, window, throttled)) => (record.as_deref().map(Cow::Borrowed), *window, *throttled),
-                None => (None, ReplayWindow::new(), false),
+            let (record, window, throttled, key) = match snapshot.get(&h.device) {
+                Some(e) => (e.record.as_deref().map(Cow::Borrowed), e.window, e.throttled, e.key),
+                None => (None, ReplayWindow::new(), false, None),
             };
             DevState {
                 record,
                 window,
-                key: None,
+                key,
                 dirty: false,
                 record_changed: false,
                 throttled,
@@ -1406,13 +1423,19 @@ fn snapshot<T: Transaction>(tx: &mut T, devices: &HashMap<DeviceId, usize>) -> R
     if loaded.len() != ids.len() {
         return Err(StoreError::Corrupt("load_devices"));
     }
-    warm(loaded.iter().filter_map(|(rec, _)| rec.as_deref()));
     // Throttling is marked afterwards, from the in-memory opener counts.
-    Ok(ids.into_iter().zip(loaded).map(|(d, (rec, win))| (d, (rec, win, false))).collect())
+    let mut snapshot: Snapshot = ids
+        .into_iter()
+        .zip(loaded)
+        .map(|(d, (record, window))| (d, SnapEntry { record, window, throttled: false, key: None }))
+        .collect();
+    warm(snapshot.values_mut());
+    Ok(snapshot)
 }
 
 /// Reads the fields of each record that judging a message reads first,
-/// one record after another in a tight loop, and throws the result away.
+/// one record after another in a tight loop: it keeps the decompressed
+/// device key in the entry and throws the rest away.
 ///
 /// Why: a fleet's records lie all over memory, so each is a cache miss.
 /// In the pass, a record's first read waits behind the previous message's
@@ -1421,12 +1444,13 @@ fn snapshot<T: Transaction>(tx: &mut T, devices: &HashMap<DeviceId, usize>) -> R
 /// the pass then finds the records in cache (a batch's 256 records of
 /// about 1.3 KB fit in a core's L2). Measured: docs/benchmarks.md, "The
 /// AEAD's backends".
-fn warm<'a>(records: impl Iterator<Item = &'a DeviceRecord>) {
+fn warm<'a>(entries: impl Iterator<Item = &'a mut SnapEntry>) {
     let mut acc = 0u64;
-    for r in records {
-        let key = r.remembered_key().map_or(0, |k| k.as_bytes()[0]);
+    for e in entries {
+        let Some(r) = e.record.as_deref() else { continue };
+        e.key = r.remembered_key();
         acc = acc
-            .wrapping_add(u64::from(r.certificate.body.device_key[0] ^ key))
+            .wrapping_add(u64::from(r.certificate.body.device_key[0]))
             .wrapping_add(r.certificate.body.issued_at)
             .wrapping_add(u64::from(r.session.epoch()) ^ u64::from(r.consent.state.version))
             .wrapping_add(u64::from(r.lifecycle == Lifecycle::Active) + u64::from(r.batchable_key));
