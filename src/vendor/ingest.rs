@@ -2,7 +2,6 @@
 //! consent check → a typed [`Event`], with the state changes of a whole
 //! batch committed in one transaction before anything is acknowledged.
 
-use alloc::borrow::Cow;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use std::collections::{HashMap, HashSet};
@@ -203,7 +202,7 @@ pub fn partition_of(device: &DeviceId, n: usize) -> usize {
 #[derive(Clone)]
 struct DevState<'s> {
     /// Borrowed from the batch's snapshot until it changes.
-    record: Option<Cow<'s, DeviceRecord>>,
+    record: Option<Rec<'s>>,
     window: ReplayWindow,
     key: Option<VerifyingKey>,
     /// The window changed (a message was accepted).
@@ -221,6 +220,30 @@ struct DevState<'s> {
     opener_accepted: bool,
 }
 
+/// A device's record in a pass: the snapshot's, or a changed one.
+///
+/// Not a `Cow`, which holds an owned record inline: a [`DevState`] would be
+/// as large as a record (about 1.1 KB), and a pass creates and moves one
+/// per device of its batch, where only a registration or a consent change
+/// makes a new record (then boxed).
+#[derive(Clone)]
+enum Rec<'s> {
+    /// The batch's snapshot holds it unchanged.
+    Snap(&'s DeviceRecord),
+    /// Changed in this pass.
+    New(Box<DeviceRecord>),
+}
+
+impl core::ops::Deref for Rec<'_> {
+    type Target = DeviceRecord;
+    fn deref(&self) -> &DeviceRecord {
+        match self {
+            Rec::Snap(r) => r,
+            Rec::New(r) => r,
+        }
+    }
+}
+
 /// Per device: what the store holds for it when the batch began.
 type Snapshot = HashMap<DeviceId, SnapEntry>;
 
@@ -233,14 +256,10 @@ struct SnapEntry {
     window: ReplayWindow,
     /// Its openers are throttled (SPEC §9.2).
     throttled: bool,
-    /// The record's device key, if the record already holds it
-    /// decompressed ([`DeviceRecord::remembered_key`]), read once by
-    /// [`snapshot`] so the pass does not read it again.
-    key: Option<VerifyingKey>,
 }
 
 impl SnapEntry {
-    /// The same record, window and throttling (`key` follows the record).
+    /// The same record, window and throttling.
     fn same(&self, other: &SnapEntry) -> bool {
         let records = match (&self.record, &other.record) {
             (Some(x), Some(y)) => Arc::ptr_eq(x, y) || x == y,
@@ -1046,7 +1065,8 @@ impl<S: Store> Ingestor<S> {
         now: u64,
         sig: &mut SigMode<'_>,
     ) -> PartResult<'s> {
-        let mut states: HashMap<DeviceId, DevState<'s>> = HashMap::new();
+        // Sized once: a fleet's batch has a state per message.
+        let mut states: HashMap<DeviceId, DevState<'s>> = HashMap::with_capacity(msgs.len().min(snapshot.len()));
         let mut outcomes = Vec::with_capacity(msgs.len());
         for &(i, bytes) in msgs {
             let mut opener = None;
@@ -1083,14 +1103,14 @@ impl<S: Store> Ingestor<S> {
             return Err(IngestError::WrongDirection(h.kind));
         }
         let st = states.entry(h.device).or_insert_with(|| {
-            let (record, window, throttled, key) = match snapshot.get(&h.device) {
-                Some(e) => (e.record.as_deref().map(Cow::Borrowed), e.window, e.throttled, e.key),
-                None => (None, ReplayWindow::new(), false, None),
+            let (record, window, throttled) = match snapshot.get(&h.device) {
+                Some(e) => (e.record.as_deref().map(Rec::Snap), e.window, e.throttled),
+                None => (None, ReplayWindow::new(), false),
             };
             DevState {
                 record,
                 window,
-                key,
+                key: None,
                 dirty: false,
                 record_changed: false,
                 throttled,
@@ -1364,7 +1384,7 @@ impl<S: Store> Ingestor<S> {
         st.window.accept(h.counter)?;
         st.dirty = true;
         if let Some(rec) = new_record {
-            st.record = Some(Cow::Owned(rec));
+            st.record = Some(Rec::New(Box::new(rec)));
             st.record_changed = true;
         }
         let message = StoredMessage {
@@ -1424,18 +1444,18 @@ fn snapshot<T: Transaction>(tx: &mut T, devices: &HashMap<DeviceId, usize>) -> R
         return Err(StoreError::Corrupt("load_devices"));
     }
     // Throttling is marked afterwards, from the in-memory opener counts.
-    let mut snapshot: Snapshot = ids
+    let snapshot: Snapshot = ids
         .into_iter()
         .zip(loaded)
-        .map(|(d, (record, window))| (d, SnapEntry { record, window, throttled: false, key: None }))
+        .map(|(d, (record, window))| (d, SnapEntry { record, window, throttled: false }))
         .collect();
-    warm(snapshot.values_mut());
+    warm(snapshot.values());
     Ok(snapshot)
 }
 
 /// Reads the fields of each record that judging a message reads first,
-/// one record after another in a tight loop: it keeps the decompressed
-/// device key in the entry and throws the rest away.
+/// one record after another in a tight loop (the decompressed device key
+/// it keeps among them), and throws what it read away.
 ///
 /// Why: a fleet's records lie all over memory, so each is a cache miss.
 /// In the pass, a record's first read waits behind the previous message's
@@ -1444,12 +1464,12 @@ fn snapshot<T: Transaction>(tx: &mut T, devices: &HashMap<DeviceId, usize>) -> R
 /// the pass then finds the records in cache (a batch's 256 records of
 /// about 1.3 KB fit in a core's L2). Measured: docs/benchmarks.md, "The
 /// AEAD's backends".
-fn warm<'a>(entries: impl Iterator<Item = &'a mut SnapEntry>) {
+fn warm<'a>(entries: impl Iterator<Item = &'a SnapEntry>) {
     let mut acc = 0u64;
     for e in entries {
         let Some(r) = e.record.as_deref() else { continue };
-        e.key = r.remembered_key();
         acc = acc
+            .wrapping_add(u64::from(r.remembered_key().is_some()))
             .wrapping_add(u64::from(r.certificate.body.device_key[0]))
             .wrapping_add(r.certificate.body.issued_at)
             .wrapping_add(u64::from(r.session.epoch()) ^ u64::from(r.consent.state.version))
