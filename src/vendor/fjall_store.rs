@@ -61,7 +61,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Slice, Snapshot};
 
 use crate::consent::Purpose;
 use crate::consent::ledger::LedgerEntry;
@@ -71,8 +71,8 @@ use crate::wire::DeviceId;
 use super::StoreError;
 use super::key_cache::Clock;
 use super::kv::{
-    self, Doomed, backend, counter_range, decode, device_notices_range, encode, notice_key, notice_key_sent,
-    notice_slot_range, notices_since_range, seq_key, window_bytes, window_from,
+    self, Doomed, backend, counter_range, decode, device_notices_range, encode, encode_into, notice_key,
+    notice_key_sent, notice_slot_range, notices_since_range, seq_key, window_bytes, window_from,
 };
 use super::store::{
     ConsentLedgerStore, DataErasure, DeviceRecord, DeviceRegistry, ErasureScope, MessageLog, MessageQuery, NoticeLog,
@@ -92,8 +92,8 @@ const WINDOWS: usize = MESSAGES;
 
 /// Where a device's replay window is stored in [`WINDOWS`]: the device id
 /// alone, just before the device's messages (device ‖ counter).
-fn window_key(device: &DeviceId) -> Vec<u8> {
-    device.0.to_vec()
+const fn window_key(device: &DeviceId) -> [u8; 8] {
+    device.0
 }
 
 /// Whether a key of the `messages` keyspace is a message's (device ‖
@@ -405,13 +405,17 @@ pub struct FjallTxn<'a> {
     seq: u64,
     cache: &'a Clock<[u8; 8], Cached>,
     /// The records and windows this transaction wrote, as values: what
-    /// its commit puts in the cache.
+    /// its commit puts in the cache. The windows are kept only here (not
+    /// in `writes`): the commit writes each beside its device's messages.
     records: HashMap<[u8; 8], Arc<DeviceRecord>>,
     windows: HashMap<[u8; 8], ReplayWindow>,
     db: Db,
     snap: Snapshot,
-    /// Per keyspace: key → new value, or `None` for a delete.
-    writes: [BTreeMap<Vec<u8>, Option<Vec<u8>>>; 5],
+    /// Per keyspace: key → new value, or `None` for a delete. The values
+    /// are fjall's own byte strings, which its batch takes without a copy.
+    writes: [BTreeMap<Vec<u8>, Option<Slice>>; 5],
+    /// Reused by each message's encoding.
+    buf: Vec<u8>,
 }
 
 impl core::fmt::Debug for FjallTxn<'_> {
@@ -421,19 +425,19 @@ impl core::fmt::Debug for FjallTxn<'_> {
 }
 
 impl FjallTxn<'_> {
-    fn writes(&mut self, space: usize) -> Result<&mut BTreeMap<Vec<u8>, Option<Vec<u8>>>, StoreError> {
+    fn writes(&mut self, space: usize) -> Result<&mut BTreeMap<Vec<u8>, Option<Slice>>, StoreError> {
         self.writes.get_mut(space).ok_or(StoreError::Corrupt("keyspaces"))
     }
 
     fn get(&self, space: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(w) = self.writes.get(space).and_then(|w| w.get(key)) {
-            return Ok(w.clone());
+            return Ok(w.as_deref().map(<[u8]>::to_vec));
         }
         Ok(self.snap.get(self.db.space(space)?, key).map_err(backend)?.map(|v| v.to_vec()))
     }
 
     fn put(&mut self, space: usize, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
-        self.writes(space)?.insert(key.to_vec(), Some(value));
+        self.writes(space)?.insert(key.to_vec(), Some(Slice::from(value)));
         Ok(())
     }
 
@@ -451,7 +455,7 @@ impl FjallTxn<'_> {
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = committed.into_iter().collect();
         for (k, v) in writes.range::<[u8], _>((core::ops::Bound::Included(lo), core::ops::Bound::Included(hi))) {
             match v {
-                Some(v) => merged.insert(k.clone(), v.clone()),
+                Some(v) => merged.insert(k.clone(), v.to_vec()),
                 None => merged.remove(k),
             };
         }
@@ -502,7 +506,6 @@ impl ReplayWindows for FjallTxn<'_> {
         Ok(self.shared(device)?.1)
     }
     fn put_window(&mut self, device: &DeviceId, window: &ReplayWindow) -> Result<(), StoreError> {
-        self.put(WINDOWS, &window_key(device), window_bytes(window).to_vec())?;
         self.windows.insert(device.0, *window);
         Ok(())
     }
@@ -590,16 +593,30 @@ impl Transaction for FjallTxn<'_> {
     /// when both its record and window were written); if it failed, the
     /// devices written leave the cache.
     fn commit(self) -> Result<(), StoreError> {
-        if self.writes.iter().all(BTreeMap::is_empty) {
+        if self.writes.iter().all(BTreeMap::is_empty) && self.windows.is_empty() {
             return Ok(());
         }
+        // The windows in key order, to go in just before their devices'
+        // messages (module docs).
+        let mut windows: Vec<([u8; 8], [u8; 24])> =
+            self.windows.iter().map(|(d, w)| (window_key(&DeviceId(*d)), window_bytes(w))).collect();
+        windows.sort_unstable_by_key(|&(k, _)| k);
+        let mut windows = windows.into_iter().peekable();
         let mut batch = self.db.batch();
-        for (space, writes) in self.db.spaces.iter().zip(self.writes) {
+        for (i, (space, writes)) in self.db.spaces.iter().zip(self.writes).enumerate() {
             for (k, v) in writes {
+                while i == WINDOWS
+                    && let Some((wk, wv)) = windows.next_if(|(wk, _)| wk.as_slice() <= k.as_slice())
+                {
+                    batch.insert(space, wk, wv);
+                }
                 match v {
                     Some(v) => batch.insert(space, k, v),
                     None => batch.remove(space, k),
                 }
+            }
+            if i == WINDOWS {
+                windows.by_ref().for_each(|(wk, wv)| batch.insert(space, wk, wv));
             }
         }
         let (cache, mut records, windows) = (self.cache, self.records, self.windows);
@@ -641,20 +658,21 @@ impl Transaction for FjallTxn<'_> {
     }
 
     fn put_windows(&mut self, windows: &[(DeviceId, ReplayWindow)]) -> Result<(), StoreError> {
-        let w = self.writes.get_mut(WINDOWS).ok_or(StoreError::Corrupt("keyspaces"))?;
-        for (d, window) in windows {
-            w.insert(window_key(d), Some(window_bytes(window).to_vec()));
-            self.windows.insert(d.0, *window);
-        }
+        self.windows.reserve(windows.len());
+        self.windows.extend(windows.iter().map(|(d, w)| (d.0, *w)));
         Ok(())
     }
 
     fn put_messages(&mut self, messages: Vec<StoredMessage>) -> Result<(), StoreError> {
+        let mut buf = core::mem::take(&mut self.buf);
         let w = self.writes(MESSAGES)?;
         for m in &messages {
-            // The write set owns each value: encode straight into it, no copy.
-            w.insert(seq_key(&m.device, m.counter).to_vec(), Some(encode(m)?));
+            // Encoded into one reused buffer, then copied once into the
+            // value fjall's batch takes as it is: one allocation a message.
+            encode_into(m, &mut buf)?;
+            w.insert(seq_key(&m.device, m.counter).to_vec(), Some(Slice::from(buf.as_slice())));
         }
+        self.buf = buf;
         Ok(())
     }
 }
@@ -676,6 +694,7 @@ impl Store for FjallStore {
             db,
             snap,
             writes: Default::default(),
+            buf: Vec::new(),
         })
     }
 
@@ -816,6 +835,40 @@ mod tests {
         for (id, w) in &windows {
             assert_eq!(tx.window(id).unwrap(), *w);
         }
+        drop(tx);
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A transaction keeps its windows apart from its other writes and
+    /// commits them with the rest: a window written twice commits the
+    /// later value, and a transaction that writes only a window commits it.
+    #[test]
+    fn a_window_written_last_is_the_one_committed() {
+        let dir = temp_dir("last-window");
+        let d = DeviceId([6; 8]);
+        let window = |c: u64| {
+            let mut w = ReplayWindow::new();
+            w.accept(c).unwrap();
+            w
+        };
+        {
+            let store = FjallStore::open(&dir).unwrap();
+            let mut tx = store.begin().unwrap();
+            tx.put_windows(&[(d, window(1))]).unwrap();
+            tx.put_messages(vec![message(d, 1)]).unwrap();
+            tx.put_window(&d, &window(2)).unwrap();
+            assert_eq!(tx.window(&d).unwrap(), window(2), "read your own write");
+            tx.commit().unwrap();
+            let mut tx = store.begin().unwrap();
+            tx.put_window(&DeviceId([7; 8]), &window(9)).unwrap();
+            tx.commit().unwrap();
+        }
+        let store = FjallStore::open(&dir).unwrap();
+        let mut tx = store.begin().unwrap();
+        assert_eq!(tx.window(&d).unwrap(), window(2));
+        assert_eq!(tx.window(&DeviceId([7; 8])).unwrap(), window(9));
+        assert_eq!(tx.message(&d, 1).unwrap(), Some(message(d, 1)));
         drop(tx);
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
