@@ -259,13 +259,21 @@ impl DataErasure for MemoryTxn<'_> {
 
 impl Transaction for MemoryTxn<'_> {
     fn load_shared(&mut self, devices: &[DeviceId]) -> Result<SharedDevices, StoreError> {
-        devices
+        // Found first, shared after. A fleet's records lie all over memory,
+        // and sharing one (an atomic increment of its count) waits for its
+        // cache miss with nothing else in flight; plain reads of the counts
+        // first let the processor overlap the misses.
+        let found: Vec<(Option<&Arc<DeviceRecord>>, ReplayWindow)> = devices
             .iter()
             .map(|d| {
-                let record = self.pending.devices.get(d).or_else(|| self.tables.devices.get(d)).cloned();
-                Ok((record, self.window(d)?))
+                let record = self.pending.devices.get(d).or_else(|| self.tables.devices.get(d));
+                let window = self.pending.windows.get(d).or_else(|| self.tables.windows.get(d));
+                (record, window.copied().unwrap_or_default())
             })
-            .collect()
+            .collect();
+        let touched = found.iter().filter_map(|(r, _)| r.map(Arc::strong_count)).fold(0usize, usize::wrapping_add);
+        core::hint::black_box(touched);
+        Ok(found.into_iter().map(|(r, w)| (r.cloned(), w)).collect())
     }
     fn put_messages(&mut self, messages: Vec<StoredMessage>) -> Result<(), StoreError> {
         if self.written.is_empty() {
@@ -291,6 +299,17 @@ impl Transaction for MemoryTxn<'_> {
                 v.retain(|n| !scope.covers_notice(n));
             }
         }
+        // Read first what the writes below will find (each device's window
+        // and the last message of its list), with nothing written in
+        // between: for a fleet these are cache misses, and plain reads in a
+        // row overlap where the writes would take them one at a time.
+        let touched = self
+            .written
+            .iter()
+            .filter_map(|m| t.messages.by_device.get(&m.device).and_then(|l| l.last()).map(|l| l.counter))
+            .chain(p.windows.keys().filter_map(|d| t.windows.get(d)).map(|w| w.parts().0))
+            .fold(0u64, u64::wrapping_add);
+        core::hint::black_box(touched);
         t.devices.extend(p.devices);
         t.windows.extend(p.windows);
         for (d, entries) in p.ledger {
