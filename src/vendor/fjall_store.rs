@@ -226,6 +226,12 @@ pub struct FjallStore {
 /// A device's committed state as cached.
 type Cached = (Option<Arc<DeviceRecord>>, ReplayWindow);
 
+/// Reads a cached entry (its record's reference count and its window) for
+/// [`Clock::get_many`]: what the pass then finds in cache.
+fn touch(c: &Cached) -> u64 {
+    c.0.as_ref().map_or(0, |r| u64::try_from(Arc::strong_count(r)).unwrap_or(0)) ^ c.1.parts().0
+}
+
 impl core::fmt::Debug for FjallStore {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("FjallStore").field("dir", &self.dir).finish_non_exhaustive()
@@ -467,11 +473,17 @@ impl FjallTxn<'_> {
     /// The state of `device` as this transaction sees it: its own writes,
     /// then the cache, then the snapshot (which then fills the cache).
     fn shared(&mut self, device: &DeviceId) -> Result<Cached, StoreError> {
+        let cached = self.cache.get(&device.0);
+        self.shared_from(device, cached)
+    }
+
+    /// [`FjallTxn::shared`], given what the cache holds for `device`.
+    fn shared_from(&mut self, device: &DeviceId, cached: Option<Cached>) -> Result<Cached, StoreError> {
         let (record, window) = (self.records.get(&device.0).cloned(), self.windows.get(&device.0).copied());
         if let (Some(r), Some(w)) = (&record, window) {
             return Ok((Some(Arc::clone(r)), w));
         }
-        let committed = match self.cache.get(&device.0) {
+        let committed = match cached {
             Some(c) => c,
             None => {
                 // The writer lock is held: nothing commits meanwhile, the
@@ -625,6 +637,9 @@ impl Transaction for FjallTxn<'_> {
             return Err(backend(e));
         }
         self.commits.fetch_add(1, Ordering::Relaxed);
+        // One write lock for the batch, its entries read before any changes.
+        let mut cache = cache.write();
+        cache.touch(windows.keys().chain(records.keys()), touch);
         for (d, w) in windows {
             let record = records.remove(&d);
             let updated = cache.update(&d, |c| {
@@ -654,7 +669,10 @@ impl Transaction for FjallTxn<'_> {
 
     /// As `load_devices`, the records shared with the cache (not copied).
     fn load_shared(&mut self, devices: &[DeviceId]) -> Result<SharedDevices, StoreError> {
-        devices.iter().map(|d| self.shared(d)).collect()
+        // The cache's entries for the whole batch at once: one lock, and
+        // the misses overlapped (`Clock::get_many`).
+        let cached = self.cache.get_many(devices.iter().map(|d| &d.0), touch);
+        devices.iter().zip(cached).map(|(d, c)| self.shared_from(d, c)).collect()
     }
 
     fn put_windows(&mut self, windows: &[(DeviceId, ReplayWindow)]) -> Result<(), StoreError> {
