@@ -1304,6 +1304,8 @@ impl<S: Store> Ingestor<S> {
                     firmware: rec.firmware,
                     consent_version: rec.consent.state.version,
                 };
+                // Its next messages need the key: kept with the record.
+                rec.remember_key(&key);
                 new_record = Some(rec);
                 event
             }
@@ -1648,10 +1650,11 @@ mod display_tests {
             let mut tx = v.store().begin().unwrap();
             tx.load_shared(&[DeviceId([5; 8])]).unwrap().remove(0).0.unwrap()
         };
-        assert_eq!(shared(&v).remembered_key(), None, "a Register verifies with its certificate's key");
+        let registered = shared(&v).remembered_key().expect("a Register keeps the key its certificate gave");
+        assert_eq!(registered.to_bytes(), d.certificate().body.device_key);
         v.ingest(&d.seal(&counter_usage(1, &[(0, 1)])).unwrap(), 10).unwrap();
         let record = shared(&v);
-        let key = record.remembered_key().expect("kept after the first message that needed it");
+        let key = record.remembered_key().expect("still kept after a message that used it");
         assert_eq!(key.to_bytes(), d.certificate().body.device_key);
         // Not stored, not compared.
         let decoded: super::DeviceRecord =

@@ -156,8 +156,10 @@ pub struct DeviceRecord {
     /// Whether the device key lies in the prime-order subgroup, so its
     /// signatures may be batch-verified (see [`super::batch`]).
     pub batchable_key: bool,
-    /// The certificate's device key, decompressed at its first use and
-    /// kept with the record ([`KeyMemo`]): not stored, not compared.
+    /// The certificate's device key, as the Register that made the record
+    /// decompressed it (or at its first use, for a record read from
+    /// storage), kept with the record ([`KeyMemo`]): not stored, not
+    /// compared.
     #[serde(skip)]
     pub(crate) key: KeyMemo,
 }
