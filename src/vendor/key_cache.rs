@@ -40,6 +40,13 @@ pub(crate) struct Clock<K, V> {
     inner: RwLock<Inner<K, V>>,
 }
 
+impl<K: Hash + Eq, V> Inner<K, V> {
+    /// The slot holding `key`, if any.
+    fn slot(&self, key: &K) -> Option<&Slot<K, V>> {
+        self.slots.get(*self.index.get(key)?)
+    }
+}
+
 impl<K: Hash + Eq + Copy, V: Clone> Clock<K, V> {
     /// An empty cache for at most `capacity` entries (at least one).
     pub(crate) fn new(capacity: usize) -> Clock<K, V> {
@@ -63,7 +70,7 @@ impl<K: Hash + Eq + Copy, V: Clone> Clock<K, V> {
     /// The value under `key`, if cached.
     pub(crate) fn get(&self, key: &K) -> Option<V> {
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        let slot = inner.slots.get(*inner.index.get(key)?)?;
+        let slot = inner.slot(key)?;
         slot.used.store(true, Ordering::Relaxed);
         Some(slot.value.clone())
     }
@@ -82,8 +89,7 @@ impl<K: Hash + Eq + Copy, V: Clone> Clock<K, V> {
         K: 'k,
     {
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        let found: Vec<Option<&Slot<K, V>>> =
-            keys.map(|k| inner.index.get(k).and_then(|&i| inner.slots.get(i))).collect();
+        let found: Vec<Option<&Slot<K, V>>> = keys.map(|k| inner.slot(k)).collect();
         core::hint::black_box(found.iter().flatten().map(|s| touch(&s.value)).fold(0u64, u64::wrapping_add));
         found
             .into_iter()
@@ -129,8 +135,7 @@ impl<K: Hash + Eq + Copy, V> ClockWrite<'_, K, V> {
     where
         K: 'k,
     {
-        let inner = &*self.inner;
-        let found = keys.filter_map(|k| inner.index.get(k).and_then(|&i| inner.slots.get(i)));
+        let found = keys.filter_map(|k| self.inner.slot(k));
         core::hint::black_box(found.map(|s| touch(&s.value)).fold(0u64, u64::wrapping_add));
     }
 

@@ -133,6 +133,13 @@ impl core::fmt::Debug for MemoryTxn<'_> {
     }
 }
 
+impl MemoryTxn<'_> {
+    /// `device`'s window as this transaction sees it (a fresh one if none).
+    fn window_of(&self, device: &DeviceId) -> ReplayWindow {
+        self.pending.windows.get(device).or_else(|| self.tables.windows.get(device)).copied().unwrap_or_default()
+    }
+}
+
 impl DeviceRegistry for MemoryTxn<'_> {
     fn device(&mut self, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
         Ok(self.pending.devices.get(device).or_else(|| self.tables.devices.get(device)).map(|r| (**r).clone()))
@@ -145,7 +152,7 @@ impl DeviceRegistry for MemoryTxn<'_> {
 
 impl ReplayWindows for MemoryTxn<'_> {
     fn window(&mut self, device: &DeviceId) -> Result<ReplayWindow, StoreError> {
-        Ok(self.pending.windows.get(device).or_else(|| self.tables.windows.get(device)).copied().unwrap_or_default())
+        Ok(self.window_of(device))
     }
     fn put_window(&mut self, device: &DeviceId, window: &ReplayWindow) -> Result<(), StoreError> {
         self.pending.windows.insert(*device, *window);
@@ -265,11 +272,7 @@ impl Transaction for MemoryTxn<'_> {
         // first let the processor overlap the misses.
         let found: Vec<(Option<&Arc<DeviceRecord>>, ReplayWindow)> = devices
             .iter()
-            .map(|d| {
-                let record = self.pending.devices.get(d).or_else(|| self.tables.devices.get(d));
-                let window = self.pending.windows.get(d).or_else(|| self.tables.windows.get(d));
-                (record, window.copied().unwrap_or_default())
-            })
+            .map(|d| (self.pending.devices.get(d).or_else(|| self.tables.devices.get(d)), self.window_of(d)))
             .collect();
         let touched = found.iter().filter_map(|(r, _)| r.map(Arc::strong_count)).fold(0usize, usize::wrapping_add);
         core::hint::black_box(touched);
