@@ -8,16 +8,18 @@
 //!
 //! Prints, besides the detail of every timed pass, one line per figure:
 //! `ratio <name> <value>`, and the load average (`/proc/loadavg`) at the
-//! start and at the end. Every ratio is taken within this run: each timed
-//! pass of the pipeline is paired with a pass of raw `verify_strict`
-//! (ed25519-dalek, keys already decompressed, over the exact signed bytes)
-//! timed right before and right after it (their mean), and the figure is the
-//! median over the rounds of (pipeline rate / raw rate). The exceptions are
-//! `durable_100k_vs_100` and `memory_100k_vs_100`: their two workloads run
-//! side by side, taking turns group by group, and the figure is the median
-//! over the rounds of (rate at `N` / rate at 100); `_normalised` prints it
-//! the other way. Messages are generated once and reused; each round ingests reports
-//! with counters the vendor has not seen yet.
+//! start and at the end. The ratios print with three decimals, so a figure
+//! at a target's line says on which side of it it is. Every ratio is taken
+//! within this run: each timed pass of the pipeline is paired with a pass
+//! of raw `verify_strict` (ed25519-dalek, keys already decompressed, over
+//! the exact signed bytes) timed right before and right after it (their
+//! mean), and the figure is the median over the rounds of (pipeline rate /
+//! raw rate). The exceptions are `durable_100k_vs_100` and
+//! `memory_100k_vs_100`: their two workloads run side by side, taking turns
+//! group by group, and the figure is the median over the rounds of (rate at
+//! `N` / rate at 100); `_normalised` prints it the other way. Messages are
+//! generated once and reused; each round ingests reports with counters the
+//! vendor has not seen yet.
 //!
 //! Workloads (`N` = `SPIME_BENCH_FLEET`, default 100,000):
 //! - `fleet_memory_vs_verify`: `N` registered devices, one Usage report
@@ -666,30 +668,30 @@ fn main() {
     };
     let two = median(ratios(&norm(&fleet2, &fleet2_raw), &norm(&fleet1, &fleet1_raw)));
     let split = median(ratios(&norm(&split2, &split2_raw), &norm(&fleet1, &fleet1_raw)));
-    println!("ratio fleet_memory_vs_verify {fleet_vs:.2}");
-    println!("ratio one_device_memory_vs_verify {:.2}", median(ratios(&one1, &one1_raw)));
+    println!("ratio fleet_memory_vs_verify {fleet_vs:.3}");
+    println!("ratio one_device_memory_vs_verify {:.3}", median(ratios(&one1, &one1_raw)));
     let (redb_vs_memory, redb_flat, _) = store_ratios(&redb);
     // The documented names are fjall's, the store closer to flat.
     let (fjall_vs_memory, fjall_flat, fjall_flat_normalised) = store_ratios(&fjall);
-    println!("ratio fleet_durable_vs_memory {fjall_vs_memory:.2}");
-    println!("ratio durable_100k_vs_100 {fjall_flat:.2}");
-    println!("ratio memory_100k_vs_100 {memory_flat:.2}");
-    println!("ratio durable_100k_vs_100_normalised {fjall_flat_normalised:.2}");
-    println!("ratio memory_100k_vs_100_normalised {memory_flat_normalised:.2}");
+    println!("ratio fleet_durable_vs_memory {fjall_vs_memory:.3}");
+    println!("ratio durable_100k_vs_100 {fjall_flat:.3}");
+    println!("ratio memory_100k_vs_100 {memory_flat:.3}");
+    println!("ratio durable_100k_vs_100_normalised {fjall_flat_normalised:.3}");
+    println!("ratio memory_100k_vs_100_normalised {memory_flat_normalised:.3}");
     // The store's own growth: the durable ratio with the in-memory
     // pipeline's growth divided out.
-    println!("ratio durable_100k_vs_100_over_memory {:.2}", fjall_flat / memory_flat);
-    println!("ratio fleet_durable_vs_memory_fjall {fjall_vs_memory:.2}");
-    println!("ratio durable_100k_vs_100_fjall {fjall_flat:.2}");
-    println!("ratio fleet_durable_vs_memory_redb {redb_vs_memory:.2}");
-    println!("ratio durable_100k_vs_100_redb {redb_flat:.2}");
-    println!("ratio open_vs_verify {:.2}", open21.min(open188));
-    println!("ratio open_vs_verify_{len21} {open21:.2}");
-    println!("ratio open_vs_verify_{len188} {open188:.2}");
-    println!("ratio two_workers_vs_one {two:.2}");
-    println!("ratio two_split_workers_vs_one {split:.2}");
+    println!("ratio durable_100k_vs_100_over_memory {:.3}", fjall_flat / memory_flat);
+    println!("ratio fleet_durable_vs_memory_fjall {fjall_vs_memory:.3}");
+    println!("ratio durable_100k_vs_100_fjall {fjall_flat:.3}");
+    println!("ratio fleet_durable_vs_memory_redb {redb_vs_memory:.3}");
+    println!("ratio durable_100k_vs_100_redb {redb_flat:.3}");
+    println!("ratio open_vs_verify {:.3}", open21.min(open188));
+    println!("ratio open_vs_verify_{len21} {open21:.3}");
+    println!("ratio open_vs_verify_{len188} {open188:.3}");
+    println!("ratio two_workers_vs_one {two:.3}");
+    println!("ratio two_split_workers_vs_one {split:.3}");
     println!(
-        "ratio two_workers_vs_one_fjall {:.2}",
+        "ratio two_workers_vs_one_fjall {:.3}",
         median(ratios(&norm(&fjall.two, &fjall.two_raw), &norm(&fjall.big, &fjall.big_raw)))
     );
     if run("two") {
