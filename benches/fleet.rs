@@ -544,6 +544,12 @@ fn durable<S: Store>(
     Durable { big, big_raw, small: small_rates, small_raw, two: two_rates, two_raw }
 }
 
+/// Prints one figure as `ratio <name> <value>`, with three decimals so a
+/// figure at a target's line says on which side of it it is.
+fn ratio(name: &str, value: f64) {
+    println!("ratio {name} {value:.3}");
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is understood.
     let n: usize = std::env::var("SPIME_BENCH_FLEET").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
@@ -668,31 +674,31 @@ fn main() {
     };
     let two = median(ratios(&norm(&fleet2, &fleet2_raw), &norm(&fleet1, &fleet1_raw)));
     let split = median(ratios(&norm(&split2, &split2_raw), &norm(&fleet1, &fleet1_raw)));
-    println!("ratio fleet_memory_vs_verify {fleet_vs:.3}");
-    println!("ratio one_device_memory_vs_verify {:.3}", median(ratios(&one1, &one1_raw)));
+    ratio("fleet_memory_vs_verify", fleet_vs);
+    ratio("one_device_memory_vs_verify", median(ratios(&one1, &one1_raw)));
     let (redb_vs_memory, redb_flat, _) = store_ratios(&redb);
     // The documented names are fjall's, the store closer to flat.
     let (fjall_vs_memory, fjall_flat, fjall_flat_normalised) = store_ratios(&fjall);
-    println!("ratio fleet_durable_vs_memory {fjall_vs_memory:.3}");
-    println!("ratio durable_100k_vs_100 {fjall_flat:.3}");
-    println!("ratio memory_100k_vs_100 {memory_flat:.3}");
-    println!("ratio durable_100k_vs_100_normalised {fjall_flat_normalised:.3}");
-    println!("ratio memory_100k_vs_100_normalised {memory_flat_normalised:.3}");
+    ratio("fleet_durable_vs_memory", fjall_vs_memory);
+    ratio("durable_100k_vs_100", fjall_flat);
+    ratio("memory_100k_vs_100", memory_flat);
+    ratio("durable_100k_vs_100_normalised", fjall_flat_normalised);
+    ratio("memory_100k_vs_100_normalised", memory_flat_normalised);
     // The store's own growth: the durable ratio with the in-memory
     // pipeline's growth divided out.
-    println!("ratio durable_100k_vs_100_over_memory {:.3}", fjall_flat / memory_flat);
-    println!("ratio fleet_durable_vs_memory_fjall {fjall_vs_memory:.3}");
-    println!("ratio durable_100k_vs_100_fjall {fjall_flat:.3}");
-    println!("ratio fleet_durable_vs_memory_redb {redb_vs_memory:.3}");
-    println!("ratio durable_100k_vs_100_redb {redb_flat:.3}");
-    println!("ratio open_vs_verify {:.3}", open21.min(open188));
-    println!("ratio open_vs_verify_{len21} {open21:.3}");
-    println!("ratio open_vs_verify_{len188} {open188:.3}");
-    println!("ratio two_workers_vs_one {two:.3}");
-    println!("ratio two_split_workers_vs_one {split:.3}");
-    println!(
-        "ratio two_workers_vs_one_fjall {:.3}",
-        median(ratios(&norm(&fjall.two, &fjall.two_raw), &norm(&fjall.big, &fjall.big_raw)))
+    ratio("durable_100k_vs_100_over_memory", fjall_flat / memory_flat);
+    ratio("fleet_durable_vs_memory_fjall", fjall_vs_memory);
+    ratio("durable_100k_vs_100_fjall", fjall_flat);
+    ratio("fleet_durable_vs_memory_redb", redb_vs_memory);
+    ratio("durable_100k_vs_100_redb", redb_flat);
+    ratio("open_vs_verify", open21.min(open188));
+    ratio(&format!("open_vs_verify_{len21}"), open21);
+    ratio(&format!("open_vs_verify_{len188}"), open188);
+    ratio("two_workers_vs_one", two);
+    ratio("two_split_workers_vs_one", split);
+    ratio(
+        "two_workers_vs_one_fjall",
+        median(ratios(&norm(&fjall.two, &fjall.two_raw), &norm(&fjall.big, &fjall.big_raw))),
     );
     if run("two") {
         println!("# the same ceiling: raw verify_strict on 2 threads / 1 thread {:.2}", two_threads_vs_one(&fx.raw));
