@@ -111,6 +111,17 @@ const CURRENT: &str = "CURRENT";
 /// 32 MiB, holds about 50,000), as redb's (1 GiB by default) does.
 const CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
+/// The memtable of the `messages` keyspace, where every commit inserts a
+/// window and a message per device, at keys spread over the fleet: fjall's
+/// default, 64 MiB, holds about a million of them, and each insert searches
+/// that skip list at a place no recent insert has warmed, slower as it
+/// fills. A quarter of it keeps the fleet's commits close to those of a
+/// few devices (docs/benchmarks.md, "The store alone, by key layout and
+/// memtable"). fjall keeps a keyspace's options from its creation: a
+/// database created with the default keeps it until [`FjallStore::scrub_dir`]
+/// creates its keyspaces anew.
+const MESSAGES_MEMTABLE: u64 = 16 * 1024 * 1024;
+
 /// The lock file that keeps a second `FjallStore` (in this process or
 /// another) from opening the directory.
 const LOCK: &str = "LOCK";
@@ -138,9 +149,11 @@ impl Db {
         }
         let mut spaces = Vec::with_capacity(SPACES.len());
         for s in SPACES {
-            spaces.push(
-                db.keyspace(s, KeyspaceCreateOptions::default).map_err(|e| backend(format!("keyspace {s}: {e}")))?,
-            );
+            let options = || {
+                let o = KeyspaceCreateOptions::default();
+                if s == kv::MESSAGES { o.max_memtable_size(MESSAGES_MEMTABLE) } else { o }
+            };
+            spaces.push(db.keyspace(s, options).map_err(|e| backend(format!("keyspace {s}: {e}")))?);
         }
         let spaces = spaces.try_into().map_err(|_| StoreError::Corrupt("keyspaces"))?;
         Ok(Db { db, spaces, name })
