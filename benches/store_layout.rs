@@ -8,27 +8,33 @@
 //! ```
 //!
 //! Each commit is one fjall batch of 256 messages, synced
-//! (`PersistMode::SyncAll`), as `FjallStore`'s commit writes it. The
-//! values are a real stored Usage report's encoding (one ingested by the
-//! pipeline in memory, re-encoded as `FjallStore` stores it). Two layouts,
-//! each on 100 devices and on `N` (`SPIME_BENCH_FLEET`, default 100,000),
-//! each message from the next device of a shuffled pass over its fleet:
-//! - `beside`: `FjallStore`'s layout. Per message, the device's replay
-//!   window (24 bytes) under the device id and the message under device ‖
+//! (`PersistMode::SyncAll`), in key order, as `FjallStore`'s commit writes
+//! it. The values are a real stored Usage report's encoding (one ingested
+//! by the pipeline in memory, re-encoded as `FjallStore` stores it). Each
+//! message comes from the next device of a shuffled pass over its fleet:
+//! 100 devices, or `N` (`SPIME_BENCH_FLEET`, default 100,000, at least
+//! 128). Three setups, each on both fleets:
+//! - `beside`: `FjallStore`'s layout and memtable
+//!   (`FjallStore::MESSAGES_MEMTABLE`). Per commit, each device's replay
+//!   window (24 bytes) under the device id, once however many of the
+//!   batch's messages are its own, and each message under device ‖
 //!   counter, in one keyspace.
+//! - `beside_64mib`: the same in fjall's default memtable, 64 MiB.
 //! - `sequential`: the message under commit number ‖ position in the
-//!   batch, and no window. The bound of a layout that keeps the windows
-//!   elsewhere (in memory, checkpointed) and writes the log in commit
-//!   order: not a store, it cannot find a device's messages.
+//!   batch, and no window, in the store's memtable. The bound of a layout
+//!   that keeps the windows elsewhere (in memory, checkpointed) and writes
+//!   the log in commit order: not a store, it cannot find a device's
+//!   messages.
 //!
-//! Prints one comment line per layout and fleet with the microseconds a
-//! message costs in each round, and `ratio <layout>_100k_vs_100` (median
-//! over the rounds of the rate at `N` over the rate at 100). The four
-//! databases take turns round by round. The pipeline's reads and its
-//! verification between commits evict what this loop keeps in the
-//! processor's caches, so in the pipeline the same inserts cost more: this
-//! is a lower bound of the store's share. `-- --test` (CI) runs one small
-//! round and checks the layouts wrote what they should.
+//! Prints one comment line per setup and fleet with the microseconds a
+//! message costs in each round, and `ratio <setup>_<N>_vs_100` (`N` as
+//! `100k` for 100,000): the median over the rounds of the rate at `N` over
+//! the rate at 100. The six databases take turns round by round. The
+//! pipeline's reads and its verification between commits evict what this
+//! loop keeps in the processor's caches, so in the pipeline the same
+//! inserts cost more: this is a lower bound of the store's share.
+//! `-- --test` (CI) runs one small round and checks that each database
+//! holds what its setup wrote.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -46,7 +52,7 @@ use spime::consent::{CategorySet, DataCategory, Purpose};
 use spime::message::{FirmwareVersion, Register};
 use spime::seal::VendorKeys;
 use spime::vendor::sim::{SimDevice, consent, counter_usage};
-use spime::vendor::{IngestConfig, Ingestor, MemoryStore, MessageQuery, Store};
+use spime::vendor::{FjallStore, IngestConfig, Ingestor, MemoryStore, MessageQuery, Store};
 use spime::wire::DeviceId;
 
 /// Messages per commit, as the pipeline's `ingest_batch` groups them.
@@ -92,6 +98,7 @@ enum Layout {
 
 /// One database, one layout, one fleet, and where its writer is.
 struct Run {
+    name: &'static str,
     layout: Layout,
     devices: usize,
     db: Database,
@@ -104,10 +111,11 @@ struct Run {
 }
 
 impl Run {
-    fn new(dir: &std::path::Path, layout: Layout, devices: usize) -> Run {
+    fn new(dir: &std::path::Path, name: &'static str, layout: Layout, memtable: u64, devices: usize) -> Run {
         let db = Database::builder(dir).open().unwrap();
-        let space = db.keyspace("messages", KeyspaceCreateOptions::default).unwrap();
+        let space = db.keyspace("messages", || KeyspaceCreateOptions::default().max_memtable_size(memtable)).unwrap();
         Run {
+            name,
             layout,
             devices,
             db,
@@ -152,8 +160,11 @@ impl Run {
                     }
                 }
             }
-            // As FjallStore's commit: in key order, one synced batch.
+            // As FjallStore's commit: a window per device, in key order,
+            // one synced batch. (A device's message keys differ, its
+            // window keys are the same, with the same value.)
             entries.sort_unstable();
+            entries.dedup_by(|a, b| a.0 == b.0);
             let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
             for (k, v) in entries {
                 batch.insert(&self.space, k, v);
@@ -172,36 +183,50 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let test = std::env::args().any(|a| a == "--test");
-    let fleet: usize = std::env::var("SPIME_BENCH_FLEET").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let fleet: usize =
+        std::env::var("SPIME_BENCH_FLEET").map_or(100_000, |s| s.parse().expect("SPIME_BENCH_FLEET: a number"));
+    assert!(fleet >= GROUP / 2, "SPIME_BENCH_FLEET: at least {} devices (a round is two reports each)", GROUP / 2);
     let (fleet, rounds, per_round) = if test { (1_000, 1, 4 * GROUP) } else { (fleet, 3, 2 * fleet) };
     let value = stored_usage();
     println!("load_start {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
     println!("# {} bytes a stored message, {rounds} rounds of {per_round} messages", value.len());
     let root = std::env::temp_dir().join(format!("spime-bench-layout-{}", std::process::id()));
-    let mut runs: Vec<Run> =
-        [(Layout::Beside, 100), (Layout::Beside, fleet), (Layout::Sequential, 100), (Layout::Sequential, fleet)]
-            .into_iter()
-            .enumerate()
-            .map(|(i, (layout, devices))| Run::new(&root.join(i.to_string()), layout, devices))
-            .collect();
+    let store = FjallStore::MESSAGES_MEMTABLE;
+    let setups = [
+        ("beside", Layout::Beside, store),
+        ("beside_64mib", Layout::Beside, 64 << 20),
+        ("sequential", Layout::Sequential, store),
+    ];
+    let mut runs: Vec<Run> = setups
+        .into_iter()
+        .flat_map(|(name, layout, memtable)| [100, fleet].map(|devices| (name, layout, memtable, devices)))
+        .enumerate()
+        .map(|(i, (name, layout, memtable, devices))| {
+            Run::new(&root.join(i.to_string()), name, layout, memtable, devices)
+        })
+        .collect();
     for _ in 0..rounds {
         for run in &mut runs {
             run.round(per_round, &value);
         }
     }
     for run in &runs {
-        let name = if run.layout == Layout::Beside { "beside" } else { "sequential" };
-        println!("# {name}, {} devices: µs a message per round {:.2?}", run.devices, run.micros);
+        println!("# {}, {} devices: µs a message per round {:.2?}", run.name, run.devices, run.micros);
     }
-    for (name, small, big) in [("beside", &runs[0], &runs[1]), ("sequential", &runs[2], &runs[3])] {
+    let label = if fleet % 1000 == 0 { format!("{}k", fleet / 1000) } else { fleet.to_string() };
+    for pair in runs.chunks(2) {
+        let (small, big) = (&pair[0], &pair[1]);
         let r: Vec<f64> = small.micros.iter().zip(&big.micros).map(|(s, b)| s / b).collect();
-        println!("ratio {name}_100k_vs_100 {:.3}", median(r));
+        println!("ratio {}_{label}_vs_100 {:.3}", small.name, median(r));
     }
     if test {
-        // Beside: a window per device written, and every message; sequential: the messages.
+        // Every message, and with `beside` one window per device (all of
+        // the 100 devices' in the first commit).
         let written = rounds * per_round;
-        assert_eq!(runs[1].space.len().unwrap(), written + written.min(fleet));
-        assert_eq!(runs[3].space.len().unwrap(), written);
+        for run in &runs {
+            let windows = if run.layout == Layout::Beside { written.min(run.devices) } else { 0 };
+            assert_eq!(run.space.len().unwrap(), written + windows, "{} on {} devices", run.name, run.devices);
+        }
     }
     println!("load_end {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
     drop(runs);

@@ -111,17 +111,6 @@ const CURRENT: &str = "CURRENT";
 /// 32 MiB, holds about 50,000), as redb's (1 GiB by default) does.
 const CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
-/// The memtable of the `messages` keyspace, where every commit inserts a
-/// window and a message per device, at keys spread over the fleet: fjall's
-/// default, 64 MiB, holds about a million of them, and each insert searches
-/// that skip list at a place no recent insert has warmed, slower as it
-/// fills. A quarter of it keeps the fleet's commits close to those of a
-/// few devices (docs/benchmarks.md, "The store alone, by key layout and
-/// memtable"). fjall keeps a keyspace's options from its creation: a
-/// database created with the default keeps it until [`FjallStore::scrub_dir`]
-/// creates its keyspaces anew.
-const MESSAGES_MEMTABLE: u64 = 16 * 1024 * 1024;
-
 /// The lock file that keeps a second `FjallStore` (in this process or
 /// another) from opening the directory.
 const LOCK: &str = "LOCK";
@@ -151,7 +140,7 @@ impl Db {
         for s in SPACES {
             let options = || {
                 let o = KeyspaceCreateOptions::default();
-                if s == kv::MESSAGES { o.max_memtable_size(MESSAGES_MEMTABLE) } else { o }
+                if s == kv::MESSAGES { o.max_memtable_size(FjallStore::MESSAGES_MEMTABLE) } else { o }
             };
             spaces.push(db.keyspace(s, options).map_err(|e| backend(format!("keyspace {s}: {e}")))?);
         }
@@ -258,6 +247,21 @@ impl FjallStore {
     /// decompressed device key, behind its `Arc`; a 64-byte slot with the
     /// window; the index), so a full cache holds about 190 MB.
     pub const RECORD_CACHE_DEFAULT: usize = 1 << 17;
+
+    /// The memtable of the `messages` keyspace, in bytes: 16 MiB, where
+    /// fjall's default is 64 MiB. Every commit inserts a replay window
+    /// and a message per device into it, at keys spread over the fleet,
+    /// and each insert searches that skip list (about 235,000 reports in
+    /// 64 MiB) at a place no recent insert has warmed: slower as it fills.
+    /// A quarter of the default keeps a fleet's commits close to those of
+    /// a few devices (docs/benchmarks.md, "fjall's commit alone, and a
+    /// smaller memtable"; `cargo bench --features fjall --bench
+    /// store_layout`).
+    ///
+    /// fjall keeps a keyspace's options from its creation: a database
+    /// created with another size keeps it until [`FjallStore::scrub_dir`]
+    /// creates its keyspaces anew.
+    pub const MESSAGES_MEMTABLE: u64 = 16 * 1024 * 1024;
 
     /// Opens the store in directory `dir`, creating it and its keyspaces
     /// if needed. A database directory left by a scrub that did not finish
