@@ -74,7 +74,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use spime::consent::*;
 use spime::message::*;
 use spime::seal::{Envelope, MESSAGE_DST, SessionKeys, VendorKeys};
-use spime::vendor::sim::{SimDevice, consent, counter_usage};
+use spime::vendor::sim::{SimDevice, counter_usage, usage_register};
 use spime::vendor::*;
 use spime::wire::DeviceId;
 
@@ -149,14 +149,7 @@ fn device(i: usize, seed_tag: u8) -> SimDevice {
 }
 
 fn register(d: &mut SimDevice) -> Vec<u8> {
-    let grants = [(Purpose::USAGE_ANALYTICS, CategorySet::EMPTY.with(DataCategory::UsageCounters))];
-    let reg = Register {
-        certificate: d.certificate().clone(),
-        firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
-        consent: consent(1, &grants, 0),
-        transfer: None,
-    };
-    d.seal(&reg).unwrap()
+    d.seal(&usage_register(d)).unwrap()
 }
 
 fn report(n: u64) -> Usage {

@@ -48,10 +48,8 @@
 use std::time::Instant;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use spime::consent::{CategorySet, DataCategory, Purpose};
-use spime::message::{FirmwareVersion, Register};
 use spime::seal::VendorKeys;
-use spime::vendor::sim::{SimDevice, consent, counter_usage};
+use spime::vendor::sim::{SimDevice, counter_usage, usage_register};
 use spime::vendor::{FjallStore, IngestConfig, Ingestor, MemoryStore, MessageQuery, Store};
 use spime::wire::DeviceId;
 
@@ -63,14 +61,7 @@ const GROUP: usize = 256;
 fn stored_usage() -> Vec<u8> {
     let vk = VendorKeys::from_secrets(&[1; 32], &[2; 32]);
     let mut d = SimDevice::new(DeviceId([7; 8]), [7; 32], &vk).unwrap();
-    let grants = [(Purpose::USAGE_ANALYTICS, CategorySet::EMPTY.with(DataCategory::UsageCounters))];
-    let reg = Register {
-        certificate: d.certificate().clone(),
-        firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
-        consent: consent(1, &grants, 0),
-        transfer: None,
-    };
-    let reg = d.seal(&reg).unwrap();
+    let reg = d.seal(&usage_register(&d)).unwrap();
     let usage = d.seal(&counter_usage(1, &[(0, 1), (1, 1), (2, 1), (3, 1)])).unwrap();
     let v = Ingestor::new(MemoryStore::new(), vk, IngestConfig::default());
     for r in v.ingest_batch(&[reg.as_slice(), usage.as_slice()], 10) {

@@ -7,11 +7,9 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use spime::consent::{CategorySet, DataCategory, Purpose};
-use spime::message::{FirmwareVersion, Register};
 use spime::seal::VendorKeys;
 use spime::vendor::link::Reassembly;
-use spime::vendor::sim::{SimDevice, consent};
+use spime::vendor::sim::{SimDevice, usage_register};
 use spime::vendor::{IngestConfig, Ingestor, MemoryStore};
 use spime::wire::DeviceId;
 
@@ -24,14 +22,7 @@ fn registration() -> &'static [u8] {
     static REG: OnceLock<Vec<u8>> = OnceLock::new();
     REG.get_or_init(|| {
         let mut d = SimDevice::new(DeviceId([7; 8]), [7; 32], &vendor_keys()).expect("device");
-        let grants = [(Purpose::USAGE_ANALYTICS, CategorySet::EMPTY.with(DataCategory::UsageCounters))];
-        let reg = Register {
-            certificate: d.certificate().clone(),
-            firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
-            consent: consent(1, &grants, 0),
-            transfer: None,
-        };
-        d.seal(&reg).expect("seal")
+        d.seal(&usage_register(&d)).expect("seal")
     })
 }
 

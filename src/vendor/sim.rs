@@ -15,7 +15,7 @@ use crate::consent::{
     CategorySet, ConsentState, ContactPrefs, DataCategory, Grant, LocationPrecision, Purpose, SignedConsent,
 };
 use crate::error::{OpenError, SealError};
-use crate::message::{Body, CertificateBody, DeviceCertificate, Metric, MetricValue, Usage};
+use crate::message::{Body, CertificateBody, DeviceCertificate, FirmwareVersion, Metric, MetricValue, Register, Usage};
 use crate::seal::{self, DeviceKey, Envelope, Seal, SessionKeys, VendorKeys, VendorPublicKeys, keys};
 use crate::wire::DeviceId;
 
@@ -170,6 +170,33 @@ pub fn consent(version: u32, grants: &[(Purpose, CategorySet)], issued_at: u64) 
             contact: ContactPrefs::default(),
         },
         owner: None,
+    }
+}
+
+/// The Register a device of the benches and the fuzz targets sends first:
+/// its certificate, firmware 1.0.0, no transfer, and [`consent`] version 1
+/// (issued at 0) granting UsageAnalytics its UsageCounters, which the
+/// reports of [`counter_usage`] need.
+///
+/// ```
+/// use spime::seal::VendorKeys;
+/// use spime::vendor::sim::{SimDevice, usage_register};
+/// use spime::vendor::{IngestConfig, Ingestor, MemoryStore};
+/// use spime::wire::DeviceId;
+/// let vendor = VendorKeys::from_secrets(&[1; 32], &[2; 32]);
+/// let mut device = SimDevice::new(DeviceId([7; 8]), [7; 32], &vendor)?;
+/// let sealed = device.seal(&usage_register(&device))?;
+/// let ingestor = Ingestor::new(MemoryStore::new(), vendor, IngestConfig::default());
+/// assert!(ingestor.ingest(&sealed, 10).is_ok());
+/// # Ok::<(), spime::error::SealError>(())
+/// ```
+pub fn usage_register(device: &SimDevice) -> Register {
+    let grants = [(Purpose::USAGE_ANALYTICS, CategorySet::EMPTY.with(DataCategory::UsageCounters))];
+    Register {
+        certificate: device.certificate().clone(),
+        firmware: FirmwareVersion { major: 1, minor: 0, patch: 0, build: 0 },
+        consent: consent(1, &grants, 0),
+        transfer: None,
     }
 }
 
