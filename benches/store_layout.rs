@@ -174,10 +174,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let test = std::env::args().any(|a| a == "--test");
-    let fleet: usize =
-        std::env::var("SPIME_BENCH_FLEET").map_or(100_000, |s| s.parse().expect("SPIME_BENCH_FLEET: a number"));
-    assert!(fleet >= GROUP / 2, "SPIME_BENCH_FLEET: at least {} devices (a round is two reports each)", GROUP / 2);
-    let (fleet, rounds, per_round) = if test { (1_000, 1, 4 * GROUP) } else { (fleet, 3, 2 * fleet) };
+    let (fleet, rounds, per_round) = if test {
+        (1_000, 1, 4 * GROUP)
+    } else {
+        let fleet: usize =
+            std::env::var("SPIME_BENCH_FLEET").map_or(100_000, |s| s.parse().expect("SPIME_BENCH_FLEET: a number"));
+        assert!(fleet >= GROUP / 2, "SPIME_BENCH_FLEET: at least {} devices (a round is two reports each)", GROUP / 2);
+        (fleet, 3, 2 * fleet)
+    };
     let value = stored_usage();
     println!("load_start {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
     println!("# {} bytes a stored message, {rounds} rounds of {per_round} messages", value.len());

@@ -251,12 +251,13 @@ impl FjallStore {
     /// The memtable of the `messages` keyspace, in bytes: 16 MiB, where
     /// fjall's default is 64 MiB. Every commit inserts a replay window
     /// and a message per device into it, at keys spread over the fleet,
-    /// and each insert searches that skip list (about 235,000 reports in
-    /// 64 MiB) at a place no recent insert has warmed: slower as it fills.
-    /// A quarter of the default keeps a fleet's commits close to those of
-    /// a few devices (docs/benchmarks.md, "fjall's commit alone, and a
-    /// smaller memtable"; `cargo bench --features fjall --bench
-    /// store_layout`).
+    /// and each insert searches that skip list at a place no recent insert
+    /// has warmed: slower as it fills. With a quarter of the default, the
+    /// fleet bench's `durable_100k_vs_100` (100,000 devices against 100)
+    /// went from 0.768–0.815 to 0.822–0.875 (docs/benchmarks.md, "fjall's
+    /// commit alone, and a smaller memtable"; `cargo bench --features
+    /// fjall --bench fleet`, and `--bench store_layout` for the commit
+    /// alone).
     ///
     /// fjall keeps a keyspace's options from its creation: a database
     /// created with another size keeps it until [`FjallStore::scrub_dir`]
